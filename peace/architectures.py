@@ -1,0 +1,281 @@
+"""Architecture specs (MLP, 1-D CNN, 2-D CNN) and their forward pass, batched over a population.
+
+A network is a chain of layers. CNNs are ``conv -> act -> pool`` blocks (``same`` padding,
+stride 1), a flatten, then linear layers; MLPs flatten the input and stack linear layers. Every
+layer but the last is followed by the activation. Parameter names follow ``PeaceNet``'s state dict
+(``layers.{i}.weight`` / ``layers.{i}.bias``) so zoo weights load into an ordinary ``nn.Module``.
+
+``forward`` runs P models of the same spec at once: every parameter carries a leading population
+dimension P, linear layers become ``bmm`` and convolutions one grouped convolution.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .errors import PeaceError, unknown
+
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "relu": F.relu,
+    "leaky_relu": lambda x: F.leaky_relu(x, 0.01),
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "gelu": F.gelu,
+    "identity": lambda x: x,
+}
+FAMILIES = ("mlp", "cnn1d", "cnn2d")
+POOLS = ("avg", "max", "none")
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One weight layer. ``kind`` is linear, conv1d or conv2d; ``kernel`` is () for linear layers.
+
+    ``flatten_from`` is set on the first linear layer after convolutions: the (channels, *spatial)
+    shape that was flattened into its inputs, so channel c owns a contiguous block of columns.
+    """
+
+    index: int
+    kind: str
+    in_features: int
+    out_features: int
+    kernel: tuple[int, ...] = ()
+    bias: bool = True
+    flatten_from: tuple[int, ...] | None = None
+
+    @property
+    def weight_name(self) -> str:
+        return f"layers.{self.index}.weight"
+
+    @property
+    def bias_name(self) -> str:
+        return f"layers.{self.index}.bias"
+
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        return (self.out_features, self.in_features, *self.kernel)
+
+    @property
+    def fan_in(self) -> int:
+        return self.in_features * math.prod(self.kernel)
+
+    @property
+    def fan_out(self) -> int:
+        return self.out_features * math.prod(self.kernel)
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """A network architecture.
+
+    ``hidden`` holds the MLP's hidden widths, or the CNN's conv channels; ``fc_hidden`` holds a
+    CNN's hidden linear widths after the flatten. ``input_shape`` is one sample's shape.
+    """
+
+    family: str
+    input_shape: tuple[int, ...]
+    n_classes: int
+    hidden: tuple[int, ...] = (32,)
+    activation: str = "relu"
+    bias: bool = True
+    fc_hidden: tuple[int, ...] = ()
+    kernel_size: int = 3
+    pool: str = "avg"
+    layers: tuple[Layer, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "input_shape", tuple(int(s) for s in self.input_shape))
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        object.__setattr__(self, "fc_hidden", tuple(int(h) for h in self.fc_hidden))
+        if self.family not in FAMILIES:
+            raise unknown("architecture family", self.family, FAMILIES)
+        if self.activation not in ACTIVATIONS:
+            raise unknown("activation", self.activation, list(ACTIVATIONS))
+        if self.pool not in POOLS:
+            raise unknown("pool", self.pool, POOLS)
+        if self.n_classes < 1 or any(h < 1 for h in self.hidden + self.fc_hidden):
+            raise PeaceError(f"layer widths and n_classes must be positive, got hidden={self.hidden}, "
+                             f"fc_hidden={self.fc_hidden}, n_classes={self.n_classes}")
+        if self.family == "mlp" and self.fc_hidden:
+            raise PeaceError("fc_hidden is for CNNs; an MLP lists all its widths in hidden")
+        object.__setattr__(self, "layers", self._build_layers())
+
+    def _build_layers(self) -> tuple[Layer, ...]:
+        layers: list[Layer] = []
+        if self.family == "mlp":
+            widths = [math.prod(self.input_shape), *self.hidden, self.n_classes]
+            for i in range(len(widths) - 1):
+                layers.append(Layer(i, "linear", widths[i], widths[i + 1], bias=self.bias))
+            return tuple(layers)
+        ndim = 1 if self.family == "cnn1d" else 2
+        if len(self.input_shape) != ndim + 1:
+            want = "(channels, length)" if ndim == 1 else "(channels, height, width)"
+            raise PeaceError(f"{self.family} needs inputs shaped {want}, but the task's samples are "
+                             f"{self.input_shape}; use family 'mlp' for this task")
+        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise PeaceError(f"kernel_size must be odd and positive (same padding), got {self.kernel_size}")
+        if not self.hidden:
+            raise PeaceError(f"a {self.family} needs at least one conv layer in hidden")
+        channels, spatial = self.input_shape[0], list(self.input_shape[1:])
+        for i, c in enumerate(self.hidden):
+            layers.append(Layer(i, f"conv{ndim}d", channels, c, (self.kernel_size,) * ndim, self.bias))
+            channels = c
+            if self.pool != "none":
+                spatial = [s // 2 for s in spatial]
+                if min(spatial) < 1:
+                    raise PeaceError(f"impossible shape: {len(self.hidden)} pooled conv layers shrink an input "
+                                     f"of {self.input_shape[1:]} to nothing after layer {i}; use fewer conv "
+                                     f"layers or pool='none'")
+        widths = [channels * math.prod(spatial), *self.fc_hidden, self.n_classes]
+        for j in range(len(widths) - 1):
+            layers.append(Layer(len(layers), "linear", widths[j], widths[j + 1], bias=self.bias,
+                                flatten_from=(channels, *spatial) if j == 0 else None))
+        return tuple(layers)
+
+    # --- descriptions ---------------------------------------------------------------------------
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Parameter names and shapes, in layer order."""
+        shapes = {}
+        for layer in self.layers:
+            shapes[layer.weight_name] = layer.weight_shape
+            if layer.bias:
+                shapes[layer.bias_name] = (layer.out_features,)
+        return shapes
+
+    @property
+    def n_params(self) -> int:
+        return sum(math.prod(s) for s in self.param_shapes().values())
+
+    @property
+    def depth(self) -> int:
+        return len(self.layers)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("layers")
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ArchSpec":
+        valid = [f for f in cls.__dataclass_fields__ if f != "layers"]
+        bad = sorted(set(d) - set(valid))
+        if bad:
+            raise unknown("architecture key", bad[0], valid)
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+    def describe(self) -> str:
+        """Short human-readable name, e.g. ``mlp 16-8-4 tanh nobias``."""
+        if self.family == "mlp":
+            s = "-".join(str(w) for w in [self.layers[0].in_features, *self.hidden, self.n_classes])
+        else:
+            s = "c" + "-".join(map(str, self.hidden)) + ("/" + "-".join(map(str, self.fc_hidden)) if self.fc_hidden else "")
+            s += f"/k{self.kernel_size}/{self.pool}"
+        return f"{self.family} {s} {self.activation}" + ("" if self.bias else " nobias")
+
+
+# --- forward ------------------------------------------------------------------------------------
+
+def _pool(h: Tensor, kind: str, ndim: int) -> Tensor:
+    if kind == "none":
+        return h
+    fn = {("avg", 1): F.avg_pool1d, ("max", 1): F.max_pool1d, ("avg", 2): F.avg_pool2d, ("max", 2): F.max_pool2d}
+    return fn[(kind, ndim)](h, 2)
+
+
+def forward(spec: ArchSpec, params: dict[str, Tensor], x: Tensor,
+            dropout_masks: Sequence[Tensor | None] | None = None) -> Tensor:
+    """Logits of P models at once.
+
+    ``params[name]`` has shape (P, *shape); ``x`` is (P, B, *input_shape) or (B, *input_shape)
+    (shared by all models). ``dropout_masks[i]``, if given, multiplies the activations after layer
+    i (already scaled by 1/(1-p)). Returns (P, B, n_classes).
+    """
+    P = params[spec.layers[0].weight_name].shape[0]
+    if x.dim() == len(spec.input_shape) + 1:
+        x = x.unsqueeze(0).expand(P, *x.shape)
+    B = x.shape[1]
+    act = ACTIVATIONS[spec.activation]
+    h = x
+    n = len(spec.layers)
+    for layer in spec.layers:
+        w = params[layer.weight_name]
+        b = params[layer.bias_name] if layer.bias else None
+        if layer.kind == "linear":
+            h = h.reshape(P, B, -1)
+            h = torch.bmm(h, w.transpose(1, 2)) if b is None else torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+        else:
+            ndim = len(layer.kernel)
+            conv = F.conv1d if ndim == 1 else F.conv2d
+            spatial = h.shape[3:]
+            hg = h.transpose(0, 1).reshape(B, P * layer.in_features, *spatial)
+            out = conv(hg, w.reshape(P * layer.out_features, layer.in_features, *layer.kernel),
+                       None if b is None else b.reshape(-1), padding=layer.kernel[0] // 2, groups=P)
+            h = out.reshape(B, P, layer.out_features, *spatial).transpose(0, 1)
+        if layer.index < n - 1:
+            h = act(h)
+            if layer.kind != "linear":
+                h = _pool(h.reshape(P * B, *h.shape[2:]), spec.pool, len(layer.kernel))
+                h = h.reshape(P, B, *h.shape[1:])
+            if dropout_masks is not None and dropout_masks[layer.index] is not None:
+                h = h * dropout_masks[layer.index]
+    return h
+
+
+class PeaceNet(nn.Module):
+    """The single-model ``nn.Module`` of an ``ArchSpec``: same parameters, same function."""
+
+    def __init__(self, spec: ArchSpec):
+        super().__init__()
+        self.spec = spec
+        mods = []
+        for layer in spec.layers:
+            if layer.kind == "linear":
+                mods.append(nn.Linear(layer.in_features, layer.out_features, bias=layer.bias))
+            else:
+                conv = nn.Conv1d if layer.kind == "conv1d" else nn.Conv2d
+                mods.append(conv(layer.in_features, layer.out_features, layer.kernel[0],
+                                 padding=layer.kernel[0] // 2, bias=layer.bias))
+        self.layers = nn.ModuleList(mods)
+
+    def forward(self, x: Tensor, dropout_masks: Sequence[Tensor | None] | None = None) -> Tensor:
+        act = ACTIVATIONS[self.spec.activation]
+        n = len(self.layers)
+        for layer, mod in zip(self.spec.layers, self.layers):
+            if layer.kind == "linear":
+                x = x.flatten(1)
+            x = mod(x)
+            if layer.index < n - 1:
+                x = act(x)
+                if layer.kind != "linear":
+                    x = _pool(x, self.spec.pool, len(layer.kernel))
+                if dropout_masks is not None and dropout_masks[layer.index] is not None:
+                    x = x * dropout_masks[layer.index]
+        return x
+
+
+def hidden_shapes(spec: ArchSpec, batch: int) -> list[tuple[int, ...]]:
+    """Shape of the activations after each non-final layer (after pooling), for dropout masks."""
+    shapes, spatial = [], list(spec.input_shape[1:])
+    for layer in spec.layers[:-1]:
+        if layer.kind == "linear":
+            shapes.append((batch, layer.out_features))
+        else:
+            if spec.pool != "none":
+                spatial = [s // 2 for s in spatial]
+            shapes.append((batch, layer.out_features, *spatial))
+    return shapes
+
+
+def stack_params(models: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """Stack single-model state dicts into population tensors (leading dimension P)."""
+    return {k: torch.stack([m[k] for m in models]) for k in models[0]}
+
+
+def unstack_params(params: dict[str, Tensor], i: int) -> dict[str, Tensor]:
+    """Model ``i`` of a population as a single-model state dict."""
+    return {k: v[i] for k, v in params.items()}

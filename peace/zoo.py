@@ -1,0 +1,274 @@
+"""The model-zoo store: build it from a recipe (resumably), then read it lazily.
+
+Layout of a zoo directory::
+
+    recipe.json          the expanded recipe, written first (a resume must match it)
+    shards/POP.safetensors   weights of one population: keys ``MODEL_ID/layers.0.weight``
+    parts/POP.parquet    that population's manifest rows; written after its shard, so a part
+                         on disk means the population is complete
+    manifest.parquet     all rows (one per checkpoint), written last
+    zoo.json             recipe, versions, counts, creation time
+
+Every file is written atomically; a build killed at any point resumes with ``resume=True`` and
+produces the same manifest and weights as an uninterrupted build.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import platform
+from dataclasses import asdict
+from functools import cached_property, lru_cache
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import safe_open, save_file
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .architectures import ArchSpec, PeaceNet, stack_params
+from .atomic import atomic_path, sha256_file, write_json
+from .errors import PeaceError
+from .population import train_population
+from .recipe import Recipe, RunSpec, expand, populations
+from .tasks import Task, load_task
+
+FORMAT_VERSION = 1
+
+
+def weights_checksum(weights: dict[str, Tensor]) -> str:
+    """SHA-256 over a model's tensors in name order (detects changed or swapped weights)."""
+    h = hashlib.sha256()
+    for k in sorted(weights):
+        h.update(k.encode())
+        h.update(weights[k].detach().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def model_id(run_id: str, epoch: int) -> str:
+    return f"{run_id}-e{epoch:03d}"
+
+
+# --- building -----------------------------------------------------------------------------------
+
+def _population_id(pop: list[RunSpec]) -> str:
+    return hashlib.sha1("|".join(r.run_id for r in pop).encode()).hexdigest()[:12]
+
+
+def _rows(pop: list[RunSpec], pop_id: str, metrics: list[dict], weights: dict[int, dict[str, Tensor]],
+          parent_ids: dict[str, str], lineage: dict[str, str]) -> list[dict]:
+    rows = []
+    for m in metrics:
+        r = pop[m["model_index"]]
+        w = {k: v[m["model_index"]] for k, v in weights[m["epoch"]].items()}
+        task = load_task(r.task)
+        row = {
+            "model_id": model_id(r.run_id, m["epoch"]), "run_id": r.run_id, "population_id": pop_id,
+            "group": r.group, "task": r.task, "dataset": task.family,
+            "family": r.spec.family, "arch": r.spec.describe(), "arch_spec": json.dumps(r.spec.to_dict(), sort_keys=True),
+            "activation": r.spec.activation, "bias": r.spec.bias, "depth": r.spec.depth,
+            "width": max(r.spec.hidden + r.spec.fc_hidden, default=0), "n_params": r.spec.n_params,
+            **asdict(r.hparams), "optimizer": r.schedule.optimizer, "batch_size": r.schedule.batch_size,
+            "epochs": r.schedule.epochs,
+            **{k: v for k, v in m.items() if k != "model_index"},
+            "parent_id": parent_ids.get(r.run_id), "lineage_id": lineage[r.run_id],
+            "shard": f"shards/{pop_id}.safetensors", "checksum": weights_checksum(w),
+        }
+        rows.append(row)
+    return rows
+
+
+def _check_existing(out: Path, recipe: Recipe, resume: bool) -> None:
+    rec = out / "recipe.json"
+    if not rec.exists():
+        if out.exists() and any(out.iterdir()) and not resume:
+            raise PeaceError(f"{out} exists and is not empty; choose a new --out directory")
+        return
+    if not resume:
+        raise PeaceError(f"{out} already holds a zoo (or a partial build); pass --resume to continue it, "
+                         f"or choose another --out. Nothing was changed.")
+    old = json.loads(rec.read_text())
+    if old != json.loads(json.dumps(recipe.to_dict(), default=str)):
+        raise PeaceError(f"{out} was built from a different recipe ({old.get('name')!r}); resume needs the same "
+                         f"recipe. Use another --out for a new recipe.")
+
+
+def _part_is_complete(out: Path, pop_id: str) -> bool:
+    """Parts are written after their shard, both atomically: both readable means the population is done."""
+    part, shard = out / "parts" / f"{pop_id}.parquet", out / "shards" / f"{pop_id}.safetensors"
+    try:
+        pd.read_parquet(part, columns=["model_id"])
+        with safe_open(str(shard), "pt"):
+            return True
+    except Exception:  # missing or unreadable leftovers are rebuilt
+        return False
+
+
+def build_zoo(recipe: Recipe, out: str | Path, resume: bool = False, progress: bool = True) -> "Zoo":
+    """Train every run of ``recipe`` into a zoo at ``out`` and return it opened."""
+    out = Path(out)
+    runs = expand(recipe)
+    _check_existing(out, recipe, resume)
+    (out / "parts").mkdir(parents=True, exist_ok=True)
+    (out / "shards").mkdir(parents=True, exist_ok=True)
+    write_json(out / "recipe.json", recipe.to_dict())
+    pops = populations(runs, recipe.chunk_size)
+    by_id = {r.run_id: r for r in runs}
+    lineage = {}
+    for r in runs:  # parents precede children in expand()'s order
+        lineage[r.run_id] = lineage[r.parent_run] if r.parent_run else r.run_id
+    final_of = {r.run_id: model_id(r.run_id, r.schedule.epochs) for r in runs}
+    parent_ids = {r.run_id: final_of[r.parent_run] for r in runs if r.parent_run}
+    written: dict[str, str] = {}  # run_id -> population id, for fine-tune parents
+    n_models = sum(len(p) for p in pops)
+    bar = tqdm(total=n_models, desc=f"zoo {recipe.name}", unit="run", disable=not progress)
+    for pop in pops:
+        pop_id = _population_id(pop)
+        for r in pop:
+            written[r.run_id] = pop_id
+        bar.set_postfix_str(f"{pop[0].group}/{pop[0].task}")
+        if resume and _part_is_complete(out, pop_id):
+            bar.update(len(pop))
+            continue
+        start = None
+        if pop[0].parent_run is not None:
+            start = stack_params([_load_final(out, written[r.parent_run], by_id[r.parent_run]) for r in pop])
+        res = train_population(load_task(pop[0].task), pop[0].spec, [r.hparams for r in pop], pop[0].schedule,
+                               start=start)
+        tensors = {f"{model_id(r.run_id, e)}/{k}": v[i].contiguous()
+                   for e, w in res.checkpoints.items() for i, r in enumerate(pop) for k, v in w.items()}
+        with atomic_path(out / "shards" / f"{pop_id}.safetensors") as tmp:
+            save_file(tensors, str(tmp), metadata={"format": "peace-zoo-shard", "population_id": pop_id})
+        with atomic_path(out / "parts" / f"{pop_id}.parquet") as tmp:
+            pd.DataFrame(_rows(pop, pop_id, res.metrics, res.checkpoints, parent_ids, lineage)).to_parquet(tmp)
+        bar.update(len(pop))
+    bar.close()
+    parts = [pd.read_parquet(out / "parts" / f"{_population_id(p)}.parquet") for p in pops]
+    manifest = pd.concat(parts, ignore_index=True)
+    with atomic_path(out / "manifest.parquet") as tmp:
+        manifest.to_parquet(tmp)
+    write_json(out / "zoo.json", {
+        "format_version": FORMAT_VERSION, "name": recipe.name, "recipe": recipe.to_dict(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "n_checkpoints": len(manifest), "n_runs": int(manifest["run_id"].nunique()),
+        "manifest_sha256": sha256_file(out / "manifest.parquet"),
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
+    })
+    return Zoo(out)
+
+
+def _load_final(out: Path, pop_id: str, run: RunSpec) -> dict[str, Tensor]:
+    prefix = model_id(run.run_id, run.schedule.epochs) + "/"
+    with safe_open(str(out / "shards" / f"{pop_id}.safetensors"), "pt") as f:
+        return {k[len(prefix):]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+class Zoo:
+    """A built zoo, opened lazily: metadata at once, weights only when asked for."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        meta, man = self.path / "zoo.json", self.path / "manifest.parquet"
+        if not meta.exists() or not man.exists():
+            hint = " (a partial build: run `peace zoo build ... --resume`)" if (self.path / "recipe.json").exists() else ""
+            raise PeaceError(f"{self.path} is not a finished zoo: zoo.json or manifest.parquet is missing{hint}. "
+                             f"Build one with `peace zoo build --preset demo --out {self.path}`.")
+        try:
+            self.info = json.loads(meta.read_text())
+        except json.JSONDecodeError as e:
+            raise PeaceError(f"{meta} is corrupted ({e}); rebuild the zoo with --resume") from None
+        if self.info.get("format_version") != FORMAT_VERSION:
+            raise PeaceError(f"{meta} has format version {self.info.get('format_version')}, this PEACE reads "
+                             f"{FORMAT_VERSION}; rebuild the zoo")
+        if sha256_file(man) != self.info.get("manifest_sha256"):
+            raise PeaceError(f"{man} does not match the checksum in zoo.json (changed or corrupted); "
+                             f"rebuild it with `peace zoo build ... --out {self.path} --resume`")
+        self.manifest = pd.read_parquet(man).set_index("model_id", drop=False)
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    def __repr__(self) -> str:
+        return f"Zoo({str(self.path)!r}, {len(self)} checkpoints, {self.manifest['run_id'].nunique()} runs)"
+
+    @property
+    def name(self) -> str:
+        return self.info["name"]
+
+    def row(self, model_id: str) -> pd.Series:
+        if model_id not in self.manifest.index:
+            raise PeaceError(f"model {model_id!r} is not in zoo {self.path}")
+        return self.manifest.loc[model_id]
+
+    def spec(self, model_id: str) -> ArchSpec:
+        return _spec_from_json(self.row(model_id)["arch_spec"])
+
+    def task(self, model_id: str) -> Task:
+        return load_task(self.row(model_id)["task"])
+
+    def weights(self, model_id: str, verify: bool = True) -> dict[str, Tensor]:
+        """One model's state dict, read from its shard (checksum-verified)."""
+        return self.load_many([model_id], verify=verify)[0]
+
+    def load_many(self, model_ids: Iterable[str], verify: bool = True) -> list[dict[str, Tensor]]:
+        """State dicts of many models, opening each shard once."""
+        ids = list(model_ids)
+        rows = self.manifest.loc[ids] if ids else self.manifest.iloc[:0]
+        out: dict[str, dict[str, Tensor]] = {}
+        for shard, sub in rows.groupby("shard", sort=False):
+            path = self.path / shard
+            try:
+                with safe_open(str(path), "pt") as f:
+                    for mid, checksum, spec_json in zip(sub["model_id"], sub["checksum"], sub["arch_spec"]):
+                        names = _spec_from_json(spec_json).param_shapes()
+                        w = {k: f.get_tensor(f"{mid}/{k}") for k in names}
+                        if verify and weights_checksum(w) != checksum:
+                            raise PeaceError(f"weights of {mid} in {path} do not match the manifest checksum "
+                                             f"(corrupted shard); rebuild with --resume after deleting {path}")
+                        out[mid] = w
+            except (SafetensorError, OSError) as e:
+                raise PeaceError(f"cannot read weight shard {path}: {e}. Delete it and run "
+                                 f"`peace zoo build ... --out {self.path} --resume` to rebuild it.") from None
+        return [out[m] for m in ids]
+
+    def model(self, model_id: str) -> PeaceNet:
+        net = PeaceNet(self.spec(model_id))
+        net.load_state_dict(self.weights(model_id))
+        return net.eval()
+
+    @cached_property
+    def summary(self) -> pd.DataFrame:
+        """Per task and architecture family: runs, checkpoints, diverged count, final test accuracy."""
+        m = self.manifest
+        final = m[m["epoch"] == m["epochs"]]
+        g = m.groupby(["task", "family"])
+        s = pd.DataFrame({"runs": g["run_id"].nunique(), "checkpoints": g.size(),
+                          "diverged": g["status"].apply(lambda s: int((s == "diverged").sum()))})
+        acc = final.groupby(["task", "family"])["test_acc"]
+        s["final_test_acc_mean"], s["final_test_acc_std"] = acc.mean(), acc.std()
+        return s.reset_index()
+
+
+@lru_cache(maxsize=1024)
+def _spec_from_json(s: str) -> ArchSpec:
+    return ArchSpec.from_dict(json.loads(s))
+
+
+def open_zoo(path: str | Path) -> Zoo:
+    return Zoo(path)
+
+
+def build_or_open(recipe: Recipe, out: str | Path, progress: bool = True) -> Zoo:
+    """Open the zoo at ``out`` if it is finished, else build it (resuming a partial build)."""
+    out = Path(out)
+    if (out / "zoo.json").exists():
+        _check_existing(out, recipe, resume=True)
+        return Zoo(out)
+    return build_zoo(recipe, out, resume=(out / "recipe.json").exists(), progress=progress)

@@ -1,0 +1,19 @@
+"""Notebooks run for real with papermill on the tiny preset."""
+import json
+
+import papermill as pm
+import pytest
+
+from conftest import ROOT
+
+
+@pytest.mark.slow
+def test_build_zoo_notebook(tmp_path):
+    out_nb = tmp_path / "01.ipynb"
+    pm.execute_notebook(str(ROOT / "notebooks/01_build_zoo.ipynb"), str(out_nb), kernel_name="python3",
+                        parameters={"preset": "tiny", "out": str(tmp_path / "zoo")}, cwd=str(ROOT / "notebooks"),
+                        progress_bar=False)
+    assert (tmp_path / "zoo" / "manifest.parquet").exists()
+    outputs = [o for c in json.loads(out_nb.read_text())["cells"] for o in c.get("outputs", [])]
+    assert any("application/vnd.plotly.v1+json" in o.get("data", {}) for o in outputs)
+    assert any("digits-rot90" in "".join(o.get("data", {}).get("text/plain", "")) for o in outputs)

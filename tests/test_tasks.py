@@ -1,0 +1,43 @@
+import numpy as np
+import pytest
+
+from peace.errors import PeaceError
+from peace.tasks import load_task, task_names
+
+FIXED = ["tetris", "digits", "digits-rot90", "digits-flip", "digits-labelperm", "wine", "breast-cancer",
+         "synth-1", "synth-7", "teacher-1", "moons-2"]
+
+
+@pytest.mark.parametrize("name", FIXED)
+def test_task_splits_are_complete_and_fixed(name):
+    t = load_task(name)
+    sizes = [len(t.X_train), len(t.X_val), len(t.X_test)]
+    assert min(sizes) > 0 and t.X_train.shape[1:] == t.input_shape
+    assert set(np.unique(t.y_train)) == set(range(t.n_classes))
+    assert np.isfinite(t.X_train).all()
+    load_task.cache_clear()
+    again = load_task(name)  # rebuilt from scratch: identical arrays
+    assert np.array_equal(again.X_test, t.X_test) and np.array_equal(again.y_train, t.y_train)
+
+
+def test_mnist1d_is_generated_locally():
+    t = load_task("mnist1d")
+    assert t.input_shape == (1, 40) and t.n_classes == 10 and len(t.X_train) == 3000
+
+
+def test_same_shape_families_compute_different_functions():
+    d, r, p = load_task("digits"), load_task("digits-rot90"), load_task("digits-labelperm")
+    assert d.input_shape == r.input_shape == p.input_shape and d.n_classes == r.n_classes == p.n_classes
+    assert not np.allclose(d.X_train, r.X_train)
+    assert np.array_equal(d.X_train, p.X_train) and not np.array_equal(d.y_train, p.y_train)
+    mapping = {a: b for a, b in zip(d.y_train, p.y_train)}  # a consistent relabelling
+    assert len(mapping) == 10 and sorted(mapping.values()) == list(range(10))
+    s1, s2, tet = load_task("synth-1"), load_task("synth-2"), load_task("tetris")
+    assert s1.n_features == s2.n_features == tet.n_features == 16 and s1.n_classes == tet.n_classes == 4
+    assert not np.allclose(s1.X_train, s2.X_train)
+
+
+def test_unknown_task_lists_valid_names():
+    with pytest.raises(PeaceError, match="unknown task 'cifar10'.*digits.*synth-K"):
+        load_task("cifar10")
+    assert "tetris" in task_names()
