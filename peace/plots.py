@@ -20,3 +20,34 @@ def accuracy_over_epochs(manifest: pd.DataFrame) -> go.Figure:
     """Mean test accuracy per recorded epoch and task: how the zoo's checkpoints spread over training."""
     g = manifest.groupby(["task", "epoch"], as_index=False)["test_acc"].mean()
     return px.line(g, x="epoch", y="test_acc", color="task", markers=True, title="Mean test accuracy by epoch")
+
+
+def weight_heatmaps(before: dict, after: dict, title: str = "Weights before and after") -> go.Figure:
+    """Each weight matrix before (top row) and after (bottom row) a transform; conv kernels unrolled."""
+    from plotly.subplots import make_subplots
+
+    names = [k for k in before if k.endswith("weight")]
+    fig = make_subplots(rows=2, cols=len(names), subplot_titles=[f"{n} before" for n in names] + [f"{n} after" for n in names],
+                        vertical_spacing=0.12)
+    for row, params in ((1, before), (2, after)):
+        for col, n in enumerate(names, 1):
+            w = params[n].detach().reshape(params[n].shape[0], -1).numpy()
+            fig.add_trace(go.Heatmap(z=w, coloraxis="coloraxis"), row=row, col=col)
+    fig.update_layout(title=title, coloraxis={"colorscale": "RdBu", "cmid": 0})
+    fig.update_yaxes(autorange="reversed")
+    return fig
+
+
+def interpolation_figure(paths: dict) -> go.Figure:
+    """Loss and accuracy along interpolation paths (one line per path, e.g. naive vs aligned)."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["test loss", "test accuracy"])
+    for i, (name, p) in enumerate(paths.items()):
+        color = px.colors.qualitative.Plotly[i % 10]
+        label = f"{name} (barrier {float(p['barrier']):.3f})" if "barrier" in p else name
+        fig.add_trace(go.Scatter(x=p["alpha"], y=p["loss"], name=label, line={"color": color}), row=1, col=1)
+        fig.add_trace(go.Scatter(x=p["alpha"], y=p["acc"], name=label, line={"color": color}, showlegend=False), row=1, col=2)
+    fig.update_xaxes(title_text="alpha (0 = A, 1 = B)")
+    fig.update_layout(title="Linear interpolation between two models")
+    return fig

@@ -190,7 +190,7 @@ class Zoo:
         if sha256_file(man) != self.info.get("manifest_sha256"):
             raise PeaceError(f"{man} does not match the checksum in zoo.json (changed or corrupted); "
                              f"rebuild it with `peace zoo build ... --out {self.path} --resume`")
-        self.manifest = pd.read_parquet(man).set_index("model_id", drop=False)
+        self.manifest = pd.read_parquet(man).set_index("model_id", drop=False).rename_axis(None)
 
     def __len__(self) -> int:
         return len(self.manifest)

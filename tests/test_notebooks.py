@@ -17,3 +17,14 @@ def test_build_zoo_notebook(tmp_path):
     outputs = [o for c in json.loads(out_nb.read_text())["cells"] for o in c.get("outputs", [])]
     assert any("application/vnd.plotly.v1+json" in o.get("data", {}) for o in outputs)
     assert any("digits-rot90" in "".join(o.get("data", {}).get("text/plain", "")) for o in outputs)
+
+
+@pytest.mark.slow
+def test_symmetry_demo_notebook(tiny_zoo, tmp_path):
+    out_nb = tmp_path / "06.ipynb"
+    pm.execute_notebook(str(ROOT / "notebooks/06_symmetry_demo.ipynb"), str(out_nb), kernel_name="python3",
+                        parameters={"preset": "tiny", "zoo_dir": str(tiny_zoo.path), "seed": 3},
+                        cwd=str(ROOT / "notebooks"), progress_bar=False)
+    text = out_nb.read_text()
+    assert "relative raw-weight distance" in text and "predictions that agree: 100.0%" in text
+    assert text.count("application/vnd.plotly.v1+json") >= 2

@@ -1,0 +1,95 @@
+"""Permutation alignment (weight matching) and linear interpolation between two models.
+
+``align(spec, a, b)`` permutes the hidden units of B to match A (Ainsworth et al. 2023, "Git
+Re-Basin", weight matching): for each hidden layer, a linear assignment (scipy) maximising the
+similarity of incoming and outgoing weights, repeated over layers until no permutation changes.
+B's function is unchanged, so interpolating A and aligned B compares like with like.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor
+
+from .architectures import ArchSpec, forward
+from .errors import PeaceError
+from .symmetry import Params, _column_index, hidden_sizes, transform
+
+
+def _check_same(spec: ArchSpec, a: Params, b: Params) -> None:
+    shapes = spec.param_shapes()
+    for name, params in (("A", a), ("B", b)):
+        got = {k: tuple(v.shape) for k, v in params.items()}
+        if got != shapes:
+            raise PeaceError(f"model {name} does not have the architecture {spec.describe()} "
+                             f"(expected parameters {shapes}, got {got}); alignment needs two models of one architecture")
+
+
+def _unit_features(spec: ArchSpec, p: Params, i: int, perms: list[Tensor]) -> Tensor:
+    """Each hidden unit of layer i as one vector: incoming weights (inputs already permuted by the
+    previous layer's permutation), bias, and outgoing weights (outputs permuted by the next one's)."""
+    layer, nxt = spec.layers[i], spec.layers[i + 1]
+    w_in = p[layer.weight_name]
+    if i > 0:
+        w_in = w_in[:, _column_index(layer, perms[i - 1])]
+    parts = [w_in.reshape(layer.out_features, -1)]
+    if layer.bias:
+        parts.append(p[layer.bias_name].unsqueeze(1))
+    w_out = p[nxt.weight_name]
+    if i + 1 < len(perms):
+        w_out = w_out[perms[i + 1]]
+    block = nxt.in_features // layer.out_features  # > 1 at a conv -> linear flatten
+    w_out = w_out.reshape(nxt.out_features, layer.out_features, block, -1)
+    parts.append(w_out.permute(1, 0, 2, 3).reshape(layer.out_features, -1))
+    return torch.cat(parts, 1)
+
+
+def align(spec: ArchSpec, a: Params, b: Params, max_iter: int = 50) -> tuple[Params, list[Tensor]]:
+    """Return B with hidden units permuted to best match A (same function as B), and the permutations."""
+    _check_same(spec, a, b)
+    sizes = hidden_sizes(spec)
+    perms = [torch.arange(n) for n in sizes]
+    rng = np.random.default_rng(0)
+    fa = [_unit_features(spec, a, i, perms) for i in range(len(sizes))]
+    for _ in range(max_iter):
+        changed = False
+        for i in rng.permutation(len(sizes)):
+            # B's units with its neighbours' current permutations applied to the shared axes
+            fb = _unit_features(spec, b, i, perms)
+            cost = (fa[i].double() @ fb.double().T).numpy()
+            _, cols = linear_sum_assignment(cost, maximize=True)
+            new = torch.as_tensor(cols, dtype=torch.long)
+            if not torch.equal(new, perms[i]):
+                # only accept strict improvements (ties would make the loop cycle)
+                old_score, new_score = cost[np.arange(len(cols)), perms[i].numpy()].sum(), cost[np.arange(len(cols)), cols].sum()
+                if new_score > old_score + 1e-12:
+                    perms[i], changed = new, True
+        if not changed:
+            break
+    return transform(spec, b, perms, None), perms
+
+
+def interpolate(a: Params, b: Params, alpha: float) -> Params:
+    """(1 - alpha) * A + alpha * B, parameter by parameter."""
+    return {k: torch.lerp(a[k], b[k], float(alpha)) for k in a}
+
+
+@torch.no_grad()
+def interpolation_path(spec: ArchSpec, a: Params, b: Params, X: Tensor, y: Tensor,
+                       n_points: int = 11) -> dict[str, np.ndarray]:
+    """Loss and accuracy on (X, y) at ``n_points`` evenly spaced alphas from A (0) to B (1)."""
+    _check_same(spec, a, b)
+    alphas = torch.linspace(0, 1, n_points)
+    stacked = {k: torch.stack([torch.lerp(a[k], b[k], float(t)) for t in alphas]) for k in a}
+    logits = forward(spec, stacked, X)
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.repeat(n_points),
+                                             reduction="none").reshape(n_points, -1).mean(1)
+    acc = (logits.argmax(-1) == y).float().mean(1)
+    return {"alpha": alphas.numpy(), "loss": loss.numpy(), "acc": acc.numpy()}
+
+
+def loss_barrier(path: dict[str, np.ndarray]) -> float:
+    """Largest rise of the path's loss above the straight line between its endpoint losses."""
+    loss, alpha = path["loss"], path["alpha"]
+    return float(np.max(loss - ((1 - alpha) * loss[0] + alpha * loss[-1])))

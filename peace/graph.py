@@ -1,0 +1,186 @@
+"""Neural graphs: a network as a graph whose nodes are neurons and whose edges are weights.
+
+Nodes, in order: the input units (features, or input channels), then the hidden units of each
+layer, then the outputs. A hidden unit is one node shared by the layer that writes it and the layer
+that reads it, so relabelling hidden nodes is exactly the network's permutation symmetry. Input and
+output nodes keep their identity (``node_pos``: their index; -1 for hidden nodes).
+
+Node features: ``[bias, depth / n_layers, role one-hot (input, hidden, output), activation one-hot]``.
+Edge features: ``[weight values zero-padded to edge_dim, kind one-hot (linear, conv1d, conv2d, flatten)]``.
+A conv kernel is one edge carrying its k (or k x k) values; at a conv -> linear flatten, the block of
+columns that one channel feeds to one output is one edge carrying that block.
+
+``NeuralGraph`` holds plain arrays (for the pure-torch backend); ``to_dgl`` / ``batch_dgl`` make DGL
+graphs of the same data; ``graph_to_params`` inverts the construction exactly.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from .architectures import ACTIVATIONS, ArchSpec
+from .errors import PeaceError
+
+ROLES = ("input", "hidden", "output")
+EDGE_KINDS = ("linear", "conv1d", "conv2d", "flatten")
+ACTIVATION_NAMES = tuple(ACTIVATIONS)
+NODE_DIM = 2 + len(ROLES) + len(ACTIVATION_NAMES)
+DEFAULT_EDGE_DIM = 25  # a 5x5 kernel, or a flatten block of 25 positions
+
+
+@dataclass
+class NeuralGraph:
+    """One model's graph as tensors. ``node_layer``: 0 for inputs, i + 1 for the units layer i writes."""
+
+    src: Tensor          # (E,) int64
+    dst: Tensor          # (E,) int64
+    node_feat: Tensor    # (N, NODE_DIM)
+    edge_feat: Tensor    # (E, edge_dim + len(EDGE_KINDS))
+    node_layer: Tensor   # (N,) int64
+    node_pos: Tensor     # (N,) int64, -1 for hidden nodes
+    edge_layer: Tensor   # (E,) int64: the weight layer an edge belongs to
+    n_layers: int
+
+    @property
+    def num_nodes(self) -> int:
+        return self.node_feat.shape[0]
+
+    @property
+    def num_edges(self) -> int:
+        return self.src.shape[0]
+
+
+def check_params(spec: ArchSpec, params: dict[str, Tensor]) -> None:
+    """Refuse parameters that do not fit ``spec`` or hold NaN/Inf, naming the tensor."""
+    shapes = spec.param_shapes()
+    missing, extra = sorted(set(shapes) - set(params)), sorted(set(params) - set(shapes))
+    if missing or extra:
+        raise PeaceError(f"parameters do not match {spec.describe()}: missing {missing}, unexpected {extra}")
+    for name, shape in shapes.items():
+        t = params[name]
+        if tuple(t.shape) != shape:
+            raise PeaceError(f"parameter {name} has shape {tuple(t.shape)}, but {spec.describe()} needs {shape}")
+        if not t.is_floating_point():
+            raise PeaceError(f"parameter {name} has dtype {t.dtype}; weights must be floating point")
+        if not torch.isfinite(t).all():
+            raise PeaceError(f"parameter {name} contains NaN or Inf values; a diverged or corrupted model cannot "
+                             f"be turned into a graph")
+
+
+def edge_dim_needed(spec: ArchSpec) -> int:
+    """Values one edge of this architecture carries at most."""
+    need = 1
+    for layer in spec.layers:
+        need = max(need, math.prod(layer.kernel))
+        if layer.flatten_from is not None:
+            need = max(need, math.prod(layer.flatten_from[1:]))
+    return need
+
+
+def _layer_edges(layer, w: Tensor) -> tuple[Tensor, str]:
+    """(out, in, values) edge values of one weight layer, and its edge kind."""
+    if layer.flatten_from is not None:
+        c = layer.flatten_from[0]
+        return w.reshape(layer.out_features, c, -1), "flatten"
+    return w.reshape(layer.out_features, layer.in_features, -1), layer.kind
+
+
+def neural_graph(spec: ArchSpec, params: dict[str, Tensor], edge_dim: int = DEFAULT_EDGE_DIM) -> NeuralGraph:
+    """Build the neural graph of one model."""
+    check_params(spec, params)
+    if edge_dim_needed(spec) > edge_dim:
+        raise PeaceError(f"{spec.describe()} has edges carrying {edge_dim_needed(spec)} values but edge_dim is "
+                         f"{edge_dim}; raise edge_dim to at least {edge_dim_needed(spec)}")
+    L = spec.depth
+    sizes = [spec.layers[0].in_features] + [layer.out_features for layer in spec.layers]
+    offsets = [0]
+    for s in sizes:
+        offsets.append(offsets[-1] + s)
+    N = offsets[-1]
+    node_layer = torch.cat([torch.full((s,), i, dtype=torch.long) for i, s in enumerate(sizes)])
+    node_feat = torch.zeros(N, NODE_DIM)
+    node_feat[:, 1] = node_layer.float() / L
+    role = torch.ones(N, dtype=torch.long)
+    role[: sizes[0]] = 0
+    role[offsets[-2]:] = 2
+    node_feat[torch.arange(N), 2 + role] = 1.0
+    hidden = role == 1
+    node_feat[hidden, 2 + len(ROLES) + ACTIVATION_NAMES.index(spec.activation)] = 1.0
+    node_pos = torch.full((N,), -1, dtype=torch.long)
+    node_pos[: sizes[0]] = torch.arange(sizes[0])
+    node_pos[offsets[-2]:] = torch.arange(sizes[-1])
+    src, dst, feats, elayer = [], [], [], []
+    for i, layer in enumerate(spec.layers):
+        if layer.bias:
+            node_feat[offsets[i + 1]:offsets[i + 2], 0] = params[layer.bias_name].float()
+        vals, kind = _layer_edges(layer, params[layer.weight_name].float())
+        n_out, n_in, k = vals.shape
+        d = torch.arange(n_out).repeat_interleave(n_in) + offsets[i + 1]
+        s = torch.arange(n_in).repeat(n_out) + offsets[i]
+        f = torch.zeros(n_out * n_in, edge_dim + len(EDGE_KINDS))
+        f[:, :k] = vals.reshape(-1, k)
+        f[:, edge_dim + EDGE_KINDS.index(kind)] = 1.0
+        src.append(s), dst.append(d), feats.append(f), elayer.append(torch.full((len(s),), i, dtype=torch.long))
+    return NeuralGraph(torch.cat(src), torch.cat(dst), node_feat, torch.cat(feats), node_layer, node_pos,
+                       torch.cat(elayer), L)
+
+
+def graph_to_params(spec: ArchSpec, g: NeuralGraph) -> dict[str, Tensor]:
+    """The state dict a neural graph encodes (exact inverse of ``neural_graph``)."""
+    params = {}
+    for i, layer in enumerate(spec.layers):
+        mask = g.edge_layer == i
+        f = g.edge_feat[mask]
+        n_in = layer.flatten_from[0] if layer.flatten_from is not None else layer.in_features
+        k = math.prod(layer.weight_shape) // (layer.out_features * n_in)
+        params[layer.weight_name] = f[:, :k].reshape(layer.weight_shape).clone()
+        if layer.bias:
+            params[layer.bias_name] = g.node_feat[g.node_layer == i + 1, 0].clone()
+    return params
+
+
+# --- batching -----------------------------------------------------------------------------------
+
+@dataclass
+class GraphBatch:
+    """Many neural graphs concatenated, node ids offset; ``node_graph`` maps nodes to their graph."""
+
+    graphs: NeuralGraph
+    node_graph: Tensor  # (N_total,) int64
+    n_layers: Tensor    # (G,) int64
+    num_graphs: int
+
+
+def batch_graphs(graphs: Sequence[NeuralGraph]) -> GraphBatch:
+    """Concatenate graphs for the pure-torch backend (the equivalent of ``dgl.batch``)."""
+    if not graphs:
+        raise PeaceError("cannot batch an empty list of graphs")
+    counts = torch.tensor([g.num_nodes for g in graphs])
+    offs = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)[:-1]])
+    edge_offs = torch.cat([torch.full((g.num_edges,), int(o)) for g, o in zip(graphs, offs)])
+    cat = lambda name: torch.cat([getattr(g, name) for g in graphs])  # noqa: E731
+    merged = NeuralGraph(cat("src") + edge_offs, cat("dst") + edge_offs, cat("node_feat"), cat("edge_feat"),
+                         cat("node_layer"), cat("node_pos"), cat("edge_layer"), max(g.n_layers for g in graphs))
+    node_graph = torch.arange(len(graphs)).repeat_interleave(counts)
+    return GraphBatch(merged, node_graph, torch.tensor([g.n_layers for g in graphs]), len(graphs))
+
+
+def to_dgl(g: NeuralGraph):
+    """The same graph as a ``dgl.DGLGraph`` (ndata: feat, layer, pos; edata: feat, layer)."""
+    import dgl
+
+    dg = dgl.graph((g.src, g.dst), num_nodes=g.num_nodes)
+    dg.ndata["feat"], dg.ndata["layer"], dg.ndata["pos"] = g.node_feat, g.node_layer, g.node_pos
+    dg.edata["feat"], dg.edata["layer"] = g.edge_feat, g.edge_layer
+    return dg
+
+
+def batch_dgl(graphs: Sequence[NeuralGraph]):
+    """A batched ``DGLGraph`` of many models."""
+    import dgl
+
+    return dgl.batch([to_dgl(g) for g in graphs])

@@ -1,0 +1,94 @@
+import pytest
+import torch
+
+from peace.architectures import ArchSpec, PeaceNet
+from peace.errors import PeaceError
+from peace.graph import (EDGE_KINDS, NODE_DIM, batch_dgl, batch_graphs, edge_dim_needed, graph_to_params,
+                         neural_graph)
+from peace.symmetry import hidden_sizes, transform
+
+SPECS = [
+    ArchSpec("mlp", (16,), 4, hidden=(5,), activation="tanh", bias=False),
+    ArchSpec("mlp", (1, 8, 8), 10, hidden=(8, 6), activation="relu"),
+    ArchSpec("cnn1d", (1, 40), 10, hidden=(3, 4), fc_hidden=(7,), activation="gelu", pool="max"),
+    ArchSpec("cnn2d", (1, 8, 8), 10, hidden=(2, 3), activation="leaky_relu", kernel_size=5),
+]
+
+
+def _params(spec, seed=0):
+    torch.manual_seed(seed)
+    return {k: v.detach() for k, v in PeaceNet(spec).state_dict().items()}
+
+
+def _expected_edges(spec):
+    n = 0
+    for layer in spec.layers:
+        n_in = layer.flatten_from[0] if layer.flatten_from else layer.in_features
+        n += layer.out_features * n_in
+    return n
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.describe())
+def test_counts_and_round_trip(spec):
+    p = _params(spec)
+    g = neural_graph(spec, p)
+    assert g.num_nodes == spec.layers[0].in_features + sum(layer.out_features for layer in spec.layers)
+    assert g.num_edges == _expected_edges(spec)
+    assert g.node_feat.shape[1] == NODE_DIM and g.edge_feat.shape[1] == 25 + len(EDGE_KINDS)
+    back = graph_to_params(spec, g)
+    assert back.keys() == p.keys() and all(torch.equal(back[k], p[k]) for k in p)
+    g2 = neural_graph(spec, back)
+    for f in ("src", "dst", "node_feat", "edge_feat", "node_layer", "node_pos", "edge_layer"):
+        assert torch.equal(getattr(g, f), getattr(g2, f))
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.describe())
+def test_permuted_model_gives_the_same_graph_up_to_relabelling(spec):
+    p = _params(spec)
+    g = torch.Generator().manual_seed(1)
+    perms = [torch.randperm(n, generator=g) for n in hidden_sizes(spec)]
+    gp, gq = neural_graph(spec, p), neural_graph(spec, transform(spec, p, perms, None))
+    # node relabelling: new hidden node j of layer i is old node perms[i][j]
+    sizes = [spec.layers[0].in_features] + [layer.out_features for layer in spec.layers]
+    offs = torch.tensor([0] + sizes).cumsum(0)
+    new_to_old = torch.arange(gq.num_nodes)
+    for i, perm in enumerate(perms):
+        new_to_old[offs[i + 1]:offs[i + 2]] = perm + offs[i + 1]
+    assert torch.equal(gq.node_feat, gp.node_feat[new_to_old])
+    assert torch.equal(gq.node_pos, gp.node_pos[new_to_old])
+    edges_p = {(int(s), int(d)): f for s, d, f in zip(gp.src, gp.dst, gp.edge_feat)}
+    for s, d, f in zip(gq.src, gq.dst, gq.edge_feat):
+        assert torch.equal(edges_p[(int(new_to_old[s]), int(new_to_old[d]))], f)
+    assert not torch.equal(gp.edge_feat, gq.edge_feat)  # the raw arrays did change
+
+
+def test_batches_agree_between_dgl_and_plain_arrays():
+    graphs = [neural_graph(s, _params(s, i)) for i, s in enumerate(SPECS)]
+    b = batch_graphs(graphs)
+    dg = batch_dgl(graphs)
+    assert dg.batch_size == len(graphs) and dg.num_nodes() == b.graphs.num_nodes == int(b.node_graph.numel())
+    src, dst = dg.edges()
+    assert torch.equal(src, b.graphs.src) and torch.equal(dst, b.graphs.dst)
+    assert torch.equal(dg.ndata["feat"], b.graphs.node_feat) and torch.equal(dg.edata["feat"], b.graphs.edge_feat)
+    assert torch.equal(dg.batch_num_nodes(), torch.bincount(b.node_graph))
+
+
+def test_bad_parameters_are_refused_before_graph_construction():
+    spec = SPECS[1]
+    p = _params(spec)
+    for bad in (float("nan"), float("inf")):
+        q = dict(p)
+        q["layers.1.weight"] = q["layers.1.weight"].clone()
+        q["layers.1.weight"][0, 0] = bad
+        with pytest.raises(PeaceError, match="layers.1.weight contains NaN or Inf"):
+            neural_graph(spec, q)
+    with pytest.raises(PeaceError, match="missing \\['layers.2.bias'\\]"):
+        neural_graph(spec, {k: v for k, v in p.items() if k != "layers.2.bias"})
+    with pytest.raises(PeaceError, match="layers.0.weight has shape"):
+        neural_graph(spec, {**p, "layers.0.weight": torch.zeros(3, 3)})
+    with pytest.raises(PeaceError, match="dtype torch.int64"):
+        neural_graph(spec, {**p, "layers.0.bias": torch.zeros(8, dtype=torch.long)})
+    big = ArchSpec("cnn2d", (1, 8, 8), 10, hidden=(2,), kernel_size=7)
+    assert edge_dim_needed(big) == 49
+    with pytest.raises(PeaceError, match="raise edge_dim to at least 49"):
+        neural_graph(big, _params(big))

@@ -1,0 +1,89 @@
+"""Exact symmetries on every family, with and without biases, on real task inputs."""
+import pytest
+import torch
+
+from peace.architectures import ArchSpec, PeaceNet, forward
+from peace.alignment import align
+from peace.errors import PeaceError
+from peace.symmetry import RandomSymmetry, allowed, canonicalize, random_symmetry, transform
+from peace.tasks import load_task
+
+MODELS = [  # (task, spec kwargs)
+    ("tetris", dict(family="mlp", hidden=(5,), activation="tanh", bias=False)),
+    ("synth-1", dict(family="mlp", hidden=(7, 6), activation="relu")),
+    ("synth-1", dict(family="mlp", hidden=(7, 6), activation="identity", bias=False)),
+    ("digits", dict(family="cnn2d", hidden=(3, 4), fc_hidden=(6,), activation="leaky_relu", pool="max")),
+    ("digits", dict(family="cnn2d", hidden=(3,), activation="tanh", pool="avg", bias=False)),
+    ("mnist1d", dict(family="cnn1d", hidden=(3, 4), activation="relu", pool="avg")),
+    ("mnist1d", dict(family="cnn1d", hidden=(4,), fc_hidden=(5,), activation="identity", pool="none")),
+    ("digits", dict(family="mlp", hidden=(9,), activation="gelu")),
+    ("digits", dict(family="mlp", hidden=(9,), activation="sigmoid")),
+]
+
+
+def _model(task_name, kw, seed=0):
+    task = load_task(task_name)
+    spec = ArchSpec(input_shape=task.input_shape, n_classes=task.n_classes, **kw)
+    torch.manual_seed(seed)
+    net = PeaceNet(spec)
+    for p in net.parameters():  # non-trivial biases and a dead unit
+        torch.nn.init.normal_(p, std=0.5)
+    params = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    params[spec.layers[0].weight_name][0] = 0.0
+    if spec.layers[0].bias:
+        params[spec.layers[0].bias_name][0] = 0.0
+    return task, spec, params
+
+
+def _out(spec, params, X):
+    return forward(spec, {k: v.unsqueeze(0) for k, v in params.items()}, X)[0]
+
+
+@pytest.mark.parametrize("task_name, kw", MODELS, ids=lambda v: str(v))
+def test_random_symmetries_preserve_function_and_change_weights(task_name, kw):
+    task, spec, p = _model(task_name, kw)
+    X = torch.from_numpy(task.X_test[:200])
+    for seed in range(3):
+        q = random_symmetry(spec, p, seed)
+        torch.testing.assert_close(_out(spec, q, X), _out(spec, p, X), atol=1e-4, rtol=1e-4)
+        assert max((p[k] - q[k]).abs().max() for k in p) > 0.1
+
+
+@pytest.mark.parametrize("task_name, kw", MODELS, ids=lambda v: str(v))
+def test_canonical_form_is_orbit_invariant_and_function_preserving(task_name, kw):
+    task, spec, p = _model(task_name, kw)
+    X = torch.from_numpy(task.X_test[:200])
+    cp = canonicalize(spec, p)
+    torch.testing.assert_close(_out(spec, cp, X), _out(spec, p, X), atol=1e-4, rtol=1e-4)
+    for seed in range(3):
+        cq = canonicalize(spec, random_symmetry(spec, p, seed))
+        aligned, _ = align(spec, cp, cq)  # remove the permutation; scale and sign must already agree
+        for k in cp:
+            torch.testing.assert_close(aligned[k], cp[k], atol=1e-5, rtol=1e-4)
+
+
+def test_flatten_boundary_moves_whole_blocks():
+    task, spec, p = _model("digits", dict(family="cnn2d", hidden=(3,), activation="relu", pool="avg"))
+    perm = torch.tensor([2, 0, 1])
+    q = transform(spec, p, [perm], None)
+    fc = spec.layers[1]
+    block = fc.in_features // 3
+    assert torch.equal(q[fc.weight_name][:, :block], p[fc.weight_name][:, 2 * block:3 * block])
+
+
+def test_disallowed_transforms_are_errors():
+    _, tanh_spec, tanh_p = _model("tetris", dict(family="mlp", hidden=(5,), activation="tanh"))
+    _, relu_spec, relu_p = _model("tetris", dict(family="mlp", hidden=(5,), activation="relu"))
+    _, sig_spec, sig_p = _model("tetris", dict(family="mlp", hidden=(5,), activation="sigmoid"))
+    _, maxp_spec, maxp_p = _model("digits", dict(family="cnn2d", hidden=(3,), activation="tanh", pool="max"))
+    with pytest.raises(PeaceError, match="scaling hidden units needs a positively homogeneous activation.*uses tanh"):
+        random_symmetry(tanh_spec, tanh_p, 0, RandomSymmetry(scale=True))
+    with pytest.raises(PeaceError, match="sign flips need an odd activation.*activation relu"):
+        random_symmetry(relu_spec, relu_p, 0, RandomSymmetry(flip=True))
+    with pytest.raises(PeaceError, match="scaling.*uses sigmoid"):
+        transform(sig_spec, sig_p, None, [torch.full((5,), 2.0)])
+    with pytest.raises(PeaceError, match="max pooling"):
+        transform(maxp_spec, maxp_p, None, [torch.tensor([-1.0, 1.0, 1.0])])
+    with pytest.raises(PeaceError, match="not a permutation"):
+        transform(relu_spec, relu_p, [torch.tensor([0, 0, 1, 2, 3])], None)
+    assert allowed(sig_spec) == {"permute": True, "scale": False, "flip": False}
