@@ -87,3 +87,27 @@ def test_disallowed_transforms_are_errors():
     with pytest.raises(PeaceError, match="not a permutation"):
         transform(relu_spec, relu_p, [torch.tensor([0, 0, 1, 2, 3])], None)
     assert allowed(sig_spec) == {"permute": True, "scale": False, "flip": False}
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.data(), activation=st.sampled_from(["relu", "leaky_relu", "tanh", "identity"]),
+       hidden=st.lists(st.integers(1, 6), min_size=1, max_size=3), bias=st.booleans())
+def test_property_canonical_form_absorbs_any_allowed_transform(data, activation, hidden, bias):
+    task, spec, p = _model("synth-1", dict(family="mlp", hidden=tuple(hidden), activation=activation, bias=bias))
+    ok = allowed(spec)
+    perms, factors = [], []
+    for n in hidden:
+        perms.append(torch.tensor(data.draw(st.permutations(list(range(n))))))
+        mags = data.draw(st.lists(st.floats(0.1, 10.0), min_size=n, max_size=n)) if ok["scale"] else [1.0] * n
+        signs = data.draw(st.lists(st.sampled_from([-1.0, 1.0]), min_size=n, max_size=n)) if ok["flip"] else [1.0] * n
+        factors.append(torch.tensor(mags) * torch.tensor(signs))
+    q = transform(spec, p, perms, factors)
+    X = torch.from_numpy(task.X_test[:100])
+    torch.testing.assert_close(_out(spec, q, X), _out(spec, p, X), atol=1e-4, rtol=1e-4)
+    cp, cq = canonicalize(spec, p), canonicalize(spec, q)
+    aligned, _ = align(spec, cp, cq)
+    for k in cp:
+        torch.testing.assert_close(aligned[k], cp[k], atol=1e-4, rtol=1e-4)
