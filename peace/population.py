@@ -8,7 +8,7 @@ model i trained in a population equals the same model trained alone (``train_sin
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -204,7 +204,6 @@ def train_population(task: Task, spec: ArchSpec, hparams: Sequence[HParams], sch
                          f"with samples shaped {task.input_shape}")
     if spec.n_classes != task.n_classes:
         raise PeaceError(f"architecture has {spec.n_classes} outputs but task {task.name!r} has {task.n_classes} classes")
-    P = len(hparams)
     seeds = torch.tensor([h.seed for h in hparams], dtype=torch.int64)
     params = {k: v.clone() for k, v in (start if start is not None else init_params(spec, hparams)).items()}
     for v in params.values():
@@ -283,7 +282,3 @@ def train_single(task: Task, spec: ArchSpec, hp: HParams, schedule: Schedule,
         if epoch in schedule.checkpoints:
             out[epoch] = {k: v.detach().clone() for k, v in net.state_dict().items()}
     return out
-
-
-def hparams_dict(hp: HParams) -> dict:
-    return asdict(hp)
