@@ -26,7 +26,7 @@ def _check_same(spec: ArchSpec, a: Params, b: Params) -> None:
                              f"(expected parameters {shapes}, got {got}); alignment needs two models of one architecture")
 
 
-def _unit_features(spec: ArchSpec, p: Params, i: int, perms: list[Tensor]) -> Tensor:
+def _unit_features(spec: ArchSpec, p: Params, i: int, perms: list[Tensor], outgoing: bool = True) -> Tensor:
     """Each hidden unit of layer i as one vector: incoming weights (inputs already permuted by the
     previous layer's permutation), bias, and outgoing weights (outputs permuted by the next one's)."""
     layer, nxt = spec.layers[i], spec.layers[i + 1]
@@ -36,6 +36,8 @@ def _unit_features(spec: ArchSpec, p: Params, i: int, perms: list[Tensor]) -> Te
     parts = [w_in.reshape(layer.out_features, -1)]
     if layer.bias:
         parts.append(p[layer.bias_name].unsqueeze(1))
+    if not outgoing:
+        return torch.cat(parts, 1)
     w_out = p[nxt.weight_name]
     if i + 1 < len(perms):
         w_out = w_out[perms[i + 1]]
@@ -51,7 +53,11 @@ def align(spec: ArchSpec, a: Params, b: Params, max_iter: int = 50) -> tuple[Par
     sizes = hidden_sizes(spec)
     perms = [torch.arange(n) for n in sizes]
     rng = np.random.default_rng(0)
-    fa = [_unit_features(spec, a, i, perms) for i in range(len(sizes))]
+    for i in range(len(sizes)):  # start: match incoming weights layer by layer (exact for exact permutations)
+        fa_in = _unit_features(spec, a, i, [torch.arange(n) for n in sizes], outgoing=False)
+        fb_in = _unit_features(spec, b, i, perms, outgoing=False)
+        perms[i] = torch.as_tensor(linear_sum_assignment((fa_in.double() @ fb_in.double().T).numpy(), maximize=True)[1])
+    fa = [_unit_features(spec, a, i, [torch.arange(n) for n in sizes]) for i in range(len(sizes))]
     for _ in range(max_iter):
         changed = False
         for i in rng.permutation(len(sizes)):

@@ -92,7 +92,7 @@ def test_disallowed_transforms_are_errors():
 from hypothesis import given, settings, strategies as st  # noqa: E402
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(data=st.data(), activation=st.sampled_from(["relu", "leaky_relu", "tanh", "identity"]),
        hidden=st.lists(st.integers(1, 6), min_size=1, max_size=3), bias=st.booleans())
 def test_property_canonical_form_absorbs_any_allowed_transform(data, activation, hidden, bias):
@@ -108,6 +108,20 @@ def test_property_canonical_form_absorbs_any_allowed_transform(data, activation,
     X = torch.from_numpy(task.X_test[:100])
     torch.testing.assert_close(_out(spec, q, X), _out(spec, p, X), atol=1e-4, rtol=1e-4)
     cp, cq = canonicalize(spec, p), canonicalize(spec, q)
-    aligned, _ = align(spec, cp, cq)
+    expected = transform(spec, cp, perms, None)  # the canonical form of the orbit, permuted alike
+    for k in cp:
+        torch.testing.assert_close(cq[k], expected[k], atol=1e-4, rtol=1e-4)
+    aligned, _ = align(spec, cp, cq)  # and weight matching finds that permutation
     for k in cp:
         torch.testing.assert_close(aligned[k], cp[k], atol=1e-4, rtol=1e-4)
+
+
+def test_regression_all_signs_flipped_tanh_with_dead_unit():
+    """Found by hypothesis in CI: weight matching used to stop in a local optimum here."""
+    task, spec, p = _model("synth-1", dict(family="mlp", hidden=(2, 3, 2), activation="tanh", bias=False))
+    perms = [torch.tensor([0, 1]), torch.tensor([1, 2, 0]), torch.tensor([0, 1])]
+    factors = [-torch.ones(2), -torch.ones(3), -torch.ones(2)]
+    cp, cq = canonicalize(spec, p), canonicalize(spec, transform(spec, p, perms, factors))
+    aligned, found = align(spec, cp, cq)
+    for k in cp:
+        torch.testing.assert_close(aligned[k], cp[k], atol=1e-5, rtol=1e-4)
