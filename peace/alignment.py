@@ -12,18 +12,18 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-from .architectures import ArchSpec, forward
+from .architectures import ArchSpec, check_params, stack_params
 from .errors import PeaceError
+from .population import evaluate
 from .symmetry import Params, _column_index, hidden_sizes, transform
 
 
 def _check_same(spec: ArchSpec, a: Params, b: Params) -> None:
-    shapes = spec.param_shapes()
     for name, params in (("A", a), ("B", b)):
-        got = {k: tuple(v.shape) for k, v in params.items()}
-        if got != shapes:
-            raise PeaceError(f"model {name} does not have the architecture {spec.describe()} "
-                             f"(expected parameters {shapes}, got {got}); alignment needs two models of one architecture")
+        try:
+            check_params(spec, params)
+        except PeaceError as e:
+            raise PeaceError(f"model {name}: {e}; alignment needs two finite models of one architecture") from None
 
 
 def _unit_features(spec: ArchSpec, p: Params, i: int, perms: list[Tensor], outgoing: bool = True) -> Tensor:
@@ -47,30 +47,32 @@ def _unit_features(spec: ArchSpec, p: Params, i: int, perms: list[Tensor], outgo
     return torch.cat(parts, 1)
 
 
+def _match(fa: Tensor, fb: Tensor) -> tuple[Tensor, np.ndarray]:
+    """Linear assignment of B's units to A's maximising the summed dot products; (perm, cost)."""
+    cost = (fa.double() @ fb.double().T).numpy()
+    return torch.as_tensor(linear_sum_assignment(cost, maximize=True)[1], dtype=torch.long), cost
+
+
 def align(spec: ArchSpec, a: Params, b: Params, max_iter: int = 50) -> tuple[Params, list[Tensor]]:
     """Return B with hidden units permuted to best match A (same function as B), and the permutations."""
     _check_same(spec, a, b)
     sizes = hidden_sizes(spec)
-    perms = [torch.arange(n) for n in sizes]
-    rng = np.random.default_rng(0)
+    identity = [torch.arange(n) for n in sizes]
+    perms = list(identity)
     for i in range(len(sizes)):  # start: match incoming weights layer by layer (exact for exact permutations)
-        fa_in = _unit_features(spec, a, i, [torch.arange(n) for n in sizes], outgoing=False)
-        fb_in = _unit_features(spec, b, i, perms, outgoing=False)
-        perms[i] = torch.as_tensor(linear_sum_assignment((fa_in.double() @ fb_in.double().T).numpy(), maximize=True)[1])
-    fa = [_unit_features(spec, a, i, [torch.arange(n) for n in sizes]) for i in range(len(sizes))]
+        perms[i], _ = _match(_unit_features(spec, a, i, identity, outgoing=False),
+                             _unit_features(spec, b, i, perms, outgoing=False))
+    fa = [_unit_features(spec, a, i, identity) for i in range(len(sizes))]
+    rng = np.random.default_rng(0)
     for _ in range(max_iter):
         changed = False
         for i in rng.permutation(len(sizes)):
             # B's units with its neighbours' current permutations applied to the shared axes
-            fb = _unit_features(spec, b, i, perms)
-            cost = (fa[i].double() @ fb.double().T).numpy()
-            _, cols = linear_sum_assignment(cost, maximize=True)
-            new = torch.as_tensor(cols, dtype=torch.long)
-            if not torch.equal(new, perms[i]):
-                # only accept strict improvements (ties would make the loop cycle)
-                old_score, new_score = cost[np.arange(len(cols)), perms[i].numpy()].sum(), cost[np.arange(len(cols)), cols].sum()
-                if new_score > old_score + 1e-12:
-                    perms[i], changed = new, True
+            new, cost = _match(fa[i], _unit_features(spec, b, i, perms))
+            rows = np.arange(len(new))
+            # only accept strict improvements (ties would make the loop cycle)
+            if cost[rows, new.numpy()].sum() > cost[rows, perms[i].numpy()].sum() + 1e-12:
+                perms[i], changed = new, True
         if not changed:
             break
     return transform(spec, b, perms, None), perms
@@ -81,18 +83,13 @@ def interpolate(a: Params, b: Params, alpha: float) -> Params:
     return {k: torch.lerp(a[k], b[k], float(alpha)) for k in a}
 
 
-@torch.no_grad()
 def interpolation_path(spec: ArchSpec, a: Params, b: Params, X: Tensor, y: Tensor,
                        n_points: int = 11) -> dict[str, np.ndarray]:
     """Loss and accuracy on (X, y) at ``n_points`` evenly spaced alphas from A (0) to B (1)."""
     _check_same(spec, a, b)
-    alphas = torch.linspace(0, 1, n_points)
-    stacked = {k: torch.stack([torch.lerp(a[k], b[k], float(t)) for t in alphas]) for k in a}
-    logits = forward(spec, stacked, X)
-    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.repeat(n_points),
-                                             reduction="none").reshape(n_points, -1).mean(1)
-    acc = (logits.argmax(-1) == y).float().mean(1)
-    return {"alpha": alphas.numpy(), "loss": loss.numpy(), "acc": acc.numpy()}
+    alphas = np.linspace(0, 1, n_points)
+    res = evaluate(spec, stack_params([interpolate(a, b, t) for t in alphas]), X, y, spec.n_classes)
+    return {"alpha": alphas, "loss": res["loss"], "acc": res["acc"]}
 
 
 def loss_barrier(path: dict[str, np.ndarray]) -> float:

@@ -271,6 +271,23 @@ def hidden_shapes(spec: ArchSpec, batch: int) -> list[tuple[int, ...]]:
     return shapes
 
 
+def check_params(spec: ArchSpec, params: dict[str, Tensor]) -> None:
+    """Refuse parameters that do not fit ``spec`` or hold NaN/Inf, naming the tensor."""
+    shapes = spec.param_shapes()
+    missing, extra = sorted(set(shapes) - set(params)), sorted(set(params) - set(shapes))
+    if missing or extra:
+        raise PeaceError(f"parameters do not match {spec.describe()}: missing {missing}, unexpected {extra}")
+    for name, shape in shapes.items():
+        t = params[name]
+        if tuple(t.shape) != shape:
+            raise PeaceError(f"parameter {name} has shape {tuple(t.shape)}, but {spec.describe()} needs {shape}")
+        if not t.is_floating_point():
+            raise PeaceError(f"parameter {name} has dtype {t.dtype}; weights must be floating point")
+        if not torch.isfinite(t).all():
+            raise PeaceError(f"parameter {name} contains NaN or Inf values; a diverged or corrupted model cannot "
+                             f"be turned into a graph")
+
+
 def stack_params(models: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
     """Stack single-model state dicts into population tensors (leading dimension P)."""
     return {k: torch.stack([m[k] for m in models]) for k in models[0]}

@@ -22,7 +22,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .architectures import ACTIVATIONS, ArchSpec
+from .architectures import ACTIVATIONS, ArchSpec, check_params
 from .errors import PeaceError
 
 ROLES = ("input", "hidden", "output")
@@ -52,23 +52,6 @@ class NeuralGraph:
     @property
     def num_edges(self) -> int:
         return self.src.shape[0]
-
-
-def check_params(spec: ArchSpec, params: dict[str, Tensor]) -> None:
-    """Refuse parameters that do not fit ``spec`` or hold NaN/Inf, naming the tensor."""
-    shapes = spec.param_shapes()
-    missing, extra = sorted(set(shapes) - set(params)), sorted(set(params) - set(shapes))
-    if missing or extra:
-        raise PeaceError(f"parameters do not match {spec.describe()}: missing {missing}, unexpected {extra}")
-    for name, shape in shapes.items():
-        t = params[name]
-        if tuple(t.shape) != shape:
-            raise PeaceError(f"parameter {name} has shape {tuple(t.shape)}, but {spec.describe()} needs {shape}")
-        if not t.is_floating_point():
-            raise PeaceError(f"parameter {name} has dtype {t.dtype}; weights must be floating point")
-        if not torch.isfinite(t).all():
-            raise PeaceError(f"parameter {name} contains NaN or Inf values; a diverged or corrupted model cannot "
-                             f"be turned into a graph")
 
 
 def edge_dim_needed(spec: ArchSpec) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 
 def accuracy_by_task(manifest: pd.DataFrame) -> go.Figure:
@@ -24,8 +25,6 @@ def accuracy_over_epochs(manifest: pd.DataFrame) -> go.Figure:
 
 def weight_heatmaps(before: dict, after: dict, title: str = "Weights before and after") -> go.Figure:
     """Each weight matrix before (top row) and after (bottom row) a transform; conv kernels unrolled."""
-    from plotly.subplots import make_subplots
-
     names = [k for k in before if k.endswith("weight")]
     fig = make_subplots(rows=2, cols=len(names), subplot_titles=[f"{n} before" for n in names] + [f"{n} after" for n in names],
                         vertical_spacing=0.12)
@@ -40,8 +39,6 @@ def weight_heatmaps(before: dict, after: dict, title: str = "Weights before and 
 
 def interpolation_figure(paths: dict) -> go.Figure:
     """Loss and accuracy along interpolation paths (one line per path, e.g. naive vs aligned)."""
-    from plotly.subplots import make_subplots
-
     fig = make_subplots(rows=1, cols=2, subplot_titles=["test loss", "test accuracy"])
     for i, (name, p) in enumerate(paths.items()):
         color = px.colors.qualitative.Plotly[i % 10]

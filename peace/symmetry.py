@@ -142,9 +142,9 @@ def canonicalize(spec: ArchSpec, params: Params) -> Params:
     canonicalize(transform(m)) equals canonicalize(m) up to a permutation of hidden units.
     """
     ok = allowed(spec)
-    out = params
-    for i, n in enumerate(hidden_sizes(spec)):
-        factors = [None] * len(hidden_sizes(spec))
+    sizes = hidden_sizes(spec)
+    out = {k: v.clone() for k, v in params.items()}
+    for i, n in enumerate(sizes):
         inc = _incoming(spec, out, i)
         f = torch.ones(n, dtype=inc.dtype)
         if ok["scale"]:
@@ -154,12 +154,9 @@ def canonicalize(spec: ArchSpec, params: Params) -> Params:
             top = inc.gather(1, inc.abs().argmax(1, keepdim=True)).squeeze(1)
             f = f * torch.where(top < 0, -1.0, 1.0)
         if ok["scale"] or ok["flip"]:
-            factors[i] = f
-            out = transform(spec, out, None, factors)
+            out = transform(spec, out, None, [f if j == i else None for j in range(len(sizes))])
         dead = (inc == 0).all(1)
         if dead.any() and float(ACTIVATIONS[spec.activation](torch.zeros(1))) == 0.0:
-            out = {k: v.clone() for k, v in out.items()} if out is params else out
             nxt = spec.layers[i + 1]
-            cols = _column_index(nxt, torch.nonzero(dead).flatten())
-            out[nxt.weight_name][:, cols] = 0.0
-    return {k: v.clone() for k, v in out.items()} if out is params else out
+            out[nxt.weight_name][:, _column_index(nxt, torch.nonzero(dead).flatten())] = 0.0
+    return out
