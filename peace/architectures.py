@@ -11,8 +11,9 @@ dimension P, linear layers become ``bmm`` and convolutions one grouped convoluti
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -161,7 +162,7 @@ class ArchSpec:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ArchSpec":
+    def from_dict(cls, d: dict[str, Any]) -> ArchSpec:
         valid = [f for f in cls.__dataclass_fields__ if f != "layers"]
         bad = sorted(set(d) - set(valid))
         if bad:

@@ -16,8 +16,8 @@ graphs of the same data; ``graph_to_params`` inverts the construction exactly.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -145,7 +145,7 @@ def batch_graphs(graphs: Sequence[NeuralGraph]) -> GraphBatch:
     counts = torch.tensor([g.num_nodes for g in graphs])
     offs = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)[:-1]])
     edge_offs = torch.cat([torch.full((g.num_edges,), int(o)) for g, o in zip(graphs, offs)])
-    cat = lambda name: torch.cat([getattr(g, name) for g in graphs])  # noqa: E731
+    cat = lambda name: torch.cat([getattr(g, name) for g in graphs])
     merged = NeuralGraph(cat("src") + edge_offs, cat("dst") + edge_offs, cat("node_feat"), cat("edge_feat"),
                          cat("node_layer"), cat("node_pos"), cat("edge_layer"), max(g.n_layers for g in graphs))
     node_graph = torch.arange(len(graphs)).repeat_interleave(counts)

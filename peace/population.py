@@ -8,8 +8,8 @@ model i trained in a population equals the same model trained alone (``train_sin
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import torch

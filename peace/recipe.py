@@ -11,13 +11,12 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .architectures import ArchSpec
+from .config import checked, read_yaml
 from .errors import PeaceError, unknown
 from .population import HParams, Schedule
 from .tasks import check_task_name, load_task
@@ -87,25 +86,12 @@ class RunSpec:
                            self.parent_run is not None], sort_keys=True)
 
 
-def _checked(cls, d: dict, where: str):
-    if not isinstance(d, dict):
-        raise PeaceError(f"{where} must be a mapping, got {type(d).__name__}")
-    valid = [f.name for f in fields(cls)]
-    for k in d:
-        if k not in valid:
-            raise unknown(f"recipe key in {where}", k, valid)
-    missing = [f.name for f in fields(cls) if f.name not in d and f.default is MISSING and f.default_factory is MISSING]
-    if missing:
-        raise PeaceError(f"{where} is missing required key(s) {missing}")
-    return cls(**d)
-
-
 def recipe_from_dict(d: dict[str, Any]) -> Recipe:
     """Validate a parsed recipe; every unknown key or value is a ``PeaceError`` listing valid ones."""
     d = dict(d)
-    d["groups"] = [_checked(Group, g, f"groups[{i}]") for i, g in enumerate(d.get("groups") or [])]
-    d["finetune"] = [_checked(Finetune, f, f"finetune[{i}]") for i, f in enumerate(d.get("finetune") or [])]
-    recipe = _checked(Recipe, d, "recipe")
+    d["groups"] = [checked(Group, g, f"groups[{i}]") for i, g in enumerate(d.get("groups") or [])]
+    d["finetune"] = [checked(Finetune, f, f"finetune[{i}]") for i, f in enumerate(d.get("finetune") or [])]
+    recipe = checked(Recipe, d, "recipe")
     if not recipe.groups:
         raise PeaceError("a recipe needs at least one entry under 'groups'")
     names = [g.name for g in recipe.groups] + [f.name for f in recipe.finetune]
@@ -127,14 +113,8 @@ def load_recipe(preset: str | None = None, path: str | Path | None = None) -> Re
         if preset not in preset_names():
             raise unknown("preset", preset, preset_names(), "Or pass your own recipe with --config FILE.")
         path = PRESET_DIR / f"{preset}.yaml"
-    path = Path(path)
-    if not path.is_file():
-        raise PeaceError(f"recipe file {path} does not exist")
-    try:
-        d = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise PeaceError(f"recipe file {path} is not valid YAML: {e}") from None
-    if not isinstance(d, dict):
+    d = read_yaml(path, "recipe")
+    if "groups" not in d:
         raise PeaceError(f"recipe file {path} must hold a mapping with 'name' and 'groups'")
     return recipe_from_dict(d)
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -73,8 +73,8 @@ def _standardize(parts: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
 
 def _make(name, family, description, input_shape, n_classes, parts) -> Task:
     X_tr, y_tr, X_va, y_va, X_te, y_te = parts
-    f = lambda X: np.ascontiguousarray(X, dtype=np.float32).reshape((-1, *input_shape))  # noqa: E731
-    i = lambda y: np.ascontiguousarray(y, dtype=np.int64)  # noqa: E731
+    f = lambda X: np.ascontiguousarray(X, dtype=np.float32).reshape((-1, *input_shape))
+    i = lambda y: np.ascontiguousarray(y, dtype=np.int64)
     return Task(name, family, description, tuple(input_shape), int(n_classes),
                 f(X_tr), i(y_tr), f(X_va), i(y_va), f(X_te), i(y_te))
 
@@ -233,4 +233,4 @@ def load_task(name: str) -> Task:
     return _SEEDED[family](int(k))
 
 
-__all__ = ["Task", "load_task", "task_names", "check_task_name", "PeaceError"]
+__all__ = ["PeaceError", "Task", "check_task_name", "load_task", "task_names"]

@@ -46,7 +46,7 @@ def symmetry_demo(zoo: Zoo, model_id: str, seed: int = 0, kind: RandomSymmetry =
     with torch.no_grad():
         out_b = forward(spec, {k: v[None] for k, v in before.items()}, X)[0]
         out_a = forward(spec, {k: v[None] for k, v in after.items()}, X)[0]
-    flat = lambda p: torch.cat([v.flatten() for v in p.values()])  # noqa: E731
+    flat = lambda p: torch.cat([v.flatten() for v in p.values()])
     ok = allowed(spec)
     applied = {"permute": kind.permute, "scale": ok["scale"] if kind.scale is None else kind.scale,
                "flip": ok["flip"] if kind.flip is None else kind.flip}

@@ -18,10 +18,10 @@ import datetime as _dt
 import hashlib
 import json
 import platform
+from collections.abc import Iterable
 from dataclasses import asdict
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -109,7 +109,7 @@ def _part_is_complete(out: Path, pop_id: str) -> bool:
         return False
 
 
-def build_zoo(recipe: Recipe, out: str | Path, resume: bool = False, progress: bool = True) -> "Zoo":
+def build_zoo(recipe: Recipe, out: str | Path, resume: bool = False, progress: bool = True) -> Zoo:
     """Train every run of ``recipe`` into a zoo at ``out`` and return it opened."""
     out = Path(out)
     runs = expand(recipe)
@@ -154,7 +154,7 @@ def build_zoo(recipe: Recipe, out: str | Path, resume: bool = False, progress: b
         manifest.to_parquet(tmp)
     write_json(out / "zoo.json", {
         "format_version": FORMAT_VERSION, "name": recipe.name, "recipe": recipe.to_dict(),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "n_checkpoints": len(manifest), "n_runs": int(manifest["run_id"].nunique()),
         "manifest_sha256": sha256_file(out / "manifest.parquet"),
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},

@@ -28,9 +28,9 @@ BASE = {"name": "mine", "groups": [{"name": "g", "tasks": ["tetris"], "architect
 
 
 @pytest.mark.parametrize("patch, msg", [
-    ({"colour": 1}, "unknown recipe key in recipe 'colour'; valid: chunk_size, description, finetune, groups, name"),
+    ({"colour": 1}, "unknown key in recipe 'colour'; valid: chunk_size, description, finetune, groups, name"),
     ({"groups": [{"name": "g", "tasks": ["tetris"], "architecture": {}, "learning_rate": 1}]},
-     "unknown recipe key in groups\\[0\\] 'learning_rate'; valid: .*lr"),
+     "unknown key in groups\\[0\\] 'learning_rate'; valid: .*lr"),
     ({"groups": [{"name": "g", "tasks": ["imagenet"], "architecture": {}}]}, "unknown task 'imagenet'"),
     ({"groups": [{"name": "g", "tasks": ["tetris"], "architecture": {"activation": "swish"}}]}, "unknown activation 'swish'"),
     ({"groups": [{"name": "g", "tasks": ["wine"], "architecture": {"family": "cnn2d"}}]}, "task 'wine': cnn2d needs inputs"),
