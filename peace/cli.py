@@ -31,6 +31,19 @@ def _zoo_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from .trainer import fit, load_config
+
+    overrides = list(args.set or []) + ([f"seed={args.seed}"] if args.seed is not None else [])
+    cfg = load_config(args.config, overrides)
+    res = fit(args.zoo, cfg, args.out, device=args.device, resume=args.resume, progress=not args.quiet)
+    h = res.history
+    print(h.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(f"best epoch {res.best_epoch}: validation same-task mAP {res.best_val_map:.4f}"
+          f"{' (stopped early)' if res.stopped_early else ''}; encoder written to {res.path / 'encoder.safetensors'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .recipe import preset_names
 
@@ -52,6 +65,22 @@ def build_parser() -> argparse.ArgumentParser:
     i = zsub.add_parser("info", help="summarize a built zoo", description="Print counts and accuracy per task.")
     i.add_argument("dir", type=Path, help="zoo directory")
     i.set_defaults(func=_zoo_info)
+    from .trainer import config_names
+
+    t = sub.add_parser("train", help="train the PEACE encoder contrastively on a zoo",
+                       description="Train the encoder on a zoo (splits by lineage, held-out tasks), writing "
+                       "config.yaml, splits, checkpoints, history.parquet and the best encoder under --out.")
+    t.add_argument("--zoo", type=Path, required=True, metavar="DIR", help="a built zoo")
+    t.add_argument("--out", type=Path, required=True, metavar="DIR", help="run directory to write")
+    t.add_argument("--config", metavar="NAME|FILE", default="default",
+                   help=f"a built-in config ({', '.join(config_names())}) or a YAML file (default: default)")
+    t.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="override config keys, e.g. train.epochs=5 "
+                   "encoder.pooling=mean augment.distilled=false")
+    t.add_argument("--seed", type=int, help="seed (overrides the config's)")
+    t.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+    t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.set_defaults(func=_train)
     return p
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import MISSING, fields, is_dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_type_hints
 
 import yaml
 
@@ -69,10 +69,10 @@ def _check_path(cls: type, parts: list[str], key: str) -> None:
     for i, p in enumerate(parts):
         if cls is None or not is_dataclass(cls):
             raise PeaceError(f"override {key!r}: {'.'.join(parts[:i])} is not a section")
-        names = {f.name: f for f in fields(cls)}
+        hints = get_type_hints(cls)
+        names = [f.name for f in fields(cls)]
         if p not in names:
-            raise unknown(f"config key in override {key!r}", p, list(names))
-        t = names[p].type
-        cls = t if is_dataclass(t) else None
+            raise unknown(f"config key in override {key!r}", p, names)
+        cls = hints[p] if is_dataclass(hints[p]) else None
     if is_dataclass(cls):
         raise PeaceError(f"override {key!r} names a whole section; name one of its keys")

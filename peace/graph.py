@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .architectures import ACTIVATIONS, ArchSpec, check_params
@@ -72,10 +73,18 @@ def _layer_edges(layer, w: Tensor) -> tuple[Tensor, str]:
     return w.reshape(layer.out_features, layer.in_features, -1), layer.kind
 
 
-def neural_graph(spec: ArchSpec, params: dict[str, Tensor], edge_dim: int = DEFAULT_EDGE_DIM) -> NeuralGraph:
-    """Build the neural graph of one model."""
+def neural_graph(spec: ArchSpec, params: dict[str, Tensor], edge_dim: int = DEFAULT_EDGE_DIM,
+                 oversize: str = "error") -> NeuralGraph:
+    """Build the neural graph of one model.
+
+    Edges carrying more than ``edge_dim`` values (big kernels, big flatten blocks) are an error with
+    ``oversize="error"`` (the graph must be exactly invertible), or average-pooled down to
+    ``edge_dim`` values with ``oversize="pool"`` (what the encoder does, so it reads any size).
+    """
     check_params(spec, params)
-    if edge_dim_needed(spec) > edge_dim:
+    if oversize not in ("error", "pool"):
+        raise PeaceError(f"oversize must be 'error' or 'pool', got {oversize!r}")
+    if edge_dim_needed(spec) > edge_dim and oversize == "error":
         raise PeaceError(f"{spec.describe()} has edges carrying {edge_dim_needed(spec)} values but edge_dim is "
                          f"{edge_dim}; raise edge_dim to at least {edge_dim_needed(spec)}")
     L = spec.depth
@@ -102,6 +111,9 @@ def neural_graph(spec: ArchSpec, params: dict[str, Tensor], edge_dim: int = DEFA
             node_feat[offsets[i + 1]:offsets[i + 2], 0] = params[layer.bias_name].float()
         vals, kind = _layer_edges(layer, params[layer.weight_name].float())
         n_out, n_in, k = vals.shape
+        if k > edge_dim:
+            vals = F.adaptive_avg_pool1d(vals.reshape(-1, 1, k), edge_dim).reshape(n_out, n_in, edge_dim)
+            k = edge_dim
         d = torch.arange(n_out).repeat_interleave(n_in) + offsets[i + 1]
         s = torch.arange(n_in).repeat(n_out) + offsets[i]
         f = torch.zeros(n_out * n_in, edge_dim + len(EDGE_KINDS))

@@ -48,3 +48,18 @@ def interpolation_figure(paths: dict) -> go.Figure:
     fig.update_xaxes(title_text="alpha (0 = A, 1 = B)")
     fig.update_layout(title="Linear interpolation between two models")
     return fig
+
+
+def training_history(history: pd.DataFrame) -> go.Figure:
+    """Encoder training curves: losses (left) and validation same-task mAP (right), best epoch marked."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["training losses", "validation same-task mAP"])
+    for col, name in (("train_loss", "total"), ("train_nce", "InfoNCE"), ("train_aux", "auxiliary MSE")):
+        fig.add_trace(go.Scatter(x=history["epoch"], y=history[col], name=name, mode="lines+markers"), row=1, col=1)
+    fig.add_trace(go.Scatter(x=history["epoch"], y=history["val_map"], name="val mAP", mode="lines+markers"),
+                  row=1, col=2)
+    best = history.loc[history["val_map"].idxmax()]
+    fig.add_trace(go.Scatter(x=[best["epoch"]], y=[best["val_map"]], name="best", mode="markers",
+                             marker={"size": 14, "symbol": "star"}), row=1, col=2)
+    fig.update_xaxes(title_text="epoch")
+    fig.update_layout(title="Encoder training")
+    return fig

@@ -192,11 +192,14 @@ class PopulationResult:
 
 
 def train_population(task: Task, spec: ArchSpec, hparams: Sequence[HParams], schedule: Schedule,
-                     start: dict[str, Tensor] | None = None, progress: bool | str = False) -> PopulationResult:
+                     start: dict[str, Tensor] | None = None, progress: bool | str = False,
+                     targets: Tensor | None = None, metrics: bool = True) -> PopulationResult:
     """Train ``len(hparams)`` models of ``spec`` on ``task`` together.
 
     ``start`` gives initial population weights (fine-tuning); otherwise each model is initialised
-    from its own seed and scheme. Models that diverge keep training (their weights stay NaN) and
+    from its own seed and scheme. ``targets`` (P, n_train) replaces the training labels per model
+    (distillation: a student learns its teacher's predictions); metrics still use the true labels.
+    ``metrics=False`` skips evaluating checkpoints (``result.metrics`` stays empty). Models that diverge keep training (their weights stay NaN) and
     are reported with status ``diverged``.
     """
     if spec.input_shape != task.input_shape and math.prod(spec.input_shape) != task.n_features:
@@ -216,6 +219,9 @@ def train_population(task: Task, spec: ArchSpec, hparams: Sequence[HParams], sch
     data = _as_tensors(task)
     X, y = data["train"]
     X = X.reshape(len(X), *spec.input_shape)
+    if targets is not None and tuple(targets.shape) != (len(hparams), len(X)):
+        raise PeaceError(f"targets must be shaped (models, training samples) = ({len(hparams)}, {len(X)}), "
+                         f"got {tuple(targets.shape)}")
     data = {s: (Xs.reshape(len(Xs), *spec.input_shape), ys) for s, (Xs, ys) in data.items()}
     N, bs = len(X), schedule.batch_size
     result = PopulationResult({}, [])
@@ -223,7 +229,8 @@ def train_population(task: Task, spec: ArchSpec, hparams: Sequence[HParams], sch
     def record(epoch: int) -> None:
         snap = {k: v.detach().clone() for k, v in params.items()}
         result.checkpoints[epoch] = snap
-        result.metrics.extend(_metrics_rows(spec, task, snap, epoch, data))
+        if metrics:
+            result.metrics.extend(_metrics_rows(spec, task, snap, epoch, data))
 
     if 0 in schedule.checkpoints:
         record(0)
@@ -236,7 +243,7 @@ def train_population(task: Task, spec: ArchSpec, hparams: Sequence[HParams], sch
             idx = perm[:, s:s + bs]
             masks = _dropout_masks(spec, seeds, drop, step, idx.shape[1]) if use_dropout else None
             logits = forward(spec, params, X[idx], masks)
-            _nll(logits, y[idx]).mean(1).sum().backward()
+            _nll(logits, y[idx] if targets is None else targets.gather(1, idx)).mean(1).sum().backward()
             opt.step()
             step += 1
         if epoch in schedule.checkpoints:

@@ -4,9 +4,40 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from peace.architectures import ArchSpec, PeaceNet
+from peace.tasks import load_task
 
 os.environ.setdefault("DGLBACKEND", "pytorch")
 ROOT = Path(__file__).resolve().parents[1]
+
+MODELS = [  # (task, spec kwargs)
+    ("tetris", dict(family="mlp", hidden=(5,), activation="tanh", bias=False)),
+    ("synth-1", dict(family="mlp", hidden=(7, 6), activation="relu")),
+    ("synth-1", dict(family="mlp", hidden=(7, 6), activation="identity", bias=False)),
+    ("digits", dict(family="cnn2d", hidden=(3, 4), fc_hidden=(6,), activation="leaky_relu", pool="max")),
+    ("digits", dict(family="cnn2d", hidden=(3,), activation="tanh", pool="avg", bias=False)),
+    ("mnist1d", dict(family="cnn1d", hidden=(3, 4), activation="relu", pool="avg")),
+    ("mnist1d", dict(family="cnn1d", hidden=(4,), fc_hidden=(5,), activation="identity", pool="none")),
+    ("digits", dict(family="mlp", hidden=(9,), activation="gelu")),
+    ("digits", dict(family="mlp", hidden=(9,), activation="sigmoid")),
+]
+
+
+def random_model(task_name, kw, seed=0):
+    """(task, spec, params) with non-trivial biases and one dead unit."""
+    task = load_task(task_name)
+    spec = ArchSpec(input_shape=task.input_shape, n_classes=task.n_classes, **kw)
+    torch.manual_seed(seed)
+    net = PeaceNet(spec)
+    for p in net.parameters():  # non-trivial biases and a dead unit
+        torch.nn.init.normal_(p, std=0.5)
+    params = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    params[spec.layers[0].weight_name][0] = 0.0
+    if spec.layers[0].bias:
+        params[spec.layers[0].bias_name][0] = 0.0
+    return task, spec, params
 
 
 @pytest.fixture(scope="session")

@@ -28,3 +28,16 @@ def test_symmetry_demo_notebook(tiny_zoo, tmp_path):
     text = out_nb.read_text()
     assert "relative raw-weight distance" in text and "predictions that agree: 100.0%" in text
     assert text.count("application/vnd.plotly.v1+json") >= 2
+
+
+@pytest.mark.slow
+def test_train_encoder_notebook(tiny_zoo, tmp_path):
+    out_nb = tmp_path / "02.ipynb"
+    pm.execute_notebook(str(ROOT / "notebooks/02_train_encoder.ipynb"), str(out_nb), kernel_name="python3",
+                        parameters={"zoo_dir": str(tiny_zoo.path), "config": "tiny", "device": "cpu",
+                                    "overrides": ["train.epochs=2", "augment.distill_epochs=1"],
+                                    "out": str(tmp_path / "run")},
+                        cwd=str(ROOT / "notebooks"), progress_bar=False)
+    text = out_nb.read_text()
+    assert "best epoch" in text and "application/vnd.plotly.v1+json" in text
+    assert (tmp_path / "run" / "encoder.safetensors").exists()

@@ -1,0 +1,274 @@
+"""Contrastive learning on weights: positive views of a model, hard negatives, InfoNCE.
+
+Two views of one model are a positive pair. The partner view comes from one of several sources
+(each switchable for ablations): the model itself, a magnitude-pruned then fine-tuned copy, a
+distilled student, a model of the same configuration trained from another seed, or a neighbouring
+checkpoint of the same run. Both views then get the online augmentations: a random
+function-preserving symmetry (permutation, scaling, sign flip), Gaussian weight noise and random
+erasing. Pruned and distilled views need training, so they are made once per training zoo with the
+population trainer (:func:`build_views`) and cached.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .architectures import ArchSpec, forward, stack_params, unstack_params
+from .atomic import atomic_path
+from .errors import PeaceError
+from .population import HParams, Schedule, train_population
+from .symmetry import RandomSymmetry, allowed, random_symmetry
+from .tasks import load_task
+
+SOURCES = ("self", "pruned", "distilled", "same_config", "checkpoint")
+CONFIG_COLUMNS = ("group", "task", "arch_spec", "init", "lr", "weight_decay", "dropout", "optimizer",
+                  "batch_size", "epochs")
+
+
+@dataclass
+class AugmentConfig:
+    """Which positive views and augmentations training uses (each one switchable for ablations)."""
+
+    permute: bool = True          # random hidden-unit permutation
+    scale: bool = True            # random positive scaling (relu family only)
+    flip: bool = True             # random sign flips (odd activations only)
+    noise: float = 0.02           # Gaussian weight noise, std relative to each tensor's std; 0 = off
+    erase: float = 0.05           # fraction of weights zeroed at random; 0 = off
+    pruned: bool = True           # partner: magnitude-pruned, then fine-tuned copy
+    prune_fraction: float = 0.3
+    prune_epochs: int = 1
+    distilled: bool = True        # partner: same-architecture student trained on the model's predictions
+    distill_epochs: int = 10
+    distill_batch_size: int = 128  # students see the teacher's labels in larger batches: fewer steps
+    same_config: bool = True      # partner: same configuration and epoch, another seed
+    checkpoint: bool = True       # partner: neighbouring checkpoint of the same run
+    hard_negatives: int = 8       # per batch: same architecture / other task, and same task / far accuracy
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.noise and 0 <= self.erase < 1 and 0 < self.prune_fraction < 1):
+            raise PeaceError(f"need noise >= 0, 0 <= erase < 1, 0 < prune_fraction < 1; got noise={self.noise}, "
+                             f"erase={self.erase}, prune_fraction={self.prune_fraction}")
+        if min(self.prune_epochs, self.distill_epochs, self.distill_batch_size) < 1 or self.hard_negatives < 0:
+            raise PeaceError("prune_epochs, distill_epochs and distill_batch_size must be >= 1, hard_negatives >= 0")
+
+    @property
+    def sources(self) -> list[str]:
+        return ["self"] + [s for s in SOURCES[1:] if getattr(self, s)]
+
+
+def model_seed(seed: int, model_id: str, salt: str = "") -> int:
+    """A stable 31-bit seed per (run seed, model, purpose)."""
+    return int(hashlib.sha1(f"{seed}:{model_id}:{salt}".encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
+
+
+# --- online augmentations -----------------------------------------------------------------------
+
+def augment(spec: ArchSpec, params: dict[str, Tensor], seed: int, cfg: AugmentConfig) -> dict[str, Tensor]:
+    """A random view of one model: symmetry transform (function-preserving), then noise and erasing."""
+    ok = allowed(spec)
+    kind = RandomSymmetry(permute=cfg.permute, scale=cfg.scale and ok["scale"], flip=cfg.flip and ok["flip"])
+    out = random_symmetry(spec, params, seed, kind) if (kind.permute or kind.scale or kind.flip) else dict(params)
+    if not (cfg.noise or cfg.erase):
+        return out
+    g = torch.Generator().manual_seed(seed ^ 0x5EED)
+    weight_names = {layer.weight_name for layer in spec.layers}
+    for name in sorted(out):  # a fixed order: the draws must not depend on how the dict was built
+        v = out[name]
+        if cfg.noise:
+            std = v.std() if v.numel() > 1 else v.abs().mean()
+            v = v + cfg.noise * std * torch.randn(v.shape, generator=g)
+        if cfg.erase and name in weight_names:
+            v = v * (torch.rand(v.shape, generator=g) >= cfg.erase)
+        out[name] = v
+    return out
+
+
+# --- offline views: pruned + fine-tuned, distilled ----------------------------------------------
+
+def magnitude_prune(spec: ArchSpec, params: dict[str, Tensor], fraction: float) -> dict[str, Tensor]:
+    """Zero the ``fraction`` smallest-magnitude weights of each model (population tensors; biases kept)."""
+    names = [layer.weight_name for layer in spec.layers]
+    P = params[names[0]].shape[0]
+    flat = torch.cat([params[n].reshape(P, -1).abs() for n in names], 1)
+    k = max(1, int(round(fraction * flat.shape[1])))
+    thresh = flat.kthvalue(k, dim=1).values
+    out = dict(params)
+    for n in names:
+        w = params[n]
+        out[n] = w * (w.abs() > thresh.reshape(-1, *[1] * (w.dim() - 1)))
+    return out
+
+
+def _view_groups(rows: pd.DataFrame) -> dict[tuple, pd.DataFrame]:
+    return dict(tuple(rows.groupby(["arch_spec", "task", "optimizer", "batch_size"], sort=True)))
+
+
+def _make_views(spec: ArchSpec, rows: pd.DataFrame, weights: dict[str, Tensor], cfg: AugmentConfig,
+                seed: int) -> dict[str, Tensor]:
+    """Pruned and distilled views of one group of same-architecture models on one task (flat dict)."""
+    task = load_task(rows["task"].iloc[0])
+    ids = list(rows["model_id"])
+    batch_size, optimizer = int(rows["batch_size"].iloc[0]), rows["optimizer"].iloc[0]
+    hp = lambda salt: [HParams(seed=model_seed(seed, m, salt), init=r.init, lr=float(r.lr),  # noqa: E731
+                               weight_decay=float(r.weight_decay)) for m, r in zip(ids, rows.itertuples())]
+    results: dict[str, dict[str, Tensor]] = {}
+    if cfg.pruned:
+        start = magnitude_prune(spec, weights, cfg.prune_fraction)
+        res = train_population(task, spec, hp("prune"), Schedule(cfg.prune_epochs, batch_size, optimizer),
+                               start=start, metrics=False)
+        results["pruned"] = res.checkpoints[cfg.prune_epochs]
+    if cfg.distilled:
+        X = torch.from_numpy(task.X_train).reshape(-1, *spec.input_shape)
+        with torch.no_grad():
+            targets = forward(spec, weights, X).argmax(-1)
+        res = train_population(task, spec, hp("distill"),
+                               Schedule(cfg.distill_epochs, cfg.distill_batch_size, optimizer), targets=targets,
+                               metrics=False)
+        results["distilled"] = res.checkpoints[cfg.distill_epochs]
+    flat = {}
+    for kind, pop in results.items():
+        for i, m in enumerate(ids):
+            p = unstack_params(pop, i)
+            if all(torch.isfinite(v).all() for v in p.values()):  # a diverged view is dropped, not used
+                flat.update({f"{m}/{kind}/{k}": v.contiguous() for k, v in p.items()})
+    return flat
+
+
+def build_views(rows: pd.DataFrame, weights: dict[str, dict[str, Tensor]], cfg: AugmentConfig, seed: int,
+                cache_dir: str | Path | None = None, progress: bool = False) -> dict[str, dict[str, dict[str, Tensor]]]:
+    """``views[model_id][kind]`` = weights, for kinds ``pruned`` / ``distilled`` enabled in ``cfg``.
+
+    Models are trained in populations (same architecture, task, optimizer and batch size). With
+    ``cache_dir`` each group is written atomically once and read back on later calls (resume).
+    """
+    views: dict[str, dict[str, dict[str, Tensor]]] = defaultdict(dict)
+    if not (cfg.pruned or cfg.distilled):
+        return views
+    groups = _view_groups(rows)
+    for key, g in tqdm(groups.items(), desc="positive views", disable=not progress, leave=False):
+        tag = json.dumps([key, list(g["model_id"]), cfg.pruned, cfg.prune_fraction, cfg.prune_epochs, cfg.distilled,
+                          cfg.distill_epochs, seed], default=str)
+        path = Path(cache_dir) / f"{hashlib.sha1(tag.encode()).hexdigest()[:16]}.safetensors" if cache_dir else None
+        flat = None
+        if path is not None and path.exists():
+            try:
+                flat = load_file(str(path))
+            except (SafetensorError, OSError):  # a damaged cache file is rebuilt
+                flat = None
+        if flat is None:
+            spec = ArchSpec.from_dict(json.loads(key[0]))
+            flat = _make_views(spec, g, stack_params([weights[m] for m in g["model_id"]]), cfg, seed)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_path(path) as tmp:
+                    save_file(flat, str(tmp))
+        for name, v in flat.items():
+            m, kind, param = name.split("/", 2)
+            views[m].setdefault(kind, {})[param] = v
+    return views
+
+
+# --- positive partners and hard negatives -------------------------------------------------------
+
+def config_key(manifest: pd.DataFrame) -> pd.Series:
+    """One string per row naming its training configuration (everything but the seed and epoch)."""
+    cols = [c for c in CONFIG_COLUMNS if c in manifest.columns]
+    return manifest[cols].astype(str).agg("|".join, axis=1)
+
+
+class PairSampler:
+    """Chooses each anchor's partner source and a batch's hard negatives from the training rows."""
+
+    def __init__(self, rows: pd.DataFrame, cfg: AugmentConfig, views: dict[str, dict]):
+        self.rows = rows.set_index("model_id", drop=False)
+        self.cfg, self.views = cfg, views
+        self.key = config_key(self.rows)
+        self._same: dict[str, list[str]] = defaultdict(list)
+        for m, k, run, ep in zip(self.rows.model_id, self.key, self.rows.run_id, self.rows.epoch):
+            self._same[f"{k}@{ep}"].append(m)
+        self._runs = {r: list(g.sort_values("epoch").model_id) for r, g in self.rows.groupby("run_id")}
+        self._by_arch = {a: list(g.model_id) for a, g in self.rows.groupby("arch")}
+        self._by_task = {t: g for t, g in self.rows.groupby("task")}
+
+    def candidates(self, m: str) -> dict[str, list[str]]:
+        """Available partners per source: model ids (self/same_config/checkpoint) or the anchor (views)."""
+        r = self.rows.loc[m]
+        out: dict[str, list[str]] = {"self": [m]}
+        for kind in ("pruned", "distilled"):
+            if getattr(self.cfg, kind) and kind in self.views.get(m, {}):
+                out[kind] = [m]
+        if self.cfg.same_config:
+            others = [o for o in self._same[f"{self.key[m]}@{r.epoch}"] if self.rows.run_id[o] != r.run_id]
+            if others:
+                out["same_config"] = others
+        if self.cfg.checkpoint:
+            run = self._runs[r.run_id]
+            i = run.index(m)
+            near = run[max(0, i - 1):i] + run[i + 1:i + 2]
+            if near:
+                out["checkpoint"] = near
+        return out
+
+    def partner(self, m: str, rng: np.random.Generator) -> tuple[str, str]:
+        """(source, model id) of a positive partner for anchor ``m``, the source drawn uniformly."""
+        cands = self.candidates(m)
+        source = list(cands)[rng.integers(len(cands))]
+        options = cands[source]
+        return source, options[rng.integers(len(options))]
+
+    def hard_negatives(self, anchors: Sequence[str], rng: np.random.Generator) -> list[str]:
+        """Alternately: a model of the same architecture trained on another task; a model of the same
+        task whose test accuracy differs by at least 0.25."""
+        out: list[str] = []
+        n = self.cfg.hard_negatives
+        for t in range(4 * n):
+            if len(out) >= n or not len(anchors):
+                break
+            a = self.rows.loc[anchors[rng.integers(len(anchors))]]
+            if t % 2 == 0:
+                pool = [o for o in self._by_arch[a.arch] if self.rows.task[o] != a.task]
+            else:
+                same = self._by_task[a.task]
+                pool = list(same.model_id[(same.test_acc - a.test_acc).abs() >= 0.25])
+            if pool:
+                out.append(pool[rng.integers(len(pool))])
+        return out
+
+
+# --- loss ---------------------------------------------------------------------------------------
+
+def info_nce(u: Tensor, v: Tensor, tau: float, same: Tensor | None = None, extra: Tensor | None = None,
+             extra_same: Tensor | None = None) -> Tensor:
+    """NT-Xent over 2B views: u_i and v_i are positives; every other view (and each ``extra`` row)
+    is a negative unless ``same[i, j]`` (``extra_same[i, k]``) marks it as a relative of i.
+
+    ``u``, ``v``: (B, d) unit rows; ``extra``: (H, d) unit rows; ``same``: (B, B) bool; ``extra_same``: (B, H) bool.
+    """
+    B = u.shape[0]
+    z = torch.cat([u, v])
+    cand = z if extra is None else torch.cat([z, extra])
+    logits = (z @ cand.T).float() / tau
+    idx = torch.arange(2 * B, device=u.device)
+    block = torch.zeros(B, B, dtype=torch.bool, device=u.device) if same is None else same.to(u.device)
+    block = block & ~torch.eye(B, dtype=torch.bool, device=u.device)  # the positive stays
+    excl = block.repeat(2, 2)
+    excl[idx, idx] = True  # a view is not its own negative
+    if extra is not None:
+        es = torch.zeros(B, extra.shape[0], dtype=torch.bool, device=u.device) if extra_same is None else extra_same
+        excl = torch.cat([excl, es.to(u.device).repeat(2, 1)], 1)
+    logits = logits.masked_fill(excl, float("-inf"))
+    return F.cross_entropy(logits, (idx + B) % (2 * B))
+

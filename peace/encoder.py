@@ -1,0 +1,316 @@
+"""The PEACE encoder: neural graph -> message passing -> per-layer readout -> Transformer -> embedding.
+
+Hidden neurons are interchangeable nodes, so relabelling them (a hidden-unit permutation) permutes
+node states and leaves every per-layer readout unchanged: the embedding is exactly permutation
+invariant. Scaling and sign symmetries are removed before the graph is built by
+:func:`peace.symmetry.canonicalize` (``EncoderConfig.canonicalize``). Input and output neurons keep
+their identity through a sinusoidal encoding of their position.
+
+Message passing has two backends with one set of parameters: DGL (``apply_edges`` / ``update_all``
+on a batched graph; CPU, torch <= 2.2) and pure torch (gather + ``index_add_``; any device).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .architectures import ArchSpec
+from .errors import PeaceError, unknown
+from .graph import EDGE_KINDS, NODE_DIM, GraphBatch, NeuralGraph, batch_graphs, neural_graph
+from .symmetry import canonicalize
+
+BACKENDS = ("auto", "dgl", "torch")
+POOLINGS = ("mean", "attention", "cls")
+AGGREGATIONS = ("mean", "sum")
+_POS_FREQS, _POS_SCALE = 10, 512.0  # input/output neuron index: distinct up to 1024 positions
+_DEPTH_FREQS = 6                     # normalized depth in [0, 1]
+
+
+@dataclass
+class EncoderConfig:
+    """Shape and options of the encoder (saved with every trained encoder)."""
+
+    hidden: int = 64              # node / token width
+    rounds: int = 3               # message-passing rounds
+    aggregation: str = "mean"     # of incoming messages: mean (width-robust) or sum
+    transformer_layers: int = 2   # across the layer sequence; 0 skips the Transformer
+    heads: int = 4
+    pooling: str = "attention"    # over layer tokens: mean, attention or cls
+    embedding_dim: int = 64
+    projection_dim: int = 64      # contrastive projection head output
+    canonicalize: bool = True     # remove scaling / sign symmetries before the graph
+    edge_dim: int = 25            # values one edge carries (a 5x5 kernel); longer edges are average-pooled
+    backend: str = "auto"         # message passing: auto (DGL when importable), dgl or torch
+    aux_targets: list[str] = field(default_factory=lambda: ["test_acc", "gen_gap"])
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise unknown("encoder backend", self.backend, BACKENDS)
+        if self.pooling not in POOLINGS:
+            raise unknown("pooling", self.pooling, POOLINGS)
+        if self.aggregation not in AGGREGATIONS:
+            raise unknown("aggregation", self.aggregation, AGGREGATIONS)
+        if min(self.hidden, self.rounds + 1, self.embedding_dim, self.projection_dim, self.heads, self.edge_dim) < 1:
+            raise PeaceError("hidden, embedding_dim, projection_dim, heads and edge_dim must be >= 1, rounds >= 0")
+        if self.hidden % self.heads:
+            raise PeaceError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
+        self.aux_targets = list(self.aux_targets)
+
+
+def dgl_available() -> bool:
+    try:
+        import dgl  # noqa: F401
+    except Exception:  # noqa: BLE001 - DGL fails with ImportError, OSError or FileNotFoundError by torch version
+        return False
+    return True
+
+
+def resolve_backend(backend: str) -> str:
+    if backend == "auto":
+        return "dgl" if dgl_available() else "torch"
+    if backend == "dgl" and not dgl_available():
+        raise PeaceError("backend 'dgl' asked for but DGL cannot be imported here (it needs torch <= 2.2.1, "
+                         "CPU); use backend 'torch' (same parameters, any device)")
+    return backend
+
+
+def sinusoid(x: Tensor, freqs: int) -> Tensor:
+    """(..., 2 * freqs) sin/cos features of a real-valued position, frequencies pi * 2^k."""
+    w = torch.exp2(torch.arange(freqs, device=x.device, dtype=torch.float32))
+    a = x.float().unsqueeze(-1) * w * math.pi
+    return torch.cat([a.sin(), a.cos()], -1)
+
+
+def prepare(spec: ArchSpec, params: dict[str, Tensor], config: EncoderConfig) -> NeuralGraph:
+    """The graph the encoder reads for one model (canonical form first when configured)."""
+    if config.canonicalize:
+        params = canonicalize(spec, params)
+    return neural_graph(spec, params, config.edge_dim, oversize="pool")
+
+
+def _mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(d_in, d_hidden), nn.SiLU(), nn.Linear(d_hidden, d_out))
+
+
+class MessagePassing(nn.Module):
+    """One round, both directions: h_i <- LN(h_i + phi(h_i, agg_fwd, agg_bwd)).
+
+    Messages are psi(h_dst, h_src, e) = W2 silu(A h_dst + B h_src + C e). Two exact rewrites keep
+    the work per edge small: A h and B h are computed per node before gathering, and W2 (linear)
+    is applied after aggregating, since it commutes with a sum or mean.
+    """
+
+    def __init__(self, hidden: int, edge_in: int, aggregation: str):
+        super().__init__()
+        self.aggregation = aggregation
+        self.dst_lin = nn.Linear(hidden, 2 * hidden)   # [A | B']: forward-message receiver, backward-message sender
+        self.src_lin = nn.Linear(hidden, 2 * hidden, bias=False)  # [B | A']
+        self.edge_lin = nn.Linear(edge_in, 2 * hidden, bias=False)  # [C | C']
+        self.out_fwd, self.out_bwd = nn.Linear(hidden, hidden), nn.Linear(hidden, hidden)  # W2, W2'
+        self.phi = _mlp(3 * hidden, 2 * hidden, hidden)
+        self.norm = nn.LayerNorm(hidden)
+
+    def _messages(self, h: Tensor, e: Tensor, gather) -> Tensor:
+        """(E, 2H) silu(pre-activations) of forward | backward messages. ``gather(d, s)`` returns
+        d[dst] + s[src] per edge, where d = [A h | B' h] and s = [B h | A' h]."""
+        return F.silu(gather(self.dst_lin(h), self.src_lin(h)) + self.edge_lin(e))
+
+    def _update(self, h: Tensor, agg: Tensor, present_f: Tensor, present_b: Tensor) -> Tensor:
+        """``agg``: (N, 2H) aggregated [forward | backward] activations; W2 applied where a node has messages."""
+        H = h.shape[1]
+        agg = agg.to(h.dtype)
+        m_f = self.out_fwd(agg[:, :H]) * present_f
+        m_b = self.out_bwd(agg[:, H:]) * present_b
+        return self.norm(h + self.phi(torch.cat([h, m_f, m_b], -1)))
+
+    def _scale(self, agg_f: Tensor, agg_b: Tensor, deg_in: Tensor, deg_out: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Mean or sum, and the per-node factor that applies W2's bias once per message (sum) or once (mean)."""
+        if self.aggregation == "mean":
+            return torch.cat([agg_f / deg_in.clamp_min(1), agg_b / deg_out.clamp_min(1)], 1), \
+                (deg_in > 0).float(), (deg_out > 0).float()
+        return torch.cat([agg_f, agg_b], 1), deg_in, deg_out
+
+    def forward_torch(self, h: Tensor, e: Tensor, src: Tensor, dst: Tensor, deg_in: Tensor, deg_out: Tensor) -> Tensor:
+        H = h.shape[1]
+        m = self._messages(h, e, lambda d, s: d[dst] + s[src]).float()
+        # float32 accumulators: index_add_ needs one dtype, and sums of bf16 lose precision under AMP
+        agg_f = torch.zeros(h.shape[0], H, device=h.device).index_add_(0, dst, m[:, :H])
+        agg_b = torch.zeros(h.shape[0], H, device=h.device).index_add_(0, src, m[:, H:])
+        return self._update(h, *self._scale(agg_f, agg_b, deg_in, deg_out))
+
+    def forward_dgl(self, h: Tensor, e: Tensor, g, rg, deg_in: Tensor, deg_out: Tensor) -> Tensor:
+        import dgl.function as fn
+
+        H = h.shape[1]
+
+        def gather(d: Tensor, s: Tensor) -> Tensor:
+            g.ndata["d"], g.ndata["s"] = d, s
+            g.apply_edges(fn.v_add_u("d", "s", "t"))
+            del g.ndata["d"], g.ndata["s"]
+            return g.edata.pop("t")
+
+        m = self._messages(h, e, gather).float()
+        g.edata["m"], rg.edata["m"] = m[:, :H], m[:, H:]
+        g.update_all(fn.copy_e("m", "m"), fn.sum("m", "agg"))
+        rg.update_all(fn.copy_e("m", "m"), fn.sum("m", "agg"))
+        return self._update(h, *self._scale(g.ndata.pop("agg"), rg.ndata.pop("agg"), deg_in, deg_out))
+
+
+class PeaceEncoder(nn.Module):
+    """Neural graphs of any supported architecture -> embeddings (plus projection and metric heads).
+
+    Buffers hold the weight-standardization statistics (fit on the training zoo with
+    :meth:`fit_standardization`) so a saved encoder reads new models exactly as it read its training zoo.
+    """
+
+    def __init__(self, config: EncoderConfig | None = None):
+        super().__init__()
+        self.config = c = config or EncoderConfig()
+        H = c.hidden
+        edge_in = c.edge_dim + len(EDGE_KINDS)
+        self.node_in = nn.Linear(NODE_DIM + 2 * _POS_FREQS + 1, H)
+        self.rounds = nn.ModuleList(MessagePassing(H, edge_in, c.aggregation) for _ in range(c.rounds))
+        self.readout = _mlp(2 * H, H, H)
+        self.depth_in = nn.Linear(2 * _DEPTH_FREQS, H)
+        self.transformer = (nn.TransformerEncoder(
+            nn.TransformerEncoderLayer(H, c.heads, 2 * H, dropout=0.0, batch_first=True, norm_first=True),
+            c.transformer_layers, enable_nested_tensor=False) if c.transformer_layers else None)
+        self.cls = nn.Parameter(torch.zeros(1, 1, H)) if c.pooling == "cls" else None
+        self.attn = nn.Linear(H, 1) if c.pooling == "attention" else None
+        self.to_embedding = _mlp(H, H, c.embedding_dim)
+        self.projection = _mlp(c.embedding_dim, H, c.projection_dim)
+        self.aux_head = _mlp(c.embedding_dim, H, max(1, len(c.aux_targets)))
+        self.register_buffer("edge_scale", torch.ones(len(EDGE_KINDS)))
+        self.register_buffer("bias_mean", torch.zeros(()))
+        self.register_buffer("bias_std", torch.ones(()))
+        self.register_buffer("aux_mean", torch.zeros(max(1, len(c.aux_targets))))
+        self.register_buffer("aux_std", torch.ones(max(1, len(c.aux_targets))))
+        self.backend = resolve_backend(c.backend)
+
+    # --- inputs ---------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def fit_standardization(self, graphs: Sequence[NeuralGraph]) -> None:
+        """Weight scale per edge kind (zero padding stays zero) and bias mean/std from training graphs."""
+        k = self.config.edge_dim
+        edges = torch.cat([g.edge_feat for g in graphs])
+        for i in range(len(EDGE_KINDS)):
+            v = edges[edges[:, k + i] == 1, :k]
+            v = v[v != 0]
+            self.edge_scale[i] = v.pow(2).mean().sqrt().clamp_min(1e-6) if v.numel() else 1.0
+        b = torch.cat([g.node_feat[g.node_layer > 0, 0] for g in graphs])
+        self.bias_mean.fill_(b.mean() if b.numel() else 0.0)
+        self.bias_std.fill_(b.std().clamp_min(1e-6) if b.numel() > 1 else 1.0)
+
+    def _node_inputs(self, g: NeuralGraph) -> Tensor:
+        x = g.node_feat.clone()
+        x[:, 0] = torch.where(g.node_layer > 0, (x[:, 0] - self.bias_mean) / self.bias_std, x[:, 0])
+        known = (g.node_pos >= 0).float().unsqueeze(1)
+        return torch.cat([x, sinusoid(g.node_pos.clamp_min(0).float() / _POS_SCALE, _POS_FREQS) * known, known], 1)
+
+    def _edge_inputs(self, g: NeuralGraph) -> Tensor:
+        k = self.config.edge_dim
+        kind = g.edge_feat[:, k:]
+        scale = kind @ self.edge_scale
+        return torch.cat([g.edge_feat[:, :k] / scale.unsqueeze(1), kind], 1)
+
+    # --- forward --------------------------------------------------------------------------------
+
+    def forward(self, batch: GraphBatch) -> dict[str, Tensor]:
+        """``embedding`` (G, embedding_dim), ``projection`` (G, projection_dim, unit norm), ``aux`` (G, n_aux)."""
+        g = batch.graphs
+        h = self.node_in(self._node_inputs(g))
+        e = self._edge_inputs(g)
+        if self.rounds:
+            h = self._message_passing(h, e, g)
+        tokens, mask, depth = self._layer_tokens(h, g, batch)
+        z = self._pool(tokens, mask, depth)
+        emb = self.to_embedding(z)
+        return {"embedding": emb, "projection": F.normalize(self.projection(emb).float(), dim=-1),
+                "aux": self.aux_head(emb)}
+
+    def _message_passing(self, h: Tensor, e: Tensor, g: NeuralGraph) -> Tensor:
+        ones = torch.ones(g.num_edges, device=h.device)
+        deg_in = torch.zeros(g.num_nodes, device=h.device).index_add_(0, g.dst, ones).unsqueeze(1)
+        deg_out = torch.zeros(g.num_nodes, device=h.device).index_add_(0, g.src, ones).unsqueeze(1)
+        if self.backend == "dgl":
+            if h.device.type != "cpu":
+                raise PeaceError("the DGL backend runs on CPU only here; use backend 'torch' on GPU")
+            import dgl
+
+            dg = dgl.graph((g.src, g.dst), num_nodes=g.num_nodes)
+            rg = dgl.graph((g.dst, g.src), num_nodes=g.num_nodes)
+            for layer in self.rounds:
+                h = layer.forward_dgl(h, e, dg, rg, deg_in, deg_out)
+            return h
+        for layer in self.rounds:
+            h = layer.forward_torch(h, e, g.src, g.dst, deg_in, deg_out)
+        return h
+
+    def _layer_tokens(self, h: Tensor, g: NeuralGraph, batch: GraphBatch) -> tuple[Tensor, Tensor, Tensor]:
+        """(G, T, H) per-layer readouts z_l (mean and max over the layer's nodes), padding mask, depth l / L."""
+        T = int(batch.n_layers.max()) + 1
+        G, H = batch.num_graphs, h.shape[1]
+        seg = batch.node_graph * T + g.node_layer
+        h = h.float()
+        count = torch.zeros(G * T, device=h.device).index_add_(0, seg, torch.ones_like(seg, dtype=torch.float))
+        mean = torch.zeros(G * T, H, device=h.device).index_add_(0, seg, h) / count.clamp_min(1).unsqueeze(1)
+        mx = torch.zeros(G * T, H, device=h.device).scatter_reduce(0, seg.unsqueeze(1).expand(-1, H), h, "amax",
+                                                                   include_self=False)
+        tokens = self.readout(torch.cat([mean, mx], 1)).reshape(G, T, H)
+        valid = (count > 0).reshape(G, T)
+        depth = torch.arange(T, device=h.device).float() / batch.n_layers.to(h.device).float().unsqueeze(1)
+        return tokens, valid, depth
+
+    def _pool(self, tokens: Tensor, valid: Tensor, depth: Tensor) -> Tensor:
+        x = tokens + self.depth_in(sinusoid(depth, _DEPTH_FREQS))
+        if self.cls is not None:
+            x = torch.cat([self.cls.expand(len(x), -1, -1), x], 1)
+            valid = torch.cat([torch.ones_like(valid[:, :1]), valid], 1)
+        if self.transformer is not None:
+            x = self.transformer(x, src_key_padding_mask=~valid)
+        if self.config.pooling == "cls":
+            return x[:, 0]
+        if self.config.pooling == "attention":
+            w = self.attn(x).squeeze(-1).float().masked_fill(~valid, float("-inf")).softmax(1)
+            return (w.unsqueeze(-1) * x.float()).sum(1)
+        v = valid.float().unsqueeze(-1)
+        return (x.float() * v).sum(1) / v.sum(1)
+
+    # --- convenience ----------------------------------------------------------------------------
+
+    def graph_batch(self, specs: Sequence[ArchSpec], params: Sequence[dict[str, Tensor]],
+                    device: torch.device | str = "cpu") -> GraphBatch:
+        """Prepare and batch models for :meth:`forward`, on ``device``."""
+        return to_device(batch_graphs([prepare(s, p, self.config) for s, p in zip(specs, params)]), device)
+
+    @torch.no_grad()
+    def embed(self, specs: Sequence[ArchSpec], params: Sequence[dict[str, Tensor]], batch_size: int = 128) -> Tensor:
+        """(n, embedding_dim) embeddings of models, on CPU, in eval mode."""
+        was = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        out = [self(self.graph_batch(specs[i:i + batch_size], params[i:i + batch_size], device))["embedding"].float().cpu()
+               for i in range(0, len(specs), batch_size)]
+        self.train(was)
+        if not out:
+            return torch.zeros(0, self.config.embedding_dim)
+        return torch.cat(out)
+
+    def describe(self) -> dict:
+        return {"config": asdict(self.config), "backend": self.backend,
+                "parameters": sum(p.numel() for p in self.parameters())}
+
+
+def to_device(batch: GraphBatch, device: torch.device | str) -> GraphBatch:
+    if torch.device(device).type == "cpu" and batch.node_graph.device.type == "cpu":
+        return batch
+    g = batch.graphs
+    moved = NeuralGraph(*(getattr(g, f).to(device) for f in ("src", "dst", "node_feat", "edge_feat", "node_layer",
+                                                              "node_pos", "edge_layer")), g.n_layers)
+    return GraphBatch(moved, batch.node_graph.to(device), batch.n_layers.to(device), batch.num_graphs)

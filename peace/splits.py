@@ -1,0 +1,61 @@
+"""Train / validation / test splits of a zoo by lineage, with whole tasks held out.
+
+All checkpoints of a run, and every fine-tune started from it, land on the same side, so a model
+is never evaluated against its own earlier or later self. Held-out tasks go entirely to test, so
+evaluation measures generalization to functions the encoder never saw.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .errors import PeaceError, unknown
+
+
+def choose_holdout(tasks: list[str], holdout: int | list[str], seed: int) -> list[str]:
+    """``holdout`` task names (checked) or that many tasks drawn with ``seed``."""
+    tasks = sorted(tasks)
+    if isinstance(holdout, int):
+        if holdout < 0:
+            raise PeaceError(f"holdout_tasks must be >= 0 or a list of task names, got {holdout}")
+        if len(tasks) - holdout < 2:
+            raise PeaceError(f"the zoo has {len(tasks)} task(s) {tasks}; contrastive training needs at least 2 "
+                             f"training tasks after holding out {holdout}. Build a zoo with more tasks or set "
+                             f"train.holdout_tasks lower.")
+        return sorted(np.random.default_rng(seed).choice(tasks, size=holdout, replace=False).tolist())
+    for t in holdout:
+        if t not in tasks:
+            raise unknown("held-out task", t, tasks)
+    if len(set(tasks) - set(holdout)) < 2:
+        raise PeaceError(f"holding out {holdout} leaves fewer than 2 training tasks of {tasks}")
+    return sorted(holdout)
+
+
+def split_zoo(manifest: pd.DataFrame, val_fraction: float = 0.15, test_fraction: float = 0.15,
+              holdout: int | list[str] = 1, seed: int = 0) -> pd.DataFrame:
+    """One row per model: ``model_id``, ``split`` (train / val / test) and ``heldout_task``.
+
+    Lineages (a run and its fine-tunes) are shuffled within their root task and cut by the fractions;
+    a lineage touching a held-out task goes to test.
+    """
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise PeaceError(f"val_fraction and test_fraction must be in [0, 1) with a sum below 1, "
+                         f"got {val_fraction} and {test_fraction}")
+    held = choose_holdout(list(manifest["task"].unique()), holdout, seed)
+    lin = manifest.groupby("lineage_id").agg(tasks=("task", lambda t: set(t)),
+                                             root=("task", "first"))
+    rng = np.random.default_rng(seed)
+    side: dict[str, str] = {}
+    for lid in lin.index[lin.tasks.map(lambda t: bool(t & set(held)))]:
+        side[lid] = "test"
+    rest = lin[~lin.index.isin(list(side))]
+    for _, group in rest.groupby("root", sort=True):
+        ids = list(group.index)
+        rng.shuffle(ids)
+        n_val, n_test = int(round(val_fraction * len(ids))), int(round(test_fraction * len(ids)))
+        for i, lid in enumerate(ids):
+            side[lid] = "val" if i < n_val else "test" if i < n_val + n_test else "train"
+    out = pd.DataFrame({"model_id": manifest["model_id"].to_numpy(),
+                        "split": manifest["lineage_id"].map(side).to_numpy(),
+                        "heldout_task": manifest["task"].isin(held).to_numpy()})
+    return out

@@ -1,0 +1,354 @@
+"""Contrastive training of the PEACE encoder on a zoo: config, loop, checkpoints, resume, loading.
+
+A run directory holds everything one training run wrote::
+
+    config.yaml          the full, resolved config (held-out tasks included)
+    splits.parquet       model_id -> train / val / test, heldout_task
+    views/               cached pruned and distilled positive views (safetensors)
+    checkpoint.pt        last epoch: weights, optimizer, history (torch.load(weights_only=True))
+    encoder.safetensors  best encoder weights (by validation same-task mAP)
+    encoder.json         its config, standardization and provenance
+    history.parquet      one row per epoch
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from . import __version__
+from .atomic import atomic_path, write_json
+from .config import apply_overrides, checked, read_yaml
+from .contrastive import AugmentConfig, PairSampler, augment, build_views, config_key, info_nce, model_seed
+from .encoder import EncoderConfig, PeaceEncoder, prepare
+from .errors import PeaceError, unknown
+from .metrics import retrieval_map
+from .splits import split_zoo
+from .zoo import Zoo
+
+CONFIG_DIR = Path(__file__).with_name("presets") / "encoder"
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation and data side of a run."""
+
+    epochs: int = 30
+    batch_size: int = 64          # anchors per step (2 views each, plus hard negatives)
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    temperature: float = 0.1      # InfoNCE tau
+    aux_weight: float = 1.0       # lambda for the auxiliary metric MSE; 0 switches it off
+    patience: int = 5             # epochs without a better validation mAP before stopping
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    holdout_tasks: int | list[str] = 1   # how many tasks (or which) go entirely to test
+    grad_clip: float = 1.0
+    amp: bool = True              # bfloat16 autocast on CUDA
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 2 or self.patience < 1:
+            raise PeaceError(f"need epochs >= 1, batch_size >= 2, patience >= 1; got {self.epochs}, "
+                             f"{self.batch_size}, {self.patience}")
+        if not (self.temperature > 0 and self.lr > 0 and self.aux_weight >= 0):
+            raise PeaceError("temperature and lr must be > 0 and aux_weight >= 0")
+
+
+@dataclass
+class RunConfig:
+    """Everything a training run depends on; saved as ``config.yaml`` in the run directory."""
+
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def config_from_dict(d: dict) -> RunConfig:
+    d = dict(d)
+    for name, cls in (("encoder", EncoderConfig), ("augment", AugmentConfig), ("train", TrainConfig)):
+        d[name] = checked(cls, d.get(name) or {}, name)
+    return checked(RunConfig, d, "encoder training config")
+
+
+def config_names() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def load_config(config: str | Path | None = None, overrides: list[str] | dict | None = None) -> RunConfig:
+    """A built-in config by name (``default``, ``tiny``), a YAML file, or the defaults; then overrides."""
+    if config is None:
+        d: dict = {}
+    elif str(config) in config_names():
+        d = read_yaml(CONFIG_DIR / f"{config}.yaml", "encoder config")
+    elif Path(config).suffix in (".yaml", ".yml") or Path(config).exists():
+        d = read_yaml(config, "encoder config")
+    else:
+        raise unknown("encoder config", str(config), config_names(), "Or pass the path of a YAML file.")
+    return config_from_dict(apply_overrides(d, overrides or [], RunConfig))
+
+
+def resolve_device(device: str) -> torch.device:
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto``; a device this machine lacks is a clear error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise unknown("device", device, ["auto", "cpu", "cuda", "cuda:N"]) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise PeaceError(f"device {device!r} asked for but torch {torch.__version__} sees no CUDA GPU here; "
+                         f"use --device cpu (or auto)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise PeaceError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type not in ("cpu", "cuda"):
+        raise unknown("device", device, ["auto", "cpu", "cuda", "cuda:N"])
+    return dev
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+@dataclass
+class TrainResult:
+    path: Path
+    history: pd.DataFrame
+    best_epoch: int
+    best_val_map: float
+    stopped_early: bool
+
+
+def _check_zoo(zoo: Zoo, cfg: RunConfig) -> pd.DataFrame:
+    m = zoo.manifest.reset_index(drop=True)
+    ok = m[m["status"] == "ok"]
+    if ok.empty:
+        raise PeaceError(f"zoo {zoo.path} has no trained models with status 'ok'")
+    return ok.reset_index(drop=True)
+
+
+def _prepare_run_dir(out: Path, cfg: RunConfig, zoo: Zoo, resume: bool) -> None:
+    saved = out / "config.yaml"
+    if not resume:
+        if out.exists() and any(out.iterdir()):
+            raise PeaceError(f"{out} is not empty; pass --resume to continue the run there, or choose a new --out")
+        out.mkdir(parents=True, exist_ok=True)
+        return
+    if not saved.exists():
+        raise PeaceError(f"nothing to resume in {out} (no config.yaml); start a new run without --resume")
+    if yaml.safe_load(saved.read_text()) != json.loads(json.dumps(cfg.to_dict())):
+        raise PeaceError(f"{out} was trained with a different config; resume needs the same one "
+                         f"(see {saved}), or start a new --out")
+    info = json.loads((out / "run.json").read_text())
+    if info["zoo_manifest_sha256"] != zoo.info["manifest_sha256"]:
+        raise PeaceError(f"{out} was trained on another zoo (manifest checksum differs); resume needs the same zoo")
+
+
+def _load_checkpoint(path: Path) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable checkpoint means: start that epoch again
+        raise PeaceError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); delete it to restart "
+                         f"the run from scratch") from None
+
+
+def _save_encoder(out: Path, encoder: PeaceEncoder, cfg: RunConfig, meta: dict) -> None:
+    state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+    with atomic_path(out / "encoder.safetensors") as tmp:
+        save_file(state, str(tmp))
+    write_json(out / "encoder.json", {"format_version": 1, "peace_version": __version__, "config": cfg.to_dict(),
+                                      **meta})
+
+
+def load_encoder(run_dir: str | Path, device: str = "cpu", backend: str | None = None) -> PeaceEncoder:
+    """The best encoder of a finished (or running) training run, in eval mode."""
+    run_dir = Path(run_dir)
+    meta_path, weights = run_dir / "encoder.json", run_dir / "encoder.safetensors"
+    if not (meta_path.exists() and weights.exists()):
+        raise PeaceError(f"{run_dir} holds no trained encoder (encoder.json + encoder.safetensors); train one with "
+                         f"`peace train --zoo ZOO --out {run_dir}`")
+    meta = json.loads(meta_path.read_text())
+    cfg = config_from_dict(meta["config"])
+    if backend is not None:
+        cfg.encoder.backend = backend
+    elif torch.device(device).type != "cpu" and cfg.encoder.backend != "torch":
+        cfg.encoder.backend = "torch"
+    encoder = PeaceEncoder(cfg.encoder)
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as e:
+        raise PeaceError(f"{weights} is damaged ({e}); retrain or restore it") from None
+    encoder.load_state_dict(state)
+    encoder.meta = meta
+    return encoder.to(resolve_device(device)).eval()
+
+
+def _targets(rows: pd.DataFrame, names: list[str]) -> np.ndarray:
+    missing = [n for n in names if n not in rows.columns]
+    if missing:
+        raise unknown("auxiliary target column", missing[0], [c for c in rows.columns if rows[c].dtype.kind == "f"])
+    return rows[names].to_numpy(np.float32)
+
+
+@torch.no_grad()
+def _validate(encoder: PeaceEncoder, val: pd.DataFrame, specs: dict, weights: dict) -> dict:
+    emb = encoder.embed([specs[m] for m in val.model_id], [weights[m] for m in val.model_id])
+    return {"val_map": retrieval_map(emb.numpy(), val["task"].to_numpy())}
+
+
+def fit(zoo: Zoo | str | Path, config: RunConfig, out: str | Path, device: str = "cpu", resume: bool = False,
+        progress: bool = True) -> TrainResult:
+    """Train an encoder on ``zoo`` into run directory ``out`` (see the module docstring)."""
+    zoo = zoo if isinstance(zoo, Zoo) else Zoo(zoo)
+    out, cfg, tc = Path(out), config, config.train
+    dev = resolve_device(device)
+    if dev.type != "cpu" and cfg.encoder.backend == "dgl":
+        raise PeaceError("the DGL backend runs on CPU only; use encoder.backend=torch (or auto) with a GPU")
+    rows = _check_zoo(zoo, cfg)
+    splits = split_zoo(rows, tc.val_fraction, tc.test_fraction, tc.holdout_tasks, cfg.seed)
+    held = sorted(rows.loc[splits.heldout_task.to_numpy(), "task"].unique())
+    cfg.train.holdout_tasks = held  # resolved, so the saved config says which
+    _prepare_run_dir(out, cfg, zoo, resume)
+    rows = rows.assign(split=splits["split"].to_numpy())
+    train, val = rows[rows.split == "train"].reset_index(drop=True), rows[rows.split == "val"].reset_index(drop=True)
+    if len(train) < tc.batch_size:
+        raise PeaceError(f"the training split has {len(train)} models but train.batch_size is {tc.batch_size}; "
+                         f"lower it (e.g. --set train.batch_size={max(2, len(train) // 2)}) or build a larger zoo")
+    if val["task"].nunique() < 2:
+        raise PeaceError(f"the validation split has {len(val)} models of {val['task'].nunique()} task(s); same-task "
+                         f"mAP needs 2 or more. Raise train.val_fraction or build a zoo with more runs per task")
+    if not resume:
+        with atomic_path(out / "config.yaml") as tmp:
+            tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        with atomic_path(out / "splits.parquet") as tmp:
+            splits.to_parquet(tmp)
+        write_json(out / "run.json", {"zoo": str(zoo.path), "zoo_manifest_sha256": zoo.info["manifest_sha256"],
+                                      "device": str(dev), "torch": torch.__version__, "status": "running"})
+
+    ids = list(train.model_id) + list(val.model_id)
+    specs = {m: zoo.spec(m) for m in ids}
+    weights = dict(zip(ids, zoo.load_many(ids)))
+    torch.manual_seed(cfg.seed)
+    if dev.type != "cpu" and cfg.encoder.backend == "auto":
+        cfg.encoder.backend = "torch"
+    encoder = PeaceEncoder(cfg.encoder)
+    rng = np.random.default_rng(cfg.seed)
+    sample = rng.choice(len(train), size=min(len(train), 1000), replace=False)
+    encoder.fit_standardization([prepare(specs[m], weights[m], cfg.encoder) for m in train.model_id[sample]])
+    tgt = _targets(train, cfg.encoder.aux_targets)
+    encoder.aux_mean.copy_(torch.from_numpy(np.nanmean(tgt, 0)))
+    encoder.aux_std.copy_(torch.from_numpy(np.nanstd(tgt, 0)).clamp_min(1e-6))
+    encoder.to(dev)
+    opt = torch.optim.AdamW(encoder.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+
+    history: list[dict] = []
+    best, bad, start_epoch = -math.inf, 0, 1
+    ckpt = _load_checkpoint(out / "checkpoint.pt") if resume else None
+    if ckpt is not None:
+        encoder.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        history, best, bad, start_epoch = ckpt["history"], ckpt["best"], ckpt["bad_epochs"], ckpt["epoch"] + 1
+
+    views = build_views(train, weights, cfg.augment, cfg.seed, cache_dir=out / "views", progress=progress)
+    sampler = PairSampler(train, cfg.augment, views)
+    keys = config_key(rows.set_index("model_id"))
+    aux_t = dict(zip(train.model_id, torch.tensor(tgt)))
+    amp = dev.type == "cuda" and tc.amp
+    n_steps = len(train) // tc.batch_size
+    meta = {"zoo": str(zoo.path), "zoo_manifest_sha256": zoo.info["manifest_sha256"], "holdout_tasks": held,
+            "n_train": len(train), "n_val": len(val)}
+
+    stopped = bad >= tc.patience
+    bar = tqdm(range(start_epoch, tc.epochs + 1), desc="train encoder", disable=not progress, initial=start_epoch - 1,
+               total=tc.epochs)
+    for epoch in ([] if stopped else bar):
+        t0 = time.perf_counter()
+        erng = np.random.default_rng([cfg.seed, epoch])
+        order = erng.permutation(train.model_id.to_numpy())
+        encoder.train()
+        sums = {"loss": 0.0, "nce": 0.0, "aux": 0.0}
+        for step in range(n_steps):
+            anchors = list(order[step * tc.batch_size:(step + 1) * tc.batch_size])
+            partners = [sampler.partner(m, erng) for m in anchors]
+            negs = sampler.hard_negatives(anchors, erng)
+            tag = f"{epoch}/{step}"
+            batch_specs, batch_params = [], []
+            for m in anchors:
+                batch_specs.append(specs[m])
+                batch_params.append(augment(specs[m], weights[m], model_seed(cfg.seed, m, tag + "u"), cfg.augment))
+            for m, (source, p) in zip(anchors, partners):
+                w = views[m][source] if source in ("pruned", "distilled") else weights[p]
+                batch_specs.append(specs[p])
+                batch_params.append(augment(specs[p], w, model_seed(cfg.seed, m, tag + "v"), cfg.augment))
+            for m in negs:
+                batch_specs.append(specs[m])
+                batch_params.append(augment(specs[m], weights[m], model_seed(cfg.seed, m, tag + "n"), cfg.augment))
+            batch = encoder.graph_batch(batch_specs, batch_params, dev)
+            B = len(anchors)
+            with torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext():
+                res = encoder(batch)
+            proj = res["projection"].float()
+            ka, kn = keys.loc[anchors].to_numpy(), keys.loc[negs].to_numpy()
+            same = torch.from_numpy(ka[:, None] == ka[None, :])
+            extra_same = torch.from_numpy(ka[:, None] == kn[None, :]) if negs else None
+            nce = info_nce(proj[:B], proj[B:2 * B], tc.temperature, same, proj[2 * B:] if negs else None, extra_same)
+            y = (torch.stack([aux_t[m] for m in anchors]).to(dev) - encoder.aux_mean) / encoder.aux_std
+            aux = torch.nn.functional.mse_loss(res["aux"][:B].float(), y)
+            loss = nce + tc.aux_weight * aux
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(encoder.parameters(), tc.grad_clip)
+            opt.step()
+            for k, v in (("loss", loss), ("nce", nce), ("aux", aux)):
+                sums[k] += float(v) / n_steps
+        row = {"epoch": epoch, "train_loss": sums["loss"], "train_nce": sums["nce"], "train_aux": sums["aux"],
+               **_validate(encoder, val, specs, weights), "seconds": time.perf_counter() - t0}
+        improved = row["val_map"] > best
+        best, bad = (row["val_map"], 0) if improved else (best, bad + 1)
+        row["best"] = improved
+        history.append(row)
+        if improved:
+            _save_encoder(out, encoder, cfg, meta | {"epoch": epoch, "val_map": row["val_map"]})
+        with atomic_path(out / "history.parquet") as tmp:
+            pd.DataFrame(history).to_parquet(tmp)
+        with atomic_path(out / "checkpoint.pt") as tmp:
+            torch.save({"model": encoder.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
+                        "history": history, "best": best, "bad_epochs": bad}, tmp)
+        bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_map=f"{row['val_map']:.3f}")
+        if bad >= tc.patience:
+            stopped = True
+            break
+    bar.close()
+    hist = pd.DataFrame(history)
+    best_row = hist.loc[hist["val_map"].idxmax()]
+    info = json.loads((out / "run.json").read_text())
+    write_json(out / "run.json", info | {"status": "early-stopped" if stopped else "finished",
+                                         "best_epoch": int(best_row.epoch), "best_val_map": float(best_row.val_map),
+                                         "epochs_run": len(hist)})
+    return TrainResult(out, hist, int(best_row.epoch), float(best_row.val_map), stopped)
+
+
+def embed_zoo(encoder: PeaceEncoder, zoo: Zoo, model_ids: list[str] | None = None, batch_size: int = 128,
+              progress: bool = False) -> np.ndarray:
+    """(n, embedding_dim) embeddings of zoo models (all ``ok`` models by default), in ``model_ids`` order."""
+    if model_ids is None:
+        model_ids = list(zoo.manifest.index[zoo.manifest["status"] == "ok"])
+    out = []
+    for s in tqdm(range(0, len(model_ids), batch_size), desc="embed", disable=not progress, leave=False):
+        chunk = model_ids[s:s + batch_size]
+        out.append(encoder.embed([zoo.spec(m) for m in chunk], zoo.load_many(chunk), batch_size).numpy())
+    return np.concatenate(out) if out else np.zeros((0, encoder.config.embedding_dim), np.float32)

@@ -1,0 +1,114 @@
+"""Positive views, hard negatives and the InfoNCE loss."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import MODELS, random_model
+from peace.architectures import forward, stack_params
+from peace.contrastive import (AugmentConfig, PairSampler, augment, build_views, config_key, info_nce,
+                               magnitude_prune)
+from peace.errors import PeaceError
+
+
+def _out(spec, params, X):
+    return forward(spec, {k: v.unsqueeze(0) for k, v in params.items()}, X)[0]
+
+
+@pytest.mark.parametrize("case", [0, 1, 3, 5])
+def test_symmetry_augmentations_preserve_the_function_noise_and_erasing_do_not(case):
+    task, spec, params = random_model(*MODELS[case], seed=case)
+    X = torch.from_numpy(task.X_test[:64]).reshape(-1, *spec.input_shape)
+    exact = augment(spec, params, 3, AugmentConfig(noise=0.0, erase=0.0))
+    assert torch.allclose(_out(spec, exact, X), _out(spec, params, X), atol=1e-4)
+    assert any(not torch.equal(exact[k], params[k]) for k in params)  # the weights did move
+    noisy = augment(spec, params, 3, AugmentConfig(noise=0.1, erase=0.3))
+    assert not torch.allclose(_out(spec, noisy, X), _out(spec, params, X), atol=1e-3)
+    zeros = sum(int((noisy[n.weight_name] == 0).sum()) for n in spec.layers)
+    total = sum(noisy[n.weight_name].numel() for n in spec.layers)
+    assert 0.15 < zeros / total < 0.45
+    assert all(torch.equal(a, b) for a, b in zip(augment(spec, params, 3, AugmentConfig()).values(),
+                                                 augment(spec, params, 3, AugmentConfig()).values()))  # seeded
+
+
+def test_magnitude_prune_zeroes_the_smallest_weights():
+    _, spec, params = random_model(*MODELS[1])
+    pop = stack_params([params, params])
+    pruned = magnitude_prune(spec, pop, 0.4)
+    w = torch.cat([pruned[layer.weight_name][0].flatten() for layer in spec.layers])
+    orig = torch.cat([params[layer.weight_name].flatten() for layer in spec.layers])
+    kept = w != 0
+    assert abs((~kept).float().mean().item() - 0.4) < 0.05
+    assert orig[kept].abs().min() >= orig[~kept].abs().max()
+    assert torch.equal(pruned[spec.layers[0].bias_name], pop[spec.layers[0].bias_name])
+
+
+def test_info_nce_matches_the_textbook_formula_and_masks_relatives():
+    g = torch.Generator().manual_seed(0)
+    u, v = F.normalize(torch.randn(4, 8, generator=g), dim=1), F.normalize(torch.randn(4, 8, generator=g), dim=1)
+    tau = 0.5
+    z = torch.cat([u, v])
+    expected = 0.0
+    for i in range(8):
+        pos = (i + 4) % 8
+        logits = torch.stack([z[i] @ z[j] / tau for j in range(8) if j != i])
+        expected += -(z[i] @ z[pos] / tau - torch.logsumexp(logits, 0))
+    assert torch.isclose(info_nce(u, v, tau), expected / 8, atol=1e-5)
+    everyone_related = torch.ones(4, 4, dtype=torch.bool)
+    assert info_nce(u, v, tau, same=everyone_related).abs() < 1e-6  # only the positive is left
+    extra = F.normalize(torch.randn(3, 8, generator=g), dim=1)
+    assert info_nce(u, v, tau, extra=extra) > info_nce(u, v, tau)  # more negatives, harder
+    assert torch.isclose(info_nce(u, v, tau, extra=extra, extra_same=torch.ones(4, 3, dtype=torch.bool)),
+                         info_nce(u, v, tau), atol=1e-6)
+
+
+def test_views_are_trained_cached_and_distilled_students_imitate(tiny_zoo, tmp_path, monkeypatch):
+    rows = tiny_zoo.manifest[tiny_zoo.manifest.task == "synth-1"].reset_index(drop=True)
+    weights = dict(zip(rows.model_id, tiny_zoo.load_many(list(rows.model_id))))
+    cfg = AugmentConfig(distill_epochs=30, prune_fraction=0.5)
+    views = build_views(rows, weights, cfg, seed=0, cache_dir=tmp_path)
+    assert set(views) == set(rows.model_id) and all(set(v) == {"pruned", "distilled"} for v in views.values())
+    m = rows.model_id[rows.epoch.idxmax()]
+    spec, task = tiny_zoo.spec(m), tiny_zoo.task(m)
+    X = torch.from_numpy(task.X_test).reshape(-1, *spec.input_shape)
+    teacher, student = _out(spec, weights[m], X).argmax(1), _out(spec, views[m]["distilled"], X).argmax(1)
+    assert (teacher == student).float().mean() > 0.7
+    assert not torch.equal(views[m]["pruned"]["layers.0.weight"], weights[m]["layers.0.weight"])
+    # a second call reads the cache: nothing is trained again
+    monkeypatch.setattr("peace.contrastive._make_views", lambda *a, **k: pytest.fail("views were rebuilt"))
+    again = build_views(rows, weights, cfg, seed=0, cache_dir=tmp_path)
+    assert torch.equal(again[m]["distilled"]["layers.0.weight"], views[m]["distilled"]["layers.0.weight"])
+
+
+def test_partners_and_hard_negatives_follow_their_definitions(tiny_zoo):
+    rows = tiny_zoo.manifest.reset_index(drop=True)
+    sampler = PairSampler(rows, AugmentConfig(hard_negatives=6), views={})
+    key = config_key(rows.set_index("model_id"))
+    r = rows.set_index("model_id")
+    rng = np.random.default_rng(0)
+    seen = set()
+    for m in rows.model_id:
+        cands = sampler.candidates(m)
+        for o in cands.get("same_config", []):
+            assert key[o] == key[m] and r.run_id[o] != r.run_id[m] and r.epoch[o] == r.epoch[m]
+        for o in cands.get("checkpoint", []):
+            assert r.run_id[o] == r.run_id[m] and o != m
+        seen |= set(cands)
+        source, partner = sampler.partner(m, rng)
+        assert partner in cands[source]
+    assert {"self", "same_config", "checkpoint"} <= seen
+    anchors = list(rows.model_id[:10])
+    negs = sampler.hard_negatives(anchors, rng)
+    assert 0 < len(negs) <= 6
+    for n in negs:  # each negative is hard for some anchor
+        assert any((r.arch[n] == r.arch[a] and r.task[n] != r.task[a])
+                   or (r.task[n] == r.task[a] and abs(r.test_acc[n] - r.test_acc[a]) >= 0.25) for a in anchors)
+    off = PairSampler(rows, AugmentConfig(same_config=False, checkpoint=False, pruned=False, distilled=False), {})
+    assert all(set(off.candidates(m)) == {"self"} for m in rows.model_id)
+
+
+def test_bad_augment_configs():
+    with pytest.raises(PeaceError, match="erase"):
+        AugmentConfig(erase=1.5)
+    with pytest.raises(PeaceError, match="distill_epochs"):
+        AugmentConfig(distill_epochs=0)

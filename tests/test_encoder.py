@@ -1,0 +1,136 @@
+"""The encoder: both message-passing backends agree, embeddings are exactly symmetry invariant."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import MODELS, random_model
+from peace.encoder import EncoderConfig, PeaceEncoder, dgl_available, prepare
+from peace.errors import PeaceError
+from peace.symmetry import RandomSymmetry, allowed, random_symmetry
+from peace.trainer import load_config
+
+IDS = [f"{t}-{kw['family']}-{kw['activation']}" for t, kw in MODELS]
+
+
+def _encoder(seed=0, **kw):
+    torch.manual_seed(seed)
+    return PeaceEncoder(EncoderConfig(backend="torch", hidden=32, **kw)).eval()
+
+
+def _models(n_seeds=2):
+    out = []
+    for i, (t, kw) in enumerate(MODELS):
+        for s in range(n_seeds):
+            _, spec, params = random_model(t, kw, seed=10 * i + s)
+            out.append((spec, params))
+    return out
+
+
+@pytest.mark.skipif(not dgl_available(), reason="DGL is not installed (GPU machine); CI runs this")
+@pytest.mark.parametrize("kw", [{}, {"aggregation": "sum", "pooling": "cls"}, {"pooling": "mean", "canonicalize": False}])
+def test_dgl_and_torch_backends_agree(kw):
+    models = _models()
+    torch_enc = _encoder(**kw)
+    torch_enc.fit_standardization([prepare(s, p, torch_enc.config) for s, p in models])
+    dgl_enc = PeaceEncoder(EncoderConfig(backend="dgl", hidden=32, **kw)).eval()
+    dgl_enc.load_state_dict(torch_enc.state_dict())
+    assert dgl_enc.backend == "dgl" and torch_enc.backend == "torch"
+    specs, params = zip(*models)
+    a, b = torch_enc.embed(specs, params), dgl_enc.embed(specs, params)
+    assert (a - b).abs().max() <= 1e-5
+    # the gradients agree too: one parameter set trains identically on either backend
+    grads = []
+    for enc in (torch_enc, dgl_enc):
+        enc.zero_grad()
+        enc(enc.graph_batch(specs, params))["projection"].pow(3).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in enc.parameters() if p.grad is not None]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("case", range(len(MODELS)), ids=IDS)
+def test_embedding_is_exactly_invariant_to_every_allowed_symmetry(case):
+    _, spec, params = random_model(*MODELS[case], seed=case)
+    enc = _encoder()
+    base = enc.embed([spec], [params])
+    moved = [random_symmetry(spec, params, seed=s) for s in range(4)]  # permutation + scaling / flips allowed
+    emb = enc.embed([spec] * 4, moved)
+    assert F.cosine_similarity(emb, base).min() >= 0.9999
+    assert (emb - base).abs().max() < 1e-3 * base.abs().max()
+
+
+@pytest.mark.parametrize("case", range(len(MODELS)), ids=IDS)
+def test_without_canonicalization_permutations_stay_exact(case):
+    _, spec, params = random_model(*MODELS[case], seed=case)
+    enc = _encoder(canonicalize=False)
+    base = enc.embed([spec], [params])
+    perm = [random_symmetry(spec, params, seed=s, kind=RandomSymmetry(scale=False, flip=False)) for s in range(3)]
+    assert F.cosine_similarity(enc.embed([spec] * 3, perm), base).min() >= 0.9999
+
+
+def test_canonicalization_is_what_removes_scaling():
+    """The test above can fail: without canonical form a relu network's rescaling moves its embedding."""
+    _, spec, params = random_model(*MODELS[1])
+    assert allowed(spec)["scale"]
+    scaled = random_symmetry(spec, params, seed=1, kind=RandomSymmetry(permute=False, scale=True, log_scale_std=1.5))
+    off, on = _encoder(canonicalize=False), _encoder(canonicalize=True)
+    moved_off = (off.embed([spec], [scaled]) - off.embed([spec], [params])).abs().max()
+    moved_on = (on.embed([spec], [scaled]) - on.embed([spec], [params])).abs().max()
+    assert moved_on < 1e-4 and moved_off > 1e-3 and moved_off > 100 * moved_on
+
+
+def test_input_neurons_keep_their_identity():
+    """Permuting input features changes the function, and the embedding (no over-symmetrization)."""
+    _, spec, params = random_model(*MODELS[1])
+    w = params["layers.0.weight"]
+    swapped = dict(params, **{"layers.0.weight": w[:, torch.randperm(w.shape[1], generator=torch.Generator().manual_seed(0))]})
+    hidden_perm = random_symmetry(spec, params, seed=0, kind=RandomSymmetry(scale=False, flip=False))
+    enc = _encoder()
+    base = enc.embed([spec], [params])
+    moved_inputs = (enc.embed([spec], [swapped]) - base).abs().max()
+    float_noise = (enc.embed([spec], [hidden_perm]) - base).abs().max()
+    assert moved_inputs > 1e-6 and moved_inputs > 20 * float_noise  # an untrained encoder: small but real
+
+
+def test_one_encoder_mixes_architectures_and_batches_independently():
+    models = _models(n_seeds=1)
+    specs, params = zip(*models)
+    for pooling in ("attention", "cls", "mean"):
+        enc = _encoder(pooling=pooling)
+        together = enc.embed(specs, params)
+        alone = torch.cat([enc.embed([s], [p]) for s, p in models])
+        assert torch.allclose(together, alone, atol=1e-5)
+        sim = F.cosine_similarity(together.unsqueeze(1), together.unsqueeze(0), dim=-1)
+        assert sim[~torch.eye(len(models), dtype=torch.bool)].max() < 0.99999  # different models differ
+    assert together.shape == (len(models), 64)
+
+
+def test_heads_and_shapes():
+    spec, params = _models(1)[0]
+    enc = _encoder(embedding_dim=8, projection_dim=5, aux_targets=["test_acc", "gen_gap", "epoch"])
+    out = enc(enc.graph_batch([spec, spec], [params, params]))
+    assert out["embedding"].shape == (2, 8) and out["projection"].shape == (2, 5) and out["aux"].shape == (2, 3)
+    assert torch.allclose(out["projection"].norm(dim=1), torch.ones(2))
+
+
+def test_bad_encoder_configs_are_named():
+    with pytest.raises(PeaceError, match="unknown pooling 'max'; valid: attention, cls, mean"):
+        EncoderConfig(pooling="max")
+    with pytest.raises(PeaceError, match="divisible by heads"):
+        EncoderConfig(hidden=30, heads=4)
+    with pytest.raises(PeaceError, match="unknown config key in override 'encoder.colour'.*hidden"):
+        load_config("tiny", ["encoder.colour=red"])
+    with pytest.raises(PeaceError, match="unknown key in encoder 'depth'"):
+        from peace.trainer import config_from_dict
+        config_from_dict({"encoder": {"depth": 3}})
+    with pytest.raises(PeaceError, match="unknown encoder config 'huge'"):
+        load_config("huge")
+
+
+def test_long_edges_are_pooled_and_bad_weights_refused():
+    _, spec, params = random_model("mnist1d", dict(family="cnn1d", hidden=(3,), activation="relu", pool="none"))
+    enc = _encoder(edge_dim=4)  # flatten blocks carry 40 values: pooled to 4, still exactly invariant
+    moved = random_symmetry(spec, params, seed=0)
+    assert F.cosine_similarity(enc.embed([spec], [moved]), enc.embed([spec], [params])).item() >= 0.9999
+    bad = dict(params, **{"layers.0.weight": params["layers.0.weight"].clone().fill_(float("nan"))})
+    with pytest.raises(PeaceError, match="layers.0.weight"):
+        _encoder().embed([spec], [bad])

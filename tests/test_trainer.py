@@ -1,0 +1,112 @@
+"""Training runs: splits, artifacts, determinism, resume, bad input; the `peace train` command."""
+import json
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import run_peace
+from peace.errors import PeaceError
+from peace.recipe import recipe_from_dict
+from peace.splits import split_zoo
+from peace.trainer import fit, load_config, load_encoder, resolve_device
+from peace.zoo import build_zoo
+
+QUICK = ["augment.distill_epochs=1", "train.epochs=3", "train.patience=5"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_zoo, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "tiny"
+    return fit(tiny_zoo, load_config("tiny", QUICK), out, progress=False)
+
+
+def test_splits_keep_lineages_together_and_hold_out_tasks(tiny_zoo):
+    m = tiny_zoo.manifest.reset_index(drop=True)
+    s = split_zoo(m, 0.25, 0.25, holdout=["synth-2"], seed=3).assign(lineage=m.lineage_id.values, task=m.task.values)
+    assert s.groupby("lineage")["split"].nunique().max() == 1
+    assert (s[s.task == "synth-2"].split == "test").all() and s[s.task == "synth-2"].heldout_task.all()
+    assert set(s.split) == {"train", "val", "test"}
+    assert s.equals(split_zoo(m, 0.25, 0.25, holdout=["synth-2"], seed=3).assign(lineage=m.lineage_id.values,
+                                                                                task=m.task.values))
+    with pytest.raises(PeaceError, match="unknown held-out task 'cifar10'"):
+        split_zoo(m, holdout=["cifar10"])
+
+
+def test_a_run_writes_everything_and_the_encoder_reloads(tiny_run, tiny_zoo):
+    out = tiny_run.path
+    for name in ("config.yaml", "splits.parquet", "checkpoint.pt", "encoder.safetensors", "encoder.json",
+                 "history.parquet", "run.json"):
+        assert (out / name).exists(), name
+    hist = pd.read_parquet(out / "history.parquet")
+    assert list(hist.epoch) == [1, 2, 3]
+    assert hist[["train_loss", "train_nce", "train_aux", "val_map"]].notna().all().all()
+    assert 0 < hist.val_map.max() <= 1
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "finished" and info["best_epoch"] == tiny_run.best_epoch
+    meta = json.loads((out / "encoder.json").read_text())
+    assert meta["config"]["train"]["holdout_tasks"] == meta["holdout_tasks"] and len(meta["holdout_tasks"]) == 1
+    enc = load_encoder(out)
+    ids = list(tiny_zoo.manifest.index[:5])
+    emb = enc.embed([tiny_zoo.spec(i) for i in ids], tiny_zoo.load_many(ids))
+    assert emb.shape == (5, 16) and torch.isfinite(emb).all()
+    assert torch.equal(load_file(str(out / "encoder.safetensors"))["edge_scale"], enc.edge_scale)
+    assert not torch.equal(enc.edge_scale, torch.ones_like(enc.edge_scale))  # standardization was fit
+
+
+def test_training_is_deterministic_and_resume_continues_exactly(tiny_run, tiny_zoo, tmp_path, monkeypatch):
+    import peace.trainer as trainer
+
+    calls = {"n": 0}
+    real = trainer._validate
+
+    def crash_at_third_epoch(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("simulated interruption")
+        return real(*a, **k)
+
+    monkeypatch.setattr(trainer, "_validate", crash_at_third_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny_zoo, load_config("tiny", QUICK), tmp_path / "run", progress=False)
+    assert len(pd.read_parquet(tmp_path / "run" / "history.parquet")) == 2
+    monkeypatch.setattr(trainer, "_validate", real)
+    with pytest.raises(PeaceError, match="pass --resume"):
+        fit(tiny_zoo, load_config("tiny", QUICK), tmp_path / "run", progress=False)
+    with pytest.raises(PeaceError, match="different config"):
+        fit(tiny_zoo, load_config("tiny", QUICK + ["train.lr=0.01"]), tmp_path / "run", resume=True, progress=False)
+    resumed = fit(tiny_zoo, load_config("tiny", QUICK), tmp_path / "run", resume=True, progress=False)
+    a = load_file(str(tiny_run.path / "encoder.safetensors"))
+    b = load_file(str(resumed.path / "encoder.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    cols = ["epoch", "train_loss", "val_map"]
+    pd.testing.assert_frame_equal(tiny_run.history[cols], resumed.history[cols])
+
+
+def test_bad_input_is_named(tiny_zoo, tmp_path):
+    one_task = build_zoo(recipe_from_dict({"name": "one", "groups": [
+        {"name": "g", "tasks": ["tetris"], "architecture": {"family": "mlp", "hidden": [3]}, "seeds": 4, "epochs": 1}]}),
+        tmp_path / "one", progress=False)
+    with pytest.raises(PeaceError, match="1 task.*at least 2 training tasks"):
+        fit(one_task, load_config("tiny"), tmp_path / "r1", progress=False)
+    with pytest.raises(PeaceError, match="training split has .* models but train.batch_size is 500"):
+        fit(tiny_zoo, load_config("tiny", ["train.batch_size=500"]), tmp_path / "r2", progress=False)
+    with pytest.raises(PeaceError, match="cuda"):
+        resolve_device("cuda:99")
+    with pytest.raises(PeaceError, match="unknown device 'tpu'"):
+        resolve_device("tpu")
+    with pytest.raises(PeaceError, match="no trained encoder"):
+        load_encoder(tmp_path)
+    with pytest.raises(PeaceError, match="unknown auxiliary target column 'accuracy'"):
+        fit(tiny_zoo, load_config("tiny", ["encoder.aux_targets=[accuracy]"]), tmp_path / "r3", progress=False)
+
+
+@pytest.mark.slow
+def test_peace_train_command(tiny_zoo, tmp_path):
+    p = run_peace("train", "--zoo", tiny_zoo.path, "--out", tmp_path / "run", "--config", "tiny", "--quiet",
+                  "--set", "train.epochs=2", "augment.distill_epochs=1", "--seed", "1")
+    assert "best epoch" in p.stdout and (tmp_path / "run" / "encoder.safetensors").exists()
+    assert json.loads((tmp_path / "run" / "encoder.json").read_text())["config"]["seed"] == 1
+    bad = run_peace("train", "--zoo", tiny_zoo.path, "--out", tmp_path / "r2", "--device", "cuda:99", check=False)
+    assert bad.returncode == 2 and "cuda" in bad.stderr and "Traceback" not in bad.stderr
