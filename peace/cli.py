@@ -44,6 +44,38 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _embed(args: argparse.Namespace) -> int:
+    from .export import export_embeddings
+
+    es = export_embeddings(args.run, args.out, zoo=args.zoo, trees=args.trees, umap=not args.no_umap,
+                           progress=not args.quiet)
+    print(f"embedded {len(es)} models ({es.dim}-d) into {es.path}: embeddings.parquet, index.ann, index.json")
+    return 0
+
+
+def _query(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .index import EmbeddingSet
+
+    es = EmbeddingSet(args.embeddings)
+    hits = es.neighbours(args.model, args.k)
+    cols = [c for c in ["model_id", "cosine", "task", "arch", "epoch", "test_acc", "split"] if c in hits.columns]
+    with pd.option_context("display.width", 200):
+        print(hits[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate, summary_table
+
+    metrics = evaluate(args.run, args.out, zoo=args.zoo, mlp_run=args.mlp_run, seed=args.seed,
+                       progress=not args.quiet)
+    print(summary_table(metrics).to_string(float_format=lambda v: f"{v:.3f}"))
+    print(f"wrote {args.out / 'metrics.json'}, {args.out / 'report.md'} and {args.out / 'retrieval.html'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .recipe import preset_names
 
@@ -81,6 +113,35 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=_train)
+
+    e = sub.add_parser("embed", help="embed a zoo with a trained encoder and build its Annoy index",
+                       description="Write embeddings.parquet (embedding, 2-D/3-D UMAP, metadata), index.ann and "
+                       "index.json (provenance checksums) to --out.")
+    e.add_argument("--run", type=Path, required=True, metavar="DIR", help="a training run (peace train --out)")
+    e.add_argument("--out", type=Path, required=True, metavar="DIR", help="embedding set directory to write")
+    e.add_argument("--zoo", type=Path, metavar="DIR", help="zoo to embed (default: the run's own zoo)")
+    e.add_argument("--trees", type=int, default=50, help="Annoy trees (more: better recall, bigger index)")
+    e.add_argument("--no-umap", action="store_true", help="skip the UMAP coordinates")
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=_embed)
+
+    q = sub.add_parser("query", help="nearest zoo models of a model", description="The k nearest models of a "
+                       "model of the embedding set, by cosine similarity (Annoy).")
+    q.add_argument("model", help="a model id of the embedded zoo")
+    q.add_argument("--embeddings", type=Path, required=True, metavar="DIR", help="an embedding set (peace embed --out)")
+    q.add_argument("-k", type=int, default=10, help="neighbours to show (default 10)")
+    q.set_defaults(func=_query)
+
+    v = sub.add_parser("evaluate", help="compare PEACE with the baselines on held-out models",
+                       description="Retrieval, clustering, linear probes, invariance and functional similarity on "
+                       "the run's test split, for PEACE and every baseline; writes metrics.json, report.md, figures.")
+    v.add_argument("--run", type=Path, required=True, metavar="DIR")
+    v.add_argument("--out", type=Path, required=True, metavar="DIR")
+    v.add_argument("--zoo", type=Path, metavar="DIR", help="default: the run's zoo")
+    v.add_argument("--mlp-run", type=Path, metavar="DIR", help="a run trained with encoder.kind=mlp, to compare too")
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--quiet", action="store_true")
+    v.set_defaults(func=_evaluate)
     return p
 
 

@@ -122,7 +122,7 @@ def _make_views(spec: ArchSpec, rows: pd.DataFrame, weights: dict[str, Tensor], 
     task = load_task(rows["task"].iloc[0])
     ids = list(rows["model_id"])
     batch_size, optimizer = int(rows["batch_size"].iloc[0]), rows["optimizer"].iloc[0]
-    hp = lambda salt: [HParams(seed=model_seed(seed, m, salt), init=r.init, lr=float(r.lr),  # noqa: E731
+    hp = lambda salt: [HParams(seed=model_seed(seed, m, salt), init=r.init, lr=float(r.lr),
                                weight_decay=float(r.weight_decay)) for m, r in zip(ids, rows.itertuples())]
     results: dict[str, dict[str, Tensor]] = {}
     if cfg.pruned:

@@ -21,9 +21,17 @@ from torch import Tensor, nn
 
 from .architectures import ArchSpec
 from .errors import PeaceError, unknown
-from .graph import EDGE_KINDS, NODE_DIM, GraphBatch, NeuralGraph, batch_graphs, neural_graph
+from .graph import (
+    EDGE_KINDS,
+    NODE_DIM,
+    GraphBatch,
+    NeuralGraph,
+    batch_graphs,
+    neural_graph,
+)
 from .symmetry import canonicalize
 
+KINDS = ("gnn", "mlp")
 BACKENDS = ("auto", "dgl", "torch")
 POOLINGS = ("mean", "attention", "cls")
 AGGREGATIONS = ("mean", "sum")
@@ -35,6 +43,7 @@ _DEPTH_FREQS = 6                     # normalized depth in [0, 1]
 class EncoderConfig:
     """Shape and options of the encoder (saved with every trained encoder)."""
 
+    kind: str = "gnn"             # gnn (PEACE) or mlp (the non-equivariant control on flattened weights)
     hidden: int = 64              # node / token width
     rounds: int = 3               # message-passing rounds
     aggregation: str = "mean"     # of incoming messages: mean (width-robust) or sum
@@ -47,8 +56,11 @@ class EncoderConfig:
     edge_dim: int = 25            # values one edge carries (a 5x5 kernel); longer edges are average-pooled
     backend: str = "auto"         # message passing: auto (DGL when importable), dgl or torch
     aux_targets: list[str] = field(default_factory=lambda: ["test_acc", "gen_gap"])
+    max_params: int = 4096        # mlp kind only: flattened weights are padded / truncated to this
 
     def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise unknown("encoder kind", self.kind, KINDS)
         if self.backend not in BACKENDS:
             raise unknown("encoder backend", self.backend, BACKENDS)
         if self.pooling not in POOLINGS:
@@ -161,7 +173,46 @@ class MessagePassing(nn.Module):
         return self._update(h, *self._scale(g.ndata.pop("agg"), rg.ndata.pop("agg"), deg_in, deg_out))
 
 
-class PeaceEncoder(nn.Module):
+class Embedder(nn.Module):
+    """What every encoder shares: the embedding / projection / auxiliary heads, their buffers and
+    ``embed``. Subclasses define ``batch(specs, params, device)`` and ``encode(batch) -> (G, hidden)``."""
+
+    def _init_heads(self, c: EncoderConfig) -> None:
+        H, n_aux = c.hidden, max(1, len(c.aux_targets))
+        self.to_embedding = _mlp(H, H, c.embedding_dim)
+        self.projection = _mlp(c.embedding_dim, H, c.projection_dim)
+        self.aux_head = _mlp(c.embedding_dim, H, n_aux)
+        self.register_buffer("aux_mean", torch.zeros(n_aux))
+        self.register_buffer("aux_std", torch.ones(n_aux))
+
+    def forward(self, batch) -> dict[str, Tensor]:
+        """``embedding`` (G, embedding_dim), ``projection`` (G, projection_dim, unit norm), ``aux`` (G, n_aux)."""
+        emb = self.to_embedding(self.encode(batch))
+        return {"embedding": emb, "projection": F.normalize(self.projection(emb).float(), dim=-1),
+                "aux": self.aux_head(emb)}
+
+    @torch.no_grad()
+    def embed(self, specs: Sequence[ArchSpec], params: Sequence[dict[str, Tensor]], batch_size: int = 128) -> Tensor:
+        """(n, embedding_dim) embeddings of models, on CPU, computed in eval mode."""
+        was = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        out = [self(self.batch(specs[i:i + batch_size], params[i:i + batch_size], device))["embedding"].float().cpu()
+               for i in range(0, len(specs), batch_size)]
+        self.train(was)
+        return torch.cat(out) if out else torch.zeros(0, self.config.embedding_dim)
+
+
+def build_encoder(config: EncoderConfig) -> Embedder:
+    """The encoder ``config.kind`` names."""
+    if config.kind == "mlp":
+        from .baselines import FlatMLPEncoder
+
+        return FlatMLPEncoder(config)
+    return PeaceEncoder(config)
+
+
+class PeaceEncoder(Embedder):
     """Neural graphs of any supported architecture -> embeddings (plus projection and metric heads).
 
     Buffers hold the weight-standardization statistics (fit on the training zoo with
@@ -182,21 +233,18 @@ class PeaceEncoder(nn.Module):
             c.transformer_layers, enable_nested_tensor=False) if c.transformer_layers else None)
         self.cls = nn.Parameter(torch.zeros(1, 1, H)) if c.pooling == "cls" else None
         self.attn = nn.Linear(H, 1) if c.pooling == "attention" else None
-        self.to_embedding = _mlp(H, H, c.embedding_dim)
-        self.projection = _mlp(c.embedding_dim, H, c.projection_dim)
-        self.aux_head = _mlp(c.embedding_dim, H, max(1, len(c.aux_targets)))
+        self._init_heads(c)
         self.register_buffer("edge_scale", torch.ones(len(EDGE_KINDS)))
         self.register_buffer("bias_mean", torch.zeros(()))
         self.register_buffer("bias_std", torch.ones(()))
-        self.register_buffer("aux_mean", torch.zeros(max(1, len(c.aux_targets))))
-        self.register_buffer("aux_std", torch.ones(max(1, len(c.aux_targets))))
         self.backend = resolve_backend(c.backend)
 
     # --- inputs ---------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def fit_standardization(self, graphs: Sequence[NeuralGraph]) -> None:
-        """Weight scale per edge kind (zero padding stays zero) and bias mean/std from training graphs."""
+    def fit_standardization(self, specs: Sequence[ArchSpec], params: Sequence[dict[str, Tensor]]) -> None:
+        """Weight scale per edge kind (zero padding stays zero) and bias mean/std from training models."""
+        graphs = [prepare(s, p, self.config) for s, p in zip(specs, params)]
         k = self.config.edge_dim
         edges = torch.cat([g.edge_feat for g in graphs])
         for i in range(len(EDGE_KINDS)):
@@ -221,18 +269,15 @@ class PeaceEncoder(nn.Module):
 
     # --- forward --------------------------------------------------------------------------------
 
-    def forward(self, batch: GraphBatch) -> dict[str, Tensor]:
-        """``embedding`` (G, embedding_dim), ``projection`` (G, projection_dim, unit norm), ``aux`` (G, n_aux)."""
+    def encode(self, batch: GraphBatch) -> Tensor:
+        """(G, hidden): message passing, per-layer readout, Transformer across layers, pooling."""
         g = batch.graphs
         h = self.node_in(self._node_inputs(g))
         e = self._edge_inputs(g)
         if self.rounds:
             h = self._message_passing(h, e, g)
         tokens, mask, depth = self._layer_tokens(h, g, batch)
-        z = self._pool(tokens, mask, depth)
-        emb = self.to_embedding(z)
-        return {"embedding": emb, "projection": F.normalize(self.projection(emb).float(), dim=-1),
-                "aux": self.aux_head(emb)}
+        return self._pool(tokens, mask, depth)
 
     def _message_passing(self, h: Tensor, e: Tensor, g: NeuralGraph) -> Tensor:
         ones = torch.ones(g.num_edges, device=h.device)
@@ -284,23 +329,10 @@ class PeaceEncoder(nn.Module):
 
     # --- convenience ----------------------------------------------------------------------------
 
-    def graph_batch(self, specs: Sequence[ArchSpec], params: Sequence[dict[str, Tensor]],
-                    device: torch.device | str = "cpu") -> GraphBatch:
+    def batch(self, specs: Sequence[ArchSpec], params: Sequence[dict[str, Tensor]],
+              device: torch.device | str = "cpu") -> GraphBatch:
         """Prepare and batch models for :meth:`forward`, on ``device``."""
         return to_device(batch_graphs([prepare(s, p, self.config) for s, p in zip(specs, params)]), device)
-
-    @torch.no_grad()
-    def embed(self, specs: Sequence[ArchSpec], params: Sequence[dict[str, Tensor]], batch_size: int = 128) -> Tensor:
-        """(n, embedding_dim) embeddings of models, on CPU, in eval mode."""
-        was = self.training
-        self.eval()
-        device = next(self.parameters()).device
-        out = [self(self.graph_batch(specs[i:i + batch_size], params[i:i + batch_size], device))["embedding"].float().cpu()
-               for i in range(0, len(specs), batch_size)]
-        self.train(was)
-        if not out:
-            return torch.zeros(0, self.config.embedding_dim)
-        return torch.cat(out)
 
     def describe(self) -> dict:
         return {"config": asdict(self.config), "backend": self.backend,

@@ -30,8 +30,16 @@ from tqdm.auto import tqdm
 from . import __version__
 from .atomic import atomic_path, write_json
 from .config import apply_overrides, checked, read_yaml
-from .contrastive import AugmentConfig, PairSampler, augment, build_views, config_key, info_nce, model_seed
-from .encoder import EncoderConfig, PeaceEncoder, prepare
+from .contrastive import (
+    AugmentConfig,
+    PairSampler,
+    augment,
+    build_views,
+    config_key,
+    info_nce,
+    model_seed,
+)
+from .encoder import Embedder, EncoderConfig, build_encoder
 from .errors import PeaceError, unknown
 from .metrics import retrieval_map
 from .splits import split_zoo
@@ -44,13 +52,13 @@ CONFIG_DIR = Path(__file__).with_name("presets") / "encoder"
 class TrainConfig:
     """The optimisation and data side of a run."""
 
-    epochs: int = 30
+    epochs: int = 20
     batch_size: int = 64          # anchors per step (2 views each, plus hard negatives)
     lr: float = 1e-3
     weight_decay: float = 1e-4
     temperature: float = 0.1      # InfoNCE tau
     aux_weight: float = 1.0       # lambda for the auxiliary metric MSE; 0 switches it off
-    patience: int = 5             # epochs without a better validation mAP before stopping
+    patience: int = 4             # epochs without a better validation mAP before stopping
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     holdout_tasks: int | list[str] = 1   # how many tasks (or which) go entirely to test
@@ -166,7 +174,7 @@ def _load_checkpoint(path: Path) -> dict | None:
                          f"the run from scratch") from None
 
 
-def _save_encoder(out: Path, encoder: PeaceEncoder, cfg: RunConfig, meta: dict) -> None:
+def _save_encoder(out: Path, encoder: Embedder, cfg: RunConfig, meta: dict) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
     with atomic_path(out / "encoder.safetensors") as tmp:
         save_file(state, str(tmp))
@@ -174,7 +182,7 @@ def _save_encoder(out: Path, encoder: PeaceEncoder, cfg: RunConfig, meta: dict) 
                                       **meta})
 
 
-def load_encoder(run_dir: str | Path, device: str = "cpu", backend: str | None = None) -> PeaceEncoder:
+def load_encoder(run_dir: str | Path, device: str = "cpu", backend: str | None = None) -> Embedder:
     """The best encoder of a finished (or running) training run, in eval mode."""
     run_dir = Path(run_dir)
     meta_path, weights = run_dir / "encoder.json", run_dir / "encoder.safetensors"
@@ -187,7 +195,7 @@ def load_encoder(run_dir: str | Path, device: str = "cpu", backend: str | None =
         cfg.encoder.backend = backend
     elif torch.device(device).type != "cpu" and cfg.encoder.backend != "torch":
         cfg.encoder.backend = "torch"
-    encoder = PeaceEncoder(cfg.encoder)
+    encoder = build_encoder(cfg.encoder)
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError) as e:
@@ -205,7 +213,7 @@ def _targets(rows: pd.DataFrame, names: list[str]) -> np.ndarray:
 
 
 @torch.no_grad()
-def _validate(encoder: PeaceEncoder, val: pd.DataFrame, specs: dict, weights: dict) -> dict:
+def _validate(encoder: Embedder, val: pd.DataFrame, specs: dict, weights: dict) -> dict:
     emb = encoder.embed([specs[m] for m in val.model_id], [weights[m] for m in val.model_id])
     return {"val_map": retrieval_map(emb.numpy(), val["task"].to_numpy())}
 
@@ -245,10 +253,10 @@ def fit(zoo: Zoo | str | Path, config: RunConfig, out: str | Path, device: str =
     torch.manual_seed(cfg.seed)
     if dev.type != "cpu" and cfg.encoder.backend == "auto":
         cfg.encoder.backend = "torch"
-    encoder = PeaceEncoder(cfg.encoder)
+    encoder = build_encoder(cfg.encoder)
     rng = np.random.default_rng(cfg.seed)
     sample = rng.choice(len(train), size=min(len(train), 1000), replace=False)
-    encoder.fit_standardization([prepare(specs[m], weights[m], cfg.encoder) for m in train.model_id[sample]])
+    encoder.fit_standardization([specs[m] for m in train.model_id[sample]], [weights[m] for m in train.model_id[sample]])
     tgt = _targets(train, cfg.encoder.aux_targets)
     encoder.aux_mean.copy_(torch.from_numpy(np.nanmean(tgt, 0)))
     encoder.aux_std.copy_(torch.from_numpy(np.nanstd(tgt, 0)).clamp_min(1e-6))
@@ -297,7 +305,7 @@ def fit(zoo: Zoo | str | Path, config: RunConfig, out: str | Path, device: str =
             for m in negs:
                 batch_specs.append(specs[m])
                 batch_params.append(augment(specs[m], weights[m], model_seed(cfg.seed, m, tag + "n"), cfg.augment))
-            batch = encoder.graph_batch(batch_specs, batch_params, dev)
+            batch = encoder.batch(batch_specs, batch_params, dev)
             B = len(anchors)
             with torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext():
                 res = encoder(batch)
@@ -314,7 +322,7 @@ def fit(zoo: Zoo | str | Path, config: RunConfig, out: str | Path, device: str =
             torch.nn.utils.clip_grad_norm_(encoder.parameters(), tc.grad_clip)
             opt.step()
             for k, v in (("loss", loss), ("nce", nce), ("aux", aux)):
-                sums[k] += float(v) / n_steps
+                sums[k] += v.item() / n_steps
         row = {"epoch": epoch, "train_loss": sums["loss"], "train_nce": sums["nce"], "train_aux": sums["aux"],
                **_validate(encoder, val, specs, weights), "seconds": time.perf_counter() - t0}
         improved = row["val_map"] > best
@@ -342,7 +350,7 @@ def fit(zoo: Zoo | str | Path, config: RunConfig, out: str | Path, device: str =
     return TrainResult(out, hist, int(best_row.epoch), float(best_row.val_map), stopped)
 
 
-def embed_zoo(encoder: PeaceEncoder, zoo: Zoo, model_ids: list[str] | None = None, batch_size: int = 128,
+def embed_zoo(encoder: Embedder, zoo: Zoo, model_ids: list[str] | None = None, batch_size: int = 128,
               progress: bool = False) -> np.ndarray:
     """(n, embedding_dim) embeddings of zoo models (all ``ok`` models by default), in ``model_ids`` order."""
     if model_ids is None:

@@ -49,6 +49,17 @@ def tiny_zoo(tmp_path_factory):
     return build_zoo(load_recipe("tiny"), tmp_path_factory.mktemp("zoo") / "tiny", progress=False)
 
 
+QUICK = ["augment.distill_epochs=1", "train.epochs=3", "train.patience=5"]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_zoo, tmp_path_factory):
+    """A 3-epoch encoder run on the tiny zoo, trained once per test session (per xdist worker)."""
+    from peace.trainer import fit, load_config
+
+    return fit(tiny_zoo, load_config("tiny", QUICK), tmp_path_factory.mktemp("run") / "tiny", progress=False)
+
+
 def run_peace(*args, check=True, **kw) -> subprocess.CompletedProcess:
     """Run the real ``python -m peace`` command line."""
     p = subprocess.run([sys.executable, "-m", "peace", *map(str, args)], capture_output=True, text=True, cwd=ROOT, **kw)

@@ -3,11 +3,18 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import MODELS, random_model
+
 from peace.architectures import forward, stack_params
-from peace.contrastive import (AugmentConfig, PairSampler, augment, build_views, config_key, info_nce,
-                               magnitude_prune)
+from peace.contrastive import (
+    AugmentConfig,
+    PairSampler,
+    augment,
+    build_views,
+    config_key,
+    info_nce,
+    magnitude_prune,
+)
 from peace.errors import PeaceError
 
 

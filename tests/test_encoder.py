@@ -2,9 +2,9 @@
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import MODELS, random_model
-from peace.encoder import EncoderConfig, PeaceEncoder, dgl_available, prepare
+
+from peace.encoder import EncoderConfig, PeaceEncoder, dgl_available
 from peace.errors import PeaceError
 from peace.symmetry import RandomSymmetry, allowed, random_symmetry
 from peace.trainer import load_config
@@ -31,7 +31,7 @@ def _models(n_seeds=2):
 def test_dgl_and_torch_backends_agree(kw):
     models = _models()
     torch_enc = _encoder(**kw)
-    torch_enc.fit_standardization([prepare(s, p, torch_enc.config) for s, p in models])
+    torch_enc.fit_standardization(*zip(*models))
     dgl_enc = PeaceEncoder(EncoderConfig(backend="dgl", hidden=32, **kw)).eval()
     dgl_enc.load_state_dict(torch_enc.state_dict())
     assert dgl_enc.backend == "dgl" and torch_enc.backend == "torch"
@@ -42,7 +42,7 @@ def test_dgl_and_torch_backends_agree(kw):
     grads = []
     for enc in (torch_enc, dgl_enc):
         enc.zero_grad()
-        enc(enc.graph_batch(specs, params))["projection"].pow(3).sum().backward()
+        enc(enc.batch(specs, params))["projection"].pow(3).sum().backward()
         grads.append(torch.cat([p.grad.flatten() for p in enc.parameters() if p.grad is not None]))
     assert torch.allclose(grads[0], grads[1], atol=1e-4, rtol=1e-4)
 
@@ -107,7 +107,7 @@ def test_one_encoder_mixes_architectures_and_batches_independently():
 def test_heads_and_shapes():
     spec, params = _models(1)[0]
     enc = _encoder(embedding_dim=8, projection_dim=5, aux_targets=["test_acc", "gen_gap", "epoch"])
-    out = enc(enc.graph_batch([spec, spec], [params, params]))
+    out = enc(enc.batch([spec, spec], [params, params]))
     assert out["embedding"].shape == (2, 8) and out["projection"].shape == (2, 5) and out["aux"].shape == (2, 3)
     assert torch.allclose(out["projection"].norm(dim=1), torch.ones(2))
 

@@ -1,0 +1,109 @@
+"""Encoder throughput and training time per epoch: DGL vs pure-torch message passing, side by side.
+
+    python benchmarks/bench_encoder.py artifacts/zoos/demo [--threads 2] [--embed 1024] [--epoch]
+    python benchmarks/bench_encoder.py ZOO --device cuda --backends torch --epoch    # on a GPU machine
+
+Embedding throughput counts everything `peace embed` does per model (canonical form, graph, batch,
+forward). Training throughput is one optimizer step on two views per model. With ``--epoch`` each
+backend also runs one real training epoch with `peace.trainer.fit` (default config; pruned and
+distilled views off, since they are a one-time cost per run, timed separately with ``--views``).
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import torch
+
+from peace.contrastive import AugmentConfig, build_views
+from peace.encoder import EncoderConfig, PeaceEncoder, dgl_available
+from peace.trainer import fit, load_config, resolve_device
+from peace.zoo import Zoo
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def embed_rate(enc: PeaceEncoder, specs, weights, batch: int, device) -> float:
+    enc.embed(specs[:batch], weights[:batch], batch)  # warm-up
+    _sync(device)
+    t0 = time.perf_counter()
+    enc.embed(specs, weights, batch)
+    _sync(device)
+    return len(specs) / (time.perf_counter() - t0)
+
+
+def train_rate(enc: PeaceEncoder, specs, weights, batch: int, device, amp: bool) -> float:
+    opt = torch.optim.AdamW(enc.parameters(), lr=1e-4)
+    enc.train()
+    n = 0
+    t0 = None
+    for s in range(0, len(specs), batch):
+        if s == batch:  # the first step is a warm-up
+            _sync(device)
+            t0, n = time.perf_counter(), 0
+        g = enc.batch(specs[s:s + batch] * 2, weights[s:s + batch] * 2, device)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            out = enc(g)
+        (out["projection"].float().pow(2).sum() + out["aux"].float().pow(2).mean()).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        n += 2 * len(specs[s:s + batch])
+    _sync(device)
+    return n / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("zoo")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--backends", nargs="+", default=["dgl", "torch"], choices=["dgl", "torch"])
+    ap.add_argument("--embed", type=int, default=1024, help="models to embed / train on (deterministic sample)")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--epoch", action="store_true", help="also time one real training epoch per backend")
+    ap.add_argument("--views", action="store_true", help="also time building the pruned / distilled views")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    backends = [b for b in args.backends if b == "torch" or (dgl_available() and device.type == "cpu")]
+    zoo = Zoo(args.zoo)
+    m = zoo.manifest[zoo.manifest["status"] == "ok"]
+    ids = list(m.sample(min(args.embed, len(m)), random_state=0)["model_id"])
+    specs, weights = [zoo.spec(i) for i in ids], zoo.load_many(ids)
+    amp = device.type == "cuda"
+    print(f"{zoo.name}: {len(ids)} models, device {device}, torch {torch.__version__}, {args.threads} CPU threads")
+    rows = {}
+    for b in backends:
+        torch.manual_seed(0)
+        enc = PeaceEncoder(EncoderConfig(backend=b)).to(device)
+        rows[b] = {"embed": embed_rate(enc, specs, weights, 128, device),
+                   "train": train_rate(enc, specs, weights, args.batch, device, amp)}
+        print(f"[{b:5s}] embed {rows[b]['embed']:8.1f} models/s   train {rows[b]['train']:8.1f} graphs/s")
+    if args.epoch:
+        for b in backends:
+            cfg = load_config("default", [f"encoder.backend={b}", "train.epochs=1", "augment.pruned=false",
+                                          "augment.distilled=false"])
+            with tempfile.TemporaryDirectory() as tmp:
+                t0 = time.perf_counter()
+                res = fit(zoo, cfg, f"{tmp}/run", device=str(device), progress=False)
+                rows[b]["epoch"] = float(res.history["seconds"].iloc[0])
+                print(f"[{b:5s}] one training epoch ({res.history['seconds'].iloc[0]:.1f} s, validation included; "
+                      f"{time.perf_counter() - t0:.1f} s with set-up), val mAP after it {res.best_val_map:.3f}")
+    if len(rows) == 2:
+        d, t = rows["dgl"], rows["torch"]
+        print(f"DGL / torch: embedding {d['embed'] / t['embed']:.2f}x, training {d['train'] / t['train']:.2f}x"
+              + (f", epoch time torch / DGL {t['epoch'] / d['epoch']:.2f}x" if "epoch" in d else ""))
+    if args.views:
+        train = m[m["model_id"].isin(ids)]
+        t0 = time.perf_counter()
+        views = build_views(train.reset_index(drop=True), dict(zip(ids, weights)), AugmentConfig(), seed=0)
+        dt = time.perf_counter() - t0
+        print(f"pruned + distilled views for {len(views)} models: {dt:.1f} s ({len(views) / dt:.1f} models/s)")
+
+
+if __name__ == "__main__":
+    main()

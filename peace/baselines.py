@@ -1,0 +1,195 @@
+"""What PEACE is measured against, behind one scikit-learn-style interface.
+
+Every baseline is ``fit`` on the training split's models and then ``transform``s any models into
+vectors compared by cosine similarity:
+
+- ``MetadataSearch``: TF-IDF over a model card written from metadata, without the label under
+  evaluation (the way people search model hubs today);
+- ``RawWeights``: flattened weights, zero-padded;
+- ``WeightStats``: s(W) of Unterthiner et al. (2020), per-layer mean, variance and quantiles;
+- ``WeightPCA``: PCA of the flattened weights;
+- ``FlatMLPEncoder``: a non-equivariant MLP on flattened weights, trained by ``peace.trainer`` with
+  the same contrastive objective and augmentations as PEACE (``encoder.kind: mlp``).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from sklearn.decomposition import PCA
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.preprocessing import StandardScaler
+from torch import Tensor, nn
+
+from .architectures import ArchSpec
+from .encoder import Embedder, EncoderConfig
+from .errors import PeaceError
+from .symmetry import canonicalize
+
+QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
+CARD_COLUMNS = ("family", "arch", "activation", "bias", "depth", "width", "n_params", "init", "optimizer", "lr",
+                "weight_decay", "dropout", "batch_size", "epochs", "epoch")
+
+
+@dataclass
+class Models:
+    """Models to fit on or transform: manifest rows with their architectures and weights, aligned."""
+
+    rows: pd.DataFrame
+    specs: list[ArchSpec]
+    params: list[dict[str, Tensor]]
+
+    def __post_init__(self) -> None:
+        if not (len(self.rows) == len(self.specs) == len(self.params)):
+            raise PeaceError("rows, specs and params must have the same length")
+
+    @classmethod
+    def from_zoo(cls, zoo, model_ids: Sequence[str]) -> Models:
+        ids = list(model_ids)
+        return cls(zoo.manifest.loc[ids].reset_index(drop=True), [zoo.spec(m) for m in ids], zoo.load_many(ids))
+
+    def __len__(self) -> int:
+        return len(self.specs)
+
+
+def flatten_weights(spec: ArchSpec, params: dict[str, Tensor], length: int) -> Tensor:
+    """All parameters in layer order (weight, then bias), zero-padded or truncated to ``length``."""
+    flat = torch.cat([params[n].reshape(-1).float() for n in spec.param_shapes()])
+    return F.pad(flat, (0, max(0, length - flat.numel())))[:length]
+
+
+def weight_stats(spec: ArchSpec, params: dict[str, Tensor], max_depth: int) -> np.ndarray:
+    """s(W): for each of ``max_depth`` layer slots, mean, variance and quantiles of its weights and
+    of its biases (zeros where a network has no such layer or bias)."""
+    k = 2 + len(QUANTILES)
+    out = np.zeros((max_depth, 2, k), dtype=np.float64)
+    q = torch.tensor(QUANTILES, dtype=torch.float64)
+    for i, layer in enumerate(spec.layers[:max_depth]):
+        for j, name in enumerate((layer.weight_name, layer.bias_name if layer.bias else None)):
+            if name is None:
+                continue
+            v = params[name].reshape(-1).double()
+            out[i, j] = torch.cat([v.mean().reshape(1), v.var(unbiased=False).reshape(1), torch.quantile(v, q)]).numpy()
+    return out.reshape(-1)
+
+
+class Baseline:
+    """fit(models) -> self; transform(models) -> (n, d) float array compared by cosine."""
+
+    name = "baseline"
+
+    def fit(self, models: Models) -> Baseline:
+        return self
+
+    def transform(self, models: Models) -> np.ndarray:
+        raise NotImplementedError
+
+    def fit_transform(self, models: Models) -> np.ndarray:
+        return self.fit(models).transform(models)
+
+
+class MetadataSearch(Baseline):
+    """TF-IDF over model cards built from ``columns`` (never the task or dataset being evaluated)."""
+
+    name = "metadata"
+
+    def __init__(self, columns: Sequence[str] = CARD_COLUMNS):
+        self.columns = [c for c in columns if c not in ("task", "dataset", "group", "run_id", "lineage_id")]
+        self.vectorizer = TfidfVectorizer(token_pattern=r"[^\s]+")
+
+    def cards(self, rows: pd.DataFrame) -> list[str]:
+        cols = [c for c in self.columns if c in rows.columns]
+        return [" ".join(f"{c}={v}" for c, v in zip(cols, vals)) for vals in rows[cols].astype(str).to_numpy()]
+
+    def fit(self, models: Models) -> MetadataSearch:
+        self.vectorizer.fit(self.cards(models.rows))
+        return self
+
+    def transform(self, models: Models) -> np.ndarray:
+        return self.vectorizer.transform(self.cards(models.rows)).toarray()
+
+
+class RawWeights(Baseline):
+    """Flattened weights, zero-padded to the longest training model."""
+
+    name = "raw"
+
+    def fit(self, models: Models) -> RawWeights:
+        self.length_ = max(s.n_params for s in models.specs)
+        return self
+
+    def transform(self, models: Models) -> np.ndarray:
+        return torch.stack([flatten_weights(s, p, self.length_) for s, p in zip(models.specs, models.params)]).numpy()
+
+
+class WeightStats(Baseline):
+    """s(W) per layer slot, standardized on the training models."""
+
+    name = "stats"
+
+    def fit(self, models: Models) -> WeightStats:
+        self.depth_ = max(s.depth for s in models.specs)
+        self.scaler_ = StandardScaler().fit(self._raw(models))
+        return self
+
+    def _raw(self, models: Models) -> np.ndarray:
+        return np.stack([weight_stats(s, p, self.depth_) for s, p in zip(models.specs, models.params)])
+
+    def transform(self, models: Models) -> np.ndarray:
+        return self.scaler_.transform(self._raw(models))
+
+
+class WeightPCA(Baseline):
+    """PCA of flattened weights (as many components as the data allow, up to ``n_components``)."""
+
+    name = "pca"
+
+    def __init__(self, n_components: int = 64):
+        self.n_components = n_components
+
+    def fit(self, models: Models) -> WeightPCA:
+        self.raw_ = RawWeights().fit(models)
+        X = self.raw_.transform(models)
+        self.pca_ = PCA(n_components=min(self.n_components, *X.shape), random_state=0).fit(X)
+        return self
+
+    def transform(self, models: Models) -> np.ndarray:
+        return self.pca_.transform(self.raw_.transform(models))
+
+
+def weight_baselines() -> list[Baseline]:
+    """The untrained baselines, fresh."""
+    return [MetadataSearch(), RawWeights(), WeightStats(), WeightPCA()]
+
+
+class FlatMLPEncoder(Embedder):
+    """The non-equivariant control: an MLP on the flattened (canonical, standardized) weights with
+    PEACE's heads, trained by the same trainer (``encoder.kind: mlp``)."""
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        self.config = c = config
+        H = c.hidden
+        self.net = nn.Sequential(nn.Linear(c.max_params, 4 * H), nn.SiLU(), nn.Linear(4 * H, H), nn.SiLU())
+        self._init_heads(c)
+        self.register_buffer("scale", torch.ones(()))
+        self.backend = "torch"
+
+    def _flat(self, spec: ArchSpec, params: dict[str, Tensor]) -> Tensor:
+        return flatten_weights(spec, canonicalize(spec, params) if self.config.canonicalize else params,
+                               self.config.max_params)
+
+    @torch.no_grad()
+    def fit_standardization(self, specs: Sequence[ArchSpec], params: Sequence[dict[str, Tensor]]) -> None:
+        flat = torch.cat([self._flat(s, p)[:s.n_params] for s, p in zip(specs, params)])
+        self.scale.fill_(flat.std().clamp_min(1e-6) if flat.numel() > 1 else 1.0)
+
+    def batch(self, specs: Sequence[ArchSpec], params: Sequence[dict[str, Tensor]], device="cpu") -> Tensor:
+        return torch.stack([self._flat(s, p) for s, p in zip(specs, params)]).to(device)
+
+    def encode(self, x: Tensor) -> Tensor:
+        return self.net(x / self.scale)

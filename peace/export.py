@@ -1,0 +1,61 @@
+"""``peace embed``: embed every model of a zoo with a trained encoder, add UMAP maps, build the index."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .atomic import sha256_file
+from .errors import PeaceError
+from .index import EmbeddingSet, write_embedding_set
+from .trainer import embed_zoo, load_encoder
+from .zoo import Zoo
+
+
+def umap_coordinates(emb: np.ndarray, n_components: int, seed: int = 0) -> np.ndarray:
+    """UMAP (cosine metric, fixed seed) of the embeddings; tiny sets fall back to fewer neighbours."""
+    import umap  # imported lazily: numba compilation costs seconds
+
+    n = len(emb)
+    if n <= n_components + 1:
+        return np.zeros((n, n_components), dtype=np.float32)
+    reducer = umap.UMAP(n_components=n_components, n_neighbors=min(15, n - 1), metric="cosine", random_state=seed, n_jobs=1,
+                        init="random" if n < 4 * n_components + 4 else "spectral")
+    return reducer.fit_transform(emb).astype(np.float32)
+
+
+def encoder_checksum(run_dir: str | Path) -> str:
+    return sha256_file(Path(run_dir) / "encoder.safetensors")
+
+
+def export_embeddings(run_dir: str | Path, out: str | Path, zoo: Zoo | str | Path | None = None, trees: int = 50,
+                      umap: bool = True, seed: int = 0, progress: bool = True) -> EmbeddingSet:
+    """Embed the zoo's ``ok`` models with the run's best encoder and write an embedding set to ``out``."""
+    run_dir = Path(run_dir)
+    encoder = load_encoder(run_dir)
+    if zoo is None:
+        zoo = encoder.meta["zoo"]
+    zoo = zoo if isinstance(zoo, Zoo) else Zoo(zoo)
+    ids = list(zoo.manifest.index[zoo.manifest["status"] == "ok"])
+    if not ids:
+        raise PeaceError(f"zoo {zoo.path} has no models with status 'ok' to embed")
+    emb = embed_zoo(encoder, zoo, ids, progress=progress)
+    table = zoo.manifest.loc[ids].reset_index(drop=True)
+    splits_path = run_dir / "splits.parquet"
+    same_zoo = encoder.meta.get("zoo_manifest_sha256") == zoo.info["manifest_sha256"]
+    if splits_path.exists() and same_zoo:
+        table = table.merge(pd.read_parquet(splits_path), on="model_id", how="left")
+    else:  # another zoo: none of its models were seen in training
+        table = table.assign(split="unseen", heldout_task=False)
+    table.insert(1, "embedding", list(emb.astype(np.float32)))
+    if umap:
+        for d in (2, 3):
+            xy = umap_coordinates(emb, d, seed)
+            for j, axis in enumerate("xyz"[:d]):
+                table[f"umap_{d}d_{axis}"] = xy[:, j]
+    provenance = {"run": str(run_dir), "encoder_sha256": encoder_checksum(run_dir), "zoo": str(zoo.path),
+                  "zoo_manifest_sha256": zoo.info["manifest_sha256"],
+                  "encoder_config": json.loads(json.dumps(encoder.meta["config"]))}
+    return write_embedding_set(out, table, trees, provenance)

@@ -1,0 +1,115 @@
+"""Nearest-neighbour search over embeddings with Annoy, plus a sidecar that detects stale indices.
+
+An embedding set is a directory::
+
+    embeddings.parquet   one row per model: model_id, embedding, umap_2d_x/y, umap_3d_x/y/z, metadata
+    index.ann            Annoy index (angular), item i = row i of embeddings.parquet
+    index.json           dimension, metric, trees, model ids in row order, and the checksums of the
+                         encoder, the zoo manifest and embeddings.parquet it was built from
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from annoy import AnnoyIndex
+
+from .atomic import atomic_path, sha256_file, write_json
+from .errors import PeaceError
+
+METRIC = "angular"
+
+
+def build_annoy(emb: np.ndarray, path: str | Path, trees: int = 50, seed: int = 0) -> None:
+    """Write an angular Annoy index of ``emb`` rows to ``path`` atomically."""
+    if emb.ndim != 2 or len(emb) == 0:
+        raise PeaceError(f"need a non-empty (n, d) embedding matrix, got shape {emb.shape}")
+    index = AnnoyIndex(emb.shape[1], METRIC)
+    index.set_seed(seed)
+    for i, v in enumerate(emb):
+        index.add_item(i, v.tolist())
+    index.build(trees, n_jobs=1)
+    with atomic_path(Path(path)) as tmp:
+        index.save(str(tmp))
+    index.unload()
+
+
+class EmbeddingSet:
+    """A written embedding set: the table, the Annoy index and its provenance, checked on open."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        files = [self.path / n for n in ("embeddings.parquet", "index.ann", "index.json")]
+        missing = [f.name for f in files if not f.exists()]
+        if missing:
+            raise PeaceError(f"{self.path} is not a complete embedding set (missing {', '.join(missing)}); "
+                             f"write it with `peace embed --run RUN --out {self.path}`")
+        self.info = json.loads((self.path / "index.json").read_text())
+        if sha256_file(self.path / "embeddings.parquet") != self.info["embeddings_sha256"]:
+            raise PeaceError(f"{self.path / 'embeddings.parquet'} does not match the index built with it "
+                             f"(another encoder run or an edited file); rerun `peace embed` to rebuild both")
+        self.table = pd.read_parquet(self.path / "embeddings.parquet")
+        if list(self.table["model_id"]) != self.info["model_ids"]:
+            raise PeaceError(f"rows of {self.path / 'embeddings.parquet'} are not the index's items; rerun `peace embed`")
+        self.dim = int(self.info["dimension"])
+        self.index = AnnoyIndex(self.dim, METRIC)
+        self.index.load(str(self.path / "index.ann"))
+        if self.index.get_n_items() != len(self.table):
+            raise PeaceError(f"{self.path / 'index.ann'} holds {self.index.get_n_items()} items but the table "
+                             f"{len(self.table)}; rerun `peace embed`")
+        self.row_of = {m: i for i, m in enumerate(self.table["model_id"])}
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    @property
+    def embeddings(self) -> np.ndarray:
+        return np.stack(self.table["embedding"].to_numpy()).astype(np.float32)
+
+    def check_current(self, encoder_sha256: str | None = None, zoo_manifest_sha256: str | None = None) -> None:
+        """Refuse an index built from another encoder or zoo than the ones in use."""
+        for key, now, what in (("encoder_sha256", encoder_sha256, "encoder"),
+                               ("zoo_manifest_sha256", zoo_manifest_sha256, "zoo")):
+            if now is not None and self.info.get(key) != now:
+                raise PeaceError(f"the embedding set {self.path} was built with another {what} than the one given "
+                                 f"(stale index); rerun `peace embed` with this {what}")
+
+    def query(self, vector: np.ndarray, k: int = 10, exclude: str | None = None) -> pd.DataFrame:
+        """The ``k`` nearest models to ``vector``: their rows plus ``distance`` (angular) and ``cosine``."""
+        n = len(self) - (exclude is not None)
+        if k < 1 or k > n:
+            raise PeaceError(f"k must be between 1 and {n} (models in the set{' besides the query' if exclude else ''}), "
+                             f"got {k}")
+        vector = np.asarray(vector, dtype=np.float32).reshape(-1)
+        if vector.shape[0] != self.dim:
+            raise PeaceError(f"query has dimension {vector.shape[0]} but the index {self.dim}: it was embedded by "
+                             f"another encoder")
+        items, dist = self.index.get_nns_by_vector(vector.tolist(), k + 1, search_k=-1, include_distances=True)
+        pairs = [(i, d) for i, d in zip(items, dist) if exclude is None or self.table.model_id.iat[i] != exclude][:k]
+        rows = self.table.iloc[[i for i, _ in pairs]].drop(columns=["embedding"]).copy()
+        rows.insert(1, "distance", [d for _, d in pairs])
+        rows.insert(2, "cosine", [1 - d * d / 2 for _, d in pairs])
+        return rows.reset_index(drop=True)
+
+    def neighbours(self, model_id: str, k: int = 10) -> pd.DataFrame:
+        """The ``k`` nearest other models of a model in the set."""
+        if model_id not in self.row_of:
+            raise PeaceError(f"model {model_id!r} is not in the embedding set {self.path}")
+        return self.query(self.index.get_item_vector(self.row_of[model_id]), k, exclude=model_id)
+
+
+def write_embedding_set(out: str | Path, table: pd.DataFrame, trees: int, provenance: dict) -> EmbeddingSet:
+    """Write table + index + sidecar atomically (the sidecar last: it is what marks the set complete)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "index.json").unlink(missing_ok=True)
+    with atomic_path(out / "embeddings.parquet") as tmp:
+        table.to_parquet(tmp)
+    emb = np.stack(table["embedding"].to_numpy()).astype(np.float32)
+    build_annoy(emb, out / "index.ann", trees)
+    write_json(out / "index.json", {"dimension": int(emb.shape[1]), "metric": METRIC, "trees": trees,
+                                    "n_items": len(table), "model_ids": list(table["model_id"]),
+                                    "embeddings_sha256": sha256_file(out / "embeddings.parquet"), **provenance})
+    return EmbeddingSet(out)

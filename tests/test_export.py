@@ -1,0 +1,85 @@
+"""peace embed / query / evaluate on the tiny zoo: real UMAP, a real Annoy index, stale detection."""
+import json
+
+import numpy as np
+import pytest
+
+from conftest import run_peace
+from peace.errors import PeaceError
+from peace.evaluate import evaluate
+from peace.export import encoder_checksum, export_embeddings
+from peace.index import EmbeddingSet
+from peace.metrics import cosine_similarity_matrix
+
+
+@pytest.fixture(scope="module")
+def embedding_set(tiny_run, tmp_path_factory):
+    return export_embeddings(tiny_run.path, tmp_path_factory.mktemp("emb") / "tiny", trees=10, progress=False)
+
+
+def test_embedding_set_contents(embedding_set, tiny_zoo, tiny_run):
+    t = embedding_set.table
+    ok = tiny_zoo.manifest[tiny_zoo.manifest.status == "ok"]
+    assert len(t) == len(ok) and set(t.model_id) == set(ok.index)
+    for col in ("umap_2d_x", "umap_2d_y", "umap_3d_z", "task", "test_acc", "split", "heldout_task", "arch"):
+        assert col in t.columns and t[col].notna().all(), col
+    assert embedding_set.embeddings.shape == (len(t), 16)
+    info = json.loads((embedding_set.path / "index.json").read_text())
+    assert info["encoder_sha256"] == encoder_checksum(tiny_run.path) and info["metric"] == "angular"
+
+
+def test_annoy_neighbours_match_exact_search(embedding_set):
+    emb = embedding_set.embeddings
+    sim = cosine_similarity_matrix(emb)
+    np.fill_diagonal(sim, -np.inf)
+    hits = 0
+    for i, m in enumerate(embedding_set.table.model_id[:20]):
+        nn = embedding_set.neighbours(m, 5)
+        assert m not in set(nn.model_id) and len(nn) == 5
+        assert (np.diff(nn.distance) >= -1e-6).all()
+        hits += len(set(nn.model_id) & set(embedding_set.table.model_id[np.argsort(-sim[i])[:5]]))
+        assert np.allclose(nn.cosine.iloc[0], sim[i].max(), atol=1e-4)
+    assert hits / 100 >= 0.95
+    with pytest.raises(PeaceError, match="k must be between 1 and"):
+        embedding_set.neighbours(embedding_set.table.model_id[0], 10_000)
+    with pytest.raises(PeaceError, match="not in the embedding set"):
+        embedding_set.neighbours("nope", 3)
+
+
+def test_stale_or_broken_sets_are_refused(embedding_set, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(embedding_set.path, copy)
+    EmbeddingSet(copy).check_current(encoder_sha256=embedding_set.info["encoder_sha256"])
+    with pytest.raises(PeaceError, match="another encoder.*stale"):
+        EmbeddingSet(copy).check_current(encoder_sha256="0" * 64)
+    t = embedding_set.table.iloc[::-1]
+    t.to_parquet(copy / "embeddings.parquet")  # rows edited after the index was built
+    with pytest.raises(PeaceError, match="does not match the index"):
+        EmbeddingSet(copy)
+    (copy / "index.json").unlink()
+    with pytest.raises(PeaceError, match="missing index.json"):
+        EmbeddingSet(copy)
+
+
+def test_evaluate_compares_every_method(tiny_run, tmp_path):
+    m = evaluate(tiny_run.path, tmp_path / "eval", progress=False)
+    assert set(m["methods"]) == {"peace", "metadata", "raw", "stats", "pca"}
+    peace = m["methods"]["peace"]
+    assert peace["invariance"]["ratio"] < 0.01  # exact invariance, measured through the whole pipeline
+    assert m["methods"]["raw"]["invariance"]["ratio"] > 0.1  # raw weights are not invariant
+    assert 0 < peace["retrieval_task"]["map"] <= 1 and "r2" in peace["probes"]["test_acc"]
+    report = (tmp_path / "eval" / "report.md").read_text()
+    assert "| peace |" in report and "| stats |" in report
+    assert (tmp_path / "eval" / "retrieval.html").exists()
+
+
+@pytest.mark.slow
+def test_embed_and_query_commands(tiny_run, tmp_path):
+    run_peace("embed", "--run", tiny_run.path, "--out", tmp_path / "emb", "--no-umap", "--quiet")
+    es = EmbeddingSet(tmp_path / "emb")
+    p = run_peace("query", es.table.model_id[0], "--embeddings", tmp_path / "emb", "-k", "3")
+    assert len(p.stdout.strip().splitlines()) == 4  # header + 3 neighbours
+    bad = run_peace("query", "missing-model", "--embeddings", tmp_path / "emb", check=False)
+    assert bad.returncode == 2 and "not in the embedding set" in bad.stderr

@@ -1,0 +1,50 @@
+"""Metrics agree with hand computations and with what they claim to measure."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from peace.errors import PeaceError
+from peace.metrics import (clustering_scores, functional_similarity, hard_queries, invariance_ratio, linear_probe,
+                           retrieval_scores)
+
+
+def test_retrieval_scores_by_hand():
+    # 1-D-ish embeddings: a, a' close; b, b' close; a and b far
+    emb = np.array([[1, 0.0], [0.9, 0.1], [0, 1.0], [0.1, 0.9]])
+    labels = np.array(["a", "a", "b", "b"])
+    r = retrieval_scores(emb, labels, ks=(1, 3))
+    assert r["map"] == 1.0 and r["precision@1"] == 1.0 and r["recall@1"] == 1.0
+    assert r["precision@3"] == pytest.approx(1 / 3) and r["n_queries"] == 4
+    swapped = retrieval_scores(emb, np.array(["a", "b", "a", "b"]), ks=(1,))
+    # the relevant model ranks 3rd, 2nd, 3rd, 2nd for the four queries: AP 1/3, 1/2, 1/3, 1/2
+    assert swapped["precision@1"] == 0.0 and swapped["map"] == pytest.approx(5 / 12)
+    assert retrieval_scores(emb, labels, query_mask=np.array([1, 0, 0, 0], bool))["n_queries"] == 1
+    with pytest.raises(PeaceError, match="at least 2 models"):
+        retrieval_scores(emb[:1], labels[:1])
+
+
+def test_hard_queries_are_shared_architectures():
+    rows = pd.DataFrame({"arch": ["m1", "m1", "m2", "m2"], "task": ["x", "y", "x", "x"]})
+    assert hard_queries(rows).tolist() == [True, True, False, False]
+
+
+def test_clustering_probes_functional_and_invariance():
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(3, 8)) * 5
+    labels = np.repeat([0, 1, 2], 30)
+    emb = centers[labels] + rng.normal(size=(90, 8))
+    c = clustering_scores(emb, labels)
+    assert c["nmi"] > 0.9 and c["silhouette"] > 0.3
+    assert clustering_scores(rng.normal(size=(90, 8)), labels)["nmi"] < 0.2
+    y = emb @ rng.normal(size=8)
+    p = linear_probe(emb[:60], y[:60], emb[60:], y[60:])
+    assert p["r2"] > 0.99 and p["kendall_tau"] > 0.9
+    tr, te = np.arange(90) % 3 != 0, np.arange(90) % 3 == 0
+    assert linear_probe(emb[tr], labels[tr], emb[te], labels[te], categorical=True)["accuracy"] > 0.9
+    preds = rng.integers(0, 3, size=(20, 50))
+    unrelated = rng.normal(size=(20, 8))
+    onehot = np.eye(3)[preds].reshape(20, -1)  # embedding = the predictions themselves
+    assert functional_similarity(onehot, preds) > 0.9
+    assert abs(functional_similarity(unrelated, preds)) < 0.3
+    inv = invariance_ratio(emb[:10], emb[:10] + 1e-6, emb)
+    assert inv["ratio"] < 1e-3 and inv["distance_to_nearest_other"] > 0
