@@ -6,13 +6,11 @@ Baselines and probes are fit on the training split; every figure is measured on 
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import plotly.express as px
 import torch
 from tqdm.auto import tqdm
 
@@ -21,6 +19,7 @@ from .atomic import atomic_path, write_json
 from .baselines import Baseline, Models, weight_baselines
 from .errors import PeaceError
 from .metrics import clustering_scores, functional_similarity, hard_queries, invariance_ratio, linear_probe, retrieval_scores
+from .plots import method_comparison
 from .symmetry import random_symmetry
 from .trainer import load_encoder
 from .zoo import Zoo
@@ -119,11 +118,8 @@ def evaluate(run_dir: str | Path, out: str | Path, zoo: Zoo | str | Path | None 
     table = summary_table(metrics)
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text(report_markdown(metrics, table))
-    fig = px.bar(table.reset_index().melt(id_vars="method", value_vars=["task mAP", "hard mAP", "held-out task mAP",
-                                                                          "lineage mAP"]),
-                 x="variable", y="value", color="method", barmode="group", title="Retrieval mAP on held-out models")
     with atomic_path(out / "retrieval.html") as tmp:
-        fig.write_html(str(tmp), include_plotlyjs="cdn")
+        method_comparison(table).write_html(str(tmp), include_plotlyjs=True)  # self-contained: works offline
     return metrics
 
 

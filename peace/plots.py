@@ -63,3 +63,24 @@ def training_history(history: pd.DataFrame) -> go.Figure:
     fig.update_xaxes(title_text="epoch")
     fig.update_layout(title="Encoder training")
     return fig
+
+
+def embedding_map(table: pd.DataFrame, color: str = "task", dims: int = 2) -> go.Figure:
+    """UMAP scatter of an embedding set (``peace embed``), coloured by a metadata column."""
+    hover = [c for c in ("model_id", "arch", "epoch", "test_acc", "split") if c in table.columns]
+    if dims == 3:
+        fig = px.scatter_3d(table, x="umap_3d_x", y="umap_3d_y", z="umap_3d_z", color=color, hover_data=hover)
+    else:
+        fig = px.scatter(table, x="umap_2d_x", y="umap_2d_y", color=color, hover_data=hover,
+                         symbol="family" if "family" in table.columns else None)
+    fig.update_traces(marker={"size": 4 if dims == 3 else 6, "opacity": 0.8})
+    fig.update_layout(title=f"{len(table)} models, UMAP of their PEACE embeddings, coloured by {color}")
+    return fig
+
+
+def method_comparison(summary: pd.DataFrame, columns: tuple[str, ...] = ("task mAP", "hard mAP", "held-out task mAP",
+                                                                         "lineage mAP")) -> go.Figure:
+    """Grouped bars of headline metrics per method (``peace.evaluate.summary_table``)."""
+    long = summary.reset_index().melt(id_vars="method", value_vars=list(columns), var_name="metric")
+    return px.bar(long, x="metric", y="value", color="method", barmode="group",
+                  title="Retrieval on held-out models (mean average precision)")

@@ -4,12 +4,13 @@ import json
 import numpy as np
 import pytest
 
-from conftest import run_peace
+from conftest import QUICK, run_peace
 from peace.errors import PeaceError
 from peace.evaluate import evaluate
 from peace.export import encoder_checksum, export_embeddings
 from peace.index import EmbeddingSet
 from peace.metrics import cosine_similarity_matrix
+from peace.trainer import fit, load_config
 
 
 @pytest.fixture(scope="module")
@@ -63,12 +64,15 @@ def test_stale_or_broken_sets_are_refused(embedding_set, tmp_path):
         EmbeddingSet(copy)
 
 
-def test_evaluate_compares_every_method(tiny_run, tmp_path):
-    m = evaluate(tiny_run.path, tmp_path / "eval", progress=False)
-    assert set(m["methods"]) == {"peace", "metadata", "raw", "stats", "pca"}
+def test_evaluate_compares_every_method(tiny_run, tiny_zoo, tmp_path):
+    mlp = fit(tiny_zoo, load_config("tiny", QUICK + ["encoder.kind=mlp", "encoder.max_params=512"]), tmp_path / "mlp",
+              progress=False)
+    m = evaluate(tiny_run.path, tmp_path / "eval", mlp_run=mlp.path, progress=False)
+    assert set(m["methods"]) == {"peace", "mlp-encoder", "metadata", "raw", "stats", "pca"}
     peace = m["methods"]["peace"]
     assert peace["invariance"]["ratio"] < 0.01  # exact invariance, measured through the whole pipeline
-    assert m["methods"]["raw"]["invariance"]["ratio"] > 0.1  # raw weights are not invariant
+    for name in ("raw", "mlp-encoder"):  # flattened weights are not permutation invariant
+        assert m["methods"][name]["invariance"]["ratio"] > 10 * peace["invariance"]["ratio"], name
     assert 0 < peace["retrieval_task"]["map"] <= 1 and "r2" in peace["probes"]["test_acc"]
     report = (tmp_path / "eval" / "report.md").read_text()
     assert "| peace |" in report and "| stats |" in report

@@ -41,3 +41,17 @@ def test_train_encoder_notebook(tiny_zoo, tmp_path):
     text = out_nb.read_text()
     assert "best epoch" in text and "application/vnd.plotly.v1+json" in text
     assert (tmp_path / "run" / "encoder.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_export_and_evaluate_notebooks(tiny_run, tmp_path):
+    for name, params, expect in (
+            ("03_export_embeddings", {"run_dir": str(tiny_run.path), "out": str(tmp_path / "emb"), "trees": 5},
+             "models, 16-d embeddings"),
+            ("04_evaluate", {"run_dir": str(tiny_run.path), "out": str(tmp_path / "eval")}, "held-out tasks")):
+        out_nb = tmp_path / f"{name}.ipynb"
+        pm.execute_notebook(str(ROOT / f"notebooks/{name}.ipynb"), str(out_nb), kernel_name="python3",
+                            parameters=params, cwd=str(ROOT / "notebooks"), progress_bar=False)
+        text = out_nb.read_text()
+        assert expect in text and "application/vnd.plotly.v1+json" in text, name
+    assert (tmp_path / "emb" / "index.ann").exists() and (tmp_path / "eval" / "metrics.json").exists()
