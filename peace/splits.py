@@ -12,27 +12,29 @@ import pandas as pd
 from .errors import PeaceError, unknown
 
 
-def choose_holdout(tasks: list[str], holdout: int | list[str], seed: int) -> list[str]:
-    """``holdout`` task names (checked) or that many tasks drawn with ``seed``."""
+def choose_holdout(tasks: list[str], holdout: int | list[str], seed: int, min_train_tasks: int = 2) -> list[str]:
+    """``holdout`` task names (checked) or that many tasks drawn with ``seed``, leaving
+    ``min_train_tasks`` (2 for same-task validation) to train on."""
     tasks = sorted(tasks)
     if isinstance(holdout, int):
         if holdout < 0:
             raise PeaceError(f"holdout_tasks must be >= 0 or a list of task names, got {holdout}")
-        if len(tasks) - holdout < 2:
-            raise PeaceError(f"the zoo has {len(tasks)} task(s) {tasks}; contrastive training needs at least 2 "
-                             f"training tasks after holding out {holdout}. Build a zoo with more tasks or set "
-                             f"train.holdout_tasks lower.")
+        if len(tasks) - holdout < min_train_tasks:
+            raise PeaceError(f"the zoo has {len(tasks)} task(s) {tasks}; training needs at least {min_train_tasks} "
+                             f"training task(s) after holding out {holdout}. Set train.holdout_tasks lower (a "
+                             f"single-task zoo: train.holdout_tasks=0, validated by lineage) or build a zoo with "
+                             f"more tasks.")
         return sorted(np.random.default_rng(seed).choice(tasks, size=holdout, replace=False).tolist())
     for t in holdout:
         if t not in tasks:
             raise unknown("held-out task", t, tasks)
-    if len(set(tasks) - set(holdout)) < 2:
-        raise PeaceError(f"holding out {holdout} leaves fewer than 2 training tasks of {tasks}")
+    if len(set(tasks) - set(holdout)) < min_train_tasks:
+        raise PeaceError(f"holding out {holdout} leaves fewer than {min_train_tasks} training task(s) of {tasks}")
     return sorted(holdout)
 
 
 def split_zoo(manifest: pd.DataFrame, val_fraction: float = 0.15, test_fraction: float = 0.15,
-              holdout: int | list[str] = 1, seed: int = 0) -> pd.DataFrame:
+              holdout: int | list[str] = 1, seed: int = 0, min_train_tasks: int = 2) -> pd.DataFrame:
     """One row per model: ``model_id``, ``split`` (train / val / test) and ``heldout_task``.
 
     Lineages (a run and its fine-tunes) are shuffled within their root task and cut by the fractions;
@@ -41,7 +43,7 @@ def split_zoo(manifest: pd.DataFrame, val_fraction: float = 0.15, test_fraction:
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise PeaceError(f"val_fraction and test_fraction must be in [0, 1) with a sum below 1, "
                          f"got {val_fraction} and {test_fraction}")
-    held = choose_holdout(list(manifest["task"].unique()), holdout, seed)
+    held = choose_holdout(list(manifest["task"].unique()), holdout, seed, min_train_tasks)
     lin = manifest.groupby("lineage_id").agg(tasks=("task", lambda t: set(t)),
                                              root=("task", "first"))
     rng = np.random.default_rng(seed)

@@ -46,6 +46,7 @@ from .splits import split_zoo
 from .zoo import Zoo
 
 CONFIG_DIR = Path(__file__).with_name("presets") / "encoder"
+VAL_RELEVANCE = ("auto", "task", "lineage")
 
 
 @dataclass
@@ -62,6 +63,8 @@ class TrainConfig:
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     holdout_tasks: int | list[str] = 1   # how many tasks (or which) go entirely to test
+    val_relevance: str = "auto"   # validation mAP relevance: task, lineage, or auto (task if >= 2 tasks)
+    max_models_per_epoch: int | None = None  # subsample big zoos: each epoch sees this many anchors
     grad_clip: float = 1.0
     amp: bool = True              # bfloat16 autocast on CUDA
 
@@ -71,6 +74,11 @@ class TrainConfig:
                              f"{self.batch_size}, {self.patience}")
         if not (self.temperature > 0 and self.lr > 0 and self.aux_weight >= 0):
             raise PeaceError("temperature and lr must be > 0 and aux_weight >= 0")
+        if self.val_relevance not in VAL_RELEVANCE:
+            raise unknown("val_relevance", self.val_relevance, VAL_RELEVANCE)
+        if self.max_models_per_epoch is not None and self.max_models_per_epoch < self.batch_size:
+            raise PeaceError(f"max_models_per_epoch ({self.max_models_per_epoch}) must be at least batch_size "
+                             f"({self.batch_size})")
 
 
 @dataclass
@@ -213,9 +221,9 @@ def _targets(rows: pd.DataFrame, names: list[str]) -> np.ndarray:
 
 
 @torch.no_grad()
-def _validate(encoder: Embedder, val: pd.DataFrame, specs: dict, weights: dict) -> dict:
+def _validate(encoder: Embedder, val: pd.DataFrame, specs: dict, weights: dict, label: str) -> dict:
     emb = encoder.embed([specs[m] for m in val.model_id], [weights[m] for m in val.model_id])
-    return {"val_map": retrieval_map(emb.numpy(), val["task"].to_numpy())}
+    return {"val_map": retrieval_map(emb.numpy(), val[label].to_numpy())}
 
 
 def fit(zoo: Zoo | str | Path, config: RunConfig, out: str | Path, device: str = "cpu", resume: bool = False,
@@ -227,7 +235,10 @@ def fit(zoo: Zoo | str | Path, config: RunConfig, out: str | Path, device: str =
     if dev.type != "cpu" and cfg.encoder.backend == "dgl":
         raise PeaceError("the DGL backend runs on CPU only; use encoder.backend=torch (or auto) with a GPU")
     rows = _check_zoo(zoo, cfg)
-    splits = split_zoo(rows, tc.val_fraction, tc.test_fraction, tc.holdout_tasks, cfg.seed)
+    relevance = tc.val_relevance if tc.val_relevance != "auto" else ("task" if rows["task"].nunique() > 1 else "lineage")
+    label = "task" if relevance == "task" else "lineage_id"
+    splits = split_zoo(rows, tc.val_fraction, tc.test_fraction, tc.holdout_tasks, cfg.seed,
+                       min_train_tasks=2 if relevance == "task" else 1)
     held = sorted(rows.loc[splits.heldout_task.to_numpy(), "task"].unique())
     cfg.train.holdout_tasks = held  # resolved, so the saved config says which
     _prepare_run_dir(out, cfg, zoo, resume)
@@ -236,9 +247,10 @@ def fit(zoo: Zoo | str | Path, config: RunConfig, out: str | Path, device: str =
     if len(train) < tc.batch_size:
         raise PeaceError(f"the training split has {len(train)} models but train.batch_size is {tc.batch_size}; "
                          f"lower it (e.g. --set train.batch_size={max(2, len(train) // 2)}) or build a larger zoo")
-    if val["task"].nunique() < 2:
-        raise PeaceError(f"the validation split has {len(val)} models of {val['task'].nunique()} task(s); same-task "
-                         f"mAP needs 2 or more. Raise train.val_fraction or build a zoo with more runs per task")
+    if val[label].nunique() < 2 or val[label].value_counts().max() < 2:
+        raise PeaceError(f"the validation split has {len(val)} models in {val[label].nunique()} {relevance} group(s); "
+                         f"same-{relevance} mAP needs 2 or more groups and one with 2 or more models. Raise "
+                         f"train.val_fraction or build a zoo with more runs per task")
     if not resume:
         with atomic_path(out / "config.yaml") as tmp:
             tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -276,8 +288,9 @@ def fit(zoo: Zoo | str | Path, config: RunConfig, out: str | Path, device: str =
     keys = config_key(rows.set_index("model_id"))
     aux_t = dict(zip(train.model_id, torch.tensor(tgt)))
     amp = dev.type == "cuda" and tc.amp
-    n_steps = len(train) // tc.batch_size
+    n_steps = min(len(train), tc.max_models_per_epoch or len(train)) // tc.batch_size
     meta = {"zoo": str(zoo.path), "zoo_manifest_sha256": zoo.info["manifest_sha256"], "holdout_tasks": held,
+            "val_relevance": relevance,
             "n_train": len(train), "n_val": len(val)}
 
     stopped = bad >= tc.patience
@@ -286,7 +299,7 @@ def fit(zoo: Zoo | str | Path, config: RunConfig, out: str | Path, device: str =
     for epoch in ([] if stopped else bar):
         t0 = time.perf_counter()
         erng = np.random.default_rng([cfg.seed, epoch])
-        order = erng.permutation(train.model_id.to_numpy())
+        order = erng.permutation(train.model_id.to_numpy())[:n_steps * tc.batch_size]
         encoder.train()
         sums = {"loss": 0.0, "nce": 0.0, "aux": 0.0}
         for step in range(n_steps):
@@ -324,7 +337,7 @@ def fit(zoo: Zoo | str | Path, config: RunConfig, out: str | Path, device: str =
             for k, v in (("loss", loss), ("nce", nce), ("aux", aux)):
                 sums[k] += v.item() / n_steps
         row = {"epoch": epoch, "train_loss": sums["loss"], "train_nce": sums["nce"], "train_aux": sums["aux"],
-               **_validate(encoder, val, specs, weights), "seconds": time.perf_counter() - t0}
+               **_validate(encoder, val, specs, weights, label), "seconds": time.perf_counter() - t0}
         improved = row["val_map"] > best
         best, bad = (row["val_map"], 0) if improved else (best, bad + 1)
         row["best"] = improved

@@ -86,10 +86,15 @@ def test_bad_input_is_named(tiny_zoo, tmp_path):
     one_task = build_zoo(recipe_from_dict({"name": "one", "groups": [
         {"name": "g", "tasks": ["tetris"], "architecture": {"family": "mlp", "hidden": [3]}, "seeds": 4, "epochs": 1}]}),
         tmp_path / "one", progress=False)
-    with pytest.raises(PeaceError, match="1 task.*at least 2 training tasks"):
+    with pytest.raises(PeaceError, match="1 task.*after holding out 1.*train.holdout_tasks=0"):
         fit(one_task, load_config("tiny"), tmp_path / "r1", progress=False)
+    with pytest.raises(PeaceError, match="at least 2 training task"):
+        fit(one_task, load_config("tiny", ["train.val_relevance=task", "train.holdout_tasks=0"]), tmp_path / "r1b",
+            progress=False)
     with pytest.raises(PeaceError, match="training split has .* models but train.batch_size is 500"):
         fit(tiny_zoo, load_config("tiny", ["train.batch_size=500"]), tmp_path / "r2", progress=False)
+    with pytest.raises(PeaceError, match="max_models_per_epoch"):
+        load_config("tiny", ["train.max_models_per_epoch=2"])
     with pytest.raises(PeaceError, match="cuda"):
         resolve_device("cuda:99")
     with pytest.raises(PeaceError, match="unknown device 'tpu'"):
@@ -98,6 +103,18 @@ def test_bad_input_is_named(tiny_zoo, tmp_path):
         load_encoder(tmp_path)
     with pytest.raises(PeaceError, match="unknown auxiliary target column 'accuracy'"):
         fit(tiny_zoo, load_config("tiny", ["encoder.aux_targets=[accuracy]"]), tmp_path / "r3", progress=False)
+
+
+def test_a_single_task_zoo_trains_with_lineage_validation(tmp_path):
+    """TETRIS-SEED-like zoos (one task, many seeds): validation mAP by lineage, subsampled epochs."""
+    zoo = build_zoo(recipe_from_dict({"name": "seeds", "groups": [
+        {"name": "g", "tasks": ["tetris"], "architecture": {"family": "mlp", "hidden": [5], "activation": "tanh"},
+         "seeds": 12, "epochs": 4, "checkpoints": [1, 2, 3, 4]}]}), tmp_path / "seeds", progress=False)
+    res = fit(zoo, load_config("tiny", ["train.holdout_tasks=0", "train.epochs=2", "train.max_models_per_epoch=16",
+                                        "augment.distill_epochs=1"]), tmp_path / "run", progress=False)
+    meta = json.loads((tmp_path / "run" / "encoder.json").read_text())
+    assert meta["val_relevance"] == "lineage" and meta["holdout_tasks"] == []
+    assert len(res.history) == 2 and res.history.val_map.notna().all()
 
 
 @pytest.mark.slow
