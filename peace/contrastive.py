@@ -200,6 +200,7 @@ class PairSampler:
         for m, k, run, ep in zip(self.rows.model_id, self.key, self.rows.run_id, self.rows.epoch):
             self._same[f"{k}@{ep}"].append(m)
         self._runs = {r: list(g.sort_values("epoch").model_id) for r, g in self.rows.groupby("run_id")}
+        self._run_of = dict(zip(self.rows.model_id, self.rows.run_id))
         self._by_arch = {a: list(g.model_id) for a, g in self.rows.groupby("arch")}
         self._by_task = {t: g for t, g in self.rows.groupby("task")}
 
@@ -211,7 +212,7 @@ class PairSampler:
             if getattr(self.cfg, kind) and kind in self.views.get(m, {}):
                 out[kind] = [m]
         if self.cfg.same_config:
-            others = [o for o in self._same[f"{self.key[m]}@{r.epoch}"] if self.rows.run_id[o] != r.run_id]
+            others = [o for o in self._same[f"{self.key[m]}@{r.epoch}"] if self._run_of[o] != r.run_id]
             if others:
                 out["same_config"] = others
         if self.cfg.checkpoint:

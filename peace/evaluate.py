@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from .architectures import forward, stack_params
 from .atomic import atomic_path, write_json
-from .baselines import Baseline, Models, weight_baselines
+from .baselines import Baseline, MetadataSearch, Models, weight_baselines
 from .errors import PeaceError
 from .metrics import clustering_scores, functional_similarity, hard_queries, invariance_ratio, linear_probe, retrieval_scores
 from .plots import method_comparison
@@ -26,6 +26,9 @@ from .zoo import Zoo
 
 REGRESSION_TARGETS = ("test_acc", "gen_gap", "epoch", "log10_lr")
 CATEGORY_TARGETS = ("activation", "init", "optimizer")
+# model-card columns that state a probe target outright: metadata search must not see them
+REVEALS = {"epoch": ("epoch",), "log10_lr": ("lr",), "activation": ("activation", "arch"), "init": ("init",),
+           "optimizer": ("optimizer",)}
 
 
 class EncoderMethod(Baseline):
@@ -74,11 +77,15 @@ def evaluate_method(method: Baseline, train: Models, test: Models, seed: int = 0
     out["clustering_task"] = clustering_scores(e_test, rows["task"].to_numpy(), seed)
     probes = {}
     tr, te = train.rows.assign(log10_lr=np.log10(train.rows["lr"])), rows.assign(log10_lr=np.log10(rows["lr"]))
-    for t in REGRESSION_TARGETS:
-        probes[t] = linear_probe(e_train, tr[t].to_numpy(), e_test, te[t].to_numpy())
-    for t in CATEGORY_TARGETS:
-        if tr[t].nunique() > 1:
-            probes[t] = linear_probe(e_train, tr[t].to_numpy(), e_test, te[t].to_numpy(), categorical=True)
+    for t in REGRESSION_TARGETS + CATEGORY_TARGETS:
+        categorical = t in CATEGORY_TARGETS
+        if categorical and tr[t].nunique() < 2:
+            continue
+        x_tr, x_te = e_train, e_test
+        if isinstance(method, MetadataSearch) and t in REVEALS:  # a card without the answer
+            blind = MetadataSearch([c for c in method.columns if c not in REVEALS[t]]).fit(train)
+            x_tr, x_te = blind.transform(train), blind.transform(test)
+        probes[t] = linear_probe(x_tr, tr[t].to_numpy(), x_te, te[t].to_numpy(), categorical=categorical)
     out["probes"] = probes
     inv = _sample(rows.reset_index(drop=True).assign(i=range(len(rows))), 100, seed)
     moved = Models(inv.drop(columns="i"), [test.specs[i] for i in inv["i"]],

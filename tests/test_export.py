@@ -87,3 +87,17 @@ def test_embed_and_query_commands(tiny_run, tmp_path):
     assert len(p.stdout.strip().splitlines()) == 4  # header + 3 neighbours
     bad = run_peace("query", "missing-model", "--embeddings", tmp_path / "emb", check=False)
     assert bad.returncode == 2 and "not in the embedding set" in bad.stderr
+
+
+def test_metadata_probes_never_read_their_answer(tiny_run, tiny_zoo):
+    from peace.baselines import MetadataSearch, Models
+    from peace.evaluate import REVEALS
+
+    rows = tiny_zoo.manifest
+    card_cols = MetadataSearch().columns
+    for target, cols in REVEALS.items():
+        kept = [c for c in card_cols if c not in cols]
+        card = MetadataSearch(kept).cards(rows.reset_index(drop=True))[0]
+        assert not any(f"{c}=" in card for c in cols), target
+    models = Models.from_zoo(tiny_zoo, list(rows.index[:4]))
+    assert "epoch=" not in MetadataSearch([c for c in card_cols if c != "epoch"]).cards(models.rows)[0]
