@@ -202,7 +202,12 @@ class PairSampler:
         self._runs = {r: list(g.sort_values("epoch").model_id) for r, g in self.rows.groupby("run_id")}
         self._run_of = dict(zip(self.rows.model_id, self.rows.run_id))
         self._by_arch = {a: list(g.model_id) for a, g in self.rows.groupby("arch")}
-        self._by_task = {t: g for t, g in self.rows.groupby("task")}
+        self._task_of = dict(zip(self.rows.model_id, self.rows.task))
+        self._pools: dict[tuple[str, str], list[str]] = {}
+        self._task_acc = {}
+        for t, g in self.rows.groupby("task"):
+            g = g.sort_values("test_acc", kind="stable")
+            self._task_acc[t] = (g.model_id.to_numpy(), g.test_acc.to_numpy())
 
     def candidates(self, m: str) -> dict[str, list[str]]:
         """Available partners per source: model ids (self/same_config/checkpoint) or the anchor (views)."""
@@ -240,13 +245,23 @@ class PairSampler:
                 break
             a = self.rows.loc[anchors[rng.integers(len(anchors))]]
             if t % 2 == 0:
-                pool = [o for o in self._by_arch[a.arch] if self.rows.task[o] != a.task]
-            else:
-                same = self._by_task[a.task]
-                pool = list(same.model_id[(same.test_acc - a.test_acc).abs() >= 0.25])
-            if pool:
-                out.append(pool[rng.integers(len(pool))])
+                pool = self._other_tasks(a.arch, a.task)
+                if len(pool):
+                    out.append(pool[rng.integers(len(pool))])
+                continue
+            ids, acc = self._task_acc[a.task]
+            lo, hi = np.searchsorted(acc, a.test_acc - 0.25, "right"), np.searchsorted(acc, a.test_acc + 0.25, "left")
+            n_far = lo + len(acc) - hi  # models at or below acc - 0.25, and at or above acc + 0.25
+            if n_far:
+                j = rng.integers(n_far)
+                out.append(ids[j if j < lo else hi + j - lo])
         return out
+
+    def _other_tasks(self, arch: str, task: str) -> list[str]:
+        key = (arch, task)
+        if key not in self._pools:
+            self._pools[key] = [o for o in self._by_arch[arch] if self._task_of[o] != task]
+        return self._pools[key]
 
 
 # --- loss ---------------------------------------------------------------------------------------
