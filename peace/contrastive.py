@@ -189,6 +189,24 @@ def config_key(manifest: pd.DataFrame) -> pd.Series:
     return manifest[cols].astype(str).agg("|".join, axis=1)
 
 
+class Kinship:
+    """Which models are relatives (possible positives of each other), so that InfoNCE does not push
+    them apart as negatives: the same run (its checkpoints), or the same configuration at the same
+    epoch (other seeds)."""
+
+    def __init__(self, rows: pd.DataFrame):
+        ids = rows["model_id"].to_numpy()
+        self.run = dict(zip(ids, rows["run_id"]))
+        self.cfg_epoch = dict(zip(ids, config_key(rows.set_index("model_id")).to_numpy() + "@"
+                                  + rows["epoch"].astype(str).to_numpy()))
+
+    def related(self, a: Sequence[str], b: Sequence[str]) -> np.ndarray:
+        """(len(a), len(b)) bool matrix."""
+        run_a, run_b = np.array([self.run[m] for m in a]), np.array([self.run[m] for m in b])
+        ce_a, ce_b = np.array([self.cfg_epoch[m] for m in a]), np.array([self.cfg_epoch[m] for m in b])
+        return (run_a[:, None] == run_b[None, :]) | (ce_a[:, None] == ce_b[None, :])
+
+
 class PairSampler:
     """Chooses each anchor's partner source and a batch's hard negatives from the training rows."""
 

@@ -35,7 +35,7 @@ from .contrastive import (
     PairSampler,
     augment,
     build_views,
-    config_key,
+    Kinship,
     info_nce,
     model_seed,
 )
@@ -285,7 +285,7 @@ def fit(zoo: Zoo | str | Path, config: RunConfig, out: str | Path, device: str =
 
     views = build_views(train, weights, cfg.augment, cfg.seed, cache_dir=out / "views", progress=progress)
     sampler = PairSampler(train, cfg.augment, views)
-    keys = config_key(rows.set_index("model_id"))
+    kin = Kinship(rows)
     aux_t = dict(zip(train.model_id, torch.tensor(tgt)))
     amp = dev.type == "cuda" and tc.amp
     n_steps = min(len(train), tc.max_models_per_epoch or len(train)) // tc.batch_size
@@ -323,9 +323,8 @@ def fit(zoo: Zoo | str | Path, config: RunConfig, out: str | Path, device: str =
             with torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext():
                 res = encoder(batch)
             proj = res["projection"].float()
-            ka, kn = keys.loc[anchors].to_numpy(), keys.loc[negs].to_numpy()
-            same = torch.from_numpy(ka[:, None] == ka[None, :])
-            extra_same = torch.from_numpy(ka[:, None] == kn[None, :]) if negs else None
+            same = torch.from_numpy(kin.related(anchors, anchors))
+            extra_same = torch.from_numpy(kin.related(anchors, negs)) if negs else None
             nce = info_nce(proj[:B], proj[B:2 * B], tc.temperature, same, proj[2 * B:] if negs else None, extra_same)
             y = (torch.stack([aux_t[m] for m in anchors]).to(dev) - encoder.aux_mean) / encoder.aux_std
             aux = torch.nn.functional.mse_loss(res["aux"][:B].float(), y)

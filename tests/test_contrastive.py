@@ -8,6 +8,7 @@ from conftest import MODELS, random_model
 from peace.architectures import forward, stack_params
 from peace.contrastive import (
     AugmentConfig,
+    Kinship,
     PairSampler,
     augment,
     build_views,
@@ -110,6 +111,16 @@ def test_partners_and_hard_negatives_follow_their_definitions(tiny_zoo):
     for n in negs:  # each negative is hard for some anchor
         assert any((r.arch[n] == r.arch[a] and r.task[n] != r.task[a])
                    or (r.task[n] == r.task[a] and abs(r.test_acc[n] - r.test_acc[a]) >= 0.25) for a in anchors)
+    kin = Kinship(rows)
+    rel = kin.related(list(rows.model_id), list(rows.model_id))
+    assert rel.diagonal().all()
+    for i, j in zip(*np.nonzero(rel)):
+        a, b = rows.iloc[i], rows.iloc[j]
+        assert a.run_id == b.run_id or (key[a.model_id] == key[b.model_id] and a.epoch == b.epoch)
+    same_cfg_other_epoch = [(i, j) for i in range(len(rows)) for j in range(len(rows))
+                            if key[rows.model_id[i]] == key[rows.model_id[j]] and rows.epoch[i] != rows.epoch[j]
+                            and rows.run_id[i] != rows.run_id[j]]
+    assert same_cfg_other_epoch and not any(rel[i, j] for i, j in same_cfg_other_epoch)  # those stay negatives
     off = PairSampler(rows, AugmentConfig(same_config=False, checkpoint=False, pruned=False, distilled=False), {})
     assert all(set(off.candidates(m)) == {"self"} for m in rows.model_id)
 
