@@ -26,9 +26,11 @@ def _check_same(spec: ArchSpec, a: Params, b: Params) -> None:
             raise PeaceError(f"model {name}: {e}; alignment needs two finite models of one architecture") from None
 
 
-def _unit_features(spec: ArchSpec, p: Params, i: int, perms: list[Tensor], outgoing: bool = True) -> Tensor:
+def _unit_features(spec: ArchSpec, p: Params, i: int, perms: list[Tensor], outgoing: str = "aligned") -> Tensor:
     """Each hidden unit of layer i as one vector: incoming weights (inputs already permuted by the
-    previous layer's permutation), bias, and outgoing weights (outputs permuted by the next one's)."""
+    previous layer's permutation), bias, and outgoing weights: permuted by the next layer's
+    permutation ("aligned"), or sorted over the next layer's units ("sorted", which needs no
+    permutation, for the first pass)."""
     layer, nxt = spec.layers[i], spec.layers[i + 1]
     w_in = p[layer.weight_name]
     if i > 0:
@@ -36,13 +38,14 @@ def _unit_features(spec: ArchSpec, p: Params, i: int, perms: list[Tensor], outgo
     parts = [w_in.reshape(layer.out_features, -1)]
     if layer.bias:
         parts.append(p[layer.bias_name].unsqueeze(1))
-    if not outgoing:
-        return torch.cat(parts, 1)
     w_out = p[nxt.weight_name]
-    if i + 1 < len(perms):
+    hidden_next = i + 1 < len(perms)
+    if hidden_next and outgoing == "aligned":
         w_out = w_out[perms[i + 1]]
     block = nxt.in_features // layer.out_features  # > 1 at a conv -> linear flatten
     w_out = w_out.reshape(nxt.out_features, layer.out_features, block, -1)
+    if hidden_next and outgoing == "sorted":
+        w_out = w_out.sort(dim=0).values
     parts.append(w_out.permute(1, 0, 2, 3).reshape(layer.out_features, -1))
     return torch.cat(parts, 1)
 
@@ -59,9 +62,11 @@ def align(spec: ArchSpec, a: Params, b: Params, max_iter: int = 50) -> tuple[Par
     sizes = hidden_sizes(spec)
     identity = [torch.arange(n) for n in sizes]
     perms = list(identity)
-    for i in range(len(sizes)):  # start: match incoming weights layer by layer (exact for exact permutations)
-        perms[i], _ = _match(_unit_features(spec, a, i, identity, outgoing=False),
-                             _unit_features(spec, b, i, perms, outgoing=False))
+    for i in range(len(sizes)):
+        # start layer by layer from incoming weights and the sorted outgoing ones: exact for exact
+        # permutations unless two units share both, where the outgoing order alone tells them apart
+        perms[i], _ = _match(_unit_features(spec, a, i, identity, outgoing="sorted"),
+                             _unit_features(spec, b, i, perms, outgoing="sorted"))
     fa = [_unit_features(spec, a, i, identity) for i in range(len(sizes))]
     rng = np.random.default_rng(0)
     for _ in range(max_iter):

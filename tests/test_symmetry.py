@@ -100,3 +100,15 @@ def test_regression_all_signs_flipped_tanh_with_dead_unit():
     aligned, found = align(spec, cp, cq)
     for k in cp:
         torch.testing.assert_close(aligned[k], cp[k], atol=1e-5, rtol=1e-4)
+
+
+def test_regression_units_with_equal_incoming_weights():
+    """Found by hypothesis in CI: units 1 and 2 of the second layer have the same (canonical)
+    incoming weights, so only their outgoing weights tell them apart; the first pass matched on
+    incoming weights alone and the refinement stopped in a local optimum."""
+    task, spec, p = _model("synth-1", dict(family="mlp", hidden=(2, 4, 4), activation="relu", bias=False))
+    cp = canonicalize(spec, p)
+    perms = [torch.tensor([0, 1]), torch.tensor([0, 2, 1, 3]), torch.arange(4)]
+    aligned, found = align(spec, cp, transform(spec, cp, perms, None))
+    for k in cp:
+        torch.testing.assert_close(aligned[k], cp[k], atol=1e-5, rtol=1e-4)
