@@ -67,11 +67,18 @@ def _query(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate, summary_table
+    import pandas as pd
 
+    from .evaluate import evaluate, summary_table
+    from .transfer import TransferConfig
+
+    transfer = TransferConfig(k=args.transfer_k, epochs=args.transfer_epochs) if args.transfer_epochs > 0 else None
     metrics = evaluate(args.run, args.out, zoo=args.zoo, mlp_run=args.mlp_run, seed=args.seed,
-                       progress=not args.quiet)
+                       progress=not args.quiet, transfer=transfer)
     print(summary_table(metrics).to_string(float_format=lambda v: f"{v:.3f}"))
+    if metrics.get("transfer", {}).get("tasks"):
+        print("\ntransfer learning on held-out tasks:")
+        print(pd.DataFrame(metrics["transfer"]["methods"]).T.to_string(float_format=lambda v: f"{v:.3f}"))
     print(f"wrote {args.out / 'metrics.json'}, {args.out / 'report.md'} and {args.out / 'retrieval.html'}")
     return 0
 
@@ -140,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--zoo", type=Path, metavar="DIR", help="default: the run's zoo")
     v.add_argument("--mlp-run", type=Path, metavar="DIR", help="a run trained with encoder.kind=mlp, to compare too")
     v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--transfer-epochs", type=int, default=5, metavar="N",
+                   help="fine-tuning budget of the transfer-learning study (0 skips it)")
+    v.add_argument("--transfer-k", type=int, default=5, metavar="K", help="models each method retrieves to fine-tune")
     v.add_argument("--quiet", action="store_true")
     v.set_defaults(func=_evaluate)
     return p

@@ -30,6 +30,7 @@ from .architectures import ArchSpec, forward, stack_params, unstack_params
 from .atomic import atomic_path
 from .errors import PeaceError
 from .population import HParams, Schedule, train_population
+from .rng import model_seed
 from .symmetry import RandomSymmetry, allowed, random_symmetry
 from .tasks import load_task
 
@@ -67,11 +68,6 @@ class AugmentConfig:
     @property
     def sources(self) -> list[str]:
         return ["self"] + [s for s in SOURCES[1:] if getattr(self, s)]
-
-
-def model_seed(seed: int, model_id: str, salt: str = "") -> int:
-    """A stable 31-bit seed per (run seed, model, purpose)."""
-    return int(hashlib.sha1(f"{seed}:{model_id}:{salt}".encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
 
 
 # --- online augmentations -----------------------------------------------------------------------

@@ -22,6 +22,7 @@ from .metrics import clustering_scores, functional_similarity, hard_queries, inv
 from .plots import method_comparison
 from .symmetry import random_symmetry
 from .trainer import load_encoder
+from .transfer import TransferConfig, transfer_study
 from .zoo import Zoo
 
 REGRESSION_TARGETS = ("test_acc", "gen_gap", "epoch", "log10_lr")
@@ -95,16 +96,9 @@ def evaluate_method(method: Baseline, train: Models, test: Models, seed: int = 0
     return out
 
 
-def evaluate(run_dir: str | Path, out: str | Path, zoo: Zoo | str | Path | None = None,
-             mlp_run: str | Path | None = None, seed: int = 0, progress: bool = True) -> dict:
-    """Evaluate the run's encoder and every baseline; write metrics.json, report.md and figures to ``out``."""
-    run_dir, out = Path(run_dir), Path(out)
-    peace = EncoderMethod(run_dir, "peace")
-    zoo = zoo if isinstance(zoo, Zoo) else Zoo(zoo or peace.encoder.meta["zoo"])
-    if peace.encoder.meta.get("zoo_manifest_sha256") != zoo.info["manifest_sha256"]:
-        raise PeaceError(f"the run {run_dir} was trained on another zoo than {zoo.path}; evaluate it on its own zoo "
-                         f"(its splits say which models were held out)")
-    splits = pd.read_parquet(run_dir / "splits.parquet")
+def split_models(run_dir: str | Path, zoo: Zoo) -> tuple[Models, Models]:
+    """The run's training and test models (finite ones only); test rows carry the split columns."""
+    splits = pd.read_parquet(Path(run_dir) / "splits.parquet")
     rows = zoo.manifest.reset_index(drop=True).merge(splits, on="model_id")
     rows = rows[rows["status"] == "ok"]
     ids = {s: list(rows.loc[rows["split"] == s, "model_id"]) for s in ("train", "test")}
@@ -113,6 +107,22 @@ def evaluate(run_dir: str | Path, out: str | Path, zoo: Zoo | str | Path | None 
                          f"evaluation needs at least 2 of each")
     train, test = Models.from_zoo(zoo, ids["train"]), Models.from_zoo(zoo, ids["test"])
     test.rows = test.rows.merge(splits, on="model_id", how="left")
+    return train, test
+
+
+def evaluate(run_dir: str | Path, out: str | Path, zoo: Zoo | str | Path | None = None,
+             mlp_run: str | Path | None = None, seed: int = 0, progress: bool = True,
+             transfer: TransferConfig | None = TransferConfig()) -> dict:
+    """Evaluate the run's encoder and every baseline; write metrics.json, report.md and figures to ``out``.
+
+    ``transfer=None`` skips the fine-tuning study (the slowest part)."""
+    run_dir, out = Path(run_dir), Path(out)
+    peace = EncoderMethod(run_dir, "peace")
+    zoo = zoo if isinstance(zoo, Zoo) else Zoo(zoo or peace.encoder.meta["zoo"])
+    if peace.encoder.meta.get("zoo_manifest_sha256") != zoo.info["manifest_sha256"]:
+        raise PeaceError(f"the run {run_dir} was trained on another zoo than {zoo.path}; evaluate it on its own zoo "
+                         f"(its splits say which models were held out)")
+    train, test = split_models(run_dir, zoo)
     methods: list[Baseline] = [peace] + ([EncoderMethod(mlp_run, "mlp-encoder")] if mlp_run else []) + weight_baselines()
     results = {}
     for m in tqdm(methods, desc="evaluate", disable=not progress, leave=False):
@@ -120,6 +130,8 @@ def evaluate(run_dir: str | Path, out: str | Path, zoo: Zoo | str | Path | None 
         results[m.name] = evaluate_method(m, train, test, seed)
     metrics = {"run": str(run_dir), "zoo": str(zoo.path), "n_train": len(train), "n_test": len(test),
                "heldout_tasks": peace.encoder.meta.get("holdout_tasks", []), "methods": results}
+    if transfer is not None:
+        metrics["transfer"] = transfer_study(methods, train, test, transfer, seed, progress)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "metrics.json", metrics)
     table = summary_table(metrics)
@@ -155,4 +167,25 @@ def report_markdown(metrics: dict, table: pd.DataFrame) -> str:
             "fine-tune lineage. R2: ridge probes. Func. Spearman: rank correlation of embedding distance with "
             "prediction disagreement on shared probe inputs. Invariance ratio: distance to a random symmetry "
             "transform over distance to the nearest other model (lower is better; 0 = exactly invariant).\n\n"
-            "All numbers: `metrics.json`.\n")
+            f"{transfer_markdown(metrics.get('transfer'))}All numbers: `metrics.json`.\n")
+
+
+def transfer_markdown(transfer: dict | None) -> str:
+    """The transfer-learning and zero-shot table of the report (empty when the study was skipped)."""
+    if not transfer:
+        return ""
+    skipped = "".join(f"- {t} skipped: {why}\n" for t, why in transfer["skipped"].items())
+    if not transfer["tasks"]:
+        return f"## Transfer learning\n\nNo held-out task could be studied.\n{skipped}\n"
+    c = transfer["config"]
+    table = pd.DataFrame(transfer["methods"]).T
+    head = "| method | " + " | ".join(table.columns) + " |\n|---|" + "---|" * len(table.columns) + "\n"
+    body = "".join(f"| {m} | " + " | ".join("n/a" if math.isnan(v) else f"{v:.3f}" for v in r) + " |\n"
+                   for m, r in table.iterrows())
+    return (f"## Transfer learning\n\nHeld-out tasks {', '.join(transfer['tasks'])}: for {c['queries']} query models "
+            f"per task, each method's top {c['k']} compatible training models (and {c['k']} random ones) were "
+            f"fine-tuned for {c['epochs']} epochs (Adam, lr {c['lr']}). final_val_acc: after the budget; "
+            f"step_ratio_vs_random: steps until the target accuracy (quantile {c['target']} of every candidate's "
+            f"final accuracy) over random's (lower is better); zero_shot_spearman: rank correlation of a model's mean "
+            f"similarity to the task's models with its fine-tuned accuracy ({c['pool']} random compatible models).\n\n"
+            f"{head}{body}\n{skipped}\n")

@@ -4,6 +4,7 @@ to the same model trained alone, and a resumed build equal to an uninterrupted o
 """
 from __future__ import annotations
 
+import hashlib
 import math
 
 import torch
@@ -51,3 +52,8 @@ def normal(seeds: Tensor, key: tuple[int, ...], shape: tuple[int, ...]) -> Tenso
 def permutation(seeds: Tensor, key: tuple[int, ...], n: int) -> Tensor:
     """(P, n) int64: a random permutation of range(n) per seed."""
     return torch.argsort(bits(seeds, key, n), dim=1, stable=True)
+
+
+def model_seed(seed: int, model_id: str, salt: str = "") -> int:
+    """A stable 31-bit seed per (run seed, model, purpose), whatever else is trained beside it."""
+    return int(hashlib.sha1(f"{seed}:{model_id}:{salt}".encode()).hexdigest()[:8], 16) & 0x7FFFFFFF

@@ -37,11 +37,11 @@ from .contrastive import (
     build_views,
     Kinship,
     info_nce,
-    model_seed,
 )
 from .encoder import Embedder, EncoderConfig, build_encoder
 from .errors import PeaceError, unknown
 from .metrics import retrieval_map
+from .rng import model_seed
 from .splits import split_zoo
 from .zoo import Zoo
 

@@ -76,6 +76,8 @@ def test_evaluate_compares_every_method(tiny_run, tiny_zoo, tmp_path):
     assert 0 < peace["retrieval_task"]["map"] <= 1 and "r2" in peace["probes"]["test_acc"]
     report = (tmp_path / "eval" / "report.md").read_text()
     assert "| peace |" in report and "| stats |" in report
+    skipped = m["transfer"]["skipped"]  # tiny holds out tetris, which no other tiny task's models can read
+    assert list(skipped) == m["heldout_tasks"] and "## Transfer learning" in report and "skipped" in report
     assert (tmp_path / "eval" / "retrieval.html").exists()
 
 
