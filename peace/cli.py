@@ -1,4 +1,4 @@
-"""The ``peace`` command line: ``peace zoo build``, ``peace zoo info`` (more subcommands per issue)."""
+"""The ``peace`` command line: zoo build / info / add, train, embed, query, evaluate."""
 from __future__ import annotations
 
 import argparse
@@ -53,16 +53,62 @@ def _embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_config(args: argparse.Namespace) -> dict:
+    """A model config from --model-config FILE plus the single-key options that override it."""
+    from .importers import read_config
+
+    cfg = read_config(args.model_config) if args.model_config else {}
+    for key in ("activation", "pool"):
+        if getattr(args, key):
+            cfg[key] = getattr(args, key)
+    if args.input_shape:
+        cfg["input_shape"] = [int(s) for s in args.input_shape.split(",")]
+    return cfg
+
+
+def _add_import_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("reading model files (what the weights cannot tell)")
+    g.add_argument("--activation", help="relu, leaky_relu, tanh, sigmoid, gelu or identity")
+    g.add_argument("--input-shape", metavar="C,H,W", help="a CNN's input shape, e.g. 1,28,28")
+    g.add_argument("--pool", help="a CNN's pooling after each conv: avg, max or none")
+    g.add_argument("--model-config", type=Path, metavar="JSON", help="architecture config (keys as in config.json)")
+    g.add_argument("--max-size", type=float, default=512, metavar="MIB", help="refuse larger model files (default 512)")
+
+
 def _query(args: argparse.Namespace) -> int:
     import pandas as pd
 
+    from .export import query_model
+    from .importers import load_model
     from .index import EmbeddingSet
 
     es = EmbeddingSet(args.embeddings)
-    hits = es.neighbours(args.model, args.k)
+    if Path(args.model).exists():
+        m = load_model(args.model, _model_config(args), max_bytes=int(args.max_size * 2**20))
+        print(f"{m.source}: {m.spec.describe()}, {m.spec.n_params} parameters")
+        hits = query_model(es, m.spec, m.params, args.k, run_dir=args.run)
+    elif args.model in es.row_of:
+        hits = es.neighbours(args.model, args.k)
+    else:
+        raise PeaceError(f"{args.model!r} is neither a model id of the embedding set {es.path} nor an existing file or "
+                         f"directory")
     cols = [c for c in ["model_id", "cosine", "task", "arch", "epoch", "test_acc", "split"] if c in hits.columns]
     with pd.option_context("display.width", 200):
         print(hits[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    return 0
+
+
+def _zoo_add(args: argparse.Namespace) -> int:
+    from .importers import load_model
+    from .zoo import add_models
+
+    cfg = _model_config(args)
+    models = [load_model(p, cfg, max_bytes=int(args.max_size * 2**20)) for p in args.models]
+    zoo = add_models(args.dir, models, task=args.task, group=args.group)
+    added = zoo.manifest.iloc[-len(models):]
+    cols = [c for c in ["model_id", "task", "arch", "n_params", "test_acc"] if c in added.columns]
+    print(added[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"added {len(models)} model(s) to {zoo!r}; re-run `peace embed` to index them")
     return 0
 
 
@@ -104,6 +150,15 @@ def build_parser() -> argparse.ArgumentParser:
     i = zsub.add_parser("info", help="summarize a built zoo", description="Print counts and accuracy per task.")
     i.add_argument("dir", type=Path, help="zoo directory")
     i.set_defaults(func=_zoo_info)
+    a = zsub.add_parser("add", help="append model files to a built zoo",
+                        description="Read model files or directories (safetensors / PyTorch state dicts, config.json) "
+                        "and append them to the zoo's manifest and shards; with --task, measure them on that task.")
+    a.add_argument("dir", type=Path, help="zoo directory")
+    a.add_argument("models", nargs="+", type=Path, help="model files or directories")
+    a.add_argument("--task", help="the PEACE task the models solve (their accuracy is then measured)")
+    a.add_argument("--group", default="imported", help="group label in the manifest (default: imported)")
+    _add_import_options(a)
+    a.set_defaults(func=_zoo_add)
     from .trainer import config_names
 
     t = sub.add_parser("train", help="train the PEACE encoder contrastively on a zoo",
@@ -134,9 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("query", help="nearest zoo models of a model", description="The k nearest models of a "
                        "model of the embedding set, by cosine similarity (Annoy).")
-    q.add_argument("model", help="a model id of the embedded zoo")
+    q.add_argument("model", help="a model id of the embedded zoo, or a model file / directory (safetensors or "
+                   "PyTorch state dict, optionally beside a config.json)")
     q.add_argument("--embeddings", type=Path, required=True, metavar="DIR", help="an embedding set (peace embed --out)")
     q.add_argument("-k", type=int, default=10, help="neighbours to show (default 10)")
+    q.add_argument("--run", type=Path, metavar="DIR", help="the encoder run (default: the one that made the set)")
+    _add_import_options(q)
     q.set_defaults(func=_query)
 
     v = sub.add_parser("evaluate", help="compare PEACE with the baselines on held-out models",

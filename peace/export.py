@@ -59,3 +59,15 @@ def export_embeddings(run_dir: str | Path, out: str | Path, zoo: Zoo | str | Pat
                   "zoo_manifest_sha256": zoo.info["manifest_sha256"],
                   "encoder_config": json.loads(json.dumps(encoder.meta["config"]))}
     return write_embedding_set(out, table, trees, provenance)
+
+
+def query_model(es: EmbeddingSet, spec, params: dict, k: int = 10, run_dir: str | Path | None = None) -> pd.DataFrame:
+    """The ``k`` nearest models of the set to a model from outside it (an imported file), embedded by
+    the encoder that embedded the set (refused if that encoder has changed since)."""
+    run_dir = Path(run_dir or es.info["run"])
+    if not (run_dir / "encoder.safetensors").is_file():
+        raise PeaceError(f"the embedding set {es.path} was made by the run {run_dir}, which has no encoder.safetensors "
+                         f"any more; pass the run with --run, or re-embed with `peace embed --run RUN --out {es.path}`")
+    es.check_current(encoder_sha256=encoder_checksum(run_dir))
+    vector = load_encoder(run_dir).embed([spec], [params]).numpy()[0]
+    return es.query(vector, k)

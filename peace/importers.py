@@ -1,17 +1,43 @@
 """Read models made elsewhere into PEACE's ``(ArchSpec, state dict)`` form.
 
-``from_module`` reads an ``nn.Module`` whose leaf modules form a supported chain (Linear, Conv1d,
+Files come from strangers, so nothing in them is ever unpickled into code: safetensors files are
+read with safetensors, PyTorch files with ``torch.load(weights_only=True)`` (tensors only), and a
+file over the size limit, with a non-float or non-finite tensor, or whose layers do not chain, is
+refused with an error naming the file and the problem.
+
+- ``load_model(path)``: a safetensors or state-dict file, or a directory with one plus a
+  ``config.json`` (the shape of hub model repositories).
+- ``from_state_dict(tensors, config)``: architecture inferred from tensor shapes and names; what
+  shapes cannot tell (activation; a CNN's input size and pooling) comes from the config.
+- ``from_sklearn(estimator)``: a fitted MLPClassifier / MLPRegressor.
+- ``from_module`` reads an ``nn.Module`` whose leaf modules form a supported chain (Linear, Conv1d,
 Conv2d, one activation type, 2x2 avg/max pooling, Flatten, Dropout). It checks the result by running
 both the module and PEACE's forward on random inputs, so a module whose ``forward`` does something
 else (skip connections, custom ops) is refused rather than silently misread.
 """
 from __future__ import annotations
 
+import json
+import math
+import pickle
+import re
+import struct
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
 import torch
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from .architectures import ArchSpec, PeaceNet, forward
-from .errors import PeaceError
+from .architectures import ACTIVATIONS, ArchSpec, PeaceNet, check_params, forward
+from .errors import PeaceError, unknown
+from .paths import contained
+
+MAX_BYTES = 512 * 2**20  # default size limit of one model file; raise it with max_bytes / --max-size
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth")
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_WRAPPERS = ("state_dict", "model_state_dict", "model", "weights")  # common checkpoint layouts around a state dict
 
 _ACTIVATION_MODULES = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", nn.GELU: "gelu", nn.Identity: "identity"}
 _POOLS = {nn.AvgPool1d: "avg", nn.AvgPool2d: "avg", nn.MaxPool1d: "max", nn.MaxPool2d: "max"}
@@ -91,3 +117,238 @@ def from_module(module: nn.Module, input_shape: tuple[int, ...]) -> tuple[ArchSp
         raise PeaceError("the module's forward is not a plain chain of its layers (skip connections or custom "
                          "operations?); PEACE reads only chains of " + ", ".join(SUPPORTED_MODULES))
     return spec, params
+
+
+# --- files -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class ImportedModel:
+    """A model read from outside the zoo, ready for the graph, encoder and query paths."""
+
+    spec: ArchSpec
+    params: dict[str, Tensor]
+    source: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def _is_safetensors(head: bytes, size: int) -> bool:
+    """safetensors: an 8-byte little-endian header length, then a JSON header."""
+    if len(head) < 9:
+        return False
+    n = struct.unpack("<Q", head[:8])[0]
+    return 2 <= n <= size - 8 and head[8:9] == b"{"
+
+
+def read_tensors(path: str | Path, max_bytes: int = MAX_BYTES) -> dict[str, Tensor]:
+    """Name -> float32 tensor from a safetensors file or a PyTorch state-dict file, whatever its
+    extension says; never executes code stored in the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise PeaceError(f"{path}: no such file")
+    size = path.stat().st_size
+    if size == 0:
+        raise PeaceError(f"{path}: the file is empty")
+    if size > max_bytes:
+        raise PeaceError(f"{path}: {size / 2**20:.1f} MiB is over the {max_bytes / 2**20:.0f} MiB limit for one model "
+                         f"file; raise it (--max-size MIB, or max_bytes=) if you expect a model that large")
+    with path.open("rb") as f:
+        head = f.read(9)
+    if _is_safetensors(head, size):
+        try:
+            obj: Any = load_file(str(path))
+        except Exception as e:  # SafetensorError, or a header that lies about its tensors
+            raise PeaceError(f"{path}: corrupted or truncated safetensors file ({e})") from None
+    elif head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # torch zip archive, or a legacy / plain pickle
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            found = re.search(r"WeightsUnpickler error: ([^\n]*)", str(e))
+            first = (found.group(1) if found else str(e).strip().splitlines()[-1])[:200]
+            raise PeaceError(f"{path}: refused: the file stores Python objects, not only tensors, and PEACE never "
+                             f"unpickles code from model files ({first}). Save a plain state dict "
+                             f"(torch.save(model.state_dict(), ...)) or convert it to safetensors.") from None
+        except Exception as e:  # truncated zip, bad magic number, ...
+            raise PeaceError(f"{path}: corrupted or truncated PyTorch file ({type(e).__name__}: {e})") from None
+    else:
+        raise PeaceError(f"{path}: neither a safetensors file nor a PyTorch state dict (starts with {head[:8]!r})")
+    return _state_dict(obj, str(path))
+
+
+def _state_dict(obj: Any, source: str) -> dict[str, Tensor]:
+    """Unwrap a checkpoint to its state dict; check every value is a finite floating-point tensor."""
+    if isinstance(obj, dict) and not any(isinstance(v, Tensor) for v in obj.values()):
+        inner = [k for k in _WRAPPERS if isinstance(obj.get(k), dict)]
+        if inner:
+            obj = obj[inner[0]]
+    if not isinstance(obj, dict) or not obj:
+        raise PeaceError(f"{source}: expected a state dict (parameter names -> tensors), found "
+                         f"{type(obj).__name__}{' (empty)' if isinstance(obj, dict) else ''}")
+    out = {}
+    for k, v in obj.items():
+        if not isinstance(v, Tensor):
+            raise PeaceError(f"{source}: entry {k!r} is a {type(v).__name__}, not a tensor; PEACE reads state dicts "
+                             f"of weights and biases only")
+        leaf = str(k).rpartition(".")[2]
+        if leaf not in ("weight", "bias"):
+            kind = " (a BatchNorm layer)" if leaf in ("running_mean", "running_var", "num_batches_tracked") else ""
+            raise PeaceError(f"{source}: tensor {k!r} is not the weight or bias of a supported layer{kind}; "
+                             f"supported layers: {', '.join(SUPPORTED_MODULES)}")
+        if v.dtype not in FLOAT_DTYPES:
+            raise PeaceError(f"{source}: tensor {k!r} has dtype {v.dtype}; weights must be floating point "
+                             f"(float16/bfloat16/float32/float64)")
+        v = v.float()
+        if not torch.isfinite(v).all():
+            raise PeaceError(f"{source}: tensor {k!r} has NaN or Inf values; PEACE embeds finite weights only")
+        out[str(k)] = v
+    return out
+
+
+def _natural_key(name: str) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def _layers(tensors: dict[str, Tensor], source: str) -> list[tuple[str, Tensor, Tensor | None]]:
+    """(prefix, weight, bias) per layer, in natural name order (``layers.2`` before ``layers.10``)."""
+    prefixes: dict[str, dict[str, Tensor]] = {}
+    for k, v in tensors.items():
+        prefix, _, leaf = k.rpartition(".")
+        prefixes.setdefault(prefix, {})[leaf] = v
+    out = []
+    for prefix in sorted(prefixes, key=_natural_key):
+        p = prefixes[prefix]
+        name = prefix or "(top level)"
+        if "weight" not in p:
+            raise PeaceError(f"{source}: layer {name!r} has a bias but no weight")
+        w, b = p["weight"], p.get("bias")
+        if w.ndim not in (2, 3, 4):
+            raise PeaceError(f"{source}: layer {name!r} has a {w.ndim}-D weight {tuple(w.shape)} (a normalization or "
+                             f"embedding layer?); supported layers: {', '.join(SUPPORTED_MODULES)}")
+        if b is not None and tuple(b.shape) != (w.shape[0],):
+            raise PeaceError(f"{source}: layer {name!r} has bias shape {tuple(b.shape)} for {w.shape[0]} outputs")
+        out.append((name, w, b))
+    return out
+
+
+_SPEC_KEYS = [f.name for f in fields(ArchSpec) if f.init]
+CONFIG_KEYS = _SPEC_KEYS + ["weights", "metadata"]
+
+
+def from_state_dict(tensors: dict[str, Tensor], config: dict | None = None, source: str = "state dict") -> ImportedModel:
+    """A chain of Linear / Conv layers read from a state dict. Shapes give the widths, kernel size,
+    bias and (for MLPs) the input size; ``config`` (keys of ``ArchSpec``, plus ``metadata``) gives
+    the activation and what else shapes cannot tell, and overrides inference."""
+    config = dict(config or {})
+    for k in config:
+        if k not in CONFIG_KEYS:
+            raise unknown(f"key in the model config of {source}", k, CONFIG_KEYS)
+    tensors = _state_dict(tensors, source)
+    layers = _layers(tensors, source)
+    kinds = [w.ndim for _, w, _ in layers]
+    n_conv = sum(k > 2 for k in kinds)
+    if any(k > 2 for k in kinds[n_conv:]) or len(set(kinds[:n_conv])) > 1:
+        raise PeaceError(f"{source}: layers {[n for n, _, _ in layers]} are not convolutions followed by linear "
+                         f"layers; PEACE reads chains Conv... -> Linear...")
+    if n_conv == len(layers):
+        raise PeaceError(f"{source}: the network ends in a convolution; PEACE reads chains that end in a Linear layer")
+    for (n0, w0, _), (n1, w1, _) in zip(layers, layers[1:]):
+        out_ch, in_next = w0.shape[0], w1.shape[1]
+        conv_to_linear = w0.ndim > 2 and w1.ndim == 2
+        if (in_next % out_ch if conv_to_linear else in_next != out_ch):
+            raise PeaceError(f"{source}: the layers do not chain: {n0!r} has {out_ch} outputs but {n1!r} takes "
+                             f"{in_next} inputs")
+    if len({b is not None for _, _, b in layers}) > 1:
+        raise PeaceError(f"{source}: some layers have biases and some do not; PEACE reads one bias setting per network")
+    convs, linears = layers[:n_conv], layers[n_conv:]
+    inferred: dict[str, Any] = {"n_classes": linears[-1][1].shape[0], "bias": layers[0][2] is not None}
+    if convs:
+        k = convs[0][1].shape[-1]
+        if any(set(w.shape[2:]) != {k} for _, w, _ in convs):
+            raise PeaceError(f"{source}: convolution kernels must be square and all of one size, got "
+                             f"{[tuple(w.shape[2:]) for _, w, _ in convs]}")
+        inferred.update(family="cnn1d" if convs[0][1].ndim == 3 else "cnn2d", kernel_size=k,
+                        hidden=[w.shape[0] for _, w, _ in convs], fc_hidden=[w.shape[0] for _, w, _ in linears[:-1]])
+        for need, example in (("input_shape", "[1, 28, 28]"), ("pool", '"avg", "max" or "none"')):
+            if need not in config:
+                raise PeaceError(f"{source}: a CNN's {need} is not in its weights; give it in the model config "
+                                 f"(config.json or --{need.replace('_', '-')}), e.g. {example}")
+    else:
+        inferred.update(family="mlp", input_shape=[layers[0][1].shape[1]], hidden=[w.shape[0] for _, w, _ in linears[:-1]])
+    if "activation" not in config:
+        raise PeaceError(f"{source}: the weights do not say which activation the network uses; give it in the model "
+                         f"config (config.json or --activation), one of {', '.join(ACTIVATIONS)}")
+    metadata = config.pop("metadata", {}) or {}
+    config.pop("weights", None)
+    try:
+        spec = ArchSpec(**{**inferred, **config})
+    except (TypeError, ValueError) as e:
+        raise PeaceError(f"{source}: invalid architecture: {e}") from None
+    if len(spec.layers) != len(layers):
+        raise PeaceError(f"{source}: the config describes {len(spec.layers)} layers but the file has {len(layers)}")
+    params = {}
+    for layer, (name, w, b) in zip(spec.layers, layers):
+        if tuple(w.shape) != tuple(layer.weight_shape):
+            raise PeaceError(f"{source}: layer {name!r} has weight shape {tuple(w.shape)} but the architecture "
+                             f"({spec.describe()}, input {spec.input_shape}) needs {tuple(layer.weight_shape)}; "
+                             f"check input_shape and pool in the model config")
+        params[layer.weight_name] = w
+        if layer.bias:
+            params[layer.bias_name] = b
+    check_params(spec, params)
+    return ImportedModel(spec, params, source, dict(metadata))
+
+
+def read_config(path: str | Path, max_bytes: int = 2**20) -> dict:
+    """A model config JSON (a mapping), size-limited, errors naming the file."""
+    path = Path(path)
+    if path.stat().st_size > max_bytes:
+        raise PeaceError(f"{path}: a model config over {max_bytes // 1024} KiB is refused")
+    try:
+        d = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise PeaceError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise PeaceError(f"{path}: a model config must be a JSON object")
+    return d
+
+
+def load_model(path: str | Path, config: dict | None = None, max_bytes: int = MAX_BYTES) -> ImportedModel:
+    """A model from a weights file (safetensors or PyTorch state dict) or a directory holding one and a
+    ``config.json``; ``config`` adds to / overrides the directory's config."""
+    path = Path(path)
+    cfg: dict = {}
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            cfg = read_config(path / "config.json")
+        if "weights" in {**cfg, **(config or {})}:
+            weights = contained(path, str({**cfg, **(config or {})}["weights"]), f"weights file named in {path / 'config.json'}")
+        else:
+            found = sorted({p for pattern in WEIGHT_FILES for p in path.glob(pattern)})
+            if len(found) != 1:
+                raise PeaceError(f"{path}: expected one weights file ({', '.join(WEIGHT_FILES)}), found "
+                                 f"{[p.name for p in found] or 'none'}; name it with \"weights\" in config.json")
+            weights = found[0]
+    else:
+        weights = path
+    cfg.update(config or {})
+    return from_state_dict(read_tensors(weights, max_bytes), cfg, str(weights))
+
+
+_SKLEARN_ACTIVATIONS = {"relu": "relu", "tanh": "tanh", "logistic": "sigmoid", "identity": "identity"}
+
+
+def from_sklearn(estimator: Any) -> ImportedModel:
+    """A fitted scikit-learn ``MLPClassifier`` or ``MLPRegressor`` (its ``coefs_``, ``intercepts_``
+    and activation). Outputs are the pre-activation scores: their argmax is the classifier's prediction."""
+    name = type(estimator).__name__
+    if name not in ("MLPClassifier", "MLPRegressor"):
+        raise PeaceError(f"{name} is not supported; PEACE reads scikit-learn MLPClassifier and MLPRegressor")
+    if not hasattr(estimator, "coefs_"):
+        raise PeaceError(f"the {name} is not fitted; call .fit(X, y) first")
+    if estimator.activation not in _SKLEARN_ACTIVATIONS:
+        raise unknown(f"{name} activation", estimator.activation, _SKLEARN_ACTIVATIONS)
+    tensors = {}
+    for i, (w, b) in enumerate(zip(estimator.coefs_, estimator.intercepts_)):
+        tensors[f"layers.{i}.weight"] = torch.as_tensor(w.T.copy())
+        tensors[f"layers.{i}.bias"] = torch.as_tensor(b.copy())
+    return from_state_dict(tensors, {"activation": _SKLEARN_ACTIVATIONS[estimator.activation]}, f"scikit-learn {name}")

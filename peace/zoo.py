@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import math
 import platform
 from collections.abc import Iterable
 from dataclasses import asdict
@@ -34,6 +35,7 @@ from tqdm.auto import tqdm
 from .architectures import ArchSpec, PeaceNet, stack_params
 from .atomic import atomic_path, sha256_file, write_json
 from .errors import PeaceError
+from .paths import contained
 from .population import train_population
 from .recipe import Recipe, RunSpec, expand, populations
 from .tasks import Task, load_task
@@ -187,10 +189,15 @@ class Zoo:
         if self.info.get("format_version") != FORMAT_VERSION:
             raise PeaceError(f"{meta} has format version {self.info.get('format_version')}, this PEACE reads "
                              f"{FORMAT_VERSION}; rebuild the zoo")
-        if sha256_file(man) != self.info.get("manifest_sha256"):
+        actual = sha256_file(man)
+        # previous_manifest_sha256: `peace zoo add` was interrupted before replacing the manifest, which
+        # then still lists exactly the models it did before (the new shard is simply not referenced)
+        if actual not in (self.info.get("manifest_sha256"), self.info.get("previous_manifest_sha256")):
             raise PeaceError(f"{man} does not match the checksum in zoo.json (changed or corrupted); "
                              f"rebuild it with `peace zoo build ... --out {self.path} --resume`")
+        self.info["manifest_sha256"] = actual
         self.manifest = pd.read_parquet(man).set_index("model_id", drop=False).rename_axis(None)
+        self._shards = {s: contained(self.path, s, f"weight shard in {man}") for s in self.manifest["shard"].unique()}
 
     def __len__(self) -> int:
         return len(self.manifest)
@@ -223,7 +230,7 @@ class Zoo:
         rows = self.manifest.loc[ids] if ids else self.manifest.iloc[:0]
         out: dict[str, dict[str, Tensor]] = {}
         for shard, sub in rows.groupby("shard", sort=False):
-            path = self.path / shard
+            path = self._shards[shard]
             try:
                 with safe_open(str(path), "pt") as f:
                     for mid, checksum, spec_json in zip(sub["model_id"], sub["checksum"], sub["arch_spec"]):
@@ -272,3 +279,61 @@ def build_or_open(recipe: Recipe, out: str | Path, progress: bool = True) -> Zoo
         _check_existing(out, recipe, resume=True)
         return Zoo(out)
     return build_zoo(recipe, out, resume=(out / "recipe.json").exists(), progress=progress)
+
+
+# --- adding models from elsewhere ------------------------------------------------------------------
+
+def add_models(zoo: Zoo | str | Path, models: list, task: str | None = None, group: str = "imported",
+               metadata: dict | None = None) -> Zoo:
+    """Append imported models (``importers.ImportedModel``) to a built zoo; returns it reopened.
+
+    Models get the id ``imported-<weights sha>-e000``; with a known ``task`` that fits their inputs
+    and outputs, their loss, accuracy and F1 on its splits are measured like zoo models'. Crash-safe:
+    the new shard is written first, then zoo.json (accepting the old manifest too), then the manifest.
+    """
+    from .population import _as_tensors, _metrics_rows  # the zoo's own metric rows, not a second copy
+
+    zoo = zoo if isinstance(zoo, Zoo) else Zoo(zoo)
+    if not models:
+        raise PeaceError("no models to add")
+    the_task = load_task(task) if task else None
+    rows, tensors = [], {}
+    for m in models:
+        checksum = weights_checksum(m.params)
+        run_id = f"imported-{checksum[:12]}"
+        mid = model_id(run_id, 0)
+        if mid in zoo.manifest.index or any(r["model_id"] == mid for r in rows):
+            raise PeaceError(f"{m.source}: the same weights are already in the zoo as {mid}; nothing was added")
+        meta = {**(metadata or {}), **m.metadata}
+        row = {c: None for c in zoo.manifest.columns}
+        row.update({"model_id": mid, "run_id": run_id, "population_id": run_id, "group": group,
+                    "task": task or str(meta.get("task", "unknown")), "dataset": the_task.family if the_task else "unknown",
+                    "family": m.spec.family, "arch": m.spec.describe(),
+                    "arch_spec": json.dumps(m.spec.to_dict(), sort_keys=True), "activation": m.spec.activation,
+                    "bias": m.spec.bias, "depth": m.spec.depth, "width": max(m.spec.hidden + m.spec.fc_hidden, default=0),
+                    "n_params": m.spec.n_params, "epoch": 0, "epochs": 0, "status": "ok", "lineage_id": run_id,
+                    "shard": f"shards/{run_id}.safetensors", "checksum": checksum})
+        row.update({k: v for k, v in meta.items() if k in row and k not in ("model_id", "shard", "checksum", "arch_spec")})
+        if the_task is not None:
+            data = _as_tensors(the_task)
+            if math.prod(m.spec.input_shape) != the_task.n_features or m.spec.n_classes != the_task.n_classes:
+                raise PeaceError(f"{m.source}: {m.spec.describe()} does not fit task {task!r} "
+                                 f"({the_task.n_features} inputs, {the_task.n_classes} classes)")
+            data = {s: (X.reshape(len(X), *m.spec.input_shape), y) for s, (X, y) in data.items()}
+            measured = _metrics_rows(m.spec, the_task, stack_params([m.params]), 0, data)[0]
+            row.update({k: v for k, v in measured.items() if k not in ("model_index", "epoch")})
+        rows.append(row)
+        tensors[run_id] = {f"{mid}/{k}": v.contiguous().float() for k, v in m.params.items()}
+    for run_id, t in tensors.items():
+        with atomic_path(zoo.path / "shards" / f"{run_id}.safetensors") as tmp:
+            save_file(t, str(tmp), metadata={"format": "peace-zoo-shard", "population_id": run_id})
+    manifest = pd.concat([zoo.manifest.reset_index(drop=True), pd.DataFrame(rows)], ignore_index=True)
+    manifest = manifest.astype({c: zoo.manifest[c].dtype for c in ("epoch", "epochs") if c in manifest})
+    tmp_man = zoo.path / ".manifest.parquet.new"
+    manifest.to_parquet(tmp_man)
+    info = {**zoo.info, "manifest_sha256": sha256_file(tmp_man), "previous_manifest_sha256": zoo.info["manifest_sha256"],
+            "n_checkpoints": len(manifest), "n_runs": int(manifest["run_id"].nunique())}
+    write_json(zoo.path / "zoo.json", info)
+    with atomic_path(zoo.path / "manifest.parquet") as tmp:
+        tmp_man.replace(tmp)
+    return Zoo(zoo.path)

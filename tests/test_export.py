@@ -88,7 +88,7 @@ def test_embed_and_query_commands(tiny_run, tmp_path):
     p = run_peace("query", es.table.model_id[0], "--embeddings", tmp_path / "emb", "-k", "3")
     assert len(p.stdout.strip().splitlines()) == 4  # header + 3 neighbours
     bad = run_peace("query", "missing-model", "--embeddings", tmp_path / "emb", check=False)
-    assert bad.returncode == 2 and "not in the embedding set" in bad.stderr
+    assert bad.returncode == 2 and "neither a model id of the embedding set" in bad.stderr
 
 
 def test_metadata_probes_never_read_their_answer(tiny_run, tiny_zoo):
@@ -103,3 +103,21 @@ def test_metadata_probes_never_read_their_answer(tiny_run, tiny_zoo):
         assert not any(f"{c}=" in card for c in cols), target
     models = Models.from_zoo(tiny_zoo, list(rows.index[:4]))
     assert "epoch=" not in MetadataSearch([c for c in card_cols if c != "epoch"]).cards(models.rows)[0]
+
+
+def test_query_a_model_file(embedding_set, tiny_zoo, tmp_path):
+    """`peace query FILE`: an outside copy of a zoo model finds that model first, at cosine 1."""
+    from safetensors.torch import save_file
+
+    mid = embedding_set.table["model_id"].iat[3]
+    spec = tiny_zoo.spec(mid)
+    save_file(tiny_zoo.weights(mid), str(tmp_path / "mine.safetensors"))
+    p = run_peace("query", tmp_path / "mine.safetensors", "--embeddings", embedding_set.path, "-k", "3",
+                  "--activation", spec.activation, *(["--input-shape", ",".join(map(str, spec.input_shape)),
+                                                      "--pool", spec.pool] if spec.family != "mlp" else []))
+    first = p.stdout.splitlines()[2].split()
+    assert first[0] == mid and float(first[1]) > 0.9999, p.stdout
+    bad = run_peace("query", tmp_path / "mine.safetensors", "--embeddings", embedding_set.path, check=False)
+    assert bad.returncode == 2 and "activation" in bad.stderr and "Traceback" not in bad.stderr
+    missing = run_peace("query", "no-such-model", "--embeddings", embedding_set.path, check=False)
+    assert "neither a model id" in missing.stderr
