@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from . import __version__
-from .atomic import atomic_path, write_json
+from .atomic import atomic_path, sha256_file, write_json
 from .config import apply_overrides, checked, read_yaml
 from .contrastive import (
     AugmentConfig,
@@ -186,8 +186,9 @@ def _save_encoder(out: Path, encoder: Embedder, cfg: RunConfig, meta: dict) -> N
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
     with atomic_path(out / "encoder.safetensors") as tmp:
         save_file(state, str(tmp))
+    # the checksum pairs the two files: a crash between the writes is detected, not misread
     write_json(out / "encoder.json", {"format_version": 1, "peace_version": __version__, "config": cfg.to_dict(),
-                                      **meta})
+                                      "weights_sha256": sha256_file(out / "encoder.safetensors"), **meta})
 
 
 def load_encoder(run_dir: str | Path, device: str = "cpu", backend: str | None = None) -> Embedder:
@@ -198,6 +199,9 @@ def load_encoder(run_dir: str | Path, device: str = "cpu", backend: str | None =
         raise PeaceError(f"{run_dir} holds no trained encoder (encoder.json + encoder.safetensors); train one with "
                          f"`peace train --zoo ZOO --out {run_dir}`")
     meta = json.loads(meta_path.read_text())
+    if meta.get("weights_sha256", sha256_file(weights)) != sha256_file(weights):
+        raise PeaceError(f"{weights} and {meta_path} are from different epochs (training was interrupted while saving "
+                         f"the best encoder); finish the run with `peace train ... --out {run_dir} --resume`")
     cfg = config_from_dict(meta["config"])
     if backend is not None:
         cfg.encoder.backend = backend

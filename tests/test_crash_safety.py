@@ -1,0 +1,74 @@
+"""SIGKILL a real `peace train` and `peace embed` at random points: whatever is on disk is either
+complete and valid or refused with a clear error, and resuming gives the uninterrupted result."""
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import QUICK, ROOT, run_peace
+from peace.errors import PeaceError
+from peace.index import EmbeddingSet
+from peace.trainer import load_encoder
+
+
+def _kill_when(cmd, ready, extra_delay, timeout=300):
+    """Start ``cmd``; once ``ready()`` holds, wait ``extra_delay`` s more and SIGKILL it (if still running)."""
+    proc = subprocess.Popen([sys.executable, "-m", "peace", *map(str, cmd)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + timeout
+    while not ready():
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.time() < deadline, "the command never reached the kill point"
+        time.sleep(0.02)
+    time.sleep(extra_delay)
+    killed = proc.poll() is None
+    if killed:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return killed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("delay", [0.0, random.Random(7).uniform(0.2, 2.0)])
+def test_killed_training_resumes_to_the_uninterrupted_run(tiny_zoo, tiny_run, tmp_path, delay):
+    out = tmp_path / "run"
+    cmd = ["train", "--zoo", tiny_zoo.path, "--out", out, "--config", "tiny", "--set", *QUICK, "--quiet"]
+    _kill_when(cmd, lambda: (out / "checkpoint.pt").exists(), delay)
+    for name in ("checkpoint.pt",):  # what is there is complete
+        torch.load(out / name, weights_only=True)
+    if (out / "encoder.json").exists():
+        try:
+            load_encoder(out)
+        except PeaceError as e:  # killed between the two files of the best encoder
+            assert "--resume" in str(e)
+    pd.read_parquet(out / "history.parquet")
+    run_peace(*cmd, "--resume")
+    hist, ref = pd.read_parquet(out / "history.parquet"), tiny_run.history
+    assert list(hist["epoch"]) == list(ref["epoch"])
+    np.testing.assert_allclose(hist["train_loss"], ref["train_loss"], rtol=1e-4)
+    a, b = load_file(str(out / "encoder.safetensors")), load_file(str(tiny_run.path / "encoder.safetensors"))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+    load_encoder(out)
+
+
+@pytest.mark.slow
+def test_killed_export_is_refused_then_rebuilt(tiny_run, tmp_path):
+    out = tmp_path / "emb"
+    cmd = ["embed", "--run", tiny_run.path, "--out", out, "--trees", "5", "--quiet"]
+    killed = _kill_when(cmd, lambda: (out / "embeddings.parquet").exists(), random.Random(3).uniform(0, 0.3))
+    if killed and not (out / "index.json").exists():
+        with pytest.raises(PeaceError, match="index.json"):
+            EmbeddingSet(out)
+    run_peace(*cmd)
+    es = EmbeddingSet(out)
+    ref = run_peace("embed", "--run", tiny_run.path, "--out", tmp_path / "ref", "--trees", "5", "--quiet")
+    assert ref.returncode == 0
+    np.testing.assert_array_equal(es.embeddings, EmbeddingSet(tmp_path / "ref").embeddings)
