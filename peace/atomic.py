@@ -43,3 +43,11 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def read_json_or_none(path: str | os.PathLike) -> Any:
+    """A JSON file's content, or None when it is missing or unreadable (a stamp to recompute)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None

@@ -129,6 +129,34 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pipeline(args: argparse.Namespace) -> int:
+    from .pipeline import run_pipeline
+
+    outcome = run_pipeline(args.preset, args.config, args.set or [], args.device, args.seed, args.root, args.name,
+                           force=args.force, steps=args.steps, transfer_epochs=args.transfer_epochs)
+    print(f"[peace] pipeline {args.name or args.preset}: {outcome.count('ran')} step(s) ran, "
+          f"{outcome.count('current')} current; outputs under {args.root}/")
+    return 0
+
+
+def _ablate(args: argparse.Namespace) -> int:
+    from .ablation import best_per_metric, compare, load_grid, run_ablation
+
+    grid = load_grid(args.grid)
+    if args.zoo:
+        grid.zoo = str(args.zoo)
+    summary = run_ablation(grid, args.out, workers=args.workers, progress=not args.quiet)
+    failed = summary[summary["status"] == "failed"]
+    print(summary[["configuration", "seed", "status"]].to_string(index=False))
+    headline = ["retrieval_task.map", "retrieval_task_heldout.map", "retrieval_lineage.map", "probes.test_acc.r2"]
+    table = compare(summary, [m for m in headline if m in summary.columns])
+    if len(table):
+        print(best_per_metric(table).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"wrote {args.out / 'summary.parquet'}" + (f"; {len(failed)} run(s) failed (see error.txt in their "
+                                                      f"directories)" if len(failed) else ""))
+    return 1 if len(failed) == len(summary) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .recipe import preset_names
 
@@ -210,6 +238,33 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--transfer-k", type=int, default=5, metavar="K", help="models each method retrieves to fine-tune")
     v.add_argument("--quiet", action="store_true")
     v.set_defaults(func=_evaluate)
+
+    pl = sub.add_parser("pipeline", help="build, train, export and evaluate with the notebooks (papermill)",
+                        description="Run notebooks 01-04 in order with papermill, skipping steps whose outputs exist "
+                        "and are current; executed notebooks go to ROOT/notebooks/NAME/.")
+    pl.add_argument("--preset", default="demo", help=f"zoo recipe ({', '.join(preset_names())}; default demo)")
+    pl.add_argument("--config", default="default", metavar="NAME|FILE", help="encoder config (default: default)")
+    pl.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="encoder config overrides")
+    pl.add_argument("--device", default="auto", help="cpu, cuda or auto (default auto)")
+    pl.add_argument("--seed", type=int, default=0)
+    pl.add_argument("--root", type=Path, default=Path("artifacts"), help="artifacts directory (default artifacts)")
+    pl.add_argument("--name", help="name of the run, embeddings and evaluation (default: the preset)")
+    pl.add_argument("--steps", nargs="+", metavar="STEP", help="only these steps ('build zoo', 'train encoder', ...)")
+    pl.add_argument("--transfer-epochs", type=int, default=5, help="transfer study budget (0 skips it)")
+    pl.add_argument("--force", action="store_true", help="rerun every step even when current")
+    pl.set_defaults(func=_pipeline)
+
+    from .ablation import grid_names
+
+    ab = sub.add_parser("ablate", help="train and evaluate every configuration of an ablation grid",
+                        description="Run notebooks 02 and 04 per (configuration, seed) of a YAML grid; resumable; "
+                        "writes OUT/summary.parquet. Built-in grids: " + ", ".join(grid_names()))
+    ab.add_argument("--grid", required=True, metavar="NAME|FILE")
+    ab.add_argument("--out", type=Path, required=True, metavar="DIR")
+    ab.add_argument("--zoo", type=Path, metavar="DIR", help="override the grid's zoo")
+    ab.add_argument("--workers", type=int, default=1, help="configurations run at once (default 1)")
+    ab.add_argument("--quiet", action="store_true")
+    ab.set_defaults(func=_ablate)
     return p
 
 

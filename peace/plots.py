@@ -84,3 +84,15 @@ def method_comparison(summary: pd.DataFrame, columns: tuple[str, ...] = ("task m
     long = summary.reset_index().melt(id_vars="method", value_vars=list(columns), var_name="metric")
     return px.bar(long, x="metric", y="value", color="method", barmode="group",
                   title="Retrieval on held-out models (mean average precision)")
+
+
+def ablation_bars(table: pd.DataFrame, metric: str, highlight: str = "full") -> go.Figure:
+    """One metric across ablation configurations: mean over seeds with one-standard-deviation error
+    bars (``peace.ablation.compare``), the full method in a different colour."""
+    g = table[table["metric"] == metric].sort_values("mean", ascending=False)
+    colors = ["#d62728" if c == highlight else "#1f77b4" for c in g["configuration"]]
+    fig = go.Figure(go.Bar(x=g["configuration"], y=g["mean"], marker_color=colors,
+                           error_y=dict(type="data", array=g["std"].fillna(0)),
+                           customdata=g["count"], hovertemplate="%{x}: %{y:.3f} (%{customdata} seeds)<extra></extra>"))
+    return fig.update_layout(title=f"{metric} per configuration (mean ± std over seeds; {highlight} in red)",
+                             xaxis_tickangle=-40, yaxis_title=metric)

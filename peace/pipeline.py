@@ -1,0 +1,175 @@
+"""``peace pipeline``: the notebooks run in order with papermill, each step skipped when current.
+
+Steps: build zoo (01) -> train encoder (02) -> export embeddings (03) -> evaluate (04). Each step
+writes a stamp (``.pipeline-step.json``) beside its outputs with its parameters and the checksums of
+its inputs; it is current when its outputs exist and the stamp still matches. A stale output
+directory that the pipeline made (it has a stamp) is replaced; one without a stamp (an interrupted
+step) is resumed. Zoos are never deleted. Executed notebooks
+are kept under ``<root>/notebooks/<name>/``. A failing step names the notebook and the cell, and
+leaves the outputs of earlier steps untouched.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nbformat
+
+from .atomic import read_json_or_none, sha256_file, write_json
+from .errors import PeaceError, unknown
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+STAMP = ".pipeline-step.json"
+
+
+def notebook_path(name: str, notebooks: Path | None = None) -> Path:
+    path = (notebooks or NOTEBOOKS) / name
+    if not path.is_file():
+        raise PeaceError(f"notebook {path} not found; the pipeline runs the notebooks of a PEACE source checkout")
+    return path
+
+
+def check_parameters_cell(path: Path, needed: Sequence[str]) -> None:
+    """Refuse a notebook without a papermill ``parameters`` cell defining every ``needed`` name."""
+    nb = nbformat.read(str(path), as_version=4)
+    cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if not cells:
+        raise PeaceError(f"{path} has no cell tagged 'parameters'; papermill needs one (add the tag to the cell that "
+                         f"sets {', '.join(needed)})")
+    src = "\n".join(c.source for c in cells)
+    missing = [n for n in needed if not any(line.split("=")[0].strip() == n for line in src.splitlines())]
+    if missing:
+        raise PeaceError(f"the parameters cell of {path} does not define {missing}")
+
+
+def run_notebook(path: Path, out_nb: Path, parameters: dict) -> None:
+    """Execute one notebook with papermill; a failure becomes a PeaceError naming the cell."""
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    check_parameters_cell(path, list(parameters))
+    out_nb.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        pm.execute_notebook(str(path), str(out_nb), parameters=parameters, kernel_name="python3",
+                            cwd=str(path.parent), progress_bar=False)
+    except PapermillExecutionError as e:
+        raise PeaceError(f"{path.name} failed in cell {e.exec_count} ({e.ename}: {e.evalue}); the executed notebook "
+                         f"with the full traceback is {out_nb}. Outputs of earlier steps are kept.") from None
+
+
+@dataclass
+class Step:
+    """One notebook run: its parameters, the files that show it finished, and what it reads."""
+
+    name: str
+    notebook: str
+    parameters: dict
+    outputs: list[Path]  # all must exist; the stamp lives beside the first
+    inputs: Callable[[], dict[str, str]] = field(default=lambda: {})  # checksums of what it reads, taken at run time
+    owns_dir: bool = True  # a stale output directory that this step made is replaced (never a zoo)
+
+    @property
+    def stamp(self) -> Path:
+        return self.outputs[0].parent / STAMP
+
+    def record(self) -> dict:
+        return {"step": self.name, "parameters": self.parameters, "inputs": self.inputs()}
+
+    def is_current(self) -> bool:
+        if not all(p.exists() for p in self.outputs):
+            return False
+        try:
+            return read_json_or_none(self.stamp) == json.loads(json.dumps(self.record(), default=str))
+        except OSError:  # an input is missing or unreadable: run again
+            return False
+
+
+def _zoo_sha(zoo: Path) -> dict[str, str]:
+    info = read_json_or_none(zoo / "zoo.json") or {}
+    return {"zoo_manifest": info.get("manifest_sha256", "missing")}
+
+
+def _encoder_sha(run: Path) -> dict[str, str]:
+    return {"encoder": sha256_file(run / "encoder.safetensors")}
+
+
+def pipeline_steps(preset: str = "demo", config: str = "default", overrides: Sequence[str] = (), device: str = "auto",
+                   seed: int = 0, root: str | Path = "artifacts", name: str | None = None,
+                   transfer_epochs: int = 5) -> list[Step]:
+    """The four steps for zoo ``preset`` and encoder ``config``, writing under ``root``."""
+    from .recipe import load_recipe
+    from .trainer import load_config
+
+    load_recipe(preset)  # unknown names fail here, before anything runs
+    load_config(config, list(overrides))
+    root = Path(root).resolve()
+    name = name or preset
+    zoo, run = root / "zoos" / preset, root / "runs" / name
+    emb, ev = root / "embeddings" / name, root / "evaluation" / name
+    return [
+        Step("build zoo", "01_build_zoo.ipynb", {"preset": preset, "out": str(zoo)}, [zoo / "zoo.json"],
+             owns_dir=False),
+        Step("train encoder", "02_train_encoder.ipynb",
+             {"zoo_dir": str(zoo), "config": config, "overrides": list(overrides), "device": device, "seed": seed,
+              "out": str(run), "resume": True},
+             [run / "encoder.safetensors", run / "history.parquet"], lambda: _zoo_sha(zoo)),
+        Step("export embeddings", "03_export_embeddings.ipynb", {"run_dir": str(run), "out": str(emb)},
+             [emb / "index.json"], lambda: {**_zoo_sha(zoo), **_encoder_sha(run)}),
+        Step("evaluate", "04_evaluate.ipynb", {"run_dir": str(run), "out": str(ev), "seed": seed,
+                                               "transfer_epochs": transfer_epochs},
+             [ev / "metrics.json"], lambda: {**_zoo_sha(zoo), **_encoder_sha(run)}),
+    ]
+
+
+def run_steps(steps: Sequence[Step], notebooks_out: Path, force: bool = False, progress: bool = True,
+              notebooks: Path | None = None) -> list[str]:
+    """Run the steps that are not current, in order; returns each step's outcome ("ran" / "current")."""
+    paths = [notebook_path(s.notebook, notebooks) for s in steps]
+    for s, p in zip(steps, paths):  # every notebook checked before the first one runs
+        check_parameters_cell(p, list(s.parameters))
+    outcome = []
+    for i, (s, path) in enumerate(zip(steps, paths), 1):
+        if not force and s.is_current():
+            outcome.append("current")
+            if progress:
+                print(f"[peace] {i}/{len(steps)} {s.name}: current, skipped", flush=True)
+            continue
+        if progress:
+            print(f"[peace] {i}/{len(steps)} {s.name}: running {s.notebook} ...", flush=True)
+        t0 = time.perf_counter()
+        if s.owns_dir and read_json_or_none(s.stamp) is not None:
+            # made by an earlier pipeline run with other parameters or inputs: replace, do not resume it
+            if progress:
+                print(f"[peace]     {s.stamp.parent} is stale (parameters or inputs changed); rebuilding it", flush=True)
+            shutil.rmtree(s.stamp.parent)
+        s.stamp.unlink(missing_ok=True)
+        try:
+            run_notebook(path, notebooks_out / s.notebook, s.parameters)
+        except PeaceError as e:
+            raise PeaceError(f"step {i}/{len(steps)} ({s.name}): {e}") from None
+        missing = [str(p) for p in s.outputs if not p.exists()]
+        if missing:
+            raise PeaceError(f"step {s.name}: {s.notebook} ran but did not write {missing}")
+        write_json(s.stamp, s.record())
+        outcome.append("ran")
+        if progress:
+            print(f"[peace] {i}/{len(steps)} {s.name}: done in {time.perf_counter() - t0:.0f} s", flush=True)
+    return outcome
+
+
+def run_pipeline(preset: str = "demo", config: str = "default", overrides: Sequence[str] = (), device: str = "auto",
+                 seed: int = 0, root: str | Path = "artifacts", name: str | None = None, force: bool = False,
+                 steps: Sequence[str] | None = None, transfer_epochs: int = 5, progress: bool = True) -> list[str]:
+    """Build, train, export and evaluate for one preset; only what is missing or stale runs."""
+    all_steps = pipeline_steps(preset, config, overrides, device, seed, root, name, transfer_epochs)
+    if steps is not None:
+        names = [s.name for s in all_steps]
+        for s in steps:
+            if s not in names:
+                raise unknown("pipeline step", s, names)
+        all_steps = [s for s in all_steps if s.name in steps]
+    return run_steps(all_steps, Path(root).resolve() / "notebooks" / (name or preset), force, progress)

@@ -1,0 +1,118 @@
+"""peace pipeline and peace ablate: real papermill runs of the notebooks on the tiny preset."""
+import json
+import shutil
+
+import nbformat
+import pandas as pd
+import papermill as pm
+import pytest
+
+from conftest import QUICK, ROOT, run_peace
+from peace.ablation import best_per_metric, compare, load_grid, run_ablation
+from peace.errors import PeaceError
+from peace.pipeline import NOTEBOOKS, pipeline_steps, run_pipeline, run_steps
+from peace.zoo import Zoo
+
+
+def _root_with_zoo(tiny_zoo, tmp_path):
+    root = tmp_path / "artifacts"
+    shutil.copytree(tiny_zoo.path, root / "zoos" / "tiny")  # saves rebuilding it; step 1 still runs (no stamp)
+    return root
+
+
+@pytest.mark.slow
+def test_pipeline_runs_every_step_then_only_stale_ones(tiny_zoo, tmp_path):
+    root = _root_with_zoo(tiny_zoo, tmp_path)
+    kw = dict(preset="tiny", config="tiny", overrides=QUICK, device="cpu", root=root, transfer_epochs=0, progress=False)
+    assert run_pipeline(**kw) == ["ran"] * 4
+    for path in ("zoos/tiny/zoo.json", "runs/tiny/encoder.safetensors", "embeddings/tiny/index.json",
+                 "evaluation/tiny/metrics.json", "notebooks/tiny/04_evaluate.ipynb"):
+        assert (root / path).exists(), path
+    assert run_pipeline(**kw) == ["current"] * 4
+    (root / "evaluation/tiny/metrics.json").unlink()  # a missing output: only that step runs
+    assert run_pipeline(**kw) == ["current"] * 3 + ["ran"]
+    shutil.rmtree(root / "runs/tiny")  # retrained bit for bit (deterministic): embeddings stay current
+    assert run_pipeline(**kw) == ["current", "ran", "current", "current"]
+    assert run_pipeline(**{**kw, "seed": 1}) == ["current"] + ["ran"] * 3  # another encoder: all downstream reruns
+    assert json.loads((root / "runs/tiny/.pipeline-step.json").read_text())["parameters"]["seed"] == 1
+
+
+@pytest.mark.slow
+def test_a_failing_step_names_notebook_and_cell_and_keeps_earlier_outputs(tiny_zoo, tmp_path):
+    root = _root_with_zoo(tiny_zoo, tmp_path)
+    steps = pipeline_steps("tiny", "tiny", QUICK, "cpu", root=root, transfer_epochs=0)
+    steps[1].parameters["overrides"] = ["train.batch_size=100000"]  # more than the zoo has: the trainer refuses
+    with pytest.raises(PeaceError, match=r"step 2/4 \(train encoder\): 02_train_encoder.ipynb failed in cell \d+ "
+                                         r"\(PeaceError: .*batch"):
+        run_steps(steps, root / "notebooks", progress=False)
+    assert len(Zoo(root / "zoos/tiny")) == len(tiny_zoo)  # step 1's output intact
+    assert (root / "notebooks/02_train_encoder.ipynb").exists()  # the executed notebook, with the traceback
+
+
+def test_notebooks_without_parameters_cell_are_refused_before_anything_runs(tmp_path):
+    nbs = tmp_path / "notebooks"
+    shutil.copytree(NOTEBOOKS, nbs)
+    nb = nbformat.read(str(nbs / "03_export_embeddings.ipynb"), as_version=4)
+    for c in nb.cells:
+        c.metadata.pop("tags", None)
+    nbformat.write(nb, str(nbs / "03_export_embeddings.ipynb"))
+    steps = pipeline_steps("tiny", "tiny", root=tmp_path / "artifacts")
+    with pytest.raises(PeaceError, match="03_export_embeddings.ipynb has no cell tagged 'parameters'"):
+        run_steps(steps, tmp_path / "out", notebooks=nbs, progress=False)
+    assert not (tmp_path / "artifacts").exists()
+    with pytest.raises(PeaceError, match="unknown preset 'nope'"):
+        pipeline_steps("nope")
+    with pytest.raises(PeaceError, match="unknown pipeline step 'train'"):
+        run_pipeline("tiny", root=tmp_path / "artifacts", steps=["train"])
+
+
+def _grid(tmp_path, text):
+    (tmp_path / "grid.yaml").write_text(text)
+    return tmp_path / "grid.yaml"
+
+
+def test_bad_grids_are_refused_before_anything_runs(tmp_path):
+    head = "zoo: z\nbase: tiny\nconfigurations:\n"
+    with pytest.raises(PeaceError, match="configuration 'b'.*'augment.permut'"):
+        load_grid(_grid(tmp_path, head + "  - {name: a}\n  - {name: b, set: {augment.permut: false}}\n"))
+    with pytest.raises(PeaceError, match=r"duplicate configuration name\(s\) \['a'\]"):
+        load_grid(_grid(tmp_path, head + "  - {name: a}\n  - {name: a, set: {encoder.rounds: 1}}\n"))
+    with pytest.raises(PeaceError, match="unknown key in ablation grid.*'seed'"):
+        load_grid(_grid(tmp_path, "seed: 1\n" + head + "  - {name: a}\n"))
+    with pytest.raises(PeaceError, match="unknown key in configuration #1.*'sett'"):
+        load_grid(_grid(tmp_path, head + "  - {name: a, sett: {}}\n"))
+    bad = run_peace("ablate", "--grid", _grid(tmp_path, head + "  - {name: a}\n"), "--out", tmp_path / "o", check=False)
+    assert bad.returncode == 2 and "not a finished zoo" in bad.stderr and not (tmp_path / "o").exists()
+    assert len(load_grid("default").configurations) >= 19
+
+
+@pytest.mark.slow
+def test_tiny_ablation_grid_end_to_end_with_resume(tiny_zoo, tmp_path):
+    grid = load_grid("tiny")
+    grid.zoo = str(tiny_zoo.path)
+    out = tmp_path / "ablation"
+    s = run_ablation(grid, out, workers=2, progress=False)
+    assert list(s["configuration"]) == ["full", "mean-pooling-no-transformer"] and set(s["status"]) == {"ran"}
+    assert s["retrieval_task.map"].between(0, 1).all() and (s["invariance.ratio"] < 0.01).all()
+    shutil.rmtree(out / "runs" / "mean-pooling-no-transformer-s0")
+    s2 = run_ablation(grid, out, workers=1, progress=False)
+    assert list(s2["status"]) == ["skipped (done)", "ran"]
+    assert s2.loc[0, "retrieval_task.map"] == s.loc[0, "retrieval_task.map"]
+    assert pd.read_parquet(out / "summary.parquet").shape == s2.shape
+    table = compare(s2, ["retrieval_task.map", "invariance.ratio"])
+    best = best_per_metric(table).set_index("metric")
+    assert best.loc["retrieval_task.map", "best configuration"] == s2.loc[s2["retrieval_task.map"].idxmax(), "configuration"]
+    out_nb = tmp_path / "05.ipynb"
+    pm.execute_notebook(str(ROOT / "notebooks/05_ablations.ipynb"), str(out_nb), kernel_name="python3",
+                        parameters={"summary_path": str(out / "summary.parquet")}, cwd=str(ROOT / "notebooks"),
+                        progress_bar=False)
+    text = out_nb.read_text()
+    assert text.count("application/vnd.plotly.v1+json") >= 2 and "best configuration" in text
+    failing = load_grid("tiny")
+    failing.zoo = str(tiny_zoo.path)
+    failing.configurations = failing.configurations[:1]
+    failing.overrides = failing.overrides + ["train.batch_size=100000"]
+    f = run_ablation(failing, tmp_path / "failing", progress=False)
+    assert list(f["status"]) == ["failed"] and "batch" in f.loc[0, "error"]
+    assert "batch" in (tmp_path / "failing/runs/full-s0/error.txt").read_text()
+    json.dumps(f.to_dict())  # the summary is plain data
