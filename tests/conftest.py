@@ -66,3 +66,19 @@ def run_peace(*args, check=True, **kw) -> subprocess.CompletedProcess:
     if check and p.returncode != 0:
         raise AssertionError(f"peace {' '.join(map(str, args))} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
     return p
+
+
+@pytest.fixture(scope="session")
+def artifacts(tiny_run, tmp_path_factory):
+    """An artifacts root as the pipeline writes it: one embedding set, one ablation summary."""
+    import pandas as pd
+
+    from peace.export import export_embeddings
+
+    root = tmp_path_factory.mktemp("artifacts")
+    export_embeddings(tiny_run.path, root / "embeddings" / "tiny", trees=10, progress=False)
+    rows = [{"configuration": c, "seed": s, "status": "ran", "error": "", "retrieval_task.map": m + 0.01 * s,
+             "invariance.ratio": 0.0} for c, m in (("full", 0.5), ("no-permute", 0.4)) for s in (0, 1)]
+    (root / "ablations" / "tiny").mkdir(parents=True)
+    pd.DataFrame(rows).to_parquet(root / "ablations" / "tiny" / "summary.parquet")
+    return root

@@ -1,0 +1,191 @@
+"""What the Streamlit explorer shows, computed here so tests can see it (the app only lays it out).
+
+An ``Explorer`` opens one embedding set with its zoo and encoder run: filters for the map, PEACE
+neighbours next to the ones s(W) and raw weights would return, prediction agreement, interpolation
+in embedding and weight space, symmetry-lab comparisons, and queries for uploaded model files.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .alignment import align, interpolate, interpolation_path
+from .architectures import forward, stack_params
+from .baselines import Models, RawWeights, WeightStats
+from .errors import PeaceError
+from .export import encoder_checksum, query_model
+from .index import EmbeddingSet
+from .metrics import normalize_rows
+from .symmetry import RandomSymmetry, random_symmetry
+from .trainer import load_encoder
+from .zoo import Zoo
+
+
+def find_embedding_sets(root: str | Path) -> list[Path]:
+    """Embedding-set directories under ``root/embeddings`` (complete or not: opening one says what is wrong)."""
+    base = Path(root) / "embeddings"
+    return sorted(p for p in base.iterdir() if p.is_dir() and (p / "embeddings.parquet").exists()) if base.is_dir() else []
+
+
+def find_ablation_summaries(root: str | Path) -> list[Path]:
+    base = Path(root) / "ablations"
+    return sorted(base.glob("*/summary.parquet")) if base.is_dir() else []
+
+
+def filter_table(table: pd.DataFrame, tasks=None, archs=None, activations=None, acc=None, epochs=None) -> pd.DataFrame:
+    """Rows matching every given filter (None or empty: no filter)."""
+    keep = np.ones(len(table), dtype=bool)
+    for col, values in (("task", tasks), ("arch", archs), ("activation", activations)):
+        if values:
+            keep &= table[col].isin(list(values)).to_numpy()
+    for col, rng in (("test_acc", acc), ("epoch", epochs)):
+        if rng is not None:
+            keep &= table[col].between(*rng).to_numpy()
+    return table[keep]
+
+
+def probe_inputs(shape: tuple[int, ...], n: int = 256, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, *shape, generator=torch.Generator().manual_seed(seed))
+
+
+def predictions(spec, params: dict, X: torch.Tensor) -> np.ndarray:
+    return forward(spec, stack_params([params]), X)[0].argmax(-1).numpy()
+
+
+@dataclass
+class Explorer:
+    """One embedding set, its zoo and its encoder run, opened and checked together."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+        self.es = EmbeddingSet(self.path)
+        self.zoo = Zoo(self.es.info["zoo"])
+        self.run = Path(self.es.info["run"])
+        sha = encoder_checksum(self.run) if (self.run / "encoder.safetensors").exists() else None
+        self.es.check_current(encoder_sha256=sha, zoo_manifest_sha256=self.zoo.info["manifest_sha256"])
+        self.table = self.es.table.drop(columns=["embedding"])
+        self.embeddings = self.es.embeddings
+
+    @cached_property
+    def encoder(self):
+        return load_encoder(self.run)
+
+    def models(self, ids) -> Models:
+        return Models.from_zoo(self.zoo, list(ids))
+
+    @cached_property
+    def _all(self) -> Models:
+        return self.models(self.table["model_id"])
+
+    @cached_property
+    def stats(self) -> WeightStats:
+        return WeightStats().fit(self._all)
+
+    @cached_property
+    def baseline_vectors(self) -> dict[str, np.ndarray]:
+        """Unit-norm s(W) and raw-weight vectors of every model of the set (fit on the set itself)."""
+        out = {}
+        for b in (self.stats, RawWeights().fit(self._all)):
+            out[b.name] = normalize_rows(b.transform(self._all))
+        return out
+
+    def neighbours(self, model_id: str, k: int = 10) -> pd.DataFrame:
+        """PEACE's k nearest models (Annoy) with distance, cosine and metadata."""
+        return self.es.neighbours(model_id, k)
+
+    def baseline_neighbours(self, model_id: str, method: str, k: int = 10) -> pd.DataFrame:
+        """The k nearest models by cosine of s(W) (``stats``) or raw weights (``raw``), exact search."""
+        if method not in self.baseline_vectors:
+            raise PeaceError(f"unknown method {method!r}; choose stats or raw")
+        v = self.baseline_vectors[method]
+        i = self.es.row_of[model_id]
+        sims = v @ v[i]
+        sims[i] = -np.inf
+        top = np.argsort(-sims, kind="stable")[:k]
+        return self.table.iloc[top].assign(cosine=sims[top]).reset_index(drop=True)
+
+    def agreement(self, model_id: str, others: list[str], n: int = 256) -> list[float]:
+        """Share of shared probe inputs on which each other model predicts what the query does
+        (NaN where they do not share the query's input shape and classes)."""
+        spec = self.zoo.spec(model_id)
+        ref = self._predictions(model_id, n)
+        return [float((self._predictions(o, n) == ref).mean())
+                if (s := self.zoo.spec(o)).input_shape == spec.input_shape and s.n_classes == spec.n_classes
+                else float("nan") for o in others]
+
+    def _predictions(self, model_id: str, n: int) -> np.ndarray:
+        """A model's predictions on the probe inputs of its input shape (cached: the page reruns often)."""
+        cache = self.__dict__.setdefault("_prediction_cache", {})
+        if (model_id, n) not in cache:
+            spec = self.zoo.spec(model_id)
+            cache[(model_id, n)] = predictions(spec, self._all.params[self.es.row_of[model_id]],
+                                               probe_inputs(spec.input_shape, n))
+        return cache[(model_id, n)]
+
+    def embedding_path(self, a: str, b: str, steps: int = 9) -> pd.DataFrame:
+        """Along the straight line between two embeddings (renormalized), the nearest zoo model at each step."""
+        ea, eb = self.embeddings[self.es.row_of[a]], self.embeddings[self.es.row_of[b]]
+        rows = []
+        for t in np.linspace(0, 1, steps):
+            v = (1 - t) * ea + t * eb
+            hit = self.es.query(v / max(np.linalg.norm(v), 1e-12), 1).iloc[0]
+            rows.append({"t": t, **hit.to_dict()})
+        return pd.DataFrame(rows)
+
+    def weight_path(self, a: str, b: str, n_points: int = 11) -> dict:
+        """Linear interpolation in weight space between two models of one architecture, without and
+        with permutation alignment: loss and accuracy on the task's test split, and where each
+        interpolated model lands on the 2-D map (mean position of its 5 nearest zoo models)."""
+        spec = self.zoo.spec(a)
+        if self.zoo.spec(b) != spec:
+            raise PeaceError(f"{a} ({spec.describe()}) and {b} ({self.zoo.spec(b).describe()}) have different "
+                             f"architectures; weight-space interpolation needs one architecture")
+        task = self.zoo.task(a)
+        X, y = (torch.from_numpy(v) for v in task.split("test"))
+        X = X.reshape(len(X), *spec.input_shape)
+        pa, pb = self.zoo.weights(a), self.zoo.weights(b)
+        aligned, _ = align(spec, pa, pb)
+        out = {}
+        for name, end in (("naive", pb), ("aligned", aligned)):
+            path = interpolation_path(spec, pa, end, X, y, n_points)
+            mids = [interpolate(pa, end, t) for t in path["alpha"]]
+            emb = self.encoder.embed([spec] * len(mids), mids).numpy()
+            path["map_xy"] = np.stack([self.map_position(e) for e in emb])
+            out[name] = path
+        return out
+
+    def map_position(self, vector: np.ndarray, k: int = 5) -> np.ndarray:
+        """2-D map coordinates of an embedding that UMAP never saw: the mean of its k nearest models'."""
+        hits = self.es.query(vector, k)
+        return hits[["umap_2d_x", "umap_2d_y"]].to_numpy().mean(0)
+
+    def symmetry_lab(self, model_id: str, permute: bool, scale: bool, flip: bool, seed: int) -> dict:
+        """A random symmetry transform of a model: output change, and how far raw weights, s(W) and
+        PEACE say it moved (cosine distances)."""
+        spec, p = self.zoo.spec(model_id), self._all.params[self.es.row_of[model_id]]
+        q = random_symmetry(spec, p, seed, RandomSymmetry(permute=permute, scale=scale, flip=flip))
+        X = probe_inputs(spec.input_shape)
+        both = stack_params([p, q])
+        out = forward(spec, both, X)
+        m = Models(pd.DataFrame({"model_id": [model_id, model_id + "*"]}), [spec, spec], [p, q])
+        stats = self.stats
+        cos = lambda v: float(1 - normalize_rows(v)[0] @ normalize_rows(v)[1])  # noqa: E731
+        return {"transformed": q, "max_output_change": float((out[0] - out[1]).abs().max()),
+                "raw": cos(RawWeights().fit(m).transform(m)), "stats": cos(stats.transform(m)),
+                "peace": cos(self.encoder.embed([spec, spec], [p, q]).numpy())}
+
+    def query_file(self, path: str | Path, config: dict, k: int = 10) -> tuple[object, pd.DataFrame, np.ndarray]:
+        """An uploaded model file: (the imported model, its k nearest zoo models, its map position)."""
+        from .importers import load_model
+
+        m = load_model(path, config)
+        hits = query_model(self.es, m.spec, m.params, k, run_dir=self.run)
+        vector = self.encoder.embed([m.spec], [m.params]).numpy()[0]
+        return m, hits, self.map_position(vector)

@@ -1,0 +1,89 @@
+"""The Streamlit explorer: every page through streamlit's AppTest on real tiny-zoo artifacts, the
+Explorer computations it shows, and broken or missing artifacts."""
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from conftest import ROOT
+from peace.errors import PeaceError
+from peace.explore import Explorer
+
+APP = str(ROOT / "explorer" / "app.py")
+PAGES = ["Map", "Neighbours", "Interpolation", "Ablations", "Symmetry lab", "Query your model"]
+
+
+def _app(root, monkeypatch, page=None):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("PEACE_ARTIFACTS", str(root))
+    at = AppTest.from_file(APP, default_timeout=180).run()
+    if page:
+        at.sidebar.radio(key="page").set_value(page).run()
+    return at
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_renders(artifacts, monkeypatch, page):
+    at = _app(artifacts, monkeypatch, page)
+    assert not at.exception, [e.message for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    assert at.sidebar.selectbox[0].value.name == "tiny"
+    expected = {"Map": "Colour by", "Neighbours": "Query model (type to search)", "Interpolation": "Model A",
+                "Ablations": "Metric", "Symmetry lab": "Seed", "Query your model": "Activation"}[page]
+    labels = [w.label for kind in ("selectbox", "number_input", "slider") for w in getattr(at, kind)]
+    assert expected in labels, labels
+
+
+def test_neighbour_query_returns_k_rows(artifacts, monkeypatch):
+    at = _app(artifacts, monkeypatch, "Neighbours")
+    at.slider[0].set_value(5).run()
+    peace, stats, raw = (d.value for d in at.dataframe[:3])
+    assert len(peace) == len(stats) == len(raw) == 5
+    query = at.selectbox(key="query").value
+    assert query not in set(peace["model_id"]) and peace["cosine"].is_monotonic_decreasing
+    assert any("Same task among the top 5" in i.value for i in at.info)
+
+
+def test_missing_and_broken_artifacts_say_what_to_run(artifacts, tmp_path, monkeypatch):
+    at = _app(tmp_path / "nothing", monkeypatch)
+    assert "No embedding sets" in at.warning[0].value and "./scripts/demo" in at.warning[0].value
+    broken = tmp_path / "broken"
+    shutil.copytree(artifacts, broken)
+    with open(broken / "embeddings" / "tiny" / "embeddings.parquet", "ab") as f:
+        f.write(b"garbage")
+    at = _app(broken, monkeypatch)
+    assert not at.exception
+    assert "cannot be used" in at.error[0].value and "peace embed" in at.error[0].value
+
+
+def test_explorer_computations(artifacts, tiny_zoo):
+    ex = Explorer(artifacts / "embeddings" / "tiny")
+    q = ex.table["model_id"].iat[0]
+    for method in ("stats", "raw"):
+        hits = ex.baseline_neighbours(q, method, 4)
+        assert len(hits) == 4 and q not in set(hits["model_id"]) and hits["cosine"].is_monotonic_decreasing
+    agree = ex.agreement(q, [q, *ex.table["model_id"][1:4]])
+    assert agree[0] == 1.0 and all(np.isnan(a) or 0 <= a <= 1 for a in agree)
+    lab = ex.symmetry_lab(q, permute=True, scale=False, flip=False, seed=1)
+    assert lab["max_output_change"] < 1e-4 and lab["peace"] < 1e-4 and lab["raw"] > 100 * lab["peace"]
+    same = ex.table.groupby("arch")["model_id"].apply(list)
+    a, b = next(ids for ids in same if len(ids) > 1)[:2]
+    paths = ex.weight_path(a, b, n_points=5)
+    assert paths["aligned"]["map_xy"].shape == (5, 2) and len(paths["naive"]["loss"]) == 5
+    path = ex.embedding_path(a, b, steps=5)
+    assert path["model_id"].iat[0] == a and path["model_id"].iat[-1] == b
+
+
+def test_uploaded_files_are_queried_or_refused(artifacts, tmp_path):
+    ex = Explorer(artifacts / "embeddings" / "tiny")
+    mid = ex.table.loc[ex.table["family"] == "mlp", "model_id"].iat[0]
+    spec = ex.zoo.spec(mid)
+    save_file(ex.zoo.weights(mid), str(tmp_path / "up.safetensors"))
+    m, hits, xy = ex.query_file(tmp_path / "up.safetensors", {"activation": spec.activation}, 3)
+    assert hits["model_id"].iat[0] == mid and hits["cosine"].iat[0] > 0.9999 and xy.shape == (2,)
+    torch.save({"0.weight": torch.ones(2, 2, dtype=torch.int64)}, tmp_path / "bad.pt")
+    with pytest.raises(PeaceError, match="dtype torch.int64"):
+        ex.query_file(tmp_path / "bad.pt", {"activation": "relu"})

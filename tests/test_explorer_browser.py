@@ -1,0 +1,125 @@
+"""End to end: a real `streamlit run explorer/app.py` server, driven by Debian's headless chromium
+through selenium. Every page is opened, a neighbour query is made and its rendered result checked;
+screenshots go to test-artifacts/screenshots/."""
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+SHOTS = ROOT / "test-artifacts" / "screenshots"
+# no background networking: this machine's network is closed and chromium would keep trying
+FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--disable-dev-shm-usage", "--window-size=1400,1000"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(artifacts):
+    if not (CHROMIUM.exists() and DRIVER.exists()):
+        pytest.fail("the browser test needs Debian's chromium and chromium-driver: "
+                    "apt-get install chromium chromium-driver (./scripts/test installs them when run as root)")
+    port = _free_port()
+    env = {**os.environ, "PEACE_ARTIFACTS": str(artifacts)}
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "explorer" / "app.py"),
+                             "--server.headless", "true", "--server.address", "127.0.0.1", "--server.port", str(port),
+                             "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while True:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            pytest.fail(f"streamlit did not start:\n{proc.stdout.read().decode()}")
+        time.sleep(0.3)
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def browser(server):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = str(CHROMIUM)
+    for f in FLAGS:
+        opts.add_argument(f)
+    opts.add_argument(f"--user-data-dir={ROOT / 'test-artifacts' / f'chromium-profile-{os.getpid()}'}")
+    driver = webdriver.Chrome(service=Service(str(DRIVER)), options=opts)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def _wait_text(driver, text: str, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while text not in driver.find_element("tag name", "body").text:
+        if time.time() > deadline:
+            raise AssertionError(f"{text!r} never appeared; the page shows:\n{driver.find_element('tag name', 'body').text[:2000]}")
+        time.sleep(0.3)
+
+
+def _goto(driver, page: str, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:  # the sidebar renders after the page's first text
+        for label in driver.find_elements("css selector", "[data-testid='stSidebar'] label"):
+            if label.text.strip() == page:
+                label.click()
+                return
+        time.sleep(0.3)
+    raise AssertionError(f"no sidebar entry {page!r}")
+
+
+def test_every_page_in_a_real_browser(server, browser):
+    from test_explorer import PAGES
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    browser.get(server)
+    _wait_text(browser, "PEACE explorer")
+    expect = {"Map": "Colour by", "Neighbours": "Same task among the top", "Interpolation": "In embedding space",
+              "Ablations": "Best configuration per metric", "Symmetry lab": "PEACE cosine distance",
+              "Query your model": "Upload a safetensors file"}
+    for page in PAGES:
+        _goto(browser, page)
+        _wait_text(browser, expect[page])
+        time.sleep(0.5)  # let charts draw before the screenshot
+        browser.save_screenshot(str(SHOTS / f"{page.lower().replace(' ', '-')}.png"))
+        body = browser.find_element("tag name", "body").text
+        assert "Traceback" not in body and "Error" not in body.split("PEACE explorer")[0], page
+
+
+def test_neighbour_query_in_a_real_browser(server, browser, artifacts):
+    from peace.index import EmbeddingSet
+
+    browser.get(server)
+    _wait_text(browser, "PEACE explorer")
+    _goto(browser, "Neighbours")
+    _wait_text(browser, "Same task among the top 10")
+    es = EmbeddingSet(artifacts / "embeddings" / "tiny")
+    query = es.table.sort_values("test_acc", ascending=False)["model_id"].iat[0]  # the page's default query
+    body = browser.find_element("tag name", "body").text
+    assert query in body
+    share = float(body.split("Same task among the top 10: PEACE ")[1].split("%")[0]) / 100
+    hits = es.neighbours(query, 10)
+    assert share == pytest.approx((hits["task"] == es.table.set_index("model_id").loc[query, "task"]).mean(), abs=0.006)
+    browser.save_screenshot(str(SHOTS / "neighbour-query.png"))
