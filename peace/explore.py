@@ -142,7 +142,14 @@ class Explorer:
     def weight_path(self, a: str, b: str, n_points: int = 11) -> dict:
         """Linear interpolation in weight space between two models of one architecture, without and
         with permutation alignment: loss and accuracy on the task's test split, and where each
-        interpolated model lands on the 2-D map (mean position of its 5 nearest zoo models)."""
+        interpolated model lands on the 2-D map (mean position of its 5 nearest zoo models).
+        Cached per pair: aligning, evaluating and embedding the path is the app's slowest step."""
+        cache = self.__dict__.setdefault("_path_cache", {})
+        if (a, b, n_points) not in cache:
+            cache[(a, b, n_points)] = self._weight_path(a, b, n_points)
+        return cache[(a, b, n_points)]
+
+    def _weight_path(self, a: str, b: str, n_points: int) -> dict:
         spec = self.zoo.spec(a)
         if self.zoo.spec(b) != spec:
             raise PeaceError(f"{a} ({spec.describe()}) and {b} ({self.zoo.spec(b).describe()}) have different "
