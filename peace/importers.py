@@ -18,7 +18,6 @@ else (skip connections, custom ops) is refused rather than silently misread.
 from __future__ import annotations
 
 import json
-import math
 import pickle
 import re
 import struct

@@ -2,11 +2,10 @@
 import pytest
 import torch
 
-from peace.architectures import ArchSpec, PeaceNet, forward
+from peace.architectures import forward
 from peace.alignment import align
 from peace.errors import PeaceError
 from peace.symmetry import RandomSymmetry, allowed, canonicalize, random_symmetry, transform
-from peace.tasks import load_task
 
 from conftest import MODELS, random_model as _model
 
