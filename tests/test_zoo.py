@@ -56,6 +56,9 @@ def test_corrupted_weights_and_manifest_are_detected(tiny_zoo, tmp_path):
     shard.write_bytes(b"\x00" * 10)
     with pytest.raises(PeaceError, match="cannot read weight shard"):
         zoo.weights(mid)
+    shard.unlink()  # weights missing altogether
+    with pytest.raises(PeaceError, match=f"cannot read weight shard {shard}.*--resume"):
+        zoo.weights(mid)
     (z / "manifest.parquet").write_bytes(b"junk")
     with pytest.raises(PeaceError, match="does not match the checksum in zoo.json"):
         Zoo(z)
