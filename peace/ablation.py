@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from .atomic import atomic_path
 from .config import checked, read_yaml
 from .errors import PeaceError
-from .pipeline import Step, notebook_path, run_steps
+from .pipeline import Step, evaluate_step, notebook_path, run_steps, train_step
 from .trainer import load_config
 
 GRID_DIR = Path(__file__).with_name("presets") / "ablation"
@@ -76,16 +76,9 @@ def load_grid(source: str | Path) -> Grid:
 
 
 def _steps(grid: Grid, c: Configuration, seed: int, run: Path) -> list[Step]:
-    from .pipeline import _encoder_sha, _zoo_sha
-
     zoo = Path(grid.zoo).resolve()
-    return [Step("train", "02_train_encoder.ipynb",
-                 {"zoo_dir": str(zoo), "config": grid.base, "overrides": list(grid.overrides) + c.overrides,
-                  "device": grid.device, "seed": seed, "out": str(run / "run"), "resume": True},
-                 [run / "run" / "encoder.safetensors"], lambda: _zoo_sha(zoo)),
-            Step("evaluate", "04_evaluate.ipynb", {"run_dir": str(run / "run"), "out": str(run / "eval"), "seed": seed,
-                                                   "transfer_epochs": grid.transfer_epochs},
-                 [run / "eval" / "metrics.json"], lambda: {**_zoo_sha(zoo), **_encoder_sha(run / "run")})]
+    return [train_step(zoo, grid.base, list(grid.overrides) + c.overrides, grid.device, seed, run / "run"),
+            evaluate_step(zoo, run / "run", run / "eval", seed, grid.transfer_epochs)]
 
 
 def _flatten(metrics: dict) -> dict:

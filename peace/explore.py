@@ -18,7 +18,7 @@ from .alignment import align, interpolate, interpolation_path
 from .architectures import forward, stack_params
 from .baselines import Models, RawWeights, WeightStats
 from .errors import PeaceError
-from .export import encoder_checksum, query_model
+from .export import encoder_checksum
 from .index import EmbeddingSet
 from .metrics import normalize_rows
 from .symmetry import RandomSymmetry, random_symmetry
@@ -193,6 +193,6 @@ class Explorer:
         from .importers import load_model
 
         m = load_model(path, config)
-        hits = query_model(self.es, m.spec, m.params, k, run_dir=self.run)
-        vector = self.encoder.embed([m.spec], [m.params]).numpy()[0]
+        vector = self.encoder.embed([m.spec], [m.params]).numpy()[0]  # __post_init__ checked it made this set
+        hits = self.es.query(vector, k)
         return m, hits, self.map_position(vector)

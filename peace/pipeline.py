@@ -97,6 +97,21 @@ def _encoder_sha(run: Path) -> dict[str, str]:
     return {"encoder": sha256_file(run / "encoder.safetensors")}
 
 
+def train_step(zoo: Path, config: str, overrides: Sequence[str], device: str, seed: int, run: Path) -> Step:
+    """Notebook 02: train an encoder on ``zoo`` into ``run`` (current while the zoo is unchanged)."""
+    return Step("train encoder", "02_train_encoder.ipynb",
+                {"zoo_dir": str(zoo), "config": config, "overrides": list(overrides), "device": device, "seed": seed,
+                 "out": str(run), "resume": True},
+                [run / "encoder.safetensors", run / "history.parquet"], lambda: _zoo_sha(zoo))
+
+
+def evaluate_step(zoo: Path, run: Path, out: Path, seed: int, transfer_epochs: int) -> Step:
+    """Notebook 04: evaluate ``run`` into ``out`` (current while zoo and encoder are unchanged)."""
+    return Step("evaluate", "04_evaluate.ipynb",
+                {"run_dir": str(run), "out": str(out), "seed": seed, "transfer_epochs": transfer_epochs},
+                [out / "metrics.json"], lambda: {**_zoo_sha(zoo), **_encoder_sha(run)})
+
+
 def pipeline_steps(preset: str = "demo", config: str = "default", overrides: Sequence[str] = (), device: str = "auto",
                    seed: int = 0, root: str | Path = "artifacts", name: str | None = None,
                    transfer_epochs: int = 5) -> list[Step]:
@@ -113,15 +128,10 @@ def pipeline_steps(preset: str = "demo", config: str = "default", overrides: Seq
     return [
         Step("build zoo", "01_build_zoo.ipynb", {"preset": preset, "out": str(zoo)}, [zoo / "zoo.json"],
              owns_dir=False),
-        Step("train encoder", "02_train_encoder.ipynb",
-             {"zoo_dir": str(zoo), "config": config, "overrides": list(overrides), "device": device, "seed": seed,
-              "out": str(run), "resume": True},
-             [run / "encoder.safetensors", run / "history.parquet"], lambda: _zoo_sha(zoo)),
+        train_step(zoo, config, overrides, device, seed, run),
         Step("export embeddings", "03_export_embeddings.ipynb", {"run_dir": str(run), "out": str(emb)},
              [emb / "index.json"], lambda: {**_zoo_sha(zoo), **_encoder_sha(run)}),
-        Step("evaluate", "04_evaluate.ipynb", {"run_dir": str(run), "out": str(ev), "seed": seed,
-                                               "transfer_epochs": transfer_epochs},
-             [ev / "metrics.json"], lambda: {**_zoo_sha(zoo), **_encoder_sha(run)}),
+        evaluate_step(zoo, run, ev, seed, transfer_epochs),
     ]
 
 

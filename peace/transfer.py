@@ -86,10 +86,6 @@ def steps_to_target(curves: np.ndarray, target: float, steps_per_epoch: int) -> 
     return first * steps_per_epoch
 
 
-def _similarity(method: Baseline, a: Models, b: Models) -> np.ndarray:
-    return normalize_rows(method.transform(a)) @ normalize_rows(method.transform(b)).T
-
-
 def _mean(values: list) -> float:
     finite = [v for v in values if v is not None and math.isfinite(v)]
     return float(np.mean(finite)) if finite else float("nan")
@@ -116,7 +112,9 @@ def transfer_study(methods: Sequence[Baseline], library: Models, test: Models, c
                                     f"the study needs at least k={cfg.k}")
             continue
         pool = subset(library, pool_idx)
-        picks = {m.name: np.argsort(-_similarity(m, queries, pool), axis=1, kind="stable")[:, :cfg.k] for m in methods}
+        e_pool = {m.name: normalize_rows(m.transform(pool)) for m in methods}  # once per method: picks and zero-shot
+        picks = {m.name: np.argsort(-normalize_rows(m.transform(queries)) @ e_pool[m.name].T, axis=1,
+                                    kind="stable")[:, :cfg.k] for m in methods}
         picks["random"] = np.stack([rng.choice(len(pool), cfg.k, replace=False) for _ in range(len(queries))])
         sample = rng.choice(len(pool), min(cfg.pool, len(pool)), replace=False)
         need = np.unique(np.concatenate([p.ravel() for p in picks.values()] + [sample]))
@@ -133,7 +131,7 @@ def transfer_study(methods: Sequence[Baseline], library: Models, test: Models, c
                       "reached_target": float((np.nan_to_num(c, nan=-1.0) >= target).any(1).mean())}
         z = np.array([curves[i][-1] for i in sample])
         for m in methods:
-            sim = _similarity(m, subset(pool, sample), task_models).mean(1)
+            sim = (e_pool[m.name][sample] @ normalize_rows(m.transform(task_models)).T).mean(1)
             ok = np.isfinite(z)
             rho = spearmanr(sim[ok], z[ok]).statistic if ok.sum() > 2 and np.ptp(z[ok]) > 0 else float("nan")
             res[m.name]["zero_shot_spearman"] = float(rho)
