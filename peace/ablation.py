@@ -46,6 +46,7 @@ class Grid:
     seeds: list = field(default_factory=lambda: [0])
     device: str = "cpu"
     transfer_epochs: int = 0  # the transfer study per run is slow; off unless asked for
+    accuracy_epochs: int = 0  # so is the accuracy-prediction study against NFN
 
 
 def grid_names() -> list[str]:
@@ -78,7 +79,7 @@ def load_grid(source: str | Path) -> Grid:
 def _steps(grid: Grid, c: Configuration, seed: int, run: Path) -> list[Step]:
     zoo = Path(grid.zoo).resolve()
     return [train_step(zoo, grid.base, list(grid.overrides) + c.overrides, grid.device, seed, run / "run"),
-            evaluate_step(zoo, run / "run", run / "eval", seed, grid.transfer_epochs)]
+            evaluate_step(zoo, run / "run", run / "eval", seed, grid.transfer_epochs, grid.accuracy_epochs)]
 
 
 def _flatten(metrics: dict) -> dict:

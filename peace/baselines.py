@@ -8,6 +8,9 @@ vectors compared by cosine similarity:
 - ``RawWeights``: flattened weights, zero-padded;
 - ``WeightStats``: s(W) of Unterthiner et al. (2020), per-layer mean, variance and quantiles;
 - ``WeightPCA``: PCA of the flattened weights;
+- ``FunctionSpace``: the model's responses to shared random probe inputs (``peace.probes``), one
+  block per io-space: training-free, exactly invariant to every weight-space symmetry, and the
+  ceiling for same-task retrieval among models that share an input space;
 - ``FlatMLPEncoder``: a non-equivariant MLP on flattened weights, trained by ``peace.trainer`` with
   the same contrastive objective and augmentations as PEACE (``encoder.kind: mlp``).
 """
@@ -28,6 +31,7 @@ from torch import Tensor, nn
 from .architectures import ArchSpec
 from .encoder import Embedder, EncoderConfig
 from .errors import PeaceError
+from .probes import N_PROBES, PROBE_SEED, fingerprint, io_space, responses
 from .symmetry import canonicalize
 
 QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -161,8 +165,44 @@ class WeightPCA(Baseline):
         return self.pca_.transform(self.raw_.transform(models))
 
 
+class FunctionSpace(Baseline):
+    """Fingerprints of the responses to shared Gaussian probes, each io-space in its own block of
+    the vector (models of different spaces are orthogonal: they share no inputs).
+
+    Nothing is learned: ``fit`` only fixes the block layout, from the io-spaces of the models it is
+    given and of ``spaces`` (pass every space you will transform; an unknown one is refused).
+    """
+
+    name = "function"
+
+    def __init__(self, n_probes: int = N_PROBES, seed: int = PROBE_SEED, spaces: Sequence[str] = ()):
+        self.n_probes, self.seed, self.spaces = n_probes, seed, list(spaces)
+
+    def fit(self, models: Models) -> FunctionSpace:
+        found = {io_space(s): s.n_classes for s in models.specs}
+        known = {sp: int(sp.split("->")[1]) for sp in self.spaces} | found
+        self.offsets_, start = {}, 0
+        for sp in sorted(known):
+            self.offsets_[sp] = (start, start + self.n_probes * known[sp])
+            start += self.n_probes * known[sp]
+        self.width_ = start
+        return self
+
+    def transform(self, models: Models) -> np.ndarray:
+        out = np.zeros((len(models), self.width_), np.float32)
+        for i, (spec, r) in enumerate(zip(models.specs, responses(models.specs, models.params, self.n_probes,
+                                                                  self.seed))):
+            space = io_space(spec)
+            if space not in self.offsets_:
+                raise PeaceError(f"io-space {space} was not among those FunctionSpace was fit with "
+                                 f"({', '.join(self.offsets_)}); pass spaces=[...] listing every space to compare")
+            a, b = self.offsets_[space]
+            out[i, a:b] = fingerprint(r).numpy()
+        return out
+
+
 def weight_baselines() -> list[Baseline]:
-    """The untrained baselines, fresh."""
+    """The untrained weight-space baselines, fresh."""
     return [MetadataSearch(), RawWeights(), WeightStats(), WeightPCA()]
 
 
@@ -188,7 +228,9 @@ class FlatMLPEncoder(Embedder):
         flat = torch.cat([self._flat(s, p)[:s.n_params] for s, p in zip(specs, params)])
         self.scale.fill_(flat.std().clamp_min(1e-6) if flat.numel() > 1 else 1.0)
 
-    def batch(self, specs: Sequence[ArchSpec], params: Sequence[dict[str, Tensor]], device="cpu") -> Tensor:
+    def batch(self, specs: Sequence[ArchSpec], params: Sequence[dict[str, Tensor]], device="cpu",
+              responses=None) -> Tensor:
+        """Flattened weights (``responses`` is accepted for the common interface and ignored)."""
         return torch.stack([self._flat(s, p) for s, p in zip(specs, params)]).to(device)
 
     def encode(self, x: Tensor) -> Tensor:

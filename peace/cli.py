@@ -115,12 +115,20 @@ def _zoo_add(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from .evaluate import evaluate, summary_table
+    from .evaluate import evaluate, evaluate_runs, summary_markdown, summary_table
+    from .prediction import PredictorConfig
     from .transfer import TransferConfig
 
     transfer = TransferConfig(k=args.transfer_k, epochs=args.transfer_epochs) if args.transfer_epochs > 0 else None
-    metrics = evaluate(args.run, args.out, zoo=args.zoo, mlp_run=args.mlp_run, seed=args.seed,
-                       progress=not args.quiet, transfer=transfer)
+    accuracy = PredictorConfig(epochs=args.accuracy_epochs) if args.accuracy_epochs > 0 else None
+    kwargs = dict(zoo=args.zoo, mlp_run=args.mlp_run, seed=args.seed, progress=not args.quiet, transfer=transfer,
+                  accuracy=accuracy)
+    if len(args.run) > 1:
+        summary = evaluate_runs(args.run, args.out, **kwargs)
+        print(summary_markdown(summary))
+        print(f"wrote {args.out / 'summary.md'}, {args.out / 'summary.parquet'} and one folder per run")
+        return 0
+    metrics = evaluate(args.run[0], args.out, **kwargs)
     print(summary_table(metrics).to_string(float_format=lambda v: f"{v:.3f}"))
     if metrics.get("transfer", {}).get("tasks"):
         print("\ntransfer learning on held-out tasks:")
@@ -228,14 +236,18 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("evaluate", help="compare PEACE with the baselines on held-out models",
                        description="Retrieval, clustering, linear probes, invariance and functional similarity on "
                        "the run's test split, for PEACE and every baseline; writes metrics.json, report.md, figures.")
-    v.add_argument("--run", type=Path, required=True, metavar="DIR")
+    v.add_argument("--run", type=Path, required=True, nargs="+", metavar="DIR",
+                   help="a training run; several (e.g. seeds) give mean ± std in OUT/summary.md")
     v.add_argument("--out", type=Path, required=True, metavar="DIR")
     v.add_argument("--zoo", type=Path, metavar="DIR", help="default: the run's zoo")
     v.add_argument("--mlp-run", type=Path, metavar="DIR", help="a run trained with encoder.kind=mlp, to compare too")
     v.add_argument("--seed", type=int, default=0)
-    v.add_argument("--transfer-epochs", type=int, default=5, metavar="N",
-                   help="fine-tuning budget of the transfer-learning study (0 skips it)")
+    v.add_argument("--transfer-epochs", type=int, default=20, metavar="N",
+                   help="fine-tuning budget of the transfer-learning study, also read at 5 epochs (0 skips it)")
     v.add_argument("--transfer-k", type=int, default=5, metavar="K", help="models each method retrieves to fine-tune")
+    v.add_argument("--accuracy-epochs", type=int, default=100, metavar="N",
+                   help="budget of the NFN accuracy predictors trained on the largest MLP architecture, beside "
+                   "PEACE fine-tuned the same way (0 skips the study)")
     v.add_argument("--quiet", action="store_true")
     v.set_defaults(func=_evaluate)
 
@@ -250,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--root", type=Path, default=Path("artifacts"), help="artifacts directory (default artifacts)")
     pl.add_argument("--name", help="name of the run, embeddings and evaluation (default: the preset)")
     pl.add_argument("--steps", nargs="+", metavar="STEP", help="only these steps ('build zoo', 'train encoder', ...)")
-    pl.add_argument("--transfer-epochs", type=int, default=5, help="transfer study budget (0 skips it)")
+    pl.add_argument("--transfer-epochs", type=int, default=20, help="transfer study budget in epochs, also read at 5 (0 skips it)")
     pl.add_argument("--force", action="store_true", help="rerun every step even when current")
     pl.set_defaults(func=_pipeline)
 

@@ -2,11 +2,16 @@
 
 Two views of one model are a positive pair. The partner view comes from one of several sources
 (each switchable for ablations): the model itself, a magnitude-pruned then fine-tuned copy, a
-distilled student, a model of the same configuration trained from another seed, or a neighbouring
-checkpoint of the same run. Both views then get the online augmentations: a random
+distilled student, a model of the same configuration trained from another seed, a neighbouring
+checkpoint of the same run, or a *functional* partner: a model of another run that predicts the
+same classes on shared probe inputs (``peace.probes``; no task label is read). Both views then get the online augmentations: a random
 function-preserving symmetry (permutation, scaling, sign flip), Gaussian weight noise and random
 erasing. Pruned and distilled views need training, so they are made once per training zoo with the
 population trainer (:func:`build_views`) and cached.
+
+The loss is InfoNCE; with functional targets (:func:`functional_targets`) the one-hot positive is
+mixed with a distribution over the batch graded by prediction agreement, so models that compute
+nearly the same function are pulled together whatever their configuration.
 """
 from __future__ import annotations
 
@@ -30,11 +35,12 @@ from .architectures import ArchSpec, forward, stack_params, unstack_params
 from .atomic import atomic_path
 from .errors import PeaceError
 from .population import HParams, Schedule, train_population
+from .probes import agreement_matrix
 from .rng import model_seed
 from .symmetry import RandomSymmetry, allowed, random_symmetry
 from .tasks import load_task
 
-SOURCES = ("self", "pruned", "distilled", "same_config", "checkpoint")
+SOURCES = ("self", "pruned", "distilled", "same_config", "checkpoint", "functional")
 CONFIG_COLUMNS = ("group", "task", "arch_spec", "init", "lr", "weight_decay", "dropout", "optimizer",
                   "batch_size", "epochs")
 
@@ -56,14 +62,18 @@ class AugmentConfig:
     distill_batch_size: int = 128  # students see the teacher's labels in larger batches: fewer steps
     same_config: bool = True      # partner: same configuration and epoch, another seed
     checkpoint: bool = True       # partner: neighbouring checkpoint of the same run
+    functional: bool = False      # partner: one of the functional_k models of other runs that agree most with it
+    functional_k: int = 8
     hard_negatives: int = 8       # per batch: same architecture / other task, and same task / far accuracy
 
     def __post_init__(self) -> None:
         if not (0 <= self.noise and 0 <= self.erase < 1 and 0 < self.prune_fraction < 1):
             raise PeaceError(f"need noise >= 0, 0 <= erase < 1, 0 < prune_fraction < 1; got noise={self.noise}, "
                              f"erase={self.erase}, prune_fraction={self.prune_fraction}")
-        if min(self.prune_epochs, self.distill_epochs, self.distill_batch_size) < 1 or self.hard_negatives < 0:
-            raise PeaceError("prune_epochs, distill_epochs and distill_batch_size must be >= 1, hard_negatives >= 0")
+        if min(self.prune_epochs, self.distill_epochs, self.distill_batch_size, self.functional_k) < 1 \
+                or self.hard_negatives < 0:
+            raise PeaceError("prune_epochs, distill_epochs, distill_batch_size and functional_k must be >= 1, "
+                             "hard_negatives >= 0")
 
     @property
     def sources(self) -> list[str]:
@@ -203,12 +213,31 @@ class Kinship:
         return (run_a[:, None] == run_b[None, :]) | (ce_a[:, None] == ce_b[None, :])
 
 
-class PairSampler:
-    """Chooses each anchor's partner source and a batch's hard negatives from the training rows."""
+def functional_neighbours(rows: pd.DataFrame, responses: Sequence[Tensor], spaces: Sequence[str],
+                          k: int) -> dict[str, list[str]]:
+    """For each model of ``rows``, the ``k`` models of other runs in its io-space whose predictions on
+    the shared probes agree most with its own (ties broken by row order)."""
+    ids, runs = rows["model_id"].to_numpy(), rows["run_id"].to_numpy()
+    sp = np.asarray(spaces)
+    out: dict[str, list[str]] = {}
+    for space in np.unique(sp):
+        idx = np.flatnonzero(sp == space)
+        agree = agreement_matrix([responses[i] for i in idx], sp[idx])
+        agree[runs[idx][:, None] == runs[idx][None, :]] = -1.0  # itself and its own checkpoints
+        top = np.argsort(-agree, axis=1, kind="stable")[:, :k]
+        for row, i in enumerate(idx):
+            out[ids[i]] = [ids[idx[j]] for j in top[row] if agree[row, j] >= 0]
+    return out
 
-    def __init__(self, rows: pd.DataFrame, cfg: AugmentConfig, views: dict[str, dict]):
+
+class PairSampler:
+    """Chooses each anchor's partner source and a batch's hard negatives from the training rows.
+    ``neighbours`` (from :func:`functional_neighbours`) enables the functional source."""
+
+    def __init__(self, rows: pd.DataFrame, cfg: AugmentConfig, views: dict[str, dict],
+                 neighbours: dict[str, list[str]] | None = None):
         self.rows = rows.set_index("model_id", drop=False)
-        self.cfg, self.views = cfg, views
+        self.cfg, self.views, self.neighbours = cfg, views, neighbours or {}
         self.key = config_key(self.rows)
         self._same: dict[str, list[str]] = defaultdict(list)
         for m, k, run, ep in zip(self.rows.model_id, self.key, self.rows.run_id, self.rows.epoch):
@@ -240,6 +269,8 @@ class PairSampler:
             near = run[max(0, i - 1):i] + run[i + 1:i + 2]
             if near:
                 out["checkpoint"] = near
+        if self.cfg.functional and self.neighbours.get(m):
+            out["functional"] = self.neighbours[m]
         return out
 
     def partner(self, m: str, rng: np.random.Generator) -> tuple[str, str]:
@@ -280,13 +311,11 @@ class PairSampler:
 
 # --- loss ---------------------------------------------------------------------------------------
 
-def info_nce(u: Tensor, v: Tensor, tau: float, same: Tensor | None = None, extra: Tensor | None = None,
-             extra_same: Tensor | None = None) -> Tensor:
-    """NT-Xent over 2B views: u_i and v_i are positives; every other view (and each ``extra`` row)
-    is a negative unless ``same[i, j]`` (``extra_same[i, k]``) marks it as a relative of i.
-
-    ``u``, ``v``: (B, d) unit rows; ``extra``: (H, d) unit rows; ``same``: (B, B) bool; ``extra_same``: (B, H) bool.
-    """
+def nce_logits(u: Tensor, v: Tensor, tau: float, same: Tensor | None = None, extra: Tensor | None = None,
+               extra_same: Tensor | None = None) -> Tensor:
+    """(2B, 2B + H) similarity logits of every view (rows: u then v) against every view and ``extra``
+    row, -inf where a candidate is excluded: the view itself, and relatives marked by ``same`` (B, B)
+    / ``extra_same`` (B, H). The positive of row i is column (i + B) mod 2B, never excluded."""
     B = u.shape[0]
     z = torch.cat([u, v])
     cand = z if extra is None else torch.cat([z, extra])
@@ -299,6 +328,40 @@ def info_nce(u: Tensor, v: Tensor, tau: float, same: Tensor | None = None, extra
     if extra is not None:
         es = torch.zeros(B, extra.shape[0], dtype=torch.bool, device=u.device) if extra_same is None else extra_same
         excl = torch.cat([excl, es.to(u.device).repeat(2, 1)], 1)
-    logits = logits.masked_fill(excl, float("-inf"))
-    return F.cross_entropy(logits, (idx + B) % (2 * B))
+    return logits.masked_fill(excl, float("-inf"))
 
+
+def info_nce(u: Tensor, v: Tensor, tau: float, same: Tensor | None = None, extra: Tensor | None = None,
+             extra_same: Tensor | None = None, targets: Tensor | None = None) -> Tensor:
+    """NT-Xent over 2B views: u_i and v_i are positives; every other view (and each ``extra`` row)
+    is a negative unless ``same[i, j]`` (``extra_same[i, k]``) marks it as a relative of i.
+
+    ``u``, ``v``: (B, d) unit rows; ``extra``: (H, d) unit rows; ``same``: (B, B) bool; ``extra_same``: (B, H) bool.
+    ``targets`` (2B, 2B + H), rows summing to 1, replaces the one-hot positive by a distribution
+    over candidates (soft InfoNCE; one-hot targets give exactly the plain loss).
+    """
+    B = u.shape[0]
+    logits = nce_logits(u, v, tau, same, extra, extra_same)
+    if targets is None:
+        return F.cross_entropy(logits, (torch.arange(2 * B, device=u.device) + B) % (2 * B))
+    logp = logits.log_softmax(1)
+    return -torch.where(targets > 0, targets * logp, torch.zeros_like(logp)).sum(1).mean()
+
+
+def functional_targets(agree: Tensor, same_space: Tensor, weight: float, temperature: float) -> Tensor:
+    """Soft InfoNCE targets graded by function: row i mixes the one-hot positive (column
+    (i + B) mod 2B) with weight 1 - ``weight`` and softmax(agreement / ``temperature``) over the
+    candidates of its io-space (itself excluded) with weight ``weight``.
+
+    ``agree``: (2B, 2B + H) prediction agreement of each view with each candidate on shared probes;
+    ``same_space``: (2B, 2B + H) bool, candidates that share the view's io-space.
+    """
+    n = agree.shape[0]
+    idx = torch.arange(n, device=agree.device)
+    allowed = same_space.clone()
+    allowed[idx, idx] = False
+    allowed[idx, (idx + n // 2) % n] = True  # the positive is always a candidate
+    soft = (agree.float() / temperature).masked_fill(~allowed, float("-inf")).softmax(1)
+    onehot = torch.zeros_like(soft)
+    onehot[idx, (idx + n // 2) % n] = 1.0
+    return (1 - weight) * onehot + weight * soft

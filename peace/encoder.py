@@ -8,6 +8,10 @@ their identity through a sinusoidal encoding of their position.
 
 Message passing has two backends with one set of parameters: DGL (``apply_edges`` / ``update_all``
 on a batched graph; CPU, torch <= 2.2) and pure torch (gather + ``index_add_``; any device).
+
+With ``function_tokens`` the Transformer also reads a token made from the network's class
+probabilities on fixed probe inputs of its io-space (``peace.probes``): a function-space view
+that every weight-space symmetry leaves exactly unchanged.
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ from .graph import (
     batch_graphs,
     neural_graph,
 )
+from .probes import responses as probe_responses
 from .symmetry import canonicalize
 
 KINDS = ("gnn", "mlp")
@@ -51,12 +56,14 @@ class EncoderConfig:
     heads: int = 4
     pooling: str = "attention"    # over layer tokens: mean, attention or cls
     embedding_dim: int = 64
-    projection_dim: int = 64      # contrastive projection head output
+    projection_dim: int = 64      # contrastive projection head output; 0: no head, the loss reads the embedding
     canonicalize: bool = True     # remove scaling / sign symmetries before the graph
     edge_dim: int = 25            # values one edge carries (a 5x5 kernel); longer edges are average-pooled
     backend: str = "auto"         # message passing: auto (DGL when importable), dgl or torch
     aux_targets: list[str] = field(default_factory=lambda: ["test_acc", "gen_gap"])
     max_params: int = 4096        # mlp kind only: flattened weights are padded / truncated to this
+    function_tokens: bool = False  # add a token of the class probabilities on fixed probe inputs
+    probes: int = 128             # probe inputs per io-space (function tokens, and the trainer's functional targets)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -67,8 +74,10 @@ class EncoderConfig:
             raise unknown("pooling", self.pooling, POOLINGS)
         if self.aggregation not in AGGREGATIONS:
             raise unknown("aggregation", self.aggregation, AGGREGATIONS)
-        if min(self.hidden, self.rounds + 1, self.embedding_dim, self.projection_dim, self.heads, self.edge_dim) < 1:
-            raise PeaceError("hidden, embedding_dim, projection_dim, heads and edge_dim must be >= 1, rounds >= 0")
+        if min(self.hidden, self.rounds + 1, self.embedding_dim, self.projection_dim + 1, self.heads, self.edge_dim,
+               self.probes) < 1:
+            raise PeaceError("hidden, embedding_dim, heads, edge_dim and probes must be >= 1, rounds and "
+                             "projection_dim >= 0")
         if self.hidden % self.heads:
             raise PeaceError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
         self.aux_targets = list(self.aux_targets)
@@ -103,6 +112,27 @@ def prepare(spec: ArchSpec, params: dict[str, Tensor], config: EncoderConfig) ->
     if config.canonicalize:
         params = canonicalize(spec, params)
     return neural_graph(spec, params, config.edge_dim, oversize="pool")
+
+
+@dataclass
+class ModelBatch:
+    """What the encoder reads for a batch of models: their graphs and, with function tokens, their
+    class probabilities on the probe inputs (zero-padded to the batch's largest class count)."""
+
+    graphs: GraphBatch
+    responses: Tensor | None = None  # (G, probes, C_max)
+    classes: Tensor | None = None    # (G, C_max) bool: which columns are real classes
+
+
+def pad_responses(responses: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+    """(G, K, C_max) zero-padded responses and the (G, C_max) mask of real classes."""
+    c_max = max(r.shape[1] for r in responses)
+    out = torch.zeros(len(responses), responses[0].shape[0], c_max)
+    mask = torch.zeros(len(responses), c_max, dtype=torch.bool)
+    for i, r in enumerate(responses):
+        out[i, :, :r.shape[1]] = r
+        mask[i, :r.shape[1]] = True
+    return out, mask
 
 
 def _mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
@@ -180,16 +210,17 @@ class Embedder(nn.Module):
     def _init_heads(self, c: EncoderConfig) -> None:
         H, n_aux = c.hidden, max(1, len(c.aux_targets))
         self.to_embedding = _mlp(H, H, c.embedding_dim)
-        self.projection = _mlp(c.embedding_dim, H, c.projection_dim)
+        self.projection = _mlp(c.embedding_dim, H, c.projection_dim) if c.projection_dim else None
         self.aux_head = _mlp(c.embedding_dim, H, n_aux)
         self.register_buffer("aux_mean", torch.zeros(n_aux))
         self.register_buffer("aux_std", torch.ones(n_aux))
 
     def forward(self, batch) -> dict[str, Tensor]:
-        """``embedding`` (G, embedding_dim), ``projection`` (G, projection_dim, unit norm), ``aux`` (G, n_aux)."""
+        """``embedding`` (G, embedding_dim), ``projection`` (G, projection_dim, unit norm: what the
+        contrastive loss reads; the normalized embedding without a head), ``aux`` (G, n_aux)."""
         emb = self.to_embedding(self.encode(batch))
-        return {"embedding": emb, "projection": F.normalize(self.projection(emb).float(), dim=-1),
-                "aux": self.aux_head(emb)}
+        proj = emb if self.projection is None else self.projection(emb)
+        return {"embedding": emb, "projection": F.normalize(proj.float(), dim=-1), "aux": self.aux_head(emb)}
 
     @torch.no_grad()
     def embed(self, specs: Sequence[ArchSpec], params: Sequence[dict[str, Tensor]], batch_size: int = 128) -> Tensor:
@@ -201,6 +232,21 @@ class Embedder(nn.Module):
                for i in range(0, len(specs), batch_size)]
         self.train(was)
         return torch.cat(out) if out else torch.zeros(0, self.config.embedding_dim)
+
+
+    @torch.no_grad()
+    def predict(self, specs: Sequence[ArchSpec], params: Sequence[dict[str, Tensor]], batch_size: int = 128) -> Tensor:
+        """(n, len(aux_targets)) the auxiliary head's predictions of the metrics it was trained on
+        (``config.aux_targets``, e.g. test accuracy), in their own units."""
+        was = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        out = [self(self.batch(specs[i:i + batch_size], params[i:i + batch_size], device))["aux"].float()
+               for i in range(0, len(specs), batch_size)]
+        self.train(was)
+        if not out:
+            return torch.zeros(0, len(self.aux_mean))
+        return (torch.cat(out) * self.aux_std + self.aux_mean).cpu()
 
 
 def build_encoder(config: EncoderConfig) -> Embedder:
@@ -233,6 +279,10 @@ class PeaceEncoder(Embedder):
             c.transformer_layers, enable_nested_tensor=False) if c.transformer_layers else None)
         self.cls = nn.Parameter(torch.zeros(1, 1, H)) if c.pooling == "cls" else None
         self.attn = nn.Linear(H, 1) if c.pooling == "attention" else None
+        if c.function_tokens:  # one token per network from its per-class response columns
+            self.fn_in = _mlp(c.probes + 2 * _POS_FREQS, H, H)
+            self.fn_readout = _mlp(2 * H, H, H)
+            self.fn_type = nn.Parameter(torch.zeros(H))
         self._init_heads(c)
         self.register_buffer("edge_scale", torch.ones(len(EDGE_KINDS)))
         self.register_buffer("bias_mean", torch.zeros(()))
@@ -269,15 +319,34 @@ class PeaceEncoder(Embedder):
 
     # --- forward --------------------------------------------------------------------------------
 
-    def encode(self, batch: GraphBatch) -> Tensor:
-        """(G, hidden): message passing, per-layer readout, Transformer across layers, pooling."""
-        g = batch.graphs
+    def encode(self, batch: ModelBatch) -> Tensor:
+        """(G, hidden): message passing, per-layer readout, Transformer across layers (and the
+        function token), pooling."""
+        g = batch.graphs.graphs
         h = self.node_in(self._node_inputs(g))
         e = self._edge_inputs(g)
         if self.rounds:
             h = self._message_passing(h, e, g)
-        tokens, mask, depth = self._layer_tokens(h, g, batch)
-        return self._pool(tokens, mask, depth)
+        tokens, valid, depth = self._layer_tokens(h, g, batch.graphs)
+        x = tokens + self.depth_in(sinusoid(depth, _DEPTH_FREQS))
+        if self.config.function_tokens:
+            if batch.responses is None:
+                raise PeaceError("this encoder reads function tokens: build its input with encoder.batch(...)")
+            f = self._function_token(batch.responses, batch.classes) + self.fn_type
+            x = torch.cat([x, f.unsqueeze(1).to(x.dtype)], 1)
+            valid = torch.cat([valid, torch.ones_like(valid[:, :1])], 1)
+        return self._pool(x, valid)
+
+    def _function_token(self, r: Tensor, classes: Tensor) -> Tensor:
+        """(G, hidden) from (G, K, C) responses: each class's column of probabilities with its
+        position encoding, through an MLP, then mean + max over the real classes."""
+        G, K, C = r.shape
+        pos = sinusoid(torch.arange(C, device=r.device).float() / _POS_SCALE, _POS_FREQS)
+        h = self.fn_in(torch.cat([r.transpose(1, 2), pos.expand(G, C, -1)], -1)).float()
+        m = classes.unsqueeze(-1)
+        mean = (h * m).sum(1) / m.sum(1).clamp_min(1)
+        mx = h.masked_fill(~m, float("-inf")).amax(1)
+        return self.fn_readout(torch.cat([mean, mx], -1))
 
     def _message_passing(self, h: Tensor, e: Tensor, g: NeuralGraph) -> Tensor:
         ones = torch.ones(g.num_edges, device=h.device)
@@ -312,8 +381,7 @@ class PeaceEncoder(Embedder):
         depth = torch.arange(T, device=h.device).float() / batch.n_layers.to(h.device).float().unsqueeze(1)
         return tokens, valid, depth
 
-    def _pool(self, tokens: Tensor, valid: Tensor, depth: Tensor) -> Tensor:
-        x = tokens + self.depth_in(sinusoid(depth, _DEPTH_FREQS))
+    def _pool(self, x: Tensor, valid: Tensor) -> Tensor:
         if self.cls is not None:
             x = torch.cat([self.cls.expand(len(x), -1, -1), x], 1)
             valid = torch.cat([torch.ones_like(valid[:, :1]), valid], 1)
@@ -330,19 +398,29 @@ class PeaceEncoder(Embedder):
     # --- convenience ----------------------------------------------------------------------------
 
     def batch(self, specs: Sequence[ArchSpec], params: Sequence[dict[str, Tensor]],
-              device: torch.device | str = "cpu") -> GraphBatch:
-        """Prepare and batch models for :meth:`forward`, on ``device``."""
-        return to_device(batch_graphs([prepare(s, p, self.config) for s, p in zip(specs, params)]), device)
+              device: torch.device | str = "cpu", responses: Sequence[Tensor] | None = None) -> ModelBatch:
+        """Prepare and batch models for :meth:`forward`, on ``device``. ``responses`` (from
+        :func:`peace.probes.responses` with ``config.probes`` probes) saves recomputing them."""
+        graphs = batch_graphs([prepare(s, p, self.config) for s, p in zip(specs, params)])
+        r = classes = None
+        if self.config.function_tokens:
+            if responses is None:
+                responses = probe_responses(specs, params, self.config.probes)
+            r, classes = pad_responses(responses)
+        return to_device(ModelBatch(graphs, r, classes), device)
 
     def describe(self) -> dict:
         return {"config": asdict(self.config), "backend": self.backend,
                 "parameters": sum(p.numel() for p in self.parameters())}
 
 
-def to_device(batch: GraphBatch, device: torch.device | str) -> GraphBatch:
-    if torch.device(device).type == "cpu" and batch.node_graph.device.type == "cpu":
+def to_device(batch: ModelBatch, device: torch.device | str) -> ModelBatch:
+    gb = batch.graphs
+    if torch.device(device).type == "cpu" and gb.node_graph.device.type == "cpu":
         return batch
-    g = batch.graphs
+    g = gb.graphs
     moved = NeuralGraph(*(getattr(g, f).to(device) for f in ("src", "dst", "node_feat", "edge_feat", "node_layer",
                                                               "node_pos", "edge_layer")), g.n_layers)
-    return GraphBatch(moved, batch.node_graph.to(device), batch.n_layers.to(device), batch.num_graphs)
+    graphs = GraphBatch(moved, gb.node_graph.to(device), gb.n_layers.to(device), gb.num_graphs)
+    move = lambda t: None if t is None else t.to(device)  # noqa: E731
+    return ModelBatch(graphs, move(batch.responses), move(batch.classes))

@@ -16,10 +16,12 @@ from tqdm.auto import tqdm
 
 from .architectures import forward, stack_params
 from .atomic import atomic_path, write_json
-from .baselines import Baseline, MetadataSearch, Models, weight_baselines
+from .baselines import Baseline, FunctionSpace, MetadataSearch, Models, weight_baselines
 from .errors import PeaceError
 from .metrics import clustering_scores, functional_similarity, hard_queries, invariance_ratio, linear_probe, retrieval_scores
 from .plots import method_comparison
+from .prediction import PredictorConfig, accuracy_study
+from .probes import io_space
 from .symmetry import random_symmetry
 from .trainer import load_encoder
 from .transfer import TransferConfig, transfer_study
@@ -74,6 +76,8 @@ def evaluate_method(method: Baseline, train: Models, test: Models, seed: int = 0
     out: dict = {"retrieval_task": retrieval_scores(e_test, rows["task"].to_numpy()),
                  "retrieval_task_hard": retrieval_scores(e_test, rows["task"].to_numpy(), hard_queries(rows)),
                  "retrieval_task_heldout": retrieval_scores(e_test, rows["task"].to_numpy(), rows["heldout_task"].to_numpy()),
+                 "retrieval_task_cross_arch": retrieval_scores(e_test, rows["task"].to_numpy(),
+                                                               other_than=rows["arch"].to_numpy()),
                  "retrieval_lineage": retrieval_scores(e_test, rows["lineage_id"].to_numpy())}
     out["clustering_task"] = clustering_scores(e_test, rows["task"].to_numpy(), seed)
     probes = {}
@@ -96,40 +100,52 @@ def evaluate_method(method: Baseline, train: Models, test: Models, seed: int = 0
     return out
 
 
-def split_models(run_dir: str | Path, zoo: Zoo) -> tuple[Models, Models]:
-    """The run's training and test models (finite ones only); test rows carry the split columns."""
-    splits = pd.read_parquet(Path(run_dir) / "splits.parquet")
-    rows = zoo.manifest.reset_index(drop=True).merge(splits, on="model_id")
+def split_models(run_dir: str | Path, zoo: Zoo, splits: tuple[str, ...] = ("train", "test")) -> tuple[Models, ...]:
+    """The run's models of each split in ``splits`` (finite ones only); every set's rows carry the
+    split columns (``split``, ``heldout_task``)."""
+    table = pd.read_parquet(Path(run_dir) / "splits.parquet")
+    rows = zoo.manifest.reset_index(drop=True).merge(table, on="model_id")
     rows = rows[rows["status"] == "ok"]
-    ids = {s: list(rows.loc[rows["split"] == s, "model_id"]) for s in ("train", "test")}
+    ids = {s: list(rows.loc[rows["split"] == s, "model_id"]) for s in splits}
     if min(len(v) for v in ids.values()) < 2:
-        raise PeaceError(f"the run's splits leave {len(ids['train'])} training and {len(ids['test'])} test models; "
+        raise PeaceError(f"the run's splits leave {', '.join(f'{len(v)} {s}' for s, v in ids.items())} models; "
                          f"evaluation needs at least 2 of each")
-    train, test = Models.from_zoo(zoo, ids["train"]), Models.from_zoo(zoo, ids["test"])
-    test.rows = test.rows.merge(splits, on="model_id", how="left")
-    return train, test
+    out = []
+    for s in splits:
+        models = Models.from_zoo(zoo, ids[s])
+        models.rows = models.rows.merge(table, on="model_id", how="left")
+        out.append(models)
+    return tuple(out)
 
 
 def evaluate(run_dir: str | Path, out: str | Path, zoo: Zoo | str | Path | None = None,
              mlp_run: str | Path | None = None, seed: int = 0, progress: bool = True,
-             transfer: TransferConfig | None = TransferConfig()) -> dict:
+             transfer: TransferConfig | None = TransferConfig(), accuracy: PredictorConfig | None = PredictorConfig()) -> dict:
     """Evaluate the run's encoder and every baseline; write metrics.json, report.md and figures to ``out``.
 
-    ``transfer=None`` skips the fine-tuning study (the slowest part)."""
+    ``transfer=None`` skips the fine-tuning study (the slowest part); ``accuracy=None`` the
+    accuracy-prediction study against NFN on the largest MLP architecture."""
     run_dir, out = Path(run_dir), Path(out)
     peace = EncoderMethod(run_dir, "peace")
     zoo = zoo if isinstance(zoo, Zoo) else Zoo(zoo or peace.encoder.meta["zoo"])
     if peace.encoder.meta.get("zoo_manifest_sha256") != zoo.info["manifest_sha256"]:
         raise PeaceError(f"the run {run_dir} was trained on another zoo than {zoo.path}; evaluate it on its own zoo "
                          f"(its splits say which models were held out)")
-    train, test = split_models(run_dir, zoo)
+    train, val, test = split_models(run_dir, zoo, ("train", "val", "test"))
     methods: list[Baseline] = [peace] + ([EncoderMethod(mlp_run, "mlp-encoder")] if mlp_run else []) + weight_baselines()
+    methods.append(FunctionSpace(spaces=sorted({io_space(s) for s in train.specs + test.specs})))
     results = {}
     for m in tqdm(methods, desc="evaluate", disable=not progress, leave=False):
         m.fit(train)
         results[m.name] = evaluate_method(m, train, test, seed)
     metrics = {"run": str(run_dir), "zoo": str(zoo.path), "n_train": len(train), "n_test": len(test),
                "heldout_tasks": peace.encoder.meta.get("holdout_tasks", []), "methods": results}
+    if accuracy is not None:
+        aux = peace.encoder.config.aux_targets
+        head = {} if "test_acc" not in aux else {
+            "peace aux head": lambda m: peace.encoder.predict(m.specs, m.params)[:, aux.index("test_acc")].numpy()}
+        metrics["accuracy_prediction"] = accuracy_study(train, val, test, methods, config=accuracy, seed=seed, extra=head,
+                                                        encoder=peace.encoder)
     if transfer is not None:
         metrics["transfer"] = transfer_study(methods, train, test, transfer, seed, progress)
     out.mkdir(parents=True, exist_ok=True)
@@ -149,10 +165,51 @@ def summary_table(metrics: dict) -> pd.DataFrame:
         p = r["probes"]
         rows[name] = {"task mAP": r["retrieval_task"]["map"], "task P@10": r["retrieval_task"]["precision@10"],
                       "hard mAP": r["retrieval_task_hard"]["map"], "held-out task mAP": r["retrieval_task_heldout"]["map"],
+                      "cross-arch mAP": r["retrieval_task_cross_arch"]["map"],
                       "lineage mAP": r["retrieval_lineage"]["map"], "NMI": r["clustering_task"]["nmi"],
                       "R2 test_acc": p["test_acc"]["r2"], "R2 gen_gap": p["gen_gap"]["r2"], "R2 epoch": p["epoch"]["r2"],
                       "func. Spearman": r["functional_spearman"], "invariance ratio": r["invariance"]["ratio"]}
     return pd.DataFrame(rows).T.rename_axis("method")
+
+
+def evaluate_runs(run_dirs: list[str | Path], out: str | Path, **kwargs) -> pd.DataFrame:
+    """Evaluate several runs (e.g. encoder seeds) into ``out/<run name>/`` and summarize them: every
+    headline figure as mean and standard deviation over runs, in ``out/summary.parquet`` and
+    ``out/summary.md``. Each run is evaluated on its own split (seeds also redraw the held-out tasks),
+    so the spread covers both the encoder's seed and the split."""
+    out = Path(out)
+    names = [Path(r).name for r in run_dirs]
+    names = [n if names.count(n) == 1 else f"{n}-{i}" for i, n in enumerate(names)]
+    tables = []
+    for name, run in zip(names, run_dirs):
+        m = evaluate(run, out / name, **kwargs)
+        tables.append(summary_table(m).assign(run=name))
+    summary = aggregate(tables)
+    with atomic_path(out / "summary.parquet") as tmp:
+        summary.to_parquet(tmp)
+    with atomic_path(out / "summary.md") as tmp:
+        tmp.write_text(f"# PEACE evaluation over {len(names)} runs\n\nRuns: {', '.join(names)} (each on its own "
+                       f"split; per-run reports in the folders of the same names). Mean ± standard deviation over "
+                       f"runs.\n\n{summary_markdown(summary)}")
+    return summary
+
+
+def aggregate(tables: list[pd.DataFrame]) -> pd.DataFrame:
+    """Long table (method, metric, mean, std, n) over several ``summary_table`` results."""
+    long = pd.concat([t.reset_index().melt(id_vars=["method", "run"], var_name="metric") for t in tables])
+    long["value"] = long["value"].astype(float)
+    g = long.groupby(["method", "metric"], sort=False)["value"]
+    return pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1), "n": g.count()}).reset_index()
+
+
+def summary_markdown(summary: pd.DataFrame) -> str:
+    """A method x metric markdown table of ``mean ± std`` cells from :func:`aggregate`."""
+    cell = lambda r: "n/a" if math.isnan(r["mean"]) else (  # noqa: E731
+        f"{r['mean']:.3f}" + ("" if r["n"] < 2 or math.isnan(r["std"]) else f" ± {r['std']:.3f}"))
+    wide = summary.assign(cell=summary.apply(cell, axis=1)).pivot(index="method", columns="metric", values="cell")
+    wide = wide.loc[list(dict.fromkeys(summary["method"])), list(dict.fromkeys(summary["metric"]))]
+    head = "| method | " + " | ".join(wide.columns) + " |\n|---|" + "---|" * len(wide.columns) + "\n"
+    return head + "".join(f"| {m} | " + " | ".join(r) + " |\n" for m, r in wide.iterrows())
 
 
 def report_markdown(metrics: dict, table: pd.DataFrame) -> str:
@@ -163,11 +220,29 @@ def report_markdown(metrics: dict, table: pd.DataFrame) -> str:
             f"models (baselines and probes fit on them), {metrics['n_test']} test models (every figure below), "
             f"held-out tasks {', '.join(metrics['heldout_tasks']) or 'none'}.\n\n{head}{body}\n"
             "mAP: leave-one-out cosine retrieval among test models, relevance = same task (hard: queries whose "
-            "architecture is trained on other tasks too; held-out: queries of tasks never seen in training) or same "
-            "fine-tune lineage. R2: ridge probes. Func. Spearman: rank correlation of embedding distance with "
+            "architecture is trained on other tasks too; held-out: queries of tasks never seen in training; "
+            "cross-arch: each query ranks only models of other architectures) or same fine-tune lineage. "
+            "function: class predictions on shared random probe inputs (training-free; compares models of one "
+            "io-space only). R2: ridge probes. Func. Spearman: rank correlation of embedding distance with "
             "prediction disagreement on shared probe inputs. Invariance ratio: distance to a random symmetry "
             "transform over distance to the nearest other model (lower is better; 0 = exactly invariant).\n\n"
-            f"{transfer_markdown(metrics.get('transfer'))}All numbers: `metrics.json`.\n")
+            f"{accuracy_markdown(metrics.get('accuracy_prediction'))}{transfer_markdown(metrics.get('transfer'))}"
+            "All numbers: `metrics.json`.\n")
+
+
+def accuracy_markdown(study: dict | None) -> str:
+    """The accuracy-prediction table of the report (NFN's setting); empty when the study was skipped."""
+    if not study:
+        return ""
+    if "skipped" in study:
+        return f"## Accuracy prediction on one architecture\n\nSkipped: {study['skipped']}.\n\n"
+    rows = "".join(f"| {m} | {r['r2']:.3f} | {r['kendall_tau']:.3f} |\n" for m, r in study["methods"].items())
+    return (f"## Accuracy prediction on one architecture\n\nThe largest MLP architecture of the training split, "
+            f"`{study['arch']}` ({study['n_train']} training / {study['n_val']} validation / {study['n_test']} test "
+            f"models; tasks {', '.join(study['tasks'])}): predictors of `{study['target']}` fit on its training "
+            f"models, scored on its test models. nfn-hnp / nfn-np: Neural Functional Networks (Zhou et al. 2023) "
+            f"trained supervised; `+ ridge`: a ridge probe on the method's vectors; peace aux head: the encoder's "
+            f"own metric head, not refit.\n\n| predictor | R2 | Kendall tau |\n|---|---|---|\n{rows}\n")
 
 
 def transfer_markdown(transfer: dict | None) -> str:
@@ -178,14 +253,20 @@ def transfer_markdown(transfer: dict | None) -> str:
     if not transfer["tasks"]:
         return f"## Transfer learning\n\nNo held-out task could be studied.\n{skipped}\n"
     c = transfer["config"]
-    table = pd.DataFrame(transfer["methods"]).T
-    head = "| method | " + " | ".join(table.columns) + " |\n|---|" + "---|" * len(table.columns) + "\n"
-    body = "".join(f"| {m} | " + " | ".join("n/a" if math.isnan(v) else f"{v:.3f}" for v in r) + " |\n"
-                   for m, r in table.iterrows())
+    budgets = transfer.get("budgets") or {c["epochs"]: transfer["methods"]}
+    tables = ""
+    for b, methods in sorted(budgets.items(), key=lambda kv: int(kv[0])):
+        table = pd.DataFrame(methods).T
+        head = "| method | " + " | ".join(table.columns) + " |\n|---|" + "---|" * len(table.columns) + "\n"
+        body = "".join(f"| {m} | " + " | ".join("n/a" if math.isnan(v) else f"{v:.3f}" for v in r) + " |\n"
+                       for m, r in table.iterrows())
+        tables += f"### {b} epochs of fine-tuning\n\n{head}{body}\n"
     return (f"## Transfer learning\n\nHeld-out tasks {', '.join(transfer['tasks'])}: for {c['queries']} query models "
             f"per task, each method's top {c['k']} compatible training models (and {c['k']} random ones) were "
-            f"fine-tuned for {c['epochs']} epochs (Adam, lr {c['lr']}). final_val_acc: after the budget; "
-            f"step_ratio_vs_random: steps until the target accuracy (quantile {c['target']} of every candidate's "
-            f"final accuracy) over random's (lower is better); zero_shot_spearman: rank correlation of a model's mean "
-            f"similarity to the task's models with its fine-tuned accuracy ({c['pool']} random compatible models).\n\n"
-            f"{head}{body}\n{skipped}\n")
+            f"fine-tuned for {c['epochs']} epochs (Adam, lr {c['lr']}), read at each budget below. final_val_acc: "
+            f"after the budget; step_ratio_vs_random: steps until the target accuracy (quantile {c['target']} of "
+            f"every candidate's accuracy at that budget) over random's (lower is better); reached_target: share of "
+            f"picks that reach it; zero_shot_spearman: rank correlation of a model's mean similarity to the task's "
+            f"models with its fine-tuned accuracy ({c['pool']} random compatible models); picked_epoch / "
+            f"picked_own_acc: the training epoch of the picks and their accuracy on their own task.\n\n"
+            f"{tables}{skipped}\n")

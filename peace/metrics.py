@@ -25,22 +25,27 @@ def cosine_similarity_matrix(a: np.ndarray, b: np.ndarray | None = None) -> np.n
 
 
 def retrieval_scores(emb: np.ndarray, labels: np.ndarray, query_mask: np.ndarray | None = None,
-                     ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
+                     ks: tuple[int, ...] = (1, 5, 10), other_than: np.ndarray | None = None) -> dict[str, float]:
     """precision@k, recall@k and mAP of leave-one-out cosine retrieval, relevance = equal label.
 
-    Every model (or those in ``query_mask``) queries all the others. Queries with no relevant
-    model are skipped; ``n_queries`` says how many counted.
+    Every model (or those in ``query_mask``) queries all the others; with ``other_than`` (one value
+    per model, e.g. its architecture) a query ranks only the models whose value differs from its
+    own (cross-architecture retrieval). Queries with no relevant model are skipped; ``n_queries``
+    says how many counted.
     """
     labels = np.asarray(labels)
     if len(emb) < 2:
         raise PeaceError(f"retrieval needs at least 2 models, got {len(emb)} (is the split empty?)")
     sim = cosine_similarity_matrix(emb)
     queries = np.flatnonzero(np.ones(len(emb), bool) if query_mask is None else query_mask)
+    other = None if other_than is None else np.asarray(other_than)
     prec: dict[int, list[float]] = {k: [] for k in ks}
     rec: dict[int, list[float]] = {k: [] for k in ks}
     aps = []
     for i in queries:
-        s, rel = np.delete(sim[i], i), np.delete(labels == labels[i], i)
+        keep = np.ones(len(labels), bool) if other is None else other != other[i]
+        keep[i] = False
+        s, rel = sim[i][keep], labels[keep] == labels[i]
         if not rel.any():
             continue
         aps.append(average_precision_score(rel, s))

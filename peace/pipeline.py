@@ -105,16 +105,17 @@ def train_step(zoo: Path, config: str, overrides: Sequence[str], device: str, se
                 [run / "encoder.safetensors", run / "history.parquet"], lambda: _zoo_sha(zoo))
 
 
-def evaluate_step(zoo: Path, run: Path, out: Path, seed: int, transfer_epochs: int) -> Step:
+def evaluate_step(zoo: Path, run: Path, out: Path, seed: int, transfer_epochs: int, accuracy_epochs: int = 100) -> Step:
     """Notebook 04: evaluate ``run`` into ``out`` (current while zoo and encoder are unchanged)."""
     return Step("evaluate", "04_evaluate.ipynb",
-                {"run_dir": str(run), "out": str(out), "seed": seed, "transfer_epochs": transfer_epochs},
+                {"run_dir": str(run), "out": str(out), "seed": seed, "transfer_epochs": transfer_epochs,
+                 "accuracy_epochs": accuracy_epochs},
                 [out / "metrics.json"], lambda: {**_zoo_sha(zoo), **_encoder_sha(run)})
 
 
 def pipeline_steps(preset: str = "demo", config: str = "default", overrides: Sequence[str] = (), device: str = "auto",
                    seed: int = 0, root: str | Path = "artifacts", name: str | None = None,
-                   transfer_epochs: int = 5) -> list[Step]:
+                   transfer_epochs: int = 20) -> list[Step]:
     """The four steps for zoo ``preset`` and encoder ``config``, writing under ``root``."""
     from .recipe import load_recipe
     from .trainer import load_config
@@ -173,7 +174,7 @@ def run_steps(steps: Sequence[Step], notebooks_out: Path, force: bool = False, p
 
 def run_pipeline(preset: str = "demo", config: str = "default", overrides: Sequence[str] = (), device: str = "auto",
                  seed: int = 0, root: str | Path = "artifacts", name: str | None = None, force: bool = False,
-                 steps: Sequence[str] | None = None, transfer_epochs: int = 5, progress: bool = True) -> list[str]:
+                 steps: Sequence[str] | None = None, transfer_epochs: int = 20, progress: bool = True) -> list[str]:
     """Build, train, export and evaluate for one preset; only what is missing or stale runs."""
     all_steps = pipeline_steps(preset, config, overrides, device, seed, root, name, transfer_epochs)
     if steps is not None:

@@ -32,15 +32,19 @@ from .atomic import atomic_path, sha256_file, write_json
 from .config import apply_overrides, checked, read_yaml
 from .contrastive import (
     AugmentConfig,
+    Kinship,
     PairSampler,
     augment,
     build_views,
-    Kinship,
+    functional_neighbours,
+    functional_targets,
     info_nce,
 )
 from .encoder import Embedder, EncoderConfig, build_encoder
 from .errors import PeaceError, unknown
 from .metrics import retrieval_map
+from .probes import agreement_matrix, io_space
+from .probes import responses as probe_responses
 from .rng import model_seed
 from .splits import split_zoo
 from .zoo import Zoo
@@ -67,13 +71,17 @@ class TrainConfig:
     max_models_per_epoch: int | None = None  # subsample big zoos: each epoch sees this many anchors
     grad_clip: float = 1.0
     amp: bool = True              # bfloat16 autocast on CUDA
+    functional_weight: float = 0.0  # soft InfoNCE: share of the target graded by prediction agreement; 0 = plain
+    functional_temperature: float = 0.05  # of the agreement softmax (agreements lie in [0, 1])
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 2 or self.patience < 1:
             raise PeaceError(f"need epochs >= 1, batch_size >= 2, patience >= 1; got {self.epochs}, "
                              f"{self.batch_size}, {self.patience}")
-        if not (self.temperature > 0 and self.lr > 0 and self.aux_weight >= 0):
-            raise PeaceError("temperature and lr must be > 0 and aux_weight >= 0")
+        if not (self.temperature > 0 and self.lr > 0 and self.aux_weight >= 0 and self.functional_temperature > 0):
+            raise PeaceError("temperature, functional_temperature and lr must be > 0 and aux_weight >= 0")
+        if not 0 <= self.functional_weight <= 1:
+            raise PeaceError(f"functional_weight must be in [0, 1], got {self.functional_weight}")
         if self.val_relevance not in VAL_RELEVANCE:
             raise unknown("val_relevance", self.val_relevance, VAL_RELEVANCE)
         if self.max_models_per_epoch is not None and self.max_models_per_epoch < self.batch_size:
@@ -288,7 +296,15 @@ def fit(zoo: Zoo | str | Path, config: RunConfig, out: str | Path, device: str =
         history, best, bad, start_epoch = ckpt["history"], ckpt["best"], ckpt["bad_epochs"], ckpt["epoch"] + 1
 
     views = build_views(train, weights, cfg.augment, cfg.seed, cache_dir=out / "views", progress=progress)
-    sampler = PairSampler(train, cfg.augment, views)
+    n_probes = cfg.encoder.probes
+    neighbours = None
+    if cfg.augment.functional:
+        train_specs = [specs[m] for m in train.model_id]
+        neighbours = functional_neighbours(train, probe_responses(train_specs, [weights[m] for m in train.model_id],
+                                                                  n_probes),
+                                           [io_space(s) for s in train_specs], cfg.augment.functional_k)
+    sampler = PairSampler(train, cfg.augment, views, neighbours)
+    need_responses = cfg.encoder.function_tokens or tc.functional_weight > 0
     kin = Kinship(rows)
     aux_t = dict(zip(train.model_id, torch.tensor(tgt)))
     amp = dev.type == "cuda" and tc.amp
@@ -322,14 +338,23 @@ def fit(zoo: Zoo | str | Path, config: RunConfig, out: str | Path, device: str =
             for m in negs:
                 batch_specs.append(specs[m])
                 batch_params.append(augment(specs[m], weights[m], model_seed(cfg.seed, m, tag + "n"), cfg.augment))
-            batch = encoder.batch(batch_specs, batch_params, dev)
+            resp = probe_responses(batch_specs, batch_params, n_probes) if need_responses else None
+            batch = encoder.batch(batch_specs, batch_params, dev, responses=resp)
             B = len(anchors)
             with torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext():
                 res = encoder(batch)
             proj = res["projection"].float()
-            same = torch.from_numpy(kin.related(anchors, anchors))
-            extra_same = torch.from_numpy(kin.related(anchors, negs)) if negs else None
-            nce = info_nce(proj[:B], proj[B:2 * B], tc.temperature, same, proj[2 * B:] if negs else None, extra_same)
+            extra = proj[2 * B:] if negs else None
+            if tc.functional_weight > 0:  # graded by function instead of masking relatives
+                spaces = np.array([io_space(s) for s in batch_specs])
+                agree = torch.from_numpy(agreement_matrix(resp[:2 * B], spaces[:2 * B], resp, spaces))
+                targets = functional_targets(agree, torch.from_numpy(spaces[:2 * B, None] == spaces[None, :]),
+                                             tc.functional_weight, tc.functional_temperature)
+                nce = info_nce(proj[:B], proj[B:2 * B], tc.temperature, extra=extra, targets=targets.to(dev))
+            else:
+                same = torch.from_numpy(kin.related(anchors, anchors))
+                extra_same = torch.from_numpy(kin.related(anchors, negs)) if negs else None
+                nce = info_nce(proj[:B], proj[B:2 * B], tc.temperature, same, extra, extra_same)
             y = (torch.stack([aux_t[m] for m in anchors]).to(dev) - encoder.aux_mean) / encoder.aux_std
             aux = torch.nn.functional.mse_loss(res["aux"][:B].float(), y)
             loss = nce + tc.aux_weight * aux

@@ -35,7 +35,8 @@ class TransferConfig:
     queries: int = 3  # query models per held-out task
     pool: int = 48  # random compatible models fine-tuned for the zero-shot correlation
     task_models: int = 32  # models of the task its mean similarity is taken over
-    epochs: int = 5  # fine-tuning budget
+    epochs: int = 20  # fine-tuning budget
+    also_at: tuple[int, ...] = (5,)  # shorter budgets reported too (read off the same fine-tuning curves)
     lr: float = 1e-3
     batch_size: int = 32
     target: float = 0.5  # target accuracy: this quantile of all fine-tuned candidates' final accuracies
@@ -46,6 +47,14 @@ class TransferConfig:
                              f"got {self}")
         if not 0 < self.target <= 1:
             raise PeaceError(f"transfer target must be a quantile in (0, 1], got {self.target}")
+        if any(int(b) < 1 for b in self.also_at):
+            raise PeaceError(f"transfer also_at budgets must be >= 1 epoch, got {self.also_at}")
+        # budgets at or beyond the full one say nothing new
+        object.__setattr__(self, "also_at", tuple(sorted({int(b) for b in self.also_at if b < self.epochs})))
+
+    @property
+    def budgets(self) -> tuple[int, ...]:
+        return tuple(sorted(set(self.also_at) | {self.epochs}))
 
 
 def io_key(spec: ArchSpec) -> tuple[tuple[int, ...], int]:
@@ -120,27 +129,41 @@ def transfer_study(methods: Sequence[Baseline], library: Models, test: Models, c
         need = np.unique(np.concatenate([p.ravel() for p in picks.values()] + [sample]))
         task = load_task(name)
         curves = dict(zip(need.tolist(), finetune_curves(task, subset(pool, need), cfg, seed)))
-        finals = np.array([c[-1] for c in curves.values()])
-        target = float(np.nanquantile(finals, cfg.target))
         per_epoch = math.ceil(len(task.y_train) / cfg.batch_size)
-        res = {}
-        for m, p in picks.items():
-            c = np.stack([curves[i] for i in p.ravel()])
-            res[m] = {"final_val_acc": float(np.nanmean(c[:, -1])), "start_val_acc": float(np.nanmean(c[:, 0])),
-                      "steps_to_target": float(steps_to_target(c, target, per_epoch).mean()),
-                      "reached_target": float((np.nan_to_num(c, nan=-1.0) >= target).any(1).mean())}
-        z = np.array([curves[i][-1] for i in sample])
-        for m in methods:
-            sim = (e_pool[m.name][sample] @ normalize_rows(m.transform(task_models)).T).mean(1)
-            ok = np.isfinite(z)
-            rho = spearmanr(sim[ok], z[ok]).statistic if ok.sum() > 2 and np.ptp(z[ok]) > 0 else float("nan")
-            res[m.name]["zero_shot_spearman"] = float(rho)
-        for m in res:
-            res[m]["step_ratio_vs_random"] = res[m]["steps_to_target"] / max(res["random"]["steps_to_target"], 1e-12)
-        out["tasks"][name] = {"pool": len(pool), "target_val_acc": target, "best_val_acc": float(np.nanmax(finals)),
-                              "steps_per_epoch": per_epoch, "methods": res}
+        task_sim = {m.name: (e_pool[m.name][sample] @ normalize_rows(m.transform(task_models)).T).mean(1)
+                    for m in methods}  # each sampled model's mean similarity to the task's models
+        out["tasks"][name] = {"pool": len(pool), "steps_per_epoch": per_epoch, "budgets": {}}
+        for budget in cfg.budgets:
+            cut = {i: c[:budget + 1] for i, c in curves.items()}
+            out["tasks"][name]["budgets"][budget] = _score_picks(picks, cut, pool, sample, task_sim, cfg.target,
+                                                                 per_epoch)
     names = [m.name for m in methods] + ["random"]
-    out["methods"] = {m: {k: _mean([t["methods"][m].get(k) for t in out["tasks"].values()])
-                          for k in ("final_val_acc", "step_ratio_vs_random", "reached_target", "zero_shot_spearman")}
-                      for m in names}
+    keys = ("final_val_acc", "step_ratio_vs_random", "reached_target", "zero_shot_spearman", "picked_epoch",
+            "picked_own_acc")
+    out["budgets"] = {b: {m: {k: _mean([t["budgets"][b]["methods"][m].get(k) for t in out["tasks"].values()])
+                              for k in keys} for m in names} for b in cfg.budgets}
+    out["methods"] = out["budgets"][cfg.epochs]  # the headline: the full budget
     return out
+
+
+def _score_picks(picks: dict, curves: dict, pool: Models, sample: np.ndarray, task_sim: dict, quantile: float,
+                 per_epoch: int) -> dict:
+    """Every method's figures for one task at one budget (``curves`` already cut to it)."""
+    finals = np.array([c[-1] for c in curves.values()])
+    target = float(np.nanquantile(finals, quantile))
+    res = {}
+    for m, p in picks.items():
+        c = np.stack([curves[i] for i in p.ravel()])
+        picked = pool.rows.iloc[p.ravel()]
+        res[m] = {"final_val_acc": float(np.nanmean(c[:, -1])), "start_val_acc": float(np.nanmean(c[:, 0])),
+                  "steps_to_target": float(steps_to_target(c, target, per_epoch).mean()),
+                  "reached_target": float((np.nan_to_num(c, nan=-1.0) >= target).any(1).mean()),
+                  "picked_epoch": float(picked["epoch"].mean()), "picked_own_acc": float(picked["test_acc"].mean())}
+    z = np.array([curves[i][-1] for i in sample])
+    ok = np.isfinite(z)
+    for m, sim in task_sim.items():
+        rho = spearmanr(sim[ok], z[ok]).statistic if ok.sum() > 2 and np.ptp(z[ok]) > 0 else float("nan")
+        res[m]["zero_shot_spearman"] = float(rho)
+    for m in res:
+        res[m]["step_ratio_vs_random"] = res[m]["steps_to_target"] / max(res["random"]["steps_to_target"], 1e-12)
+    return {"target_val_acc": target, "best_val_acc": float(np.nanmax(finals)), "methods": res}

@@ -13,8 +13,11 @@ from peace.contrastive import (
     augment,
     build_views,
     config_key,
+    functional_neighbours,
+    functional_targets,
     info_nce,
     magnitude_prune,
+    nce_logits,
 )
 from peace.errors import PeaceError
 
@@ -68,6 +71,63 @@ def test_info_nce_matches_the_textbook_formula_and_masks_relatives():
     assert info_nce(u, v, tau, extra=extra) > info_nce(u, v, tau)  # more negatives, harder
     assert torch.isclose(info_nce(u, v, tau, extra=extra, extra_same=torch.ones(4, 3, dtype=torch.bool)),
                          info_nce(u, v, tau), atol=1e-6)
+
+
+def test_soft_info_nce_with_one_hot_targets_is_the_plain_loss_and_follows_its_targets():
+    g = torch.Generator().manual_seed(1)
+    u, v = F.normalize(torch.randn(5, 8, generator=g), dim=1), F.normalize(torch.randn(5, 8, generator=g), dim=1)
+    extra = F.normalize(torch.randn(3, 8, generator=g), dim=1)
+    onehot = torch.zeros(10, 13)
+    onehot[torch.arange(10), (torch.arange(10) + 5) % 10] = 1.0
+    assert torch.isclose(info_nce(u, v, 0.2, extra=extra, targets=onehot), info_nce(u, v, 0.2, extra=extra), atol=1e-6)
+    # soft targets: cross-entropy against the distribution, by hand
+    t = torch.softmax(torch.randn(10, 13, generator=g), 1)
+    t[torch.arange(10), torch.arange(10)] = 0.0  # a view is never its own target
+    t = t / t.sum(1, keepdim=True)
+    logp = nce_logits(u, v, 0.2, extra=extra).log_softmax(1)
+    expected = -(t * torch.where(torch.isinf(logp), torch.zeros_like(logp), logp)).sum(1).mean()
+    assert torch.isclose(info_nce(u, v, 0.2, extra=extra, targets=t), expected, atol=1e-6)
+
+
+def test_functional_targets_grade_candidates_by_agreement_within_their_io_space():
+    B = 3
+    agree = torch.tensor([[1.0, 0.2, 0.9, 0.95, 0.1, 0.8, 0.99],
+                          [0.2, 1.0, 0.3, 0.2, 0.97, 0.3, 0.5],
+                          [0.9, 0.3, 1.0, 0.85, 0.3, 0.96, 0.2],
+                          [0.95, 0.2, 0.85, 1.0, 0.1, 0.8, 0.9],
+                          [0.1, 0.97, 0.3, 0.1, 1.0, 0.3, 0.5],
+                          [0.8, 0.3, 0.96, 0.8, 0.3, 1.0, 0.2]])
+    space = torch.ones(2 * B, 2 * B + 1, dtype=torch.bool)
+    space[:, 6] = torch.tensor([True, False, True, True, False, True])
+    assert torch.equal(functional_targets(agree, space, 0.0, 0.05).argmax(1), (torch.arange(6) + B) % 6)
+    t = functional_targets(agree, space, 1.0, 0.05)
+    assert torch.allclose(t.sum(1), torch.ones(6)) and (t.diagonal() == 0).all()
+    assert t[0, 6] > t[0, 3] > t[0, 2] > t[0, 5] > t[0, 1]  # ordered by agreement
+    assert t[1, 6] == 0  # another io-space gets nothing
+    half = functional_targets(agree, space, 0.5, 0.05)
+    assert torch.allclose(half, 0.5 * t + 0.5 * functional_targets(agree, space, 0.0, 0.05))
+
+
+def test_functional_neighbours_agree_most_and_come_from_other_runs(tiny_zoo):
+    from peace.probes import agreement, io_space, responses
+
+    rows = tiny_zoo.manifest.reset_index(drop=True)
+    specs = [tiny_zoo.spec(m) for m in rows.model_id]
+    resp = responses(specs, tiny_zoo.load_many(list(rows.model_id)), 64)
+    spaces = [io_space(s) for s in specs]
+    nb = functional_neighbours(rows, resp, spaces, k=3)
+    i_of = {m: i for i, m in enumerate(rows.model_id)}
+    for m, others in nb.items():
+        i = i_of[m]
+        assert len(others) <= 3 and all(rows.run_id[i_of[o]] != rows.run_id[i] for o in others)
+        assert all(spaces[i_of[o]] == spaces[i] for o in others)
+        rest = [agreement(resp[i], resp[j]) for j in range(len(rows))
+                if spaces[j] == spaces[i] and rows.run_id[j] != rows.run_id[i] and rows.model_id[j] not in others]
+        if others and rest:
+            assert min(agreement(resp[i], resp[i_of[o]]) for o in others) >= max(rest) - 1e-6
+    sampler = PairSampler(rows, AugmentConfig(functional=True, same_config=False, checkpoint=False, pruned=False,
+                                              distilled=False), {}, nb)
+    assert any(set(sampler.candidates(m)) == {"self", "functional"} for m in rows.model_id)
 
 
 def test_views_are_trained_cached_and_distilled_students_imitate(tiny_zoo, tmp_path, monkeypatch):

@@ -27,7 +27,8 @@ def _models(n_seeds=2):
 
 
 @pytest.mark.skipif(not dgl_available(), reason="DGL is not installed (GPU machine); CI runs this")
-@pytest.mark.parametrize("kw", [{}, {"aggregation": "sum", "pooling": "cls"}, {"pooling": "mean", "canonicalize": False}])
+@pytest.mark.parametrize("kw", [{}, {"aggregation": "sum", "pooling": "cls"}, {"pooling": "mean", "canonicalize": False},
+                                {"function_tokens": True, "probes": 16, "projection_dim": 0}])
 def test_dgl_and_torch_backends_agree(kw):
     models = _models()
     torch_enc = _encoder(**kw)
@@ -48,9 +49,10 @@ def test_dgl_and_torch_backends_agree(kw):
 
 
 @pytest.mark.parametrize("case", range(len(MODELS)), ids=IDS)
-def test_embedding_is_exactly_invariant_to_every_allowed_symmetry(case):
+@pytest.mark.parametrize("tokens", [False, True], ids=["graph", "graph+function"])
+def test_embedding_is_exactly_invariant_to_every_allowed_symmetry(case, tokens):
     _, spec, params = random_model(*MODELS[case], seed=case)
-    enc = _encoder()
+    enc = _encoder(function_tokens=tokens, probes=32)
     base = enc.embed([spec], [params])
     moved = [random_symmetry(spec, params, seed=s) for s in range(4)]  # permutation + scaling / flips allowed
     emb = enc.embed([spec] * 4, moved)
@@ -91,6 +93,28 @@ def test_input_neurons_keep_their_identity():
     assert moved_inputs > 1e-6 and moved_inputs > 20 * float_noise  # an untrained encoder: small but real
 
 
+def test_function_tokens_see_the_function_and_batch_independently():
+    """Relabelling the classes (the last layer's rows) is another function: the function token moves
+    the embedding far more than float noise; responses passed in equal those computed inside."""
+    from peace.probes import responses
+
+    _, spec, params = random_model(*MODELS[1])
+    last = spec.layers[-1]
+    perm = torch.tensor([2, 0, 3, 1])
+    relabelled = dict(params, **{last.weight_name: params[last.weight_name][perm], last.bias_name: params[last.bias_name][perm]})
+    enc = _encoder(function_tokens=True, probes=32, rounds=0, transformer_layers=0)
+    base = enc.embed([spec], [params])
+    noise = (enc.embed([spec], [random_symmetry(spec, params, seed=0)]) - base).abs().max()
+    assert (enc.embed([spec], [relabelled]) - base).abs().max() > 100 * max(noise, 1e-8)
+    models = _models(n_seeds=1)
+    specs, ps = zip(*models)
+    given = enc(enc.batch(specs, ps, responses=responses(specs, ps, 32)))["embedding"]
+    assert torch.allclose(given, enc.embed(specs, ps), atol=1e-5)
+    assert torch.allclose(enc.embed(specs, ps), torch.cat([enc.embed([s], [p]) for s, p in models]), atol=1e-5)
+    with pytest.raises(PeaceError, match="function tokens"):
+        enc(enc.batch(specs, ps).__class__(enc.batch(specs, ps).graphs))
+
+
 def test_one_encoder_mixes_architectures_and_batches_independently():
     models = _models(n_seeds=1)
     specs, params = zip(*models)
@@ -110,6 +134,9 @@ def test_heads_and_shapes():
     out = enc(enc.batch([spec, spec], [params, params]))
     assert out["embedding"].shape == (2, 8) and out["projection"].shape == (2, 5) and out["aux"].shape == (2, 3)
     assert torch.allclose(out["projection"].norm(dim=1), torch.ones(2))
+    headless = _encoder(embedding_dim=8, projection_dim=0)  # the loss reads the embedding itself
+    out = headless(headless.batch([spec], [params]))
+    assert headless.projection is None and torch.allclose(out["projection"], F.normalize(out["embedding"], dim=1))
 
 
 def test_bad_encoder_configs_are_named():

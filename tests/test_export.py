@@ -9,6 +9,7 @@ from peace.errors import PeaceError
 from peace.evaluate import evaluate
 from peace.export import encoder_checksum, export_embeddings
 from peace.index import EmbeddingSet
+from peace.prediction import PredictorConfig
 from peace.metrics import cosine_similarity_matrix
 from peace.trainer import fit, load_config
 
@@ -67,15 +68,22 @@ def test_stale_or_broken_sets_are_refused(embedding_set, tmp_path):
 def test_evaluate_compares_every_method(tiny_run, tiny_zoo, tmp_path):
     mlp = fit(tiny_zoo, load_config("tiny", QUICK + ["encoder.kind=mlp", "encoder.max_params=512"]), tmp_path / "mlp",
               progress=False)
-    m = evaluate(tiny_run.path, tmp_path / "eval", mlp_run=mlp.path, progress=False)
-    assert set(m["methods"]) == {"peace", "mlp-encoder", "metadata", "raw", "stats", "pca"}
+    m = evaluate(tiny_run.path, tmp_path / "eval", mlp_run=mlp.path, progress=False,
+                 accuracy=PredictorConfig(channels=4, layers=1, head=8, epochs=3, finetune_epochs=2))
+    assert set(m["methods"]) == {"peace", "mlp-encoder", "metadata", "raw", "stats", "pca", "function"}
     peace = m["methods"]["peace"]
     assert peace["invariance"]["ratio"] < 0.01  # exact invariance, measured through the whole pipeline
+    assert m["methods"]["function"]["invariance"]["ratio"] == 0  # responses do not see weight-space symmetries
     for name in ("raw", "mlp-encoder"):  # flattened weights are not permutation invariant
         assert m["methods"][name]["invariance"]["ratio"] > 10 * peace["invariance"]["ratio"], name
     assert 0 < peace["retrieval_task"]["map"] <= 1 and "r2" in peace["probes"]["test_acc"]
+    assert "map" in peace["retrieval_task_cross_arch"]
+    study = m["accuracy_prediction"]  # NFN's setting, on the largest MLP architecture
+    assert "skipped" in study or {"nfn-hnp", "nfn-np", "peace + ridge", "peace aux head",
+                                  "peace fine-tuned"} <= set(study["methods"])
     report = (tmp_path / "eval" / "report.md").read_text()
-    assert "| peace |" in report and "| stats |" in report
+    assert "| peace |" in report and "| stats |" in report and "| function |" in report
+    assert "cross-arch mAP" in report and "## Accuracy prediction" in report
     skipped = m["transfer"]["skipped"]  # tiny holds out tetris, which no other tiny task's models can read
     assert list(skipped) == m["heldout_tasks"] and "## Transfer learning" in report and "skipped" in report
     assert (tmp_path / "eval" / "retrieval.html").exists()

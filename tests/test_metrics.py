@@ -23,6 +23,22 @@ def test_retrieval_scores_by_hand():
         retrieval_scores(emb[:1], labels[:1])
 
 
+def test_cross_architecture_retrieval_ranks_only_other_architectures():
+    # an MLP (m) and a CNN (c) of task x, an MLP of task y; the MLPs are near-copies of each other
+    emb = np.array([[1.0, 0.0], [0.99, 0.1], [0.6, 0.8], [0.0, 1.0]])
+    task = np.array(["x", "y", "x", "y"])
+    arch = np.array(["mlp", "mlp", "cnn", "cnn"])
+    plain = retrieval_scores(emb, task, ks=(1,))
+    cross = retrieval_scores(emb, task, ks=(1,), other_than=arch)
+    # query 0 (mlp, x) ranks only the CNNs: the x CNN (cos 0.6) before the y CNN (0): AP 1
+    # query 1 (mlp, y): CNN x (0.68) before CNN y (0.10): AP 1/2
+    # query 2 (cnn, x): MLP y (0.68) before MLP x (0.60): AP 1/2; query 3 (cnn, y): MLP y (0.10) before MLP x (0): AP 1
+    assert cross["map"] == pytest.approx((1 + 0.5 + 0.5 + 1) / 4) and cross["precision@1"] == 0.5
+    assert plain["map"] < cross["map"]  # in plain retrieval the MLP copies find each other first
+    only_one_arch = retrieval_scores(emb[:2], task[:2], other_than=arch[:2])
+    assert only_one_arch["n_queries"] == 0 and np.isnan(only_one_arch["map"])
+
+
 def test_hard_queries_are_shared_architectures():
     rows = pd.DataFrame({"arch": ["m1", "m1", "m2", "m2"], "task": ["x", "y", "x", "x"]})
     assert hard_queries(rows).tolist() == [True, True, False, False]

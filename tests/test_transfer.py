@@ -11,7 +11,7 @@ from peace.population import evaluate as evaluate_population
 from peace.tasks import load_task
 from peace.transfer import TransferConfig, finetune_curves, steps_to_target, subset, transfer_study
 
-CFG = TransferConfig(k=3, queries=2, pool=12, task_models=4, epochs=2)
+CFG = TransferConfig(k=3, queries=2, pool=12, task_models=4, epochs=2, also_at=(1,))
 
 
 def test_steps_to_target_counts_censored_curves():
@@ -69,12 +69,18 @@ def test_transfer_study_ranks_an_oracle_first(tiny_zoo):
     out = transfer_study([Oracle("synth-2"), raw], train, test, CFG, seed=0)
     t = out["tasks"]["synth-2"]
     assert t["pool"] == int((train.rows["task"] == "synth-1").sum()) and not out["skipped"]
-    oracle, rand = t["methods"]["oracle"], t["methods"]["random"]
+    assert set(t["budgets"]) == {1, 2} and out["methods"] == out["budgets"][2]  # the headline is the full budget
+    full = t["budgets"][2]["methods"]
+    oracle, rand = full["oracle"], full["random"]
     assert oracle["zero_shot_spearman"] == pytest.approx(1.0)
-    assert oracle["final_val_acc"] >= max(m["final_val_acc"] for m in t["methods"].values()) - 1e-9
+    assert oracle["final_val_acc"] >= max(m["final_val_acc"] for m in full.values()) - 1e-9
     assert oracle["final_val_acc"] > rand["final_val_acc"] and rand["step_ratio_vs_random"] == 1.0
-    assert -1 <= t["methods"]["raw"]["zero_shot_spearman"] <= 1
+    assert -1 <= full["raw"]["zero_shot_spearman"] <= 1
     assert set(out["methods"]) == {"oracle", "raw", "random"}
+    picked = train.rows[train.rows["task"] == "synth-1"]
+    assert picked["epoch"].min() <= oracle["picked_epoch"] <= picked["epoch"].max()  # what the picks look like
+    short = t["budgets"][1]["methods"]["oracle"]  # read off the same curves one epoch earlier
+    assert short["picked_epoch"] == oracle["picked_epoch"] and short["final_val_acc"] != oracle["final_val_acc"]
 
 
 def test_transfer_study_skips_tasks_without_enough_compatible_models(tiny_run, tiny_zoo):
@@ -84,3 +90,6 @@ def test_transfer_study_skips_tasks_without_enough_compatible_models(tiny_run, t
     assert all("needs at least k=1000" in why for why in out["skipped"].values())
     with pytest.raises(PeaceError, match="quantile"):
         TransferConfig(target=1.5)
+    with pytest.raises(PeaceError, match=">= 1 epoch"):
+        TransferConfig(also_at=(0,))
+    assert TransferConfig(epochs=3, also_at=(5, 1, 3)).budgets == (1, 3)  # longer than the budget: dropped

@@ -1,0 +1,68 @@
+"""The NFN peer (Neural Functional Networks): its invariances, its training, the accuracy study."""
+import numpy as np
+import pytest
+import torch
+
+from conftest import random_model
+from peace.architectures import ArchSpec, PeaceNet
+from peace.errors import PeaceError
+from peace.prediction import PredictorConfig, NFNPredictor, fit_nfn, nfn_readable, predict_nfn
+from peace.symmetry import RandomSymmetry, random_symmetry
+
+MLP = ("synth-1", dict(family="mlp", hidden=(7, 6), activation="relu"))
+
+
+@pytest.mark.parametrize("mode", ["hnp", "np"])
+def test_nfn_is_invariant_to_hidden_permutations_but_not_to_scaling(mode):
+    _, spec, params = random_model(*MLP, seed=3)
+    torch.manual_seed(0)
+    model = NFNPredictor(spec, mode, PredictorConfig(channels=8, layers=2, head=16)).eval()
+    permuted = random_symmetry(spec, params, seed=1, kind=RandomSymmetry(permute=True, scale=False, flip=False))
+    scaled = random_symmetry(spec, params, seed=1, kind=RandomSymmetry(permute=False, scale=True, flip=False))
+    with torch.no_grad():
+        y, y_perm, y_scaled = model([params, permuted, scaled])
+    assert not torch.equal(permuted["layers.0.weight"], params["layers.0.weight"])
+    assert abs(float(y - y_perm)) < 1e-5 * max(1.0, abs(float(y)))
+    assert abs(float(y - y_scaled)) > 1e-4  # NFN has no scaling invariance (PEACE's canonical form does)
+
+
+def test_nfn_reads_mlps_only():
+    _, cnn, _ = random_model("digits", dict(family="cnn2d", hidden=(3,), activation="relu"))
+    assert not nfn_readable(cnn) and nfn_readable(ArchSpec("mlp", (16,), 4, hidden=(5,)))
+    with pytest.raises(PeaceError, match="MLPs"):
+        NFNPredictor(cnn)
+    with pytest.raises(PeaceError, match="mode"):
+        NFNPredictor(ArchSpec("mlp", (16,), 4, hidden=(5,)), mode="xyz")
+
+
+def test_fit_nfn_learns_a_property_of_the_weights():
+    """Target: the Frobenius norm of the first layer, which a permutation-invariant network can read."""
+    spec = ArchSpec("mlp", (6,), 3, hidden=(5,), activation="tanh")
+    rng = torch.Generator().manual_seed(0)
+    models = []
+    for i in range(160):
+        net = PeaceNet(spec)
+        scale = 0.2 + 2 * torch.rand((), generator=rng)
+        models.append({k: v.detach() * (scale if k == "layers.0.weight" else 1.0) for k, v in net.state_dict().items()})
+    y = np.array([float(m["layers.0.weight"].norm()) for m in models])
+    model = fit_nfn(spec, models[:100], y[:100], models[100:130], y[100:130], "hnp",
+                    PredictorConfig(channels=8, layers=2, head=16, epochs=60, patience=15))
+    pred = predict_nfn(model, models[130:])
+    assert np.corrcoef(pred, y[130:])[0, 1] > 0.9
+
+
+def test_accuracy_study_compares_nfn_with_probes_on_one_architecture(tiny_run, tiny_zoo):
+    from peace.baselines import RawWeights, WeightStats
+    from peace.evaluate import split_models
+    from peace.prediction import accuracy_study
+
+    train, val, test = split_models(tiny_run.path, tiny_zoo, ("train", "val", "test"))
+    methods = [RawWeights().fit(train), WeightStats().fit(train)]
+    out = accuracy_study(train, val, test, methods, config=PredictorConfig(channels=4, layers=1, head=8, epochs=2),
+                         min_models=3, extra={"constant": lambda m: np.full(len(m), 0.5)})
+    assert out["arch"].startswith("mlp") and out["n_train"] >= 3
+    assert set(out["methods"]) == {"raw + ridge", "stats + ridge", "stats + gradient boosting", "constant", "nfn-hnp",
+                                   "nfn-np"}
+    assert all(np.isfinite(r["r2"]) for r in out["methods"].values())
+    assert out["methods"]["constant"]["r2"] <= 0  # a constant predicts nothing
+    assert "skipped" in accuracy_study(train, val, test, methods, min_models=10_000)

@@ -1,0 +1,81 @@
+"""Function space: probe inputs, responses, prediction agreement and the function-space baseline."""
+import numpy as np
+import pytest
+import torch
+
+from conftest import MODELS, random_model
+from peace.architectures import ArchSpec
+from peace.baselines import FunctionSpace, Models
+from peace.errors import PeaceError
+from peace.probes import agreement, agreement_matrix, fingerprint, io_space, probe_inputs, responses
+from peace.symmetry import random_symmetry
+
+
+def _linear(w: list[list[float]]) -> tuple[ArchSpec, dict]:
+    """A bias-free one-layer model with the given (classes, features) weights."""
+    w = torch.tensor(w)
+    spec = ArchSpec("mlp", (w.shape[1],), w.shape[0], hidden=(), bias=False)
+    return spec, {"layers.0.weight": w}
+
+
+def test_agreement_of_two_models_is_the_fraction_of_probes_they_classify_alike():
+    # A predicts class 0 where x0 > 0, B where x1 > 0: they agree where sign(x0) == sign(x1)
+    spec, a = _linear([[1.0, 0.0], [-1.0, 0.0]])
+    _, b = _linear([[0.0, 1.0], [0.0, -1.0]])
+    x = probe_inputs(spec.input_shape, 256)
+    expected = float(((x[:, 0] > 0) == (x[:, 1] > 0)).double().mean())
+    ra, rb = responses([spec, spec], [a, b], 256)
+    assert agreement(ra, rb) == pytest.approx(expected)
+    assert 0.3 < expected < 0.7  # the probes really do separate the two functions
+    assert agreement(ra, ra) == 1.0
+    _, flipped = _linear([[-1.0, 0.0], [1.0, 0.0]])  # the opposite classifier
+    assert agreement(ra, responses([spec], [flipped], 256)[0]) == 0.0
+    # the matrix form agrees with the pairwise one; other io-spaces score 0
+    m = agreement_matrix([ra, rb, ra[:, :1]], ["2->2", "2->2", "2->1"])
+    assert m[0, 1] == pytest.approx(expected) and m[0, 0] == pytest.approx(1.0) and m[0, 2] == 0
+    assert float(fingerprint(ra) @ fingerprint(rb)) == pytest.approx(expected)
+    with pytest.raises(PeaceError, match="io-space"):
+        agreement(ra, ra[:, :1])
+
+
+def test_probes_are_shared_by_every_shape_with_as_many_features():
+    flat, image = probe_inputs((64,), 8), probe_inputs((1, 8, 8), 8)
+    assert torch.equal(flat, image.reshape(8, 64)) and not torch.equal(probe_inputs((63,), 8)[:, :8], flat[:, :8])
+    assert torch.equal(probe_inputs((16,), 8, seed=1), probe_inputs((16,), 8, seed=1))
+    assert not torch.equal(probe_inputs((16,), 8, seed=1), probe_inputs((16,), 8, seed=2))
+    _, mlp, _ = random_model("digits", dict(family="mlp", hidden=(9,)))
+    _, cnn, _ = random_model(*MODELS[3])
+    assert io_space(mlp) == io_space(cnn) == "64->10"
+    with pytest.raises(PeaceError, match=">= 1"):
+        probe_inputs((4,), 0)
+
+
+@pytest.mark.parametrize("case", range(len(MODELS)))
+def test_responses_and_the_function_space_baseline_are_symmetry_invariant(case):
+    _, spec, params = random_model(*MODELS[case], seed=case)
+    moved = random_symmetry(spec, params, seed=case + 10)
+    r, r2 = responses([spec, spec], [params, moved])
+    assert r.shape == (256, spec.n_classes) and torch.allclose(r.sum(1), torch.ones(256), atol=1e-5)
+    assert torch.allclose(r, r2, atol=1e-6) and agreement(r, r2) == 1.0
+    rows = __import__("pandas").DataFrame({"model_id": ["a", "b"]})
+    fs = FunctionSpace().fit(Models(rows, [spec, spec], [params, moved]))
+    x = fs.transform(Models(rows, [spec, spec], [params, moved]))
+    assert np.array_equal(x[0], x[1]) and np.linalg.norm(x[0]) == pytest.approx(1.0)
+
+
+def test_function_space_baseline_blocks_by_io_space_and_names_unknown_spaces():
+    import pandas as pd
+
+    cases = [random_model(*MODELS[i], seed=i) for i in (0, 1, 3, 5)]  # 16->4 twice, 64->10, 40->10
+    specs, params = [c[1] for c in cases], [c[2] for c in cases]
+    models = Models(pd.DataFrame({"model_id": list("abcd")}), specs, params)
+    fs = FunctionSpace(n_probes=32).fit(models)
+    x = fs.transform(models)
+    assert x.shape == (4, 32 * (4 + 10 + 10)) and np.allclose(np.linalg.norm(x, axis=1), 1)
+    sim = x @ x.T
+    assert sim[0, 2] == 0 and sim[2, 3] == 0 and sim[0, 1] > 0  # other spaces are orthogonal
+    only_mlps = FunctionSpace(n_probes=32).fit(Models(models.rows[:2], specs[:2], params[:2]))
+    with pytest.raises(PeaceError, match="64->10"):
+        only_mlps.transform(models)
+    wider = FunctionSpace(n_probes=32, spaces=["64->10", "40->10"]).fit(Models(models.rows[:2], specs[:2], params[:2]))
+    assert np.array_equal(wider.transform(models), x)
