@@ -65,15 +65,16 @@ class AugmentConfig:
     functional: bool = False      # partner: one of the functional_k models of other runs that agree most with it
     functional_k: int = 8
     hard_negatives: int = 8       # per batch: same architecture / other task, and same task / far accuracy
+    relabelled: int = 0           # per batch: anchors whose classes are permuted (same weights, another function)
 
     def __post_init__(self) -> None:
         if not (0 <= self.noise and 0 <= self.erase < 1 and 0 < self.prune_fraction < 1):
             raise PeaceError(f"need noise >= 0, 0 <= erase < 1, 0 < prune_fraction < 1; got noise={self.noise}, "
                              f"erase={self.erase}, prune_fraction={self.prune_fraction}")
         if min(self.prune_epochs, self.distill_epochs, self.distill_batch_size, self.functional_k) < 1 \
-                or self.hard_negatives < 0:
+                or min(self.hard_negatives, self.relabelled) < 0:
             raise PeaceError("prune_epochs, distill_epochs, distill_batch_size and functional_k must be >= 1, "
-                             "hard_negatives >= 0")
+                             "hard_negatives and relabelled >= 0")
 
     @property
     def sources(self) -> list[str]:
@@ -99,6 +100,23 @@ def augment(spec: ArchSpec, params: dict[str, Tensor], seed: int, cfg: AugmentCo
         if cfg.erase and name in weight_names:
             v = v * (torch.rand(v.shape, generator=g) >= cfg.erase)
         out[name] = v
+    return out
+
+
+def relabel_classes(spec: ArchSpec, params: dict[str, Tensor], rng: np.random.Generator) -> dict[str, Tensor]:
+    """The model with its output classes permuted so that none keeps its label: the same weights up
+    to the last layer's row order, but another function (a negative only the outputs reveal)."""
+    c = spec.n_classes
+    if c < 2:
+        return dict(params)
+    perm = rng.permutation(c)
+    while (perm == np.arange(c)).any():
+        perm = rng.permutation(c)
+    last, idx = spec.layers[-1], torch.from_numpy(perm)
+    out = dict(params)
+    out[last.weight_name] = params[last.weight_name][idx]
+    if last.bias:
+        out[last.bias_name] = params[last.bias_name][idx]
     return out
 
 

@@ -33,6 +33,7 @@ from .graph import (
     batch_graphs,
     neural_graph,
 )
+from .probes import io_space, sketch
 from .probes import responses as probe_responses
 from .symmetry import canonicalize
 
@@ -63,7 +64,14 @@ class EncoderConfig:
     aux_targets: list[str] = field(default_factory=lambda: ["test_acc", "gen_gap"])
     max_params: int = 4096        # mlp kind only: flattened weights are padded / truncated to this
     function_tokens: bool = False  # add a token of the class probabilities on fixed probe inputs
-    probes: int = 128             # probe inputs per io-space (function tokens, and the trainer's functional targets)
+    probes: int = 128             # probe inputs per io-space (function tokens, sketch, the trainer's functional targets)
+    function_block: int = 0       # append a fixed function-space sketch of this size to the embedding (0: off)
+    function_block_weight: float = 0.75  # its share of the embedding's cosine similarity
+
+    @property
+    def output_dim(self) -> int:
+        """Size of the embedding the encoder outputs (learned part plus function block)."""
+        return self.embedding_dim + self.function_block
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -78,6 +86,12 @@ class EncoderConfig:
                self.probes) < 1:
             raise PeaceError("hidden, embedding_dim, heads, edge_dim and probes must be >= 1, rounds and "
                              "projection_dim >= 0")
+        if self.kind == "mlp" and (self.function_tokens or self.function_block):
+            raise PeaceError("the flat MLP encoder is the weights-only control: it takes no function tokens or "
+                             "function block; add encoder.function_tokens=false encoder.function_block=0")
+        if self.function_block < 0 or not 0 < self.function_block_weight < 1:
+            raise PeaceError(f"function_block must be >= 0 and function_block_weight in (0, 1), got "
+                             f"{self.function_block} and {self.function_block_weight}")
         if self.hidden % self.heads:
             raise PeaceError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
         self.aux_targets = list(self.aux_targets)
@@ -122,6 +136,7 @@ class ModelBatch:
     graphs: GraphBatch
     responses: Tensor | None = None  # (G, probes, C_max)
     classes: Tensor | None = None    # (G, C_max) bool: which columns are real classes
+    sketch: Tensor | None = None     # (G, function_block) function-space sketches
 
 
 def pad_responses(responses: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
@@ -216,22 +231,30 @@ class Embedder(nn.Module):
         self.register_buffer("aux_std", torch.ones(n_aux))
 
     def forward(self, batch) -> dict[str, Tensor]:
-        """``embedding`` (G, embedding_dim), ``projection`` (G, projection_dim, unit norm: what the
-        contrastive loss reads; the normalized embedding without a head), ``aux`` (G, n_aux)."""
+        """``embedding`` (G, output_dim): the learned embedding, followed by the function-space sketch
+        when the config has a function block (both unit norm, weighted so that the sketch carries
+        ``function_block_weight`` of the cosine); ``projection`` (G, projection_dim, unit norm: what
+        the contrastive loss reads; the normalized learned embedding without a head); ``aux`` (G, n_aux)."""
         emb = self.to_embedding(self.encode(batch))
         proj = emb if self.projection is None else self.projection(emb)
-        return {"embedding": emb, "projection": F.normalize(proj.float(), dim=-1), "aux": self.aux_head(emb)}
+        out = {"embedding": emb, "projection": F.normalize(proj.float(), dim=-1), "aux": self.aux_head(emb)}
+        c = self.config
+        if getattr(c, "function_block", 0):
+            a = c.function_block_weight
+            out["embedding"] = torch.cat([math.sqrt(1 - a) * F.normalize(emb.float(), dim=-1),
+                                          math.sqrt(a) * F.normalize(batch.sketch.float(), dim=-1)], -1)
+        return out
 
     @torch.no_grad()
     def embed(self, specs: Sequence[ArchSpec], params: Sequence[dict[str, Tensor]], batch_size: int = 128) -> Tensor:
-        """(n, embedding_dim) embeddings of models, on CPU, computed in eval mode."""
+        """(n, output_dim) embeddings of models, on CPU, computed in eval mode."""
         was = self.training
         self.eval()
         device = next(self.parameters()).device
         out = [self(self.batch(specs[i:i + batch_size], params[i:i + batch_size], device))["embedding"].float().cpu()
                for i in range(0, len(specs), batch_size)]
         self.train(was)
-        return torch.cat(out) if out else torch.zeros(0, self.config.embedding_dim)
+        return torch.cat(out) if out else torch.zeros(0, self.config.output_dim)
 
 
     @torch.no_grad()
@@ -401,13 +424,16 @@ class PeaceEncoder(Embedder):
               device: torch.device | str = "cpu", responses: Sequence[Tensor] | None = None) -> ModelBatch:
         """Prepare and batch models for :meth:`forward`, on ``device``. ``responses`` (from
         :func:`peace.probes.responses` with ``config.probes`` probes) saves recomputing them."""
-        graphs = batch_graphs([prepare(s, p, self.config) for s, p in zip(specs, params)])
-        r = classes = None
-        if self.config.function_tokens:
-            if responses is None:
-                responses = probe_responses(specs, params, self.config.probes)
+        c = self.config
+        graphs = batch_graphs([prepare(s, p, c) for s, p in zip(specs, params)])
+        r = classes = sk = None
+        if (c.function_tokens or c.function_block) and responses is None:
+            responses = probe_responses(specs, params, c.probes)
+        if c.function_tokens:
             r, classes = pad_responses(responses)
-        return to_device(ModelBatch(graphs, r, classes), device)
+        if c.function_block:
+            sk = sketch(responses, [io_space(s) for s in specs], c.function_block)
+        return to_device(ModelBatch(graphs, r, classes, sk), device)
 
     def describe(self) -> dict:
         return {"config": asdict(self.config), "backend": self.backend,
@@ -423,4 +449,4 @@ def to_device(batch: ModelBatch, device: torch.device | str) -> ModelBatch:
                                                               "node_pos", "edge_layer")), g.n_layers)
     graphs = GraphBatch(moved, gb.node_graph.to(device), gb.n_layers.to(device), gb.num_graphs)
     move = lambda t: None if t is None else t.to(device)  # noqa: E731
-    return ModelBatch(graphs, move(batch.responses), move(batch.classes))
+    return ModelBatch(graphs, move(batch.responses), move(batch.classes), move(batch.sketch))

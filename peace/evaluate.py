@@ -35,13 +35,16 @@ REVEALS = {"epoch": ("epoch",), "log10_lr": ("lr",), "activation": ("activation"
 
 
 class EncoderMethod(Baseline):
-    """A trained encoder run behind the baseline interface (PEACE itself, or the flat MLP control)."""
+    """A trained encoder run behind the baseline interface (PEACE itself, or the flat MLP control).
+    ``learned_only`` keeps the learned part of an embedding that carries a function block."""
 
-    def __init__(self, run_dir: str | Path, name: str):
-        self.encoder, self.name = load_encoder(run_dir), name
+    def __init__(self, run_dir: str | Path, name: str, learned_only: bool = False, encoder=None):
+        self.encoder, self.name = encoder if encoder is not None else load_encoder(run_dir), name
+        self.learned_only = learned_only
 
     def transform(self, models: Models) -> np.ndarray:
-        return self.encoder.embed(models.specs, models.params).numpy()
+        e = self.encoder.embed(models.specs, models.params).numpy()
+        return e[:, :self.encoder.config.embedding_dim] if self.learned_only else e
 
 
 def _sample(rows: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
@@ -133,6 +136,8 @@ def evaluate(run_dir: str | Path, out: str | Path, zoo: Zoo | str | Path | None 
                          f"(its splits say which models were held out)")
     train, val, test = split_models(run_dir, zoo, ("train", "val", "test"))
     methods: list[Baseline] = [peace] + ([EncoderMethod(mlp_run, "mlp-encoder")] if mlp_run else []) + weight_baselines()
+    if getattr(peace.encoder.config, "function_block", 0):  # what the learned encoder does without the sketch
+        methods.insert(1, EncoderMethod(run_dir, "peace-learned", learned_only=True, encoder=peace.encoder))
     methods.append(FunctionSpace(spaces=sorted({io_space(s) for s in train.specs + test.specs})))
     results = {}
     for m in tqdm(methods, desc="evaluate", disable=not progress, leave=False):
@@ -223,7 +228,7 @@ def report_markdown(metrics: dict, table: pd.DataFrame) -> str:
             "architecture is trained on other tasks too; held-out: queries of tasks never seen in training; "
             "cross-arch: each query ranks only models of other architectures) or same fine-tune lineage. "
             "function: class predictions on shared random probe inputs (training-free; compares models of one "
-            "io-space only). R2: ridge probes. Func. Spearman: rank correlation of embedding distance with "
+            "io-space only). peace-learned: PEACE's learned embedding without its function-space block. R2: ridge probes. Func. Spearman: rank correlation of embedding distance with "
             "prediction disagreement on shared probe inputs. Invariance ratio: distance to a random symmetry "
             "transform over distance to the nearest other model (lower is better; 0 = exactly invariant).\n\n"
             f"{accuracy_markdown(metrics.get('accuracy_prediction'))}{transfer_markdown(metrics.get('transfer'))}"

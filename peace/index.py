@@ -86,7 +86,9 @@ class EmbeddingSet:
         if vector.shape[0] != self.dim:
             raise PeaceError(f"query has dimension {vector.shape[0]} but the index {self.dim}: it was embedded by "
                              f"another encoder")
-        items, dist = self.index.get_nns_by_vector(vector.tolist(), k + 1, search_k=-1, include_distances=True)
+        # ten times Annoy's default search effort: exact on small sets, ~1-5 ms per query at 100k models
+        search_k = 10 * self.info["trees"] * (k + 1)
+        items, dist = self.index.get_nns_by_vector(vector.tolist(), k + 1, search_k=search_k, include_distances=True)
         pairs = [(i, d) for i, d in zip(items, dist) if exclude is None or self.table.model_id.iat[i] != exclude][:k]
         rows = self.table.iloc[[i for i, _ in pairs]].drop(columns=["embedding"]).copy()
         rows.insert(1, "distance", [d for _, d in pairs])

@@ -122,7 +122,7 @@ class EncoderRegressor(nn.Module):
     def __init__(self, encoder: nn.Module, spec: ArchSpec, head: int = 64):
         super().__init__()
         self.encoder, self.spec = copy.deepcopy(encoder), spec
-        d = encoder.config.embedding_dim
+        d = encoder.config.output_dim
         self.head = nn.Sequential(nn.Linear(d, head), nn.ReLU(), nn.Linear(head, 1))
 
     def forward(self, params: Sequence[dict[str, Tensor]]) -> Tensor:

@@ -2,7 +2,8 @@
 
 All checkpoints of a run, and every fine-tune started from it, land on the same side, so a model
 is never evaluated against its own earlier or later self. Held-out tasks go entirely to test, so
-evaluation measures generalization to functions the encoder never saw.
+evaluation measures generalization to functions the encoder never saw; validation can hold out
+tasks of its own too, so that choosing an epoch or a configuration rewards the same thing.
 """
 from __future__ import annotations
 
@@ -34,22 +35,31 @@ def choose_holdout(tasks: list[str], holdout: int | list[str], seed: int, min_tr
 
 
 def split_zoo(manifest: pd.DataFrame, val_fraction: float = 0.15, test_fraction: float = 0.15,
-              holdout: int | list[str] = 1, seed: int = 0, min_train_tasks: int = 2) -> pd.DataFrame:
-    """One row per model: ``model_id``, ``split`` (train / val / test) and ``heldout_task``.
+              holdout: int | list[str] = 1, seed: int = 0, min_train_tasks: int = 2,
+              val_holdout: int | list[str] = 0) -> pd.DataFrame:
+    """One row per model: ``model_id``, ``split`` (train / val / test), ``heldout_task`` (its task is
+    held out to test) and ``val_heldout_task`` (held out to validation).
 
     Lineages (a run and its fine-tunes) are shuffled within their root task and cut by the fractions;
-    a lineage touching a held-out task goes to test.
+    a lineage touching a test held-out task goes to test, else one touching a validation held-out
+    task goes to validation.
     """
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise PeaceError(f"val_fraction and test_fraction must be in [0, 1) with a sum below 1, "
                          f"got {val_fraction} and {test_fraction}")
-    held = choose_holdout(list(manifest["task"].unique()), holdout, seed, min_train_tasks)
+    tasks = list(manifest["task"].unique())
+    held = choose_holdout(tasks, holdout, seed, min_train_tasks)
+    val_held = choose_holdout([t for t in tasks if t not in held], val_holdout, seed + 1, min_train_tasks) \
+        if val_holdout else []
     lin = manifest.groupby("lineage_id").agg(tasks=("task", lambda t: set(t)),
                                              root=("task", "first"))
     rng = np.random.default_rng(seed)
     side: dict[str, str] = {}
-    for lid in lin.index[lin.tasks.map(lambda t: bool(t & set(held)))]:
-        side[lid] = "test"
+    for lid, touched in lin["tasks"].items():
+        if touched & set(held):
+            side[lid] = "test"
+        elif touched & set(val_held):
+            side[lid] = "val"
     rest = lin[~lin.index.isin(list(side))]
     for _, group in rest.groupby("root", sort=True):
         ids = list(group.index)
@@ -59,5 +69,6 @@ def split_zoo(manifest: pd.DataFrame, val_fraction: float = 0.15, test_fraction:
             side[lid] = "val" if i < n_val else "test" if i < n_val + n_test else "train"
     out = pd.DataFrame({"model_id": manifest["model_id"].to_numpy(),
                         "split": manifest["lineage_id"].map(side).to_numpy(),
-                        "heldout_task": manifest["task"].isin(held).to_numpy()})
+                        "heldout_task": manifest["task"].isin(held).to_numpy(),
+                        "val_heldout_task": manifest["task"].isin(val_held).to_numpy()})
     return out

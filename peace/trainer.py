@@ -39,6 +39,7 @@ from .contrastive import (
     functional_neighbours,
     functional_targets,
     info_nce,
+    relabel_classes,
 )
 from .encoder import Embedder, EncoderConfig, build_encoder
 from .errors import PeaceError, unknown
@@ -67,6 +68,7 @@ class TrainConfig:
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     holdout_tasks: int | list[str] = 1   # how many tasks (or which) go entirely to test
+    val_holdout_tasks: int | list[str] = 0  # ... and entirely to validation (early stopping rewards generalization)
     val_relevance: str = "auto"   # validation mAP relevance: task, lineage, or auto (task if >= 2 tasks)
     max_models_per_epoch: int | None = None  # subsample big zoos: each epoch sees this many anchors
     grad_clip: float = 1.0
@@ -250,9 +252,11 @@ def fit(zoo: Zoo | str | Path, config: RunConfig, out: str | Path, device: str =
     relevance = tc.val_relevance if tc.val_relevance != "auto" else ("task" if rows["task"].nunique() > 1 else "lineage")
     label = "task" if relevance == "task" else "lineage_id"
     splits = split_zoo(rows, tc.val_fraction, tc.test_fraction, tc.holdout_tasks, cfg.seed,
-                       min_train_tasks=2 if relevance == "task" else 1)
+                       min_train_tasks=2 if relevance == "task" else 1, val_holdout=tc.val_holdout_tasks)
     held = sorted(rows.loc[splits.heldout_task.to_numpy(), "task"].unique())
     cfg.train.holdout_tasks = held  # resolved, so the saved config says which
+    if tc.val_holdout_tasks:
+        cfg.train.val_holdout_tasks = sorted(rows.loc[splits.val_heldout_task.to_numpy(), "task"].unique())
     _prepare_run_dir(out, cfg, zoo, resume)
     rows = rows.assign(split=splits["split"].to_numpy())
     train, val = rows[rows.split == "train"].reset_index(drop=True), rows[rows.split == "val"].reset_index(drop=True)
@@ -304,7 +308,7 @@ def fit(zoo: Zoo | str | Path, config: RunConfig, out: str | Path, device: str =
                                                                   n_probes),
                                            [io_space(s) for s in train_specs], cfg.augment.functional_k)
     sampler = PairSampler(train, cfg.augment, views, neighbours)
-    need_responses = cfg.encoder.function_tokens or tc.functional_weight > 0
+    need_responses = cfg.encoder.function_tokens or cfg.encoder.function_block or tc.functional_weight > 0
     kin = Kinship(rows)
     aux_t = dict(zip(train.model_id, torch.tensor(tgt)))
     amp = dev.type == "cuda" and tc.amp
@@ -326,7 +330,7 @@ def fit(zoo: Zoo | str | Path, config: RunConfig, out: str | Path, device: str =
             anchors = list(order[step * tc.batch_size:(step + 1) * tc.batch_size])
             partners = [sampler.partner(m, erng) for m in anchors]
             negs = sampler.hard_negatives(anchors, erng)
-            tag = f"{epoch}/{step}"
+            tag, B = f"{epoch}/{step}", len(anchors)
             batch_specs, batch_params = [], []
             for m in anchors:
                 batch_specs.append(specs[m])
@@ -338,13 +342,18 @@ def fit(zoo: Zoo | str | Path, config: RunConfig, out: str | Path, device: str =
             for m in negs:
                 batch_specs.append(specs[m])
                 batch_params.append(augment(specs[m], weights[m], model_seed(cfg.seed, m, tag + "n"), cfg.augment))
+            relabelled = list(erng.choice(anchors, min(cfg.augment.relabelled, B), replace=False)) \
+                if cfg.augment.relabelled else []
+            for m in relabelled:
+                batch_specs.append(specs[m])
+                batch_params.append(augment(specs[m], relabel_classes(specs[m], weights[m], erng),
+                                            model_seed(cfg.seed, m, tag + "r"), cfg.augment))
             resp = probe_responses(batch_specs, batch_params, n_probes) if need_responses else None
             batch = encoder.batch(batch_specs, batch_params, dev, responses=resp)
-            B = len(anchors)
             with torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext():
                 res = encoder(batch)
             proj = res["projection"].float()
-            extra = proj[2 * B:] if negs else None
+            extra = proj[2 * B:] if len(batch_specs) > 2 * B else None
             if tc.functional_weight > 0:  # graded by function instead of masking relatives
                 spaces = np.array([io_space(s) for s in batch_specs])
                 agree = torch.from_numpy(agreement_matrix(resp[:2 * B], spaces[:2 * B], resp, spaces))
@@ -353,7 +362,8 @@ def fit(zoo: Zoo | str | Path, config: RunConfig, out: str | Path, device: str =
                 nce = info_nce(proj[:B], proj[B:2 * B], tc.temperature, extra=extra, targets=targets.to(dev))
             else:
                 same = torch.from_numpy(kin.related(anchors, anchors))
-                extra_same = torch.from_numpy(kin.related(anchors, negs)) if negs else None
+                extra_same = torch.from_numpy(np.concatenate(  # relabelled copies are other functions: negatives
+                    [kin.related(anchors, negs), np.zeros((B, len(relabelled)), bool)], 1)) if extra is not None else None
                 nce = info_nce(proj[:B], proj[B:2 * B], tc.temperature, same, extra, extra_same)
             y = (torch.stack([aux_t[m] for m in anchors]).to(dev) - encoder.aux_mean) / encoder.aux_std
             aux = torch.nn.functional.mse_loss(res["aux"][:B].float(), y)
@@ -393,11 +403,11 @@ def fit(zoo: Zoo | str | Path, config: RunConfig, out: str | Path, device: str =
 
 def embed_zoo(encoder: Embedder, zoo: Zoo, model_ids: list[str] | None = None, batch_size: int = 128,
               progress: bool = False) -> np.ndarray:
-    """(n, embedding_dim) embeddings of zoo models (all ``ok`` models by default), in ``model_ids`` order."""
+    """(n, output_dim) embeddings of zoo models (all ``ok`` models by default), in ``model_ids`` order."""
     if model_ids is None:
         model_ids = list(zoo.manifest.index[zoo.manifest["status"] == "ok"])
     out = []
     for s in tqdm(range(0, len(model_ids), batch_size), desc="embed", disable=not progress, leave=False):
         chunk = model_ids[s:s + batch_size]
         out.append(encoder.embed([zoo.spec(m) for m in chunk], zoo.load_many(chunk), batch_size).numpy())
-    return np.concatenate(out) if out else np.zeros((0, encoder.config.embedding_dim), np.float32)
+    return np.concatenate(out) if out else np.zeros((0, encoder.config.output_dim), np.float32)

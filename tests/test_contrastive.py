@@ -18,6 +18,7 @@ from peace.contrastive import (
     info_nce,
     magnitude_prune,
     nce_logits,
+    relabel_classes,
 )
 from peace.errors import PeaceError
 
@@ -128,6 +129,19 @@ def test_functional_neighbours_agree_most_and_come_from_other_runs(tiny_zoo):
     sampler = PairSampler(rows, AugmentConfig(functional=True, same_config=False, checkpoint=False, pruned=False,
                                               distilled=False), {}, nb)
     assert any(set(sampler.candidates(m)) == {"self", "functional"} for m in rows.model_id)
+
+
+@pytest.mark.parametrize("case", [0, 1, 3])
+def test_relabelled_copies_keep_the_weights_but_never_a_prediction(case):
+    from peace.probes import agreement, responses
+
+    _, spec, params = random_model(*MODELS[case], seed=case)
+    moved = relabel_classes(spec, params, np.random.default_rng(case))
+    last = spec.layers[-1]
+    assert all(torch.equal(moved[k], params[k]) for k in params if not k.startswith(f"layers.{last.index}."))
+    assert sorted(moved[last.weight_name].sum(1).tolist()) == pytest.approx(sorted(params[last.weight_name].sum(1).tolist()))
+    a, b = responses([spec, spec], [params, moved], 128)
+    assert agreement(a, b) == 0.0  # a derangement of the classes changes every prediction
 
 
 def test_views_are_trained_cached_and_distilled_students_imitate(tiny_zoo, tmp_path, monkeypatch):

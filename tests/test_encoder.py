@@ -52,7 +52,7 @@ def test_dgl_and_torch_backends_agree(kw):
 @pytest.mark.parametrize("tokens", [False, True], ids=["graph", "graph+function"])
 def test_embedding_is_exactly_invariant_to_every_allowed_symmetry(case, tokens):
     _, spec, params = random_model(*MODELS[case], seed=case)
-    enc = _encoder(function_tokens=tokens, probes=32)
+    enc = _encoder(function_tokens=tokens, probes=32, function_block=16 if tokens else 0)
     base = enc.embed([spec], [params])
     moved = [random_symmetry(spec, params, seed=s) for s in range(4)]  # permutation + scaling / flips allowed
     emb = enc.embed([spec] * 4, moved)
@@ -134,6 +134,13 @@ def test_heads_and_shapes():
     out = enc(enc.batch([spec, spec], [params, params]))
     assert out["embedding"].shape == (2, 8) and out["projection"].shape == (2, 5) and out["aux"].shape == (2, 3)
     assert torch.allclose(out["projection"].norm(dim=1), torch.ones(2))
+    fused = _encoder(embedding_dim=8, function_block=32, function_block_weight=0.75, probes=16)
+    out = fused(fused.batch([spec, spec], [params, params]))
+    assert out["embedding"].shape == (2, 40) and fused.config.output_dim == 40 and out["projection"].shape == (2, 64)
+    assert torch.allclose(out["embedding"][:, :8].norm(dim=1) ** 2, torch.full((2,), 0.25))  # the block weighs 3/4
+    assert fused.embed([spec], [params]).shape == (1, 40)
+    with pytest.raises(PeaceError, match="function"):
+        EncoderConfig(kind="mlp", function_block=8)
     headless = _encoder(embedding_dim=8, projection_dim=0)  # the loss reads the embedding itself
     out = headless(headless.batch([spec], [params]))
     assert headless.projection is None and torch.allclose(out["projection"], F.normalize(out["embedding"], dim=1))

@@ -25,7 +25,7 @@ def test_embedding_set_contents(embedding_set, tiny_zoo, tiny_run):
     assert len(t) == len(ok) and set(t.model_id) == set(ok.index)
     for col in ("umap_2d_x", "umap_2d_y", "umap_3d_z", "task", "test_acc", "split", "heldout_task", "arch"):
         assert col in t.columns and t[col].notna().all(), col
-    assert embedding_set.embeddings.shape == (len(t), 16)
+    assert embedding_set.embeddings.shape == (len(t), 16 + 16)  # learned part + function block
     info = json.loads((embedding_set.path / "index.json").read_text())
     assert info["encoder_sha256"] == encoder_checksum(tiny_run.path) and info["metric"] == "angular"
 
@@ -66,11 +66,12 @@ def test_stale_or_broken_sets_are_refused(embedding_set, tmp_path):
 
 
 def test_evaluate_compares_every_method(tiny_run, tiny_zoo, tmp_path):
-    mlp = fit(tiny_zoo, load_config("tiny", QUICK + ["encoder.kind=mlp", "encoder.max_params=512"]), tmp_path / "mlp",
-              progress=False)
+    mlp = fit(tiny_zoo, load_config("tiny", QUICK + ["encoder.kind=mlp", "encoder.max_params=512",
+                                                     "encoder.function_tokens=false", "encoder.function_block=0"]),
+              tmp_path / "mlp", progress=False)
     m = evaluate(tiny_run.path, tmp_path / "eval", mlp_run=mlp.path, progress=False,
                  accuracy=PredictorConfig(channels=4, layers=1, head=8, epochs=3, finetune_epochs=2))
-    assert set(m["methods"]) == {"peace", "mlp-encoder", "metadata", "raw", "stats", "pca", "function"}
+    assert set(m["methods"]) == {"peace", "peace-learned", "mlp-encoder", "metadata", "raw", "stats", "pca", "function"}
     peace = m["methods"]["peace"]
     assert peace["invariance"]["ratio"] < 0.01  # exact invariance, measured through the whole pipeline
     assert m["methods"]["function"]["invariance"]["ratio"] == 0  # responses do not see weight-space symmetries

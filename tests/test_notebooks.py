@@ -47,7 +47,7 @@ def test_train_encoder_notebook(tiny_zoo, tmp_path):
 def test_export_and_evaluate_notebooks(tiny_run, tmp_path):
     for name, params, expect in (
             ("03_export_embeddings", {"run_dir": str(tiny_run.path), "out": str(tmp_path / "emb"), "trees": 5},
-             "models, 16-d embeddings"),
+             "models, 32-d embeddings"),  # tiny: 16 learned + a 16-d function block
             ("04_evaluate", {"run_dir": str(tiny_run.path), "out": str(tmp_path / "eval")}, "held-out tasks")):
         out_nb = tmp_path / f"{name}.ipynb"
         pm.execute_notebook(str(ROOT / f"notebooks/{name}.ipynb"), str(out_nb), kernel_name="python3",

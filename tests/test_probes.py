@@ -7,7 +7,7 @@ from conftest import MODELS, random_model
 from peace.architectures import ArchSpec
 from peace.baselines import FunctionSpace, Models
 from peace.errors import PeaceError
-from peace.probes import agreement, agreement_matrix, fingerprint, io_space, probe_inputs, responses
+from peace.probes import agreement, agreement_matrix, fingerprint, io_space, probe_inputs, responses, sketch
 from peace.symmetry import random_symmetry
 
 
@@ -79,3 +79,16 @@ def test_function_space_baseline_blocks_by_io_space_and_names_unknown_spaces():
         only_mlps.transform(models)
     wider = FunctionSpace(n_probes=32, spaces=["64->10", "40->10"]).fit(Models(models.rows[:2], specs[:2], params[:2]))
     assert np.array_equal(wider.transform(models), x)
+
+
+def test_sketches_approximate_agreement_and_keep_spaces_apart():
+    cases = [random_model(*MODELS[i], seed=s) for i in (1, 2) for s in range(4)]  # eight 16->4 models
+    specs, params = [c[1] for c in cases], [c[2] for c in cases]
+    r = responses(specs, params, 128)
+    spaces = [io_space(s) for s in specs]
+    exact = agreement_matrix(r, spaces)
+    sk = sketch(r, spaces, 4096)
+    assert np.abs((sk @ sk.T).numpy() - exact).max() < 0.08  # JL: error about 1/sqrt(dim)
+    assert torch.equal(sketch(r, spaces, 64), sketch(r, spaces, 64))  # fixed projections
+    other = sketch(r[:1], ["64->4"], 4096)  # the same vector read as another space: nearly orthogonal
+    assert abs(float(other[0] @ sk[0])) < 0.08

@@ -26,6 +26,15 @@ def test_splits_keep_lineages_together_and_hold_out_tasks(tiny_zoo):
                                                                                 task=m.task.values))
     with pytest.raises(PeaceError, match="unknown held-out task 'cifar10'"):
         split_zoo(m, holdout=["cifar10"])
+    # validation can hold out a task of its own, never one of test's
+    v = split_zoo(m, 0.25, 0.25, holdout=["synth-2"], seed=3, val_holdout=["digits"]).assign(task=m.task.values)
+    assert (v[v.task == "digits"].split == "val").all() and v[v.task == "digits"].val_heldout_task.all()
+    assert not v[v.task != "digits"].val_heldout_task.any() and (v[v.task == "synth-2"].split == "test").all()
+    drawn = split_zoo(m, holdout=1, seed=0, val_holdout=1)
+    held, val_held = set(m.task[drawn.heldout_task]), set(m.task[drawn.val_heldout_task])
+    assert len(held) == len(val_held) == 1 and not held & val_held
+    with pytest.raises(PeaceError, match="unknown held-out task"):
+        split_zoo(m, holdout=["synth-2"], val_holdout=["synth-2"])
 
 
 def test_a_run_writes_everything_and_the_encoder_reloads(tiny_run, tiny_zoo):
@@ -44,7 +53,7 @@ def test_a_run_writes_everything_and_the_encoder_reloads(tiny_run, tiny_zoo):
     enc = load_encoder(out)
     ids = list(tiny_zoo.manifest.index[:5])
     emb = enc.embed([tiny_zoo.spec(i) for i in ids], tiny_zoo.load_many(ids))
-    assert emb.shape == (5, 16) and torch.isfinite(emb).all()
+    assert emb.shape == (5, 16 + 16) and torch.isfinite(emb).all()
     assert torch.equal(load_file(str(out / "encoder.safetensors"))["edge_scale"], enc.edge_scale)
     assert not torch.equal(enc.edge_scale, torch.ones_like(enc.edge_scale))  # standardization was fit
 
