@@ -108,17 +108,20 @@ def page_neighbours(ex: Explorer) -> None:
     st.dataframe(cols(hits, ("cosine", "agreement")), hide_index=True, width="stretch", key="peace_hits")
     st.caption("agreement: share of shared random probe inputs on which the neighbour predicts what the query does "
                "(blank where input or output spaces differ).")
-    with st.spinner(f"Computing s(W) and raw-weight vectors of {len(ex.table)} models (first time only) ..."):
-        others = {m: ex.baseline_neighbours(q, m, k) for m in ("stats", "raw")}
-    for col, (method, title) in zip(st.columns(2), (("stats", "s(W) weight statistics"), ("raw", "Raw weights"))):
+    titles = (("function", "Function space (probe predictions)"), ("stats", "s(W) weight statistics"),
+              ("raw", "Raw weights"))
+    with st.spinner(f"Computing function-space, s(W) and raw-weight vectors of {len(ex.table)} models "
+                    f"(first time only) ..."):
+        others = {m: ex.baseline_neighbours(q, m, k) for m, _ in titles}
+    for col, (method, title) in zip(st.columns(3), titles):
         with col:
             st.subheader(title)
             other = others[method]
             other["agreement"] = ex.agreement(q, list(other["model_id"]))
             st.dataframe(cols(other, ("cosine", "agreement")), hide_index=True, width="stretch")
     same = lambda d: (d["task"] == row["task"]).mean()  # noqa: E731
-    st.info(f"Same task among the top {k}: PEACE {same(hits):.0%}, s(W) {same(others['stats']):.0%}, "
-            f"raw {same(others['raw']):.0%}")
+    st.info(f"Same task among the top {k}: PEACE {same(hits):.0%}, function space {same(others['function']):.0%}, "
+            f"s(W) {same(others['stats']):.0%}, raw {same(others['raw']):.0%}")
 
 
 def page_interpolation(ex: Explorer) -> None:

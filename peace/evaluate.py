@@ -11,17 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
-from .architectures import forward, stack_params
 from .atomic import atomic_path, write_json
 from .baselines import Baseline, FunctionSpace, MetadataSearch, Models, weight_baselines
 from .errors import PeaceError
 from .metrics import clustering_scores, functional_similarity, hard_queries, invariance_ratio, linear_probe, retrieval_scores
 from .plots import method_comparison
 from .prediction import PredictorConfig, accuracy_study
-from .probes import io_space
+from .probes import io_space, responses
 from .symmetry import random_symmetry
 from .trainer import load_encoder
 from .transfer import TransferConfig, transfer_study
@@ -52,19 +50,17 @@ def _sample(rows: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
 
 
 def _functional(method: Baseline, models: Models, seed: int, per_group: int = 150) -> float:
-    """Spearman(embedding distance, prediction disagreement) within groups sharing input and output
-    spaces, on shared Gaussian probe inputs; averaged over groups weighted by size."""
-    keyed = models.rows.assign(io=[f"{s.input_shape}->{s.n_classes}" for s in models.specs], i=range(len(models)))
+    """Spearman(embedding distance, prediction disagreement) within io-spaces, on the shared Gaussian
+    probe inputs of ``peace.probes``; averaged over spaces weighted by size."""
+    keyed = models.rows.assign(io=[io_space(s) for s in models.specs], i=range(len(models)))
     scores, weights = [], []
     for io, g in keyed.groupby("io"):
         g = _sample(g, per_group, seed)
         if len(g) < 3:
             continue
         idx = list(g["i"])
-        spec0 = models.specs[idx[0]]
-        probe = torch.randn(256, *spec0.input_shape, generator=torch.Generator().manual_seed(seed))
-        preds = np.stack([forward(models.specs[i], stack_params([models.params[i]]), probe)[0].argmax(-1).numpy()
-                          for i in idx])
+        preds = np.stack([r.argmax(-1).numpy() for r in responses([models.specs[i] for i in idx],
+                                                                   [models.params[i] for i in idx], seed=seed)])
         sub = Models(models.rows.iloc[idx].reset_index(drop=True), [models.specs[i] for i in idx],
                      [models.params[i] for i in idx])
         scores.append(functional_similarity(method.transform(sub), preds))

@@ -1,7 +1,7 @@
 """What the Streamlit explorer shows, computed here so tests can see it (the app only lays it out).
 
 An ``Explorer`` opens one embedding set with its zoo and encoder run: filters for the map, PEACE
-neighbours next to the ones s(W) and raw weights would return, prediction agreement, interpolation
+neighbours next to the ones s(W), raw weights and function space would return, prediction agreement, interpolation
 in embedding and weight space, symmetry-lab comparisons, and queries for uploaded model files.
 """
 from __future__ import annotations
@@ -16,11 +16,12 @@ import torch
 
 from .alignment import align, interpolate, interpolation_path
 from .architectures import forward, stack_params
-from .baselines import Models, RawWeights, WeightStats
+from .baselines import FunctionSpace, Models, RawWeights, WeightStats
 from .errors import PeaceError
 from .export import encoder_checksum
 from .index import EmbeddingSet
 from .metrics import normalize_rows
+from .probes import agreement, io_space, probe_inputs, responses
 from .symmetry import RandomSymmetry, random_symmetry
 from .trainer import load_encoder
 from .zoo import Zoo
@@ -47,14 +48,6 @@ def filter_table(table: pd.DataFrame, tasks=None, archs=None, activations=None, 
         if rng is not None:
             keep &= table[col].between(*rng).to_numpy()
     return table[keep]
-
-
-def probe_inputs(shape: tuple[int, ...], n: int = 256, seed: int = 0) -> torch.Tensor:
-    return torch.randn(n, *shape, generator=torch.Generator().manual_seed(seed))
-
-
-def predictions(spec, params: dict, X: torch.Tensor) -> np.ndarray:
-    return forward(spec, stack_params([params]), X)[0].argmax(-1).numpy()
 
 
 @dataclass
@@ -90,9 +83,9 @@ class Explorer:
 
     @cached_property
     def baseline_vectors(self) -> dict[str, np.ndarray]:
-        """Unit-norm s(W) and raw-weight vectors of every model of the set (fit on the set itself)."""
+        """Unit-norm s(W), raw-weight and function-space vectors of every model of the set (fit on the set)."""
         out = {}
-        for b in (self.stats, RawWeights().fit(self._all)):
+        for b in (self.stats, RawWeights().fit(self._all), FunctionSpace().fit(self._all)):
             out[b.name] = normalize_rows(b.transform(self._all))
         return out
 
@@ -101,9 +94,10 @@ class Explorer:
         return self.es.neighbours(model_id, k)
 
     def baseline_neighbours(self, model_id: str, method: str, k: int = 10) -> pd.DataFrame:
-        """The k nearest models by cosine of s(W) (``stats``) or raw weights (``raw``), exact search."""
+        """The k nearest models by cosine of s(W) (``stats``), raw weights (``raw``) or predictions on
+        shared probe inputs (``function``), exact search."""
         if method not in self.baseline_vectors:
-            raise PeaceError(f"unknown method {method!r}; choose stats or raw")
+            raise PeaceError(f"unknown method {method!r}; choose one of {', '.join(self.baseline_vectors)}")
         v = self.baseline_vectors[method]
         i = self.es.row_of[model_id]
         sims = v @ v[i]
@@ -111,23 +105,19 @@ class Explorer:
         top = np.argsort(-sims, kind="stable")[:k]
         return self.table.iloc[top].assign(cosine=sims[top]).reset_index(drop=True)
 
-    def agreement(self, model_id: str, others: list[str], n: int = 256) -> list[float]:
+    def agreement(self, model_id: str, others: list[str]) -> list[float]:
         """Share of shared probe inputs on which each other model predicts what the query does
-        (NaN where they do not share the query's input shape and classes)."""
-        spec = self.zoo.spec(model_id)
-        ref = self._predictions(model_id, n)
-        return [float((self._predictions(o, n) == ref).mean())
-                if (s := self.zoo.spec(o)).input_shape == spec.input_shape and s.n_classes == spec.n_classes
-                else float("nan") for o in others]
+        (NaN where they do not share the query's io-space)."""
+        space, ref = io_space(self.zoo.spec(model_id)), self._response(model_id)
+        return [agreement(self._response(o), ref) if io_space(self.zoo.spec(o)) == space else float("nan")
+                for o in others]
 
-    def _predictions(self, model_id: str, n: int) -> np.ndarray:
-        """A model's predictions on the probe inputs of its input shape (cached: the page reruns often)."""
-        cache = self.__dict__.setdefault("_prediction_cache", {})
-        if (model_id, n) not in cache:
-            spec = self.zoo.spec(model_id)
-            cache[(model_id, n)] = predictions(spec, self._all.params[self.es.row_of[model_id]],
-                                               probe_inputs(spec.input_shape, n))
-        return cache[(model_id, n)]
+    def _response(self, model_id: str):
+        """A model's class probabilities on its io-space's probes (cached: the page reruns often)."""
+        cache = self.__dict__.setdefault("_response_cache", {})
+        if model_id not in cache:
+            cache[model_id] = responses([self.zoo.spec(model_id)], [self._all.params[self.es.row_of[model_id]]])[0]
+        return cache[model_id]
 
     def embedding_path(self, a: str, b: str, steps: int = 9) -> pd.DataFrame:
         """Along the straight line between two embeddings (renormalized), the nearest zoo model at each step."""
@@ -178,7 +168,7 @@ class Explorer:
         PEACE say it moved (cosine distances)."""
         spec, p = self.zoo.spec(model_id), self._all.params[self.es.row_of[model_id]]
         q = random_symmetry(spec, p, seed, RandomSymmetry(permute=permute, scale=scale, flip=flip))
-        X = probe_inputs(spec.input_shape)
+        X = probe_inputs(spec.input_shape).float()
         both = stack_params([p, q])
         out = forward(spec, both, X)
         m = Models(pd.DataFrame({"model_id": [model_id, model_id + "*"]}), [spec, spec], [p, q])

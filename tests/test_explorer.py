@@ -40,8 +40,9 @@ def test_every_page_renders(artifacts, monkeypatch, page):
 def test_neighbour_query_returns_k_rows(artifacts, monkeypatch):
     at = _app(artifacts, monkeypatch, "Neighbours")
     at.slider[0].set_value(5).run()
-    peace, stats, raw = (d.value for d in at.dataframe[:3])
-    assert len(peace) == len(stats) == len(raw) == 5
+    peace, function, stats, raw = (d.value for d in at.dataframe[:4])
+    assert len(peace) == len(function) == len(stats) == len(raw) == 5
+    assert (function["agreement"].dropna() >= 0).all()
     query = at.selectbox(key="query").value
     assert query not in set(peace["model_id"]) and peace["cosine"].is_monotonic_decreasing
     assert any("Same task among the top 5" in i.value for i in at.info)
@@ -62,9 +63,11 @@ def test_missing_and_broken_artifacts_say_what_to_run(artifacts, tmp_path, monke
 def test_explorer_computations(artifacts, tiny_zoo):
     ex = Explorer(artifacts / "embeddings" / "tiny")
     q = ex.table["model_id"].iat[0]
-    for method in ("stats", "raw"):
+    for method in ("function", "stats", "raw"):
         hits = ex.baseline_neighbours(q, method, 4)
         assert len(hits) == 4 and q not in set(hits["model_id"]) and hits["cosine"].is_monotonic_decreasing
+    fn = ex.baseline_neighbours(q, "function", 4)  # the function-space cosine is the agreement itself
+    assert np.allclose(fn["cosine"], np.nan_to_num(ex.agreement(q, list(fn["model_id"])), nan=0.0), atol=1e-5)
     agree = ex.agreement(q, [q, *ex.table["model_id"][1:4]])
     assert agree[0] == 1.0 and all(np.isnan(a) or 0 <= a <= 1 for a in agree)
     lab = ex.symmetry_lab(q, permute=True, scale=False, flip=False, seed=1)
