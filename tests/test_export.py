@@ -1,5 +1,6 @@
 """peace embed / query / evaluate on the tiny zoo: real UMAP, a real Annoy index, stale detection."""
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -88,6 +89,18 @@ def test_evaluate_compares_every_method(tiny_run, tiny_zoo, tmp_path):
     skipped = m["transfer"]["skipped"]  # tiny holds out tetris, which no other tiny task's models can read
     assert list(skipped) == m["heldout_tasks"] and "## Transfer learning" in report and "skipped" in report
     assert (tmp_path / "eval" / "retrieval.html").exists()
+
+
+def test_several_runs_give_mean_and_spread(tiny_run, tmp_path):
+    from peace.evaluate import evaluate_runs
+
+    copy = tmp_path / "b" / tiny_run.path.name  # the same run twice: zero spread, names kept apart
+    shutil.copytree(tiny_run.path, copy)
+    summary = evaluate_runs([tiny_run.path, copy], tmp_path / "eval", transfer=None, accuracy=None, progress=False)
+    assert (tmp_path / "eval" / "tiny-0" / "metrics.json").exists() and (tmp_path / "eval" / "tiny-1" / "report.md").exists()
+    peace = summary[(summary.method == "peace") & (summary.metric == "task mAP")].iloc[0]
+    assert peace["n"] == 2 and peace["std"] == pytest.approx(0, abs=1e-9)
+    assert "± 0.000" in (tmp_path / "eval" / "summary.md").read_text()
 
 
 @pytest.mark.slow

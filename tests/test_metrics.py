@@ -64,3 +64,17 @@ def test_clustering_probes_functional_and_invariance():
     assert abs(functional_similarity(unrelated, preds)) < 0.3
     inv = invariance_ratio(emb[:10], emb[:10] + 1e-6, emb)
     assert inv["ratio"] < 1e-3 and inv["distance_to_nearest_other"] > 0
+
+
+def test_runs_aggregate_to_mean_and_spread():
+    from peace.evaluate import aggregate, summary_markdown
+
+    runs = [pd.DataFrame({"task mAP": [0.5, 0.3], "R2": [0.1, float("nan")]}, index=pd.Index(["peace", "raw"], name="method"))
+            .assign(run=f"s{i}") for i in range(3)]
+    for i, t in enumerate(runs):
+        t.loc["peace", "task mAP"] = 0.5 + 0.1 * i  # 0.5, 0.6, 0.7
+    s = aggregate(runs)
+    row = s[(s.method == "peace") & (s.metric == "task mAP")].iloc[0]
+    assert row["mean"] == pytest.approx(0.6) and row["std"] == pytest.approx(0.1) and row["n"] == 3
+    md = summary_markdown(s)
+    assert "| peace | 0.600 ± 0.100 | 0.100 ± 0.000 |" in md and "| raw | 0.300 ± 0.000 | n/a |" in md
