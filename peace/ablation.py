@@ -90,16 +90,26 @@ def _flatten(metrics: dict) -> dict:
     return {k: float(v) for k, v in flat.items() if isinstance(v, (int, float, np.floating, np.integer))}
 
 
-def run_ablation(grid: Grid | str | Path, out: str | Path, workers: int = 1, progress: bool = True) -> pd.DataFrame:
-    """Run every (configuration, seed) not finished yet; write and return ``summary.parquet``."""
+def run_ablation(grid: Grid | str | Path, out: str | Path, workers: int = 1, progress: bool = True,
+                 seeds: list[int] | None = None) -> pd.DataFrame:
+    """Run every (configuration, seed) not finished yet, seed by seed (every configuration at the first
+    seed before any at the second); write and return ``summary.parquet``.
+
+    ``seeds`` runs a subset of the grid's seeds (a quick first pass); the summary keeps the rows of
+    the grid's other seeds from earlier invocations, so passes add up.
+    """
     grid = grid if isinstance(grid, Grid) else load_grid(grid)
     out = Path(out).resolve()
+    if seeds is not None and not set(seeds) <= set(grid.seeds):
+        raise PeaceError(f"seeds {sorted(set(seeds) - set(grid.seeds))} are not in the grid's seeds {grid.seeds}; "
+                         "pick from those (or add them to the grid file)")
     from .zoo import Zoo
 
     Zoo(grid.zoo)  # a missing or broken zoo fails here, before any run
     for nb in ("02_train_encoder.ipynb", "04_evaluate.ipynb"):
         notebook_path(nb)
-    jobs = [(c, s) for c in grid.configurations for s in grid.seeds]
+    everything = [(c, s) for s in grid.seeds for c in grid.configurations]
+    jobs = [(c, s) for c, s in everything if seeds is None or s in seeds]
 
     def one(c: Configuration, seed: int) -> dict:
         run = out / "runs" / f"{c.name}-s{seed}"
@@ -120,7 +130,11 @@ def run_ablation(grid: Grid | str | Path, out: str | Path, workers: int = 1, pro
         futures = [pool.submit(one, c, s) for c, s in jobs]
         for f in tqdm(as_completed(futures), total=len(futures), desc="ablation", disable=not progress):
             rows.append(f.result())
-    order = {(c.name, s): i for i, (c, s) in enumerate(jobs)}
+    order = {(c.name, s): i for i, (c, s) in enumerate(everything)}
+    ran = {(r["configuration"], r["seed"]) for r in rows}
+    if (out / "summary.parquet").exists():  # rows of seeds not run this time, from earlier passes
+        rows += [r for r in pd.read_parquet(out / "summary.parquet").to_dict("records")
+                 if (r["configuration"], r["seed"]) in order and (r["configuration"], r["seed"]) not in ran]
     summary = pd.DataFrame(sorted(rows, key=lambda r: order[(r["configuration"], r["seed"])]))
     with atomic_path(out / "summary.parquet") as tmp:
         summary.to_parquet(tmp)

@@ -153,7 +153,7 @@ def _ablate(args: argparse.Namespace) -> int:
     grid = load_grid(args.grid)
     if args.zoo:
         grid.zoo = str(args.zoo)
-    summary = run_ablation(grid, args.out, workers=args.workers, progress=not args.quiet)
+    summary = run_ablation(grid, args.out, workers=args.workers, progress=not args.quiet, seeds=args.seeds)
     failed = summary[summary["status"] == "failed"]
     print(summary[["configuration", "seed", "status"]].to_string(index=False))
     headline = ["retrieval_task.map", "retrieval_task_heldout.map", "retrieval_lineage.map", "probes.test_acc.r2"]
@@ -275,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--out", type=Path, required=True, metavar="DIR")
     ab.add_argument("--zoo", type=Path, metavar="DIR", help="override the grid's zoo")
     ab.add_argument("--workers", type=int, default=1, help="configurations run at once (default 1)")
+    ab.add_argument("--seeds", type=int, nargs="+", metavar="S",
+                    help="run only these of the grid's seeds (a quick first pass; later passes add to the summary)")
     ab.add_argument("--quiet", action="store_true")
     ab.set_defaults(func=_ablate)
     return p

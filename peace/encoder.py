@@ -62,6 +62,7 @@ class EncoderConfig:
     edge_dim: int = 25            # values one edge carries (a 5x5 kernel); longer edges are average-pooled
     backend: str = "auto"         # message passing: auto (DGL when importable), dgl or torch
     aux_targets: list[str] = field(default_factory=lambda: ["test_acc", "gen_gap"])
+    aux_linear: bool = False      # a linear metric head: the metrics must be linearly readable from the embedding
     max_params: int = 4096        # mlp kind only: flattened weights are padded / truncated to this
     function_tokens: bool = False  # add a token of the class probabilities on fixed probe inputs
     probes: int = 128             # probe inputs per io-space (function tokens, sketch, the trainer's functional targets)
@@ -226,7 +227,8 @@ class Embedder(nn.Module):
         H, n_aux = c.hidden, max(1, len(c.aux_targets))
         self.to_embedding = _mlp(H, H, c.embedding_dim)
         self.projection = _mlp(c.embedding_dim, H, c.projection_dim) if c.projection_dim else None
-        self.aux_head = _mlp(c.embedding_dim, H, n_aux)
+        self.aux_head = nn.Linear(c.embedding_dim, n_aux) if getattr(c, "aux_linear", False) \
+            else _mlp(c.embedding_dim, H, n_aux)
         self.register_buffer("aux_mean", torch.zeros(n_aux))
         self.register_buffer("aux_std", torch.ones(n_aux))
 

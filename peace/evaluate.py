@@ -89,7 +89,9 @@ def evaluate_method(method: Baseline, train: Models, test: Models, seed: int = 0
         if isinstance(method, MetadataSearch) and t in REVEALS:  # a card without the answer
             blind = MetadataSearch([c for c in method.columns if c not in REVEALS[t]]).fit(train)
             x_tr, x_te = blind.transform(train), blind.transform(test)
-        probes[t] = linear_probe(x_tr, tr[t].to_numpy(), x_te, te[t].to_numpy(), categorical=categorical)
+        held = te["heldout_task"].to_numpy(bool) if "heldout_task" in te else np.zeros(len(te), bool)
+        probes[t] = linear_probe(x_tr, tr[t].to_numpy(), x_te, te[t].to_numpy(), categorical=categorical,
+                                 subsets={"seen_tasks": ~held, "heldout_tasks": held} if held.any() else None)
     out["probes"] = probes
     inv = _sample(rows.reset_index(drop=True).assign(i=range(len(rows))), 100, seed)
     moved = Models(inv.drop(columns="i"), [test.specs[i] for i in inv["i"]],
@@ -168,7 +170,9 @@ def summary_table(metrics: dict) -> pd.DataFrame:
                       "hard mAP": r["retrieval_task_hard"]["map"], "held-out task mAP": r["retrieval_task_heldout"]["map"],
                       "cross-arch mAP": r["retrieval_task_cross_arch"]["map"],
                       "lineage mAP": r["retrieval_lineage"]["map"], "NMI": r["clustering_task"]["nmi"],
-                      "R2 test_acc": p["test_acc"]["r2"], "R2 gen_gap": p["gen_gap"]["r2"], "R2 epoch": p["epoch"]["r2"],
+                      "R2 test_acc": p["test_acc"]["r2"],
+                      "R2 test_acc (seen tasks)": p["test_acc"].get("r2_seen_tasks", p["test_acc"]["r2"]),
+                      "R2 gen_gap": p["gen_gap"]["r2"], "R2 epoch": p["epoch"]["r2"],
                       "func. Spearman": r["functional_spearman"], "invariance ratio": r["invariance"]["ratio"]}
     return pd.DataFrame(rows).T.rename_axis("method")
 
@@ -224,8 +228,9 @@ def report_markdown(metrics: dict, table: pd.DataFrame) -> str:
             "architecture is trained on other tasks too; held-out: queries of tasks never seen in training; "
             "cross-arch: each query ranks only models of other architectures) or same fine-tune lineage. "
             "function: class predictions on shared random probe inputs (training-free; compares models of one "
-            "io-space only). peace-learned: PEACE's learned embedding without its function-space block. R2: ridge probes. Func. Spearman: rank correlation of embedding distance with "
-            "prediction disagreement on shared probe inputs. Invariance ratio: distance to a random symmetry "
+            "io-space only). peace-learned: PEACE's learned embedding without its function-space block. R2: ridge "
+            "probes (seen tasks: the test models of training tasks only). Func. Spearman: rank correlation of "
+            "embedding distance with prediction disagreement on shared probe inputs. Invariance ratio: distance to a random symmetry "
             "transform over distance to the nearest other model (lower is better; 0 = exactly invariant).\n\n"
             f"{accuracy_markdown(metrics.get('accuracy_prediction'))}{transfer_markdown(metrics.get('transfer'))}"
             "All numbers: `metrics.json`.\n")

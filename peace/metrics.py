@@ -87,8 +87,9 @@ def clustering_scores(emb: np.ndarray, labels: np.ndarray, seed: int = 0) -> dic
 
 
 def linear_probe(X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, y_test: np.ndarray,
-                 categorical: bool = False) -> dict[str, float]:
-    """Ridge with cross-validated alpha (R^2, Kendall tau) or logistic regression (accuracy), on standardized X."""
+                 categorical: bool = False, subsets: dict[str, np.ndarray] | None = None) -> dict[str, float]:
+    """Ridge with cross-validated alpha (R^2, Kendall tau) or logistic regression (accuracy), on standardized X.
+    ``subsets`` (name -> boolean mask over the test rows) adds ``r2_<name>`` for regression probes."""
     if categorical:
         model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
         model.fit(X_train, y_train)
@@ -96,7 +97,11 @@ def linear_probe(X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, y
     model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 4, 15)))
     model.fit(X_train, y_train)
     pred = model.predict(X_test)
-    return {"r2": float(r2_score(y_test, pred)), "kendall_tau": float(kendalltau(y_test, pred).statistic)}
+    out = {"r2": float(r2_score(y_test, pred)), "kendall_tau": float(kendalltau(y_test, pred).statistic)}
+    for name, mask in (subsets or {}).items():
+        mask = np.asarray(mask, bool)
+        out[f"r2_{name}"] = float(r2_score(y_test[mask], pred[mask])) if mask.sum() > 1 else float("nan")
+    return out
 
 
 def functional_similarity(emb: np.ndarray, predictions: np.ndarray) -> float:

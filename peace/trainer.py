@@ -227,10 +227,16 @@ def load_encoder(run_dir: str | Path, device: str = "cpu", backend: str | None =
     return encoder.to(resolve_device(device)).eval()
 
 
+DERIVED_TARGETS = {"progress": lambda r: r["epoch"] / r["epochs"].clip(lower=1)}  # share of its training run done
+
+
 def _targets(rows: pd.DataFrame, names: list[str]) -> np.ndarray:
+    """The auxiliary head's targets: manifest columns, or ``progress`` (epoch / epochs of its run)."""
+    rows = rows.assign(**{n: f(rows) for n, f in DERIVED_TARGETS.items() if n in names and n not in rows.columns})
     missing = [n for n in names if n not in rows.columns]
     if missing:
-        raise unknown("auxiliary target column", missing[0], [c for c in rows.columns if rows[c].dtype.kind == "f"])
+        valid = [c for c in rows.columns if rows[c].dtype.kind == "f"] + list(DERIVED_TARGETS)
+        raise unknown("auxiliary target column", missing[0], valid)
     return rows[names].to_numpy(np.float32)
 
 

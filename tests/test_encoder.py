@@ -141,6 +141,8 @@ def test_heads_and_shapes():
     assert fused.embed([spec], [params]).shape == (1, 40)
     with pytest.raises(PeaceError, match="function"):
         EncoderConfig(kind="mlp", function_block=8)
+    linear = _encoder(embedding_dim=8, aux_linear=True)  # metrics linearly readable from the embedding
+    assert isinstance(linear.aux_head, torch.nn.Linear) and linear(linear.batch([spec], [params]))["aux"].shape == (1, 2)
     headless = _encoder(embedding_dim=8, projection_dim=0)  # the loss reads the embedding itself
     out = headless(headless.batch([spec], [params]))
     assert headless.projection is None and torch.allclose(out["projection"], F.normalize(out["embedding"], dim=1))

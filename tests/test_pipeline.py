@@ -112,7 +112,12 @@ def test_tiny_ablation_grid_end_to_end_with_resume(tiny_zoo, tmp_path):
     failing.zoo = str(tiny_zoo.path)
     failing.configurations = failing.configurations[:1]
     failing.overrides = failing.overrides + ["train.batch_size=100000"]
-    f = run_ablation(failing, tmp_path / "failing", progress=False)
-    assert list(f["status"]) == ["failed"] and "batch" in f.loc[0, "error"]
+    failing.seeds = [0, 1]
+    f1 = run_ablation(failing, tmp_path / "failing", progress=False, seeds=[1])  # a pass at one seed
+    assert list(f1["seed"]) == [1] and not (tmp_path / "failing/runs/full-s0").exists()
+    f = run_ablation(failing, tmp_path / "failing", progress=False, seeds=[0])  # the next pass adds to the summary
+    assert list(f["seed"]) == [0, 1] and list(f["status"]) == ["failed"] * 2 and "batch" in f.loc[0, "error"]
     assert "batch" in (tmp_path / "failing/runs/full-s0/error.txt").read_text()
+    with pytest.raises(PeaceError, match=r"seeds \[7\] are not in the grid's seeds \[0, 1\]"):
+        run_ablation(failing, tmp_path / "failing", progress=False, seeds=[7])
     json.dumps(f.to_dict())  # the summary is plain data

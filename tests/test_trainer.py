@@ -1,6 +1,7 @@
 """Training runs: splits, artifacts, determinism, resume, bad input; the `peace train` command."""
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -35,6 +36,16 @@ def test_splits_keep_lineages_together_and_hold_out_tasks(tiny_zoo):
     assert len(held) == len(val_held) == 1 and not held & val_held
     with pytest.raises(PeaceError, match="unknown held-out task"):
         split_zoo(m, holdout=["synth-2"], val_holdout=["synth-2"])
+
+
+def test_auxiliary_targets_are_columns_or_training_progress(tiny_zoo):
+    from peace.trainer import _targets
+
+    rows = tiny_zoo.manifest.reset_index(drop=True)
+    t = _targets(rows, ["test_acc", "progress"])
+    assert t.shape == (len(rows), 2) and (t[:, 1] == (rows.epoch / rows.epochs).to_numpy(np.float32)).all()
+    with pytest.raises(PeaceError, match="auxiliary target column 'colour'.*progress"):
+        _targets(rows, ["colour"])
 
 
 def test_a_run_writes_everything_and_the_encoder_reloads(tiny_run, tiny_zoo):
