@@ -195,8 +195,9 @@ def page_symmetry(ex: Explorer) -> None:
 
 
 def page_query(ex: Explorer) -> None:
-    st.write("Upload a safetensors file or a PyTorch state dict (read with `weights_only=True`; nothing in the "
-             "file is executed). Architecture widths come from the tensor shapes.")
+    st.write("Upload a safetensors file or a PyTorch state dict. It is parsed by PEACE's strict reader in a separate, "
+             "resource-limited process (never by `torch.load`, never in this server); nothing in the file is "
+             "executed. Architecture widths come from the tensor shapes.")
     up = st.file_uploader("Model file", type=None)
     c1, c2, c3 = st.columns(3)
     activation = c1.selectbox("Activation", ["relu", "tanh", "sigmoid", "leaky_relu", "gelu", "identity"])

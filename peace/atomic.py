@@ -1,10 +1,13 @@
-"""Atomic file writes: a reader sees the old file or the complete new one, never half of it."""
+"""Atomic file writes (a reader sees the old file or the complete new one, never half of it) and the
+writer's lock of a directory (two writers of one zoo or embedding set take turns, never lose a write)."""
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import json
 import os
+import secrets
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +18,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success fsync it and rename it over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")  # unique per writer and call
     try:
         yield tmp
         with open(tmp, "rb+") as f:
@@ -51,3 +54,34 @@ def read_json_or_none(path: str | os.PathLike) -> Any:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
+
+
+LOCK_NAME = ".peace.lock"
+
+
+@contextlib.contextmanager
+def locked(directory: str | os.PathLike, what: str, timeout: float = 3600) -> Iterator[None]:
+    """Hold the writer's lock of ``directory`` (created if missing). A second writer waits, saying
+    so on stderr, and gets a ``PeaceError`` after ``timeout`` seconds. The OS releases the lock of
+    a killed process, so a leftover lock file never blocks anyone."""
+    from filelock import FileLock, Timeout
+
+    from .errors import PeaceError
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(directory / LOCK_NAME))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"[peace] {what} {directory} is being written by another process; waiting for it to finish ...",
+              file=sys.stderr, flush=True)
+        try:
+            lock.acquire(timeout=timeout)
+        except Timeout:
+            raise PeaceError(f"{what} {directory} has been locked by another writer for over {timeout:.0f} s; "
+                             f"wait for that process to finish (nothing was changed)") from None
+    try:
+        yield
+    finally:
+        lock.release()

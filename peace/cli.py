@@ -28,6 +28,12 @@ def _zoo_info(args: argparse.Namespace) -> int:
           f"{m['task'].nunique()} tasks, families {sorted(m['family'].unique())}, created {zoo.info['created']}")
     print(f"status: {m['status'].value_counts().to_dict()}; fine-tuned checkpoints: {int(m['parent_id'].notna().sum())}")
     print(zoo.summary.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    problems = zoo.verify(weights=args.verify, progress=args.verify)
+    if problems:
+        raise PeaceError(f"{len(problems)} shard problem(s): " + "; ".join(problems[:5]) +
+                         f". Delete the broken shards and run `peace zoo build ... --out {zoo.path} --resume`")
+    print("shards: all present and readable; " + ("every model's weights match their checksums" if args.verify else
+                                                 "weights not checksummed (add --verify to read and check them all)"))
     return 0
 
 
@@ -62,29 +68,51 @@ def _model_config(args: argparse.Namespace) -> dict:
         if getattr(args, key):
             cfg[key] = getattr(args, key)
     if args.input_shape:
-        cfg["input_shape"] = [int(s) for s in args.input_shape.split(",")]
+        cfg["input_shape"] = args.input_shape
     return cfg
+
+
+def _positive(text: str) -> float:
+    """A positive, finite number (sizes and limits)."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not (0 < v < float("inf")):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
+    return v
+
+
+def _shape(text: str) -> list[int]:
+    """--input-shape: positive integers separated by commas."""
+    try:
+        shape = [int(v) for v in text.split(",")]
+    except ValueError:
+        shape = []
+    if not shape or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive integers separated by commas, e.g. 1,28,28")
+    return shape
 
 
 def _add_import_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("reading model files (what the weights cannot tell)")
     g.add_argument("--activation", help="relu, leaky_relu, tanh, sigmoid, gelu or identity")
-    g.add_argument("--input-shape", metavar="C,H,W", help="a CNN's input shape, e.g. 1,28,28")
+    g.add_argument("--input-shape", metavar="C,H,W", type=_shape, help="a CNN's input shape, e.g. 1,28,28")
     g.add_argument("--pool", help="a CNN's pooling after each conv: avg, max or none")
     g.add_argument("--model-config", type=Path, metavar="JSON", help="architecture config (keys as in config.json)")
-    g.add_argument("--max-size", type=float, default=512, metavar="MIB", help="refuse larger model files (default 512)")
+    g.add_argument("--max-size", type=_positive, default=512, metavar="MIB", help="refuse larger model files (default 512)")
 
 
 def _query(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from .export import query_model
-    from .importers import load_model
+    from .importers import Limits, load_model
     from .index import EmbeddingSet
 
     es = EmbeddingSet(args.embeddings)
     if Path(args.model).exists():
-        m = load_model(args.model, _model_config(args), max_bytes=int(args.max_size * 2**20))
+        m = load_model(args.model, _model_config(args), Limits(max_bytes=int(args.max_size * 2**20)))
         print(f"{m.source}: {m.spec.describe()}, {m.spec.n_params} parameters")
         hits = query_model(es, m.spec, m.params, args.k, run_dir=args.run)
     elif args.model in es.row_of:
@@ -99,11 +127,11 @@ def _query(args: argparse.Namespace) -> int:
 
 
 def _zoo_add(args: argparse.Namespace) -> int:
-    from .importers import load_model
+    from .importers import Limits, load_model
     from .zoo import add_models
 
     cfg = _model_config(args)
-    models = [load_model(p, cfg, max_bytes=int(args.max_size * 2**20)) for p in args.models]
+    models = [load_model(p, cfg, Limits(max_bytes=int(args.max_size * 2**20))) for p in args.models]
     zoo = add_models(args.dir, models, task=args.task, group=args.group)
     added = zoo.manifest.iloc[-len(models):]
     cols = [c for c in ["model_id", "task", "arch", "n_params", "test_acc"] if c in added.columns]
@@ -185,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=_zoo_build)
     i = zsub.add_parser("info", help="summarize a built zoo", description="Print counts and accuracy per task.")
     i.add_argument("dir", type=Path, help="zoo directory")
+    i.add_argument("--verify", action="store_true", help="read every model's weights and check their checksums")
     i.set_defaults(func=_zoo_info)
     a = zsub.add_parser("add", help="append model files to a built zoo",
                         description="Read model files or directories (safetensors / PyTorch state dicts, config.json) "
@@ -285,6 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        for name in ("out", "root"):  # every command's output directory
+            value = getattr(args, name, None)
+            if value is not None and Path(value).exists() and not Path(value).is_dir():
+                raise PeaceError(f"--{name} {value} is a file; name a directory (new, or one this command wrote)")
         return args.func(args)
     except PeaceError as e:
         print(f"peace: error: {e}", file=sys.stderr)

@@ -59,8 +59,8 @@ class Explorer:
     def __post_init__(self) -> None:
         self.path = Path(self.path)
         self.es = EmbeddingSet(self.path)
-        self.zoo = Zoo(self.es.info["zoo"])
-        self.run = Path(self.es.info["run"])
+        self.zoo = Zoo(self.es.source("zoo"))
+        self.run = self.es.source("run")
         sha = encoder_checksum(self.run) if (self.run / "encoder.safetensors").exists() else None
         self.es.check_current(encoder_sha256=sha, zoo_manifest_sha256=self.zoo.info["manifest_sha256"])
         self.table = self.es.table.drop(columns=["embedding"])
@@ -179,10 +179,11 @@ class Explorer:
                 "peace": cos(self.encoder.embed([spec, spec], [p, q]).numpy())}
 
     def query_file(self, path: str | Path, config: dict, k: int = 10) -> tuple[object, pd.DataFrame, np.ndarray]:
-        """An uploaded model file: (the imported model, its k nearest zoo models, its map position)."""
-        from .importers import load_model
+        """An uploaded model file: (the imported model, its k nearest zoo models, its map position).
+        The file is parsed in a resource-limited child process, never in the server's own."""
+        from .sandbox import load_model_isolated
 
-        m = load_model(path, config)
+        m = load_model_isolated(path, config)
         vector = self.encoder.embed([m.spec], [m.params]).numpy()[0]  # __post_init__ checked it made this set
         hits = self.es.query(vector, k)
         return m, hits, self.map_position(vector)

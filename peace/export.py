@@ -33,7 +33,10 @@ def encoder_checksum(run_dir: str | Path) -> str:
 def export_embeddings(run_dir: str | Path, out: str | Path, zoo: Zoo | str | Path | None = None, trees: int = 50,
                       umap: bool = True, seed: int = 0, progress: bool = True) -> EmbeddingSet:
     """Embed the zoo's ``ok`` models with the run's best encoder and write an embedding set to ``out``."""
-    run_dir = Path(run_dir)
+    from .index import check_output_dir
+
+    run_dir, out = Path(run_dir), Path(out)
+    check_output_dir(out)  # before the slow part
     encoder = load_encoder(run_dir)
     if zoo is None:
         zoo = encoder.meta["zoo"]
@@ -64,7 +67,7 @@ def export_embeddings(run_dir: str | Path, out: str | Path, zoo: Zoo | str | Pat
 def query_model(es: EmbeddingSet, spec, params: dict, k: int = 10, run_dir: str | Path | None = None) -> pd.DataFrame:
     """The ``k`` nearest models of the set to a model from outside it (an imported file), embedded by
     the encoder that embedded the set (refused if that encoder has changed since)."""
-    run_dir = Path(run_dir or es.info["run"])
+    run_dir = Path(run_dir) if run_dir else es.source("run")
     if not (run_dir / "encoder.safetensors").is_file():
         raise PeaceError(f"the embedding set {es.path} was made by the run {run_dir}, which has no encoder.safetensors "
                          f"any more; pass the run with --run, or re-embed with `peace embed --run RUN --out {es.path}`")

@@ -1,9 +1,10 @@
 """Read models made elsewhere into PEACE's ``(ArchSpec, state dict)`` form.
 
-Files come from strangers, so nothing in them is ever unpickled into code: safetensors files are
-read with safetensors, PyTorch files with ``torch.load(weights_only=True)`` (tensors only), and a
-file over the size limit, with a non-float or non-finite tensor, or whose layers do not chain, is
-refused with an error naming the file and the problem.
+Files come from strangers, so nothing in them is ever unpickled into code and nothing is parsed by
+torch's own loader: safetensors files are read with safetensors, PyTorch files with PEACE's strict
+reader (``peace.torchfile``: sizes and views checked before anything is allocated). A file over
+the ``Limits`` (bytes, parameters, layers, width, graph edges), with a non-float or non-finite
+tensor, or whose layers do not chain, is refused with an error naming the file and the problem.
 
 - ``load_model(path)``: a safetensors or state-dict file, or a directory with one plus a
   ``config.json`` (the shape of hub model repositories).
@@ -18,7 +19,6 @@ else (skip connections, custom ops) is refused rather than silently misread.
 from __future__ import annotations
 
 import json
-import pickle
 import re
 import struct
 from dataclasses import dataclass, field, fields
@@ -32,8 +32,36 @@ from torch import Tensor, nn
 from .architectures import ACTIVATIONS, ArchSpec, PeaceNet, check_params, forward
 from .errors import PeaceError, unknown
 from .paths import contained
+from .torchfile import read_torch_file
 
-MAX_BYTES = 512 * 2**20  # default size limit of one model file; raise it with max_bytes / --max-size
+MAX_BYTES = 512 * 2**20  # default size limit of one model file; raise it with Limits(max_bytes=) / --max-size
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one imported model may cost, checked before any graph or encoder input is built (the
+    file's bytes before its tensors are read). Raise them for bigger models (CLI: --max-size)."""
+
+    max_bytes: int = MAX_BYTES       # the file, and the tensors it declares
+    max_params: int = 100_000_000    # weights and biases
+    max_layers: int = 256            # weight layers in the chain
+    max_width: int = 65_536          # neurons / channels of one layer (graph nodes per layer)
+    max_edges: int = 5_000_000       # neural-graph edges (a Linear: in x out; a Conv: in x out channels)
+
+    def check(self, layers: list[tuple[str, Tensor, Tensor | None]], source: str) -> None:
+        """Refuse a chain of (name, weight, bias) over any budget, naming the budget and its fix."""
+        over = []
+        n_params = sum(w.numel() + (b.numel() if b is not None else 0) for _, w, b in layers)
+        widths = [w.shape[0] for _, w, _ in layers] + [w.shape[1] for _, w, _ in layers[:1]]
+        edges = sum(w.shape[0] * w.shape[1] for _, w, _ in layers)
+        for what, value, limit in (("layers", len(layers), self.max_layers), ("parameters", n_params, self.max_params),
+                                   ("neurons in one layer", max(widths), self.max_width),
+                                   ("graph edges", edges, self.max_edges)):
+            if value > limit:
+                over.append(f"{value:,} {what} (limit {limit:,})")
+        if over:
+            raise PeaceError(f"{source}: refused: {'; '.join(over)}. Raise the limit with peace.importers.Limits "
+                             f"if you expect a model this large.")
 WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth")
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _WRAPPERS = ("state_dict", "model_state_dict", "model", "weights")  # common checkpoint layouts around a state dict
@@ -159,16 +187,7 @@ def read_tensors(path: str | Path, max_bytes: int = MAX_BYTES) -> dict[str, Tens
         except Exception as e:  # SafetensorError, or a header that lies about its tensors
             raise PeaceError(f"{path}: corrupted or truncated safetensors file ({e})") from None
     elif head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # torch zip archive, or a legacy / plain pickle
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            found = re.search(r"WeightsUnpickler error: ([^\n]*)", str(e))
-            first = (found.group(1) if found else str(e).strip().splitlines()[-1])[:200]
-            raise PeaceError(f"{path}: refused: the file stores Python objects, not only tensors, and PEACE never "
-                             f"unpickles code from model files ({first}). Save a plain state dict "
-                             f"(torch.save(model.state_dict(), ...)) or convert it to safetensors.") from None
-        except Exception as e:  # truncated zip, bad magic number, ...
-            raise PeaceError(f"{path}: corrupted or truncated PyTorch file ({type(e).__name__}: {e})") from None
+        obj = read_torch_file(path, max_bytes)
     else:
         raise PeaceError(f"{path}: neither a safetensors file nor a PyTorch state dict (starts with {head[:8]!r})")
     return _state_dict(obj, str(path))
@@ -188,6 +207,12 @@ def _state_dict(obj: Any, source: str) -> dict[str, Tensor]:
         if not isinstance(v, Tensor):
             raise PeaceError(f"{source}: entry {k!r} is a {type(v).__name__}, not a tensor; PEACE reads state dicts "
                              f"of weights and biases only")
+        kind = ("a tensor subclass" if type(v) not in (Tensor, nn.Parameter) else "a meta tensor (no values)"
+                if v.is_meta else "a nested tensor" if getattr(v, "is_nested", False)
+                else "a sparse or other non-dense tensor" if v.layout != torch.strided else None)
+        if kind:
+            raise PeaceError(f"{source}: tensor {k!r} is {kind} ({type(v).__name__}, {v.layout}); PEACE reads dense "
+                             f"tensors of numbers only")
         leaf = str(k).rpartition(".")[2]
         if leaf not in ("weight", "bias"):
             kind = " (a BatchNorm layer)" if leaf in ("running_mean", "running_var", "num_batches_tracked") else ""
@@ -233,7 +258,8 @@ _SPEC_KEYS = [f.name for f in fields(ArchSpec) if f.init]
 CONFIG_KEYS = _SPEC_KEYS + ["weights", "metadata"]
 
 
-def from_state_dict(tensors: dict[str, Tensor], config: dict | None = None, source: str = "state dict") -> ImportedModel:
+def from_state_dict(tensors: dict[str, Tensor], config: dict | None = None, source: str = "state dict",
+                    limits: Limits = Limits()) -> ImportedModel:
     """A chain of Linear / Conv layers read from a state dict. Shapes give the widths, kernel size,
     bias and (for MLPs) the input size; ``config`` (keys of ``ArchSpec``, plus ``metadata``) gives
     the activation and what else shapes cannot tell, and overrides inference."""
@@ -243,6 +269,7 @@ def from_state_dict(tensors: dict[str, Tensor], config: dict | None = None, sour
             raise unknown(f"key in the model config of {source}", k, CONFIG_KEYS)
     tensors = _state_dict(tensors, source)
     layers = _layers(tensors, source)
+    limits.check(layers, source)
     kinds = [w.ndim for _, w, _ in layers]
     n_conv = sum(k > 2 for k in kinds)
     if any(k > 2 for k in kinds[n_conv:]) or len(set(kinds[:n_conv])) > 1:
@@ -277,6 +304,8 @@ def from_state_dict(tensors: dict[str, Tensor], config: dict | None = None, sour
         raise PeaceError(f"{source}: the weights do not say which activation the network uses; give it in the model "
                          f"config (config.json or --activation), one of {', '.join(ACTIVATIONS)}")
     metadata = config.pop("metadata", {}) or {}
+    if not isinstance(metadata, dict):
+        raise PeaceError(f"{source}: 'metadata' in the model config must be a JSON object, got {type(metadata).__name__}")
     config.pop("weights", None)
     try:
         spec = ArchSpec(**{**inferred, **config})
@@ -300,21 +329,25 @@ def from_state_dict(tensors: dict[str, Tensor], config: dict | None = None, sour
 def read_config(path: str | Path, max_bytes: int = 2**20) -> dict:
     """A model config JSON (a mapping), size-limited, errors naming the file."""
     path = Path(path)
+    if not path.is_file():
+        raise PeaceError(f"{path}: no such model config file")
     if path.stat().st_size > max_bytes:
         raise PeaceError(f"{path}: a model config over {max_bytes // 1024} KiB is refused")
     try:
         d = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError) as e:
         raise PeaceError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(d, dict):
         raise PeaceError(f"{path}: a model config must be a JSON object")
     return d
 
 
-def load_model(path: str | Path, config: dict | None = None, max_bytes: int = MAX_BYTES) -> ImportedModel:
+def load_model(path: str | Path, config: dict | None = None, limits: Limits = Limits()) -> ImportedModel:
     """A model from a weights file (safetensors or PyTorch state dict) or a directory holding one and a
     ``config.json``; ``config`` adds to / overrides the directory's config."""
     path = Path(path)
+    if not path.exists():
+        raise PeaceError(f"{path}: no such file or directory")
     cfg: dict = {}
     if path.is_dir():
         if (path / "config.json").is_file():
@@ -323,6 +356,10 @@ def load_model(path: str | Path, config: dict | None = None, max_bytes: int = MA
             weights = contained(path, str({**cfg, **(config or {})}["weights"]), f"weights file named in {path / 'config.json'}")
         else:
             found = sorted({p for pattern in WEIGHT_FILES for p in path.glob(pattern)})
+            outside = [p.name for p in found if p.is_symlink() and not p.resolve().is_relative_to(path.resolve())]
+            if outside:
+                raise PeaceError(f"{path}: {outside[0]} is a symbolic link out of the directory; refused (copy the "
+                                 f"file into the directory if you mean it)")
             if len(found) != 1:
                 raise PeaceError(f"{path}: expected one weights file ({', '.join(WEIGHT_FILES)}), found "
                                  f"{[p.name for p in found] or 'none'}; name it with \"weights\" in config.json")
@@ -330,7 +367,7 @@ def load_model(path: str | Path, config: dict | None = None, max_bytes: int = MA
     else:
         weights = path
     cfg.update(config or {})
-    return from_state_dict(read_tensors(weights, max_bytes), cfg, str(weights))
+    return from_state_dict(read_tensors(weights, limits.max_bytes), cfg, str(weights), limits)
 
 
 _SKLEARN_ACTIVATIONS = {"relu": "relu", "tanh": "tanh", "logistic": "sigmoid", "identity": "identity"}

@@ -4,19 +4,21 @@ An embedding set is a directory::
 
     embeddings.parquet   one row per model: model_id, embedding, umap_2d_x/y, umap_3d_x/y/z, metadata
     index.ann            Annoy index (angular), item i = row i of embeddings.parquet
-    index.json           dimension, metric, trees, model ids in row order, and the checksums of the
-                         encoder, the zoo manifest and embeddings.parquet it was built from
+    index.json           dimension, metric, trees, model ids in row order, the checksums of
+                         embeddings.parquet and index.ann, and the run, encoder and zoo it was built
+                         from (paths relative to the set's own directory, so it opens from anywhere)
 """
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from annoy import AnnoyIndex
 
-from .atomic import atomic_path, sha256_file, write_json
+from .atomic import atomic_path, locked, sha256_file, write_json
 from .errors import PeaceError
 
 METRIC = "angular"
@@ -46,23 +48,38 @@ class EmbeddingSet:
         if missing:
             raise PeaceError(f"{self.path} is not a complete embedding set (missing {', '.join(missing)}); "
                              f"write it with `peace embed --run RUN --out {self.path}`")
-        self.info = json.loads((self.path / "index.json").read_text())
-        if sha256_file(self.path / "embeddings.parquet") != self.info["embeddings_sha256"]:
-            raise PeaceError(f"{self.path / 'embeddings.parquet'} does not match the index built with it "
-                             f"(another encoder run or an edited file); rerun `peace embed` to rebuild both")
+        rebuild = f"rerun `peace embed --run RUN --out {self.path}` to rebuild the set"
+        try:
+            self.info = json.loads((self.path / "index.json").read_text())
+        except (ValueError, OSError) as e:
+            raise PeaceError(f"{self.path / 'index.json'} is not valid JSON ({e}); {rebuild}") from None
+        need = {"dimension": int, "trees": int, "model_ids": list, "embeddings_sha256": str, "index_sha256": str}
+        bad = [k for k, t in need.items() if not isinstance(self.info, dict) or not isinstance(self.info.get(k), t)]
+        if bad:
+            raise PeaceError(f"{self.path / 'index.json'} lacks {bad} (written by an older PEACE, or edited); {rebuild}")
+        for name, key in (("embeddings.parquet", "embeddings_sha256"), ("index.ann", "index_sha256")):
+            if sha256_file(self.path / name) != self.info[key]:
+                raise PeaceError(f"{self.path / name} does not match the checksum in index.json (changed, truncated "
+                                 f"or from another run); {rebuild}")
         self.table = pd.read_parquet(self.path / "embeddings.parquet")
         if list(self.table["model_id"]) != self.info["model_ids"]:
-            raise PeaceError(f"rows of {self.path / 'embeddings.parquet'} are not the index's items; rerun `peace embed`")
+            raise PeaceError(f"rows of {self.path / 'embeddings.parquet'} are not the index's items; {rebuild}")
         self.dim = int(self.info["dimension"])
+        if self.table.empty or len(self.table["embedding"].iat[0]) != self.dim:
+            raise PeaceError(f"{self.path / 'index.json'} says dimension {self.dim}, which is not the table's; {rebuild}")
         self.index = AnnoyIndex(self.dim, METRIC)
         self.index.load(str(self.path / "index.ann"))
         if self.index.get_n_items() != len(self.table):
             raise PeaceError(f"{self.path / 'index.ann'} holds {self.index.get_n_items()} items but the table "
-                             f"{len(self.table)}; rerun `peace embed`")
+                             f"{len(self.table)}; {rebuild}")
         self.row_of = {m: i for i, m in enumerate(self.table["model_id"])}
 
     def __len__(self) -> int:
         return len(self.table)
+
+    def source(self, key: str) -> Path:
+        """The ``run`` or ``zoo`` the set was built from (stored relative to the set's directory)."""
+        return (self.path / self.info[key]).resolve()
 
     @property
     def embeddings(self) -> np.ndarray:
@@ -102,16 +119,33 @@ class EmbeddingSet:
         return self.query(self.index.get_item_vector(self.row_of[model_id]), k, exclude=model_id)
 
 
+def check_output_dir(out: Path) -> None:
+    """An embedding set may not be written over a file, into a zoo, or into a training run."""
+    if out.exists() and not out.is_dir():
+        raise PeaceError(f"--out {out} is a file; name a directory for the embedding set")
+    for d in (out, *out.resolve().parents):
+        if (d / "zoo.json").exists() or (d / "recipe.json").exists():
+            raise PeaceError(f"--out {out} is inside the zoo {d}; write embedding sets to their own directory "
+                             f"(e.g. artifacts/embeddings/NAME)")
+    if (out / "encoder.safetensors").exists() or (out / "run.json").exists():
+        raise PeaceError(f"--out {out} is a training run; write embedding sets to their own directory")
+
+
 def write_embedding_set(out: str | Path, table: pd.DataFrame, trees: int, provenance: dict) -> EmbeddingSet:
-    """Write table + index + sidecar atomically (the sidecar last: it is what marks the set complete)."""
+    """Write table + index + sidecar atomically (the sidecar last: it is what marks the set complete),
+    holding the set's writer lock. ``provenance`` paths (``run``, ``zoo``) are stored relative to ``out``."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "index.json").unlink(missing_ok=True)
-    with atomic_path(out / "embeddings.parquet") as tmp:
-        table.to_parquet(tmp)
-    emb = np.stack(table["embedding"].to_numpy()).astype(np.float32)
-    build_annoy(emb, out / "index.ann", trees)
-    write_json(out / "index.json", {"dimension": int(emb.shape[1]), "metric": METRIC, "trees": trees,
-                                    "n_items": len(table), "model_ids": list(table["model_id"]),
-                                    "embeddings_sha256": sha256_file(out / "embeddings.parquet"), **provenance})
+    check_output_dir(out)
+    provenance = {k: os.path.relpath(Path(v).resolve(), out.resolve()) if k in ("run", "zoo") else v
+                  for k, v in provenance.items()}
+    with locked(out, "embedding set"):
+        (out / "index.json").unlink(missing_ok=True)
+        with atomic_path(out / "embeddings.parquet") as tmp:
+            table.to_parquet(tmp)
+        emb = np.stack(table["embedding"].to_numpy()).astype(np.float32)
+        build_annoy(emb, out / "index.ann", trees)
+        write_json(out / "index.json", {"dimension": int(emb.shape[1]), "metric": METRIC, "trees": trees,
+                                        "n_items": len(table), "model_ids": list(table["model_id"]),
+                                        "embeddings_sha256": sha256_file(out / "embeddings.parquet"),
+                                        "index_sha256": sha256_file(out / "index.ann"), **provenance})
     return EmbeddingSet(out)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from .population import HParams, Schedule
 from .tasks import check_task_name, load_task
 
 PRESET_DIR = Path(__file__).with_name("presets")
+# bounds on what one recipe may ask for, checked before anything is built or trained
+MAX_RUNS, MAX_EPOCHS, MAX_BATCH, MAX_WIDTH, MAX_LAYERS = 1_000_000, 10_000, 1_000_000, 65_536, 64
 
 
 @dataclass
@@ -29,9 +32,9 @@ class Group:
     """A grid of from-scratch runs."""
 
     name: str
-    tasks: list[str]
+    tasks: list[str] | str
     architecture: dict[str, Any]
-    seeds: Any = 1  # an int n means seeds 1..n; a list gives them
+    seeds: int | list[int] = 1  # an int n means seeds 1..n; a list gives them
     init: Any = "kaiming_uniform"
     lr: Any = 1e-3
     weight_decay: Any = 0.0
@@ -48,7 +51,7 @@ class Finetune:
 
     name: str
     parent_group: str
-    tasks: list[str]
+    tasks: list[str] | str
     parent_tasks: list[str] | None = None
     max_parents: int = 10
     lr: Any = 1e-3
@@ -128,6 +131,33 @@ def _axis(v: Any, nested: bool = False) -> list:
     return list(v) if isinstance(v, (list, tuple)) else [v]
 
 
+def _numbers(values: list, what: str, kind: type, lo: float, hi: float) -> list:
+    """Grid values of a numeric key, each checked for type and range (bools are not numbers)."""
+    for v in values:
+        ok = isinstance(v, (int, float) if kind is float else int) and not isinstance(v, bool) and lo <= v <= hi
+        if not ok:
+            noun, fmt = ("an integer", "{:,}") if kind is int else ("a number", "{:g}")
+            raise PeaceError(f"{what} must be {noun} between {fmt.format(lo)} and {fmt.format(hi)} (or a list of "
+                             f"them), got {v!r:.60}")
+    return [kind(v) for v in values]
+
+
+def _texts(values: list, what: str) -> list[str]:
+    bad = [v for v in values if not isinstance(v, str)]
+    if bad:
+        raise PeaceError(f"{what} must be text (or a list of texts), got {bad[0]!r:.60}")
+    return values
+
+
+def _seeds(v: Any, what: str) -> list[int]:
+    if isinstance(v, int) and not isinstance(v, bool):
+        _numbers([v], f"{what} seeds (a count)", int, 1, MAX_RUNS)
+        return list(range(1, v + 1))
+    if not isinstance(v, list) or len(v) > MAX_RUNS:
+        raise PeaceError(f"{what} seeds must be a count or a list of at most {MAX_RUNS:,} seeds")
+    return _numbers(v, f"{what} seeds", int, 0, 2**31 - 1)
+
+
 def _checkpoints(v: Any, epochs: int) -> tuple[int, ...]:
     if v == "all":
         return tuple(range(epochs + 1))
@@ -147,6 +177,14 @@ def _arch_options(arch: dict[str, Any], task: str) -> list[ArchSpec]:
     keys = sorted(arch)
     axes = [_axis(arch[k], nested=k in ("hidden", "fc_hidden")) for k in keys]
     out = []
+    for k, values in zip(keys, axes):
+        if k in ("hidden", "fc_hidden"):
+            for widths in values:
+                if len(widths) > MAX_LAYERS:
+                    raise PeaceError(f"architecture {k} has {len(widths)} layers; at most {MAX_LAYERS}")
+                _numbers(list(widths), f"architecture {k} widths", int, 1, MAX_WIDTH)
+    if math.prod(len(a) for a in axes) > MAX_RUNS:
+        raise PeaceError(f"the architecture grid has over {MAX_RUNS:,} combinations")
     for combo in itertools.product(*axes):
         kw = dict(zip(keys, combo))
         for k in ("input_shape", "n_classes"):
@@ -163,16 +201,34 @@ def _arch_options(arch: dict[str, Any], task: str) -> list[ArchSpec]:
 def expand(recipe: Recipe) -> list[RunSpec]:
     """All runs of a recipe, from-scratch groups first, in a deterministic order."""
     runs: list[RunSpec] = []
+    if not isinstance(recipe.chunk_size, int) or recipe.chunk_size < 1:
+        raise PeaceError(f"chunk_size must be a positive integer, got {recipe.chunk_size!r}")
     for g in recipe.groups:
-        seeds = list(range(1, g.seeds + 1)) if isinstance(g.seeds, int) else [int(s) for s in g.seeds]
-        for task in _axis(g.tasks):
+        what = f"group {g.name!r}:"
+        seeds = _seeds(g.seeds, what)
+        epochs = _numbers(_axis(g.epochs), f"{what} epochs", int, 0, MAX_EPOCHS)
+        batches = _numbers(_axis(g.batch_size), f"{what} batch_size", int, 1, MAX_BATCH)
+        lrs = _numbers(_axis(g.lr), f"{what} lr", float, 0, 1e3)
+        wds = _numbers(_axis(g.weight_decay), f"{what} weight_decay", float, 0, 1e3)
+        drops = _numbers(_axis(g.dropout), f"{what} dropout", float, 0, 1)
+        inits, opts = _texts(_axis(g.init), f"{what} init"), _texts(_axis(g.optimizer), f"{what} optimizer")
+        tasks = _texts(_axis(g.tasks), f"{what} tasks")
+        n = len(tasks) * len(seeds) * len(epochs) * len(batches) * len(lrs) * len(wds) * len(drops) * len(inits) * len(opts)
+        if n + len(runs) > MAX_RUNS:
+            raise PeaceError(f"{what} the recipe asks for over {MAX_RUNS:,} runs; split it into several zoos")
+        for task in tasks:
             check_task_name(task)
-            for spec in _arch_options(g.architecture, task):
-                for opt, ep, bs in itertools.product(_axis(g.optimizer), _axis(g.epochs), _axis(g.batch_size)):
-                    sched = Schedule(int(ep), int(bs), opt, _checkpoints(g.checkpoints, int(ep)))
-                    for init, lr, wd, dr, seed in itertools.product(_axis(g.init), _axis(g.lr), _axis(g.weight_decay),
-                                                                    _axis(g.dropout), seeds):
-                        hp = HParams(seed, init, float(lr), float(wd), float(dr))
+            try:
+                specs = _arch_options(g.architecture, task)
+            except PeaceError as e:
+                raise PeaceError(f"{what} {e}") from None
+            for spec in specs:
+                if len(runs) + n > MAX_RUNS:
+                    raise PeaceError(f"{what} the recipe asks for over {MAX_RUNS:,} runs; split it into several zoos")
+                for opt, ep, bs in itertools.product(opts, epochs, batches):
+                    sched = Schedule(ep, bs, opt, _checkpoints(g.checkpoints, ep))
+                    for init, lr, wd, dr, seed in itertools.product(inits, lrs, wds, drops, seeds):
+                        hp = HParams(seed, init, lr, wd, dr)
                         rid = _run_id(g.name, task, spec.to_dict(), asdict(hp), asdict(sched))
                         runs.append(RunSpec(rid, g.name, task, spec, hp, sched))
     by_group = {g.name: [r for r in runs if r.group == g.name] for g in recipe.groups}
@@ -183,7 +239,10 @@ def expand(recipe: Recipe) -> list[RunSpec]:
         if not parents:
             raise PeaceError(f"finetune {f.name!r}: no runs of group {f.parent_group!r} on tasks {f.parent_tasks}")
         parents = parents[: f.max_parents]
-        for task in _axis(f.tasks):
+        _numbers([f.epochs], f"finetune {f.name!r}: epochs", int, 0, MAX_EPOCHS)
+        _numbers([f.batch_size], f"finetune {f.name!r}: batch_size", int, 1, MAX_BATCH)
+        _numbers(_axis(f.lr), f"finetune {f.name!r}: lr", float, 0, 1e3)
+        for task in _texts(_axis(f.tasks), f"finetune {f.name!r}: tasks"):
             t = load_task(task)
             for p in parents:
                 if (t.input_shape, t.n_classes) != (p.spec.input_shape, p.spec.n_classes):

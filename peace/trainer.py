@@ -5,7 +5,7 @@ A run directory holds everything one training run wrote::
     config.yaml          the full, resolved config (held-out tasks included)
     splits.parquet       model_id -> train / val / test, heldout_task
     views/               cached pruned and distilled positive views (safetensors)
-    checkpoint.pt        last epoch: weights, optimizer, history (torch.load(weights_only=True))
+    checkpoint.pt        last epoch: weights, optimizer, history (read back with peace.torchfile, not torch.load)
     encoder.safetensors  best encoder weights (by validation same-task mAP)
     encoder.json         its config, standardization and provenance
     history.parquet      one row per epoch
@@ -185,8 +185,10 @@ def _prepare_run_dir(out: Path, cfg: RunConfig, zoo: Zoo, resume: bool) -> None:
 def _load_checkpoint(path: Path) -> dict | None:
     if not path.exists():
         return None
+    from .torchfile import read_torch_file
+
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return read_torch_file(path, max_bytes=path.stat().st_size)
     except Exception as e:  # noqa: BLE001 - any unreadable checkpoint means: start that epoch again
         raise PeaceError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); delete it to restart "
                          f"the run from scratch") from None
@@ -278,7 +280,7 @@ def fit(zoo: Zoo | str | Path, config: RunConfig, out: str | Path, device: str =
             tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         with atomic_path(out / "splits.parquet") as tmp:
             splits.to_parquet(tmp)
-        write_json(out / "run.json", {"zoo": str(zoo.path), "zoo_manifest_sha256": zoo.info["manifest_sha256"],
+        write_json(out / "run.json", {"zoo": str(zoo.path.resolve()), "zoo_manifest_sha256": zoo.info["manifest_sha256"],
                                       "device": str(dev), "torch": torch.__version__, "status": "running"})
 
     ids = list(train.model_id) + list(val.model_id)
@@ -319,7 +321,7 @@ def fit(zoo: Zoo | str | Path, config: RunConfig, out: str | Path, device: str =
     aux_t = dict(zip(train.model_id, torch.tensor(tgt)))
     amp = dev.type == "cuda" and tc.amp
     n_steps = min(len(train), tc.max_models_per_epoch or len(train)) // tc.batch_size
-    meta = {"zoo": str(zoo.path), "zoo_manifest_sha256": zoo.info["manifest_sha256"], "holdout_tasks": held,
+    meta = {"zoo": str(zoo.path.resolve()), "zoo_manifest_sha256": zoo.info["manifest_sha256"], "holdout_tasks": held,
             "val_relevance": relevance,
             "n_train": len(train), "n_val": len(val)}
 

@@ -33,7 +33,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .architectures import ArchSpec, PeaceNet, stack_params
-from .atomic import atomic_path, sha256_file, write_json
+from .atomic import LOCK_NAME, atomic_path, locked, sha256_file, write_json
 from .errors import PeaceError
 from .paths import contained
 from .population import train_population
@@ -87,8 +87,10 @@ def _rows(pop: list[RunSpec], pop_id: str, metrics: list[dict], weights: dict[in
 
 def _check_existing(out: Path, recipe: Recipe, resume: bool) -> None:
     rec = out / "recipe.json"
+    if out.exists() and not out.is_dir():
+        raise PeaceError(f"{out} is a file; --out must name a directory (new, or a zoo to --resume)")
     if not rec.exists():
-        if out.exists() and any(out.iterdir()) and not resume:
+        if out.exists() and any(p.name != LOCK_NAME for p in out.iterdir()) and not resume:
             raise PeaceError(f"{out} exists and is not empty; choose a new --out directory")
         return
     if not resume:
@@ -112,10 +114,17 @@ def _part_is_complete(out: Path, pop_id: str) -> bool:
 
 
 def build_zoo(recipe: Recipe, out: str | Path, resume: bool = False, progress: bool = True) -> Zoo:
-    """Train every run of ``recipe`` into a zoo at ``out`` and return it opened."""
+    """Train every run of ``recipe`` into a zoo at ``out`` and return it opened (holding the zoo's
+    writer lock: a second build or ``add`` waits)."""
     out = Path(out)
     runs = expand(recipe)
-    _check_existing(out, recipe, resume)
+    _check_existing(out, recipe, resume)  # before the lock creates the directory: a clear error, nothing made
+    with locked(out, "zoo"):
+        _check_existing(out, recipe, resume)  # again: another writer may have started meanwhile
+        return _build(recipe, runs, out, resume, progress)
+
+
+def _build(recipe: Recipe, runs: list[RunSpec], out: Path, resume: bool, progress: bool) -> Zoo:
     (out / "parts").mkdir(parents=True, exist_ok=True)
     (out / "shards").mkdir(parents=True, exist_ok=True)
     write_json(out / "recipe.json", recipe.to_dict())
@@ -184,8 +193,11 @@ class Zoo:
                              f"Build one with `peace zoo build --preset demo --out {self.path}`.")
         try:
             self.info = json.loads(meta.read_text())
-        except json.JSONDecodeError as e:
+        except (ValueError, UnicodeDecodeError) as e:
             raise PeaceError(f"{meta} is corrupted ({e}); rebuild the zoo with --resume") from None
+        if not isinstance(self.info, dict):
+            raise PeaceError(f"{meta} is corrupted (it holds a {type(self.info).__name__}, not an object); rebuild "
+                             f"the zoo with --resume")
         if self.info.get("format_version") != FORMAT_VERSION:
             raise PeaceError(f"{meta} has format version {self.info.get('format_version')}, this PEACE reads "
                              f"{FORMAT_VERSION}; rebuild the zoo")
@@ -245,6 +257,27 @@ class Zoo:
                                  f"`peace zoo build ... --out {self.path} --resume` to rebuild it.") from None
         return [out[m] for m in ids]
 
+    def verify(self, weights: bool = False, progress: bool = False) -> list[str]:
+        """Problems found in the shards: missing or unreadable files, missing tensors and, with
+        ``weights``, checksum mismatches (reads every weight). Empty when all is well."""
+        problems = []
+        for shard, sub in tqdm(self.manifest.groupby("shard", sort=False), desc="verify", unit="shard", disable=not progress):
+            path = self._shards[shard]
+            try:
+                with safe_open(str(path), "pt") as f:
+                    keys = set(f.keys())
+                missing = [m for m, spec in zip(sub["model_id"], sub["arch_spec"])
+                           if any(f"{m}/{k}" not in keys for k in _spec_from_json(spec).param_shapes())]
+                if missing:
+                    problems.append(f"{shard}: no weights for {len(missing)} model(s), e.g. {missing[0]}")
+                elif weights:
+                    self.load_many(list(sub["model_id"]), verify=True)
+            except (SafetensorError, OSError) as e:
+                problems.append(f"{shard}: cannot be read ({str(e)[:120]})")
+            except PeaceError as e:
+                problems.append(str(e))
+        return problems
+
     def model(self, model_id: str) -> PeaceNet:
         net = PeaceNet(self.spec(model_id))
         net.load_state_dict(self.weights(model_id))
@@ -283,20 +316,50 @@ def build_or_open(recipe: Recipe, out: str | Path, progress: bool = True) -> Zoo
 
 # --- adding models from elsewhere ------------------------------------------------------------------
 
+IDENTITY = ("model_id", "run_id", "population_id", "lineage_id", "parent_id", "status", "shard", "checksum",
+            "arch_spec")  # what a model file's metadata may not claim: the zoo assigns these
+
+
+def _metadata_columns(meta: dict, manifest: pd.DataFrame, source: str) -> dict:
+    """The metadata entries that fill manifest columns, each checked against the column's type."""
+    out = {}
+    for k, v in meta.items():
+        if k in IDENTITY:
+            raise PeaceError(f"{source}: metadata may not set {k!r} (the zoo assigns it); remove it from config.json")
+        if k not in manifest.columns:
+            continue
+        kind = manifest[k].dtype.kind
+        need = {"b": (bool,), "i": (int,), "u": (int,), "f": (int, float)}.get(kind, (str,) if kind in "OSU" else (object,))
+        if not isinstance(v, need) or (isinstance(v, bool) and bool not in need):
+            noun = {"b": "true or false", "i": "an integer", "u": "an integer", "f": "a number"}.get(kind, "text")
+            raise PeaceError(f"{source}: metadata {k!r} = {v!r:.60} must be {noun} (the zoo's column {k!r} holds "
+                             f"{manifest[k].dtype}); fix config.json")
+        out[k] = v
+    return out
+
+
 def add_models(zoo: Zoo | str | Path, models: list, task: str | None = None, group: str = "imported",
                metadata: dict | None = None) -> Zoo:
     """Append imported models (``importers.ImportedModel``) to a built zoo; returns it reopened.
 
     Models get the id ``imported-<weights sha>-e000``; with a known ``task`` that fits their inputs
-    and outputs, their loss, accuracy and F1 on its splits are measured like zoo models'. Crash-safe:
-    the new shard is written first, then zoo.json (accepting the old manifest too), then the manifest.
+    and outputs, their loss, accuracy and F1 on its splits are measured like zoo models'. Writers
+    take turns (the zoo's lock; the manifest is re-read under it, so concurrent adds all land).
+    Crash-safe: the new shard is written first, then zoo.json (accepting the old manifest too), then
+    the manifest.
     """
-    from .population import _as_tensors, _metrics_rows  # the zoo's own metric rows, not a second copy
-
-    zoo = zoo if isinstance(zoo, Zoo) else Zoo(zoo)
+    path = zoo.path if isinstance(zoo, Zoo) else Path(zoo)
+    Zoo(path)  # a clear error for a missing or broken zoo, before the lock
     if not models:
         raise PeaceError("no models to add")
     the_task = load_task(task) if task else None
+    with locked(path, "zoo"):
+        return _add(Zoo(path), models, task, the_task, group, metadata)
+
+
+def _add(zoo: Zoo, models: list, task: str | None, the_task: Task | None, group: str, metadata: dict | None) -> Zoo:
+    from .population import _as_tensors, _metrics_rows  # the zoo's own metric rows, not a second copy
+
     rows, tensors = [], {}
     for m in models:
         checksum = weights_checksum(m.params)
@@ -304,7 +367,7 @@ def add_models(zoo: Zoo | str | Path, models: list, task: str | None = None, gro
         mid = model_id(run_id, 0)
         if mid in zoo.manifest.index or any(r["model_id"] == mid for r in rows):
             raise PeaceError(f"{m.source}: the same weights are already in the zoo as {mid}; nothing was added")
-        meta = {**(metadata or {}), **m.metadata}
+        meta = _metadata_columns({**(metadata or {}), **m.metadata}, zoo.manifest, m.source)
         row = {c: None for c in zoo.manifest.columns}
         row.update({"model_id": mid, "run_id": run_id, "population_id": run_id, "group": group,
                     "task": task or str(meta.get("task", "unknown")), "dataset": the_task.family if the_task else "unknown",
@@ -313,7 +376,8 @@ def add_models(zoo: Zoo | str | Path, models: list, task: str | None = None, gro
                     "bias": m.spec.bias, "depth": m.spec.depth, "width": max(m.spec.hidden + m.spec.fc_hidden, default=0),
                     "n_params": m.spec.n_params, "epoch": 0, "epochs": 0, "status": "ok", "lineage_id": run_id,
                     "shard": f"shards/{run_id}.safetensors", "checksum": checksum})
-        row.update({k: v for k, v in meta.items() if k in row and k not in ("model_id", "shard", "checksum", "arch_spec")})
+        row.update({k: v for k, v in meta.items() if k not in ("task", "dataset", "family", "arch", "activation", "bias",
+                                                               "depth", "width", "n_params")})
         if the_task is not None:
             data = _as_tensors(the_task)
             if math.prod(m.spec.input_shape) != the_task.n_features or m.spec.n_classes != the_task.n_classes:
@@ -329,11 +393,9 @@ def add_models(zoo: Zoo | str | Path, models: list, task: str | None = None, gro
             save_file(t, str(tmp), metadata={"format": "peace-zoo-shard", "population_id": run_id})
     manifest = pd.concat([zoo.manifest.reset_index(drop=True), pd.DataFrame(rows)], ignore_index=True)
     manifest = manifest.astype({c: zoo.manifest[c].dtype for c in ("epoch", "epochs") if c in manifest})
-    tmp_man = zoo.path / ".manifest.parquet.new"
-    manifest.to_parquet(tmp_man)
-    info = {**zoo.info, "manifest_sha256": sha256_file(tmp_man), "previous_manifest_sha256": zoo.info["manifest_sha256"],
-            "n_checkpoints": len(manifest), "n_runs": int(manifest["run_id"].nunique())}
-    write_json(zoo.path / "zoo.json", info)
     with atomic_path(zoo.path / "manifest.parquet") as tmp:
-        tmp_man.replace(tmp)
+        manifest.to_parquet(tmp)
+        info = {**zoo.info, "manifest_sha256": sha256_file(tmp), "previous_manifest_sha256": zoo.info["manifest_sha256"],
+                "n_checkpoints": len(manifest), "n_runs": int(manifest["run_id"].nunique())}
+        write_json(zoo.path / "zoo.json", info)
     return Zoo(zoo.path)

@@ -57,13 +57,37 @@ def test_stale_or_broken_sets_are_refused(embedding_set, tmp_path):
     EmbeddingSet(copy).check_current(encoder_sha256=embedding_set.info["encoder_sha256"])
     with pytest.raises(PeaceError, match="another encoder.*stale"):
         EmbeddingSet(copy).check_current(encoder_sha256="0" * 64)
+    info = json.loads((copy / "index.json").read_text())
+    ann = (copy / "index.ann").read_bytes()
+    (copy / "index.ann").write_bytes(ann[: len(ann) // 2])  # truncated
+    with pytest.raises(PeaceError, match="index.ann does not match the checksum in index.json"):
+        EmbeddingSet(copy)
+    (copy / "index.ann").write_bytes(ann)
+    for text, msg in (("{not json", "is not valid JSON"), ("{}", "lacks"), ("[]", "lacks"),
+                      (json.dumps({**info, "dimension": 7}), "says dimension 7")):
+        (copy / "index.json").write_text(text)
+        with pytest.raises(PeaceError, match=msg):
+            EmbeddingSet(copy)
+    (copy / "index.json").write_text(json.dumps(info))
     t = embedding_set.table.iloc[::-1]
     t.to_parquet(copy / "embeddings.parquet")  # rows edited after the index was built
-    with pytest.raises(PeaceError, match="does not match the index"):
+    with pytest.raises(PeaceError, match="embeddings.parquet does not match the checksum"):
         EmbeddingSet(copy)
     (copy / "index.json").unlink()
     with pytest.raises(PeaceError, match="missing index.json"):
         EmbeddingSet(copy)
+
+
+def test_a_set_knows_its_run_and_zoo_from_any_directory(embedding_set, tiny_run, tiny_zoo, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # index.json's paths are relative to the set, not to where it was written from
+    assert EmbeddingSet(embedding_set.path).source("run") == tiny_run.path.resolve()
+    assert EmbeddingSet(embedding_set.path).source("zoo") == tiny_zoo.path.resolve()
+    for out, msg in ((tiny_zoo.path / "emb", "inside the zoo"), (tiny_run.path, "is a training run"),
+                     (tmp_path / "file", "is a file")):
+        (tmp_path / "file").write_text("x")
+        with pytest.raises(PeaceError, match=msg):
+            export_embeddings(tiny_run.path, out, progress=False)
+    assert not (tiny_zoo.path / "emb").exists()
 
 
 def test_evaluate_compares_every_method(tiny_run, tiny_zoo, tmp_path):

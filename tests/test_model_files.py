@@ -16,7 +16,7 @@ from torch import nn
 from peace.architectures import forward
 from peace.atomic import sha256_file, write_json
 from peace.errors import PeaceError
-from peace.importers import from_sklearn, from_state_dict, load_model, read_tensors
+from peace.importers import Limits, from_sklearn, from_state_dict, load_model, read_tensors
 from peace.zoo import Zoo
 
 
@@ -165,7 +165,7 @@ def test_what_the_weights_cannot_tell_and_limits(tmp_path):
     with pytest.raises(PeaceError, match="unknown key in the model config.*'activaton'"):
         load_model(tmp_path / "m.pt", {"activaton": "relu"})
     with pytest.raises(PeaceError, match="over the 0 MiB limit.*--max-size"):
-        load_model(tmp_path / "m.pt", {"activation": "relu"}, max_bytes=100)
+        load_model(tmp_path / "m.pt", {"activation": "relu"}, Limits(max_bytes=100))
     _save("zip", _cnn().state_dict(), tmp_path / "cnn.pt")
     with pytest.raises(PeaceError, match="CNN's input_shape is not in its weights"):
         load_model(tmp_path / "cnn.pt", {"activation": "relu", "pool": "max"})

@@ -1,0 +1,87 @@
+"""Read an untrusted model file in a separate, resource-limited process: what a server must do.
+
+The explorer serves every user from one process, so a file that costs it memory, CPU time or a
+crash would cost all of them. ``load_model_isolated`` runs ``importers.load_model`` in a child
+process whose address space (beyond what its imports take), CPU time, written bytes and wall time
+are limited. The child hands the checked weights back as a safetensors file; the parent reads it
+with safetensors and checks the model again with ``from_state_dict``. A crash, a limit hit or a
+timeout becomes a ``PeaceError`` naming the file; nothing the file says runs in the parent.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+from .errors import PeaceError
+from .importers import ImportedModel, Limits, from_state_dict
+
+
+def load_model_isolated(path: str | Path, config: dict | None = None, limits: Limits = Limits(),
+                        memory_mib: int = 2048, cpu_s: int = 60, timeout_s: float = 120) -> ImportedModel:
+    """``importers.load_model(path, config, limits)`` in a child process limited to ``memory_mib`` of
+    extra address space, ``cpu_s`` of CPU time and ``timeout_s`` of wall time."""
+    from safetensors.torch import load_file
+
+    path = Path(path).resolve()
+    with tempfile.TemporaryDirectory(prefix="peace-sandbox-") as tmp:
+        out = Path(tmp) / "model.safetensors"
+        request = {"path": str(path), "config": config or {}, "limits": asdict(limits), "out": str(out),
+                   "memory_mib": memory_mib, "cpu_s": cpu_s}
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                                            os.environ.get("PYTHONPATH", "")])}
+        try:
+            done = subprocess.run([sys.executable, "-m", "peace.sandbox"], input=json.dumps(request), text=True,
+                                  capture_output=True, timeout=timeout_s, env=env)
+        except subprocess.TimeoutExpired:
+            raise PeaceError(f"{path}: reading the file took over {timeout_s:.0f} s and was stopped (a file made to "
+                             f"exhaust the reader?)") from None
+        if done.returncode < 0:
+            name = signal.Signals(-done.returncode).name
+            why = " (CPU time limit)" if name == "SIGXCPU" else ""
+            raise PeaceError(f"{path}: the isolated reader was killed by {name}{why}; the file is malformed or made "
+                             f"to attack the reader. Nothing was loaded.")
+        try:
+            reply = json.loads(done.stdout.strip().splitlines()[-1])
+        except (IndexError, ValueError):
+            tail = done.stderr.strip().splitlines()[-1:] or ["no output"]
+            raise PeaceError(f"{path}: the isolated reader failed (exit {done.returncode}: {tail[0][:200]})") from None
+        if "error" in reply:
+            raise PeaceError(reply["error"])
+        params = load_file(str(out))
+        return from_state_dict(params, {**reply["spec"], "metadata": reply["metadata"]}, reply["source"], limits)
+
+
+def _child() -> None:
+    """The child side: set the limits, read the file, write the weights, print one JSON line."""
+    import resource
+
+    from .importers import load_model
+
+    req = json.loads(sys.stdin.read())
+    with open("/proc/self/statm") as f:  # address space the imports already take (pages)
+        used = int(f.read().split()[0]) * resource.getpagesize()
+    resource.setrlimit(resource.RLIMIT_AS, (used + req["memory_mib"] * 2**20,) * 2)
+    resource.setrlimit(resource.RLIMIT_CPU, (req["cpu_s"], req["cpu_s"] + 5))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (2 * req["limits"]["max_bytes"] + 2**20,) * 2)
+    try:
+        m = load_model(req["path"], req["config"], Limits(**req["limits"]))
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in m.params.items()}, req["out"])
+        reply = {"spec": m.spec.to_dict(), "metadata": m.metadata, "source": m.source}
+    except PeaceError as e:
+        reply = {"error": str(e)}
+    except MemoryError:
+        reply = {"error": f"{req['path']}: reading it needs more than {req['memory_mib']} MiB; refused (raise the "
+                          f"limit only for a file you trust)"}
+    print(json.dumps(reply, default=str), flush=True)
+
+
+if __name__ == "__main__":
+    _child()
