@@ -6,6 +6,7 @@ Baselines and probes are fit on the training split; every figure is measured on 
 """
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -185,17 +186,26 @@ def evaluate_runs(run_dirs: list[str | Path], out: str | Path, **kwargs) -> pd.D
     out = Path(out)
     names = [Path(r).name for r in run_dirs]
     names = [n if names.count(n) == 1 else f"{n}-{i}" for i, n in enumerate(names)]
-    tables = []
     for name, run in zip(names, run_dirs):
-        m = evaluate(run, out / name, **kwargs)
-        tables.append(summary_table(m).assign(run=name))
+        evaluate(run, out / name, **kwargs)
+    return summarize_evaluations([out / n for n in names], out)
+
+
+def summarize_evaluations(eval_dirs: list[str | Path], out: str | Path) -> pd.DataFrame:
+    """Mean ± std over evaluations already written (folders holding ``metrics.json``, e.g. the
+    ``eval`` folders of an ablation's seeds), into ``out/summary.parquet`` and ``out/summary.md``."""
+    out, eval_dirs = Path(out), [Path(d) for d in eval_dirs]
+    missing = [str(d) for d in eval_dirs if not (d / "metrics.json").is_file()]
+    if missing:
+        raise PeaceError(f"no metrics.json in {missing}; run `peace evaluate` for those runs first")
+    names = [str(d) for d in eval_dirs]
+    tables = [summary_table(json.loads((d / "metrics.json").read_text())).assign(run=n) for d, n in zip(eval_dirs, names)]
     summary = aggregate(tables)
     with atomic_path(out / "summary.parquet") as tmp:
         summary.to_parquet(tmp)
     with atomic_path(out / "summary.md") as tmp:
-        tmp.write_text(f"# PEACE evaluation over {len(names)} runs\n\nRuns: {', '.join(names)} (each on its own "
-                       f"split; per-run reports in the folders of the same names). Mean ± standard deviation over "
-                       f"runs.\n\n{summary_markdown(summary)}")
+        tmp.write_text(f"# PEACE evaluation over {len(names)} runs\n\nEvaluations: {', '.join(names)} (each on its "
+                       f"own split). Mean ± standard deviation over runs.\n\n{summary_markdown(summary)}")
     return summary
 
 

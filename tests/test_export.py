@@ -3,6 +3,7 @@ import json
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from conftest import QUICK, run_peace
@@ -125,6 +126,12 @@ def test_several_runs_give_mean_and_spread(tiny_run, tmp_path):
     peace = summary[(summary.method == "peace") & (summary.metric == "task mAP")].iloc[0]
     assert peace["n"] == 2 and peace["std"] == pytest.approx(0, abs=1e-9)
     assert "± 0.000" in (tmp_path / "eval" / "summary.md").read_text()
+    from peace.evaluate import summarize_evaluations  # the same from evaluations already written
+
+    again = summarize_evaluations([tmp_path / "eval" / "tiny-0", tmp_path / "eval" / "tiny-1"], tmp_path / "again")
+    pd.testing.assert_frame_equal(again, summary)
+    with pytest.raises(PeaceError, match="no metrics.json"):
+        summarize_evaluations([tmp_path / "nowhere"], tmp_path / "again")
 
 
 @pytest.mark.slow
