@@ -325,3 +325,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("peace: interrupted; finished parts are kept (rerun with --resume)", file=sys.stderr)
         return 130
+
+
+def run() -> None:
+    """The console entry point: ``main``, then leave without interpreter teardown. pyarrow's parquet
+    threads can abort a process while it exits (SIGABRT, "terminate called without an active
+    exception": apache/arrow#34314), turning a finished command's exit code into -6."""
+    import os
+
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
