@@ -253,7 +253,8 @@ def _read_zip(path: Path, source: str, max_bytes: int) -> Any:
         if names[pkl[0]].file_size > MAX_PICKLE_BYTES:
             raise PeaceError(f"{source}: refused: data.pkl is {names[pkl[0]].file_size} bytes (limit {MAX_PICKLE_BYTES})")
         try:
-            big_endian = prefix + "byteorder" in names and z.read(prefix + "byteorder").strip() == b"big"
+            order = names.get(prefix + "byteorder")
+            big_endian = order is not None and order.file_size <= 16 and z.read(order).strip() == b"big"
             obj, refs, storages = _unpickle(io.BytesIO(z.read(pkl[0])), source)
             for s in storages:
                 entry = names.get(f"{prefix}data/{s.key}")
