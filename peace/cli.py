@@ -72,6 +72,13 @@ def _model_config(args: argparse.Namespace) -> dict:
     return cfg
 
 
+def _limits(args: argparse.Namespace):
+    """The import budget from --max-size."""
+    from .importers import Limits
+
+    return Limits(max_bytes=int(args.max_size * 2**20))
+
+
 def _positive(text: str) -> float:
     """A positive, finite number (sizes and limits)."""
     try:
@@ -107,12 +114,12 @@ def _query(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from .export import query_model
-    from .importers import Limits, load_model
+    from .importers import load_model
     from .index import EmbeddingSet
 
     es = EmbeddingSet(args.embeddings)
     if Path(args.model).exists():
-        m = load_model(args.model, _model_config(args), Limits(max_bytes=int(args.max_size * 2**20)))
+        m = load_model(args.model, _model_config(args), _limits(args))
         print(f"{m.source}: {m.spec.describe()}, {m.spec.n_params} parameters")
         hits = query_model(es, m.spec, m.params, args.k, run_dir=args.run)
     elif args.model in es.row_of:
@@ -127,11 +134,11 @@ def _query(args: argparse.Namespace) -> int:
 
 
 def _zoo_add(args: argparse.Namespace) -> int:
-    from .importers import Limits, load_model
+    from .importers import load_model
     from .zoo import add_models
 
     cfg = _model_config(args)
-    models = [load_model(p, cfg, Limits(max_bytes=int(args.max_size * 2**20))) for p in args.models]
+    models = [load_model(p, cfg, _limits(args)) for p in args.models]
     zoo = add_models(args.dir, models, task=args.task, group=args.group)
     added = zoo.manifest.iloc[-len(models):]
     cols = [c for c in ["model_id", "task", "arch", "n_params", "test_acc"] if c in added.columns]

@@ -227,7 +227,7 @@ class Embedder(nn.Module):
         H, n_aux = c.hidden, max(1, len(c.aux_targets))
         self.to_embedding = _mlp(H, H, c.embedding_dim)
         self.projection = _mlp(c.embedding_dim, H, c.projection_dim) if c.projection_dim else None
-        self.aux_head = nn.Linear(c.embedding_dim, n_aux) if getattr(c, "aux_linear", False) \
+        self.aux_head = nn.Linear(c.embedding_dim, n_aux) if c.aux_linear \
             else _mlp(c.embedding_dim, H, n_aux)
         self.register_buffer("aux_mean", torch.zeros(n_aux))
         self.register_buffer("aux_std", torch.ones(n_aux))
@@ -241,7 +241,7 @@ class Embedder(nn.Module):
         proj = emb if self.projection is None else self.projection(emb)
         out = {"embedding": emb, "projection": F.normalize(proj.float(), dim=-1), "aux": self.aux_head(emb)}
         c = self.config
-        if getattr(c, "function_block", 0):
+        if c.function_block:
             a = c.function_block_weight
             out["embedding"] = torch.cat([math.sqrt(1 - a) * F.normalize(emb.float(), dim=-1),
                                           math.sqrt(a) * F.normalize(batch.sketch.float(), dim=-1)], -1)

@@ -135,7 +135,7 @@ def evaluate(run_dir: str | Path, out: str | Path, zoo: Zoo | str | Path | None 
                          f"(its splits say which models were held out)")
     train, val, test = split_models(run_dir, zoo, ("train", "val", "test"))
     methods: list[Baseline] = [peace] + ([EncoderMethod(mlp_run, "mlp-encoder")] if mlp_run else []) + weight_baselines()
-    if getattr(peace.encoder.config, "function_block", 0):  # what the learned encoder does without the sketch
+    if peace.encoder.config.function_block:  # what the learned encoder does without the sketch
         methods.insert(1, EncoderMethod(run_dir, "peace-learned", learned_only=True, encoder=peace.encoder))
     methods.append(FunctionSpace(spaces=sorted({io_space(s) for s in train.specs + test.specs})))
     results = {}

@@ -213,18 +213,18 @@ def expand(recipe: Recipe) -> list[RunSpec]:
         drops = _numbers(_axis(g.dropout), f"{what} dropout", float, 0, 1)
         inits, opts = _texts(_axis(g.init), f"{what} init"), _texts(_axis(g.optimizer), f"{what} optimizer")
         tasks = _texts(_axis(g.tasks), f"{what} tasks")
-        n = len(tasks) * len(seeds) * len(epochs) * len(batches) * len(lrs) * len(wds) * len(drops) * len(inits) * len(opts)
-        if n + len(runs) > MAX_RUNS:
-            raise PeaceError(f"{what} the recipe asks for over {MAX_RUNS:,} runs; split it into several zoos")
+        specs = []  # (task, its architectures), in the recipe's order (repeats stay: expand refuses them)
         for task in tasks:
             check_task_name(task)
             try:
-                specs = _arch_options(g.architecture, task)
+                specs.append((task, _arch_options(g.architecture, task)))
             except PeaceError as e:
                 raise PeaceError(f"{what} {e}") from None
-            for spec in specs:
-                if len(runs) + n > MAX_RUNS:
-                    raise PeaceError(f"{what} the recipe asks for over {MAX_RUNS:,} runs; split it into several zoos")
+        per_spec = len(seeds) * len(epochs) * len(batches) * len(lrs) * len(wds) * len(drops) * len(inits) * len(opts)
+        if len(runs) + per_spec * sum(len(s) for _, s in specs) > MAX_RUNS:
+            raise PeaceError(f"{what} the recipe asks for over {MAX_RUNS:,} runs; split it into several zoos")
+        for task, task_specs in specs:
+            for spec in task_specs:
                 for opt, ep, bs in itertools.product(opts, epochs, batches):
                     sched = Schedule(ep, bs, opt, _checkpoints(g.checkpoints, ep))
                     for init, lr, wd, dr, seed in itertools.product(inits, lrs, wds, drops, seeds):

@@ -349,7 +349,8 @@ def add_models(zoo: Zoo | str | Path, models: list, task: str | None = None, gro
     the manifest.
     """
     path = zoo.path if isinstance(zoo, Zoo) else Path(zoo)
-    Zoo(path)  # a clear error for a missing or broken zoo, before the lock
+    if not (path / "zoo.json").is_file():
+        Zoo(path)  # its clear error, before the lock would create the directory
     if not models:
         raise PeaceError("no models to add")
     the_task = load_task(task) if task else None
