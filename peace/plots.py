@@ -17,10 +17,26 @@ def accuracy_by_task(manifest: pd.DataFrame) -> go.Figure:
     return fig
 
 
+def learning_curve(manifest: pd.DataFrame, column: str = "test_acc") -> pd.DataFrame:
+    """Per task and recorded epoch: mean, 10 % and 90 % quantiles of ``column`` over the runs."""
+    g = manifest.groupby(["task", "epoch"])[column]
+    return pd.DataFrame({"mean": g.mean(), "q10": g.quantile(0.1), "q90": g.quantile(0.9), "runs": g.size()}).reset_index()
+
+
 def accuracy_over_epochs(manifest: pd.DataFrame) -> go.Figure:
-    """Mean test accuracy per recorded epoch and task: how the zoo's checkpoints spread over training."""
-    g = manifest.groupby(["task", "epoch"], as_index=False)["test_acc"].mean()
-    return px.line(g, x="epoch", y="test_acc", color="task", markers=True, title="Mean test accuracy by epoch")
+    """Mean test accuracy per recorded epoch and task, with the 10-90 % band over runs: how a zoo learns."""
+    curve = learning_curve(manifest)
+    fig = go.Figure()
+    for i, (task, c) in enumerate(curve.groupby("task", sort=True)):
+        colour = px.colors.qualitative.Dark24[i % 24]
+        fig.add_trace(go.Scatter(x=list(c.epoch) + list(c.epoch[::-1]), y=list(c.q90) + list(c.q10[::-1]),
+                                 fill="toself", fillcolor=colour, opacity=0.2, line={"width": 0}, hoverinfo="skip",
+                                 legendgroup=task, showlegend=False))
+        fig.add_trace(go.Scatter(x=c.epoch, y=c["mean"], name=task, mode="lines+markers", legendgroup=task,
+                                 line={"color": colour}))
+    fig.update_layout(title="Test accuracy by epoch: mean and 10-90 % of runs", xaxis_title="epoch",
+                      yaxis_title="test accuracy")
+    return fig
 
 
 def weight_heatmaps(before: dict, after: dict, title: str = "Weights before and after") -> go.Figure:

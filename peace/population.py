@@ -74,17 +74,20 @@ def init_params(spec: ArchSpec, hparams: Sequence[HParams]) -> dict[str, Tensor]
     params: dict[str, Tensor] = {}
     for layer in spec.layers:
         fi, fo = layer.fan_in, layer.fan_out
-        scale = {  # (distribution, bound or std) per scheme
-            "uniform": ("u", 1 / math.sqrt(fi)), "normal": ("n", 1 / math.sqrt(fi)),
-            "kaiming_uniform": ("u", math.sqrt(6 / fi)), "kaiming_normal": ("n", math.sqrt(2 / fi)),
-            "xavier_uniform": ("u", math.sqrt(6 / (fi + fo))), "xavier_normal": ("n", math.sqrt(2 / (fi + fo))),
+        scale = {  # (distribution, bound or std, shift) per scheme, as torch.nn.init's defaults
+            "uniform": ("u", 0.5, 0.5), "normal": ("n", 1.0, 0.0),  # U(0, 1) and N(0, 1)
+            "kaiming_uniform": ("u", math.sqrt(6 / fi), 0.0), "kaiming_normal": ("n", math.sqrt(2 / fi), 0.0),
+            "xavier_uniform": ("u", math.sqrt(6 / (fi + fo)), 0.0),
+            "xavier_normal": ("n", math.sqrt(2 / (fi + fo)), 0.0),
         }
         u = rng.uniform(seeds, (1, layer.index), layer.weight_shape) * 2 - 1
         n = rng.normal(seeds, (1, layer.index), layer.weight_shape)
         kinds = [scale[h.init] for h in hparams]
-        is_u = torch.tensor([k[0] == "u" for k in kinds]).reshape(-1, *[1] * len(layer.weight_shape))
-        s = torch.tensor([k[1] for k in kinds], dtype=torch.float32).reshape(is_u.shape)
-        params[layer.weight_name] = torch.where(is_u, u, n) * s
+        shape = (-1, *[1] * len(layer.weight_shape))
+        is_u = torch.tensor([k[0] == "u" for k in kinds]).reshape(shape)
+        s = torch.tensor([k[1] for k in kinds], dtype=torch.float32).reshape(shape)
+        shift = torch.tensor([k[2] for k in kinds], dtype=torch.float32).reshape(shape)
+        params[layer.weight_name] = torch.where(is_u, u, n) * s + shift
         if layer.bias:  # PyTorch's default bias init for every scheme
             params[layer.bias_name] = (rng.uniform(seeds, (2, layer.index), (layer.out_features,)) * 2 - 1) / math.sqrt(fi)
     return params
