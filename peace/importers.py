@@ -68,8 +68,41 @@ _WRAPPERS = ("state_dict", "model_state_dict", "model", "weights")  # common che
 
 _ACTIVATION_MODULES = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", nn.GELU: "gelu", nn.Identity: "identity"}
 _POOLS = {nn.AvgPool1d: "avg", nn.AvgPool2d: "avg", nn.MaxPool1d: "max", nn.MaxPool2d: "max"}
-SUPPORTED_MODULES = ("Linear", "Conv1d", "Conv2d", "ReLU", "LeakyReLU(0.01)", "Tanh", "Sigmoid", "GELU", "Identity",
-                     "AvgPool1d/2d(2)", "MaxPool1d/2d(2)", "Flatten", "Dropout")
+SUPPORTED_MODULES = ("Linear", "Conv1d", "Conv2d", "BatchNorm1d/2d (right after a Linear / Conv: folded into it)",
+                     "ReLU", "LeakyReLU(0.01)", "Tanh", "Sigmoid", "GELU", "Identity", "AvgPool1d/2d(2)",
+                     "MaxPool1d/2d(2)", "Flatten", "Dropout")
+BN_EPS = 1e-5  # torch's BatchNorm default; a state dict does not store it (config key batchnorm_eps)
+_BN_LEAVES = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def fold_batchnorm(w: Tensor, b: Tensor | None, bn: dict[str, Tensor], eps: float, name: str) -> tuple[Tensor, Tensor]:
+    """Weight and bias of a Linear / Conv layer with the eval-mode BatchNorm after it folded in: the same
+    function at inference. ``bn`` holds running_mean, running_var and, when affine, weight and bias."""
+    mean, var = bn["running_mean"].float(), bn["running_var"].float()
+    if mean.shape != (w.shape[0],) or var.shape != mean.shape or (var < 0).any():
+        raise PeaceError(f"BatchNorm {name!r}: running statistics shaped {tuple(mean.shape)} / {tuple(var.shape)} "
+                         f"(or negative variances) do not fit the {w.shape[0]} outputs of the layer before it")
+    gamma, beta = bn.get("weight", torch.ones_like(mean)).float(), bn.get("bias", torch.zeros_like(mean)).float()
+    scale = gamma / torch.sqrt(var + eps)
+    bias = (b if b is not None else torch.zeros_like(mean)) - mean
+    return w * scale.reshape(-1, *[1] * (w.dim() - 1)), bias * scale + beta
+
+
+def _batchnorm_tensors(m: nn.Module) -> dict[str, Tensor]:
+    if m.running_mean is None:
+        raise PeaceError(f"{m} keeps no running statistics (track_running_stats=False): its eval-mode function "
+                         f"depends on the batch, and PEACE cannot fold it")
+    out = {"running_mean": m.running_mean, "running_var": m.running_var}
+    if m.affine:
+        out.update(weight=m.weight.detach(), bias=m.bias.detach())
+    return out
+
+
+def _one_bias_setting(pairs: list[tuple[Tensor, Tensor | None]]) -> list[tuple[Tensor, Tensor | None]]:
+    """Zero biases where some layers have biases and others do not: the same function, one bias setting."""
+    if any(b is not None for _, b in pairs):
+        return [(w, b if b is not None else torch.zeros(w.shape[0])) for w, b in pairs]
+    return pairs
 
 
 def _all_two(v) -> bool:
@@ -84,8 +117,19 @@ def from_module(module: nn.Module, input_shape: tuple[int, ...]) -> tuple[ArchSp
     """Architecture and weights of ``module`` (one sample shaped ``input_shape``, channels first)."""
     if isinstance(module, PeaceNet):
         return module.spec, {k: v.detach().clone() for k, v in module.state_dict().items()}
-    weights, acts, pools, kernels, bias = [], set(), set(), set(), set()
+    weights, acts, pools, kernels = [], set(), set(), set()
+    folded: dict[int, tuple[Tensor, Tensor]] = {}  # weight layer -> its weight and bias with a BatchNorm folded in
+    previous = None
     for name, m in _leaves(module):
+        after, previous = previous, m
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            if not weights or after is not weights[-1][1]:
+                raise PeaceError(f"layer {name!r} ({type(m).__name__}) does not follow a Linear or Conv layer directly; "
+                                 f"PEACE folds a BatchNorm into the layer before it and reads only that order")
+            w0, b0 = weights[-1][1].weight.detach().float(), weights[-1][1].bias
+            folded[len(weights) - 1] = fold_batchnorm(w0, None if b0 is None else b0.detach().float(),
+                                                      _batchnorm_tensors(m), m.eps, name)
+            continue
         if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
             if isinstance(m, (nn.Conv1d, nn.Conv2d)):
                 k = m.kernel_size[0]
@@ -95,7 +139,6 @@ def from_module(module: nn.Module, input_shape: tuple[int, ...]) -> tuple[ArchSp
                                      f"dilation 1, groups 1, with 'same' padding (k // 2)")
                 kernels.add(k)
             weights.append((name, m))
-            bias.add(m.bias is not None)
         elif type(m) in _ACTIVATION_MODULES:
             acts.add(_ACTIVATION_MODULES[type(m)])
         elif isinstance(m, nn.LeakyReLU) and m.negative_slope == 0.01:
@@ -109,7 +152,10 @@ def from_module(module: nn.Module, input_shape: tuple[int, ...]) -> tuple[ArchSp
                              f"{', '.join(SUPPORTED_MODULES)}")
     if not weights:
         raise PeaceError("the module has no Linear or Conv layer")
-    for what, found in (("activation", acts), ("pooling", pools), ("kernel size", kernels), ("bias setting", bias)):
+    pairs = [folded.get(i, (m.weight.detach().float(), None if m.bias is None else m.bias.detach().float()))
+             for i, (_, m) in enumerate(weights)]
+    pairs = _one_bias_setting(pairs)
+    for what, found in (("activation", acts), ("pooling", pools), ("kernel size", kernels)):
         if len(found) > 1:
             raise PeaceError(f"mixed {what}s {sorted(map(str, found))} in one network are not supported")
     convs = [m for _, m in weights if not isinstance(m, nn.Linear)]
@@ -119,16 +165,16 @@ def from_module(module: nn.Module, input_shape: tuple[int, ...]) -> tuple[ArchSp
         family=family, input_shape=tuple(input_shape), n_classes=linears[-1].out_features if linears else 0,
         hidden=tuple(m.out_channels for m in convs) if convs else tuple(m.out_features for m in linears[:-1]),
         fc_hidden=tuple(m.out_features for m in linears[:-1]) if convs else (),
-        activation=acts.pop() if acts else "identity", bias=bias.pop(),
+        activation=acts.pop() if acts else "identity", bias=pairs[0][1] is not None,
         kernel_size=kernels.pop() if kernels else 3, pool=pools.pop() if pools else ("none" if convs else "avg"))
     params = {}
-    for layer, (_, m) in zip(spec.layers, weights):
-        if tuple(m.weight.shape) != layer.weight_shape:
-            raise PeaceError(f"layer {layer.index} has weight shape {tuple(m.weight.shape)} but the chain needs "
+    for layer, (w, b) in zip(spec.layers, pairs):
+        if tuple(w.shape) != layer.weight_shape:
+            raise PeaceError(f"layer {layer.index} has weight shape {tuple(w.shape)} but the chain needs "
                              f"{layer.weight_shape}: the layers do not chain for inputs shaped {tuple(input_shape)}")
-        params[layer.weight_name] = m.weight.detach().clone().float()
+        params[layer.weight_name] = w.clone()
         if layer.bias:
-            params[layer.bias_name] = m.bias.detach().clone().float()
+            params[layer.bias_name] = b.clone()
     x = torch.randn(8, *input_shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         was_training = module.training
@@ -214,9 +260,10 @@ def _state_dict(obj: Any, source: str) -> dict[str, Tensor]:
             raise PeaceError(f"{source}: tensor {k!r} is {kind} ({type(v).__name__}, {v.layout}); PEACE reads dense "
                              f"tensors of numbers only")
         leaf = str(k).rpartition(".")[2]
-        if leaf not in ("weight", "bias"):
-            kind = " (a BatchNorm layer)" if leaf in ("running_mean", "running_var", "num_batches_tracked") else ""
-            raise PeaceError(f"{source}: tensor {k!r} is not the weight or bias of a supported layer{kind}; "
+        if leaf == "num_batches_tracked":  # a BatchNorm's step counter: no part of its function
+            continue
+        if leaf not in ("weight", "bias", "running_mean", "running_var"):
+            raise PeaceError(f"{source}: tensor {k!r} is not the weight or bias of a supported layer; "
                              f"supported layers: {', '.join(SUPPORTED_MODULES)}")
         if v.dtype not in FLOAT_DTYPES:
             raise PeaceError(f"{source}: tensor {k!r} has dtype {v.dtype}; weights must be floating point "
@@ -232,16 +279,26 @@ def _natural_key(name: str) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
-def _layers(tensors: dict[str, Tensor], source: str) -> list[tuple[str, Tensor, Tensor | None]]:
-    """(prefix, weight, bias) per layer, in natural name order (``layers.2`` before ``layers.10``)."""
+def _layers(tensors: dict[str, Tensor], source: str, bn_eps: float = BN_EPS) -> list[tuple[str, Tensor, Tensor | None]]:
+    """(prefix, weight, bias) per layer, in natural name order (``layers.2`` before ``layers.10``); a
+    BatchNorm (a prefix with running statistics) is folded into the layer just before it."""
     prefixes: dict[str, dict[str, Tensor]] = {}
     for k, v in tensors.items():
         prefix, _, leaf = k.rpartition(".")
         prefixes.setdefault(prefix, {})[leaf] = v
-    out = []
+    out: list[tuple[str, Tensor, Tensor | None]] = []
     for prefix in sorted(prefixes, key=_natural_key):
         p = prefixes[prefix]
         name = prefix or "(top level)"
+        if "running_mean" in p or "running_var" in p:
+            if not out or set(p) - {"running_mean", "running_var", "weight", "bias"} or len(p) < 2:
+                raise PeaceError(f"{source}: BatchNorm {name!r} must follow a Linear or Conv layer and hold running_mean "
+                                 f"and running_var (found {sorted(p)})")
+            if "running_mean" not in p or "running_var" not in p:
+                raise PeaceError(f"{source}: BatchNorm {name!r} lacks running_mean or running_var")
+            prev, w0, b0 = out[-1]
+            out[-1] = (prev, *fold_batchnorm(w0, b0, p, bn_eps, f"{source}: {name}"))
+            continue
         if "weight" not in p:
             raise PeaceError(f"{source}: layer {name!r} has a bias but no weight")
         w, b = p["weight"], p.get("bias")
@@ -255,7 +312,7 @@ def _layers(tensors: dict[str, Tensor], source: str) -> list[tuple[str, Tensor, 
 
 
 _SPEC_KEYS = [f.name for f in fields(ArchSpec) if f.init]
-CONFIG_KEYS = _SPEC_KEYS + ["weights", "metadata"]
+CONFIG_KEYS = _SPEC_KEYS + ["weights", "metadata", "batchnorm_eps"]
 
 
 def from_state_dict(tensors: dict[str, Tensor], config: dict | None = None, source: str = "state dict",
@@ -268,7 +325,10 @@ def from_state_dict(tensors: dict[str, Tensor], config: dict | None = None, sour
         if k not in CONFIG_KEYS:
             raise unknown(f"key in the model config of {source}", k, CONFIG_KEYS)
     tensors = _state_dict(tensors, source)
-    layers = _layers(tensors, source)
+    eps = config.pop("batchnorm_eps", BN_EPS)
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not 0 < eps < 1:
+        raise PeaceError(f"{source}: batchnorm_eps must be a number in (0, 1), got {eps!r}")
+    layers = _layers(tensors, source, float(eps))
     limits.check(layers, source)
     kinds = [w.ndim for _, w, _ in layers]
     n_conv = sum(k > 2 for k in kinds)
@@ -283,8 +343,7 @@ def from_state_dict(tensors: dict[str, Tensor], config: dict | None = None, sour
         if (in_next % out_ch if conv_to_linear else in_next != out_ch):
             raise PeaceError(f"{source}: the layers do not chain: {n0!r} has {out_ch} outputs but {n1!r} takes "
                              f"{in_next} inputs")
-    if len({b is not None for _, _, b in layers}) > 1:
-        raise PeaceError(f"{source}: some layers have biases and some do not; PEACE reads one bias setting per network")
+    layers = [(n, w, b) for n, (w, b) in zip([n for n, _, _ in layers], _one_bias_setting([(w, b) for _, w, b in layers]))]
     convs, linears = layers[:n_conv], layers[n_conv:]
     inferred: dict[str, Any] = {"n_classes": linears[-1][1].shape[0], "bias": layers[0][2] is not None}
     if convs:

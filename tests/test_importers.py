@@ -36,7 +36,10 @@ class Skip(nn.Module):
 
 @pytest.mark.parametrize("module, shape, msg", [
     (nn.Sequential(nn.Linear(4, 4), nn.LSTM(4, 4)), (4,), r"layer '1' \(LSTM\) is not supported; supported layers: Linear"),
-    (nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)), (4,), "BatchNorm1d"),
+    (nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.BatchNorm1d(4), nn.Linear(4, 2)), (4,),
+     r"'2' \(BatchNorm1d\) does not follow a Linear or Conv layer directly"),
+    (nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4, track_running_stats=False), nn.Linear(4, 2)), (4,),
+     "keeps no running statistics"),
     (nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2)), (4,), "mixed activations"),
     (nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(6, 2)), (4,), "do not chain"),
     (nn.Sequential(nn.Conv2d(1, 2, 3, stride=2), nn.Flatten(), nn.Linear(2, 2)), (1, 5, 5), "stride 1"),
@@ -45,3 +48,43 @@ class Skip(nn.Module):
 def test_unsupported_modules_name_the_problem(module, shape, msg):
     with pytest.raises(PeaceError, match=msg):
         from_module(module, shape)
+
+
+def _trained_bn(module: nn.Module, shape) -> nn.Module:
+    """Running statistics and affine parameters far from their defaults, then eval mode."""
+    g = torch.Generator().manual_seed(1)
+    module.train()
+    with torch.no_grad():
+        for _ in range(5):
+            module(torch.randn(16, *shape, generator=g) * 3 + 1)
+        for m in module.modules():
+            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) and m.affine:
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=g))
+    return module.eval()
+
+
+@pytest.mark.parametrize("make, shape, config", [
+    (lambda: nn.Sequential(nn.Linear(6, 5, bias=False), nn.BatchNorm1d(5), nn.Tanh(), nn.Linear(5, 3)), (6,),
+     {"activation": "tanh"}),
+    (lambda: nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.MaxPool2d(2),
+                           nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4, affine=False), nn.ReLU(), nn.MaxPool2d(2),
+                           nn.Flatten(), nn.Linear(16, 5)), (1, 8, 8),
+     {"activation": "relu", "pool": "max", "input_shape": [1, 8, 8]}),
+])
+def test_batchnorm_is_folded_into_the_layer_before_it_exactly(tmp_path, make, shape, config):
+    """Module and state-dict file give the same chain, computing the eval-mode network's function."""
+    from peace.architectures import forward
+    from peace.importers import load_model
+
+    module = _trained_bn(make(), shape)
+    spec, params = from_module(module, shape)
+    assert spec.bias and not any("running" in k for k in params)
+    torch.save(module.state_dict(), tmp_path / "m.pt")
+    m = load_model(tmp_path / "m.pt", config)
+    assert m.spec == spec and all(torch.allclose(m.params[k], params[k]) for k in params)
+    x = torch.randn(32, *shape, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.allclose(forward(spec, {k: v[None] for k, v in m.params.items()}, x)[0], module(x), atol=1e-5)
+    with pytest.raises(PeaceError, match="batchnorm_eps must be a number"):
+        load_model(tmp_path / "m.pt", {**config, "batchnorm_eps": "big"})
