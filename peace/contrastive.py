@@ -35,7 +35,7 @@ from .architectures import ArchSpec, forward, stack_params, unstack_params
 from .atomic import atomic_path
 from .errors import PeaceError
 from .population import HParams, Schedule, train_population
-from .probes import agreement_matrix
+from .probes import fingerprint
 from .rng import model_seed
 from .symmetry import RandomSymmetry, allowed, random_symmetry
 from .tasks import load_task
@@ -232,19 +232,27 @@ class Kinship:
 
 
 def functional_neighbours(rows: pd.DataFrame, responses: Sequence[Tensor], spaces: Sequence[str],
-                          k: int) -> dict[str, list[str]]:
+                          k: int, block: int = 1024) -> dict[str, list[str]]:
     """For each model of ``rows``, the ``k`` models of other runs in its io-space whose predictions on
-    the shared probes agree most with its own (ties broken by row order)."""
-    ids, runs = rows["model_id"].to_numpy(), rows["run_id"].to_numpy()
+    the shared probes agree most with its own (ties broken by row order). Computed ``block`` rows at a
+    time: memory grows with block x models, not models^2 (a 76,000-checkpoint zoo needs ~0.3 GB)."""
+    ids = rows["model_id"].to_numpy()
+    run_codes = np.unique(rows["run_id"].to_numpy(), return_inverse=True)[1]
     sp = np.asarray(spaces)
     out: dict[str, list[str]] = {}
     for space in np.unique(sp):
         idx = np.flatnonzero(sp == space)
-        agree = agreement_matrix([responses[i] for i in idx], sp[idx])
-        agree[runs[idx][:, None] == runs[idx][None, :]] = -1.0  # itself and its own checkpoints
-        top = np.argsort(-agree, axis=1, kind="stable")[:, :k]
-        for row, i in enumerate(idx):
-            out[ids[i]] = [ids[idx[j]] for j in top[row] if agree[row, j] >= 0]
+        n, n_probes = len(idx), responses[idx[0]].shape[0]
+        f = torch.stack([fingerprint(responses[i]) for i in idx])
+        run = torch.from_numpy(run_codes[idx])
+        earlier_first = torch.arange(n - 1, -1, -1, dtype=torch.int64)  # among equal agreements
+        for s in range(0, n, block):
+            agree = torch.round(f[s:s + block] @ f.T * n_probes).to(torch.int64)  # probes predicted alike
+            agree[run[s:s + block, None] == run[None, :]] = -1  # itself and its own checkpoints
+            top = (agree * n + earlier_first).topk(min(k, n), dim=1).indices
+            ok = agree.gather(1, top) >= 0
+            for row in range(len(top)):
+                out[ids[idx[s + row]]] = [ids[idx[j]] for j in top[row][ok[row]].tolist()]
     return out
 
 

@@ -126,6 +126,12 @@ def test_functional_neighbours_agree_most_and_come_from_other_runs(tiny_zoo):
                 if spaces[j] == spaces[i] and rows.run_id[j] != rows.run_id[i] and rows.model_id[j] not in others]
         if others and rest:
             assert min(agreement(resp[i], resp[i_of[o]]) for o in others) >= max(rest) - 1e-6
+    assert functional_neighbours(rows, resp, spaces, k=3, block=5) == nb  # blockwise: the same, ties included
+    for m, others in nb.items():  # ties go to the earlier row, as a stable sort would
+        i = i_of[m]
+        same = [j for j in range(len(rows)) if spaces[j] == spaces[i] and rows.run_id[j] != rows.run_id[i]]
+        ranked = sorted(same, key=lambda j: (-round(agreement(resp[i], resp[j]) * 64), j))
+        assert others == [rows.model_id[j] for j in ranked[:3]]
     sampler = PairSampler(rows, AugmentConfig(functional=True, same_config=False, checkpoint=False, pruned=False,
                                               distilled=False), {}, nb)
     assert any(set(sampler.candidates(m)) == {"self", "functional"} for m in rows.model_id)
