@@ -6,7 +6,7 @@ import pandas as pd
 from scipy.stats import kendalltau, spearmanr
 from sklearn.cluster import KMeans
 from sklearn.linear_model import LogisticRegression, RidgeCV
-from sklearn.metrics import (accuracy_score, average_precision_score, davies_bouldin_score,
+from sklearn.metrics import (accuracy_score, davies_bouldin_score,
                              normalized_mutual_info_score, r2_score, silhouette_score)
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -48,8 +48,8 @@ def retrieval_scores(emb: np.ndarray, labels: np.ndarray, query_mask: np.ndarray
         s, rel = sim[i][keep], labels[keep] == labels[i]
         if not rel.any():
             continue
-        aps.append(average_precision_score(rel, s))
         top = np.argsort(-s, kind="stable")
+        aps.append(_average_precision(rel[top], s[top]))
         for k in ks:
             hits = rel[top[:k]].sum()
             prec[k].append(hits / min(k, len(s)))
@@ -59,6 +59,17 @@ def retrieval_scores(emb: np.ndarray, labels: np.ndarray, query_mask: np.ndarray
         out[f"precision@{k}"] = float(np.mean(prec[k])) if aps else float("nan")
         out[f"recall@{k}"] = float(np.mean(rec[k])) if aps else float("nan")
     return out
+
+
+def _average_precision(rel: np.ndarray, scores: np.ndarray) -> float:
+    """scikit-learn's average_precision_score for relevance and scores already sorted by descending
+    score (tied scores form one threshold), without its per-call validation: validation on a big
+    zoo ranks thousands of queries per epoch."""
+    last = np.r_[scores[1:] != scores[:-1], True]  # the last position of each distinct score
+    tp = np.cumsum(rel)[last]
+    recall = tp / tp[-1]
+    precision = tp / (np.flatnonzero(last) + 1)
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
 def retrieval_map(emb: np.ndarray, labels: np.ndarray) -> float:

@@ -71,6 +71,7 @@ class TrainConfig:
     val_holdout_tasks: int | list[str] = 0  # ... and entirely to validation (early stopping rewards generalization)
     val_relevance: str = "auto"   # validation mAP relevance: task, lineage, or auto (task if >= 2 tasks)
     max_models_per_epoch: int | None = None  # subsample big zoos: each epoch sees this many anchors
+    max_val_models: int | None = None  # big zoos: validate on whole lineages drawn up to about this many models
     grad_clip: float = 1.0
     amp: bool = True              # bfloat16 autocast on CUDA
     functional_weight: float = 0.0  # soft InfoNCE: share of the target graded by prediction agreement; 0 = plain
@@ -86,6 +87,8 @@ class TrainConfig:
             raise PeaceError(f"functional_weight must be in [0, 1], got {self.functional_weight}")
         if self.val_relevance not in VAL_RELEVANCE:
             raise unknown("val_relevance", self.val_relevance, VAL_RELEVANCE)
+        if self.max_val_models is not None and self.max_val_models < 4:
+            raise PeaceError(f"max_val_models must be at least 4 (or null for all), got {self.max_val_models}")
         if self.max_models_per_epoch is not None and self.max_models_per_epoch < self.batch_size:
             raise PeaceError(f"max_models_per_epoch ({self.max_models_per_epoch}) must be at least batch_size "
                              f"({self.batch_size})")
@@ -268,6 +271,11 @@ def fit(zoo: Zoo | str | Path, config: RunConfig, out: str | Path, device: str =
     _prepare_run_dir(out, cfg, zoo, resume)
     rows = rows.assign(split=splits["split"].to_numpy())
     train, val = rows[rows.split == "train"].reset_index(drop=True), rows[rows.split == "val"].reset_index(drop=True)
+    if tc.max_val_models is not None and len(val) > tc.max_val_models:  # whole lineages, so relevance stays intact
+        lineages = np.random.default_rng([cfg.seed, 1]).permutation(val["lineage_id"].unique())
+        sizes = val["lineage_id"].value_counts()[lineages].to_numpy()
+        keep = lineages[:max(2, int(np.searchsorted(np.cumsum(sizes), tc.max_val_models, side="right")))]
+        val = val[val["lineage_id"].isin(keep)].reset_index(drop=True)
     if len(train) < tc.batch_size:
         raise PeaceError(f"the training split has {len(train)} models but train.batch_size is {tc.batch_size}; "
                          f"lower it (e.g. --set train.batch_size={max(2, len(train) // 2)}) or build a larger zoo")

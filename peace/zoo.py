@@ -226,11 +226,16 @@ class Zoo:
             raise PeaceError(f"model {model_id!r} is not in zoo {self.path}")
         return self.manifest.loc[model_id]
 
+    def _cell(self, model_id: str, column: str):
+        if model_id not in self.manifest.index:
+            raise PeaceError(f"model {model_id!r} is not in zoo {self.path}")
+        return self.manifest.at[model_id, column]  # a scalar lookup: no row Series for big zoos
+
     def spec(self, model_id: str) -> ArchSpec:
-        return _spec_from_json(self.row(model_id)["arch_spec"])
+        return _spec_from_json(self._cell(model_id, "arch_spec"))
 
     def task(self, model_id: str) -> Task:
-        return load_task(self.row(model_id)["task"])
+        return load_task(self._cell(model_id, "task"))
 
     def weights(self, model_id: str, verify: bool = True) -> dict[str, Tensor]:
         """One model's state dict, read from its shard (checksum-verified)."""

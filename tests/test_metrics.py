@@ -78,3 +78,18 @@ def test_runs_aggregate_to_mean_and_spread():
     assert row["mean"] == pytest.approx(0.6) and row["std"] == pytest.approx(0.1) and row["n"] == 3
     md = summary_markdown(s)
     assert "| peace | 0.600 ± 0.100 | 0.100 ± 0.000 |" in md and "| raw | 0.300 ± 0.000 | n/a |" in md
+
+
+def test_average_precision_matches_scikit_learn_with_ties():
+    from sklearn.metrics import average_precision_score
+
+    from peace.metrics import _average_precision
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n = int(rng.integers(2, 50))
+        scores = np.round(rng.random(n), int(rng.integers(1, 4)))  # coarse rounding: many ties
+        rel = rng.random(n) < 0.3
+        rel[int(rng.integers(n))] = True
+        order = np.argsort(-scores, kind="stable")
+        assert _average_precision(rel[order], scores[order]) == pytest.approx(average_precision_score(rel, scores), abs=1e-12)

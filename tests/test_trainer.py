@@ -131,9 +131,12 @@ def test_a_single_task_zoo_trains_with_lineage_validation(tmp_path):
         {"name": "g", "tasks": ["tetris"], "architecture": {"family": "mlp", "hidden": [5], "activation": "tanh"},
          "seeds": 12, "epochs": 4, "checkpoints": [1, 2, 3, 4]}]}), tmp_path / "seeds", progress=False)
     res = fit(zoo, load_config("tiny", ["train.holdout_tasks=0", "train.epochs=2", "train.max_models_per_epoch=16",
-                                        "augment.distill_epochs=1"]), tmp_path / "run", progress=False)
+                                        "train.max_val_models=9", "augment.distill_epochs=1"]), tmp_path / "run",
+              progress=False)
     meta = json.loads((tmp_path / "run" / "encoder.json").read_text())
     assert meta["val_relevance"] == "lineage" and meta["holdout_tasks"] == []
+    splits = pd.read_parquet(tmp_path / "run" / "splits.parquet")
+    assert (splits.split == "val").sum() == 12 and meta["n_val"] == 8  # 3 validation runs, 2 whole ones drawn
     assert len(res.history) == 2 and res.history.val_map.notna().all()
 
 
