@@ -27,6 +27,7 @@ import pandas as pd
 from peace.baselines import FunctionSpace, Models, RawWeights, WeightStats
 from peace.errors import PeaceError
 from peace.metrics import linear_probe
+from peace.splits import split_zoo
 from peace.trainer import embed_zoo, load_encoder
 from peace.zoo import open_zoo
 
@@ -55,10 +56,9 @@ def scores(X: np.ndarray, rows: pd.DataFrame, fit: np.ndarray, on: np.ndarray, c
 
 def paper_table(zoo_dir: Path, runs: list[Path], max_models: int | None = None, seed: int = 0,
                 progress: bool = True) -> tuple[pd.DataFrame, str]:
-    """(table of test scores, one row per method; the PEACE run chosen on validation)."""
+    """(table of test scores, one row per method; the PEACE run chosen on validation). Without runs,
+    the baselines alone, on the split a default run of seed 0 would use."""
     zoo = open_zoo(zoo_dir)
-    if not runs:
-        raise PeaceError("give at least one trained run with --run (see this script's docstring for the commands)")
     splits = []
     for r in runs:
         if not (r / "encoder.safetensors").exists() or not (r / "splits.parquet").exists():
@@ -68,6 +68,8 @@ def paper_table(zoo_dir: Path, runs: list[Path], max_models: int | None = None, 
     if any(not s.equals(splits[0]) for s in splits[1:]):
         raise PeaceError("the runs were trained on different splits (another seed or fractions); probes need one split")
     rows = zoo.manifest[zoo.manifest["status"] == "ok"]
+    if not runs:  # baselines only: the split a run with the default fractions and seed 0 would make
+        splits = [split_zoo(rows.reset_index(drop=True), holdout=0, min_train_tasks=1).set_index("model_id")["split"]]
     rows = rows[rows.index.isin(splits[0].index)]
     if max_models is not None and len(rows) > max_models:  # subsample checkpoints, keeping whole splits honest
         rows = rows.sample(max_models, random_state=seed)
@@ -90,7 +92,7 @@ def paper_table(zoo_dir: Path, runs: list[Path], max_models: int | None = None, 
     table = pd.DataFrame({name: scores(X, rows, tr, te, cols) for name, X in features.items()}).T
     val = {name: np.mean(list(scores(X, rows, tr, va, cols).values())) for name, X in features.items()
            if name.startswith("PEACE")}
-    chosen = max(val, key=val.get)
+    chosen = max(val, key=val.get) if val else "none (no run given)"
     for name, ref in PAPER.get(zoo.name, {}).items():
         table.loc[name] = pd.Series(ref)
     table.index.name = f"{zoo.name} (test, {te.sum()} checkpoints)"
@@ -100,7 +102,8 @@ def paper_table(zoo_dir: Path, runs: list[Path], max_models: int | None = None, 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--zoo", type=Path, required=True, help="a built zoo (peace zoo build)")
-    ap.add_argument("--run", type=Path, nargs="+", required=True, help="trained PEACE runs on that zoo (peace train)")
+    ap.add_argument("--run", type=Path, nargs="*", default=[], help="trained PEACE runs on that zoo (peace train); "
+                    "none: the baselines alone")
     ap.add_argument("--max-models", type=int, default=None, help="probe a random sample of this many checkpoints")
     ap.add_argument("--seed", type=int, default=0, help="of that sample")
     args = ap.parse_args()

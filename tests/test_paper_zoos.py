@@ -98,6 +98,10 @@ def test_paper_table_runs_end_to_end_on_a_tiny_tetris_zoo(tmp_path):
     assert set(body) == {"W", "s(W)", "function space", "PEACE a", "PEACE b", "s(W), paper", "E.D, paper"}
     assert body["E.D, paper"] == [97.0, 90.2, 81.9] and all(np.isfinite(v).all() for v in body.values())
     assert body["s(W)"][0] > 20, p.stdout  # ten epochs at lr 3e-3 move the weights: s(W) reads the epoch
+    alone = subprocess.run([sys.executable, "benchmarks/paper_table.py", "--zoo", str(tmp_path / "zoo")],
+                           capture_output=True, text=True, cwd=ROOT)
+    assert alone.returncode == 0 and "chosen on validation: none" in alone.stdout, alone.stderr
+    assert "function space" in alone.stdout and "PEACE" not in alone.stdout.split("\n", 1)[1]
 
 
 def test_paper_table_refuses_runs_on_different_splits(tmp_path, tiny_zoo, tiny_run):
