@@ -135,8 +135,41 @@ class _Unpickler(pickle.Unpickler):
         return old
 
 
+class _Clamped:
+    """A stream whose reads never ask for more than the bytes left: a pickle opcode that declares a
+    2^56-byte string must fail as a short read, not allocate the 2^56 bytes first."""
+
+    def __init__(self, stream: IO[bytes]):
+        self.stream = stream
+        here = stream.tell()
+        self.end = stream.seek(0, io.SEEK_END)
+        stream.seek(here)
+
+    def _left(self, n: int | None) -> int:
+        left = max(0, self.end - self.stream.tell())
+        return left if n is None or n < 0 else min(n, left)
+
+    def read(self, n: int | None = -1) -> bytes:
+        return self.stream.read(self._left(n))
+
+    def readinto(self, buf) -> int:
+        data = self.read(len(buf))
+        buf[:len(data)] = data
+        return len(data)
+
+    def readline(self, limit: int = -1) -> bytes:
+        return self.stream.readline(self._left(limit))
+
+    def tell(self) -> int:
+        return self.stream.tell()
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        return self.stream.seek(pos, whence)
+
+
 def _unpickle(stream: IO[bytes], source: str) -> tuple[Any, list[_TensorRef], list[_Storage]]:
     """One pickle from ``stream`` (opcodes and globals whitelisted), its tensor records and their storages."""
+    stream = _Clamped(stream)  # type: ignore[assignment]
     start = stream.tell()
     try:
         for op, _, pos in pickletools.genops(stream):

@@ -51,6 +51,12 @@ def craft_pt(path, obj, entries, deflate=()):
         z.writestr("archive/version", "3\n")
 
 
+def _zip_pickle(path, data_pkl: bytes):
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", data_pkl)
+        z.writestr("archive/version", "3\n")
+
+
 def _floats(*values):
     return struct.pack(f"<{len(values)}f", *values)
 
@@ -119,6 +125,10 @@ HOSTILE = {  # name -> (make(path), what the error must say)
     "nesting 200 deep": (_deep, "nest"),
     "100,000 chained 1x1 layers": (lambda p: save_file({f"l.{i}.weight": torch.ones(1, 1) for i in range(100_000)}, str(p)),
                                    "100,000 layers"),
+    "pickle string declaring 2^56 bytes": (lambda p: p.write_bytes(b"\x80\x02\x8d" + struct.pack("<Q", 2**56)),
+                                           "not a valid pickle .*expected 72057594037927936 bytes"),
+    "zipped pickle string declaring 2^56 bytes": (
+        lambda p: _zip_pickle(p, b"\x80\x02\x8d" + struct.pack("<Q", 2**56)), "not a valid pickle"),
     "70,000 hidden units": (lambda p: save_file({"0.weight": torch.ones(70_000, 1), "1.weight": torch.ones(1, 70_000)}, str(p)),
                             "70,000 neurons in one layer"),
 }
