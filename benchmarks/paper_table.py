@@ -5,7 +5,7 @@ weight statistics s(W), the function-space baseline and each trained PEACE run.
 
     peace zoo build --preset tetris-seed --out artifacts/zoos/tetris-seed
     peace train --zoo artifacts/zoos/tetris-seed --config tetris-seed --out artifacts/runs/tetris-seed
-    peace train --zoo artifacts/zoos/tetris-seed --config tetris-seed-probe --out artifacts/runs/tetris-seed-probe
+    peace train --zoo artifacts/zoos/tetris-seed --config paper-probe --out artifacts/runs/tetris-seed-probe
     python benchmarks/paper_table.py --zoo artifacts/zoos/tetris-seed \
         --run artifacts/runs/tetris-seed artifacts/runs/tetris-seed-probe
 

@@ -72,7 +72,6 @@ SUPPORTED_MODULES = ("Linear", "Conv1d", "Conv2d", "BatchNorm1d/2d (right after 
                      "ReLU", "LeakyReLU(0.01)", "Tanh", "Sigmoid", "GELU", "Identity", "AvgPool1d/2d(2)",
                      "MaxPool1d/2d(2)", "Flatten", "Dropout")
 BN_EPS = 1e-5  # torch's BatchNorm default; a state dict does not store it (config key batchnorm_eps)
-_BN_LEAVES = ("running_mean", "running_var", "num_batches_tracked")
 
 
 def fold_batchnorm(w: Tensor, b: Tensor | None, bn: dict[str, Tensor], eps: float, name: str) -> tuple[Tensor, Tensor]:
@@ -98,11 +97,16 @@ def _batchnorm_tensors(m: nn.Module) -> dict[str, Tensor]:
     return out
 
 
-def _one_bias_setting(pairs: list[tuple[Tensor, Tensor | None]]) -> list[tuple[Tensor, Tensor | None]]:
-    """Zero biases where some layers have biases and others do not: the same function, one bias setting."""
-    if any(b is not None for _, b in pairs):
-        return [(w, b if b is not None else torch.zeros(w.shape[0])) for w, b in pairs]
-    return pairs
+def _one_bias_setting(layers: list[tuple]) -> list[tuple]:
+    """Zero biases where some layers have biases and others do not: the same function, one bias
+    setting. Each layer is a tuple ending in (weight, bias)."""
+    if any(t[-1] is not None for t in layers):
+        return [(*t[:-1], t[-1] if t[-1] is not None else torch.zeros(t[-2].shape[0])) for t in layers]
+    return layers
+
+
+def _weight_bias(m: nn.Module) -> tuple[Tensor, Tensor | None]:
+    return m.weight.detach().float(), None if m.bias is None else m.bias.detach().float()
 
 
 def _all_two(v) -> bool:
@@ -126,9 +130,7 @@ def from_module(module: nn.Module, input_shape: tuple[int, ...]) -> tuple[ArchSp
             if not weights or after is not weights[-1][1]:
                 raise PeaceError(f"layer {name!r} ({type(m).__name__}) does not follow a Linear or Conv layer directly; "
                                  f"PEACE folds a BatchNorm into the layer before it and reads only that order")
-            w0, b0 = weights[-1][1].weight.detach().float(), weights[-1][1].bias
-            folded[len(weights) - 1] = fold_batchnorm(w0, None if b0 is None else b0.detach().float(),
-                                                      _batchnorm_tensors(m), m.eps, name)
+            folded[len(weights) - 1] = fold_batchnorm(*_weight_bias(after), _batchnorm_tensors(m), m.eps, name)
             continue
         if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
             if isinstance(m, (nn.Conv1d, nn.Conv2d)):
@@ -152,9 +154,7 @@ def from_module(module: nn.Module, input_shape: tuple[int, ...]) -> tuple[ArchSp
                              f"{', '.join(SUPPORTED_MODULES)}")
     if not weights:
         raise PeaceError("the module has no Linear or Conv layer")
-    pairs = [folded.get(i, (m.weight.detach().float(), None if m.bias is None else m.bias.detach().float()))
-             for i, (_, m) in enumerate(weights)]
-    pairs = _one_bias_setting(pairs)
+    pairs = _one_bias_setting([folded.get(i) or _weight_bias(m) for i, (_, m) in enumerate(weights)])
     for what, found in (("activation", acts), ("pooling", pools), ("kernel size", kernels)):
         if len(found) > 1:
             raise PeaceError(f"mixed {what}s {sorted(map(str, found))} in one network are not supported")
@@ -291,11 +291,9 @@ def _layers(tensors: dict[str, Tensor], source: str, bn_eps: float = BN_EPS) -> 
         p = prefixes[prefix]
         name = prefix or "(top level)"
         if "running_mean" in p or "running_var" in p:
-            if not out or set(p) - {"running_mean", "running_var", "weight", "bias"} or len(p) < 2:
+            if not out or not {"running_mean", "running_var"} <= set(p) <= {"running_mean", "running_var", "weight", "bias"}:
                 raise PeaceError(f"{source}: BatchNorm {name!r} must follow a Linear or Conv layer and hold running_mean "
                                  f"and running_var (found {sorted(p)})")
-            if "running_mean" not in p or "running_var" not in p:
-                raise PeaceError(f"{source}: BatchNorm {name!r} lacks running_mean or running_var")
             prev, w0, b0 = out[-1]
             out[-1] = (prev, *fold_batchnorm(w0, b0, p, bn_eps, f"{source}: {name}"))
             continue
@@ -343,7 +341,7 @@ def from_state_dict(tensors: dict[str, Tensor], config: dict | None = None, sour
         if (in_next % out_ch if conv_to_linear else in_next != out_ch):
             raise PeaceError(f"{source}: the layers do not chain: {n0!r} has {out_ch} outputs but {n1!r} takes "
                              f"{in_next} inputs")
-    layers = [(n, w, b) for n, (w, b) in zip([n for n, _, _ in layers], _one_bias_setting([(w, b) for _, w, b in layers]))]
+    layers = _one_bias_setting(layers)
     convs, linears = layers[:n_conv], layers[n_conv:]
     inferred: dict[str, Any] = {"n_classes": linears[-1][1].shape[0], "bias": layers[0][2] is not None}
     if convs:

@@ -108,26 +108,30 @@ def _placements(shape: list[list[int]]) -> list[np.ndarray]:
     return list(images.values())
 
 
+def _top_left(shape: list[list[int]]) -> np.ndarray:
+    """The tetromino as drawn, in the top-left corner of a 4x4 image."""
+    img = np.zeros((4, 4), np.float32)
+    img[:len(shape), :len(shape[0])] = shape
+    return img
+
+
 def _tetris(per_class: int = 400, noise: float = 0.2, placements: str = "all") -> Task:
     """``placements="all"``: every position, rotation and mirror image of each tetromino (hard for a
     5-unit network); ``"canonical"``: each tetromino once, as drawn in the top-left corner."""
+    everywhere = placements == "all"
     rng = np.random.default_rng(SPLIT_SEED)
     X, y = [], []
     for c, shape in enumerate(_TETROMINOES.values()):
-        if placements == "all":
-            imgs = np.stack(_placements(shape))
-        else:
-            imgs = np.zeros((1, 4, 4), np.float32)
-            imgs[0, :len(shape), :len(shape[0])] = shape
+        imgs = np.stack(_placements(shape) if everywhere else [_top_left(shape)])
         pick = rng.integers(0, len(imgs), per_class)
         X.append(imgs[pick] + noise * rng.standard_normal((per_class, 4, 4)).astype(np.float32))
         y.append(np.full(per_class, c))
     X, y = np.concatenate(X), np.concatenate(y)
-    if placements == "all":
-        return _make("tetris", "tetris", "4x4 tetromino shapes I/O/T/L at every position and rotation, "
-                     "Gaussian pixel noise", (1, 4, 4), 4, _split(X, y))
-    return _make("tetris-canonical", "tetris", f"4x4 tetrominoes I/O/T/L, one canonical placement each, "
-                 f"Gaussian pixel noise {noise:g} (the TETRIS zoos' data)", (1, 4, 4), 4, _split(X, y))
+    name, desc = (("tetris", "4x4 tetromino shapes I/O/T/L at every position and rotation, Gaussian pixel noise")
+                  if everywhere else
+                  ("tetris-canonical", f"4x4 tetrominoes I/O/T/L, one canonical placement each, Gaussian pixel "
+                                       f"noise {noise:g} (the TETRIS zoos' data)"))
+    return _make(name, "tetris", desc, (1, 4, 4), 4, _split(X, y))
 
 
 # --- scikit-learn digits and their transformed variants -----------------------------------------

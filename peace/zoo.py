@@ -221,15 +221,16 @@ class Zoo:
     def name(self) -> str:
         return self.info["name"]
 
-    def row(self, model_id: str) -> pd.Series:
+    def _known(self, model_id: str) -> str:
         if model_id not in self.manifest.index:
             raise PeaceError(f"model {model_id!r} is not in zoo {self.path}")
-        return self.manifest.loc[model_id]
+        return model_id
+
+    def row(self, model_id: str) -> pd.Series:
+        return self.manifest.loc[self._known(model_id)]
 
     def _cell(self, model_id: str, column: str):
-        if model_id not in self.manifest.index:
-            raise PeaceError(f"model {model_id!r} is not in zoo {self.path}")
-        return self.manifest.at[model_id, column]  # a scalar lookup: no row Series for big zoos
+        return self.manifest.at[self._known(model_id), column]  # a scalar lookup: no row Series for big zoos
 
     def spec(self, model_id: str) -> ArchSpec:
         return _spec_from_json(self._cell(model_id, "arch_spec"))
