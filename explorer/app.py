@@ -201,7 +201,7 @@ def page_query(ex: Explorer) -> None:
     up = st.file_uploader("Model file", type=None)
     c1, c2, c3 = st.columns(3)
     activation = c1.selectbox("Activation", ["relu", "tanh", "sigmoid", "leaky_relu", "gelu", "identity"])
-    shape = c2.text_input("CNN input shape (C,H,W)", "", help="only for convolutional networks, e.g. 1,8,8")
+    shape = c2.text_input("Input shape (C,H,W)", "", help="for convolutional and residual networks, e.g. 1,8,8")
     pool = c3.selectbox("CNN pooling", ["avg", "max", "none"])
     k = st.slider("k", 1, 30, 10, key="upload_k")
     if up is None:

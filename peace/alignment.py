@@ -1,8 +1,9 @@
 """Permutation alignment (weight matching) and linear interpolation between two models.
 
 ``align(spec, a, b)`` permutes the hidden units of B to match A (Ainsworth et al. 2023, "Git
-Re-Basin", weight matching): for each hidden layer, a linear assignment (scipy) maximising the
-similarity of incoming and outgoing weights, repeated over layers until no permutation changes.
+Re-Basin", weight matching): for each group of hidden units (a layer's, or a residual stream's),
+a linear assignment (scipy) maximising the similarity of incoming and outgoing weights, repeated
+over groups until no permutation changes.
 B's function is unchanged, so interpolating A and aligned B compares like with like.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ from torch import Tensor
 from .architectures import ArchSpec, check_params, stack_params
 from .errors import PeaceError
 from .population import evaluate
-from .symmetry import Params, _column_index, hidden_sizes, transform
+from .symmetry import Params, UnitGroup, _column_index, _rows, transform, unit_groups
 
 
 def _check_same(spec: ArchSpec, a: Params, b: Params) -> None:
@@ -26,27 +27,27 @@ def _check_same(spec: ArchSpec, a: Params, b: Params) -> None:
             raise PeaceError(f"model {name}: {e}; alignment needs two finite models of one architecture") from None
 
 
-def _unit_features(spec: ArchSpec, p: Params, i: int, perms: list[Tensor], outgoing: str = "aligned") -> Tensor:
-    """Each hidden unit of layer i as one vector: incoming weights (inputs already permuted by the
-    previous layer's permutation), bias, and outgoing weights: permuted by the next layer's
-    permutation ("aligned"), or sorted over the next layer's units ("sorted", which needs no
-    permutation, for the first pass)."""
-    layer, nxt = spec.layers[i], spec.layers[i + 1]
-    w_in = p[layer.weight_name]
-    if i > 0:
-        w_in = w_in[:, _column_index(layer, perms[i - 1])]
-    parts = [w_in.reshape(layer.out_features, -1)]
-    if layer.bias:
-        parts.append(p[layer.bias_name].unsqueeze(1))
-    w_out = p[nxt.weight_name]
-    hidden_next = i + 1 < len(perms)
-    if hidden_next and outgoing == "aligned":
-        w_out = w_out[perms[i + 1]]
-    block = nxt.in_features // layer.out_features  # > 1 at a conv -> linear flatten
-    w_out = w_out.reshape(nxt.out_features, layer.out_features, block, -1)
-    if hidden_next and outgoing == "sorted":
-        w_out = w_out.sort(dim=0).values
-    parts.append(w_out.permute(1, 0, 2, 3).reshape(layer.out_features, -1))
+def _unit_features(groups: list[UnitGroup], p: Params, i: int, perms: list[Tensor], outgoing: str = "aligned") -> Tensor:
+    """Each unit of group i as one vector: incoming weights from every writer (inputs already
+    permuted by their group's permutation), biases and BatchNorm tensors, and outgoing weights to every
+    reader: permuted by the reader's output group ("aligned"), or sorted over its outputs ("sorted",
+    which needs no permutation, for the first pass)."""
+    g = groups[i]
+    group_of = {t: j for j, h in enumerate(groups) for t in h.tensors}
+    parts = []
+    for layer in g.writers:
+        w_in = p[layer.weight_name]
+        if layer.src in group_of:
+            w_in = w_in[:, _column_index(layer, perms[group_of[layer.src]])]
+        parts += [w_in.reshape(g.size, -1)] + [p[n].reshape(g.size, -1) for n in _rows(layer)[0][1:]]
+    for layer in g.readers:
+        w_out, j = p[layer.weight_name], group_of.get(layer.dst)
+        if j is not None and outgoing == "aligned":
+            w_out = w_out[perms[j]]
+        w_out = w_out.reshape(layer.out_features, g.size, layer.in_features // g.size, -1)  # blocks > 1 at a flatten
+        if j is not None and outgoing == "sorted":
+            w_out = w_out.sort(dim=0).values
+        parts.append(w_out.permute(1, 0, 2, 3).reshape(g.size, -1))
     return torch.cat(parts, 1)
 
 
@@ -59,21 +60,21 @@ def _match(fa: Tensor, fb: Tensor) -> tuple[Tensor, np.ndarray]:
 def align(spec: ArchSpec, a: Params, b: Params, max_iter: int = 50) -> tuple[Params, list[Tensor]]:
     """Return B with hidden units permuted to best match A (same function as B), and the permutations."""
     _check_same(spec, a, b)
-    sizes = hidden_sizes(spec)
-    identity = [torch.arange(n) for n in sizes]
+    groups = unit_groups(spec)
+    identity = [torch.arange(g.size) for g in groups]
     perms = list(identity)
-    for i in range(len(sizes)):
-        # start layer by layer from incoming weights and the sorted outgoing ones: exact for exact
+    for i in range(len(groups)):
+        # start group by group from incoming weights and the sorted outgoing ones: exact for exact
         # permutations unless two units share both, where the outgoing order alone tells them apart
-        perms[i], _ = _match(_unit_features(spec, a, i, identity, outgoing="sorted"),
-                             _unit_features(spec, b, i, perms, outgoing="sorted"))
-    fa = [_unit_features(spec, a, i, identity) for i in range(len(sizes))]
+        perms[i], _ = _match(_unit_features(groups, a, i, identity, outgoing="sorted"),
+                             _unit_features(groups, b, i, perms, outgoing="sorted"))
+    fa = [_unit_features(groups, a, i, identity) for i in range(len(groups))]
     rng = np.random.default_rng(0)
     for _ in range(max_iter):
         changed = False
-        for i in rng.permutation(len(sizes)):
+        for i in rng.permutation(len(groups)):
             # B's units with its neighbours' current permutations applied to the shared axes
-            new, cost = _match(fa[i], _unit_features(spec, b, i, perms))
+            new, cost = _match(fa[i], _unit_features(groups, b, i, perms))
             rows = np.arange(len(new))
             # only accept strict improvements (ties would make the loop cycle)
             if cost[rows, new.numpy()].sum() > cost[rows, perms[i].numpy()].sum() + 1e-12:

@@ -1,9 +1,14 @@
-"""Architecture specs (MLP, 1-D CNN, 2-D CNN) and their forward pass, batched over a population.
+"""Architecture specs (MLP, 1-D CNN, 2-D CNN, residual CNN) and their forward pass, batched over a population.
 
-A network is a chain of layers. CNNs are ``conv -> act -> pool`` blocks (``same`` padding,
+MLPs and CNNs are chains of layers. CNNs are ``conv -> act -> pool`` blocks (``same`` padding,
 stride 1), a flatten, then linear layers; MLPs flatten the input and stack linear layers. Every
 layer but the last is followed by the activation. Parameter names follow ``PeaceNet``'s state dict
 (``layers.{i}.weight`` / ``layers.{i}.bias``) so zoo weights load into an ordinary ``nn.Module``.
+Residual CNNs (family ``resnet``, :mod:`peace.resnet`) use torchvision's names instead.
+
+Every spec also describes its data flow, which the symmetries and the neural graph read: numbered
+activation tensors (0: the input, last: the logits), each layer reading one (``Layer.src``) and
+writing one (``Layer.dst``), and ``residuals``: identity additions from one tensor into another.
 
 ``forward`` runs P models of the same spec at once: every parameter carries a leading population
 dimension P, linear layers become ``bmm`` and convolutions one grouped convolution.
@@ -12,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -29,8 +34,12 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "gelu": F.gelu,
     "identity": lambda x: x,
 }
-FAMILIES = ("mlp", "cnn1d", "cnn2d")
+FAMILIES = ("mlp", "cnn1d", "cnn2d", "resnet")
 POOLS = ("avg", "max", "none")
+NORMS = ("none", "batch")
+BN_EPS, BN_MOMENTUM = 1e-5, 0.1  # torch's BatchNorm defaults
+NORM_STATS = ("running_mean", "running_var")  # BatchNorm buffers: moved with their channels, never trained
+RESNET_KEYS = ("blocks", "norm", "stem_kernel", "stem_stride", "stem_pool")  # fields only residual CNNs use
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,8 @@ class Layer:
 
     ``flatten_from`` is set on the first linear layer after convolutions: the (channels, *spatial)
     shape that was flattened into its inputs, so channel c owns a contiguous block of columns.
+    ``src`` / ``dst``: the activation tensors it reads and writes (chains: index and index + 1).
+    ``norm``: the name prefix of the BatchNorm applied to its output, if any.
     """
 
     index: int
@@ -48,14 +59,31 @@ class Layer:
     kernel: tuple[int, ...] = ()
     bias: bool = True
     flatten_from: tuple[int, ...] | None = None
+    name: str = ""
+    stride: int = 1
+    src: int = -1
+    dst: int = -1
+    norm: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", f"layers.{self.index}")
+        if self.src < 0:
+            object.__setattr__(self, "src", self.index)
+        if self.dst < 0:
+            object.__setattr__(self, "dst", self.src + 1)
 
     @property
     def weight_name(self) -> str:
-        return f"layers.{self.index}.weight"
+        return f"{self.name}.weight"
 
     @property
     def bias_name(self) -> str:
-        return f"layers.{self.index}.bias"
+        return f"{self.name}.bias"
+
+    def norm_names(self) -> dict[str, str]:
+        """Leaf -> full name of its BatchNorm's tensors (empty without one)."""
+        return {} if self.norm is None else {k: f"{self.norm}.{k}" for k in ("weight", "bias", *NORM_STATS)}
 
     @property
     def weight_shape(self) -> tuple[int, ...]:
@@ -74,8 +102,10 @@ class Layer:
 class ArchSpec:
     """A network architecture.
 
-    ``hidden`` holds the MLP's hidden widths, or the CNN's conv channels; ``fc_hidden`` holds a
-    CNN's hidden linear widths after the flatten. ``input_shape`` is one sample's shape.
+    ``hidden`` holds the MLP's hidden widths, the CNN's conv channels, or a ResNet's stage widths;
+    ``fc_hidden`` holds a CNN's hidden linear widths after the flatten. ``input_shape`` is one
+    sample's shape. ResNets only: ``blocks`` per stage, ``norm`` ("batch" or "none"), and the stem
+    (``stem_kernel``, ``stem_stride``, ``stem_pool`` "max" for torchvision's 3x3/2 max pool).
     """
 
     family: str
@@ -87,12 +117,20 @@ class ArchSpec:
     fc_hidden: tuple[int, ...] = ()
     kernel_size: int = 3
     pool: str = "avg"
+    blocks: tuple[int, ...] = ()
+    norm: str = "none"
+    stem_kernel: int = 3
+    stem_stride: int = 1
+    stem_pool: str = "none"
     layers: tuple[Layer, ...] = field(init=False, repr=False, compare=False)
+    tensor_sizes: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    residuals: tuple[tuple[int, int], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_shape", tuple(int(s) for s in self.input_shape))
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
         object.__setattr__(self, "fc_hidden", tuple(int(h) for h in self.fc_hidden))
+        object.__setattr__(self, "blocks", tuple(int(b) for b in self.blocks))
         if self.family not in FAMILIES:
             raise unknown("architecture family", self.family, FAMILIES)
         if self.activation not in ACTIVATIONS:
@@ -104,7 +142,22 @@ class ArchSpec:
                              f"fc_hidden={self.fc_hidden}, n_classes={self.n_classes}")
         if self.family == "mlp" and self.fc_hidden:
             raise PeaceError("fc_hidden is for CNNs; an MLP lists all its widths in hidden")
-        object.__setattr__(self, "layers", self._build_layers())
+        if self.norm not in NORMS:
+            raise unknown("normalization", self.norm, NORMS)
+        if self.family == "resnet":
+            from .resnet import build_layers
+
+            layers, sizes, residuals = build_layers(self)
+        else:
+            extra = [k for k in RESNET_KEYS if getattr(self, k) != ArchSpec.__dataclass_fields__[k].default]
+            if extra:
+                raise PeaceError(f"{', '.join(extra)} {'is' if len(extra) == 1 else 'are'} for family 'resnet' only "
+                                 f"(a {self.family} got {', '.join(f'{k}={getattr(self, k)!r}' for k in extra)})")
+            layers = self._build_layers()
+            sizes, residuals = (layers[0].in_features, *(layer.out_features for layer in layers)), ()
+        object.__setattr__(self, "layers", layers)
+        object.__setattr__(self, "tensor_sizes", tuple(sizes))
+        object.__setattr__(self, "residuals", tuple(residuals))
 
     def _build_layers(self) -> tuple[Layer, ...]:
         layers: list[Layer] = []
@@ -140,12 +193,14 @@ class ArchSpec:
 
     # --- descriptions ---------------------------------------------------------------------------
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Parameter names and shapes, in layer order."""
+        """Parameter (and BatchNorm buffer) names and shapes, in layer order."""
         shapes = {}
         for layer in self.layers:
             shapes[layer.weight_name] = layer.weight_shape
             if layer.bias:
                 shapes[layer.bias_name] = (layer.out_features,)
+            for name in layer.norm_names().values():
+                shapes[name] = (layer.out_features,)
         return shapes
 
     @property
@@ -157,13 +212,17 @@ class ArchSpec:
         return len(self.layers)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.pop("layers")
+        """The constructor's arguments; a chain's leaves out the ResNet-only keys (so specs, run ids and
+        manifests written before ResNets existed stay the same)."""
+        d = {f: getattr(self, f) for f in self.__dataclass_fields__ if self.__dataclass_fields__[f].init}
+        if self.family != "resnet":
+            for k in RESNET_KEYS:
+                d.pop(k)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ArchSpec:
-        valid = [f for f in cls.__dataclass_fields__ if f != "layers"]
+        valid = [f for f in cls.__dataclass_fields__ if cls.__dataclass_fields__[f].init]
         bad = sorted(set(d) - set(valid))
         if bad:
             raise unknown("architecture key", bad[0], valid)
@@ -173,6 +232,9 @@ class ArchSpec:
         """Short human-readable name, e.g. ``mlp 16-8-4 tanh nobias``."""
         if self.family == "mlp":
             s = "-".join(str(w) for w in [self.layers[0].in_features, *self.hidden, self.n_classes])
+        elif self.family == "resnet":
+            s = "c" + "-".join(map(str, self.hidden)) + "/b" + "-".join(map(str, self.blocks))
+            s += f"/k{self.kernel_size}" + ("/bn" if self.norm == "batch" else "")
         else:
             s = "c" + "-".join(map(str, self.hidden)) + ("/" + "-".join(map(str, self.fc_hidden)) if self.fc_hidden else "")
             s += f"/k{self.kernel_size}/{self.pool}"
@@ -188,17 +250,67 @@ def _pool(h: Tensor, kind: str, ndim: int) -> Tensor:
     return fn[(kind, ndim)](h, 2)
 
 
+def conv(h: Tensor, w: Tensor, b: Tensor | None, stride: int = 1, padding: int | None = None) -> Tensor:
+    """P convolutions at once: h (P, B, C_in, *spatial), w (P, C_out, C_in, *kernel), b (P, C_out)."""
+    P, B = h.shape[:2]
+    ndim = w.dim() - 3
+    fn = F.conv1d if ndim == 1 else F.conv2d
+    hg = h.transpose(0, 1).reshape(B, P * w.shape[2], *h.shape[3:])
+    out = fn(hg, w.reshape(P * w.shape[1], *w.shape[2:]), None if b is None else b.reshape(-1), stride=stride,
+             padding=w.shape[-1] // 2 if padding is None else padding, groups=P)
+    return out.reshape(B, P, w.shape[1], *out.shape[2:]).transpose(0, 1)
+
+
+def batch_norm(h: Tensor, params: dict[str, Tensor], layer: Layer, train: bool) -> Tensor:
+    """The BatchNorm after ``layer`` on h (P, B, C, *spatial), per model. Training normalizes with the
+    batch's statistics and updates the running ones in place (momentum, unbiased variance: torch's
+    rule); evaluation uses the running ones."""
+    n = layer.norm_names()
+    shape = (h.shape[0], 1, h.shape[2], *[1] * (h.dim() - 3))
+    if train:
+        dims = [1, *range(3, h.dim())]
+        mean, var = h.mean(dims), h.var(dims, unbiased=False)
+        with torch.no_grad():
+            count = h.numel() // (h.shape[0] * h.shape[2])
+            params[n["running_mean"]].lerp_(mean.detach(), BN_MOMENTUM)
+            params[n["running_var"]].lerp_(var.detach() * count / max(count - 1, 1), BN_MOMENTUM)
+    else:
+        mean, var = params[n["running_mean"]], params[n["running_var"]]
+    scale = params[n["weight"]] * torch.rsqrt(var + BN_EPS)
+    return h * scale.reshape(shape) + (params[n["bias"]] - mean * scale).reshape(shape)
+
+
+def fold_batchnorm(w: Tensor, b: Tensor | None, bn: dict[str, Tensor], eps: float, name: str) -> tuple[Tensor, Tensor]:
+    """Weight and bias of a Linear / Conv layer with the eval-mode BatchNorm after it folded in: the same
+    function at inference. ``bn`` holds running_mean, running_var and, when affine, weight and bias."""
+    mean, var = bn["running_mean"].float(), bn["running_var"].float()
+    if mean.shape != (w.shape[0],) or var.shape != mean.shape or (var < 0).any():
+        raise PeaceError(f"BatchNorm {name!r}: running statistics shaped {tuple(mean.shape)} / {tuple(var.shape)} "
+                         f"(or negative variances) do not fit the {w.shape[0]} outputs of the layer before it")
+    gamma, beta = bn.get("weight", torch.ones_like(mean)).float(), bn.get("bias", torch.zeros_like(mean)).float()
+    scale = gamma / torch.sqrt(var + eps)
+    bias = (b if b is not None else torch.zeros_like(mean)) - mean
+    return w * scale.reshape(-1, *[1] * (w.dim() - 1)), bias * scale + beta
+
+
 def forward(spec: ArchSpec, params: dict[str, Tensor], x: Tensor,
-            dropout_masks: Sequence[Tensor | None] | None = None) -> Tensor:
+            dropout_masks: Sequence[Tensor | None] | None = None, train: bool = False) -> Tensor:
     """Logits of P models at once.
 
     ``params[name]`` has shape (P, *shape); ``x`` is (P, B, *input_shape) or (B, *input_shape)
     (shared by all models). ``dropout_masks[i]``, if given, multiplies the activations after layer
-    i (already scaled by 1/(1-p)). Returns (P, B, n_classes).
+    i (already scaled by 1/(1-p)). ``train``: BatchNorm layers use and update batch statistics.
+    Returns (P, B, n_classes).
     """
     P = params[spec.layers[0].weight_name].shape[0]
     if x.dim() == len(spec.input_shape) + 1:
         x = x.unsqueeze(0).expand(P, *x.shape)
+    if spec.family == "resnet":
+        from .resnet import forward as resnet_forward
+
+        if dropout_masks is not None:
+            raise PeaceError("dropout is not supported in residual networks; train them with dropout 0")
+        return resnet_forward(spec, params, x, train)
     B = x.shape[1]
     act = ACTIVATIONS[spec.activation]
     h = x
@@ -210,13 +322,7 @@ def forward(spec: ArchSpec, params: dict[str, Tensor], x: Tensor,
             h = h.reshape(P, B, -1)
             h = torch.bmm(h, w.transpose(1, 2)) if b is None else torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
         else:
-            ndim = len(layer.kernel)
-            conv = F.conv1d if ndim == 1 else F.conv2d
-            spatial = h.shape[3:]
-            hg = h.transpose(0, 1).reshape(B, P * layer.in_features, *spatial)
-            out = conv(hg, w.reshape(P * layer.out_features, layer.in_features, *layer.kernel),
-                       None if b is None else b.reshape(-1), padding=layer.kernel[0] // 2, groups=P)
-            h = out.reshape(B, P, layer.out_features, *spatial).transpose(0, 1)
+            h = conv(h, w, b)
         if layer.index < n - 1:
             h = act(h)
             if layer.kind != "linear":
@@ -259,8 +365,33 @@ class PeaceNet(nn.Module):
         return x
 
 
+def build_module(spec: ArchSpec) -> nn.Module:
+    """The single-model ``nn.Module`` of any spec: a ``PeaceNet``, or a torchvision-style ``ResNet``."""
+    if spec.family == "resnet":
+        from .resnet import ResNet
+
+        return ResNet(spec)
+    return PeaceNet(spec)
+
+
+def is_buffer(name: str) -> bool:
+    """BatchNorm running statistics: updated by forward passes in training, never by the optimizer,
+    and never perturbed as if they were weights."""
+    return name.rpartition(".")[2] in NORM_STATS
+
+
+def load_weights(module: nn.Module, params: dict[str, Tensor]) -> nn.Module:
+    """Load a PEACE state dict into ``build_module``'s module (BatchNorm step counters are no weights)."""
+    missing, unexpected = module.load_state_dict(params, strict=False)
+    if unexpected or any(not k.endswith("num_batches_tracked") for k in missing):
+        raise PeaceError(f"the weights do not fit the module: missing {missing}, unexpected {unexpected}")
+    return module
+
+
 def hidden_shapes(spec: ArchSpec, batch: int) -> list[tuple[int, ...]]:
     """Shape of the activations after each non-final layer (after pooling), for dropout masks."""
+    if spec.family == "resnet":
+        raise PeaceError("dropout is not supported in residual networks; train them with dropout 0")
     shapes, spatial = [], list(spec.input_shape[1:])
     for layer in spec.layers[:-1]:
         if layer.kind == "linear":
@@ -287,6 +418,8 @@ def check_params(spec: ArchSpec, params: dict[str, Tensor]) -> None:
         if not torch.isfinite(t).all():
             raise PeaceError(f"parameter {name} contains NaN or Inf values; a diverged or corrupted model cannot "
                              f"be turned into a graph")
+        if name.endswith(".running_var") and (t < 0).any():
+            raise PeaceError(f"BatchNorm statistics {name} hold negative variances; the file is corrupted")
 
 
 def stack_params(models: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:

@@ -104,7 +104,7 @@ def _shape(text: str) -> list[int]:
 def _add_import_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("reading model files (what the weights cannot tell)")
     g.add_argument("--activation", help="relu, leaky_relu, tanh, sigmoid, gelu or identity")
-    g.add_argument("--input-shape", metavar="C,H,W", type=_shape, help="a CNN's input shape, e.g. 1,28,28")
+    g.add_argument("--input-shape", metavar="C,H,W", type=_shape, help="a CNN's or ResNet's input shape, e.g. 1,28,28")
     g.add_argument("--pool", help="a CNN's pooling after each conv: avg, max or none")
     g.add_argument("--model-config", type=Path, metavar="JSON", help="architecture config (keys as in config.json)")
     g.add_argument("--max-size", type=_positive, default=512, metavar="MIB", help="refuse larger model files (default 512)")

@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .architectures import ArchSpec, forward, stack_params, unstack_params
+from .architectures import ArchSpec, forward, is_buffer, stack_params, unstack_params
 from .atomic import atomic_path
 from .errors import PeaceError
 from .population import HParams, Schedule, train_population
@@ -93,6 +93,8 @@ def augment(spec: ArchSpec, params: dict[str, Tensor], seed: int, cfg: AugmentCo
     g = torch.Generator().manual_seed(seed ^ 0x5EED)
     weight_names = {layer.weight_name for layer in spec.layers}
     for name in sorted(out):  # a fixed order: the draws must not depend on how the dict was built
+        if is_buffer(name):
+            continue
         v = out[name]
         if cfg.noise:
             std = v.std() if v.numel() > 1 else v.abs().mean()

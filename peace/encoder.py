@@ -43,6 +43,8 @@ POOLINGS = ("mean", "attention", "cls")
 AGGREGATIONS = ("mean", "sum")
 _POS_FREQS, _POS_SCALE = 10, 512.0  # input/output neuron index: distinct up to 1024 positions
 _DEPTH_FREQS = 6                     # normalized depth in [0, 1]
+EDGE_CHUNK = 2**18     # edges whose messages the pure-torch backend computes at once: memory O(chunk x hidden)
+DGL_MAX_EDGES = 2**20  # bigger graphs (a resnet18 has 1.9M edges) take the chunked pure-torch path on any backend
 
 
 @dataclass
@@ -60,6 +62,7 @@ class EncoderConfig:
     projection_dim: int = 64      # contrastive projection head output; 0: no head, the loss reads the embedding
     canonicalize: bool = True     # remove scaling / sign symmetries before the graph
     edge_dim: int = 25            # values one edge carries (a 5x5 kernel); longer edges are average-pooled
+    max_layer_edges: int = 2**15  # bigger layers keep each unit's strongest incoming edges (graph.neural_graph)
     backend: str = "auto"         # message passing: auto (DGL when importable), dgl or torch
     aux_targets: list[str] = field(default_factory=lambda: ["test_acc", "gen_gap"])
     aux_linear: bool = False      # a linear metric head: the metrics must be linearly readable from the embedding
@@ -84,9 +87,9 @@ class EncoderConfig:
         if self.aggregation not in AGGREGATIONS:
             raise unknown("aggregation", self.aggregation, AGGREGATIONS)
         if min(self.hidden, self.rounds + 1, self.embedding_dim, self.projection_dim + 1, self.heads, self.edge_dim,
-               self.probes) < 1:
-            raise PeaceError("hidden, embedding_dim, heads, edge_dim and probes must be >= 1, rounds and "
-                             "projection_dim >= 0")
+               self.probes, self.max_layer_edges) < 1:
+            raise PeaceError("hidden, embedding_dim, heads, edge_dim, probes and max_layer_edges must be >= 1, rounds "
+                             "and projection_dim >= 0")
         if self.kind == "mlp" and (self.function_tokens or self.function_block):
             raise PeaceError("the flat MLP encoder is the weights-only control: it takes no function tokens or "
                              "function block; add encoder.function_tokens=false encoder.function_block=0")
@@ -126,7 +129,7 @@ def prepare(spec: ArchSpec, params: dict[str, Tensor], config: EncoderConfig) ->
     """The graph the encoder reads for one model (canonical form first when configured)."""
     if config.canonicalize:
         params = canonicalize(spec, params)
-    return neural_graph(spec, params, config.edge_dim, oversize="pool")
+    return neural_graph(spec, params, config.edge_dim, oversize="pool", max_layer_edges=config.max_layer_edges)
 
 
 @dataclass
@@ -195,10 +198,15 @@ class MessagePassing(nn.Module):
 
     def forward_torch(self, h: Tensor, e: Tensor, src: Tensor, dst: Tensor, deg_in: Tensor, deg_out: Tensor) -> Tensor:
         H = h.shape[1]
-        m = self._messages(h, e, lambda d, s: d[dst] + s[src]).float()
         # float32 accumulators: index_add_ needs one dtype, and sums of bf16 lose precision under AMP
-        agg_f = torch.zeros(h.shape[0], H, device=h.device).index_add_(0, dst, m[:, :H])
-        agg_b = torch.zeros(h.shape[0], H, device=h.device).index_add_(0, src, m[:, H:])
+        agg_f = torch.zeros(h.shape[0], H, device=h.device)
+        agg_b = torch.zeros(h.shape[0], H, device=h.device)
+        d_all, s_all = self.dst_lin(h), self.src_lin(h)
+        for a in range(0, max(len(src), 1), EDGE_CHUNK):  # messages of a chunk of edges at a time: bounded memory
+            b = a + EDGE_CHUNK
+            m = F.silu(d_all[dst[a:b]] + s_all[src[a:b]] + self.edge_lin(e[a:b])).float()
+            agg_f.index_add_(0, dst[a:b], m[:, :H])
+            agg_b.index_add_(0, src[a:b], m[:, H:])
         return self._update(h, *self._scale(agg_f, agg_b, deg_in, deg_out))
 
     def forward_dgl(self, h: Tensor, e: Tensor, g, rg, deg_in: Tensor, deg_out: Tensor) -> Tensor:
@@ -377,7 +385,7 @@ class PeaceEncoder(Embedder):
         ones = torch.ones(g.num_edges, device=h.device)
         deg_in = torch.zeros(g.num_nodes, device=h.device).index_add_(0, g.dst, ones).unsqueeze(1)
         deg_out = torch.zeros(g.num_nodes, device=h.device).index_add_(0, g.src, ones).unsqueeze(1)
-        if self.backend == "dgl":
+        if self.backend == "dgl" and g.num_edges <= DGL_MAX_EDGES:
             if h.device.type != "cpu":
                 raise PeaceError("the DGL backend runs on CPU only here; use backend 'torch' on GPU")
             import dgl

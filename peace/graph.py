@@ -1,9 +1,16 @@
 """Neural graphs: a network as a graph whose nodes are neurons and whose edges are weights.
 
-Nodes, in order: the input units (features, or input channels), then the hidden units of each
-layer, then the outputs. A hidden unit is one node shared by the layer that writes it and the layer
-that reads it, so relabelling hidden nodes is exactly the network's permutation symmetry. Input and
-output nodes keep their identity (``node_pos``: their index; -1 for hidden nodes).
+Nodes, in order: the channels of each activation tensor of the spec's data flow (``tensor_sizes``):
+the input units (features, or input channels), the hidden units, the outputs. A hidden unit is one
+node shared by the layers that write it and the layers that read it, so relabelling hidden nodes is
+exactly the network's permutation symmetry. Input and output nodes keep their identity
+(``node_pos``: their index; -1 for hidden nodes).
+
+Residual networks, in the spirit of Kofinas et al. (ICLR 2024): a BatchNorm is folded into the conv
+before it (the eval-mode function: ``resnet.fold_norms``), and an identity shortcut ``x -> x + f(x)``
+is what it computes, a 1x1 convolution with weight 1 from each input channel to the same output
+channel: one edge per channel carrying 1.0 (``edge_layer`` -1, since no weight layer holds it).
+A node's bias is the sum of the biases its writers add (conv2's and the shortcut projection's).
 
 Node features: ``[bias, depth / n_layers, role one-hot (input, hidden, output), activation one-hot]``.
 Edge features: ``[weight values zero-padded to edge_dim, kind one-hot (linear, conv1d, conv2d, flatten)]``.
@@ -25,6 +32,7 @@ from torch import Tensor
 
 from .architectures import ACTIVATIONS, ArchSpec, check_params
 from .errors import PeaceError
+from .resnet import fold_norms, folded_spec
 
 ROLES = ("input", "hidden", "output")
 EDGE_KINDS = ("linear", "conv1d", "conv2d", "flatten")
@@ -41,9 +49,9 @@ class NeuralGraph:
     dst: Tensor          # (E,) int64
     node_feat: Tensor    # (N, NODE_DIM)
     edge_feat: Tensor    # (E, edge_dim + len(EDGE_KINDS))
-    node_layer: Tensor   # (N,) int64
+    node_layer: Tensor   # (N,) int64: the activation tensor a node belongs to
     node_pos: Tensor     # (N,) int64, -1 for hidden nodes
-    edge_layer: Tensor   # (E,) int64: the weight layer an edge belongs to
+    edge_layer: Tensor   # (E,) int64: the weight layer an edge belongs to (-1: a residual identity)
     n_layers: int
 
     @property
@@ -74,12 +82,17 @@ def _layer_edges(layer, w: Tensor) -> tuple[Tensor, str]:
 
 
 def neural_graph(spec: ArchSpec, params: dict[str, Tensor], edge_dim: int = DEFAULT_EDGE_DIM,
-                 oversize: str = "error") -> NeuralGraph:
+                 oversize: str = "error", max_layer_edges: int | None = None) -> NeuralGraph:
     """Build the neural graph of one model.
 
     Edges carrying more than ``edge_dim`` values (big kernels, big flatten blocks) are an error with
     ``oversize="error"`` (the graph must be exactly invertible), or average-pooled down to
     ``edge_dim`` values with ``oversize="pool"`` (what the encoder does, so it reads any size).
+    ``max_layer_edges``: a layer with more edges keeps, for each of its output units, only its
+    ``ceil(max_layer_edges / outputs)`` strongest incoming edges (largest norm of the values; zero
+    edges never), so an 11M-parameter resnet18 is read in seconds. The choice depends on values
+    alone, so the sparse graph is still permutation-equivariant (ties between exactly equal norms
+    aside); such a graph is not invertible.
     """
     check_params(spec, params)
     if oversize not in ("error", "pool"):
@@ -87,8 +100,9 @@ def neural_graph(spec: ArchSpec, params: dict[str, Tensor], edge_dim: int = DEFA
     if edge_dim_needed(spec) > edge_dim and oversize == "error":
         raise PeaceError(f"{spec.describe()} has edges carrying {edge_dim_needed(spec)} values but edge_dim is "
                          f"{edge_dim}; raise edge_dim to at least {edge_dim_needed(spec)}")
-    L = spec.depth
-    sizes = [spec.layers[0].in_features] + [layer.out_features for layer in spec.layers]
+    spec, params = fold_norms(spec, params)
+    sizes = spec.tensor_sizes
+    L = len(sizes) - 1
     offsets = [0]
     for s in sizes:
         offsets.append(offsets[-1] + s)
@@ -106,27 +120,44 @@ def neural_graph(spec: ArchSpec, params: dict[str, Tensor], edge_dim: int = DEFA
     node_pos[: sizes[0]] = torch.arange(sizes[0])
     node_pos[offsets[-2]:] = torch.arange(sizes[-1])
     src, dst, feats, elayer = [], [], [], []
+
+    def add(s: Tensor, d: Tensor, values: Tensor, kind: str, layer: int) -> None:
+        f = torch.zeros(len(s), edge_dim + len(EDGE_KINDS))
+        f[:, :values.shape[1]] = values
+        f[:, edge_dim + EDGE_KINDS.index(kind)] = 1.0
+        src.append(s), dst.append(d), feats.append(f), elayer.append(torch.full((len(s),), layer, dtype=torch.long))
+
     for i, layer in enumerate(spec.layers):
         if layer.bias:
-            node_feat[offsets[i + 1]:offsets[i + 2], 0] = params[layer.bias_name].float()
+            node_feat[offsets[layer.dst]:offsets[layer.dst + 1], 0] += params[layer.bias_name].float()
         vals, kind = _layer_edges(layer, params[layer.weight_name].float())
         n_out, n_in, k = vals.shape
         if k > edge_dim:
             vals = F.adaptive_avg_pool1d(vals.reshape(-1, 1, k), edge_dim).reshape(n_out, n_in, edge_dim)
             k = edge_dim
-        d = torch.arange(n_out).repeat_interleave(n_in) + offsets[i + 1]
-        s = torch.arange(n_in).repeat(n_out) + offsets[i]
-        f = torch.zeros(n_out * n_in, edge_dim + len(EDGE_KINDS))
-        f[:, :k] = vals.reshape(-1, k)
-        f[:, edge_dim + EDGE_KINDS.index(kind)] = 1.0
-        src.append(s), dst.append(d), feats.append(f), elayer.append(torch.full((len(s),), i, dtype=torch.long))
+        s_idx, d_idx = torch.arange(n_in).repeat(n_out), torch.arange(n_out).repeat_interleave(n_in)
+        vals = vals.reshape(-1, k)
+        if max_layer_edges is not None and n_out * n_in > max_layer_edges:
+            keep = -(-max_layer_edges // n_out)
+            norm = vals.norm(dim=1).reshape(n_out, n_in)
+            top = norm.topk(keep, dim=1)
+            flat = (top.indices + torch.arange(n_out).unsqueeze(1) * n_in).reshape(-1)[top.values.reshape(-1) > 0]
+            s_idx, d_idx, vals = s_idx[flat], d_idx[flat], vals[flat]
+        add(s_idx + offsets[layer.src], d_idx + offsets[layer.dst], vals, kind, i)
+    for a, b in spec.residuals:
+        kind = next(m.kind for m in spec.layers if m.dst == b)
+        add(torch.arange(sizes[a]) + offsets[a], torch.arange(sizes[b]) + offsets[b], torch.ones(sizes[b], 1), kind, -1)
     return NeuralGraph(torch.cat(src), torch.cat(dst), node_feat, torch.cat(feats), node_layer, node_pos,
                        torch.cat(elayer), L)
 
 
 def graph_to_params(spec: ArchSpec, g: NeuralGraph) -> dict[str, Tensor]:
-    """The state dict a neural graph encodes (exact inverse of ``neural_graph``)."""
-    params = {}
+    """The state dict a neural graph encodes (exact inverse of ``neural_graph``). For a network with
+    BatchNorm these are the weights of its folded form (``resnet.folded_spec(spec)``); a tensor
+    written by two layers (conv2 and a shortcut projection) gives its summed bias to the first."""
+    if spec.family == "resnet":
+        spec = folded_spec(spec)
+    params, seen = {}, set()
     for i, layer in enumerate(spec.layers):
         mask = g.edge_layer == i
         f = g.edge_feat[mask]
@@ -134,7 +165,10 @@ def graph_to_params(spec: ArchSpec, g: NeuralGraph) -> dict[str, Tensor]:
         k = math.prod(layer.weight_shape) // (layer.out_features * n_in)
         params[layer.weight_name] = f[:, :k].reshape(layer.weight_shape).clone()
         if layer.bias:
-            params[layer.bias_name] = g.node_feat[g.node_layer == i + 1, 0].clone()
+            first = layer.dst not in seen
+            bias = g.node_feat[g.node_layer == layer.dst, 0]
+            params[layer.bias_name] = bias.clone() if first else torch.zeros_like(bias)
+            seen.add(layer.dst)
     return params
 
 

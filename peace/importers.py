@@ -9,7 +9,9 @@ tensor, or whose layers do not chain, is refused with an error naming the file a
 - ``load_model(path)``: a safetensors or state-dict file, or a directory with one plus a
   ``config.json`` (the shape of hub model repositories).
 - ``from_state_dict(tensors, config)``: architecture inferred from tensor shapes and names; what
-  shapes cannot tell (activation; a CNN's input size and pooling) comes from the config.
+  shapes cannot tell (activation; a CNN's input size and pooling) comes from the config. State dicts
+  in torchvision's ResNet layout (``conv1``, ``bn1``, ``layer1.0.conv1``, ``downsample``, ``fc``;
+  basic blocks, as resnet18/34) are read as residual networks.
 - ``from_sklearn(estimator)``: a fitted MLPClassifier / MLPRegressor.
 - ``from_module`` reads an ``nn.Module`` whose leaf modules form a supported chain (Linear, Conv1d,
 Conv2d, one activation type, 2x2 avg/max pooling, Flatten, Dropout). It checks the result by running
@@ -29,7 +31,7 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from .architectures import ACTIVATIONS, ArchSpec, PeaceNet, check_params, forward
+from .architectures import ACTIVATIONS, BN_EPS, ArchSpec, check_params, fold_batchnorm, forward
 from .errors import PeaceError, unknown
 from .paths import contained
 from .torchfile import read_torch_file
@@ -71,20 +73,6 @@ _POOLS = {nn.AvgPool1d: "avg", nn.AvgPool2d: "avg", nn.MaxPool1d: "max", nn.MaxP
 SUPPORTED_MODULES = ("Linear", "Conv1d", "Conv2d", "BatchNorm1d/2d (right after a Linear / Conv: folded into it)",
                      "ReLU", "LeakyReLU(0.01)", "Tanh", "Sigmoid", "GELU", "Identity", "AvgPool1d/2d(2)",
                      "MaxPool1d/2d(2)", "Flatten", "Dropout")
-BN_EPS = 1e-5  # torch's BatchNorm default; a state dict does not store it (config key batchnorm_eps)
-
-
-def fold_batchnorm(w: Tensor, b: Tensor | None, bn: dict[str, Tensor], eps: float, name: str) -> tuple[Tensor, Tensor]:
-    """Weight and bias of a Linear / Conv layer with the eval-mode BatchNorm after it folded in: the same
-    function at inference. ``bn`` holds running_mean, running_var and, when affine, weight and bias."""
-    mean, var = bn["running_mean"].float(), bn["running_var"].float()
-    if mean.shape != (w.shape[0],) or var.shape != mean.shape or (var < 0).any():
-        raise PeaceError(f"BatchNorm {name!r}: running statistics shaped {tuple(mean.shape)} / {tuple(var.shape)} "
-                         f"(or negative variances) do not fit the {w.shape[0]} outputs of the layer before it")
-    gamma, beta = bn.get("weight", torch.ones_like(mean)).float(), bn.get("bias", torch.zeros_like(mean)).float()
-    scale = gamma / torch.sqrt(var + eps)
-    bias = (b if b is not None else torch.zeros_like(mean)) - mean
-    return w * scale.reshape(-1, *[1] * (w.dim() - 1)), bias * scale + beta
 
 
 def _batchnorm_tensors(m: nn.Module) -> dict[str, Tensor]:
@@ -119,8 +107,14 @@ def _leaves(module: nn.Module) -> list[tuple[str, nn.Module]]:
 
 def from_module(module: nn.Module, input_shape: tuple[int, ...]) -> tuple[ArchSpec, dict[str, Tensor]]:
     """Architecture and weights of ``module`` (one sample shaped ``input_shape``, channels first)."""
-    if isinstance(module, PeaceNet):
-        return module.spec, {k: v.detach().clone() for k, v in module.state_dict().items()}
+    if isinstance(getattr(module, "spec", None), ArchSpec):  # PEACE's own modules (build_module)
+        return module.spec, {k: v.detach().clone() for k, v in module.state_dict().items()
+                             if not k.endswith("num_batches_tracked")}
+    state = module.state_dict()
+    if is_resnet_layout(state):
+        m = from_state_dict(state, {"input_shape": list(input_shape)}, type(module).__name__)
+        _check_function(module, m.spec, m.params, input_shape, "a torchvision-style ResNet with basic blocks")
+        return m.spec, m.params
     weights, acts, pools, kernels = [], set(), set(), set()
     folded: dict[int, tuple[Tensor, Tensor]] = {}  # weight layer -> its weight and bias with a BatchNorm folded in
     previous = None
@@ -175,6 +169,13 @@ def from_module(module: nn.Module, input_shape: tuple[int, ...]) -> tuple[ArchSp
         params[layer.weight_name] = w.clone()
         if layer.bias:
             params[layer.bias_name] = b.clone()
+    _check_function(module, spec, params, input_shape, "a plain chain of " + ", ".join(SUPPORTED_MODULES))
+    return spec, params
+
+
+def _check_function(module: nn.Module, spec: ArchSpec, params: dict[str, Tensor], input_shape: tuple[int, ...],
+                    supported: str) -> None:
+    """Refuse a module whose eval-mode outputs differ from PEACE's reading of it on random inputs."""
     x = torch.randn(8, *input_shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         was_training = module.training
@@ -187,9 +188,8 @@ def from_module(module: nn.Module, input_shape: tuple[int, ...]) -> tuple[ArchSp
             module.train(was_training)
         ours = forward(spec, {k: v[None] for k, v in params.items()}, x)[0]
     if ref.shape != ours.shape or not torch.allclose(ref, ours, atol=1e-4, rtol=1e-4):
-        raise PeaceError("the module's forward is not a plain chain of its layers (skip connections or custom "
-                         "operations?); PEACE reads only chains of " + ", ".join(SUPPORTED_MODULES))
-    return spec, params
+        raise PeaceError(f"the module's forward is not {supported}: its outputs differ from PEACE's reading of its "
+                         f"layers (skip connections or custom operations?)")
 
 
 # --- files -----------------------------------------------------------------------------------------
@@ -323,6 +323,8 @@ def from_state_dict(tensors: dict[str, Tensor], config: dict | None = None, sour
         if k not in CONFIG_KEYS:
             raise unknown(f"key in the model config of {source}", k, CONFIG_KEYS)
     tensors = _state_dict(tensors, source)
+    if is_resnet_layout(tensors):
+        return _resnet(tensors, config, source, limits)
     eps = config.pop("batchnorm_eps", BN_EPS)
     if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not 0 < eps < 1:
         raise PeaceError(f"{source}: batchnorm_eps must be a number in (0, 1), got {eps!r}")
@@ -360,14 +362,7 @@ def from_state_dict(tensors: dict[str, Tensor], config: dict | None = None, sour
     if "activation" not in config:
         raise PeaceError(f"{source}: the weights do not say which activation the network uses; give it in the model "
                          f"config (config.json or --activation), one of {', '.join(ACTIVATIONS)}")
-    metadata = config.pop("metadata", {}) or {}
-    if not isinstance(metadata, dict):
-        raise PeaceError(f"{source}: 'metadata' in the model config must be a JSON object, got {type(metadata).__name__}")
-    config.pop("weights", None)
-    try:
-        spec = ArchSpec(**{**inferred, **config})
-    except (TypeError, ValueError) as e:
-        raise PeaceError(f"{source}: invalid architecture: {e}") from None
+    spec, metadata = _spec(inferred, config, source)
     if len(spec.layers) != len(layers):
         raise PeaceError(f"{source}: the config describes {len(spec.layers)} layers but the file has {len(layers)}")
     params = {}
@@ -379,6 +374,77 @@ def from_state_dict(tensors: dict[str, Tensor], config: dict | None = None, sour
         params[layer.weight_name] = w
         if layer.bias:
             params[layer.bias_name] = b
+    check_params(spec, params)
+    return ImportedModel(spec, params, source, dict(metadata))
+
+
+def _spec(inferred: dict[str, Any], config: dict, source: str) -> tuple[ArchSpec, dict]:
+    """The architecture from inferred keys overridden by the config, and the config's metadata."""
+    metadata = config.pop("metadata", {}) or {}
+    if not isinstance(metadata, dict):
+        raise PeaceError(f"{source}: 'metadata' in the model config must be a JSON object, got {type(metadata).__name__}")
+    config.pop("weights", None)
+    try:
+        return ArchSpec(**{**inferred, **config}), metadata
+    except (TypeError, ValueError) as e:
+        raise PeaceError(f"{source}: invalid architecture: {e}") from None
+
+
+_BLOCK = re.compile(r"layer(\d+)\.(\d+)\.")
+
+
+def is_resnet_layout(tensors: dict[str, Tensor]) -> bool:
+    """Whether names follow torchvision's ResNet (``conv1``, ``layer1.0.conv1``, ``fc``)."""
+    return "conv1.weight" in tensors and "fc.weight" in tensors and any(k.startswith("layer1.0.") for k in tensors)
+
+
+def _resnet(tensors: dict[str, Tensor], config: dict, source: str, limits: Limits) -> ImportedModel:
+    """A torchvision-layout ResNet with basic blocks. Shapes give widths, blocks, kernels, BatchNorm
+    and biases; the config gives ``input_shape`` (and may override the stem, which defaults to
+    torchvision's: a 7x7 stem has stride 2 and a 3x3/2 max pool, a smaller one neither) and the
+    activation (torchvision's blocks use relu)."""
+    bottleneck = sorted(k for k in tensors if re.match(r"layer\d+\.\d+\.conv3\.", k))
+    if bottleneck:
+        raise PeaceError(f"{source}: {bottleneck[0]!r} belongs to a bottleneck block (ResNet-50 and deeper); PEACE "
+                         f"reads ResNets of basic blocks (resnet18 / resnet34 layouts)")
+    blocks: dict[int, set[int]] = {}
+    for k in tensors:
+        m = _BLOCK.match(k)
+        if m:
+            blocks.setdefault(int(m[1]), set()).add(int(m[2]))
+    stages = sorted(blocks)
+    if stages != list(range(1, len(stages) + 1)) or any(blocks[s] != set(range(len(blocks[s]))) for s in stages):
+        raise PeaceError(f"{source}: the ResNet's stages and blocks are not numbered layer1.0, layer1.1, ..., "
+                         f"layer2.0, ...: found {({s: sorted(b) for s, b in blocks.items()})}")
+    stem = tensors["conv1.weight"]
+    if stem.ndim != 4 or tensors["fc.weight"].ndim != 2:
+        raise PeaceError(f"{source}: conv1 must be a 2-D convolution and fc a linear layer, got weights shaped "
+                         f"{tuple(stem.shape)} and {tuple(tensors['fc.weight'].shape)}")
+    if "input_shape" not in config:
+        raise PeaceError(f"{source}: a ResNet's input size is not in its weights; give it in the model config "
+                         f"(config.json or --input-shape), e.g. [{stem.shape[1]}, 224, 224] for an ImageNet model")
+    block_kernel = tensors.get("layer1.0.conv1.weight", stem).shape[-1]
+    inferred: dict[str, Any] = {
+        "family": "resnet", "n_classes": tensors["fc.weight"].shape[0], "activation": "relu",
+        "hidden": [tensors[f"layer{s}.0.conv1.weight"].shape[0] for s in stages if f"layer{s}.0.conv1.weight" in tensors],
+        "blocks": [len(blocks[s]) for s in stages], "kernel_size": block_kernel, "stem_kernel": stem.shape[-1],
+        "norm": "batch" if "bn1.running_mean" in tensors else "none", "bias": "conv1.bias" in tensors,
+        "stem_stride": 2 if stem.shape[-1] == 7 else 1, "stem_pool": "max" if stem.shape[-1] == 7 else "none"}
+    if config.pop("batchnorm_eps", BN_EPS) != BN_EPS:
+        raise PeaceError(f"{source}: ResNets are read with torch's BatchNorm eps {BN_EPS}")
+    spec, metadata = _spec(inferred, config, source)
+    shapes = spec.param_shapes()
+    unknown_names = sorted(set(tensors) - set(shapes))
+    if unknown_names:
+        raise PeaceError(f"{source}: {unknown_names[:3]} do not belong to {spec.describe()} (torchvision's basic-block "
+                         f"ResNet layout); {len(unknown_names)} unexpected tensors")
+    for name, shape in shapes.items():
+        if name not in tensors:
+            raise PeaceError(f"{source}: {name!r} is missing; {spec.describe()} needs it shaped {shape}")
+        if tuple(tensors[name].shape) != shape:
+            raise PeaceError(f"{source}: {name!r} has shape {tuple(tensors[name].shape)} but {spec.describe()} needs {shape}")
+    limits.check([(m.name, tensors[m.weight_name], tensors.get(m.bias_name)) for m in spec.layers], source)
+    params = {name: tensors[name] for name in shapes}
     check_params(spec, params)
     return ImportedModel(spec, params, source, dict(metadata))
 

@@ -40,8 +40,9 @@ def accuracy_over_epochs(manifest: pd.DataFrame) -> go.Figure:
 
 
 def weight_heatmaps(before: dict, after: dict, title: str = "Weights before and after") -> go.Figure:
-    """Each weight matrix before (top row) and after (bottom row) a transform; conv kernels unrolled."""
-    names = [k for k in before if k.endswith("weight")]
+    """Each weight matrix before (top row) and after (bottom row) a transform; conv kernels unrolled
+    (normalization scales, vectors, are left out)."""
+    names = [k for k in before if k.endswith("weight") and before[k].dim() >= 2]
     fig = make_subplots(rows=2, cols=len(names), subplot_titles=[f"{n} before" for n in names] + [f"{n} after" for n in names],
                         vertical_spacing=0.12)
     for row, params in ((1, before), (2, after)):

@@ -18,7 +18,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from . import rng
-from .architectures import ArchSpec, PeaceNet, forward, hidden_shapes
+from .architectures import ArchSpec, build_module, forward, hidden_shapes, is_buffer, load_weights
 from .errors import PeaceError, unknown
 from .tasks import Task
 
@@ -90,6 +90,8 @@ def init_params(spec: ArchSpec, hparams: Sequence[HParams]) -> dict[str, Tensor]
         params[layer.weight_name] = torch.where(is_u, u, n) * s + shift
         if layer.bias:  # PyTorch's default bias init for every scheme
             params[layer.bias_name] = (rng.uniform(seeds, (2, layer.index), (layer.out_features,)) * 2 - 1) / math.sqrt(fi)
+        for leaf, name in layer.norm_names().items():  # BatchNorm: torch's init (scale 1, shift 0, fresh statistics)
+            params[name] = torch.full((len(hparams), layer.out_features), 1.0 if leaf in ("weight", "running_var") else 0.0)
     return params
 
 
@@ -212,9 +214,8 @@ def train_population(task: Task, spec: ArchSpec, hparams: Sequence[HParams], sch
         raise PeaceError(f"architecture has {spec.n_classes} outputs but task {task.name!r} has {task.n_classes} classes")
     seeds = torch.tensor([h.seed for h in hparams], dtype=torch.int64)
     params = {k: v.clone() for k, v in (start if start is not None else init_params(spec, hparams)).items()}
-    for v in params.values():
-        v.requires_grad_(True)
-    opt = _PopulationOptimizer(params, schedule.optimizer,
+    trainable = {k: v.requires_grad_(True) for k, v in params.items() if not is_buffer(k)}
+    opt = _PopulationOptimizer(trainable, schedule.optimizer,
                                torch.tensor([h.lr for h in hparams], dtype=torch.float32),
                                torch.tensor([h.weight_decay for h in hparams], dtype=torch.float32))
     drop = torch.tensor([h.dropout for h in hparams], dtype=torch.float32)
@@ -245,7 +246,7 @@ def train_population(task: Task, spec: ArchSpec, hparams: Sequence[HParams], sch
         for s in range(0, N, bs):
             idx = perm[:, s:s + bs]
             masks = _dropout_masks(spec, seeds, drop, step, idx.shape[1]) if use_dropout else None
-            logits = forward(spec, params, X[idx], masks)
+            logits = forward(spec, params, X[idx], masks, train=True)
             _nll(logits, y[idx] if targets is None else targets.gather(1, idx)).mean(1).sum().backward()
             opt.step()
             step += 1
@@ -258,15 +259,16 @@ def train_population(task: Task, spec: ArchSpec, hparams: Sequence[HParams], sch
 
 def train_single(task: Task, spec: ArchSpec, hp: HParams, schedule: Schedule,
                  start: dict[str, Tensor] | None = None) -> dict[int, dict[str, Tensor]]:
-    """Reference: one ``PeaceNet`` trained with an ordinary ``torch.optim`` loop.
+    """Reference: one ``nn.Module`` (``build_module``) trained with an ordinary ``torch.optim`` loop.
 
     Uses the same seed-keyed init, data order and dropout masks as ``train_population``, so the two
     agree to float tolerance; the benchmark times it against the batched trainer.
     """
     seeds = torch.tensor([hp.seed])
-    net = PeaceNet(spec)
+    net = build_module(spec)
     init = start if start is not None else {k: v[0] for k, v in init_params(spec, [hp]).items()}
-    net.load_state_dict(init)
+    load_weights(net, init)
+    state = lambda: {k: v.detach().clone() for k, v in net.state_dict().items() if k in init}
     if schedule.optimizer == "adam":
         opt = torch.optim.Adam(net.parameters(), lr=hp.lr, betas=_ADAM_BETAS, eps=_ADAM_EPS, weight_decay=hp.weight_decay)
     else:
@@ -276,7 +278,7 @@ def train_single(task: Task, spec: ArchSpec, hp: HParams, schedule: Schedule,
     drop = torch.tensor([hp.dropout])
     out = {}
     if 0 in schedule.checkpoints:
-        out[0] = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        out[0] = state()
     step = 0
     for epoch in range(1, schedule.epochs + 1):
         perm = rng.permutation(seeds, (4, epoch), len(X))[0]
@@ -290,5 +292,5 @@ def train_single(task: Task, spec: ArchSpec, hp: HParams, schedule: Schedule,
             opt.step()
             step += 1
         if epoch in schedule.checkpoints:
-            out[epoch] = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            out[epoch] = state()
     return out

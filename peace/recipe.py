@@ -175,10 +175,10 @@ def _run_id(*parts: Any) -> str:
 def _arch_options(arch: dict[str, Any], task: str) -> list[ArchSpec]:
     t = load_task(task)
     keys = sorted(arch)
-    axes = [_axis(arch[k], nested=k in ("hidden", "fc_hidden")) for k in keys]
+    axes = [_axis(arch[k], nested=k in ("hidden", "fc_hidden", "blocks")) for k in keys]
     out = []
     for k, values in zip(keys, axes):
-        if k in ("hidden", "fc_hidden"):
+        if k in ("hidden", "fc_hidden", "blocks"):
             for widths in values:
                 if len(widths) > MAX_LAYERS:
                     raise PeaceError(f"architecture {k} has {len(widths)} layers; at most {MAX_LAYERS}")

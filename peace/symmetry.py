@@ -1,14 +1,18 @@
 """Exact weight-space symmetries: transforms that change the weights but not the function.
 
-Every hidden unit (neuron, or conv channel) u of layer i can be
-- permuted with the other units of its layer (any activation);
-- scaled by s > 0, with 1/s pushed into the next layer (positively homogeneous activations:
+The hidden units (neurons, or conv channels) of a network fall into groups (``unit_groups``): the
+units of one activation tensor, or of several tensors joined by residual additions (a ResNet's
+residual stream is one group: its blocks add into the same channels). Every unit u of a group can be
+- permuted with the other units of its group (any activation);
+- scaled by s > 0, with 1/s pushed into the layers that read it (positively homogeneous activations:
   relu, leaky_relu, identity);
-- sign-flipped, with the flip pushed into the next layer (odd activations: tanh, identity; not
-  through max pooling, since max(-x) != -max(x)).
-All three are one operation here: ``W_i <- D P W_i``, ``b_i <- D P b_i``, ``W_{i+1} <- W_{i+1} P^T D^-1``
-with P a permutation and D a diagonal of factors. At a conv -> linear flatten, a channel owns a
-block of columns of the linear layer, and the block moves and scales with it.
+- sign-flipped, with the flip pushed into the readers (odd activations: tanh, identity; not through
+  max pooling, since max(-x) != -max(x)).
+All three are one operation here: ``P D`` on the output rows of every layer writing the group (its
+weight and bias, or, when a BatchNorm follows it, the BatchNorm's scale and shift, and its running
+statistics move with the permutation), ``D^-1 P^T`` on the input columns of every layer reading it.
+At a conv -> linear flatten, a channel owns a block of columns of the linear layer, and the block
+moves and scales with it.
 
 A model here is ``(spec, params)``: an ``ArchSpec`` and a single-model state dict.
 """
@@ -27,15 +31,52 @@ ODD = ("tanh", "identity")
 Params = dict[str, Tensor]
 
 
+@dataclass(frozen=True)
+class UnitGroup:
+    """Hidden activation tensors sharing one permutation; the layers writing and reading them."""
+
+    tensors: tuple[int, ...]
+    size: int
+    writers: tuple[Layer, ...]
+    readers: tuple[Layer, ...]
+
+
+def unit_groups(spec: ArchSpec) -> list[UnitGroup]:
+    """The groups of hidden units, ordered by their first tensor (for a chain: one per hidden layer)."""
+    hidden = range(1, len(spec.tensor_sizes) - 1)
+    root = {t: t for t in hidden}
+
+    def find(t: int) -> int:
+        while root[t] != t:
+            t = root[t]
+        return t
+
+    for a, b in spec.residuals:
+        root[find(b)] = find(a)
+    members: dict[int, list[int]] = {}
+    for t in hidden:
+        members.setdefault(find(t), []).append(t)
+    groups = []
+    for tensors in sorted(members.values()):
+        ts = set(tensors)
+        groups.append(UnitGroup(tuple(tensors), spec.tensor_sizes[tensors[0]],
+                                tuple(m for m in spec.layers if m.dst in ts), tuple(m for m in spec.layers if m.src in ts)))
+    return groups
+
+
+def _has_max_pool(spec: ArchSpec) -> bool:
+    return (spec.family in ("cnn1d", "cnn2d") and spec.pool == "max") or spec.stem_pool == "max"
+
+
 def allowed(spec: ArchSpec) -> dict[str, bool]:
     """Which symmetries this architecture has (permutation always)."""
     return {"permute": True, "scale": spec.activation in POSITIVE_HOMOGENEOUS,
-            "flip": spec.activation in ODD and not (spec.family != "mlp" and spec.pool == "max")}
+            "flip": spec.activation in ODD and not _has_max_pool(spec)}
 
 
 def hidden_sizes(spec: ArchSpec) -> list[int]:
-    """Number of hidden units after each non-final layer."""
-    return [layer.out_features for layer in spec.layers[:-1]]
+    """Number of units in each group (for a chain: after each non-final layer)."""
+    return [g.size for g in unit_groups(spec)]
 
 
 def _column_index(next_layer: Layer, perm: Tensor) -> Tensor:
@@ -52,19 +93,41 @@ def _column_factor(next_layer: Layer, factor: Tensor) -> Tensor:
     return factor.repeat_interleave(next_layer.in_features // next_layer.flatten_from[0])
 
 
+def _rows(layer: Layer) -> tuple[list[str], list[str]]:
+    """A writer's tensors indexed by output unit: (all of them, those a unit's factor multiplies)."""
+    affine = [layer.weight_name, *([layer.bias_name] if layer.bias else [])]
+    if layer.norm is None:
+        return affine, affine
+    n = layer.norm_names()
+    return affine + list(n.values()), [n["weight"], n["bias"]]
+
+
+def _apply(out: Params, group: UnitGroup, perm: Tensor, f: Tensor) -> None:
+    for layer in group.writers:
+        moved, scaled = _rows(layer)
+        for name in moved:
+            out[name] = out[name][perm]
+        for name in scaled:
+            out[name] = out[name] * f.to(out[name].dtype).reshape(-1, *[1] * (out[name].dim() - 1))
+    for layer in group.readers:
+        w = out[layer.weight_name][:, _column_index(layer, perm)]
+        out[layer.weight_name] = w / _column_factor(layer, f).to(w.dtype).reshape(1, -1, *[1] * (w.dim() - 2))
+
+
 def transform(spec: ArchSpec, params: Params, perms: list[Tensor] | None = None,
               factors: list[Tensor] | None = None) -> Params:
-    """Apply per-layer unit permutations and factors (scales, signs); the function is unchanged.
+    """Apply per-group unit permutations and factors (scales, signs); the function is unchanged.
 
-    ``perms[i]`` and ``factors[i]`` act on the hidden units of layer i (``None`` entries = identity).
-    The new unit j of layer i is the old unit ``perms[i][j]``, then multiplied by ``factors[i][j]``.
+    ``perms[i]`` and ``factors[i]`` act on the units of group i of ``unit_groups`` (``None`` entries =
+    identity). The new unit j is the old unit ``perms[i][j]``, then multiplied by ``factors[i][j]``.
     Raises ``PeaceError`` if a factor is not a symmetry of the activation.
     """
-    sizes = hidden_sizes(spec)
-    perms = list(perms) if perms is not None else [None] * len(sizes)
-    factors = list(factors) if factors is not None else [None] * len(sizes)
-    if len(perms) != len(sizes) or len(factors) != len(sizes):
-        raise PeaceError(f"{spec.describe()} has {len(sizes)} hidden layers; got {len(perms)} permutations "
+    groups = unit_groups(spec)
+    n = len(groups)
+    perms = list(perms) if perms is not None else [None] * n
+    factors = list(factors) if factors is not None else [None] * n
+    if len(perms) != n or len(factors) != n:
+        raise PeaceError(f"{spec.describe()} has {n} groups of hidden units; got {len(perms)} permutations "
                          f"and {len(factors)} factor vectors")
     ok = allowed(spec)
     for i, f in enumerate(factors):
@@ -78,20 +141,13 @@ def transform(spec: ArchSpec, params: Params, perms: list[Tensor] | None = None,
             raise PeaceError(f"sign flips need an odd activation ({', '.join(ODD)}) and no max pooling; "
                              f"this model has {why}")
         if (f == 0).any() or not torch.isfinite(f).all():
-            raise PeaceError(f"factors of layer {i} must be finite and non-zero")
+            raise PeaceError(f"factors of group {i} must be finite and non-zero")
     out = {k: v.clone() for k, v in params.items()}
-    for i, (n, perm, f) in enumerate(zip(sizes, perms, factors)):
-        layer, nxt = spec.layers[i], spec.layers[i + 1]
-        perm = torch.arange(n) if perm is None else perm.long()
-        if sorted(perm.tolist()) != list(range(n)):
-            raise PeaceError(f"perms[{i}] is not a permutation of range({n})")
-        f = torch.ones(n) if f is None else f.to(out[layer.weight_name].dtype)
-        w = out[layer.weight_name][perm]
-        out[layer.weight_name] = w * f.reshape(-1, *[1] * (w.dim() - 1))
-        if layer.bias:
-            out[layer.bias_name] = out[layer.bias_name][perm] * f
-        wn = out[nxt.weight_name][:, _column_index(nxt, perm)]
-        out[nxt.weight_name] = wn / _column_factor(nxt, f).reshape(1, -1, *[1] * (wn.dim() - 2))
+    for i, (g, perm, f) in enumerate(zip(groups, perms, factors)):
+        perm = torch.arange(g.size) if perm is None else perm.long()
+        if sorted(perm.tolist()) != list(range(g.size)):
+            raise PeaceError(f"perms[{i}] is not a permutation of range({g.size})")
+        _apply(out, g, perm, torch.ones(g.size) if f is None else f)
     return out
 
 
@@ -124,29 +180,42 @@ def random_symmetry(spec: ArchSpec, params: Params, seed: int, kind: RandomSymme
     return transform(spec, params, perms, factors)
 
 
-def _incoming(spec: ArchSpec, params: Params, i: int) -> Tensor:
-    """(units, fan_in [+1]) incoming weights (and bias) of layer i's units."""
-    layer = spec.layers[i]
-    w = params[layer.weight_name].reshape(layer.out_features, -1)
-    return torch.cat([w, params[layer.bias_name].unsqueeze(1)], 1) if layer.bias else w
+def _incoming(params: Params, group: UnitGroup, settled: set[int]) -> Tensor:
+    """(units, values) that a unit's factor multiplies, from the writers whose inputs are settled
+    (the network's input, or groups already canonical): for a writer followed by a BatchNorm, the
+    BatchNorm's scale and shift; otherwise its incoming weights and bias."""
+    parts = []
+    for layer in group.writers:
+        if layer.norm is None and layer.src not in settled:
+            continue
+        parts += [params[name].reshape(group.size, -1) for name in _rows(layer)[1]]
+    return torch.cat(parts, 1) if parts else torch.zeros(group.size, 0)
 
 
 def canonicalize(spec: ArchSpec, params: Params) -> Params:
     """The representative of the model's scaling / sign orbit; the function is unchanged.
 
-    Scaling (relu family): every hidden unit's incoming weights (with bias) get unit norm, the scale
-    pushed forward, layer by layer. Signs (odd activations): the incoming entry of largest magnitude
-    is made positive. A dead unit (all-zero incoming weights and bias) outputs act(0) = 0 whatever
-    its outgoing weights are, so its outgoing weights are set to zero: otherwise scaling or flipping
-    it would change them freely. Permutations are not removed:
-    canonicalize(transform(m)) equals canonicalize(m) up to a permutation of hidden units.
+    Groups are settled in order. Scaling (relu family): every unit's incoming values (``_incoming``:
+    weights and bias, or its BatchNorm's scale and shift) get unit norm, the scale pushed into its
+    readers. Signs (odd activations): the incoming entry of largest magnitude is made positive. Only
+    writers reading settled tensors count, so a unit's values no longer depend on the other groups'
+    factors (a residual stream is settled by its stem and shortcut projections, whose inputs come
+    first). A dead unit (no residual input, all-zero incoming values) outputs act(0) = 0 whatever its
+    outgoing weights are, so those are set to zero: otherwise scaling or flipping it would change them
+    freely. Permutations are not removed: canonicalize(transform(m)) equals canonicalize(m) up to a
+    permutation of hidden units. One case has no canonical form here: a residual-stream unit of a
+    network without BatchNorm whose settled writers (stem, shortcut projection) give it all-zero
+    weights and bias; its scale and sign are left as they are.
     """
     ok = allowed(spec)
-    sizes = hidden_sizes(spec)
     out = {k: v.clone() for k, v in params.items()}
-    for i, n in enumerate(sizes):
-        inc = _incoming(spec, out, i)
-        f = torch.ones(n, dtype=inc.dtype)
+    settled = {0}
+    for g in unit_groups(spec):
+        inc = _incoming(out, g, settled)
+        if (ok["scale"] or ok["flip"]) and inc.shape[1] == 0:
+            raise PeaceError(f"{spec.describe()}: the units of tensors {list(g.tensors)} are written only by layers "
+                             f"reading unsettled units; PEACE has no canonical form for this network's scaling")
+        f = torch.ones(g.size, dtype=inc.dtype)
         if ok["scale"]:
             norm = inc.norm(dim=1)
             f = torch.where(norm > 0, 1.0 / norm, torch.ones_like(norm))
@@ -154,9 +223,11 @@ def canonicalize(spec: ArchSpec, params: Params) -> Params:
             top = inc.gather(1, inc.abs().argmax(1, keepdim=True)).squeeze(1)
             f = f * torch.where(top < 0, -1.0, 1.0)
         if ok["scale"] or ok["flip"]:
-            out = transform(spec, out, None, [f if j == i else None for j in range(len(sizes))])
-        dead = (inc == 0).all(1)
-        if dead.any() and float(ACTIVATIONS[spec.activation](torch.zeros(1))) == 0.0:
-            nxt = spec.layers[i + 1]
-            out[nxt.weight_name][:, _column_index(nxt, torch.nonzero(dead).flatten())] = 0.0
+            _apply(out, g, torch.arange(g.size), f)
+        if len(g.tensors) == 1 and float(ACTIVATIONS[spec.activation](torch.zeros(1))) == 0.0:
+            full = torch.cat([out[n].reshape(g.size, -1) for m in g.writers for n in _rows(m)[1]], 1)
+            dead = torch.nonzero((full == 0).all(1)).flatten()
+            for m in g.readers:
+                out[m.weight_name][:, _column_index(m, dead)] = 0.0
+        settled.update(g.tensors)
     return out

@@ -29,10 +29,10 @@ import pandas as pd
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import safe_open, save_file
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .architectures import ArchSpec, PeaceNet, stack_params
+from .architectures import ArchSpec, build_module, load_weights, stack_params
 from .atomic import LOCK_NAME, atomic_path, locked, sha256_file, write_json
 from .errors import PeaceError
 from .paths import contained
@@ -284,10 +284,8 @@ class Zoo:
                 problems.append(str(e))
         return problems
 
-    def model(self, model_id: str) -> PeaceNet:
-        net = PeaceNet(self.spec(model_id))
-        net.load_state_dict(self.weights(model_id))
-        return net.eval()
+    def model(self, model_id: str) -> nn.Module:
+        return load_weights(build_module(self.spec(model_id)), self.weights(model_id)).eval()
 
     @cached_property
     def summary(self) -> pd.DataFrame:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from peace.architectures import ArchSpec, PeaceNet
+from peace.architectures import ArchSpec, build_module
 from peace.tasks import load_task
 
 os.environ.setdefault("DGLBACKEND", "pytorch")
@@ -22,21 +22,31 @@ MODELS = [  # (task, spec kwargs)
     ("mnist1d", dict(family="cnn1d", hidden=(4,), fc_hidden=(5,), activation="identity", pool="none")),
     ("digits", dict(family="mlp", hidden=(9,), activation="gelu")),
     ("digits", dict(family="mlp", hidden=(9,), activation="sigmoid")),
+    ("digits", dict(family="resnet", hidden=(3, 4), blocks=(2, 1), norm="batch", bias=False, activation="relu")),
+    ("digits", dict(family="resnet", hidden=(3,), blocks=(2,), norm="none", activation="tanh")),
+    ("digits", dict(family="resnet", hidden=(2, 3), blocks=(1, 1), norm="batch", activation="leaky_relu",
+                    stem_pool="max")),
 ]
 
 
 def random_model(task_name, kw, seed=0):
-    """(task, spec, params) with non-trivial biases and one dead unit."""
+    """(task, spec, params) with non-trivial biases (and BatchNorm statistics) and one dead unit."""
     task = load_task(task_name)
     spec = ArchSpec(input_shape=task.input_shape, n_classes=task.n_classes, **kw)
     torch.manual_seed(seed)
-    net = PeaceNet(spec)
+    net = build_module(spec)
     for p in net.parameters():  # non-trivial biases and a dead unit
         torch.nn.init.normal_(p, std=0.5)
-    params = {k: v.detach().clone() for k, v in net.state_dict().items()}
-    params[spec.layers[0].weight_name][0] = 0.0
-    if spec.layers[0].bias:
-        params[spec.layers[0].bias_name][0] = 0.0
+    params = {k: v.detach().clone() for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
+    for k in params:
+        if k.endswith("running_mean"):
+            params[k] = 0.5 * torch.randn(params[k].shape)
+        elif k.endswith("running_var"):
+            params[k] = 0.5 + torch.rand(params[k].shape)
+    dead = spec.layers[1 if spec.residuals else 0]  # a unit without a residual input (a ResNet's block-inner one)
+    params[dead.weight_name][0] = 0.0
+    if dead.bias:
+        params[dead.bias_name][0] = 0.0
     return task, spec, params
 
 

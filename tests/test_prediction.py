@@ -51,12 +51,16 @@ def test_fit_nfn_learns_a_property_of_the_weights():
     assert np.corrcoef(pred, y[130:])[0, 1] > 0.9
 
 
-def test_accuracy_study_compares_nfn_with_probes_on_one_architecture(tiny_run, tiny_zoo):
-    from peace.baselines import RawWeights, WeightStats
-    from peace.evaluate import split_models
+def test_accuracy_study_compares_nfn_with_probes_on_one_architecture(tiny_zoo):
+    from peace.baselines import Models, RawWeights, WeightStats
     from peace.prediction import accuracy_study
 
-    train, val, test = split_models(tiny_run.path, tiny_zoo, ("train", "val", "test"))
+    m = tiny_zoo.manifest
+    mlp = m[(m["family"] == "mlp") & (m["status"] == "ok")]
+    rows = mlp[mlp["arch"] == mlp.groupby("arch").size().idxmax()]
+    lineages = sorted(rows["lineage_id"].unique())  # split by lineage, as runs do, and deterministically
+    train, val, test = (Models.from_zoo(tiny_zoo, list(rows.loc[rows["lineage_id"].isin(lineages[i::3]), "model_id"]))
+                        for i in range(3))
     methods = [RawWeights().fit(train), WeightStats().fit(train)]
     out = accuracy_study(train, val, test, methods, config=PredictorConfig(channels=4, layers=1, head=8, epochs=2),
                          min_models=3, extra={"constant": lambda m: np.full(len(m), 0.5)})

@@ -17,8 +17,8 @@ from peace.zoo import Zoo, build_zoo
 
 def test_tiny_zoo_manifest(tiny_zoo):
     m = tiny_zoo.manifest
-    assert m["model_id"].is_unique and len(m) == 62
-    assert set(m["family"]) == {"mlp", "cnn1d", "cnn2d"}
+    assert m["model_id"].is_unique and len(m) == 66
+    assert set(m["family"]) == {"mlp", "cnn1d", "cnn2d", "resnet"}
     required = {"model_id", "run_id", "task", "dataset", "family", "arch_spec", "seed", "init", "lr", "weight_decay",
                 "dropout", "optimizer", "epoch", "train_loss", "val_acc", "test_acc", "gen_gap", "test_f1_per_class",
                 "status", "parent_id", "shard", "checksum"}
@@ -30,11 +30,13 @@ def test_tiny_zoo_manifest(tiny_zoo):
     assert (children["lineage_id"].values == parents["lineage_id"].values).all()
 
 
-def test_lazy_weights_load_into_a_module(tiny_zoo):
-    row = tiny_zoo.manifest.query("family == 'cnn2d'").iloc[-1]
+@pytest.mark.parametrize("family", ["cnn2d", "resnet"])
+def test_lazy_weights_load_into_a_module(tiny_zoo, family):
+    row = tiny_zoo.manifest.query(f"family == '{family}'").iloc[-1]
     net = tiny_zoo.model(row["model_id"])
     task = tiny_zoo.task(row["model_id"])
-    acc = (net(torch.from_numpy(task.X_test)).argmax(1).numpy() == task.y_test).mean()
+    with torch.no_grad():
+        acc = (net(torch.from_numpy(task.X_test).reshape(-1, *task.input_shape)).argmax(1).numpy() == task.y_test).mean()
     assert acc == pytest.approx(row["test_acc"], abs=1e-6)
 
 
@@ -105,7 +107,7 @@ def test_killed_build_resumes_to_the_same_zoo(tiny_zoo, tmp_path):
 
 def test_cli_info_and_help(tiny_zoo):
     out = run_peace("zoo", "info", tiny_zoo.path).stdout
-    assert "62 checkpoints of 24 runs" in out and "digits-rot90" in out
+    assert "66 checkpoints of 26 runs" in out and "digits-rot90" in out
     assert "--resume" in run_peace("zoo", "build", "--help").stdout
     bad = run_peace("zoo", "build", "--preset", "nope", "--out", "x", check=False)
     assert bad.returncode == 2 and "unknown preset 'nope'" in bad.stderr and "Traceback" not in bad.stderr
