@@ -19,7 +19,7 @@ from peace.ablation import best_per_metric, compare
 from peace.errors import PeaceError
 from peace.explore import Explorer, filter_table, find_ablation_summaries, find_embedding_sets
 from peace.plots import ablation_bars, weight_heatmaps
-from peace.symmetry import allowed
+from peace.symmetry import allowed, group_labels
 
 ROOT = Path(os.environ.get("PEACE_ARTIFACTS", Path(__file__).resolve().parents[1] / "artifacts"))
 PAGES = ["Map", "Neighbours", "Interpolation", "Ablations", "Symmetry lab", "Query your model"]
@@ -184,7 +184,12 @@ def page_symmetry(ex: Explorer) -> None:
     flip = c3.checkbox("Sign flips", ok["flip"], disabled=not ok["flip"],
                        help=None if ok["flip"] else f"{spec.activation} is not odd")
     seed = c4.number_input("Seed", 0, 10_000, 0)
-    res = ex.symmetry_lab(mid, permute, scale and ok["scale"], flip and ok["flip"], int(seed))
+    labels = group_labels(spec)
+    which = st.selectbox("Units to transform", ["every group"] + labels,
+                         help="hidden units that must move together: a layer's units, or a residual stream (the "
+                              "stem and every block output an identity shortcut adds into share one permutation)")
+    groups = None if which == "every group" else (labels.index(which),)
+    res = ex.symmetry_lab(mid, permute, scale and ok["scale"], flip and ok["flip"], int(seed), groups)
     m1, m2, m3, m4 = st.columns(4)
     m1.metric("Max output change", f"{res['max_output_change']:.2e}")
     m2.metric("Raw-weight cosine distance", f"{res['raw']:.4f}")

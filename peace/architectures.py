@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -36,10 +36,10 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
 }
 FAMILIES = ("mlp", "cnn1d", "cnn2d", "resnet")
 POOLS = ("avg", "max", "none")
-NORMS = ("none", "batch")
-BN_EPS, BN_MOMENTUM = 1e-5, 0.1  # torch's BatchNorm defaults
+NORMS = ("none", "batch", "layer")
+BN_EPS, BN_MOMENTUM, LN_EPS = 1e-5, 0.1, 1e-5  # torch's BatchNorm and LayerNorm defaults
 NORM_STATS = ("running_mean", "running_var")  # BatchNorm buffers: moved with their channels, never trained
-RESNET_KEYS = ("blocks", "norm", "stem_kernel", "stem_stride", "stem_pool")  # fields only residual CNNs use
+RESNET_KEYS = ("blocks", "stem_kernel", "stem_stride", "stem_pool")  # fields only residual CNNs use
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,9 @@ class Layer:
     ``flatten_from`` is set on the first linear layer after convolutions: the (channels, *spatial)
     shape that was flattened into its inputs, so channel c owns a contiguous block of columns.
     ``src`` / ``dst``: the activation tensors it reads and writes (chains: index and index + 1).
-    ``norm``: the name prefix of the BatchNorm applied to its output, if any.
+    ``norm``: the name prefix of the normalization applied to its output, if any; ``norm_kind``: "batch"
+    (BatchNorm: per channel over the batch, running statistics) or "layer" (LayerNorm over the
+    channels of each sample and position, as ConvNeXt's channels-first LayerNorm for convolutions).
     """
 
     index: int
@@ -64,6 +66,7 @@ class Layer:
     src: int = -1
     dst: int = -1
     norm: str | None = None
+    norm_kind: str = "batch"
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -83,7 +86,9 @@ class Layer:
 
     def norm_names(self) -> dict[str, str]:
         """Leaf -> full name of its BatchNorm's tensors (empty without one)."""
-        return {} if self.norm is None else {k: f"{self.norm}.{k}" for k in ("weight", "bias", *NORM_STATS)}
+        if self.norm is None:
+            return {}
+        return {k: f"{self.norm}.{k}" for k in ("weight", "bias", *(NORM_STATS if self.norm_kind == "batch" else ()))}
 
     @property
     def weight_shape(self) -> tuple[int, ...]:
@@ -104,7 +109,8 @@ class ArchSpec:
 
     ``hidden`` holds the MLP's hidden widths, the CNN's conv channels, or a ResNet's stage widths;
     ``fc_hidden`` holds a CNN's hidden linear widths after the flatten. ``input_shape`` is one
-    sample's shape. ResNets only: ``blocks`` per stage, ``norm`` ("batch" or "none"), and the stem
+    sample's shape. ``norm``: "none", "batch" (BatchNorm) or, for MLPs and CNNs, "layer" (LayerNorm)
+    after every hidden layer, before its activation. ResNets only: ``blocks`` per stage, and the stem
     (``stem_kernel``, ``stem_stride``, ``stem_pool`` "max" for torchvision's 3x3/2 max pool).
     """
 
@@ -154,6 +160,8 @@ class ArchSpec:
                 raise PeaceError(f"{', '.join(extra)} {'is' if len(extra) == 1 else 'are'} for family 'resnet' only "
                                  f"(a {self.family} got {', '.join(f'{k}={getattr(self, k)!r}' for k in extra)})")
             layers = self._build_layers()
+            if self.norm != "none":  # a normalization after every hidden layer, before its activation
+                layers = tuple(replace(m, norm=f"norms.{m.index}", norm_kind=self.norm) for m in layers[:-1]) + layers[-1:]
             sizes, residuals = (layers[0].in_features, *(layer.out_features for layer in layers)), ()
         object.__setattr__(self, "layers", layers)
         object.__setattr__(self, "tensor_sizes", tuple(sizes))
@@ -212,11 +220,11 @@ class ArchSpec:
         return len(self.layers)
 
     def to_dict(self) -> dict[str, Any]:
-        """The constructor's arguments; a chain's leaves out the ResNet-only keys (so specs, run ids and
-        manifests written before ResNets existed stay the same)."""
+        """The constructor's arguments; a chain's leaves out the ResNet-only keys and ``norm`` when it has
+        none (so specs, run ids and manifests written before these keys existed stay the same)."""
         d = {f: getattr(self, f) for f in self.__dataclass_fields__ if self.__dataclass_fields__[f].init}
         if self.family != "resnet":
-            for k in RESNET_KEYS:
+            for k in (*RESNET_KEYS, *(["norm"] if self.norm == "none" else [])):
                 d.pop(k)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
@@ -234,11 +242,11 @@ class ArchSpec:
             s = "-".join(str(w) for w in [self.layers[0].in_features, *self.hidden, self.n_classes])
         elif self.family == "resnet":
             s = "c" + "-".join(map(str, self.hidden)) + "/b" + "-".join(map(str, self.blocks))
-            s += f"/k{self.kernel_size}" + ("/bn" if self.norm == "batch" else "")
+            s += f"/k{self.kernel_size}"
         else:
             s = "c" + "-".join(map(str, self.hidden)) + ("/" + "-".join(map(str, self.fc_hidden)) if self.fc_hidden else "")
             s += f"/k{self.kernel_size}/{self.pool}"
-        return f"{self.family} {s} {self.activation}" + ("" if self.bias else " nobias")
+        return f"{self.family} {s} {self.activation}" + ("" if self.bias else " nobias") + {"none": "", "batch": " bn", "layer": " ln"}[self.norm]
 
 
 # --- forward ------------------------------------------------------------------------------------
@@ -261,12 +269,16 @@ def conv(h: Tensor, w: Tensor, b: Tensor | None, stride: int = 1, padding: int |
     return out.reshape(B, P, w.shape[1], *out.shape[2:]).transpose(0, 1)
 
 
-def batch_norm(h: Tensor, params: dict[str, Tensor], layer: Layer, train: bool) -> Tensor:
-    """The BatchNorm after ``layer`` on h (P, B, C, *spatial), per model. Training normalizes with the
-    batch's statistics and updates the running ones in place (momentum, unbiased variance: torch's
-    rule); evaluation uses the running ones."""
+def normalize(h: Tensor, params: dict[str, Tensor], layer: Layer, train: bool) -> Tensor:
+    """The normalization after ``layer`` on h (P, B, C, *spatial), per model. BatchNorm: training
+    normalizes with the batch's statistics and updates the running ones in place (momentum,
+    unbiased variance: torch's rule), evaluation uses the running ones. LayerNorm: over the channels
+    of each sample and position."""
     n = layer.norm_names()
     shape = (h.shape[0], 1, h.shape[2], *[1] * (h.dim() - 3))
+    if layer.norm_kind == "layer":
+        mean, var = h.mean(2, keepdim=True), h.var(2, unbiased=False, keepdim=True)
+        return (h - mean) * torch.rsqrt(var + LN_EPS) * params[n["weight"]].reshape(shape) + params[n["bias"]].reshape(shape)
     if train:
         dims = [1, *range(3, h.dim())]
         mean, var = h.mean(dims), h.var(dims, unbiased=False)
@@ -291,6 +303,30 @@ def fold_batchnorm(w: Tensor, b: Tensor | None, bn: dict[str, Tensor], eps: floa
     scale = gamma / torch.sqrt(var + eps)
     bias = (b if b is not None else torch.zeros_like(mean)) - mean
     return w * scale.reshape(-1, *[1] * (w.dim() - 1)), bias * scale + beta
+
+
+def folded_spec(spec: ArchSpec) -> ArchSpec:
+    """The same architecture without BatchNorm and with biases: what ``fold_norms`` returns (a
+    LayerNorm, which depends on each sample, stays)."""
+    if spec.norm != "batch":
+        return spec
+    return ArchSpec.from_dict({**spec.to_dict(), "norm": "none", "bias": True})
+
+
+def fold_norms(spec: ArchSpec, params: dict[str, Tensor]) -> tuple[ArchSpec, dict[str, Tensor]]:
+    """The eval-mode function with every BatchNorm folded into the layer before it: the network PEACE
+    graphs (``fold_batchnorm``). A spec without BatchNorm is returned as it is."""
+    if spec.norm != "batch":
+        return spec, params
+    out: dict[str, Tensor] = {}
+    for layer in spec.layers:
+        w = params[layer.weight_name]
+        b = params[layer.bias_name] if layer.bias else torch.zeros(layer.out_features, dtype=w.dtype)
+        if layer.norm:
+            w, b = fold_batchnorm(w, b, {leaf: params[name] for leaf, name in layer.norm_names().items()}, BN_EPS,
+                                  layer.norm)
+        out[layer.weight_name], out[layer.bias_name] = w, b
+    return folded_spec(spec), out
 
 
 def forward(spec: ArchSpec, params: dict[str, Tensor], x: Tensor,
@@ -323,6 +359,8 @@ def forward(spec: ArchSpec, params: dict[str, Tensor], x: Tensor,
             h = torch.bmm(h, w.transpose(1, 2)) if b is None else torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
         else:
             h = conv(h, w, b)
+        if layer.norm:
+            h = normalize(h, params, layer, train)
         if layer.index < n - 1:
             h = act(h)
             if layer.kind != "linear":
@@ -348,6 +386,12 @@ class PeaceNet(nn.Module):
                 mods.append(conv(layer.in_features, layer.out_features, layer.kernel[0],
                                  padding=layer.kernel[0] // 2, bias=layer.bias))
         self.layers = nn.ModuleList(mods)
+        if spec.norm == "batch":
+            bn = {"linear": nn.BatchNorm1d, "conv1d": nn.BatchNorm1d, "conv2d": nn.BatchNorm2d}
+            self.norms = nn.ModuleList(bn[m.kind](m.out_features, eps=BN_EPS, momentum=BN_MOMENTUM)
+                                       for m in spec.layers[:-1])
+        elif spec.norm == "layer":
+            self.norms = nn.ModuleList(ChannelLayerNorm(m.out_features) for m in spec.layers[:-1])
 
     def forward(self, x: Tensor, dropout_masks: Sequence[Tensor | None] | None = None) -> Tensor:
         act = ACTIVATIONS[self.spec.activation]
@@ -356,6 +400,8 @@ class PeaceNet(nn.Module):
             if layer.kind == "linear":
                 x = x.flatten(1)
             x = mod(x)
+            if layer.norm:
+                x = self.norms[layer.index](x)
             if layer.index < n - 1:
                 x = act(x)
                 if layer.kind != "linear":
@@ -363,6 +409,16 @@ class PeaceNet(nn.Module):
                 if dropout_masks is not None and dropout_masks[layer.index] is not None:
                     x = x * dropout_masks[layer.index]
         return x
+
+
+class ChannelLayerNorm(nn.LayerNorm):
+    """LayerNorm over dimension 1 (channels), at every position of (B, C, *spatial) inputs."""
+
+    def __init__(self, channels: int):
+        super().__init__(channels, eps=LN_EPS)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.movedim(1, -1)).movedim(-1, 1)
 
 
 def build_module(spec: ArchSpec) -> nn.Module:

@@ -28,6 +28,7 @@ from .errors import PeaceError, unknown
 from .graph import (
     EDGE_KINDS,
     NODE_DIM,
+    NORM_FEATURES,
     GraphBatch,
     NeuralGraph,
     batch_graphs,
@@ -99,6 +100,20 @@ class EncoderConfig:
         if self.hidden % self.heads:
             raise PeaceError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
         self.aux_targets = list(self.aux_targets)
+
+
+ENCODER_FORMAT = 2  # 2: node features gained the LayerNorm slots (graph.NORM_FEATURES)
+
+
+def upgrade_state(state: dict[str, Tensor], format_version: int) -> dict[str, Tensor]:
+    """An encoder state saved in an older format, made loadable. Format 1 had no LayerNorm node
+    features: zero input weights for them leave its embeddings exactly as they were."""
+    w = state.get("node_in.weight")
+    old = NODE_DIM - len(NORM_FEATURES)
+    if format_version < 2 and w is not None and w.shape[1] == old + 2 * _POS_FREQS + 1:
+        state = {**state, "node_in.weight": torch.cat([w[:, :old], w.new_zeros(w.shape[0], len(NORM_FEATURES)),
+                                                       w[:, old:]], 1)}
+    return state
 
 
 def dgl_available() -> bool:

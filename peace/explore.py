@@ -163,11 +163,12 @@ class Explorer:
         hits = self.es.query(vector, k)
         return hits[["umap_2d_x", "umap_2d_y"]].to_numpy().mean(0)
 
-    def symmetry_lab(self, model_id: str, permute: bool, scale: bool, flip: bool, seed: int) -> dict:
-        """A random symmetry transform of a model: output change, and how far raw weights, s(W) and
-        PEACE say it moved (cosine distances)."""
+    def symmetry_lab(self, model_id: str, permute: bool, scale: bool, flip: bool, seed: int,
+                     groups: tuple[int, ...] | None = None) -> dict:
+        """A random symmetry transform of a model (of the unit groups ``groups``, default all): output
+        change, and how far raw weights, s(W) and PEACE say it moved (cosine distances)."""
         spec, p = self.zoo.spec(model_id), self._all.params[self.es.row_of[model_id]]
-        q = random_symmetry(spec, p, seed, RandomSymmetry(permute=permute, scale=scale, flip=flip))
+        q = random_symmetry(spec, p, seed, RandomSymmetry(permute=permute, scale=scale, flip=flip, groups=groups))
         X = probe_inputs(spec.input_shape).float()
         both = stack_params([p, q])
         out = forward(spec, both, X)

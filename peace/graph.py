@@ -6,13 +6,16 @@ node shared by the layers that write it and the layers that read it, so relabell
 exactly the network's permutation symmetry. Input and output nodes keep their identity
 (``node_pos``: their index; -1 for hidden nodes).
 
-Residual networks, in the spirit of Kofinas et al. (ICLR 2024): a BatchNorm is folded into the conv
-before it (the eval-mode function: ``resnet.fold_norms``), and an identity shortcut ``x -> x + f(x)``
+In the spirit of Kofinas et al. (ICLR 2024): a BatchNorm is folded into the layer before it (the
+eval-mode function: ``architectures.fold_norms``), and a ResNet's identity shortcut ``x -> x + f(x)``
 is what it computes, a 1x1 convolution with weight 1 from each input channel to the same output
 channel: one edge per channel carrying 1.0 (``edge_layer`` -1, since no weight layer holds it).
 A node's bias is the sum of the biases its writers add (conv2's and the shortcut projection's).
 
-Node features: ``[bias, depth / n_layers, role one-hot (input, hidden, output), activation one-hot]``.
+Node features: ``[bias, depth / n_layers, role one-hot (input, hidden, output), activation one-hot,
+LayerNorm scale, LayerNorm shift, LayerNorm flag]``: a LayerNorm (which depends on each sample, so
+it cannot be folded) normalizes its layer's outputs jointly; its per-unit scale and shift live on the
+units' nodes, the flag says which nodes it normalizes together.
 Edge features: ``[weight values zero-padded to edge_dim, kind one-hot (linear, conv1d, conv2d, flatten)]``.
 A conv kernel is one edge carrying its k (or k x k) values; at a conv -> linear flatten, the block of
 columns that one channel feeds to one output is one edge carrying that block.
@@ -30,14 +33,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .architectures import ACTIVATIONS, ArchSpec, check_params
+from .architectures import ACTIVATIONS, ArchSpec, check_params, fold_norms, folded_spec
 from .errors import PeaceError
-from .resnet import fold_norms, folded_spec
 
 ROLES = ("input", "hidden", "output")
 EDGE_KINDS = ("linear", "conv1d", "conv2d", "flatten")
 ACTIVATION_NAMES = tuple(ACTIVATIONS)
-NODE_DIM = 2 + len(ROLES) + len(ACTIVATION_NAMES)
+NORM_FEATURES = ("norm_scale", "norm_shift", "layer_norm")
+NODE_DIM = 2 + len(ROLES) + len(ACTIVATION_NAMES) + len(NORM_FEATURES)
 DEFAULT_EDGE_DIM = 25  # a 5x5 kernel, or a flatten block of 25 positions
 
 
@@ -127,9 +130,16 @@ def neural_graph(spec: ArchSpec, params: dict[str, Tensor], edge_dim: int = DEFA
         f[:, edge_dim + EDGE_KINDS.index(kind)] = 1.0
         src.append(s), dst.append(d), feats.append(f), elayer.append(torch.full((len(s),), layer, dtype=torch.long))
 
+    ln = NODE_DIM - len(NORM_FEATURES)
     for i, layer in enumerate(spec.layers):
+        nodes = slice(offsets[layer.dst], offsets[layer.dst + 1])
         if layer.bias:
-            node_feat[offsets[layer.dst]:offsets[layer.dst + 1], 0] += params[layer.bias_name].float()
+            node_feat[nodes, 0] += params[layer.bias_name].float()
+        if layer.norm:  # a LayerNorm (BatchNorms are folded by now)
+            n = layer.norm_names()
+            node_feat[nodes, ln] = params[n["weight"]].float()
+            node_feat[nodes, ln + 1] = params[n["bias"]].float()
+            node_feat[nodes, ln + 2] = 1.0
         vals, kind = _layer_edges(layer, params[layer.weight_name].float())
         n_out, n_in, k = vals.shape
         if k > edge_dim:
@@ -153,9 +163,9 @@ def neural_graph(spec: ArchSpec, params: dict[str, Tensor], edge_dim: int = DEFA
 
 def graph_to_params(spec: ArchSpec, g: NeuralGraph) -> dict[str, Tensor]:
     """The state dict a neural graph encodes (exact inverse of ``neural_graph``). For a network with
-    BatchNorm these are the weights of its folded form (``resnet.folded_spec(spec)``); a tensor
+    BatchNorm these are the weights of its folded form (``architectures.folded_spec(spec)``); a tensor
     written by two layers (conv2 and a shortcut projection) gives its summed bias to the first."""
-    if spec.family == "resnet":
+    if spec.norm != "none":
         spec = folded_spec(spec)
     params, seen = {}, set()
     for i, layer in enumerate(spec.layers):
@@ -169,6 +179,10 @@ def graph_to_params(spec: ArchSpec, g: NeuralGraph) -> dict[str, Tensor]:
             bias = g.node_feat[g.node_layer == layer.dst, 0]
             params[layer.bias_name] = bias.clone() if first else torch.zeros_like(bias)
             seen.add(layer.dst)
+        if layer.norm:
+            feats = g.node_feat[g.node_layer == layer.dst]
+            n, ln = layer.norm_names(), NODE_DIM - len(NORM_FEATURES)
+            params[n["weight"]], params[n["bias"]] = feats[:, ln].clone(), feats[:, ln + 1].clone()
     return params
 
 

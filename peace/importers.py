@@ -423,6 +423,10 @@ def _resnet(tensors: dict[str, Tensor], config: dict, source: str, limits: Limit
     if "input_shape" not in config:
         raise PeaceError(f"{source}: a ResNet's input size is not in its weights; give it in the model config "
                          f"(config.json or --input-shape), e.g. [{stem.shape[1]}, 224, 224] for an ImageNet model")
+    shape = config["input_shape"]
+    if not isinstance(shape, (list, tuple)) or len(shape) != 3 or shape[0] != stem.shape[1]:
+        raise PeaceError(f"{source}: input_shape {shape!r} does not fit conv1, which reads {stem.shape[1]} channels: "
+                         f"give (channels, height, width), e.g. [{stem.shape[1]}, 224, 224]")
     block_kernel = tensors.get("layer1.0.conv1.weight", stem).shape[-1]
     inferred: dict[str, Any] = {
         "family": "resnet", "n_classes": tensors["fc.weight"].shape[0], "activation": "relu",

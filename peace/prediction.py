@@ -56,8 +56,8 @@ class PredictorConfig:
 
 
 def nfn_readable(spec: ArchSpec) -> bool:
-    """NFN layers model MLP weight spaces (two or more layers)."""
-    return spec.family == "mlp" and spec.depth >= 2
+    """NFN layers model MLP weight spaces (two or more layers, no normalization layers)."""
+    return spec.family == "mlp" and spec.depth >= 2 and spec.norm == "none"
 
 
 def _wsfeat(spec: ArchSpec, params: Sequence[dict[str, Tensor]]):

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .architectures import ACTIVATIONS, BN_EPS, BN_MOMENTUM, ArchSpec, Layer, batch_norm, conv, fold_batchnorm
+from .architectures import ACTIVATIONS, BN_EPS, BN_MOMENTUM, ArchSpec, Layer, conv, normalize
 from .errors import PeaceError
 
 STEM_POOLS = ("none", "max")
@@ -39,6 +39,8 @@ def build_layers(spec: ArchSpec) -> tuple[tuple[Layer, ...], list[int], list[tup
     for what, k in (("kernel_size", spec.kernel_size), ("stem_kernel", spec.stem_kernel)):
         if k < 1 or k % 2 == 0:
             raise PeaceError(f"{what} must be odd and positive, got {k}")
+    if spec.norm == "layer":
+        raise PeaceError("resnets take norm 'batch' or 'none'; LayerNorm is for MLPs and CNNs here")
     if spec.stem_stride < 1 or spec.stem_pool not in STEM_POOLS or spec.pool != "avg":
         raise PeaceError(f"resnet stems take stem_stride >= 1 and stem_pool in {STEM_POOLS}, and the head is a global "
                          f"average pool (pool='avg'); got stem_stride={spec.stem_stride}, stem_pool={spec.stem_pool!r}, "
@@ -85,7 +87,7 @@ def forward(spec: ArchSpec, params: dict[str, Tensor], x: Tensor, train: bool = 
 
     def apply(layer: Layer, h: Tensor) -> Tensor:
         h = conv(h, params[layer.weight_name], params[layer.bias_name] if layer.bias else None, layer.stride)
-        return batch_norm(h, params, layer, train) if layer.norm else h
+        return normalize(h, params, layer, train) if layer.norm else h
 
     layers = spec.layers
     h = act(apply(layers[0], x))
@@ -152,30 +154,3 @@ class ResNet(nn.Module):
         for s in range(len(self.spec.hidden)):
             x = getattr(self, f"layer{s + 1}")(x)
         return self.fc(x.mean(dim=(2, 3)))
-
-
-# --- BatchNorm folding --------------------------------------------------------------------------
-
-def folded_spec(spec: ArchSpec) -> ArchSpec:
-    """The same architecture without BatchNorm and with biases: what ``fold_norms`` returns."""
-    d = spec.to_dict()
-    d.update(norm="none", bias=True)
-    return ArchSpec.from_dict(d)
-
-
-def fold_norms(spec: ArchSpec, params: dict[str, Tensor]) -> tuple[ArchSpec, dict[str, Tensor]]:
-    """The eval-mode function with every BatchNorm folded into the conv before it (``W * s``,
-    ``(b - mean) * s + beta`` with ``s = gamma / sqrt(var + eps)``): the network PEACE graphs. A spec
-    without BatchNorm is returned as it is (biases added as zeros where it has none)."""
-    if spec.family != "resnet" or (spec.norm == "none" and spec.bias):
-        return spec, params
-    out_spec = folded_spec(spec)
-    out: dict[str, Tensor] = {}
-    for layer in spec.layers:
-        w = params[layer.weight_name]
-        b = params[layer.bias_name] if layer.bias else torch.zeros(layer.out_features, dtype=w.dtype)
-        if layer.norm:
-            w, b = fold_batchnorm(w, b, {leaf: params[name] for leaf, name in layer.norm_names().items()}, BN_EPS,
-                                  layer.norm)
-        out[layer.weight_name], out[layer.bias_name] = w, b
-    return out_spec, out

@@ -159,6 +159,17 @@ class RandomSymmetry:
     scale: bool | None = None
     flip: bool | None = None
     log_scale_std: float = 1.0
+    groups: tuple[int, ...] | None = None  # indices into unit_groups(spec) to transform; None: all of them
+
+
+def group_labels(spec: ArchSpec) -> list[str]:
+    """A readable name for each of ``unit_groups(spec)``, e.g. 'residual stream (conv1, layer1.0.conv2, ...): 8 units'."""
+    out = []
+    for g in unit_groups(spec):
+        writers = ", ".join(m.name for m in g.writers)
+        what = f"residual stream ({writers})" if len(g.tensors) > 1 else f"outputs of {writers}"
+        out.append(f"{what}: {g.size} units")
+    return out
 
 
 def random_symmetry(spec: ArchSpec, params: Params, seed: int, kind: RandomSymmetry = RandomSymmetry()) -> Params:
@@ -167,9 +178,13 @@ def random_symmetry(spec: ArchSpec, params: Params, seed: int, kind: RandomSymme
     ok = allowed(spec)
     scale = ok["scale"] if kind.scale is None else kind.scale
     flip = ok["flip"] if kind.flip is None else kind.flip
+    sizes = hidden_sizes(spec)
+    chosen = set(range(len(sizes)) if kind.groups is None else kind.groups)
+    if not chosen <= set(range(len(sizes))):
+        raise PeaceError(f"{spec.describe()} has {len(sizes)} groups of hidden units; got groups {sorted(chosen)}")
     g = torch.Generator().manual_seed(int(seed))
     perms, factors = [], []
-    for n in hidden_sizes(spec):
+    for i, n in enumerate(sizes):
         perms.append(torch.randperm(n, generator=g) if kind.permute else None)
         f = torch.ones(n)
         if scale:
@@ -177,6 +192,8 @@ def random_symmetry(spec: ArchSpec, params: Params, seed: int, kind: RandomSymme
         if flip:
             f = f * torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
         factors.append(f if (scale or flip) else None)
+        if i not in chosen:
+            perms[-1] = factors[-1] = None
     return transform(spec, params, perms, factors)
 
 
@@ -192,6 +209,14 @@ def _incoming(params: Params, group: UnitGroup, settled: set[int]) -> Tensor:
     return torch.cat(parts, 1) if parts else torch.zeros(group.size, 0)
 
 
+def _center(params: Params, layer: Layer) -> None:
+    """A LayerNorm subtracts the mean over its units, so adding the same input weights (and bias) to
+    every unit of the layer before it changes nothing: the representative has zero mean over units."""
+    params[layer.weight_name] = params[layer.weight_name] - params[layer.weight_name].mean(0, keepdim=True)
+    if layer.bias:
+        params[layer.bias_name] = params[layer.bias_name] - params[layer.bias_name].mean()
+
+
 def canonicalize(spec: ArchSpec, params: Params) -> Params:
     """The representative of the model's scaling / sign orbit; the function is unchanged.
 
@@ -202,7 +227,9 @@ def canonicalize(spec: ArchSpec, params: Params) -> Params:
     factors (a residual stream is settled by its stem and shortcut projections, whose inputs come
     first). A dead unit (no residual input, all-zero incoming values) outputs act(0) = 0 whatever its
     outgoing weights are, so those are set to zero: otherwise scaling or flipping it would change them
-    freely. Permutations are not removed: canonicalize(transform(m)) equals canonicalize(m) up to a
+    freely. Before a LayerNorm, the layer's weights and bias get zero mean over its units (the
+    LayerNorm's own symmetry: it ignores what every unit shares). Permutations are not removed:
+    canonicalize(transform(m)) equals canonicalize(m) up to a
     permutation of hidden units. One case has no canonical form here: a residual-stream unit of a
     network without BatchNorm whose settled writers (stem, shortcut projection) give it all-zero
     weights and bias; its scale and sign are left as they are.
@@ -211,6 +238,9 @@ def canonicalize(spec: ArchSpec, params: Params) -> Params:
     out = {k: v.clone() for k, v in params.items()}
     settled = {0}
     for g in unit_groups(spec):
+        for m in g.writers:
+            if m.norm and m.norm_kind == "layer":
+                _center(out, m)
         inc = _incoming(out, g, settled)
         if (ok["scale"] or ok["flip"]) and inc.shape[1] == 0:
             raise PeaceError(f"{spec.describe()}: the units of tensors {list(g.tensors)} are written only by layers "

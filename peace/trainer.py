@@ -41,7 +41,7 @@ from .contrastive import (
     info_nce,
     relabel_classes,
 )
-from .encoder import Embedder, EncoderConfig, build_encoder
+from .encoder import ENCODER_FORMAT, Embedder, EncoderConfig, build_encoder, upgrade_state
 from .errors import PeaceError, unknown
 from .metrics import retrieval_map
 from .probes import agreement_matrix, io_space
@@ -202,7 +202,7 @@ def _save_encoder(out: Path, encoder: Embedder, cfg: RunConfig, meta: dict) -> N
     with atomic_path(out / "encoder.safetensors") as tmp:
         save_file(state, str(tmp))
     # the checksum pairs the two files: a crash between the writes is detected, not misread
-    write_json(out / "encoder.json", {"format_version": 1, "peace_version": __version__, "config": cfg.to_dict(),
+    write_json(out / "encoder.json", {"format_version": ENCODER_FORMAT, "peace_version": __version__, "config": cfg.to_dict(),
                                       "weights_sha256": sha256_file(out / "encoder.safetensors"), **meta})
 
 
@@ -227,7 +227,7 @@ def load_encoder(run_dir: str | Path, device: str = "cpu", backend: str | None =
         state = load_file(str(weights))
     except (SafetensorError, OSError) as e:
         raise PeaceError(f"{weights} is damaged ({e}); retrain or restore it") from None
-    encoder.load_state_dict(state)
+    encoder.load_state_dict(upgrade_state(state, int(meta.get("format_version", 1))))
     encoder.meta = meta
     return encoder.to(resolve_device(device)).eval()
 
@@ -311,6 +311,11 @@ def fit(zoo: Zoo | str | Path, config: RunConfig, out: str | Path, device: str =
     best, bad, start_epoch = -math.inf, 0, 1
     ckpt = _load_checkpoint(out / "checkpoint.pt") if resume else None
     if ckpt is not None:
+        saved = ckpt["model"].get("node_in.weight")
+        if saved is not None and saved.shape != encoder.state_dict()["node_in.weight"].shape:
+            raise PeaceError(f"{out / 'checkpoint.pt'} was written by an older PEACE (encoder format 1, before LayerNorm "
+                             f"node features); finish that run with the PEACE that started it, or train it again "
+                             f"without --resume")
         encoder.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         history, best, bad, start_epoch = ckpt["history"], ckpt["best"], ckpt["bad_epochs"], ckpt["epoch"] + 1

@@ -26,6 +26,10 @@ MODELS = [  # (task, spec kwargs)
     ("digits", dict(family="resnet", hidden=(3,), blocks=(2,), norm="none", activation="tanh")),
     ("digits", dict(family="resnet", hidden=(2, 3), blocks=(1, 1), norm="batch", activation="leaky_relu",
                     stem_pool="max")),
+    ("digits", dict(family="cnn2d", hidden=(3, 4), norm="batch", bias=False, activation="relu", pool="max")),
+    ("synth-1", dict(family="mlp", hidden=(7, 6), norm="batch", activation="tanh")),
+    ("synth-1", dict(family="mlp", hidden=(7, 6), norm="layer", activation="relu")),
+    ("mnist1d", dict(family="cnn1d", hidden=(3, 4), norm="layer", activation="tanh", pool="avg")),
 ]
 
 

@@ -72,6 +72,10 @@ def test_explorer_computations(artifacts, tiny_zoo):
     assert agree[0] == 1.0 and all(np.isnan(a) or 0 <= a <= 1 for a in agree)
     lab = ex.symmetry_lab(q, permute=True, scale=False, flip=False, seed=1)
     assert lab["max_output_change"] < 1e-4 and lab["peace"] < 1e-4 and lab["raw"] > 100 * lab["peace"]
+    resnet = ex.table.loc[ex.table["family"] == "resnet", "model_id"].iat[0]  # residual streams permuted and scaled
+    for groups in (None, (0,)):  # every group, or the first stage's residual stream alone
+        lab = ex.symmetry_lab(resnet, permute=True, scale=True, flip=False, seed=1, groups=groups)
+        assert lab["max_output_change"] < 1e-3 and lab["peace"] < 1e-4 and lab["raw"] > 100 * lab["peace"]
     same = ex.table.groupby("arch")["model_id"].apply(list)
     a, b = next(ids for ids in same if len(ids) > 1)[:2]
     paths = ex.weight_path(a, b, n_points=5)

@@ -12,6 +12,12 @@ CASES = [
     ("tetris", dict(family="mlp", hidden=(5,), activation="tanh", bias=False), "adam"),
     ("synth-1", dict(family="mlp", hidden=(6, 4), activation="relu"), "sgd"),
     ("digits", dict(family="cnn2d", hidden=(2, 3), activation="leaky_relu", pool="max"), "adam"),
+    # BatchNorm (batch statistics in training, running ones in metrics); no bias before it: such a bias
+    # only gets rounding-noise gradients, which Adam turns into lr-sized steps in either trainer
+    ("digits", dict(family="mlp", hidden=(8, 6), norm="batch", bias=False, activation="relu"), "adam"),
+    ("mnist1d", dict(family="cnn1d", hidden=(3,), fc_hidden=(5,), norm="batch", bias=False, activation="tanh"), "sgd"),
+    # LayerNorm (over at least 4 channels: over 2 it outputs only +-1, and training turns rounding into chaos)
+    ("digits", dict(family="cnn2d", hidden=(4, 5), norm="layer", bias=False, activation="relu", pool="avg"), "adam"),
 ]
 
 

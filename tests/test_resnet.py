@@ -10,14 +10,13 @@ from safetensors.torch import save_file
 from torch import nn
 
 from peace.alignment import align
-from peace.architectures import ArchSpec, forward
+from peace.architectures import ArchSpec, fold_norms, folded_spec, forward
 from peace.encoder import EncoderConfig, PeaceEncoder, prepare
 from peace.errors import PeaceError
 from peace.graph import graph_to_params, neural_graph
 from peace.importers import from_module, from_state_dict, load_model
 from peace.population import HParams, Schedule, train_population, train_single
-from peace.resnet import fold_norms, folded_spec
-from peace.symmetry import RandomSymmetry, random_symmetry, transform, unit_groups
+from peace.symmetry import RandomSymmetry, group_labels, random_symmetry, transform, unit_groups
 from peace.tasks import load_task
 
 from conftest import random_model
@@ -129,6 +128,11 @@ def test_residual_streams_share_one_permutation_and_transforms_keep_the_function
     for seed in range(3):
         q = random_symmetry(spec, p, seed)
         torch.testing.assert_close(_out(spec, q, X), _out(spec, p, X), atol=1e-4, rtol=1e-4)
+    # one group alone: the first block's inner units touch conv1's rows (and bn1) and conv2's columns only
+    q = random_symmetry(spec, p, 0, RandomSymmetry(groups=(1,)))
+    assert group_labels(spec)[1] == "outputs of layer1.0.conv1: 3 units"
+    assert {k for k in p if not torch.equal(p[k], q[k])} <= {k for k in p if k.startswith(("layer1.0.conv", "layer1.0.bn1"))}
+    torch.testing.assert_close(_out(spec, q, X), _out(spec, p, X), atol=1e-4, rtol=1e-4)
     # permuting one tensor of a stream alone is not a symmetry: the residual addition mixes channels
     perm = torch.tensor([1, 2, 0])
     broken = dict(p)
@@ -172,7 +176,7 @@ def test_resnet18_imports_graphs_and_embeds_invariantly(tmp_path):
     torch.save(state, tmp_path / "resnet18.pt")
     (tmp_path / "config.json").write_text(json.dumps({"input_shape": [3, 32, 32]}))
     m = load_model(tmp_path)
-    assert m.spec.describe() == "resnet c64-128-256-512/b2-2-2-2/k3/bn relu nobias" and m.spec.stem_stride == 2
+    assert m.spec.describe() == "resnet c64-128-256-512/b2-2-2-2/k3 relu nobias bn" and m.spec.stem_stride == 2
     assert m.spec.n_params == sum(v.numel() for k, v in state.items() if "num_batches" not in k)
     config = EncoderConfig(backend="torch", hidden=32, function_tokens=True, probes=16)
     g = prepare(m.spec, m.params, config)
@@ -198,6 +202,8 @@ def test_resnet_files_that_do_not_fit_are_refused_by_name(change, msg):
         from_state_dict(state, {"input_shape": [3, 32, 32]})
     with pytest.raises(PeaceError, match="input size"):
         from_state_dict(dict(TVResNet((1, 1), (4, 8), num_classes=5).state_dict()), {})
+    with pytest.raises(PeaceError, match="reads 3 channels"):
+        from_state_dict(dict(TVResNet((1, 1), (4, 8), num_classes=5).state_dict()), {"input_shape": [1, 28, 28]})
 
 
 def test_resnet_keys_are_refused_on_chains_and_chain_specs_keep_their_ids():

@@ -111,3 +111,25 @@ def test_regression_units_with_equal_incoming_weights():
     aligned, found = align(spec, cp, transform(spec, cp, perms, None))
     for k in cp:
         torch.testing.assert_close(aligned[k], cp[k], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kw", [dict(family="mlp", hidden=(7, 6), norm="layer", activation="relu"),
+                                dict(family="cnn1d", hidden=(3, 4), norm="layer", activation="tanh", pool="avg")],
+                         ids=["mlp", "cnn1d"])
+def test_layernorm_ignores_what_every_unit_shares_and_the_canonical_form_removes_it(kw):
+    from peace.encoder import EncoderConfig, PeaceEncoder
+
+    task, spec, p = _model("synth-1" if kw["family"] == "mlp" else "mnist1d", kw)
+    X = torch.from_numpy(task.X_test[:100]).reshape(-1, *spec.input_shape)
+    w = spec.layers[0].weight_name
+    shared = dict(p)  # the same input weights and bias added to every unit before the first LayerNorm
+    shared[w] = p[w] + torch.randn(1, *p[w].shape[1:])
+    shared[spec.layers[0].bias_name] = p[spec.layers[0].bias_name] + 0.7
+    torch.testing.assert_close(_out(spec, shared, X), _out(spec, p, X), atol=1e-4, rtol=1e-4)
+    cp, cs = canonicalize(spec, p), canonicalize(spec, shared)
+    for k in cp:
+        torch.testing.assert_close(cs[k], cp[k], atol=1e-5, rtol=1e-4)
+    torch.manual_seed(0)
+    enc = PeaceEncoder(EncoderConfig(backend="torch", hidden=32)).eval()
+    e = enc.embed([spec] * 3, [p, shared, random_symmetry(spec, shared, 2)])
+    assert (e - e[0]).abs().max() < 1e-4 * e.abs().max()

@@ -1,0 +1,52 @@
+"""Same-task retrieval (mAP) per query architecture family, for trained runs on one zoo.
+
+    python benchmarks/family_retrieval.py --zoo artifacts/zoos/residual --run artifacts/runs/residual-lineage-s{0,1,2}
+
+Each run's test split; every test model of a family queries all other test models (and, for
+"X -> other families", only models of other families); PEACE beside raw weights, s(W), the
+function-space baseline and random vectors (the chance level of this split). Mean ± std over runs.
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from peace.baselines import FunctionSpace, RawWeights, WeightStats
+from peace.evaluate import split_models
+from peace.metrics import retrieval_scores
+from peace.trainer import load_encoder
+from peace.zoo import Zoo
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--zoo", required=True)
+    ap.add_argument("--run", nargs="+", required=True)
+    args = ap.parse_args()
+    zoo = Zoo(args.zoo)
+    scores: dict[tuple[str, str], list[float]] = {}
+    for i, run in enumerate(args.run):
+        train, test = split_models(run, zoo)
+        features = {"PEACE": load_encoder(run).embed(test.specs, test.params).numpy(),
+                    "raw weights": RawWeights().fit(train).transform(test),
+                    "s(W)": WeightStats().fit(train).transform(test),
+                    "function space": FunctionSpace().fit(train).transform(test),
+                    "random": np.random.default_rng(i).normal(size=(len(test.specs), 64))}
+        family, task = test.rows["family"].to_numpy(), test.rows["task"].to_numpy()
+        for name, X in features.items():
+            for f in sorted(set(family)):
+                scores.setdefault((name, f), []).append(retrieval_scores(X, task, query_mask=family == f)["map"])
+                scores.setdefault((name, f"{f} -> other families"), []).append(retrieval_scores(
+                    X, task, query_mask=family == f, other_than=np.where(family == f, 0, 1))["map"])
+    columns = sorted({c for _, c in scores})
+    print(f"task mAP by query family, mean ± std over {len(args.run)} runs")
+    print(f"| method | {' | '.join(columns)} |\n|---|{'---|' * len(columns)}")
+    for name in dict.fromkeys(n for n, _ in scores):
+        cells = [f"{np.mean(v):.3f} ± {np.std(v, ddof=1) if len(v) > 1 else 0:.3f}" for v in
+                 (scores[(name, c)] for c in columns)]
+        print(f"| {name} | {' | '.join(cells)} |")
+
+
+if __name__ == "__main__":
+    main()
