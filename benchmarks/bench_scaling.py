@@ -3,8 +3,9 @@
     python benchmarks/bench_scaling.py [--threads 2] [--backend auto] [--models 64] [--device cpu]
 
 MLPs (64 inputs, two hidden layers of width w, 10 classes), CNNs (8x8 images, two conv layers
-of w channels, one hidden linear layer) and ResNets (32x32x3 images, two stages of one basic block,
-w and 2w channels, BatchNorm) of growing width, random weights, embedded by the default encoder
+of w channels, one hidden linear layer), ResNets (32x32x3 images, two stages of one basic block,
+w and 2w channels, BatchNorm) and ViTs (32x32x3 images, 4x4 patches, width w, 2 heads, 2 blocks, MLP
+2w) of growing width, random weights, embedded by the default encoder
 (untrained: speed does not depend on what it learnt). Everything `peace embed` does per model is
 timed (canonical form, graph, batch, forward). Prints parameters, graph size, ms per model and the
 log-log slope of time against parameters (1 = linear). Then a torchvision-layout resnet18 (11.7M
@@ -39,7 +40,9 @@ def family_specs(width: int) -> dict[str, ArchSpec]:
     return {"mlp": ArchSpec("mlp", (64,), 10, hidden=(width, width)),
             "cnn": ArchSpec("cnn2d", (1, 8, 8), 10, hidden=(width, width), fc_hidden=(32,)),
             "resnet": ArchSpec("resnet", (3, 32, 32), 10, hidden=(width, 2 * width), blocks=(1, 1), norm="batch",
-                               bias=False)}
+                               bias=False),
+            "vit": ArchSpec("vit", (3, 32, 32), 10, hidden=(width,), fc_hidden=(2 * width,), blocks=(2,), heads=2,
+                            kernel_size=4, pool="cls", norm="layer", activation="gelu")}
 
 
 def _peak_mib() -> float:
@@ -72,7 +75,7 @@ def resnet18(device: torch.device, backend: str) -> None:
         with torch.no_grad():
             enc.embed([m.spec], [m.params])
         t3 = time.perf_counter()
-    print(f"\nresnet18 ({m.spec.n_params:,} parameters and statistics; input 3x32x32; encoder 'default', "
+    print(f"resnet18 ({m.spec.n_params:,} parameters and statistics; input 3x32x32; encoder 'default', "
           f"{enc.backend}): read {t1 - t0:.2f} s, canonical form + graph {t2 - t1:.2f} s ({g.num_nodes:,} nodes, "
           f"{g.num_edges:,} edges of {sum(m_.in_features * m_.out_features for m_ in m.spec.layers):,}), "
           f"embed (graph again, probes, forward) {t3 - t2:.2f} s; total {t3 - t0:.2f} s; "
@@ -86,14 +89,18 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--models", type=int, default=64, help="models embedded per width (in one call)")
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--resnet18-only", action="store_true", help="only the resnet18 file")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    resnet18(device, args.backend)  # first: its peak memory is measured from this process's state after imports
+    if args.resnet18_only:
+        return
     enc = build_encoder(EncoderConfig(backend=args.backend)).to(device).eval()
     torch.manual_seed(0)
     print(f"encoder backend {enc.backend}, device {device}, {args.threads} threads, {args.models} models per row")
     print(f"{'family':6} {'width':>5} {'params':>8} {'nodes':>6} {'edges':>7} {'ms/model':>9} {'models/s':>9}")
-    for family in ("mlp", "cnn", "resnet"):
+    for family in ("mlp", "cnn", "resnet", "vit"):
         params_n, times = [], []
         for w in WIDTHS:
             spec = family_specs(w)[family]
@@ -112,7 +119,6 @@ def main() -> None:
             print(f"{family:6} {w:>5} {n:>8} {len(g.node_layer):>6} {len(g.src):>7} {1e3 * dt:>9.2f} {1 / dt:>9.1f}", flush=True)
         slope = np.polyfit(np.log(params_n), np.log(times), 1)[0]
         print(f"{family}: time grows as params^{slope:.2f} from {params_n[0]} to {params_n[-1]} parameters")
-    resnet18(device, args.backend)
 
 
 if __name__ == "__main__":

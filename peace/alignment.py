@@ -60,6 +60,9 @@ def _match(fa: Tensor, fb: Tensor) -> tuple[Tensor, np.ndarray]:
 def align(spec: ArchSpec, a: Params, b: Params, max_iter: int = 50) -> tuple[Params, list[Tensor]]:
     """Return B with hidden units permuted to best match A (same function as B), and the permutations."""
     _check_same(spec, a, b)
+    if spec.family == "vit":
+        raise PeaceError("weight matching (align) reads MLPs, CNNs and ResNets; Transformers (heads, query/key "
+                         "pairs) are not supported yet")
     groups = unit_groups(spec)
     identity = [torch.arange(g.size) for g in groups]
     perms = list(identity)

@@ -34,12 +34,13 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "gelu": F.gelu,
     "identity": lambda x: x,
 }
-FAMILIES = ("mlp", "cnn1d", "cnn2d", "resnet")
-POOLS = ("avg", "max", "none")
+FAMILIES = ("mlp", "cnn1d", "cnn2d", "resnet", "vit")
+POOLS = ("avg", "max", "none", "cls")
 NORMS = ("none", "batch", "layer")
 BN_EPS, BN_MOMENTUM, LN_EPS = 1e-5, 0.1, 1e-5  # torch's BatchNorm and LayerNorm defaults
 NORM_STATS = ("running_mean", "running_var")  # BatchNorm buffers: moved with their channels, never trained
-RESNET_KEYS = ("blocks", "stem_kernel", "stem_stride", "stem_pool")  # fields only residual CNNs use
+FAMILY_KEYS = {"blocks": ("resnet", "vit"), "stem_kernel": ("resnet",), "stem_stride": ("resnet",),
+               "stem_pool": ("resnet",), "heads": ("vit",)}  # fields only some families use
 
 
 @dataclass(frozen=True)
@@ -107,11 +108,14 @@ class Layer:
 class ArchSpec:
     """A network architecture.
 
-    ``hidden`` holds the MLP's hidden widths, the CNN's conv channels, or a ResNet's stage widths;
-    ``fc_hidden`` holds a CNN's hidden linear widths after the flatten. ``input_shape`` is one
-    sample's shape. ``norm``: "none", "batch" (BatchNorm) or, for MLPs and CNNs, "layer" (LayerNorm)
-    after every hidden layer, before its activation. ResNets only: ``blocks`` per stage, and the stem
-    (``stem_kernel``, ``stem_stride``, ``stem_pool`` "max" for torchvision's 3x3/2 max pool).
+    ``hidden`` holds the MLP's hidden widths, the CNN's conv channels, a ResNet's stage widths, or a
+    Transformer's width (one value); ``fc_hidden`` holds a CNN's hidden linear widths after the
+    flatten, or a Transformer's MLP width. ``input_shape`` is one sample's shape. ``norm``: "none",
+    "batch" (BatchNorm) or, for MLPs and CNNs, "layer" (LayerNorm) after every hidden layer, before its
+    activation. ResNets: ``blocks`` per stage, and the stem (``stem_kernel``, ``stem_stride``,
+    ``stem_pool`` "max" for torchvision's 3x3/2 max pool). Vision / sequence Transformers (family
+    ``vit``, :mod:`peace.transformer`): ``kernel_size`` is the patch size, ``blocks`` the depth,
+    ``heads`` the attention heads, ``pool`` "cls" (class token) or "avg" (mean over tokens).
     """
 
     family: str
@@ -128,7 +132,9 @@ class ArchSpec:
     stem_kernel: int = 3
     stem_stride: int = 1
     stem_pool: str = "none"
+    heads: int = 1
     layers: tuple[Layer, ...] = field(init=False, repr=False, compare=False)
+    extra_shapes: dict[str, tuple[int, ...]] = field(init=False, repr=False, compare=False)
     tensor_sizes: tuple[int, ...] = field(init=False, repr=False, compare=False)
     residuals: tuple[tuple[int, int], ...] = field(init=False, repr=False, compare=False)
 
@@ -150,15 +156,24 @@ class ArchSpec:
             raise PeaceError("fc_hidden is for CNNs; an MLP lists all its widths in hidden")
         if self.norm not in NORMS:
             raise unknown("normalization", self.norm, NORMS)
+        extra = [k for k, fams in FAMILY_KEYS.items()
+                 if self.family not in fams and getattr(self, k) != ArchSpec.__dataclass_fields__[k].default]
+        if extra:
+            raise PeaceError(f"{', '.join(extra)} {'is' if len(extra) == 1 else 'are'} not for a {self.family} "
+                             f"(got {', '.join(f'{k}={getattr(self, k)!r} (for {FAMILY_KEYS[k]})' for k in extra)})")
+        if self.pool == "cls" and self.family != "vit":
+            raise PeaceError("pool 'cls' (a class token) is for family 'vit' only")
+        object.__setattr__(self, "extra_shapes", {})
         if self.family == "resnet":
             from .resnet import build_layers
 
             layers, sizes, residuals = build_layers(self)
+        elif self.family == "vit":
+            from .transformer import build_layers
+
+            layers, sizes, residuals, extras = build_layers(self)
+            object.__setattr__(self, "extra_shapes", extras)
         else:
-            extra = [k for k in RESNET_KEYS if getattr(self, k) != ArchSpec.__dataclass_fields__[k].default]
-            if extra:
-                raise PeaceError(f"{', '.join(extra)} {'is' if len(extra) == 1 else 'are'} for family 'resnet' only "
-                                 f"(a {self.family} got {', '.join(f'{k}={getattr(self, k)!r}' for k in extra)})")
             layers = self._build_layers()
             if self.norm != "none":  # a normalization after every hidden layer, before its activation
                 layers = tuple(replace(m, norm=f"norms.{m.index}", norm_kind=self.norm) for m in layers[:-1]) + layers[-1:]
@@ -209,7 +224,7 @@ class ArchSpec:
                 shapes[layer.bias_name] = (layer.out_features,)
             for name in layer.norm_names().values():
                 shapes[name] = (layer.out_features,)
-        return shapes
+        return {**shapes, **self.extra_shapes}
 
     @property
     def n_params(self) -> int:
@@ -220,12 +235,14 @@ class ArchSpec:
         return len(self.layers)
 
     def to_dict(self) -> dict[str, Any]:
-        """The constructor's arguments; a chain's leaves out the ResNet-only keys and ``norm`` when it has
-        none (so specs, run ids and manifests written before these keys existed stay the same)."""
+        """The constructor's arguments, without the keys of other families (and a chain's ``norm`` when
+        it has none), so specs, run ids and manifests written before those keys existed stay the same."""
         d = {f: getattr(self, f) for f in self.__dataclass_fields__ if self.__dataclass_fields__[f].init}
-        if self.family != "resnet":
-            for k in (*RESNET_KEYS, *(["norm"] if self.norm == "none" else [])):
+        for k, fams in FAMILY_KEYS.items():
+            if self.family not in fams:
                 d.pop(k)
+        if self.family not in ("resnet", "vit") and self.norm == "none":
+            d.pop("norm")
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     @classmethod
@@ -240,6 +257,8 @@ class ArchSpec:
         """Short human-readable name, e.g. ``mlp 16-8-4 tanh nobias``."""
         if self.family == "mlp":
             s = "-".join(str(w) for w in [self.layers[0].in_features, *self.hidden, self.n_classes])
+        elif self.family == "vit":
+            s = f"d{self.hidden[0]}/h{self.heads}/b{self.blocks[0]}/m{self.fc_hidden[0]}/p{self.kernel_size}/{self.pool}"
         elif self.family == "resnet":
             s = "c" + "-".join(map(str, self.hidden)) + "/b" + "-".join(map(str, self.blocks))
             s += f"/k{self.kernel_size}"
@@ -341,11 +360,15 @@ def forward(spec: ArchSpec, params: dict[str, Tensor], x: Tensor,
     P = params[spec.layers[0].weight_name].shape[0]
     if x.dim() == len(spec.input_shape) + 1:
         x = x.unsqueeze(0).expand(P, *x.shape)
-    if spec.family == "resnet":
+    if spec.family in ("resnet", "vit"):
+        if dropout_masks is not None:
+            raise PeaceError(f"dropout is not supported in a {spec.family}; train it with dropout 0")
+        if spec.family == "vit":
+            from .transformer import forward as vit_forward
+
+            return vit_forward(spec, params, x)
         from .resnet import forward as resnet_forward
 
-        if dropout_masks is not None:
-            raise PeaceError("dropout is not supported in residual networks; train them with dropout 0")
         return resnet_forward(spec, params, x, train)
     B = x.shape[1]
     act = ACTIVATIONS[spec.activation]
@@ -422,11 +445,16 @@ class ChannelLayerNorm(nn.LayerNorm):
 
 
 def build_module(spec: ArchSpec) -> nn.Module:
-    """The single-model ``nn.Module`` of any spec: a ``PeaceNet``, or a torchvision-style ``ResNet``."""
+    """The single-model ``nn.Module`` of any spec: a ``PeaceNet``, a torchvision-style ``ResNet`` or a
+    timm-style ``ViT``."""
     if spec.family == "resnet":
         from .resnet import ResNet
 
         return ResNet(spec)
+    if spec.family == "vit":
+        from .transformer import ViT
+
+        return ViT(spec)
     return PeaceNet(spec)
 
 
@@ -446,8 +474,8 @@ def load_weights(module: nn.Module, params: dict[str, Tensor]) -> nn.Module:
 
 def hidden_shapes(spec: ArchSpec, batch: int) -> list[tuple[int, ...]]:
     """Shape of the activations after each non-final layer (after pooling), for dropout masks."""
-    if spec.family == "resnet":
-        raise PeaceError("dropout is not supported in residual networks; train them with dropout 0")
+    if spec.family in ("resnet", "vit"):
+        raise PeaceError(f"dropout is not supported in a {spec.family}; train it with dropout 0")
     shapes, spatial = [], list(spec.input_shape[1:])
     for layer in spec.layers[:-1]:
         if layer.kind == "linear":

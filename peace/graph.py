@@ -103,68 +103,113 @@ def neural_graph(spec: ArchSpec, params: dict[str, Tensor], edge_dim: int = DEFA
     if edge_dim_needed(spec) > edge_dim and oversize == "error":
         raise PeaceError(f"{spec.describe()} has edges carrying {edge_dim_needed(spec)} values but edge_dim is "
                          f"{edge_dim}; raise edge_dim to at least {edge_dim_needed(spec)}")
+    if spec.family == "vit":
+        from .transformer import build_graph
+
+        return build_graph(spec, params, GraphBuilder(edge_dim, max_layer_edges))
     spec, params = fold_norms(spec, params)
-    sizes = spec.tensor_sizes
-    L = len(sizes) - 1
-    offsets = [0]
-    for s in sizes:
-        offsets.append(offsets[-1] + s)
-    N = offsets[-1]
-    node_layer = torch.cat([torch.full((s,), i, dtype=torch.long) for i, s in enumerate(sizes)])
-    node_feat = torch.zeros(N, NODE_DIM)
-    node_feat[:, 1] = node_layer.float() / L
-    role = torch.ones(N, dtype=torch.long)
-    role[: sizes[0]] = 0
-    role[offsets[-2]:] = 2
-    node_feat[torch.arange(N), 2 + role] = 1.0
-    hidden = role == 1
-    node_feat[hidden, 2 + len(ROLES) + ACTIVATION_NAMES.index(spec.activation)] = 1.0
-    node_pos = torch.full((N,), -1, dtype=torch.long)
-    node_pos[: sizes[0]] = torch.arange(sizes[0])
-    node_pos[offsets[-2]:] = torch.arange(sizes[-1])
-    src, dst, feats, elayer = [], [], [], []
-
-    def add(s: Tensor, d: Tensor, values: Tensor, kind: str, layer: int) -> None:
-        f = torch.zeros(len(s), edge_dim + len(EDGE_KINDS))
-        f[:, :values.shape[1]] = values
-        f[:, edge_dim + EDGE_KINDS.index(kind)] = 1.0
-        src.append(s), dst.append(d), feats.append(f), elayer.append(torch.full((len(s),), layer, dtype=torch.long))
-
-    ln = NODE_DIM - len(NORM_FEATURES)
+    gb = GraphBuilder(edge_dim, max_layer_edges)
+    last = len(spec.tensor_sizes) - 1
+    sets = [gb.nodes(n, i, "input" if i == 0 else "output" if i == last else "hidden",
+                     None if i in (0, last) else spec.activation) for i, n in enumerate(spec.tensor_sizes)]
     for i, layer in enumerate(spec.layers):
-        nodes = slice(offsets[layer.dst], offsets[layer.dst + 1])
         if layer.bias:
-            node_feat[nodes, 0] += params[layer.bias_name].float()
+            gb.add_bias(sets[layer.dst], params[layer.bias_name])
         if layer.norm:  # a LayerNorm (BatchNorms are folded by now)
             n = layer.norm_names()
-            node_feat[nodes, ln] = params[n["weight"]].float()
-            node_feat[nodes, ln + 1] = params[n["bias"]].float()
-            node_feat[nodes, ln + 2] = 1.0
+            gb.layer_norm(sets[layer.dst], params[n["weight"]], params[n["bias"]])
         vals, kind = _layer_edges(layer, params[layer.weight_name].float())
+        gb.dense(sets[layer.src], sets[layer.dst], vals, kind, i)
+    for a, b in spec.residuals:
+        gb.identity(sets[a], sets[b], next(m.kind for m in spec.layers if m.dst == b))
+    return gb.build(last)
+
+
+class GraphBuilder:
+    """Assembles a ``NeuralGraph`` from sets of nodes (one activation tensor's units, or any other
+    kind of unit) and blocks of edges between them; node features are filled in ``build``."""
+
+    def __init__(self, edge_dim: int = DEFAULT_EDGE_DIM, max_layer_edges: int | None = None):
+        self.edge_dim, self.max_layer_edges = edge_dim, max_layer_edges
+        self.sets: list[tuple[int, int]] = []  # (offset, size)
+        self.layer, self.role, self.act, self.pos = [], [], [], []
+        self.bias: list[Tensor] = []
+        self.norm: dict[int, tuple[Tensor, Tensor]] = {}
+        self.src, self.dst, self.feats, self.elayer = [], [], [], []
+        self.n = 0
+
+    def nodes(self, size: int, layer: int, role: str, activation: str | None = None, first_pos: int = 0) -> int:
+        """A set of ``size`` nodes at depth ``layer``; input and output nodes keep their index (plus
+        ``first_pos``) as ``node_pos``. Returns the set's id."""
+        self.sets.append((self.n, size))
+        self.layer.append(torch.full((size,), layer, dtype=torch.long))
+        self.role.append(torch.full((size,), ROLES.index(role), dtype=torch.long))
+        self.act.append(torch.full((size,), -1 if activation is None else ACTIVATION_NAMES.index(activation)))
+        self.pos.append(torch.arange(size) + first_pos if role != "hidden" else torch.full((size,), -1, dtype=torch.long))
+        self.bias.append(torch.zeros(size))
+        self.n += size
+        return len(self.sets) - 1
+
+    def add_bias(self, node_set: int, bias: Tensor) -> None:
+        self.bias[node_set] = self.bias[node_set] + bias.float()
+
+    def layer_norm(self, node_set: int, scale: Tensor, shift: Tensor) -> None:
+        self.norm[node_set] = (scale.float(), shift.float())
+
+    def edges(self, src: Tensor, dst: Tensor, values: Tensor, kind: str, layer: int) -> None:
+        """Edges between global node ids carrying ``values`` (E, k <= edge_dim)."""
+        f = torch.zeros(len(src), self.edge_dim + len(EDGE_KINDS))
+        f[:, :values.shape[1]] = values
+        f[:, self.edge_dim + EDGE_KINDS.index(kind)] = 1.0
+        self.src.append(src), self.dst.append(dst), self.feats.append(f)
+        self.elayer.append(torch.full((len(src),), layer, dtype=torch.long))
+
+    def dense(self, src_set: int, dst_set: int, vals: Tensor, kind: str, layer: int) -> None:
+        """Every (input, output) pair of two node sets, ``vals`` (n_out, n_in, k): pooled to edge_dim
+        values, and sparsified beyond ``max_layer_edges`` (see ``neural_graph``)."""
         n_out, n_in, k = vals.shape
-        if k > edge_dim:
-            vals = F.adaptive_avg_pool1d(vals.reshape(-1, 1, k), edge_dim).reshape(n_out, n_in, edge_dim)
-            k = edge_dim
+        if k > self.edge_dim:
+            vals = F.adaptive_avg_pool1d(vals.reshape(-1, 1, k), self.edge_dim).reshape(n_out, n_in, self.edge_dim)
+            k = self.edge_dim
         s_idx, d_idx = torch.arange(n_in).repeat(n_out), torch.arange(n_out).repeat_interleave(n_in)
         vals = vals.reshape(-1, k)
-        if max_layer_edges is not None and n_out * n_in > max_layer_edges:
-            keep = -(-max_layer_edges // n_out)
-            norm = vals.norm(dim=1).reshape(n_out, n_in)
-            top = norm.topk(keep, dim=1)
+        if self.max_layer_edges is not None and n_out * n_in > self.max_layer_edges:
+            keep = -(-self.max_layer_edges // n_out)
+            top = vals.norm(dim=1).reshape(n_out, n_in).topk(keep, dim=1)
             flat = (top.indices + torch.arange(n_out).unsqueeze(1) * n_in).reshape(-1)[top.values.reshape(-1) > 0]
             s_idx, d_idx, vals = s_idx[flat], d_idx[flat], vals[flat]
-        add(s_idx + offsets[layer.src], d_idx + offsets[layer.dst], vals, kind, i)
-    for a, b in spec.residuals:
-        kind = next(m.kind for m in spec.layers if m.dst == b)
-        add(torch.arange(sizes[a]) + offsets[a], torch.arange(sizes[b]) + offsets[b], torch.ones(sizes[b], 1), kind, -1)
-    return NeuralGraph(torch.cat(src), torch.cat(dst), node_feat, torch.cat(feats), node_layer, node_pos,
-                       torch.cat(elayer), L)
+        self.edges(s_idx + self.sets[src_set][0], d_idx + self.sets[dst_set][0], vals, kind, layer)
+
+    def identity(self, src_set: int, dst_set: int, kind: str, layer: int = -1, value: float = 1.0) -> None:
+        """Node i of one set to node i of another, carrying ``value`` (a residual shortcut, a pairing)."""
+        size = self.sets[dst_set][1]
+        self.edges(torch.arange(size) + self.sets[src_set][0], torch.arange(size) + self.sets[dst_set][0],
+                   torch.full((size, 1), value), kind, layer)
+
+    def build(self, n_layers: int) -> NeuralGraph:
+        node_layer, role, act = torch.cat(self.layer), torch.cat(self.role), torch.cat(self.act)
+        feat = torch.zeros(self.n, NODE_DIM)
+        feat[:, 0] = torch.cat(self.bias)
+        feat[:, 1] = node_layer.float() / n_layers
+        feat[torch.arange(self.n), 2 + role] = 1.0
+        has_act = act >= 0
+        feat[torch.nonzero(has_act).flatten(), 2 + len(ROLES) + act[has_act]] = 1.0
+        ln = NODE_DIM - len(NORM_FEATURES)
+        for i, (scale, shift) in self.norm.items():
+            nodes = slice(self.sets[i][0], self.sets[i][0] + self.sets[i][1])
+            feat[nodes, ln], feat[nodes, ln + 1], feat[nodes, ln + 2] = scale, shift, 1.0
+        return NeuralGraph(torch.cat(self.src), torch.cat(self.dst), feat, torch.cat(self.feats), node_layer,
+                           torch.cat(self.pos), torch.cat(self.elayer), n_layers)
 
 
 def graph_to_params(spec: ArchSpec, g: NeuralGraph) -> dict[str, Tensor]:
     """The state dict a neural graph encodes (exact inverse of ``neural_graph``). For a network with
     BatchNorm these are the weights of its folded form (``architectures.folded_spec(spec)``); a tensor
-    written by two layers (conv2 and a shortcut projection) gives its summed bias to the first."""
+    written by two layers (conv2 and a shortcut projection) gives its summed bias to the first.
+    A Transformer's graph folds its LayerNorms into the layers after them: it has no inverse here."""
+    if spec.family == "vit":
+        raise PeaceError("a Transformer's neural graph folds its LayerNorms into qkv, fc1 and head; graph_to_params "
+                         "cannot split them again")
     if spec.norm != "none":
         spec = folded_spec(spec)
     params, seen = {}, set()

@@ -11,7 +11,9 @@ tensor, or whose layers do not chain, is refused with an error naming the file a
 - ``from_state_dict(tensors, config)``: architecture inferred from tensor shapes and names; what
   shapes cannot tell (activation; a CNN's input size and pooling) comes from the config. State dicts
   in torchvision's ResNet layout (``conv1``, ``bn1``, ``layer1.0.conv1``, ``downsample``, ``fc``;
-  basic blocks, as resnet18/34) are read as residual networks.
+  basic blocks, as resnet18/34) are read as residual networks, and state dicts in timm's
+  VisionTransformer layout (``patch_embed.proj``, ``cls_token``, ``pos_embed``, ``blocks.N.attn.qkv``,
+  ``norm1``, ``mlp.fc1``, ``norm``, ``head``; 2-D or 1-D patches) as Transformers.
 - ``from_sklearn(estimator)``: a fitted MLPClassifier / MLPRegressor.
 - ``from_module`` reads an ``nn.Module`` whose leaf modules form a supported chain (Linear, Conv1d,
 Conv2d, one activation type, 2x2 avg/max pooling, Flatten, Dropout). It checks the result by running
@@ -114,6 +116,13 @@ def from_module(module: nn.Module, input_shape: tuple[int, ...]) -> tuple[ArchSp
     if is_resnet_layout(state):
         m = from_state_dict(state, {"input_shape": list(input_shape)}, type(module).__name__)
         _check_function(module, m.spec, m.params, input_shape, "a torchvision-style ResNet with basic blocks")
+        return m.spec, m.params
+    if is_vit_layout(state):  # the head count is an attribute of timm's Attention modules, not a tensor
+        heads = next((v for sub in module.modules() for v in (getattr(sub, "num_heads", None), getattr(sub, "heads", None))
+                      if isinstance(v, int) and not isinstance(v, bool)), None)
+        m = from_state_dict(state, {"input_shape": list(input_shape), **({"num_heads": heads} if heads else {})},
+                            type(module).__name__)
+        _check_function(module, m.spec, m.params, input_shape, "a timm-style pre-LayerNorm VisionTransformer")
         return m.spec, m.params
     weights, acts, pools, kernels = [], set(), set(), set()
     folded: dict[int, tuple[Tensor, Tensor]] = {}  # weight layer -> its weight and bias with a BatchNorm folded in
@@ -262,7 +271,11 @@ def _state_dict(obj: Any, source: str) -> dict[str, Tensor]:
         leaf = str(k).rpartition(".")[2]
         if leaf == "num_batches_tracked":  # a BatchNorm's step counter: no part of its function
             continue
-        if leaf not in ("weight", "bias", "running_mean", "running_var"):
+        if leaf not in ("weight", "bias", "running_mean", "running_var", "cls_token", "pos_embed"):
+            what = next((w for key, w in _VIT_UNSUPPORTED.items() if key in str(k)), None)
+            if what:
+                raise PeaceError(f"{source}: tensor {k!r} belongs to {what}, which PEACE does not read (timm's plain "
+                                 f"pre-LayerNorm VisionTransformer is read)")
             raise PeaceError(f"{source}: tensor {k!r} is not the weight or bias of a supported layer; "
                              f"supported layers: {', '.join(SUPPORTED_MODULES)}")
         if v.dtype not in FLOAT_DTYPES:
@@ -310,7 +323,7 @@ def _layers(tensors: dict[str, Tensor], source: str, bn_eps: float = BN_EPS) -> 
 
 
 _SPEC_KEYS = [f.name for f in fields(ArchSpec) if f.init]
-CONFIG_KEYS = _SPEC_KEYS + ["weights", "metadata", "batchnorm_eps"]
+CONFIG_KEYS = _SPEC_KEYS + ["weights", "metadata", "batchnorm_eps", "num_heads"]
 
 
 def from_state_dict(tensors: dict[str, Tensor], config: dict | None = None, source: str = "state dict",
@@ -325,6 +338,8 @@ def from_state_dict(tensors: dict[str, Tensor], config: dict | None = None, sour
     tensors = _state_dict(tensors, source)
     if is_resnet_layout(tensors):
         return _resnet(tensors, config, source, limits)
+    if is_vit_layout(tensors):
+        return _vit(tensors, config, source, limits)
     eps = config.pop("batchnorm_eps", BN_EPS)
     if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not 0 < eps < 1:
         raise PeaceError(f"{source}: batchnorm_eps must be a number in (0, 1), got {eps!r}")
@@ -390,6 +405,26 @@ def _spec(inferred: dict[str, Any], config: dict, source: str) -> tuple[ArchSpec
         raise PeaceError(f"{source}: invalid architecture: {e}") from None
 
 
+def _exactly(spec: ArchSpec, tensors: dict[str, Tensor], layout: str, source: str, limits: Limits,
+             metadata: dict) -> ImportedModel:
+    """The model when ``tensors`` hold exactly the spec's parameters, shaped as it needs them."""
+    shapes = spec.param_shapes()
+    unknown_names = sorted(set(tensors) - set(shapes))
+    if unknown_names:
+        raise PeaceError(f"{source}: {unknown_names[:3]} do not belong to {spec.describe()} ({layout}); "
+                         f"{len(unknown_names)} unexpected tensors")
+    for name, shape in shapes.items():
+        if name not in tensors:
+            raise PeaceError(f"{source}: {name!r} is missing; {spec.describe()} needs it shaped {shape}")
+        if tuple(tensors[name].shape) != shape:
+            raise PeaceError(f"{source}: {name!r} has shape {tuple(tensors[name].shape)} but {spec.describe()} "
+                             f"(input {spec.input_shape}) needs {shape}")
+    limits.check([(m.name, tensors[m.weight_name], tensors.get(m.bias_name)) for m in spec.layers], source)
+    params = {name: tensors[name] for name in shapes}
+    check_params(spec, params)
+    return ImportedModel(spec, params, source, dict(metadata))
+
+
 _BLOCK = re.compile(r"layer(\d+)\.(\d+)\.")
 
 
@@ -437,20 +472,55 @@ def _resnet(tensors: dict[str, Tensor], config: dict, source: str, limits: Limit
     if config.pop("batchnorm_eps", BN_EPS) != BN_EPS:
         raise PeaceError(f"{source}: ResNets are read with torch's BatchNorm eps {BN_EPS}")
     spec, metadata = _spec(inferred, config, source)
-    shapes = spec.param_shapes()
-    unknown_names = sorted(set(tensors) - set(shapes))
-    if unknown_names:
-        raise PeaceError(f"{source}: {unknown_names[:3]} do not belong to {spec.describe()} (torchvision's basic-block "
-                         f"ResNet layout); {len(unknown_names)} unexpected tensors")
-    for name, shape in shapes.items():
-        if name not in tensors:
-            raise PeaceError(f"{source}: {name!r} is missing; {spec.describe()} needs it shaped {shape}")
-        if tuple(tensors[name].shape) != shape:
-            raise PeaceError(f"{source}: {name!r} has shape {tuple(tensors[name].shape)} but {spec.describe()} needs {shape}")
-    limits.check([(m.name, tensors[m.weight_name], tensors.get(m.bias_name)) for m in spec.layers], source)
-    params = {name: tensors[name] for name in shapes}
-    check_params(spec, params)
-    return ImportedModel(spec, params, source, dict(metadata))
+    return _exactly(spec, tensors, "torchvision's basic-block ResNet layout", source, limits, metadata)
+
+
+def is_vit_layout(tensors: dict[str, Tensor]) -> bool:
+    """Whether names follow timm's VisionTransformer (``patch_embed.proj``, ``pos_embed``, ``blocks.0.attn.qkv``)."""
+    return "patch_embed.proj.weight" in tensors and "pos_embed" in tensors and "blocks.0.attn.qkv.weight" in tensors
+
+
+_VIT_UNSUPPORTED = {"fc_norm": "a LayerNorm after pooling (timm's fc_norm)", "norm_pre": "a LayerNorm before the blocks",
+                    ".ls1.": "LayerScale", ".ls2.": "LayerScale", "q_norm": "query/key normalization",
+                    "k_norm": "query/key normalization", "reg_token": "register tokens", "attn_pool": "attention pooling"}
+
+
+def _vit(tensors: dict[str, Tensor], config: dict, source: str, limits: Limits) -> ImportedModel:
+    """A timm-layout VisionTransformer (or its 1-D twin). Shapes give the width, patch size, depth,
+    MLP width, class token and classes; the config gives ``heads`` (``num_heads``), which shapes
+    cannot tell, and may give ``activation`` (default gelu, timm's) and ``input_shape`` (default: a
+    square grid of patches, or a sequence, as many as ``pos_embed`` has positions)."""
+    for key, what in _VIT_UNSUPPORTED.items():
+        found = sorted(k for k in tensors if key in k)
+        if found:
+            raise PeaceError(f"{source}: {found[0]!r} belongs to {what}, which PEACE's Transformers do not have; "
+                             f"PEACE reads timm's plain pre-LayerNorm VisionTransformer")
+    pe = tensors["patch_embed.proj.weight"]
+    if pe.ndim not in (3, 4) or len(set(pe.shape[2:])) != 1:
+        raise PeaceError(f"{source}: patch_embed.proj must be a conv with a square kernel, got {tuple(pe.shape)}")
+    d, c, p, nd = pe.shape[0], pe.shape[1], pe.shape[-1], pe.ndim - 2
+    cls = "cls_token" in tensors
+    tokens = tensors["pos_embed"].shape[1] - cls
+    if "heads" not in config and "num_heads" not in config:
+        raise PeaceError(f"{source}: the number of attention heads is not in the weights; give it in the model config "
+                         f"(config.json: \"num_heads\": N; timm's ViT-Tiny, width 192, has 3)")
+    heads = config.pop("num_heads", None)
+    side = round(tokens ** 0.5)
+    if "input_shape" not in config and nd == 2 and side * side != tokens:
+        raise PeaceError(f"{source}: {tokens} patch positions are not a square grid; give input_shape in the model config")
+    inferred: dict[str, Any] = {
+        "family": "vit", "n_classes": tensors["head.weight"].shape[0], "hidden": [d], "kernel_size": p,
+        "fc_hidden": [tensors["blocks.0.mlp.fc1.weight"].shape[0]], "activation": "gelu", "norm": "layer",
+        "blocks": [len({k.split(".")[1] for k in tensors if k.startswith("blocks.")})], "pool": "cls" if cls else "avg",
+        "bias": any(k.endswith(".bias") and not k.startswith(("head", "norm", "blocks.0.norm")) for k in tensors),
+        "heads": heads if heads is not None else config.get("heads"),
+        "input_shape": [c, side * p, side * p] if nd == 2 else [c, tokens * p]}
+    spec, metadata = _spec(inferred, config, source)
+    tensors = dict(tensors)
+    if spec.bias:  # timm's qkv_bias=False keeps proj / fc biases: the missing ones are zeros, the same function
+        for m in spec.layers:
+            tensors.setdefault(m.bias_name, torch.zeros(m.out_features))
+    return _exactly(spec, tensors, "timm's VisionTransformer layout", source, limits, metadata)
 
 
 def read_config(path: str | Path, max_bytes: int = 2**20) -> dict:

@@ -92,6 +92,10 @@ def init_params(spec: ArchSpec, hparams: Sequence[HParams]) -> dict[str, Tensor]
             params[layer.bias_name] = (rng.uniform(seeds, (2, layer.index), (layer.out_features,)) * 2 - 1) / math.sqrt(fi)
         for leaf, name in layer.norm_names().items():  # BatchNorm: torch's init (scale 1, shift 0, fresh statistics)
             params[name] = torch.full((len(hparams), layer.out_features), 1.0 if leaf in ("weight", "running_var") else 0.0)
+    if spec.extra_shapes:  # a Transformer's class token, position embedding and LayerNorms
+        from .transformer import init_extras
+
+        params.update(init_extras(spec, seeds))
     return params
 
 

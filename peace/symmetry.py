@@ -42,7 +42,11 @@ class UnitGroup:
 
 
 def unit_groups(spec: ArchSpec) -> list[UnitGroup]:
-    """The groups of hidden units, ordered by their first tensor (for a chain: one per hidden layer)."""
+    """The groups of hidden units, ordered by their first tensor (for a chain: one per hidden layer).
+    Transformers' symmetries (heads, query/key pairs) are not groups of this kind: :mod:`peace.transformer`."""
+    if spec.family == "vit":
+        raise PeaceError("a Transformer's symmetries are not unit groups; use peace.transformer.transform / "
+                         "random_symmetry / canonicalize (symmetry.random_symmetry and canonicalize dispatch there)")
     hidden = range(1, len(spec.tensor_sizes) - 1)
     root = {t: t for t in hidden}
 
@@ -70,6 +74,8 @@ def _has_max_pool(spec: ArchSpec) -> bool:
 
 def allowed(spec: ArchSpec) -> dict[str, bool]:
     """Which symmetries this architecture has (permutation always)."""
+    if spec.family == "vit":  # query/key and value channels scale and flip whatever the MLP's activation
+        return {"permute": True, "scale": True, "flip": True}
     return {"permute": True, "scale": spec.activation in POSITIVE_HOMOGENEOUS,
             "flip": spec.activation in ODD and not _has_max_pool(spec)}
 
@@ -162,8 +168,16 @@ class RandomSymmetry:
     groups: tuple[int, ...] | None = None  # indices into unit_groups(spec) to transform; None: all of them
 
 
+VIT_PARTS = {"stream": "residual stream (every LayerNorm, qkv, proj, fc1, fc2, head)",
+             "heads": "whole attention heads", "qk": "query/key channel pairs inside each head",
+             "v": "value channels inside each head", "mlp": "MLP hidden units"}
+
+
 def group_labels(spec: ArchSpec) -> list[str]:
-    """A readable name for each of ``unit_groups(spec)``, e.g. 'residual stream (conv1, layer1.0.conv2, ...): 8 units'."""
+    """A readable name for each of ``unit_groups(spec)``, e.g. 'residual stream (conv1, layer1.0.conv2, ...): 8 units'
+    (for a Transformer: its kinds of symmetry, ``VIT_PARTS``)."""
+    if spec.family == "vit":
+        return list(VIT_PARTS.values())
     out = []
     for g in unit_groups(spec):
         writers = ", ".join(m.name for m in g.writers)
@@ -178,6 +192,12 @@ def random_symmetry(spec: ArchSpec, params: Params, seed: int, kind: RandomSymme
     ok = allowed(spec)
     scale = ok["scale"] if kind.scale is None else kind.scale
     flip = ok["flip"] if kind.flip is None else kind.flip
+    if spec.family == "vit":
+        from .transformer import random_symmetry as vit_symmetry
+
+        names = list(VIT_PARTS)
+        parts = None if kind.groups is None else tuple(names[i] for i in kind.groups)
+        return vit_symmetry(spec, params, seed, kind.permute, scale, flip, kind.log_scale_std, parts)
     sizes = hidden_sizes(spec)
     chosen = set(range(len(sizes)) if kind.groups is None else kind.groups)
     if not chosen <= set(range(len(sizes))):
@@ -234,6 +254,10 @@ def canonicalize(spec: ArchSpec, params: Params) -> Params:
     network without BatchNorm whose settled writers (stem, shortcut projection) give it all-zero
     weights and bias; its scale and sign are left as they are.
     """
+    if spec.family == "vit":
+        from .transformer import canonicalize as vit_canonicalize
+
+        return vit_canonicalize(spec, params)
     ok = allowed(spec)
     out = {k: v.clone() for k, v in params.items()}
     settled = {0}

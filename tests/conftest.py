@@ -30,6 +30,10 @@ MODELS = [  # (task, spec kwargs)
     ("synth-1", dict(family="mlp", hidden=(7, 6), norm="batch", activation="tanh")),
     ("synth-1", dict(family="mlp", hidden=(7, 6), norm="layer", activation="relu")),
     ("mnist1d", dict(family="cnn1d", hidden=(3, 4), norm="layer", activation="tanh", pool="avg")),
+    ("digits", dict(family="vit", hidden=(8,), fc_hidden=(12,), blocks=(2,), heads=2, kernel_size=4, pool="cls",
+                    norm="layer", activation="gelu")),
+    ("mnist1d", dict(family="vit", hidden=(6,), fc_hidden=(8,), blocks=(1,), heads=3, kernel_size=8, pool="avg",
+                     norm="layer", activation="relu", bias=False)),
 ]
 
 
@@ -47,7 +51,8 @@ def random_model(task_name, kw, seed=0):
             params[k] = 0.5 * torch.randn(params[k].shape)
         elif k.endswith("running_var"):
             params[k] = 0.5 + torch.rand(params[k].shape)
-    dead = spec.layers[1 if spec.residuals else 0]  # a unit without a residual input (a ResNet's block-inner one)
+    dead = spec.layers[1 if spec.residuals else 3 if spec.family == "vit" else 0]  # no residual input: a ResNet's
+    # block-inner unit, a Transformer's MLP unit
     params[dead.weight_name][0] = 0.0
     if dead.bias:
         params[dead.bias_name][0] = 0.0

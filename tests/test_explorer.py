@@ -76,6 +76,10 @@ def test_explorer_computations(artifacts, tiny_zoo):
     for groups in (None, (0,)):  # every group, or the first stage's residual stream alone
         lab = ex.symmetry_lab(resnet, permute=True, scale=True, flip=False, seed=1, groups=groups)
         assert lab["max_output_change"] < 1e-3 and lab["peace"] < 1e-4 and lab["raw"] > 100 * lab["peace"]
+    vit = ex.table.loc[ex.table["family"] == "vit", "model_id"].iat[0]
+    for groups in (None, (0,), (2,)):  # everything, the residual stream, query/key pairs
+        lab = ex.symmetry_lab(vit, permute=True, scale=True, flip=True, seed=3, groups=groups)
+        assert lab["max_output_change"] < 1e-3 and lab["peace"] < 1e-4 and lab["raw"] > 100 * lab["peace"]
     same = ex.table.groupby("arch")["model_id"].apply(list)
     a, b = next(ids for ids in same if len(ids) > 1)[:2]
     paths = ex.weight_path(a, b, n_points=5)

@@ -17,8 +17,8 @@ from peace.zoo import Zoo, build_zoo
 
 def test_tiny_zoo_manifest(tiny_zoo):
     m = tiny_zoo.manifest
-    assert m["model_id"].is_unique and len(m) == 66
-    assert set(m["family"]) == {"mlp", "cnn1d", "cnn2d", "resnet"}
+    assert m["model_id"].is_unique and len(m) == 71
+    assert set(m["family"]) == {"mlp", "cnn1d", "cnn2d", "resnet", "vit"}
     required = {"model_id", "run_id", "task", "dataset", "family", "arch_spec", "seed", "init", "lr", "weight_decay",
                 "dropout", "optimizer", "epoch", "train_loss", "val_acc", "test_acc", "gen_gap", "test_f1_per_class",
                 "status", "parent_id", "shard", "checksum"}
@@ -107,7 +107,7 @@ def test_killed_build_resumes_to_the_same_zoo(tiny_zoo, tmp_path):
 
 def test_cli_info_and_help(tiny_zoo):
     out = run_peace("zoo", "info", tiny_zoo.path).stdout
-    assert "66 checkpoints of 26 runs" in out and "digits-rot90" in out
+    assert "71 checkpoints of 29 runs" in out and "digits-rot90" in out
     assert "--resume" in run_peace("zoo", "build", "--help").stdout
     bad = run_peace("zoo", "build", "--preset", "nope", "--out", "x", check=False)
     assert bad.returncode == 2 and "unknown preset 'nope'" in bad.stderr and "Traceback" not in bad.stderr
