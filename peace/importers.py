@@ -292,15 +292,27 @@ def _natural_key(name: str) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
-def _layers(tensors: dict[str, Tensor], source: str, bn_eps: float = BN_EPS) -> list[tuple[str, Tensor, Tensor | None]]:
-    """(prefix, weight, bias) per layer, in natural name order (``layers.2`` before ``layers.10``); a
-    BatchNorm (a prefix with running statistics) is folded into the layer just before it."""
+def _prefix_key(prefix: str, prefixes: dict) -> list:
+    """Natural name order (``layers.2`` before ``layers.10``), with PEACE's own ``norms.i`` right after
+    ``layers.i`` (the layer it follows)."""
+    m = re.fullmatch(r"norms\.(\d+)", prefix)
+    if m and f"layers.{m[1]}" in prefixes:
+        return [*_natural_key(f"layers.{m[1]}"), "~"]
+    return _natural_key(prefix)
+
+
+def _layers(tensors: dict[str, Tensor], source: str, bn_eps: float = BN_EPS, layer_norm: bool = False
+            ) -> tuple[list[tuple[str, Tensor, Tensor | None]], dict[int, dict[str, Tensor]]]:
+    """(prefix, weight, bias) per layer, in ``_prefix_key`` order; a BatchNorm (a prefix with running
+    statistics) is folded into the layer just before it. With ``layer_norm``, a prefix holding a 1-D
+    weight (and bias) after a layer is its LayerNorm: returned as {layer index: {weight, bias}}."""
     prefixes: dict[str, dict[str, Tensor]] = {}
     for k, v in tensors.items():
         prefix, _, leaf = k.rpartition(".")
         prefixes.setdefault(prefix, {})[leaf] = v
     out: list[tuple[str, Tensor, Tensor | None]] = []
-    for prefix in sorted(prefixes, key=_natural_key):
+    norms: dict[int, dict[str, Tensor]] = {}
+    for prefix in sorted(prefixes, key=lambda x: _prefix_key(x, prefixes)):
         p = prefixes[prefix]
         name = prefix or "(top level)"
         if "running_mean" in p or "running_var" in p:
@@ -313,13 +325,20 @@ def _layers(tensors: dict[str, Tensor], source: str, bn_eps: float = BN_EPS) -> 
         if "weight" not in p:
             raise PeaceError(f"{source}: layer {name!r} has a bias but no weight")
         w, b = p["weight"], p.get("bias")
+        if w.ndim == 1 and layer_norm and out and len(out) - 1 not in norms:
+            if set(p) != {"weight", "bias"} or w.shape != (out[-1][1].shape[0],) or b.shape != w.shape:
+                raise PeaceError(f"{source}: LayerNorm {name!r} must hold a weight and a bias for the "
+                                 f"{out[-1][1].shape[0]} outputs of {out[-1][0]!r} (found {sorted(p)})")
+            norms[len(out) - 1] = {"weight": w, "bias": b}
+            continue
         if w.ndim not in (2, 3, 4):
             raise PeaceError(f"{source}: layer {name!r} has a {w.ndim}-D weight {tuple(w.shape)} (a normalization or "
-                             f"embedding layer?); supported layers: {', '.join(SUPPORTED_MODULES)}")
+                             f"embedding layer? a LayerNorm after every hidden layer is read with \"norm\": \"layer\" "
+                             f"in the model config); supported layers: {', '.join(SUPPORTED_MODULES)}")
         if b is not None and tuple(b.shape) != (w.shape[0],):
             raise PeaceError(f"{source}: layer {name!r} has bias shape {tuple(b.shape)} for {w.shape[0]} outputs")
         out.append((name, w, b))
-    return out
+    return out, norms
 
 
 _SPEC_KEYS = [f.name for f in fields(ArchSpec) if f.init]
@@ -343,7 +362,10 @@ def from_state_dict(tensors: dict[str, Tensor], config: dict | None = None, sour
     eps = config.pop("batchnorm_eps", BN_EPS)
     if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not 0 < eps < 1:
         raise PeaceError(f"{source}: batchnorm_eps must be a number in (0, 1), got {eps!r}")
-    layers = _layers(tensors, source, float(eps))
+    layers, layer_norms = _layers(tensors, source, float(eps), config.get("norm") == "layer")
+    if config.get("norm") == "layer" and sorted(layer_norms) != list(range(len(layers) - 1)):
+        raise PeaceError(f"{source}: \"norm\": \"layer\" needs a LayerNorm after every hidden layer and none after "
+                         f"the last; found them after layers {sorted(layer_norms)} of {len(layers)}")
     limits.check(layers, source)
     kinds = [w.ndim for _, w, _ in layers]
     n_conv = sum(k > 2 for k in kinds)
@@ -389,6 +411,8 @@ def from_state_dict(tensors: dict[str, Tensor], config: dict | None = None, sour
         params[layer.weight_name] = w
         if layer.bias:
             params[layer.bias_name] = b
+        for leaf, name in layer.norm_names().items():
+            params[name] = layer_norms[layer.index][leaf]
     check_params(spec, params)
     return ImportedModel(spec, params, source, dict(metadata))
 

@@ -5,7 +5,7 @@ from torch import nn
 from peace.architectures import forward
 from peace.errors import PeaceError
 from peace.graph import neural_graph
-from peace.importers import from_module
+from peace.importers import from_module, from_state_dict
 
 
 @pytest.mark.parametrize("module, shape, family", [
@@ -88,3 +88,36 @@ def test_batchnorm_is_folded_into_the_layer_before_it_exactly(tmp_path, make, sh
         assert torch.allclose(forward(spec, {k: v[None] for k, v in m.params.items()}, x)[0], module(x), atol=1e-5)
     with pytest.raises(PeaceError, match="batchnorm_eps must be a number"):
         load_model(tmp_path / "m.pt", {**config, "batchnorm_eps": "big"})
+
+
+@pytest.mark.parametrize("norm, kw", [
+    ("batch", dict(family="mlp", input_shape=(16,), hidden=(6, 5))),
+    ("layer", dict(family="mlp", input_shape=(16,), hidden=(6, 5))),
+    ("layer", dict(family="cnn2d", input_shape=(1, 8, 8), hidden=(3, 4), pool="avg")),
+    ("batch", dict(family="cnn1d", input_shape=(1, 40), hidden=(3,), fc_hidden=(5,))),
+], ids=["mlp-bn", "mlp-ln", "cnn2d-ln", "cnn1d-bn"])
+def test_state_dicts_with_normalization_layers_keep_their_function(norm, kw):
+    """PEACE's own layout (``layers.i`` then ``norms.i``): BatchNorms fold into the layer before them,
+    LayerNorms (``"norm": "layer"`` in the config) stay LayerNorms."""
+    from peace.architectures import ArchSpec, build_module
+
+    spec = ArchSpec(n_classes=4, norm=norm, activation="relu", **kw)
+    torch.manual_seed(0)
+    net = build_module(spec)
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    if norm == "batch":
+        for m in net.norms:
+            m.running_mean.normal_(), m.running_var.uniform_(0.5, 1.5)
+    config = {"activation": "relu", **({"norm": "layer"} if norm == "layer" else {}),
+              **({"input_shape": list(spec.input_shape), "pool": spec.pool} if spec.family != "mlp" else {})}
+    m = from_state_dict(dict(net.state_dict()), config)
+    assert m.spec.norm == ("layer" if norm == "layer" else "none")
+    x = torch.randn(5, *spec.input_shape)
+    with torch.no_grad():
+        torch.testing.assert_close(forward(m.spec, {k: v[None] for k, v in m.params.items()}, x)[0], net.eval()(x),
+                                   atol=1e-5, rtol=1e-4)
+    if norm == "layer":  # a LayerNorm missing after one hidden layer is named
+        state = {k: v for k, v in net.state_dict().items() if not k.startswith("norms.0.")}
+        with pytest.raises(PeaceError, match="after every hidden layer"):
+            from_state_dict(state, config)
