@@ -17,7 +17,10 @@ import urllib.request
 from pathlib import Path
 
 import torch
+from selenium.webdriver.common.keys import Keys
 from torch import nn
+
+from peace.architectures import ArchSpec, build_module
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -69,14 +72,22 @@ def main() -> None:
         timed("back to Map", goto("Map"), "Colour by")
         timed("second Neighbours", goto("Neighbours"), "Same task among the top")
         with tempfile.TemporaryDirectory() as d:
-            up = Path(d) / "upload.pt"
+            up, vit = Path(d) / "upload.pt", Path(d) / "vit.pt"
             torch.manual_seed(0)
             torch.save(nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)).state_dict(), up)
+            spec = ArchSpec("vit", (1, 8, 8), 10, hidden=(16,), fc_hidden=(32,), blocks=(1,), heads=2, kernel_size=2,
+                            pool="cls", norm="layer", activation="gelu")
+            torch.save(build_module(spec).state_dict(), vit)
             goto("Query your model")()
             browser_test._wait_text(driver, "Upload a safetensors file")
-            timed("upload .pt (isolated reader + query)",
-                  lambda: driver.find_element("css selector", "input[type=file]").send_keys(str(up)),
-                  "mlp 64-32-10 relu")
+            file_input = lambda: driver.find_element("css selector", "input[type=file]")  # noqa: E731
+            timed("upload .pt of a plain chain (isolated reader + query): asks for the activation",
+                  lambda: file_input().send_keys(str(up)), "do not say which activation")
+            heads = driver.find_element("css selector", "input[aria-label='Attention heads']")
+            heads.send_keys(Keys.BACK_SPACE, "2", Keys.ENTER)
+            time.sleep(1)
+            timed("upload .pt of a ViT, heads given (isolated reader + query)",
+                  lambda: file_input().send_keys(str(vit)), spec.describe())
     finally:
         driver.quit()
         proc.terminate()

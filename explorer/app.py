@@ -204,14 +204,19 @@ def page_query(ex: Explorer) -> None:
              "resource-limited process (never by `torch.load`, never in this server); nothing in the file is "
              "executed. Architecture widths come from the tensor shapes.")
     up = st.file_uploader("Model file", type=None)
-    c1, c2, c3 = st.columns(3)
-    activation = c1.selectbox("Activation", ["relu", "tanh", "sigmoid", "leaky_relu", "gelu", "identity"])
+    c1, c2, c3, c4 = st.columns(4)
+    activation = c1.selectbox("Activation", ["from the file's layout", "relu", "tanh", "sigmoid", "leaky_relu", "gelu",
+                                             "identity"],
+                              help="torchvision ResNets use relu and timm ViTs gelu; a plain chain must be told")
     shape = c2.text_input("Input shape (C,H,W)", "", help="for convolutional and residual networks, e.g. 1,8,8")
     pool = c3.selectbox("CNN pooling", ["avg", "max", "none"])
+    heads = c4.number_input("Attention heads", 0, 1024, 0, help="Transformers only: not in the weights (0: not one)")
     k = st.slider("k", 1, 30, 10, key="upload_k")
     if up is None:
         return
-    cfg = {"activation": activation}
+    cfg = {} if activation == "from the file's layout" else {"activation": activation}
+    if heads:
+        cfg["num_heads"] = int(heads)
     if shape.strip():
         try:
             cfg.update(input_shape=[int(v) for v in shape.split(",")], pool=pool)
