@@ -167,10 +167,12 @@ def page_ablations() -> None:
     metric = st.selectbox("Metric", metrics, index=metrics.index("retrieval_task.map") if "retrieval_task.map" in metrics else 0)
     table = compare(summary, metrics)
     st.plotly_chart(ablation_bars(table, metric), width="stretch")
-    st.dataframe(table[table["metric"] == metric].sort_values("mean", ascending=False), hide_index=True,
+    shown = lambda t: t.assign(**{c: t[c].map(lambda v: "- (one seed)" if pd.isna(v) else f"{v:.4g}")  # noqa: E731
+                                  for c in ("mean", "std")})  # one number format; no "None" for a single seed's spread
+    st.dataframe(shown(table[table["metric"] == metric].sort_values("mean", ascending=False)), hide_index=True,
                  width="stretch")
     st.subheader("Best configuration per metric")
-    st.dataframe(best_per_metric(table), hide_index=True, width="stretch")
+    st.dataframe(shown(best_per_metric(table)), hide_index=True, width="stretch")
 
 
 def page_symmetry(ex: Explorer) -> None:
@@ -228,8 +230,13 @@ def page_query(ex: Explorer) -> None:
         path.write_bytes(up.getvalue())
         try:
             m, hits, xy = ex.query_file(path, cfg, k)
-        except PeaceError as e:
-            st.error(str(e).replace(str(path), up.name))
+        except PeaceError as e:  # the importer names the CLI's options; here they are this page's fields
+            fields = {"--input-shape": "the Input shape field", "--activation": "the Activation field",
+                      "--pool": "the CNN pooling field", "config.json: ": "the Attention heads field; config.json: "}
+            msg = str(e).replace(str(path), up.name)
+            for option, field in fields.items():
+                msg = msg.replace(option, field)
+            st.error(msg)
             return
     st.success(f"{up.name}: {m.spec.describe()}, {m.spec.n_params} parameters")
     st.dataframe(cols(hits, ("cosine",)), hide_index=True, width="stretch", key="upload_hits")

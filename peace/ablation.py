@@ -150,7 +150,8 @@ def compare(summary: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataF
             .reset_index())
 
 
-LOWER_IS_BETTER = ("invariance.ratio", "clustering_task.davies_bouldin", "transfer.step_ratio_vs_random")
+LOWER_IS_BETTER = ("invariance.ratio", "invariance.distance_to_transform", "clustering_task.davies_bouldin",
+                   "transfer.step_ratio_vs_random")
 
 
 def best_per_metric(table: pd.DataFrame) -> pd.DataFrame:

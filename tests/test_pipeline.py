@@ -99,9 +99,11 @@ def test_tiny_ablation_grid_end_to_end_with_resume(tiny_zoo, tmp_path):
     assert list(s2["status"]) == ["skipped (done)", "ran"]
     assert s2.loc[0, "retrieval_task.map"] == s.loc[0, "retrieval_task.map"]
     assert pd.read_parquet(out / "summary.parquet").shape == s2.shape
-    table = compare(s2, ["retrieval_task.map", "invariance.ratio"])
+    table = compare(s2, ["retrieval_task.map", "invariance.ratio", "invariance.distance_to_transform"])
     best = best_per_metric(table).set_index("metric")
     assert best.loc["retrieval_task.map", "best configuration"] == s2.loc[s2["retrieval_task.map"].idxmax(), "configuration"]
+    for lower in ("invariance.ratio", "invariance.distance_to_transform"):  # lower is better for both
+        assert best.loc[lower, "best configuration"] == s2.loc[s2[lower].idxmin(), "configuration"]
     out_nb = tmp_path / "05.ipynb"
     pm.execute_notebook(str(ROOT / "notebooks/05_ablations.ipynb"), str(out_nb), kernel_name="python3",
                         parameters={"summary_path": str(out / "summary.parquet")}, cwd=str(ROOT / "notebooks"),
