@@ -10,15 +10,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
-import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
 from peace.ablation import best_per_metric, compare
 from peace.errors import PeaceError
 from peace.explore import Explorer, filter_table, find_ablation_summaries, find_embedding_sets
-from peace.plots import ablation_bars, weight_heatmaps
+from peace.plots import ablation_bars, embedding_map, weight_heatmaps
 from peace.symmetry import allowed, group_labels
 
 ROOT = Path(os.environ.get("PEACE_ARTIFACTS", Path(__file__).resolve().parents[1] / "artifacts"))
@@ -48,15 +48,8 @@ def model_picker(ex: Explorer, label: str, key: str, default: int = 0) -> str:
 def map_figure(_ex: Explorer, set_sha: str, color: str, symbol: str, dims: str, filters: tuple):
     """The filtered table and its scatter figure, built once per choice (5000 points take ~0.2 s)."""
     shown = filter_table(_ex.table, *filters)
-    hover = [c for c in ("model_id", "task", "arch", "epoch", "test_acc") if c in shown.columns]
-    sym = None if symbol == "none" else symbol
-    if dims == "2-D":
-        fig = px.scatter(shown, x="umap_2d_x", y="umap_2d_y", color=color, symbol=sym, hover_data=hover,
-                         custom_data=["model_id"], height=620)
-    else:
-        fig = px.scatter_3d(shown, x="umap_3d_x", y="umap_3d_y", z="umap_3d_z", color=color, symbol=sym,
-                            hover_data=hover, height=680)
-        fig.update_traces(marker_size=3)
+    fig = embedding_map(shown, color, 2 if dims == "2-D" else 3, None if symbol == "none" else symbol,
+                        height=620 if dims == "2-D" else 680)
     return shown, fig
 
 
@@ -147,11 +140,16 @@ def page_interpolation(ex: Explorer) -> None:
     fig.update_layout(xaxis_title="alpha (0 = A, 1 = B)", yaxis_title="test loss",
                       yaxis2=dict(title="test accuracy", overlaying="y", side="right"), height=420)
     st.plotly_chart(fig, width="stretch")
-    m = px.scatter(ex.table, x="umap_2d_x", y="umap_2d_y", color="task", opacity=0.25, height=520)
+    m = embedding_map(ex.table, "task", symbol=None, height=520)
     for name, p in paths.items():
         m.add_scatter(x=p["map_xy"][:, 0], y=p["map_xy"][:, 1], mode="lines+markers", name=f"path ({name})")
+    xy = np.concatenate([p["map_xy"] for p in paths.values()])  # zoom to the paths: at full zoom they vanish
+    pad = np.maximum(0.5, 0.5 * (xy.max(0) - xy.min(0)))
+    m.update_layout(xaxis_range=[xy[:, 0].min() - pad[0], xy[:, 0].max() + pad[0]],
+                    yaxis_range=[xy[:, 1].min() - pad[1], xy[:, 1].max() + pad[1]])
     st.plotly_chart(m, width="stretch")
-    st.caption("Path points are placed at the mean map position of their 5 nearest zoo models.")
+    st.caption("Path points are placed at the mean map position of their 5 nearest zoo models; the map is zoomed "
+               "to the paths (double-click it to see the whole zoo).")
 
 
 def page_ablations() -> None:
@@ -240,7 +238,7 @@ def page_query(ex: Explorer) -> None:
             return
     st.success(f"{up.name}: {m.spec.describe()}, {m.spec.n_params} parameters")
     st.dataframe(cols(hits, ("cosine",)), hide_index=True, width="stretch", key="upload_hits")
-    fig = px.scatter(ex.table, x="umap_2d_x", y="umap_2d_y", color="task", opacity=0.35, height=520)
+    fig = embedding_map(ex.table, "task", symbol=None, height=520)
     fig.add_scatter(x=[xy[0]], y=[xy[1]], mode="markers", marker=dict(symbol="star", size=18, color="black"),
                     name=up.name)
     st.plotly_chart(fig, width="stretch")

@@ -82,16 +82,27 @@ def training_history(history: pd.DataFrame) -> go.Figure:
     return fig
 
 
-def embedding_map(table: pd.DataFrame, color: str = "task", dims: int = 2) -> go.Figure:
-    """UMAP scatter of an embedding set (``peace embed``), coloured by a metadata column."""
-    hover = [c for c in ("model_id", "arch", "epoch", "test_acc", "split") if c in table.columns]
+MAP_LABELS = {"umap_2d_x": "UMAP 1", "umap_2d_y": "UMAP 2", "umap_3d_x": "UMAP 1", "umap_3d_y": "UMAP 2",
+              "umap_3d_z": "UMAP 3", "test_acc": "test accuracy"}
+PALETTE = px.colors.qualitative.Dark24  # 24 distinct colours: a zoo's dozen tasks never share one
+
+
+def embedding_map(table: pd.DataFrame, color: str = "task", dims: int = 2, symbol: str | None = "family",
+                  height: int | None = None) -> go.Figure:
+    """UMAP scatter of an embedding set (``peace embed``), coloured by a metadata column: 24 distinct
+    colours for categories, viridis for numbers (low values stay visible on white), half-transparent
+    points so dense clusters do not hide others, readable axis titles and hover numbers."""
+    hover = {c: (":.3f" if c == "test_acc" else True) for c in ("model_id", "task", "arch", "epoch", "test_acc")
+             if c in table.columns}
+    kw = dict(color=color, hover_data=hover, labels=MAP_LABELS, height=height, color_discrete_sequence=PALETTE,
+              color_continuous_scale="Viridis", symbol=symbol if symbol in table.columns else None)
     if dims == 3:
-        fig = px.scatter_3d(table, x="umap_3d_x", y="umap_3d_y", z="umap_3d_z", color=color, hover_data=hover)
+        fig = px.scatter_3d(table, x="umap_3d_x", y="umap_3d_y", z="umap_3d_z", **kw)
+        fig.update_traces(marker={"size": 3, "opacity": 0.7})
     else:
-        fig = px.scatter(table, x="umap_2d_x", y="umap_2d_y", color=color, hover_data=hover,
-                         symbol="family" if "family" in table.columns else None)
-    fig.update_traces(marker={"size": 4 if dims == 3 else 6, "opacity": 0.8})
-    fig.update_layout(title=f"{len(table)} models, UMAP of their PEACE embeddings, coloured by {color}")
+        fig = px.scatter(table, x="umap_2d_x", y="umap_2d_y", custom_data=["model_id"], **kw)
+        fig.update_traces(marker={"size": 6, "opacity": 0.6})
+    fig.update_layout(title=f"{len(table)} models, UMAP of their PEACE embeddings, coloured by {MAP_LABELS.get(color, color)}")
     return fig
 
 
