@@ -20,6 +20,7 @@ from peace.errors import PeaceError
 from peace.explore import Explorer, filter_table, find_ablation_summaries, find_embedding_sets
 from peace.plots import ablation_bars, embedding_map, weight_heatmaps
 from peace.symmetry import allowed, group_labels
+from peace.teaching import partner
 
 ROOT = Path(os.environ.get("PEACE_ARTIFACTS", Path(__file__).resolve().parents[1] / "artifacts"))
 PAGES = ["Map", "Neighbours", "Interpolation", "Ablations", "Symmetry lab", "Query your model"]
@@ -38,10 +39,13 @@ def cols(df: pd.DataFrame, extra: tuple[str, ...] = ()) -> pd.DataFrame:
     return df[[c for c in SHOW[:1] + list(extra) + SHOW[1:] if c in df.columns]]
 
 
-def model_picker(ex: Explorer, label: str, key: str, default: int = 0) -> str:
+def model_picker(ex: Explorer, label: str, key: str, default: int | str = 0) -> str:
+    """A model id; ``default`` is a position in accuracy order or a model id."""
     ids = list(ex.table.sort_values("test_acc", ascending=False)["model_id"])
     chosen = st.session_state.get("clicked_model") if key == "query" else None
-    return st.selectbox(label, ids, index=ids.index(chosen) if chosen in ids else min(default, len(ids) - 1), key=key)
+    if chosen not in ids:
+        chosen = default if default in ids else ids[min(default if isinstance(default, int) else 1, len(ids) - 1)]
+    return st.selectbox(label, ids, index=ids.index(chosen), key=key)
 
 
 @st.cache_resource(max_entries=32, show_spinner=False)
@@ -121,8 +125,12 @@ def page_interpolation(ex: Explorer) -> None:
     c1, c2 = st.columns(2)
     with c1:
         a = model_picker(ex, "Model A", "interp_a", 0)
+    try:  # by default a twin of A: same architecture, task and epoch, another seed (weight space needs one)
+        twin: int | str = partner(ex.zoo, a)
+    except PeaceError:
+        twin = 1
     with c2:
-        b = model_picker(ex, "Model B", "interp_b", 1)
+        b = model_picker(ex, "Model B", "interp_b", twin)
     st.subheader("(a) In embedding space")
     path = ex.embedding_path(a, b)
     st.dataframe(cols(path, ("t", "cosine")), hide_index=True, width="stretch")
@@ -132,7 +140,11 @@ def page_interpolation(ex: Explorer) -> None:
                    "interpolation.")
         return
     with st.spinner("Aligning, interpolating and embedding the path ..."):
-        paths = ex.weight_path(a, b)
+        try:
+            paths = ex.weight_path(a, b)
+        except PeaceError as e:  # e.g. weight matching does not read Transformers yet
+            st.warning(str(e))
+            return
     fig = go.Figure()
     for name, p in paths.items():
         fig.add_scatter(x=p["alpha"], y=p["loss"], name=f"loss ({name})")

@@ -35,6 +35,9 @@ def test_every_page_renders(artifacts, monkeypatch, page):
                 "Ablations": "Metric", "Symmetry lab": "Seed", "Query your model": "Activation"}[page]
     labels = [w.label for kind in ("selectbox", "number_input", "slider") for w in getattr(at, kind)]
     assert expected in labels, labels
+    if page == "Interpolation":  # the default pair shares an architecture and a task: no warning, both paths
+        a, b = (at.selectbox(key=k).value for k in ("interp_a", "interp_b"))
+        assert a != b and not at.warning, [w.value for w in at.warning]
 
 
 def test_neighbour_query_returns_k_rows(artifacts, monkeypatch):
