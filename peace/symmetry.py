@@ -120,6 +120,49 @@ def _apply(out: Params, group: UnitGroup, perm: Tensor, f: Tensor) -> None:
         out[layer.weight_name] = w / _column_factor(layer, f).to(w.dtype).reshape(1, -1, *[1] * (w.dim() - 2))
 
 
+def check_factor(f: Tensor, units: str, where: str, activation: str, scale: bool, flip: bool) -> None:
+    """Refuse factors (of ``units`` at ``where``) that are not a symmetry: scales where ``scale`` is
+    False (the activation is not positively homogeneous), signs where ``flip`` is False (the activation
+    is not odd, or max pooling follows), zeros and non-finite values."""
+    if (f.abs() != 1).any() and not scale:
+        raise PeaceError(f"scaling {units} needs a positively homogeneous activation "
+                         f"({', '.join(POSITIVE_HOMOGENEOUS)}); this model uses {activation}")
+    if (f < 0).any() and not flip:
+        why = "max pooling" if activation in ODD else f"activation {activation}"
+        raise PeaceError(f"sign flips need an odd activation ({', '.join(ODD)}) and no max pooling; "
+                         f"this model has {why}")
+    if (f == 0).any() or not torch.isfinite(f).all():
+        raise PeaceError(f"factors of {units} ({where}) must be finite and nonzero")
+
+
+def random_factor(shape: tuple[int, ...], g: torch.Generator, scale: bool, flip: bool, log_scale_std: float) -> Tensor:
+    """Random positive scales (log-normal) and / or signs, drawn from ``g`` in that order."""
+    f = torch.ones(shape)
+    if scale:
+        f = f * torch.exp(log_scale_std * torch.randn(shape, generator=g))
+    if flip:
+        f = f * torch.where(torch.rand(shape, generator=g) < 0.5, -1.0, 1.0)
+    return f
+
+
+def canonical_factor(incoming: Tensor, scale: bool, flip: bool) -> Tensor:
+    """Per unit (row of ``incoming``): 1 / norm where scaling is a symmetry (zero rows stay), times the
+    sign that makes the entry of largest magnitude positive where flips are."""
+    f = torch.ones(incoming.shape[0], dtype=incoming.dtype)
+    if scale:
+        norm = incoming.norm(dim=1)
+        f = torch.where(norm > 0, 1.0 / norm, f)
+    if flip:
+        top = incoming.gather(1, incoming.abs().argmax(1, keepdim=True)).squeeze(1)
+        f = f * torch.where(top < 0, -1.0, 1.0)
+    return f
+
+
+def zero_at_zero(activation: str) -> bool:
+    """act(0) == 0: a unit with zero inputs outputs 0, so its outgoing weights carry nothing."""
+    return float(ACTIVATIONS[activation](torch.zeros(1))) == 0.0
+
+
 def transform(spec: ArchSpec, params: Params, perms: list[Tensor] | None = None,
               factors: list[Tensor] | None = None) -> Params:
     """Apply per-group unit permutations and factors (scales, signs); the function is unchanged.
@@ -137,17 +180,8 @@ def transform(spec: ArchSpec, params: Params, perms: list[Tensor] | None = None,
                          f"and {len(factors)} factor vectors")
     ok = allowed(spec)
     for i, f in enumerate(factors):
-        if f is None:
-            continue
-        if (f.abs() != 1).any() and not ok["scale"]:
-            raise PeaceError(f"scaling hidden units needs a positively homogeneous activation "
-                             f"({', '.join(POSITIVE_HOMOGENEOUS)}); this model uses {spec.activation}")
-        if (f < 0).any() and not ok["flip"]:
-            why = "max pooling" if spec.activation in ODD else f"activation {spec.activation}"
-            raise PeaceError(f"sign flips need an odd activation ({', '.join(ODD)}) and no max pooling; "
-                             f"this model has {why}")
-        if (f == 0).any() or not torch.isfinite(f).all():
-            raise PeaceError(f"factors of group {i} must be finite and non-zero")
+        if f is not None:
+            check_factor(f, "hidden units", f"group {i}", spec.activation, ok["scale"], ok["flip"])
     out = {k: v.clone() for k, v in params.items()}
     for i, (g, perm, f) in enumerate(zip(groups, perms, factors)):
         perm = torch.arange(g.size) if perm is None else perm.long()
@@ -206,12 +240,7 @@ def random_symmetry(spec: ArchSpec, params: Params, seed: int, kind: RandomSymme
     perms, factors = [], []
     for i, n in enumerate(sizes):
         perms.append(torch.randperm(n, generator=g) if kind.permute else None)
-        f = torch.ones(n)
-        if scale:
-            f = f * torch.exp(kind.log_scale_std * torch.randn(n, generator=g))
-        if flip:
-            f = f * torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
-        factors.append(f if (scale or flip) else None)
+        factors.append(random_factor((n,), g, scale, flip, kind.log_scale_std) if (scale or flip) else None)
         if i not in chosen:
             perms[-1] = factors[-1] = None
     return transform(spec, params, perms, factors)
@@ -249,8 +278,7 @@ def canonicalize(spec: ArchSpec, params: Params) -> Params:
     outgoing weights are, so those are set to zero: otherwise scaling or flipping it would change them
     freely. Before a LayerNorm, the layer's weights and bias get zero mean over its units (the
     LayerNorm's own symmetry: it ignores what every unit shares). Permutations are not removed:
-    canonicalize(transform(m)) equals canonicalize(m) up to a
-    permutation of hidden units. One case has no canonical form here: a residual-stream unit of a
+    canonicalize(transform(m)) equals canonicalize(m) up to a permutation of hidden units. One case has no canonical form here: a residual-stream unit of a
     network without BatchNorm whose settled writers (stem, shortcut projection) give it all-zero
     weights and bias; its scale and sign are left as they are.
     """
@@ -269,16 +297,9 @@ def canonicalize(spec: ArchSpec, params: Params) -> Params:
         if (ok["scale"] or ok["flip"]) and inc.shape[1] == 0:
             raise PeaceError(f"{spec.describe()}: the units of tensors {list(g.tensors)} are written only by layers "
                              f"reading unsettled units; PEACE has no canonical form for this network's scaling")
-        f = torch.ones(g.size, dtype=inc.dtype)
-        if ok["scale"]:
-            norm = inc.norm(dim=1)
-            f = torch.where(norm > 0, 1.0 / norm, torch.ones_like(norm))
-        if ok["flip"]:
-            top = inc.gather(1, inc.abs().argmax(1, keepdim=True)).squeeze(1)
-            f = f * torch.where(top < 0, -1.0, 1.0)
         if ok["scale"] or ok["flip"]:
-            _apply(out, g, torch.arange(g.size), f)
-        if len(g.tensors) == 1 and float(ACTIVATIONS[spec.activation](torch.zeros(1))) == 0.0:
+            _apply(out, g, torch.arange(g.size), canonical_factor(inc, ok["scale"], ok["flip"]))
+        if len(g.tensors) == 1 and zero_at_zero(spec.activation):
             full = torch.cat([out[n].reshape(g.size, -1) for m in g.writers for n in _rows(m)[1]], 1)
             dead = torch.nonzero((full == 0).all(1)).flatten()
             for m in g.readers:

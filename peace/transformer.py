@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from . import rng
 from .architectures import ACTIVATIONS, ArchSpec, Layer, conv
 from .errors import PeaceError
+from .symmetry import ODD, POSITIVE_HOMOGENEOUS, canonical_factor, check_factor, random_factor, zero_at_zero
 
 LN_EPS = 1e-6  # timm's LayerNorm eps for ViTs
 POOLS = ("cls", "avg")
@@ -224,8 +225,6 @@ def _at(v: list | None, b: int):
 def transform(spec: ArchSpec, params: dict[str, Tensor], sym: Symmetry) -> dict[str, Tensor]:
     """Apply a ``Symmetry``; the function is unchanged. Factors that the activation does not allow
     (MLP) or zero factors raise ``PeaceError``."""
-    from .symmetry import POSITIVE_HOMOGENEOUS, ODD
-
     c, p, t, d, m = _geometry(spec)
     H, dh = spec.heads, d // spec.heads
     out = {k: v.clone() for k, v in params.items()}
@@ -250,11 +249,8 @@ def transform(spec: ArchSpec, params: dict[str, Tensor], sym: Symmetry) -> dict[
         if perm is not None or f is not None:
             perm = torch.arange(m) if perm is None else perm.long()
             f = torch.ones(m) if f is None else f
-            if (f.abs() != 1).any() and spec.activation not in POSITIVE_HOMOGENEOUS:
-                raise PeaceError(f"scaling MLP units needs a positively homogeneous activation; this model uses "
-                                 f"{spec.activation}")
-            if (f < 0).any() and spec.activation not in ODD:
-                raise PeaceError(f"sign flips of MLP units need an odd activation; this model uses {spec.activation}")
+            check_factor(f, "MLP units", pre, spec.activation, spec.activation in POSITIVE_HOMOGENEOUS,
+                         spec.activation in ODD)
             out[f"{pre}.mlp.fc1.weight"] = out[f"{pre}.mlp.fc1.weight"][perm] * f.unsqueeze(1)
             if spec.bias:
                 out[f"{pre}.mlp.fc1.bias"] = out[f"{pre}.mlp.fc1.bias"][perm] * f
@@ -268,8 +264,8 @@ def transform(spec: ArchSpec, params: dict[str, Tensor], sym: Symmetry) -> dict[
         vp = ident if vp is None else vp.long()
         qf = torch.ones(H, dh) if qf is None else qf
         vf = torch.ones(H, dh) if vf is None else vf
-        if (qf == 0).any() or (vf == 0).any() or not (torch.isfinite(qf).all() and torch.isfinite(vf).all()):
-            raise PeaceError("query/key and value factors must be finite and nonzero")
+        for f, units in ((qf, "query/key pairs"), (vf, "value channels")):
+            check_factor(f, units, pre, spec.activation, True, True)
         q_rows = (ph.unsqueeze(1) * dh + qk).reshape(-1)  # new (h, j) <- old (ph[h], qk[h, j])
         v_rows = (ph.unsqueeze(1) * dh + vp).reshape(-1)
         rows = torch.cat([q_rows, d + q_rows, 2 * d + v_rows])
@@ -287,8 +283,6 @@ def random_symmetry(spec: ArchSpec, params: dict[str, Tensor], seed: int, permut
     """A random function-preserving transform. ``scale`` / ``flip``: query/key and value factors
     (always allowed) and MLP factors where the activation allows; ``parts``: which of "stream",
     "heads", "qk", "v", "mlp" to transform (default all)."""
-    from .symmetry import POSITIVE_HOMOGENEOUS, ODD
-
     c, p, t, d, m = _geometry(spec)
     H, dh, depth = spec.heads, d // spec.heads, spec.blocks[0]
     parts = set(parts or ("stream", "heads", "qk", "v", "mlp"))
@@ -300,13 +294,8 @@ def random_symmetry(spec: ArchSpec, params: dict[str, Tensor], seed: int, permut
         return torch.randperm(n, generator=g) if rows is None else torch.stack([torch.randperm(n, generator=g)
                                                                                  for _ in range(rows)])
 
-    def factor(shape: tuple[int, ...], can_scale: bool, can_flip: bool) -> Tensor | None:
-        f = torch.ones(shape)
-        if scale and can_scale:
-            f = f * torch.exp(log_scale_std * torch.randn(shape, generator=g))
-        if flip and can_flip:
-            f = f * torch.where(torch.rand(shape, generator=g) < 0.5, -1.0, 1.0)
-        return f
+    def factor(shape: tuple[int, ...], can_scale: bool, can_flip: bool) -> Tensor:
+        return random_factor(shape, g, scale and can_scale, flip and can_flip, log_scale_std)
 
     pick = lambda name, v: v if name in parts else None  # noqa: E731
     sym = Symmetry(stream=pick("stream", perm(d)),
@@ -321,9 +310,10 @@ def random_symmetry(spec: ArchSpec, params: dict[str, Tensor], seed: int, permut
     return transform(spec, params, sym)
 
 
-def _sign_of_largest(rows: Tensor) -> Tensor:
-    top = rows.gather(1, rows.abs().argmax(1, keepdim=True)).squeeze(1)
-    return torch.where(top < 0, -1.0, 1.0)
+def _with_bias(params: dict[str, Tensor], name: str, bias: bool) -> Tensor:
+    """A linear layer's rows with their bias as one more column: what a unit's factor multiplies."""
+    w = params[f"{name}.weight"]
+    return torch.cat([w, params[f"{name}.bias"].unsqueeze(1)], 1) if bias else w
 
 
 def canonicalize(spec: ArchSpec, params: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -331,44 +321,29 @@ def canonicalize(spec: ArchSpec, params: dict[str, Tensor]) -> dict[str, Tensor]
     channel and its key channel get equal norms (weights and bias) and the query's largest entry
     positive; each value channel unit norm and its largest entry positive; MLP units as in
     ``symmetry.canonicalize`` where the activation allows. Permutations are not removed."""
-    from .symmetry import POSITIVE_HOMOGENEOUS, ODD
-
     c, p, t, d, m = _geometry(spec)
     H, dh = spec.heads, d // spec.heads
     out = dict(params)
     qf, vf, mf = [], [], []
     for b in range(spec.blocks[0]):
         pre = f"blocks.{b}"
-        w = out[f"{pre}.attn.qkv.weight"]
-        rows = torch.cat([w, out[f"{pre}.attn.qkv.bias"].unsqueeze(1)], 1) if spec.bias else w
-        q, k, v = rows[:d], rows[d:2 * d], rows[2 * d:]
-        nq, nk, nv = q.norm(dim=1), k.norm(dim=1), v.norm(dim=1)
+        q, k, v = _with_bias(out, f"{pre}.attn.qkv", spec.bias).split(d)
+        nq, nk = q.norm(dim=1), k.norm(dim=1)
         s = torch.where((nq > 0) & (nk > 0), torch.sqrt(nk / nq.clamp_min(1e-30)), torch.ones_like(nq))
-        qf.append((s * _sign_of_largest(q)).reshape(H, dh))
-        vf.append((torch.where(nv > 0, 1 / nv.clamp_min(1e-30), torch.ones_like(nv)) * _sign_of_largest(v)).reshape(H, dh))
-        f1 = out[f"{pre}.mlp.fc1.weight"]
-        inc = torch.cat([f1, out[f"{pre}.mlp.fc1.bias"].unsqueeze(1)], 1) if spec.bias else f1
-        f = torch.ones(m)
-        if spec.activation in POSITIVE_HOMOGENEOUS:
-            n = inc.norm(dim=1)
-            f = torch.where(n > 0, 1 / n.clamp_min(1e-30), torch.ones_like(n))
-        if spec.activation in ODD:
-            f = f * _sign_of_largest(inc)
-        mf.append(f)
+        qf.append((s * canonical_factor(q, False, True)).reshape(H, dh))
+        vf.append(canonical_factor(v, True, True).reshape(H, dh))
+        mf.append(canonical_factor(_with_bias(out, f"{pre}.mlp.fc1", spec.bias), spec.activation in POSITIVE_HOMOGENEOUS,
+                                   spec.activation in ODD))
     out = transform(spec, out, Symmetry(mlp_factor=mf, qk_factor=qf, v_factor=vf))
-    dead_mlp = float(ACTIVATIONS[spec.activation](torch.zeros(1))) == 0.0
     for b in range(spec.blocks[0]):  # channels that carry nothing: what they connect to could move freely
         pre = f"blocks.{b}"
-        qkv = out[f"{pre}.attn.qkv.weight"]
-        rows = torch.cat([qkv, out[f"{pre}.attn.qkv.bias"].unsqueeze(1)], 1) if spec.bias else qkv
+        rows = _with_bias(out, f"{pre}.attn.qkv", spec.bias)
         silent = (rows[:d] == 0).all(1) | (rows[d:2 * d] == 0).all(1)  # a query or its key is zero: no logit
         for part in (0, 1):
             _zero_rows(out, f"{pre}.attn.qkv", spec.bias, torch.nonzero(silent).flatten() + part * d)
         out[f"{pre}.attn.proj.weight"][:, (rows[2 * d:] == 0).all(1)] = 0.0  # a zero value channel
-        if dead_mlp:
-            fc1 = out[f"{pre}.mlp.fc1.weight"]
-            inc = torch.cat([fc1, out[f"{pre}.mlp.fc1.bias"].unsqueeze(1)], 1) if spec.bias else fc1
-            out[f"{pre}.mlp.fc2.weight"][:, (inc == 0).all(1)] = 0.0
+        if zero_at_zero(spec.activation):
+            out[f"{pre}.mlp.fc2.weight"][:, (_with_bias(out, f"{pre}.mlp.fc1", spec.bias) == 0).all(1)] = 0.0
     return out
 
 
