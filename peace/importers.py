@@ -272,10 +272,7 @@ def _state_dict(obj: Any, source: str) -> dict[str, Tensor]:
         if leaf == "num_batches_tracked":  # a BatchNorm's step counter: no part of its function
             continue
         if leaf not in ("weight", "bias", "running_mean", "running_var", "cls_token", "pos_embed"):
-            what = next((w for key, w in _VIT_UNSUPPORTED.items() if key in str(k)), None)
-            if what:
-                raise PeaceError(f"{source}: tensor {k!r} belongs to {what}, which PEACE does not read (timm's plain "
-                                 f"pre-LayerNorm VisionTransformer is read)")
+            _refuse_vit_extras([str(k)], source)
             raise PeaceError(f"{source}: tensor {k!r} is not the weight or bias of a supported layer; "
                              f"supported layers: {', '.join(SUPPORTED_MODULES)}")
         if v.dtype not in FLOAT_DTYPES:
@@ -475,10 +472,8 @@ def _resnet(tensors: dict[str, Tensor], config: dict, source: str, limits: Limit
     if stages != list(range(1, len(stages) + 1)) or any(blocks[s] != set(range(len(blocks[s]))) for s in stages):
         raise PeaceError(f"{source}: the ResNet's stages and blocks are not numbered layer1.0, layer1.1, ..., "
                          f"layer2.0, ...: found {({s: sorted(b) for s, b in blocks.items()})}")
+    _need_dims(tensors, {"conv1.weight": 4, "fc.weight": 2, **{f"layer{s}.0.conv1.weight": 4 for s in stages}}, source)
     stem = tensors["conv1.weight"]
-    if stem.ndim != 4 or tensors["fc.weight"].ndim != 2:
-        raise PeaceError(f"{source}: conv1 must be a 2-D convolution and fc a linear layer, got weights shaped "
-                         f"{tuple(stem.shape)} and {tuple(tensors['fc.weight'].shape)}")
     if "input_shape" not in config:
         raise PeaceError(f"{source}: a ResNet's input size is not in its weights; give it in the model config "
                          f"(config.json or --input-shape), e.g. [{stem.shape[1]}, 224, 224] for an ImageNet model")
@@ -509,22 +504,38 @@ _VIT_UNSUPPORTED = {"fc_norm": "a LayerNorm after pooling (timm's fc_norm)", "no
                     "k_norm": "query/key normalization", "reg_token": "register tokens", "attn_pool": "attention pooling"}
 
 
+def _refuse_vit_extras(names: list[str], source: str) -> None:
+    """Name the timm ViT part (LayerScale, fc_norm, ...) a tensor belongs to, which PEACE does not read."""
+    for name in names:
+        what = next((w for key, w in _VIT_UNSUPPORTED.items() if key in name), None)
+        if what:
+            raise PeaceError(f"{source}: {name!r} belongs to {what}, which PEACE's Transformers do not have; "
+                             f"PEACE reads timm's plain pre-LayerNorm VisionTransformer")
+
+
+def _need_dims(tensors: dict[str, Tensor], dims: dict[str, int], source: str) -> None:
+    """Refuse a tensor a layout reads its architecture from when it has the wrong number of dimensions
+    (before its shape is indexed)."""
+    for name, nd in dims.items():
+        if name in tensors and tensors[name].ndim != nd:
+            raise PeaceError(f"{source}: {name!r} has shape {tuple(tensors[name].shape)}; it must have {nd} dimensions")
+
+
 def _vit(tensors: dict[str, Tensor], config: dict, source: str, limits: Limits) -> ImportedModel:
     """A timm-layout VisionTransformer (or its 1-D twin). Shapes give the width, patch size, depth,
     MLP width, class token and classes; the config gives ``heads`` (``num_heads``), which shapes
     cannot tell, and may give ``activation`` (default gelu, timm's) and ``input_shape`` (default: a
     square grid of patches, or a sequence, as many as ``pos_embed`` has positions)."""
-    for key, what in _VIT_UNSUPPORTED.items():
-        found = sorted(k for k in tensors if key in k)
-        if found:
-            raise PeaceError(f"{source}: {found[0]!r} belongs to {what}, which PEACE's Transformers do not have; "
-                             f"PEACE reads timm's plain pre-LayerNorm VisionTransformer")
+    _refuse_vit_extras(sorted(tensors), source)
+    _need_dims(tensors, {"pos_embed": 3, "cls_token": 3, "head.weight": 2, "blocks.0.mlp.fc1.weight": 2}, source)
     pe = tensors["patch_embed.proj.weight"]
     if pe.ndim not in (3, 4) or len(set(pe.shape[2:])) != 1:
         raise PeaceError(f"{source}: patch_embed.proj must be a conv with a square kernel, got {tuple(pe.shape)}")
     d, c, p, nd = pe.shape[0], pe.shape[1], pe.shape[-1], pe.ndim - 2
     cls = "cls_token" in tensors
     tokens = tensors["pos_embed"].shape[1] - cls
+    if tokens < 1:
+        raise PeaceError(f"{source}: pos_embed holds {tensors['pos_embed'].shape[1]} positions, no patch position")
     if "heads" not in config and "num_heads" not in config:
         raise PeaceError(f"{source}: the number of attention heads is not in the weights; give it in the model config "
                          f"(config.json: \"num_heads\": N; timm's ViT-Tiny, width 192, has 3)")

@@ -194,6 +194,8 @@ def test_resnet18_imports_graphs_and_embeds_invariantly(tmp_path):
     (lambda s: s.update({"layer1.0.extra.weight": torch.zeros(4)}), "do not belong"),
     (lambda s: s.pop("layer1.0.bn2.running_var"), "missing"),
     (lambda s: s.update({"fc.weight": torch.zeros(5, 7)}), "shape"),
+    (lambda s: s.update({"layer1.0.conv1.weight": torch.tensor(1.0)}), "must have 4 dimensions"),  # not an IndexError
+    (lambda s: s.update({"conv1.weight": torch.zeros(3)}), "must have 4 dimensions"),
 ])
 def test_resnet_files_that_do_not_fit_are_refused_by_name(change, msg):
     state = dict(TVResNet((1, 1), (4, 8), num_classes=5).state_dict())

@@ -107,6 +107,9 @@ def test_a_timm_layout_module_and_file_are_read_with_the_same_function(tmp_path,
     (lambda s: s.update({"fc_norm.weight": torch.ones(48)}), "fc_norm"),
     (lambda s: s.pop("blocks.1.norm2.bias"), "missing"),
     (lambda s: s.update({"head.weight": torch.zeros(10, 40)}), "shape"),
+    (lambda s: s.update({"pos_embed": torch.zeros(5)}), "must have 3 dimensions"),  # not an IndexError
+    (lambda s: s.update({"head.weight": torch.tensor(2.0)}), "must have 2 dimensions"),
+    (lambda s: s.update({"pos_embed": torch.zeros(1, 1, 48)}), "no patch position"),  # not a complex square root
 ])
 def test_timm_files_that_do_not_fit_are_refused_by_name(change, msg):
     state = dict(TimmViT().state_dict())
