@@ -86,7 +86,7 @@ class Layer:
         return f"{self.name}.bias"
 
     def norm_names(self) -> dict[str, str]:
-        """Leaf -> full name of its BatchNorm's tensors (empty without one)."""
+        """Leaf -> full name of its normalization's tensors (BatchNorm: with running statistics; empty without one)."""
         if self.norm is None:
             return {}
         return {k: f"{self.norm}.{k}" for k in ("weight", "bias", *(NORM_STATS if self.norm_kind == "batch" else ()))}
