@@ -8,8 +8,9 @@ are collected into ``<out>/summary.parquet``.
 """
 from __future__ import annotations
 
+import contextlib
 import json
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .atomic import atomic_path
+from .cluster import Engine, Threads
 from .config import checked, read_yaml
 from .errors import PeaceError
 from .pipeline import Step, evaluate_step, notebook_path, run_steps, train_step
@@ -90,13 +92,31 @@ def _flatten(metrics: dict) -> dict:
     return {k: float(v) for k, v in flat.items() if isinstance(v, (int, float, np.floating, np.integer))}
 
 
+def run_one(grid: Grid, c: Configuration, seed: int, out: Path) -> dict:
+    """Train and evaluate one (configuration, seed) into ``out/runs/NAME-sSEED``; its summary row."""
+    run = out / "runs" / f"{c.name}-s{seed}"
+    row = {"configuration": c.name, "seed": seed, "overrides": " ".join(c.overrides), "run": str(run)}
+    (run / "error.txt").unlink(missing_ok=True)
+    try:
+        outcome = run_steps(_steps(grid, c, seed, run), run / "notebooks", progress=False)
+    except Exception as e:  # noqa: BLE001 - recorded, the other configurations go on
+        (run / "error.txt").parent.mkdir(parents=True, exist_ok=True)
+        (run / "error.txt").write_text(str(e))
+        return row | {"status": "failed", "error": str(e)}
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    return row | {"status": "skipped (done)" if set(outcome) == {"current"} else "ran", "error": "",
+                  **_flatten(metrics)}
+
+
 def run_ablation(grid: Grid | str | Path, out: str | Path, workers: int = 1, progress: bool = True,
-                 seeds: list[int] | None = None) -> pd.DataFrame:
+                 seeds: list[int] | None = None, engine: Engine | None = None) -> pd.DataFrame:
     """Run every (configuration, seed) not finished yet, seed by seed (every configuration at the first
     seed before any at the second); write and return ``summary.parquet``.
 
     ``seeds`` runs a subset of the grid's seeds (a quick first pass); the summary keeps the rows of
-    the grid's other seeds from earlier invocations, so passes add up.
+    the grid's other seeds from earlier invocations, so passes add up. ``workers`` runs that many at
+    once here; ``engine`` (Ray) runs each as a task with one CPU (and one GPU when the grid trains on
+    a GPU) instead, on a path every node sees.
     """
     grid = grid if isinstance(grid, Grid) else load_grid(grid)
     out = Path(out).resolve()
@@ -110,24 +130,10 @@ def run_ablation(grid: Grid | str | Path, out: str | Path, workers: int = 1, pro
         notebook_path(nb)
     everything = [(c, s) for s in grid.seeds for c in grid.configurations]
     jobs = [(c, s) for c, s in everything if seeds is None or s in seeds]
-
-    def one(c: Configuration, seed: int) -> dict:
-        run = out / "runs" / f"{c.name}-s{seed}"
-        row = {"configuration": c.name, "seed": seed, "overrides": " ".join(c.overrides), "run": str(run)}
-        (run / "error.txt").unlink(missing_ok=True)
-        try:
-            outcome = run_steps(_steps(grid, c, seed, run), run / "notebooks", progress=False)
-        except Exception as e:  # noqa: BLE001 - recorded, the other configurations go on
-            (run / "error.txt").parent.mkdir(parents=True, exist_ok=True)
-            (run / "error.txt").write_text(str(e))
-            return row | {"status": "failed", "error": str(e)}
-        metrics = json.loads((run / "eval" / "metrics.json").read_text())
-        return row | {"status": "skipped (done)" if set(outcome) == {"current"} else "ran", "error": "",
-                      **_flatten(metrics)}
-
+    gpus = 1 if grid.device.startswith("cuda") else 0
     rows = []
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # papermill runs each in its own kernel
-        futures = [pool.submit(one, c, s) for c, s in jobs]
+    with Threads(workers) if engine is None else contextlib.nullcontext(engine) as eng:
+        futures = [eng.submit(run_one, grid, c, s, out, cpus=1, gpus=gpus) for c, s in jobs]
         for f in tqdm(as_completed(futures), total=len(futures), desc="ablation", disable=not progress):
             rows.append(f.result())
     order = {(c.name, s): i for i, (c, s) in enumerate(everything)}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -13,10 +14,25 @@ def _zoo_build(args: argparse.Namespace) -> int:
     from .zoo import build_zoo
 
     recipe = load_recipe(args.preset, args.config)
-    zoo = build_zoo(recipe, args.out, resume=args.resume, progress=not args.quiet)
+    with _engine(args) as engine:
+        zoo = build_zoo(recipe, args.out, resume=args.resume, progress=not args.quiet, engine=engine)
     print(f"built {zoo!r}")
     print(zoo.summary.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return 0
+
+
+def _engine(args: argparse.Namespace):
+    """The engine --ray asks for (Serial without it: Ray is then not imported)."""
+    from .cluster import open_engine
+
+    return open_engine(args.ray, args.ray_cpus, quiet=getattr(args, "quiet", True))
+
+
+def _add_ray_option(p: argparse.ArgumentParser, what: str) -> None:
+    g = p.add_argument_group("scaling out (see README, Scaling out)")
+    g.add_argument("--ray", choices=("local", "auto"), help=f"spread {what} over Ray workers: local (start Ray with "
+                   "this machine's cores) or auto (join the running cluster: RAY_ADDRESS or `ray start`)")
+    g.add_argument("--ray-cpus", type=int, metavar="N", help="with --ray local: CPUs Ray may use (default: all)")
 
 
 def _zoo_info(args: argparse.Namespace) -> int:
@@ -53,8 +69,9 @@ def _train(args: argparse.Namespace) -> int:
 def _embed(args: argparse.Namespace) -> int:
     from .export import export_embeddings
 
-    es = export_embeddings(args.run, args.out, zoo=args.zoo, trees=args.trees, umap=not args.no_umap,
-                           progress=not args.quiet)
+    with _engine(args) as engine:
+        es = export_embeddings(args.run, args.out, zoo=args.zoo, trees=args.trees, umap=not args.no_umap,
+                               progress=not args.quiet, engine=engine)
     print(f"embedded {len(es)} models ({es.dim}-d) into {es.path}: embeddings.parquet, index.ann, index.json")
     return 0
 
@@ -158,12 +175,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     accuracy = PredictorConfig(epochs=args.accuracy_epochs) if args.accuracy_epochs > 0 else None
     kwargs = dict(zoo=args.zoo, mlp_run=args.mlp_run, seed=args.seed, progress=not args.quiet, transfer=transfer,
                   accuracy=accuracy)
-    if len(args.run) > 1:
-        summary = evaluate_runs(args.run, args.out, **kwargs)
-        print(summary_markdown(summary))
-        print(f"wrote {args.out / 'summary.md'}, {args.out / 'summary.parquet'} and one folder per run")
-        return 0
-    metrics = evaluate(args.run[0], args.out, **kwargs)
+    with _engine(args) if transfer is not None else contextlib.nullcontext(None) as engine:
+        if len(args.run) > 1:
+            summary = evaluate_runs(args.run, args.out, engine=engine, **kwargs)
+            print(summary_markdown(summary))
+            print(f"wrote {args.out / 'summary.md'}, {args.out / 'summary.parquet'} and one folder per run")
+            return 0
+        metrics = evaluate(args.run[0], args.out, engine=engine, **kwargs)
     print(summary_table(metrics).to_string(float_format=lambda v: f"{v:.3f}"))
     if metrics.get("transfer", {}).get("tasks"):
         print("\ntransfer learning on held-out tasks:")
@@ -188,7 +206,12 @@ def _ablate(args: argparse.Namespace) -> int:
     grid = load_grid(args.grid)
     if args.zoo:
         grid.zoo = str(args.zoo)
-    summary = run_ablation(grid, args.out, workers=args.workers, progress=not args.quiet, seeds=args.seeds)
+    if args.ray and args.workers != 1:
+        raise PeaceError("--workers runs configurations side by side on this machine; with --ray the cluster's "
+                         "CPUs decide how many run at once. Drop one of the two")
+    with _engine(args) if args.ray else contextlib.nullcontext(None) as engine:
+        summary = run_ablation(grid, args.out, workers=args.workers, progress=not args.quiet, seeds=args.seeds,
+                               engine=engine)
     failed = summary[summary["status"] == "failed"]
     print(summary[["configuration", "seed", "status"]].to_string(index=False))
     headline = ["retrieval_task.map", "retrieval_task_heldout.map", "retrieval_lineage.map", "probes.test_acc.r2"]
@@ -217,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", metavar="DIR", type=Path, required=True, help="zoo directory to write")
     b.add_argument("--resume", action="store_true", help="continue an interrupted build in --out")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_ray_option(b, "the populations")
     b.set_defaults(func=_zoo_build)
     i = zsub.add_parser("info", help="summarize a built zoo", description="Print counts and accuracy per task.")
     i.add_argument("dir", type=Path, help="zoo directory")
@@ -257,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--trees", type=int, default=50, help="Annoy trees (more: better recall, bigger index)")
     e.add_argument("--no-umap", action="store_true", help="skip the UMAP coordinates")
     e.add_argument("--quiet", action="store_true")
+    _add_ray_option(e, "the embedding (shards of 1,024 models, one encoder per worker)")
     e.set_defaults(func=_embed)
 
     q = sub.add_parser("query", help="nearest zoo models of a model", description="The k nearest models of a "
@@ -285,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="budget of the NFN accuracy predictors trained on the largest MLP architecture, beside "
                    "PEACE fine-tuned the same way (0 skips the study)")
     v.add_argument("--quiet", action="store_true")
+    _add_ray_option(v, "the transfer study's fine-tuning")
     v.set_defaults(func=_evaluate)
 
     pl = sub.add_parser("pipeline", help="build, train, export and evaluate with the notebooks (papermill)",
@@ -314,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--seeds", type=int, nargs="+", metavar="S",
                     help="run only these of the grid's seeds (a quick first pass; later passes add to the summary)")
     ab.add_argument("--quiet", action="store_true")
+    _add_ray_option(ab, "the (configuration, seed) runs, one task each (one GPU each when the grid's device is cuda)")
     ab.set_defaults(func=_ablate)
     return p
 

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from .atomic import atomic_path, write_json
 from .baselines import Baseline, FunctionSpace, MetadataSearch, Models, weight_baselines
+from .cluster import Engine
 from .errors import PeaceError
 from .metrics import clustering_scores, functional_similarity, hard_queries, invariance_ratio, linear_probe, retrieval_scores
 from .plots import method_comparison
@@ -122,11 +123,13 @@ def split_models(run_dir: str | Path, zoo: Zoo, splits: tuple[str, ...] = ("trai
 
 def evaluate(run_dir: str | Path, out: str | Path, zoo: Zoo | str | Path | None = None,
              mlp_run: str | Path | None = None, seed: int = 0, progress: bool = True,
-             transfer: TransferConfig | None = TransferConfig(), accuracy: PredictorConfig | None = PredictorConfig()) -> dict:
+             transfer: TransferConfig | None = TransferConfig(), accuracy: PredictorConfig | None = PredictorConfig(),
+             engine: Engine | None = None) -> dict:
     """Evaluate the run's encoder and every baseline; write metrics.json, report.md and figures to ``out``.
 
-    ``transfer=None`` skips the fine-tuning study (the slowest part); ``accuracy=None`` the
-    accuracy-prediction study against NFN on the largest MLP architecture."""
+    ``transfer=None`` skips the fine-tuning study (the slowest part; ``engine`` spreads its
+    fine-tuning over Ray workers); ``accuracy=None`` the accuracy-prediction study against NFN on
+    the largest MLP architecture."""
     run_dir, out = Path(run_dir), Path(out)
     peace = EncoderMethod(run_dir, "peace")
     zoo = zoo if isinstance(zoo, Zoo) else Zoo(zoo or peace.encoder.meta["zoo"])
@@ -151,7 +154,7 @@ def evaluate(run_dir: str | Path, out: str | Path, zoo: Zoo | str | Path | None 
         metrics["accuracy_prediction"] = accuracy_study(train, val, test, methods, config=accuracy, seed=seed, extra=head,
                                                         encoder=peace.encoder)
     if transfer is not None:
-        metrics["transfer"] = transfer_study(methods, train, test, transfer, seed, progress)
+        metrics["transfer"] = transfer_study(methods, train, test, transfer, seed, progress, engine)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "metrics.json", metrics)
     table = summary_table(metrics)

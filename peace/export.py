@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 
 from .atomic import sha256_file
+from .cluster import Engine, Serial, chunks
+from .encoder import Embedder
 from .errors import PeaceError
 from .index import EmbeddingSet, write_embedding_set
 from .trainer import embed_zoo, load_encoder
@@ -30,9 +32,33 @@ def encoder_checksum(run_dir: str | Path) -> str:
     return sha256_file(Path(run_dir) / "encoder.safetensors")
 
 
+SHARD = 1024  # models per piece of embedding work (a multiple of embed_zoo's batches: same batches as unsharded)
+
+
+def _embedder(run_dir: str, zoo_path: str) -> tuple[Embedder, Zoo]:
+    """A worker's state: the encoder and the zoo, opened once."""
+    return load_encoder(run_dir), Zoo(zoo_path)
+
+
+def _embed_shard(state: tuple[Embedder, Zoo], ids: list[str]) -> np.ndarray:
+    encoder, zoo = state
+    return embed_zoo(encoder, zoo, ids)
+
+
+def embed_models(run_dir: str | Path, zoo: Zoo, ids: list[str], engine: Engine | None = None,
+                 progress: bool = False) -> np.ndarray:
+    """Embeddings of ``ids`` in shards of ``SHARD`` models: each worker of ``engine`` loads the encoder
+    once and reads only its shards' weights, so no process holds the whole zoo."""
+    pieces = (engine or Serial()).map_with(_embedder, (str(Path(run_dir).resolve()), str(zoo.path.resolve())),
+                                           _embed_shard, chunks(ids, SHARD), progress="embed" if progress else None)
+    return np.concatenate(pieces) if pieces else np.zeros((0, 0), np.float32)
+
+
 def export_embeddings(run_dir: str | Path, out: str | Path, zoo: Zoo | str | Path | None = None, trees: int = 50,
-                      umap: bool = True, seed: int = 0, progress: bool = True) -> EmbeddingSet:
-    """Embed the zoo's ``ok`` models with the run's best encoder and write an embedding set to ``out``."""
+                      umap: bool = True, seed: int = 0, progress: bool = True,
+                      engine: Engine | None = None) -> EmbeddingSet:
+    """Embed the zoo's ``ok`` models with the run's best encoder and write an embedding set to ``out``
+    (the embedding spread over ``engine``'s workers; the table, maps and index made here)."""
     from .index import check_output_dir
 
     run_dir, out = Path(run_dir), Path(out)
@@ -44,7 +70,7 @@ def export_embeddings(run_dir: str | Path, out: str | Path, zoo: Zoo | str | Pat
     ids = list(zoo.manifest.index[zoo.manifest["status"] == "ok"])
     if not ids:
         raise PeaceError(f"zoo {zoo.path} has no models with status 'ok' to embed")
-    emb = embed_zoo(encoder, zoo, ids, progress=progress)
+    emb = embed_models(run_dir, zoo, ids, engine, progress)
     table = zoo.manifest.loc[ids].reset_index(drop=True)
     splits_path = run_dir / "splits.parquet"
     same_zoo = encoder.meta.get("zoo_manifest_sha256") == zoo.info["manifest_sha256"]

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from .architectures import ArchSpec, stack_params
 from .baselines import Baseline, Models
+from .cluster import Engine, Serial
 from .errors import PeaceError
 from .metrics import normalize_rows
 from .population import HParams, Schedule, train_population
@@ -69,19 +70,30 @@ def subset(models: Models, idx: Sequence[int]) -> Models:
                   [models.params[i] for i in idx])
 
 
-def finetune_curves(task: Task, models: Models, cfg: TransferConfig, seed: int = 0) -> np.ndarray:
+def _finetune_metrics(task: str, spec: ArchSpec, hparams: list[HParams], schedule: Schedule,
+                      start: dict) -> list[dict]:
+    """One architecture's fine-tuning: its metric rows only (a piece of work an engine may run elsewhere)."""
+    return train_population(load_task(task), spec, hparams, schedule, start=start).metrics
+
+
+def finetune_curves(task: Task, models: Models, cfg: TransferConfig, seed: int = 0,
+                    engine: Engine | None = None) -> np.ndarray:
     """Validation accuracy of each model fine-tuned on ``task`` (Adam, ``cfg.lr``), at epochs
-    0..``cfg.epochs``: shape (models, epochs + 1); NaN where a model diverged."""
+    0..``cfg.epochs``: shape (models, epochs + 1); NaN where a model diverged. Each architecture's
+    models are one population; ``engine`` trains the populations side by side."""
     curves = np.full((len(models), cfg.epochs + 1), np.nan)
     groups: dict[ArchSpec, list[int]] = {}
     for i, spec in enumerate(models.specs):
         groups.setdefault(spec, []).append(i)
     schedule = Schedule(cfg.epochs, cfg.batch_size, "adam", tuple(range(cfg.epochs + 1)))
-    for idx in groups.values():
+    futures = []
+    for spec, idx in groups.items():
         hps = [HParams(seed=model_seed(seed, models.rows["model_id"].iloc[i], "finetune:" + task.name), lr=cfg.lr)
                for i in idx]  # keyed by model: its curve does not depend on what is fine-tuned beside it
-        res = train_population(task, models.specs[idx[0]], hps, schedule, start=stack_params([models.params[i] for i in idx]))
-        for r in res.metrics:
+        futures.append((engine or Serial()).submit(_finetune_metrics, task.name, spec, hps, schedule,
+                                                   stack_params([models.params[i] for i in idx])))
+    for idx, f in zip(groups.values(), futures):
+        for r in f.result():
             if r["status"] == "ok":
                 curves[idx[r["model_index"]], r["epoch"]] = r["val_acc"]
     return curves
@@ -101,9 +113,10 @@ def _mean(values: list) -> float:
 
 
 def transfer_study(methods: Sequence[Baseline], library: Models, test: Models, cfg: TransferConfig = TransferConfig(),
-                   seed: int = 0, progress: bool = False) -> dict:
+                   seed: int = 0, progress: bool = False, engine: Engine | None = None) -> dict:
     """Fine-tune what each (fitted) method retrieves from ``library`` for the held-out tasks of
-    ``test`` (rows with ``heldout_task``); per-task and task-averaged figures."""
+    ``test`` (rows with ``heldout_task``); per-task and task-averaged figures. ``engine`` fine-tunes
+    each task's architectures side by side (Ray); the figures do not depend on it."""
     rows = test.rows.reset_index(drop=True)
     final = rows["epoch"] == rows["epochs"]
     tasks = sorted(rows.loc[rows["heldout_task"].astype(bool) & (rows["status"] == "ok"), "task"].unique())
@@ -128,7 +141,7 @@ def transfer_study(methods: Sequence[Baseline], library: Models, test: Models, c
         sample = rng.choice(len(pool), min(cfg.pool, len(pool)), replace=False)
         need = np.unique(np.concatenate([p.ravel() for p in picks.values()] + [sample]))
         task = load_task(name)
-        curves = dict(zip(need.tolist(), finetune_curves(task, subset(pool, need), cfg, seed)))
+        curves = dict(zip(need.tolist(), finetune_curves(task, subset(pool, need), cfg, seed, engine)))
         per_epoch = math.ceil(len(task.y_train) / cfg.batch_size)
         task_sim = {m.name: (e_pool[m.name][sample] @ normalize_rows(m.transform(task_models)).T).mean(1)
                     for m in methods}  # each sampled model's mean similarity to the task's models

@@ -20,6 +20,7 @@ import json
 import math
 import platform
 from collections.abc import Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import asdict
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -34,9 +35,10 @@ from tqdm.auto import tqdm
 
 from .architectures import ArchSpec, build_module, load_weights, stack_params
 from .atomic import LOCK_NAME, atomic_path, locked, sha256_file, write_json
+from .cluster import Engine, Serial
 from .errors import PeaceError
 from .paths import contained
-from .population import train_population
+from .population import PopulationResult, train_population
 from .recipe import Recipe, RunSpec, expand, populations
 from .tasks import Task, load_task
 
@@ -113,18 +115,37 @@ def _part_is_complete(out: Path, pop_id: str) -> bool:
         return False
 
 
-def build_zoo(recipe: Recipe, out: str | Path, resume: bool = False, progress: bool = True) -> Zoo:
+def build_zoo(recipe: Recipe, out: str | Path, resume: bool = False, progress: bool = True,
+              engine: Engine | None = None) -> Zoo:
     """Train every run of ``recipe`` into a zoo at ``out`` and return it opened (holding the zoo's
-    writer lock: a second build or ``add`` waits)."""
+    writer lock: a second build or ``add`` waits). ``engine`` trains populations elsewhere (Ray):
+    this process still writes every file, so resume and checksums work as without it."""
     out = Path(out)
     runs = expand(recipe)
     _check_existing(out, recipe, resume)  # before the lock creates the directory: a clear error, nothing made
     with locked(out, "zoo"):
         _check_existing(out, recipe, resume)  # again: another writer may have started meanwhile
-        return _build(recipe, runs, out, resume, progress)
+        return _build(recipe, runs, out, resume, progress, engine or Serial())
 
 
-def _build(recipe: Recipe, runs: list[RunSpec], out: Path, resume: bool, progress: bool) -> Zoo:
+def train_one_population(pop: list[RunSpec], start: dict[str, Tensor] | None) -> PopulationResult:
+    """One population's training (a piece of work an engine may run on another machine)."""
+    return train_population(load_task(pop[0].task), pop[0].spec, [r.hparams for r in pop], pop[0].schedule,
+                            start=start)
+
+
+def _write_population(out: Path, pop: list[RunSpec], pop_id: str, res: PopulationResult, parent_ids: dict,
+                      lineage: dict) -> None:
+    """The shard, then the part (a part on disk means its population is complete)."""
+    tensors = {f"{model_id(r.run_id, e)}/{k}": v[i].contiguous()
+               for e, w in res.checkpoints.items() for i, r in enumerate(pop) for k, v in w.items()}
+    with atomic_path(out / "shards" / f"{pop_id}.safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "peace-zoo-shard", "population_id": pop_id})
+    with atomic_path(out / "parts" / f"{pop_id}.parquet") as tmp:
+        pd.DataFrame(_rows(pop, pop_id, res.metrics, res.checkpoints, parent_ids, lineage)).to_parquet(tmp)
+
+
+def _build(recipe: Recipe, runs: list[RunSpec], out: Path, resume: bool, progress: bool, engine: Engine) -> Zoo:
     (out / "parts").mkdir(parents=True, exist_ok=True)
     (out / "shards").mkdir(parents=True, exist_ok=True)
     write_json(out / "recipe.json", recipe.to_dict())
@@ -135,29 +156,37 @@ def _build(recipe: Recipe, runs: list[RunSpec], out: Path, resume: bool, progres
         lineage[r.run_id] = lineage[r.parent_run] if r.parent_run else r.run_id
     final_of = {r.run_id: model_id(r.run_id, r.schedule.epochs) for r in runs}
     parent_ids = {r.run_id: final_of[r.parent_run] for r in runs if r.parent_run}
-    written: dict[str, str] = {}  # run_id -> population id, for fine-tune parents
-    n_models = sum(len(p) for p in pops)
-    bar = tqdm(total=n_models, desc=f"zoo {recipe.name}", unit="run", disable=not progress)
+    pop_of = {r.run_id: _population_id(pop) for pop in pops for r in pop}  # run -> population, for fine-tune parents
+    bar = tqdm(total=sum(len(p) for p in pops), desc=f"zoo {recipe.name}", unit="run", disable=not progress)
+    done: set[str] = set()
+    waiting = []
     for pop in pops:
-        pop_id = _population_id(pop)
-        for r in pop:
-            written[r.run_id] = pop_id
-        bar.set_postfix_str(f"{pop[0].group}/{pop[0].task}")
-        if resume and _part_is_complete(out, pop_id):
+        if resume and _part_is_complete(out, _population_id(pop)):
+            done.add(_population_id(pop))
             bar.update(len(pop))
-            continue
-        start = None
-        if pop[0].parent_run is not None:
-            start = stack_params([_load_final(out, written[r.parent_run], by_id[r.parent_run]) for r in pop])
-        res = train_population(load_task(pop[0].task), pop[0].spec, [r.hparams for r in pop], pop[0].schedule,
-                               start=start)
-        tensors = {f"{model_id(r.run_id, e)}/{k}": v[i].contiguous()
-                   for e, w in res.checkpoints.items() for i, r in enumerate(pop) for k, v in w.items()}
-        with atomic_path(out / "shards" / f"{pop_id}.safetensors") as tmp:
-            save_file(tensors, str(tmp), metadata={"format": "peace-zoo-shard", "population_id": pop_id})
-        with atomic_path(out / "parts" / f"{pop_id}.parquet") as tmp:
-            pd.DataFrame(_rows(pop, pop_id, res.metrics, res.checkpoints, parent_ids, lineage)).to_parquet(tmp)
-        bar.update(len(pop))
+        else:
+            waiting.append(pop)
+    running: dict[Future, list[RunSpec]] = {}
+    while waiting or running:
+        # keep the engine busy with populations whose parents are written (in order: Serial keeps the old order)
+        while waiting and len(running) < engine.slots:
+            ready = next((p for p in waiting if all(pop_of[r.parent_run] in done for r in p if r.parent_run)), None)
+            if ready is None:
+                break
+            waiting.remove(ready)
+            start = None
+            if ready[0].parent_run is not None:
+                start = stack_params([_load_final(out, pop_of[r.parent_run], by_id[r.parent_run]) for r in ready])
+            bar.set_postfix_str(f"{ready[0].group}/{ready[0].task}")
+            running[engine.submit(train_one_population, ready, start)] = ready
+        if not running:
+            raise PeaceError(f"zoo {out}: populations wait for parents that are never trained (a recipe bug)")
+        finished, _ = wait(running, return_when=FIRST_COMPLETED)
+        for f in finished:
+            pop = running.pop(f)
+            _write_population(out, pop, _population_id(pop), f.result(), parent_ids, lineage)
+            done.add(_population_id(pop))
+            bar.update(len(pop))
     bar.close()
     parts = [pd.read_parquet(out / "parts" / f"{_population_id(p)}.parquet") for p in pops]
     manifest = pd.concat(parts, ignore_index=True)
