@@ -54,11 +54,19 @@ def _zoo_info(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .trainer import fit, load_config
+    from .distributed import current, init_from_environment, launch
+    from .trainer import fit, load_config, run_result
 
     overrides = list(args.set or []) + ([f"seed={args.seed}"] if args.seed is not None else [])
     cfg = load_config(args.config, overrides)
-    res = fit(args.zoo, cfg, args.out, device=args.device, resume=args.resume, progress=not args.quiet)
+    init_from_environment(args.device)  # under torchrun: join its process group
+    if args.nproc > 1:
+        launch(fit, args.nproc, args.device, str(args.zoo), cfg, args.out, args.device, args.resume, not args.quiet)
+        res = run_result(args.out)
+    else:
+        res = fit(args.zoo, cfg, args.out, device=args.device, resume=args.resume, progress=not args.quiet)
+    if not current().main:
+        return 0
     h = res.history
     print(h.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"best epoch {res.best_epoch}: validation same-task mAP {res.best_val_map:.4f}"
@@ -269,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, help="seed (overrides the config's)")
     t.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    t.add_argument("--nproc", type=int, default=1, metavar="N", help="data-parallel processes on this machine (torch "
+                   "DDP: gloo on CPU, one GPU each with --device cuda; same global batch). On several machines use "
+                   "`torchrun ... -m peace train` instead")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=_train)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,6 +42,7 @@ from .contrastive import (
     info_nce,
     relabel_classes,
 )
+from .distributed import current, first_rank_first, gather_rows, with_own_rows
 from .encoder import ENCODER_FORMAT, Embedder, EncoderConfig, build_encoder, upgrade_state
 from .errors import PeaceError, unknown
 from .metrics import retrieval_map
@@ -246,17 +248,24 @@ def _targets(rows: pd.DataFrame, names: list[str]) -> np.ndarray:
 
 
 @torch.no_grad()
-def _validate(encoder: Embedder, val: pd.DataFrame, specs: dict, weights: dict, label: str) -> dict:
-    emb = encoder.embed([specs[m] for m in val.model_id], [weights[m] for m in val.model_id])
+def _validate(encoder: Embedder, val: pd.DataFrame, specs: dict, weights: dict, label: str, dev: torch.device) -> dict:
+    ids = list(val.model_id[current().share(len(val))])  # each process embeds its share
+    emb = gather_rows(encoder.embed([specs[m] for m in ids], [weights[m] for m in ids]).to(dev)).cpu()
     return {"val_map": retrieval_map(emb.numpy(), val[label].to_numpy())}
 
 
 def fit(zoo: Zoo | str | Path, config: RunConfig, out: str | Path, device: str = "cpu", resume: bool = False,
         progress: bool = True) -> TrainResult:
-    """Train an encoder on ``zoo`` into run directory ``out`` (see the module docstring)."""
+    """Train an encoder on ``zoo`` into run directory ``out`` (see the module docstring). Inside a
+    process group (``peace.distributed``) each process encodes its share of every batch and only
+    rank 0 writes."""
     zoo = zoo if isinstance(zoo, Zoo) else Zoo(zoo)
     out, cfg, tc = Path(out), config, config.train
+    rank = current()
+    progress = progress and rank.main
     dev = resolve_device(device)
+    if dev.type == "cuda" and rank.size > 1:
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank.rank)))
     if dev.type != "cpu" and cfg.encoder.backend == "dgl":
         raise PeaceError("the DGL backend runs on CPU only; use encoder.backend=torch (or auto) with a GPU")
     rows = _check_zoo(zoo, cfg)
@@ -268,7 +277,8 @@ def fit(zoo: Zoo | str | Path, config: RunConfig, out: str | Path, device: str =
     cfg.train.holdout_tasks = held  # resolved, so the saved config says which
     if tc.val_holdout_tasks:
         cfg.train.val_holdout_tasks = sorted(rows.loc[splits.val_heldout_task.to_numpy(), "task"].unique())
-    _prepare_run_dir(out, cfg, zoo, resume)
+    if rank.main:
+        _prepare_run_dir(out, cfg, zoo, resume)
     rows = rows.assign(split=splits["split"].to_numpy())
     train, val = rows[rows.split == "train"].reset_index(drop=True), rows[rows.split == "val"].reset_index(drop=True)
     if tc.max_val_models is not None and len(val) > tc.max_val_models:  # whole lineages, so relevance stays intact
@@ -283,7 +293,7 @@ def fit(zoo: Zoo | str | Path, config: RunConfig, out: str | Path, device: str =
         raise PeaceError(f"the validation split has {len(val)} models in {val[label].nunique()} {relevance} group(s); "
                          f"same-{relevance} mAP needs 2 or more groups and one with 2 or more models. Raise "
                          f"train.val_fraction or build a zoo with more runs per task")
-    if not resume:
+    if not resume and rank.main:
         with atomic_path(out / "config.yaml") as tmp:
             tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         with atomic_path(out / "splits.parquet") as tmp:
@@ -306,6 +316,10 @@ def fit(zoo: Zoo | str | Path, config: RunConfig, out: str | Path, device: str =
     encoder.aux_std.copy_(torch.from_numpy(np.nanstd(tgt, 0)).clamp_min(1e-6))
     encoder.to(dev)
     opt = torch.optim.AdamW(encoder.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    model = encoder
+    if rank.size > 1:  # unused parameters: e.g. function tokens switched off
+        model = torch.nn.parallel.DistributedDataParallel(encoder, device_ids=[dev.index] if dev.type == "cuda" else None,
+                                                          find_unused_parameters=False)
 
     history: list[dict] = []
     best, bad, start_epoch = -math.inf, 0, 1
@@ -320,7 +334,8 @@ def fit(zoo: Zoo | str | Path, config: RunConfig, out: str | Path, device: str =
         opt.load_state_dict(ckpt["optimizer"])
         history, best, bad, start_epoch = ckpt["history"], ckpt["best"], ckpt["bad_epochs"], ckpt["epoch"] + 1
 
-    views = build_views(train, weights, cfg.augment, cfg.seed, cache_dir=out / "views", progress=progress)
+    with first_rank_first():  # rank 0 writes the cache, the others read it
+        views = build_views(train, weights, cfg.augment, cfg.seed, cache_dir=out / "views", progress=progress)
     n_probes = cfg.encoder.probes
     neighbours = None
     if cfg.augment.functional:
@@ -370,10 +385,11 @@ def fit(zoo: Zoo | str | Path, config: RunConfig, out: str | Path, device: str =
                 batch_params.append(augment(specs[m], relabel_classes(specs[m], weights[m], erng),
                                             model_seed(cfg.seed, m, tag + "r"), cfg.augment))
             resp = probe_responses(batch_specs, batch_params, n_probes) if need_responses else None
-            batch = encoder.batch(batch_specs, batch_params, dev, responses=resp)
+            own = rank.share(len(batch_specs))  # this process encodes its share of the batch
+            batch = encoder.batch(batch_specs[own], batch_params[own], dev, responses=None if resp is None else resp[own])
             with torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext():
-                res = encoder(batch)
-            proj = res["projection"].float()
+                res = model(batch)
+            proj, aux_pred = with_own_rows(res["projection"].float()), with_own_rows(res["aux"].float())
             extra = proj[2 * B:] if len(batch_specs) > 2 * B else None
             if tc.functional_weight > 0:  # graded by function instead of masking relatives
                 spaces = np.array([io_space(s) for s in batch_specs])
@@ -387,27 +403,22 @@ def fit(zoo: Zoo | str | Path, config: RunConfig, out: str | Path, device: str =
                     [kin.related(anchors, negs), np.zeros((B, len(relabelled)), bool)], 1)) if extra is not None else None
                 nce = info_nce(proj[:B], proj[B:2 * B], tc.temperature, same, extra, extra_same)
             y = (torch.stack([aux_t[m] for m in anchors]).to(dev) - encoder.aux_mean) / encoder.aux_std
-            aux = torch.nn.functional.mse_loss(res["aux"][:B].float(), y)
+            aux = torch.nn.functional.mse_loss(aux_pred[:B], y)
             loss = nce + tc.aux_weight * aux
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * rank.size).backward()  # DDP averages: the ranks' shares then sum to the whole batch's gradient
             torch.nn.utils.clip_grad_norm_(encoder.parameters(), tc.grad_clip)
             opt.step()
             for k, v in (("loss", loss), ("nce", nce), ("aux", aux)):
                 sums[k] += v.item() / n_steps
         row = {"epoch": epoch, "train_loss": sums["loss"], "train_nce": sums["nce"], "train_aux": sums["aux"],
-               **_validate(encoder, val, specs, weights, label), "seconds": time.perf_counter() - t0}
+               **_validate(encoder, val, specs, weights, label, dev), "seconds": time.perf_counter() - t0}
         improved = row["val_map"] > best
         best, bad = (row["val_map"], 0) if improved else (best, bad + 1)
         row["best"] = improved
         history.append(row)
-        if improved:
-            _save_encoder(out, encoder, cfg, meta | {"epoch": epoch, "val_map": row["val_map"]})
-        with atomic_path(out / "history.parquet") as tmp:
-            pd.DataFrame(history).to_parquet(tmp)
-        with atomic_path(out / "checkpoint.pt") as tmp:
-            torch.save({"model": encoder.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
-                        "history": history, "best": best, "bad_epochs": bad}, tmp)
+        if rank.main:
+            _save_epoch(out, encoder, opt, cfg, meta, history, improved, best, bad)
         bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_map=f"{row['val_map']:.3f}")
         if bad >= tc.patience:
             stopped = True
@@ -415,11 +426,33 @@ def fit(zoo: Zoo | str | Path, config: RunConfig, out: str | Path, device: str =
     bar.close()
     hist = pd.DataFrame(history)
     best_row = hist.loc[hist["val_map"].idxmax()]
-    info = json.loads((out / "run.json").read_text())
-    write_json(out / "run.json", info | {"status": "early-stopped" if stopped else "finished",
-                                         "best_epoch": int(best_row.epoch), "best_val_map": float(best_row.val_map),
-                                         "epochs_run": len(hist)})
+    if rank.main:
+        info = json.loads((out / "run.json").read_text())
+        write_json(out / "run.json", info | {"status": "early-stopped" if stopped else "finished",
+                                             "best_epoch": int(best_row.epoch), "best_val_map": float(best_row.val_map),
+                                             "epochs_run": len(hist), "processes": rank.size})
     return TrainResult(out, hist, int(best_row.epoch), float(best_row.val_map), stopped)
+
+
+def run_result(out: str | Path) -> TrainResult:
+    """The result of a finished run, read back from its directory (e.g. after training in several processes)."""
+    out = Path(out)
+    hist = pd.read_parquet(out / "history.parquet")
+    info = json.loads((out / "run.json").read_text())
+    return TrainResult(out, hist, int(info["best_epoch"]), float(info["best_val_map"]), info["status"] == "early-stopped")
+
+
+def _save_epoch(out: Path, encoder: Embedder, opt: torch.optim.Optimizer, cfg: RunConfig, meta: dict,
+                history: list[dict], improved: bool, best: float, bad: int) -> None:
+    """After each epoch: the best encoder (when it improved), the history and the checkpoint."""
+    row = history[-1]
+    if improved:
+        _save_encoder(out, encoder, cfg, meta | {"epoch": row["epoch"], "val_map": row["val_map"]})
+    with atomic_path(out / "history.parquet") as tmp:
+        pd.DataFrame(history).to_parquet(tmp)
+    with atomic_path(out / "checkpoint.pt") as tmp:
+        torch.save({"model": encoder.state_dict(), "optimizer": opt.state_dict(), "epoch": row["epoch"],
+                    "history": history, "best": best, "bad_epochs": bad}, tmp)
 
 
 def embed_zoo(encoder: Embedder, zoo: Zoo, model_ids: list[str] | None = None, batch_size: int = 128,
