@@ -63,7 +63,7 @@ class Explorer:
         self.run = self.es.source("run")
         sha = encoder_checksum(self.run) if (self.run / "encoder.safetensors").exists() else None
         self.es.check_current(encoder_sha256=sha, zoo_manifest_sha256=self.zoo.info["manifest_sha256"])
-        self.table = self.es.table.drop(columns=["embedding"])
+        self.table = self.es.table
         self.embeddings = self.es.embeddings
 
     @cached_property
@@ -161,7 +161,9 @@ class Explorer:
     def map_position(self, vector: np.ndarray, k: int = 5) -> np.ndarray:
         """2-D map coordinates of an embedding that UMAP never saw: the mean of its k nearest models'."""
         hits = self.es.query(vector, k)
-        return hits[["umap_2d_x", "umap_2d_y"]].to_numpy().mean(0)
+        xy = hits[["umap_2d_x", "umap_2d_y"]].dropna()  # big sets: neighbours off the map's sample do not count
+        return xy.to_numpy().mean(0) if len(xy) else self.es.query(vector, min(len(self.es), 50 * k))[
+            ["umap_2d_x", "umap_2d_y"]].dropna().to_numpy()[:k].mean(0)
 
     def symmetry_lab(self, model_id: str, permute: bool, scale: bool, flip: bool, seed: int,
                      groups: tuple[int, ...] | None = None) -> dict:

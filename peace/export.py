@@ -28,6 +28,24 @@ def umap_coordinates(emb: np.ndarray, n_components: int, seed: int = 0) -> np.nd
     return reducer.fit_transform(emb).astype(np.float32)
 
 
+MAP_SAMPLE = 50_000  # models placed on the UMAP maps; bigger sets get a sample (UMAP's cost, the browser's points)
+
+
+def map_sample(task: pd.Series, n: int = MAP_SAMPLE, seed: int = 0, floor: int = 200) -> np.ndarray:
+    """Which rows go on the maps: all up to ``n``; beyond, a random sample of about ``n`` in which
+    each task keeps its share but at least ``floor`` models (small tasks stay visible; at most n / tasks)."""
+    if len(task) <= n:
+        return np.ones(len(task), bool)
+    rng = np.random.default_rng([seed, 7])
+    keep = np.zeros(len(task), bool)
+    groups = task.groupby(task, sort=True).indices
+    floor = min(floor, n // len(groups))
+    for rows in groups.values():
+        want = min(len(rows), max(floor, round(n * len(rows) / len(task))))
+        keep[rng.choice(rows, want, replace=False)] = True
+    return keep
+
+
 def encoder_checksum(run_dir: str | Path) -> str:
     return sha256_file(Path(run_dir) / "encoder.safetensors")
 
@@ -78,16 +96,17 @@ def export_embeddings(run_dir: str | Path, out: str | Path, zoo: Zoo | str | Pat
         table = table.merge(pd.read_parquet(splits_path), on="model_id", how="left")
     else:  # another zoo: none of its models were seen in training
         table = table.assign(split="unseen", heldout_task=False)
-    table.insert(1, "embedding", list(emb.astype(np.float32)))
     if umap:
+        on_map = map_sample(table["task"], MAP_SAMPLE, seed)
         for d in (2, 3):
-            xy = umap_coordinates(emb, d, seed)
+            xy = np.full((len(table), d), np.nan, np.float32)
+            xy[on_map] = umap_coordinates(emb[on_map], d, seed)
             for j, axis in enumerate("xyz"[:d]):
                 table[f"umap_{d}d_{axis}"] = xy[:, j]
     provenance = {"run": str(run_dir), "encoder_sha256": encoder_checksum(run_dir), "zoo": str(zoo.path),
                   "zoo_manifest_sha256": zoo.info["manifest_sha256"],
                   "encoder_config": json.loads(json.dumps(encoder.meta["config"]))}
-    return write_embedding_set(out, table, trees, provenance)
+    return write_embedding_set(out, table, emb, trees, provenance)
 
 
 def query_model(es: EmbeddingSet, spec, params: dict, k: int = 10, run_dir: str | Path | None = None) -> pd.DataFrame:

@@ -87,11 +87,19 @@ MAP_LABELS = {"umap_2d_x": "UMAP 1", "umap_2d_y": "UMAP 2", "umap_3d_x": "UMAP 1
 PALETTE = px.colors.qualitative.Dark24  # 24 distinct colours: a zoo's dozen tasks never share one
 
 
+MAX_POINTS = 60_000  # points one map draws (WebGL stays interactive); more are sampled
+
+
 def embedding_map(table: pd.DataFrame, color: str = "task", dims: int = 2, symbol: str | None = "family",
                   height: int | None = None) -> go.Figure:
     """UMAP scatter of an embedding set (``peace embed``), coloured by a metadata column: 24 distinct
     colours for categories, viridis for numbers (low values stay visible on white), half-transparent
     points so dense clusters do not hide others, readable axis titles and hover numbers."""
+    n_all = len(table)
+    axes = ["umap_3d_x", "umap_3d_y", "umap_3d_z"] if dims == 3 else ["umap_2d_x", "umap_2d_y"]
+    table = table.dropna(subset=axes)  # big sets: only a sample was mapped (peace.export.MAP_SAMPLE)
+    if len(table) > MAX_POINTS:  # the browser's limit, e.g. a big set's filters off
+        table = table.sample(MAX_POINTS, random_state=0).sort_index()
     hover = {c: (":.3f" if c == "test_acc" else True) for c in ("model_id", "task", "arch", "epoch", "test_acc")
              if c in table.columns}
     kw = dict(color=color, hover_data=hover, labels=MAP_LABELS, height=height, color_discrete_sequence=PALETTE,
@@ -102,7 +110,8 @@ def embedding_map(table: pd.DataFrame, color: str = "task", dims: int = 2, symbo
     else:
         fig = px.scatter(table, x="umap_2d_x", y="umap_2d_y", custom_data=["model_id"], **kw)
         fig.update_traces(marker={"size": 6, "opacity": 0.6})
-    fig.update_layout(title=f"{len(table)} models, UMAP of their PEACE embeddings, coloured by {MAP_LABELS.get(color, color)}")
+    shown = f"{len(table)} models" if len(table) == n_all else f"{len(table):,} of {n_all:,} models (a sample)"
+    fig.update_layout(title=f"{shown}, UMAP of their PEACE embeddings, coloured by {MAP_LABELS.get(color, color)}")
     return fig
 
 

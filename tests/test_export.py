@@ -174,3 +174,29 @@ def test_query_a_model_file(embedding_set, tiny_zoo, tmp_path):
     assert bad.returncode == 2 and "activation" in bad.stderr and "Traceback" not in bad.stderr
     missing = run_peace("query", "no-such-model", "--embeddings", embedding_set.path, check=False)
     assert "neither a model id" in missing.stderr
+
+
+def test_big_sets_map_a_sample_that_keeps_every_task():
+    from peace.export import map_sample
+
+    task = pd.Series(["big"] * 90_000 + ["mid"] * 9_950 + ["small"] * 50)
+    keep = map_sample(task, 1_000, seed=0)
+    assert np.array_equal(keep, map_sample(task, 1_000, seed=0))  # deterministic
+    per = task[keep].value_counts()
+    assert per["small"] == 50 and per["mid"] == 200 and 880 <= per["big"] <= 920  # its share, a floor for small ones
+    assert map_sample(task.iloc[:500], 1_000).all()
+
+
+def test_a_set_bigger_than_its_map_sample(tiny_run, tmp_path, monkeypatch):
+    from peace.explore import Explorer
+    from peace.plots import embedding_map
+
+    monkeypatch.setattr("peace.export.MAP_SAMPLE", 30)
+    es = export_embeddings(tiny_run.path, tmp_path / "emb", trees=10, progress=False)
+    mapped = es.table["umap_2d_x"].notna()
+    assert 30 <= mapped.sum() < len(es.table) and (mapped == es.table["umap_3d_z"].notna()).all()
+    fig = embedding_map(es.table, "task")
+    assert sum(len(t.x) for t in fig.data) == mapped.sum() and f"of {len(es.table)} models (a sample)" in fig.layout.title.text
+    ex = Explorer(tmp_path / "emb")
+    off_map = es.table.index[~mapped][0]
+    assert np.isfinite(ex.map_position(es.embeddings[off_map])).all()  # placed by its mapped neighbours
