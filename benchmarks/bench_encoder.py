@@ -18,7 +18,9 @@ import torch
 
 from peace.contrastive import AugmentConfig, build_views
 from peace.encoder import EncoderConfig, PeaceEncoder, dgl_available
-from peace.trainer import fit, load_config, resolve_device
+from peace.trainer import fit
+from peace.runconfig import load_config
+from peace.device import resolve_device
 from peace.zoo import Zoo
 
 

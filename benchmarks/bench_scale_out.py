@@ -19,7 +19,7 @@ from pathlib import Path
 from peace.cluster import RayEngine, Serial
 from peace.export import embed_models
 from peace.recipe import expand, load_recipe
-from peace.trainer import load_encoder
+from peace.run import load_encoder
 from peace.zoo import Zoo, build_zoo
 
 

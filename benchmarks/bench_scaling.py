@@ -31,7 +31,8 @@ from peace.architectures import ArchSpec, build_module
 from peace.encoder import EncoderConfig, build_encoder, prepare
 from peace.importers import load_model
 from peace.population import HParams, init_params
-from peace.trainer import load_config, resolve_device
+from peace.runconfig import load_config
+from peace.device import resolve_device
 
 WIDTHS = (8, 16, 32, 64, 128, 256)
 

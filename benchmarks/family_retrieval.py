@@ -15,7 +15,7 @@ import numpy as np
 from peace.baselines import FunctionSpace, RawWeights, WeightStats
 from peace.evaluate import split_models
 from peace.metrics import retrieval_scores
-from peace.trainer import load_encoder
+from peace.run import load_encoder
 from peace.zoo import Zoo
 
 

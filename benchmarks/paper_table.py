@@ -28,7 +28,8 @@ from peace.baselines import FunctionSpace, Models, RawWeights, WeightStats
 from peace.errors import PeaceError
 from peace.metrics import linear_probe
 from peace.splits import split_zoo
-from peace.trainer import embed_zoo, load_encoder
+from peace.export import embed_zoo
+from peace.run import load_encoder
 from peace.zoo import open_zoo
 
 NUMERIC = ("epoch", "test_acc", "gen_gap")

@@ -14,7 +14,7 @@ import pandas as pd
 
 from peace.architectures import ArchSpec
 from peace.population import HParams, Schedule, train_population
-from peace.tasks import _tetris, load_task
+from peace.tasks import tetris_task, load_task
 
 PAPER = ArchSpec(family="mlp", input_shape=(1, 4, 4), n_classes=4, hidden=(5,), activation="tanh", bias=False)
 
@@ -31,7 +31,7 @@ def row(label: str, task, batch: int, lr: float = 3e-5, init: str = "uniform", s
 
 def main() -> None:
     print(f"{'data, batch (Adam 3e-5, U(0, 1) unless said)':58s} test acc at 0 / 25 / 50 / 75   10-90 % at 75")
-    everywhere = _tetris(per_class=400, noise=0.2)
+    everywhere = tetris_task(per_class=400, noise=0.2)
     canonical = load_task("tetris-canonical")
     row("every placement, noise 0.2, 400/class, batch 32", everywhere, 32)
     row("every placement, noise 0.2, 400/class, batch 4", everywhere, 4)

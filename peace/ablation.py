@@ -23,7 +23,12 @@ from .cluster import Engine, Threads
 from .config import checked, read_yaml
 from .errors import PeaceError
 from .pipeline import Step, evaluate_step, notebook_path, run_steps, train_step
-from .trainer import load_config
+from .runconfig import load_config
+
+__all__ = [
+    "FULL", "GRID_DIR", "LOWER_IS_BETTER", "Configuration", "Grid", "best_per_metric", "compare", "grid_names",
+    "load_grid", "run_ablation", "run_one"
+]
 
 GRID_DIR = Path(__file__).with_name("presets") / "ablation"
 FULL = "full"  # the name of the unablated method in a grid; charts highlight it

@@ -16,7 +16,9 @@ from torch import Tensor
 from .architectures import ArchSpec, check_params, stack_params
 from .errors import PeaceError
 from .population import evaluate
-from .symmetry import Params, UnitGroup, _column_index, _rows, transform, unit_groups
+from .symmetry import Params, UnitGroup, column_index, transform, unit_groups, unit_rows
+
+__all__ = ["align", "interpolate", "interpolation_path", "loss_barrier"]
 
 
 def _check_same(spec: ArchSpec, a: Params, b: Params) -> None:
@@ -38,8 +40,8 @@ def _unit_features(groups: list[UnitGroup], p: Params, i: int, perms: list[Tenso
     for layer in g.writers:
         w_in = p[layer.weight_name]
         if layer.src in group_of:
-            w_in = w_in[:, _column_index(layer, perms[group_of[layer.src]])]
-        parts += [w_in.reshape(g.size, -1)] + [p[n].reshape(g.size, -1) for n in _rows(layer)[0][1:]]
+            w_in = w_in[:, column_index(layer, perms[group_of[layer.src]])]
+        parts += [w_in.reshape(g.size, -1)] + [p[n].reshape(g.size, -1) for n in unit_rows(layer)[0][1:]]
     for layer in g.readers:
         w_out, j = p[layer.weight_name], group_of.get(layer.dst)
         if j is not None and outgoing == "aligned":

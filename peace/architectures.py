@@ -26,6 +26,13 @@ from torch import Tensor, nn
 
 from .errors import PeaceError, unknown
 
+__all__ = [
+    "ACTIVATIONS", "BN_EPS", "BN_MOMENTUM", "FAMILIES", "FAMILY_KEYS", "LN_EPS", "NORMS", "NORM_STATS", "POOLS",
+    "ArchSpec", "ChannelLayerNorm", "Layer", "PeaceNet", "build_module", "check_params", "conv", "fold_batchnorm",
+    "fold_norms", "folded_spec", "forward", "hidden_shapes", "is_buffer", "load_weights", "normalize",
+    "stack_params", "unstack_params"
+]
+
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "relu": F.relu,
     "leaky_relu": lambda x: F.leaky_relu(x, 0.01),

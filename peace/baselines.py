@@ -11,8 +11,8 @@ vectors compared by cosine similarity:
 - ``FunctionSpace``: the model's responses to shared random probe inputs (``peace.probes``), one
   block per io-space: training-free, exactly invariant to every weight-space symmetry, and the
   ceiling for same-task retrieval among models that share an input space;
-- ``FlatMLPEncoder``: a non-equivariant MLP on flattened weights, trained by ``peace.trainer`` with
-  the same contrastive objective and augmentations as PEACE (``encoder.kind: mlp``).
+- the trained control, a non-equivariant MLP on flattened weights (``encoder.kind: mlp``), lives in
+  ``peace.flat_encoder``; ``evaluate`` compares it through ``--mlp-run``.
 """
 from __future__ import annotations
 
@@ -26,13 +26,16 @@ import torch.nn.functional as F
 from sklearn.decomposition import PCA
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.preprocessing import StandardScaler
-from torch import Tensor, nn
+from torch import Tensor
 
 from .architectures import ArchSpec
-from .encoder import Embedder, EncoderConfig
 from .errors import PeaceError
 from .probes import N_PROBES, PROBE_SEED, fingerprint, io_space, responses
-from .symmetry import canonicalize
+
+__all__ = [
+    "CARD_COLUMNS", "QUANTILES", "Baseline", "FunctionSpace", "MetadataSearch", "Models", "RawWeights", "WeightPCA",
+    "WeightStats", "flatten_weights", "weight_baselines", "weight_stats"
+]
 
 QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
 CARD_COLUMNS = ("family", "arch", "activation", "bias", "depth", "width", "n_params", "init", "optimizer", "lr",
@@ -204,34 +207,3 @@ class FunctionSpace(Baseline):
 def weight_baselines() -> list[Baseline]:
     """The untrained weight-space baselines, fresh."""
     return [MetadataSearch(), RawWeights(), WeightStats(), WeightPCA()]
-
-
-class FlatMLPEncoder(Embedder):
-    """The non-equivariant control: an MLP on the flattened (canonical, standardized) weights with
-    PEACE's heads, trained by the same trainer (``encoder.kind: mlp``)."""
-
-    def __init__(self, config: EncoderConfig):
-        super().__init__()
-        self.config = c = config
-        H = c.hidden
-        self.net = nn.Sequential(nn.Linear(c.max_params, 4 * H), nn.SiLU(), nn.Linear(4 * H, H), nn.SiLU())
-        self._init_heads(c)
-        self.register_buffer("scale", torch.ones(()))
-        self.backend = "torch"
-
-    def _flat(self, spec: ArchSpec, params: dict[str, Tensor]) -> Tensor:
-        return flatten_weights(spec, canonicalize(spec, params) if self.config.canonicalize else params,
-                               self.config.max_params)
-
-    @torch.no_grad()
-    def fit_standardization(self, specs: Sequence[ArchSpec], params: Sequence[dict[str, Tensor]]) -> None:
-        flat = torch.cat([self._flat(s, p)[:s.n_params] for s, p in zip(specs, params)])
-        self.scale.fill_(flat.std().clamp_min(1e-6) if flat.numel() > 1 else 1.0)
-
-    def batch(self, specs: Sequence[ArchSpec], params: Sequence[dict[str, Tensor]], device="cpu",
-              responses=None) -> Tensor:
-        """Flattened weights (``responses`` is accepted for the common interface and ignored)."""
-        return torch.stack([self._flat(s, p) for s, p in zip(specs, params)]).to(device)
-
-    def encode(self, x: Tensor) -> Tensor:
-        return self.net(x / self.scale)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from .errors import PeaceError
 
+__all__ = ["build_parser", "main", "run"]
+
 
 def _zoo_build(args: argparse.Namespace) -> int:
     from .recipe import load_recipe
@@ -55,14 +57,16 @@ def _zoo_info(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from .distributed import current, init_from_environment, launch
-    from .trainer import fit, load_config, run_result
+    from .run import RunDir
+    from .runconfig import load_config
+    from .trainer import fit
 
     overrides = list(args.set or []) + ([f"seed={args.seed}"] if args.seed is not None else [])
     cfg = load_config(args.config, overrides)
     init_from_environment(args.device)  # under torchrun: join its process group
     if args.nproc > 1:
         launch(fit, args.nproc, args.device, str(args.zoo), cfg, args.out, args.device, args.resume, not args.quiet)
-        res = run_result(args.out)
+        res = RunDir(args.out).result()
     else:
         res = fit(args.zoo, cfg, args.out, device=args.device, resume=args.resume, progress=not args.quiet)
     if not current().main:
@@ -202,9 +206,13 @@ def _pipeline(args: argparse.Namespace) -> int:
     from .pipeline import run_pipeline
 
     outcome = run_pipeline(args.preset, args.config, args.set or [], args.device, args.seed, args.root, args.name,
-                           force=args.force, steps=args.steps, transfer_epochs=args.transfer_epochs)
-    print(f"[peace] pipeline {args.name or args.preset}: {outcome.count('ran')} step(s) ran, "
-          f"{outcome.count('current')} current; outputs under {args.root}/")
+                           force=args.force, steps=args.steps, transfer_epochs=args.transfer_epochs,
+                           progress=not args.quiet)
+    name, root = args.name or args.preset, args.root
+    print(f"[peace] pipeline {name}: {outcome.count('ran')} step(s) ran, {outcome.count('current')} current. Outputs:\n"
+          f"[peace]   zoo {root}/zoos/{args.preset}, encoder run {root}/runs/{name}, embeddings {root}/embeddings/{name},\n"
+          f"[peace]   evaluation {root}/evaluation/{name}/report.md, executed notebooks {root}/notebooks/{name}/\n"
+          f"[peace] explore them: streamlit run explorer/app.py (http://localhost:8501)")
     return 0
 
 
@@ -231,12 +239,10 @@ def _ablate(args: argparse.Namespace) -> int:
     return 1 if len(failed) == len(summary) else 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _parser_zoo(sub) -> None:
+    """``peace zoo build | info | add``: their options."""
     from .recipe import preset_names
 
-    p = argparse.ArgumentParser(prog="peace", description="PEACE: permutation-equivariant contrastive embeddings "
-                                "of neural-network weights. Build model zoos, embed them, explore them.")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     zoo = sub.add_parser("zoo", help="build and inspect model zoos", description="Build and inspect model zoos.")
     zsub = zoo.add_subparsers(dest="zoo_command", metavar="ZOO_COMMAND", required=True)
     b = zsub.add_parser("build", help="train a zoo from a preset or a YAML recipe",
@@ -263,7 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--group", default="imported", help="group label in the manifest (default: imported)")
     _add_import_options(a)
     a.set_defaults(func=_zoo_add)
-    from .trainer import config_names
+
+
+def _parser_train(sub) -> None:
+    """``peace train``: its options."""
+    from .runconfig import config_names
 
     t = sub.add_parser("train", help="train the PEACE encoder contrastively on a zoo",
                        description="Train the encoder on a zoo (splits by lineage, held-out tasks), writing "
@@ -283,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=_train)
 
+
+def _parser_embed(sub) -> None:
+    """``peace embed``: its options."""
     e = sub.add_parser("embed", help="embed a zoo with a trained encoder and build its Annoy index",
                        description="Write embeddings.parquet (embedding, 2-D/3-D UMAP, metadata), index.ann and "
                        "index.json (provenance checksums) to --out.")
@@ -295,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ray_option(e, "the embedding (shards of 1,024 models, one encoder per worker)")
     e.set_defaults(func=_embed)
 
+
+def _parser_query(sub) -> None:
+    """``peace query``: its options."""
     q = sub.add_parser("query", help="nearest zoo models of a model", description="The k nearest models of a "
                        "model of the embedding set, by cosine similarity (Annoy).")
     q.add_argument("model", help="a model id of the embedded zoo, or a model file / directory (safetensors or "
@@ -305,6 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_import_options(q)
     q.set_defaults(func=_query)
 
+
+def _parser_evaluate(sub) -> None:
+    """``peace evaluate``: its options."""
     v = sub.add_parser("evaluate", help="compare PEACE with the baselines on held-out models",
                        description="Retrieval, clustering, linear probes, invariance and functional similarity on "
                        "the run's test split, for PEACE and every baseline; writes metrics.json, report.md, figures.")
@@ -324,6 +343,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ray_option(v, "the transfer study's fine-tuning")
     v.set_defaults(func=_evaluate)
 
+
+def _parser_pipeline(sub) -> None:
+    """``peace pipeline``: its options."""
+    from .recipe import preset_names
+
     pl = sub.add_parser("pipeline", help="build, train, export and evaluate with the notebooks (papermill)",
                         description="Run notebooks 01-04 in order with papermill, skipping steps whose outputs exist "
                         "and are current; executed notebooks go to ROOT/notebooks/NAME/.")
@@ -337,8 +361,12 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--steps", nargs="+", metavar="STEP", help="only these steps ('build zoo', 'train encoder', ...)")
     pl.add_argument("--transfer-epochs", type=int, default=20, help="transfer study budget in epochs, also read at 5 (0 skips it)")
     pl.add_argument("--force", action="store_true", help="rerun every step even when current")
+    pl.add_argument("--quiet", action="store_true", help="no plan and no live progress from the notebooks (CI logs)")
     pl.set_defaults(func=_pipeline)
 
+
+def _parser_ablate(sub) -> None:
+    """``peace ablate``: its options."""
     from .ablation import grid_names
 
     ab = sub.add_parser("ablate", help="train and evaluate every configuration of an ablation grid",
@@ -353,6 +381,19 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--quiet", action="store_true")
     _add_ray_option(ab, "the (configuration, seed) runs, one task each (one GPU each when the grid's device is cuda)")
     ab.set_defaults(func=_ablate)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="peace", description="PEACE: permutation-equivariant contrastive embeddings "
+                                "of neural-network weights. Build model zoos, embed them, explore them.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _parser_zoo(sub)
+    _parser_train(sub)
+    _parser_embed(sub)
+    _parser_query(sub)
+    _parser_evaluate(sub)
+    _parser_pipeline(sub)
+    _parser_ablate(sub)
     return p
 
 

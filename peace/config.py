@@ -12,6 +12,8 @@ import yaml
 
 from .errors import PeaceError, unknown
 
+__all__ = ["MAX_YAML_BYTES", "MAX_YAML_NODES", "T", "apply_overrides", "checked", "read_yaml"]
+
 T = TypeVar("T")
 
 

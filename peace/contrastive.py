@@ -40,6 +40,11 @@ from .rng import model_seed
 from .symmetry import RandomSymmetry, allowed, random_symmetry
 from .tasks import load_task
 
+__all__ = [
+    "CONFIG_COLUMNS", "SOURCES", "AugmentConfig", "Kinship", "PairSampler", "augment", "build_views", "config_key",
+    "functional_neighbours", "functional_targets", "info_nce", "magnitude_prune", "nce_logits", "relabel_classes"
+]
+
 SOURCES = ("self", "pruned", "distilled", "same_config", "checkpoint", "functional")
 CONFIG_COLUMNS = ("group", "task", "arch_spec", "init", "lr", "weight_decay", "dropout", "optimizer",
                   "batch_size", "epochs")

@@ -38,6 +38,12 @@ from .probes import io_space, sketch
 from .probes import responses as probe_responses
 from .symmetry import canonicalize
 
+__all__ = [
+    "AGGREGATIONS", "BACKENDS", "DGL_MAX_EDGES", "EDGE_CHUNK", "ENCODER_FORMAT", "KINDS", "POOLINGS", "Embedder",
+    "EncoderConfig", "MessagePassing", "ModelBatch", "PeaceEncoder", "dgl_available", "pad_responses", "prepare",
+    "resolve_backend", "sinusoid", "to_device", "upgrade_state"
+]
+
 KINDS = ("gnn", "mlp")
 BACKENDS = ("auto", "dgl", "torch")
 POOLINGS = ("mean", "attention", "cls")
@@ -295,15 +301,6 @@ class Embedder(nn.Module):
         if not out:
             return torch.zeros(0, len(self.aux_mean))
         return (torch.cat(out) * self.aux_std + self.aux_mean).cpu()
-
-
-def build_encoder(config: EncoderConfig) -> Embedder:
-    """The encoder ``config.kind`` names."""
-    if config.kind == "mlp":
-        from .baselines import FlatMLPEncoder
-
-        return FlatMLPEncoder(config)
-    return PeaceEncoder(config)
 
 
 class PeaceEncoder(Embedder):

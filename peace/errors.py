@@ -1,6 +1,8 @@
 """The one exception type PEACE raises for bad input, so callers can catch it and show the message."""
 from __future__ import annotations
 
+__all__ = ["PeaceError", "unknown"]
+
 
 class PeaceError(ValueError):
     """Bad input or a broken artifact. The message names the problem and how to fix it."""

@@ -23,9 +23,15 @@ from .plots import method_comparison
 from .prediction import PredictorConfig, accuracy_study
 from .probes import io_space, responses
 from .symmetry import random_symmetry
-from .trainer import load_encoder
+from .run import RunDir, load_encoder
 from .transfer import TransferConfig, transfer_study
 from .zoo import Zoo
+
+__all__ = [
+    "CATEGORY_TARGETS", "REGRESSION_TARGETS", "REVEALS", "EncoderMethod", "accuracy_markdown", "aggregate",
+    "evaluate", "evaluate_method", "evaluate_runs", "report_markdown", "split_models", "summarize_evaluations",
+    "summary_markdown", "summary_table", "transfer_markdown"
+]
 
 REGRESSION_TARGETS = ("test_acc", "gen_gap", "epoch", "log10_lr")
 CATEGORY_TARGETS = ("activation", "init", "optimizer")
@@ -106,7 +112,7 @@ def evaluate_method(method: Baseline, train: Models, test: Models, seed: int = 0
 def split_models(run_dir: str | Path, zoo: Zoo, splits: tuple[str, ...] = ("train", "test")) -> tuple[Models, ...]:
     """The run's models of each split in ``splits`` (finite ones only); every set's rows carry the
     split columns (``split``, ``heldout_task``)."""
-    table = pd.read_parquet(Path(run_dir) / "splits.parquet")
+    table = RunDir(run_dir).splits()
     rows = zoo.manifest.reset_index(drop=True).merge(table, on="model_id")
     rows = rows[rows["status"] == "ok"]
     ids = {s: list(rows.loc[rows["split"] == s, "model_id"]) for s in splits}

@@ -12,19 +12,19 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
-from .alignment import align, interpolate, interpolation_path
-from .architectures import forward, stack_params
+from .alignment import interpolate
 from .baselines import FunctionSpace, Models, RawWeights, WeightStats
 from .errors import PeaceError
-from .export import encoder_checksum
 from .index import EmbeddingSet
 from .metrics import normalize_rows
-from .probes import agreement, io_space, probe_inputs, responses
-from .symmetry import RandomSymmetry, random_symmetry
-from .trainer import load_encoder
+from .probes import agreement, io_space, responses
+from .run import RunDir, load_encoder
+from .symmetry import RandomSymmetry
+from .teaching import interpolation_demo, symmetry_demo
 from .zoo import Zoo
+
+__all__ = ["Explorer", "filter_table", "find_ablation_summaries", "find_embedding_sets"]
 
 
 def find_embedding_sets(root: str | Path) -> list[Path]:
@@ -61,7 +61,7 @@ class Explorer:
         self.es = EmbeddingSet(self.path)
         self.zoo = Zoo(self.es.source("zoo"))
         self.run = self.es.source("run")
-        sha = encoder_checksum(self.run) if (self.run / "encoder.safetensors").exists() else None
+        sha = RunDir(self.run).encoder_sha256() if RunDir(self.run).has_encoder() else None
         self.es.check_current(encoder_sha256=sha, zoo_manifest_sha256=self.zoo.info["manifest_sha256"])
         self.table = self.es.table
         self.embeddings = self.es.embeddings
@@ -140,23 +140,13 @@ class Explorer:
         return cache[(a, b, n_points)]
 
     def _weight_path(self, a: str, b: str, n_points: int) -> dict:
-        spec = self.zoo.spec(a)
-        if self.zoo.spec(b) != spec:
-            raise PeaceError(f"{a} ({spec.describe()}) and {b} ({self.zoo.spec(b).describe()}) have different "
-                             f"architectures; weight-space interpolation needs one architecture")
-        task = self.zoo.task(a)
-        X, y = (torch.from_numpy(v) for v in task.split("test"))
-        X = X.reshape(len(X), *spec.input_shape)
-        pa, pb = self.zoo.weights(a), self.zoo.weights(b)
-        aligned, _ = align(spec, pa, pb)
-        out = {}
-        for name, end in (("naive", pb), ("aligned", aligned)):
-            path = interpolation_path(spec, pa, end, X, y, n_points)
-            mids = [interpolate(pa, end, t) for t in path["alpha"]]
+        paths = interpolation_demo(self.zoo, a, b, n_points)
+        spec, pa = self.zoo.spec(a), self.zoo.weights(a)
+        for path in paths.values():
+            mids = [interpolate(pa, path["end"], t) for t in path["alpha"]]
             emb = self.encoder.embed([spec] * len(mids), mids).numpy()
             path["map_xy"] = np.stack([self.map_position(e) for e in emb])
-            out[name] = path
-        return out
+        return paths
 
     def map_position(self, vector: np.ndarray, k: int = 5) -> np.ndarray:
         """2-D map coordinates of an embedding that UMAP never saw: the mean of its k nearest models'."""
@@ -168,17 +158,15 @@ class Explorer:
     def symmetry_lab(self, model_id: str, permute: bool, scale: bool, flip: bool, seed: int,
                      groups: tuple[int, ...] | None = None) -> dict:
         """A random symmetry transform of a model (of the unit groups ``groups``, default all): output
-        change, and how far raw weights, s(W) and PEACE say it moved (cosine distances)."""
-        spec, p = self.zoo.spec(model_id), self._all.params[self.es.row_of[model_id]]
-        q = random_symmetry(spec, p, seed, RandomSymmetry(permute=permute, scale=scale, flip=flip, groups=groups))
-        X = probe_inputs(spec.input_shape).float()
-        both = stack_params([p, q])
-        out = forward(spec, both, X)
+        change on its test inputs (``teaching.symmetry_demo``), and how far raw weights, s(W) and PEACE
+        say it moved (cosine distances)."""
+        demo = symmetry_demo(self.zoo, model_id, seed, RandomSymmetry(permute=permute, scale=scale, flip=flip,
+                                                                      groups=groups))
+        spec, p, q = self.zoo.spec(model_id), demo.before, demo.after
         m = Models(pd.DataFrame({"model_id": [model_id, model_id + "*"]}), [spec, spec], [p, q])
-        stats = self.stats
         cos = lambda v: float(1 - normalize_rows(v)[0] @ normalize_rows(v)[1])  # noqa: E731
-        return {"transformed": q, "max_output_change": float((out[0] - out[1]).abs().max()),
-                "raw": cos(RawWeights().fit(m).transform(m)), "stats": cos(stats.transform(m)),
+        return {"transformed": q, "max_output_change": demo.max_output_change,
+                "raw": cos(RawWeights().fit(m).transform(m)), "stats": cos(self.stats.transform(m)),
                 "peace": cos(self.encoder.embed([spec, spec], [p, q]).numpy())}
 
     def query_file(self, path: str | Path, config: dict, k: int = 10) -> tuple[object, pd.DataFrame, np.ndarray]:

@@ -2,18 +2,24 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
-from .atomic import sha256_file
 from .cluster import Engine, Serial, chunks
 from .encoder import Embedder
 from .errors import PeaceError
 from .index import EmbeddingSet, write_embedding_set
-from .trainer import embed_zoo, load_encoder
+from .run import RunDir, load_encoder
 from .zoo import Zoo
+
+__all__ = [
+    "MAP_SAMPLE", "SHARD", "embed_models", "embed_zoo", "export_embeddings", "map_sample", "query_model",
+    "umap_coordinates"
+]
 
 
 def umap_coordinates(emb: np.ndarray, n_components: int, seed: int = 0) -> np.ndarray:
@@ -46,8 +52,17 @@ def map_sample(task: pd.Series, n: int = MAP_SAMPLE, seed: int = 0, floor: int =
     return keep
 
 
-def encoder_checksum(run_dir: str | Path) -> str:
-    return sha256_file(Path(run_dir) / "encoder.safetensors")
+def embed_zoo(encoder: Embedder, zoo: Zoo, model_ids: list[str] | None = None, batch_size: int = 128,
+              progress: bool = False) -> np.ndarray:
+    """(n, output_dim) embeddings of zoo models (all ``ok`` models by default), in ``model_ids`` order,
+    reading the weights batch by batch."""
+    if model_ids is None:
+        model_ids = list(zoo.manifest.index[zoo.manifest["status"] == "ok"])
+    out = []
+    for s in tqdm(range(0, len(model_ids), batch_size), desc="embed", disable=not progress, leave=False):
+        chunk = model_ids[s:s + batch_size]
+        out.append(encoder.embed([zoo.spec(m) for m in chunk], zoo.load_many(chunk), batch_size).numpy())
+    return np.concatenate(out) if out else np.zeros((0, encoder.config.output_dim), np.float32)
 
 
 SHARD = 1024  # models per piece of embedding work (a multiple of embed_zoo's batches: same batches as unsharded)
@@ -90,20 +105,23 @@ def export_embeddings(run_dir: str | Path, out: str | Path, zoo: Zoo | str | Pat
         raise PeaceError(f"zoo {zoo.path} has no models with status 'ok' to embed")
     emb = embed_models(run_dir, zoo, ids, engine, progress)
     table = zoo.manifest.loc[ids].reset_index(drop=True)
-    splits_path = run_dir / "splits.parquet"
+    run = RunDir(run_dir)
     same_zoo = encoder.meta.get("zoo_manifest_sha256") == zoo.info["manifest_sha256"]
-    if splits_path.exists() and same_zoo:
-        table = table.merge(pd.read_parquet(splits_path), on="model_id", how="left")
+    if run.has_splits() and same_zoo:
+        table = table.merge(run.splits(), on="model_id", how="left")
     else:  # another zoo: none of its models were seen in training
         table = table.assign(split="unseen", heldout_task=False)
     if umap:
         on_map = map_sample(table["task"], MAP_SAMPLE, seed)
         for d in (2, 3):
+            t0 = time.perf_counter()
             xy = np.full((len(table), d), np.nan, np.float32)
             xy[on_map] = umap_coordinates(emb[on_map], d, seed)
+            if progress:
+                print(f"UMAP {d}-D map of {on_map.sum()} models: {time.perf_counter() - t0:.0f} s", flush=True)
             for j, axis in enumerate("xyz"[:d]):
                 table[f"umap_{d}d_{axis}"] = xy[:, j]
-    provenance = {"run": str(run_dir), "encoder_sha256": encoder_checksum(run_dir), "zoo": str(zoo.path),
+    provenance = {"run": str(run_dir), "encoder_sha256": run.encoder_sha256(), "zoo": str(zoo.path),
                   "zoo_manifest_sha256": zoo.info["manifest_sha256"],
                   "encoder_config": json.loads(json.dumps(encoder.meta["config"]))}
     return write_embedding_set(out, table, emb, trees, provenance)
@@ -113,9 +131,9 @@ def query_model(es: EmbeddingSet, spec, params: dict, k: int = 10, run_dir: str 
     """The ``k`` nearest models of the set to a model from outside it (an imported file), embedded by
     the encoder that embedded the set (refused if that encoder has changed since)."""
     run_dir = Path(run_dir) if run_dir else es.source("run")
-    if not (run_dir / "encoder.safetensors").is_file():
+    if not RunDir(run_dir).has_encoder():
         raise PeaceError(f"the embedding set {es.path} was made by the run {run_dir}, which has no encoder.safetensors "
                          f"any more; pass the run with --run, or re-embed with `peace embed --run RUN --out {es.path}`")
-    es.check_current(encoder_sha256=encoder_checksum(run_dir))
+    es.check_current(encoder_sha256=RunDir(run_dir).encoder_sha256())
     vector = load_encoder(run_dir).embed([spec], [params]).numpy()[0]
     return es.query(vector, k)

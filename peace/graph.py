@@ -36,6 +36,12 @@ from torch import Tensor
 from .architectures import ACTIVATIONS, ArchSpec, check_params, fold_norms, folded_spec
 from .errors import PeaceError
 
+__all__ = [
+    "ACTIVATION_NAMES", "DEFAULT_EDGE_DIM", "EDGE_KINDS", "NODE_DIM", "NORM_FEATURES", "ROLES", "GraphBatch",
+    "GraphBuilder", "NeuralGraph", "batch_dgl", "batch_graphs", "edge_dim_needed", "graph_to_params", "neural_graph",
+    "to_dgl"
+]
+
 ROLES = ("input", "hidden", "output")
 EDGE_KINDS = ("linear", "conv1d", "conv2d", "flatten")
 ACTIVATION_NAMES = tuple(ACTIVATIONS)
@@ -185,6 +191,12 @@ class GraphBuilder:
         size = self.sets[dst_set][1]
         self.edges(torch.arange(size) + self.sets[src_set][0], torch.arange(size) + self.sets[dst_set][0],
                    torch.full((size, 1), value), kind, layer)
+
+    def member_edges(self, group_set: int, member_set: int, group_of: Tensor, kind: str, layer: int = -1) -> None:
+        """A 1.0 edge from node ``group_of[i]`` of one set to node i of another (a head to its channels)."""
+        n = len(group_of)
+        self.edges(group_of + self.sets[group_set][0], torch.arange(n) + self.sets[member_set][0], torch.ones(n, 1),
+                   kind, layer)
 
     def build(self, n_layers: int) -> NeuralGraph:
         node_layer, role, act = torch.cat(self.layer), torch.cat(self.role), torch.cat(self.act)

@@ -38,6 +38,12 @@ from .errors import PeaceError, unknown
 from .paths import contained
 from .torchfile import read_torch_file
 
+__all__ = [
+    "CONFIG_KEYS", "FLOAT_DTYPES", "MAX_BYTES", "SUPPORTED_MODULES", "WEIGHT_FILES", "ImportedModel", "Limits",
+    "from_module", "from_sklearn", "from_state_dict", "is_resnet_layout", "is_vit_layout", "load_model",
+    "read_config", "read_tensors"
+]
+
 MAX_BYTES = 512 * 2**20  # default size limit of one model file; raise it with Limits(max_bytes=) / --max-size
 
 
@@ -124,6 +130,33 @@ def from_module(module: nn.Module, input_shape: tuple[int, ...]) -> tuple[ArchSp
                             type(module).__name__)
         _check_function(module, m.spec, m.params, input_shape, "a timm-style pre-LayerNorm VisionTransformer")
         return m.spec, m.params
+    weights, folded, found = _walk_chain(module)
+    pairs = _one_bias_setting([folded.get(i) or _weight_bias(m) for i, (_, m) in enumerate(weights)])
+    acts, pools, kernels = found["activation"], found["pooling"], found["kernel size"]
+    convs = [m for _, m in weights if not isinstance(m, nn.Linear)]
+    linears = [m for _, m in weights if isinstance(m, nn.Linear)]
+    family = "mlp" if not convs else ("cnn1d" if isinstance(convs[0], nn.Conv1d) else "cnn2d")
+    spec = ArchSpec(
+        family=family, input_shape=tuple(input_shape), n_classes=linears[-1].out_features if linears else 0,
+        hidden=tuple(m.out_channels for m in convs) if convs else tuple(m.out_features for m in linears[:-1]),
+        fc_hidden=tuple(m.out_features for m in linears[:-1]) if convs else (),
+        activation=acts.pop() if acts else "identity", bias=pairs[0][1] is not None,
+        kernel_size=kernels.pop() if kernels else 3, pool=pools.pop() if pools else ("none" if convs else "avg"))
+    params = {}
+    for layer, (w, b) in zip(spec.layers, pairs):
+        if tuple(w.shape) != layer.weight_shape:
+            raise PeaceError(f"layer {layer.index} has weight shape {tuple(w.shape)} but the chain needs "
+                             f"{layer.weight_shape}: the layers do not chain for inputs shaped {tuple(input_shape)}")
+        params[layer.weight_name] = w.clone()
+        if layer.bias:
+            params[layer.bias_name] = b.clone()
+    _check_function(module, spec, params, input_shape, "a plain chain of " + ", ".join(SUPPORTED_MODULES))
+    return spec, params
+
+
+def _walk_chain(module: nn.Module) -> tuple[list, dict[int, tuple[Tensor, Tensor]], dict[str, set]]:
+    """A plain chain's weight layers in order, the BatchNorms folded into them (by layer position), and
+    the activations, poolings and kernel sizes seen (one of each allowed); refuses any other layer."""
     weights, acts, pools, kernels = [], set(), set(), set()
     folded: dict[int, tuple[Tensor, Tensor]] = {}  # weight layer -> its weight and bias with a BatchNorm folded in
     previous = None
@@ -150,36 +183,16 @@ def from_module(module: nn.Module, input_shape: tuple[int, ...]) -> tuple[ArchSp
             acts.add("leaky_relu")
         elif type(m) in _POOLS and _all_two(m.kernel_size) and (m.stride is None or _all_two(m.stride)):
             pools.add(_POOLS[type(m)])
-        elif isinstance(m, (nn.Flatten, nn.Dropout)):
-            continue
-        else:
+        elif not isinstance(m, (nn.Flatten, nn.Dropout)):
             raise PeaceError(f"layer {name!r} ({type(m).__name__}) is not supported; supported layers: "
                              f"{', '.join(SUPPORTED_MODULES)}")
     if not weights:
         raise PeaceError("the module has no Linear or Conv layer")
-    pairs = _one_bias_setting([folded.get(i) or _weight_bias(m) for i, (_, m) in enumerate(weights)])
-    for what, found in (("activation", acts), ("pooling", pools), ("kernel size", kernels)):
-        if len(found) > 1:
-            raise PeaceError(f"mixed {what}s {sorted(map(str, found))} in one network are not supported")
-    convs = [m for _, m in weights if not isinstance(m, nn.Linear)]
-    linears = [m for _, m in weights if isinstance(m, nn.Linear)]
-    family = "mlp" if not convs else ("cnn1d" if isinstance(convs[0], nn.Conv1d) else "cnn2d")
-    spec = ArchSpec(
-        family=family, input_shape=tuple(input_shape), n_classes=linears[-1].out_features if linears else 0,
-        hidden=tuple(m.out_channels for m in convs) if convs else tuple(m.out_features for m in linears[:-1]),
-        fc_hidden=tuple(m.out_features for m in linears[:-1]) if convs else (),
-        activation=acts.pop() if acts else "identity", bias=pairs[0][1] is not None,
-        kernel_size=kernels.pop() if kernels else 3, pool=pools.pop() if pools else ("none" if convs else "avg"))
-    params = {}
-    for layer, (w, b) in zip(spec.layers, pairs):
-        if tuple(w.shape) != layer.weight_shape:
-            raise PeaceError(f"layer {layer.index} has weight shape {tuple(w.shape)} but the chain needs "
-                             f"{layer.weight_shape}: the layers do not chain for inputs shaped {tuple(input_shape)}")
-        params[layer.weight_name] = w.clone()
-        if layer.bias:
-            params[layer.bias_name] = b.clone()
-    _check_function(module, spec, params, input_shape, "a plain chain of " + ", ".join(SUPPORTED_MODULES))
-    return spec, params
+    found = {"activation": acts, "pooling": pools, "kernel size": kernels}
+    for what, seen in found.items():
+        if len(seen) > 1:
+            raise PeaceError(f"mixed {what}s {sorted(map(str, seen))} in one network are not supported")
+    return weights, folded, found
 
 
 def _check_function(module: nn.Module, spec: ArchSpec, params: dict[str, Tensor], input_shape: tuple[int, ...],
@@ -364,6 +377,15 @@ def from_state_dict(tensors: dict[str, Tensor], config: dict | None = None, sour
         raise PeaceError(f"{source}: \"norm\": \"layer\" needs a LayerNorm after every hidden layer and none after "
                          f"the last; found them after layers {sorted(layer_norms)} of {len(layers)}")
     limits.check(layers, source)
+    n_conv = _convolutions(layers, source)
+    layers = _one_bias_setting(layers)
+    inferred = _chain_shape(layers, n_conv, config, source)
+    spec, metadata = _spec(inferred, config, source)
+    return ImportedModel(spec, _chain_params(spec, layers, layer_norms, source), source, dict(metadata))
+
+
+def _convolutions(layers: list, source: str) -> int:
+    """How many of a chain's layers are convolutions (all first); refuses what does not chain."""
     kinds = [w.ndim for _, w, _ in layers]
     n_conv = sum(k > 2 for k in kinds)
     if any(k > 2 for k in kinds[n_conv:]) or len(set(kinds[:n_conv])) > 1:
@@ -377,7 +399,12 @@ def from_state_dict(tensors: dict[str, Tensor], config: dict | None = None, sour
         if (in_next % out_ch if conv_to_linear else in_next != out_ch):
             raise PeaceError(f"{source}: the layers do not chain: {n0!r} has {out_ch} outputs but {n1!r} takes "
                              f"{in_next} inputs")
-    layers = _one_bias_setting(layers)
+    return n_conv
+
+
+def _chain_shape(layers: list, n_conv: int, config: dict, source: str) -> dict[str, Any]:
+    """The architecture keys a chain's shapes tell (family, widths, kernel, classes, bias); asks the
+    config for what they do not (a CNN's input shape and pooling, every activation)."""
     convs, linears = layers[:n_conv], layers[n_conv:]
     inferred: dict[str, Any] = {"n_classes": linears[-1][1].shape[0], "bias": layers[0][2] is not None}
     if convs:
@@ -396,7 +423,11 @@ def from_state_dict(tensors: dict[str, Tensor], config: dict | None = None, sour
     if "activation" not in config:
         raise PeaceError(f"{source}: the weights do not say which activation the network uses; give it in the model "
                          f"config (config.json or --activation), one of {', '.join(ACTIVATIONS)}")
-    spec, metadata = _spec(inferred, config, source)
+    return inferred
+
+
+def _chain_params(spec: ArchSpec, layers: list, layer_norms: dict, source: str) -> dict[str, Tensor]:
+    """The chain's tensors under the spec's names, each checked against the shape the spec needs."""
     if len(spec.layers) != len(layers):
         raise PeaceError(f"{source}: the config describes {len(spec.layers)} layers but the file has {len(layers)}")
     params = {}
@@ -411,7 +442,7 @@ def from_state_dict(tensors: dict[str, Tensor], config: dict | None = None, sour
         for leaf, name in layer.norm_names().items():
             params[name] = layer_norms[layer.index][leaf]
     check_params(spec, params)
-    return ImportedModel(spec, params, source, dict(metadata))
+    return params
 
 
 def _spec(inferred: dict[str, Any], config: dict, source: str) -> tuple[ArchSpec, dict]:

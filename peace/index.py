@@ -23,6 +23,8 @@ from annoy import AnnoyIndex
 from .atomic import atomic_path, locked, sha256_file, write_json
 from .errors import PeaceError
 
+__all__ = ["METRIC", "EmbeddingSet", "build_annoy", "check_output_dir", "read_embeddings", "write_embedding_set"]
+
 METRIC = "angular"
 
 
@@ -126,7 +128,9 @@ def check_output_dir(out: Path) -> None:
         if (d / "zoo.json").exists() or (d / "recipe.json").exists():
             raise PeaceError(f"--out {out} is inside the zoo {d}; write embedding sets to their own directory "
                              f"(e.g. artifacts/embeddings/NAME)")
-    if (out / "encoder.safetensors").exists() or (out / "run.json").exists():
+    from .run import RunDir
+
+    if RunDir.looks_like(out):
         raise PeaceError(f"--out {out} is a training run; write embedding sets to their own directory")
 
 

@@ -13,6 +13,11 @@ from sklearn.preprocessing import StandardScaler
 
 from .errors import PeaceError
 
+__all__ = [
+    "clustering_scores", "cosine_similarity_matrix", "functional_similarity", "hard_queries", "invariance_ratio",
+    "linear_probe", "normalize_rows", "retrieval_map", "retrieval_scores"
+]
+
 
 def normalize_rows(emb: np.ndarray) -> np.ndarray:
     x = np.asarray(emb, dtype=np.float64)

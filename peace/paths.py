@@ -5,6 +5,8 @@ from pathlib import Path
 
 from .errors import PeaceError
 
+__all__ = ["contained"]
+
 
 def contained(base: str | Path, relative: str, what: str) -> Path:
     """``base / relative``, refusing absolute paths and ``..`` that would leave ``base``."""

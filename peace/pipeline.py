@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,8 +20,14 @@ from pathlib import Path
 
 import nbformat
 
-from .atomic import read_json_or_none, sha256_file, write_json
+from .atomic import read_json_or_none, write_json
 from .errors import PeaceError, unknown
+from .run import RunDir
+
+__all__ = [
+    "NOTEBOOKS", "STAMP", "Step", "check_parameters_cell", "evaluate_step", "notebook_path", "pipeline_steps",
+    "run_notebook", "run_pipeline", "run_steps", "train_step"
+]
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 STAMP = ".pipeline-step.json"
@@ -46,16 +53,18 @@ def check_parameters_cell(path: Path, needed: Sequence[str]) -> None:
         raise PeaceError(f"the parameters cell of {path} does not define {missing}")
 
 
-def run_notebook(path: Path, out_nb: Path, parameters: dict) -> None:
-    """Execute one notebook with papermill; a failure becomes a PeaceError naming the cell."""
+def run_notebook(path: Path, out_nb: Path, parameters: dict, stream: bool = False) -> None:
+    """Execute one notebook with papermill; a failure becomes a PeaceError naming the cell.
+    ``stream`` copies what its cells print (progress bars included) to this terminal as they run."""
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
     check_parameters_cell(path, list(parameters))
     out_nb.parent.mkdir(parents=True, exist_ok=True)
     try:
+        streams = {"stdout_file": sys.stdout, "stderr_file": sys.stderr} if stream else {}
         pm.execute_notebook(str(path), str(out_nb), parameters=parameters, kernel_name="python3",
-                            cwd=str(path.parent), progress_bar=False)
+                            cwd=str(path.parent), progress_bar=False, **streams)
     except PapermillExecutionError as e:
         raise PeaceError(f"{path.name} failed in cell {e.exec_count} ({e.ename}: {e.evalue}); the executed notebook "
                          f"with the full traceback is {out_nb}. Outputs of earlier steps are kept.") from None
@@ -94,7 +103,7 @@ def _zoo_sha(zoo: Path) -> dict[str, str]:
 
 
 def _encoder_sha(run: Path) -> dict[str, str]:
-    return {"encoder": sha256_file(run / "encoder.safetensors")}
+    return {"encoder": RunDir(run).encoder_sha256()}
 
 
 def train_step(zoo: Path, config: str, overrides: Sequence[str], device: str, seed: int, run: Path) -> Step:
@@ -102,7 +111,7 @@ def train_step(zoo: Path, config: str, overrides: Sequence[str], device: str, se
     return Step("train encoder", "02_train_encoder.ipynb",
                 {"zoo_dir": str(zoo), "config": config, "overrides": list(overrides), "device": device, "seed": seed,
                  "out": str(run), "resume": True},
-                [run / "encoder.safetensors", run / "history.parquet"], lambda: _zoo_sha(zoo))
+                [run / RunDir.ENCODER, run / RunDir.HISTORY], lambda: _zoo_sha(zoo))
 
 
 def evaluate_step(zoo: Path, run: Path, out: Path, seed: int, transfer_epochs: int, accuracy_epochs: int = 100) -> Step:
@@ -118,7 +127,7 @@ def pipeline_steps(preset: str = "demo", config: str = "default", overrides: Seq
                    transfer_epochs: int = 20) -> list[Step]:
     """The four steps for zoo ``preset`` and encoder ``config``, writing under ``root``."""
     from .recipe import load_recipe
-    from .trainer import load_config
+    from .runconfig import load_config
 
     load_recipe(preset)  # unknown names fail here, before anything runs
     load_config(config, list(overrides))
@@ -136,18 +145,53 @@ def pipeline_steps(preset: str = "demo", config: str = "default", overrides: Seq
     ]
 
 
+TIMINGS = "timings.json"  # beside the executed notebooks: how long each step last took on this machine
+# Measured on a 2-core machine (docs/benchmarks.md), minutes: the estimate before a first run here.
+REFERENCE_MINUTES = {"demo": {"build zoo": 1.5, "train encoder": 10, "export embeddings": 2, "evaluate": 6},
+                     "tiny": {"build zoo": 0.2, "train encoder": 0.3, "export embeddings": 0.3, "evaluate": 0.5}}
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
+def plan(steps: Sequence[Step], force: bool, timings: dict, reference: dict) -> tuple[list[bool], str]:
+    """Which steps will run, and a few lines saying so with how long each should take here: the time
+    it last took on this machine, else the reference figure from a 2-core machine."""
+    runs = [force or not s.is_current() for s in steps]
+    lines, total = [], 0.0
+    for i, (s, run) in enumerate(zip(steps, runs), 1):
+        if not run:
+            lines.append(f"[peace]   {i}/{len(steps)} {s.name}: current, skipped")
+            continue
+        seen, ref = timings.get(s.name), reference.get(s.name)
+        if seen is not None:
+            how, total = f"last took {_minutes(seen)} here", total + seen
+        elif ref is not None:
+            how, total = f"about {_minutes(60 * ref)} on 2 cores", total + 60 * ref
+        else:
+            how = "no timing yet"
+        lines.append(f"[peace]   {i}/{len(steps)} {s.name} ({s.notebook}): runs, {how}")
+    head = f"[peace] plan: {sum(runs)} of {len(steps)} step(s) to run" + (f", roughly {_minutes(total)} in all" if total else "")
+    return runs, "\n".join([head, *lines])
+
+
 def run_steps(steps: Sequence[Step], notebooks_out: Path, force: bool = False, progress: bool = True,
-              notebooks: Path | None = None) -> list[str]:
-    """Run the steps that are not current, in order; returns each step's outcome ("ran" / "current")."""
+              notebooks: Path | None = None, reference: dict | None = None, stream: bool | None = None) -> list[str]:
+    """Run the steps that are not current, in order; returns each step's outcome ("ran" / "current").
+    With ``progress`` it says first what will run and for how long, and (``stream``, default: the same)
+    shows each notebook's own progress bars as they run."""
     paths = [notebook_path(s.notebook, notebooks) for s in steps]
     for s, p in zip(steps, paths):  # every notebook checked before the first one runs
         check_parameters_cell(p, list(s.parameters))
+    timings = read_json_or_none(notebooks_out / TIMINGS) or {}
+    runs, said = plan(steps, force, timings, reference or {})
+    if progress:
+        print(said, flush=True)
     outcome = []
-    for i, (s, path) in enumerate(zip(steps, paths), 1):
-        if not force and s.is_current():
+    for i, (s, path, run) in enumerate(zip(steps, paths, runs), 1):
+        if not run:
             outcome.append("current")
-            if progress:
-                print(f"[peace] {i}/{len(steps)} {s.name}: current, skipped", flush=True)
             continue
         if progress:
             print(f"[peace] {i}/{len(steps)} {s.name}: running {s.notebook} ...", flush=True)
@@ -159,7 +203,7 @@ def run_steps(steps: Sequence[Step], notebooks_out: Path, force: bool = False, p
             shutil.rmtree(s.stamp.parent)
         s.stamp.unlink(missing_ok=True)
         try:
-            run_notebook(path, notebooks_out / s.notebook, s.parameters)
+            run_notebook(path, notebooks_out / s.notebook, s.parameters, progress if stream is None else stream)
         except PeaceError as e:
             raise PeaceError(f"step {i}/{len(steps)} ({s.name}): {e}") from None
         missing = [str(p) for p in s.outputs if not p.exists()]
@@ -167,8 +211,11 @@ def run_steps(steps: Sequence[Step], notebooks_out: Path, force: bool = False, p
             raise PeaceError(f"step {s.name}: {s.notebook} ran but did not write {missing}")
         write_json(s.stamp, s.record())
         outcome.append("ran")
+        timings[s.name] = time.perf_counter() - t0
+        write_json(notebooks_out / TIMINGS, timings)
         if progress:
-            print(f"[peace] {i}/{len(steps)} {s.name}: done in {time.perf_counter() - t0:.0f} s", flush=True)
+            print(f"[peace] {i}/{len(steps)} {s.name}: done in {_minutes(timings[s.name])}; outputs in "
+                  f"{s.outputs[0].parent}", flush=True)
     return outcome
 
 
@@ -183,4 +230,5 @@ def run_pipeline(preset: str = "demo", config: str = "default", overrides: Seque
             if s not in names:
                 raise unknown("pipeline step", s, names)
         all_steps = [s for s in all_steps if s.name in steps]
-    return run_steps(all_steps, Path(root).resolve() / "notebooks" / (name or preset), force, progress)
+    return run_steps(all_steps, Path(root).resolve() / "notebooks" / (name or preset), force, progress,
+                     reference=REFERENCE_MINUTES.get(preset, {}))

@@ -6,6 +6,12 @@ import plotly.express as px
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+__all__ = [
+    "MAP_LABELS", "MAX_POINTS", "PALETTE", "ablation_bars", "accuracy_by_task", "accuracy_over_epochs",
+    "embedding_map", "interpolation_figure", "learning_curve", "method_comparison", "training_history",
+    "weight_heatmaps"
+]
+
 
 def accuracy_by_task(manifest: pd.DataFrame) -> go.Figure:
     """Box plot of final-epoch test accuracy per task, one colour per architecture family."""

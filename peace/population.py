@@ -22,6 +22,11 @@ from .architectures import ArchSpec, build_module, forward, hidden_shapes, is_bu
 from .errors import PeaceError, unknown
 from .tasks import Task
 
+__all__ = [
+    "INITS", "OPTIMIZERS", "HParams", "PopulationResult", "Schedule", "evaluate", "init_params", "metric_rows",
+    "task_tensors", "train_population", "train_single"
+]
+
 INITS = ("uniform", "normal", "kaiming_uniform", "kaiming_normal", "xavier_uniform", "xavier_normal")
 OPTIMIZERS = ("adam", "sgd")
 _ADAM_BETAS, _ADAM_EPS = (0.9, 0.999), 1e-8
@@ -156,8 +161,9 @@ def evaluate(spec: ArchSpec, params: dict[str, Tensor], X: Tensor, y: Tensor, n_
     return {"loss": torch.cat(loss).numpy(), "acc": torch.cat(acc).numpy(), "f1": torch.cat(f1).numpy()}
 
 
-def _metrics_rows(spec: ArchSpec, task: Task, params: dict[str, Tensor], epoch: int,
-                  data: dict[str, tuple[Tensor, Tensor]]) -> list[dict]:
+def metric_rows(spec: ArchSpec, task: Task, params: dict[str, Tensor], epoch: int,
+                data: dict[str, tuple[Tensor, Tensor]]) -> list[dict]:
+    """One manifest row per stacked model: loss and accuracy per split, gap, per-class F1, status."""
     finite = torch.stack([torch.isfinite(v.reshape(v.shape[0], -1)).all(1) for v in params.values()]).all(0)
     res = {split: evaluate(spec, params, X, y, task.n_classes) for split, (X, y) in data.items()}
     macro_f1 = res["test"]["f1"].mean(1)
@@ -186,7 +192,8 @@ def _dropout_masks(spec: ArchSpec, seeds: Tensor, p: Tensor, step: int, batch: i
     return masks + [None]
 
 
-def _as_tensors(task: Task) -> dict[str, tuple[Tensor, Tensor]]:
+def task_tensors(task: Task) -> dict[str, tuple[Tensor, Tensor]]:
+    """The task's train / val / test arrays as tensors."""
     return {s: (torch.from_numpy(task.split(s)[0]), torch.from_numpy(task.split(s)[1])) for s in ("train", "val", "test")}
 
 
@@ -224,7 +231,7 @@ def train_population(task: Task, spec: ArchSpec, hparams: Sequence[HParams], sch
                                torch.tensor([h.weight_decay for h in hparams], dtype=torch.float32))
     drop = torch.tensor([h.dropout for h in hparams], dtype=torch.float32)
     use_dropout = bool((drop > 0).any())
-    data = _as_tensors(task)
+    data = task_tensors(task)
     X, y = data["train"]
     X = X.reshape(len(X), *spec.input_shape)
     if targets is not None and tuple(targets.shape) != (len(hparams), len(X)):
@@ -238,7 +245,7 @@ def train_population(task: Task, spec: ArchSpec, hparams: Sequence[HParams], sch
         snap = {k: v.detach().clone() for k, v in params.items()}
         result.checkpoints[epoch] = snap
         if metrics:
-            result.metrics.extend(_metrics_rows(spec, task, snap, epoch, data))
+            result.metrics.extend(metric_rows(spec, task, snap, epoch, data))
 
     if 0 in schedule.checkpoints:
         record(0)

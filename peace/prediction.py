@@ -31,6 +31,11 @@ from .baselines import Baseline, Models, WeightStats
 from .errors import PeaceError
 from .metrics import linear_probe
 
+__all__ = [
+    "NFN_MODES", "EncoderRegressor", "NFNPredictor", "PredictorConfig", "accuracy_study", "fit_nfn", "fit_regressor",
+    "largest_group", "nfn_readable", "predict_nfn", "predict_regressor"
+]
+
 NFN_MODES = ("hnp", "np")
 
 

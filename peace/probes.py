@@ -27,6 +27,11 @@ from torch import Tensor
 from .architectures import ArchSpec, forward, stack_params
 from .errors import PeaceError
 
+__all__ = [
+    "N_PROBES", "PROBE_SEED", "agreement", "agreement_matrix", "fingerprint", "io_space", "probe_inputs",
+    "responses", "sketch"
+]
+
 N_PROBES = 256
 PROBE_SEED = 0
 

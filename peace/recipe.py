@@ -22,6 +22,11 @@ from .errors import PeaceError, unknown
 from .population import HParams, Schedule
 from .tasks import check_task_name, load_task
 
+__all__ = [
+    "MAX_BATCH", "MAX_EPOCHS", "MAX_LAYERS", "MAX_RUNS", "MAX_WIDTH", "PRESET_DIR", "Finetune", "Group", "Recipe",
+    "RunSpec", "expand", "load_recipe", "populations", "preset_names", "recipe_from_dict"
+]
+
 PRESET_DIR = Path(__file__).with_name("presets")
 # bounds on what one recipe may ask for, checked before anything is built or trained
 MAX_RUNS, MAX_EPOCHS, MAX_BATCH, MAX_WIDTH, MAX_LAYERS = 1_000_000, 10_000, 1_000_000, 65_536, 64

@@ -21,6 +21,8 @@ from torch import Tensor, nn
 from .architectures import ACTIVATIONS, BN_EPS, BN_MOMENTUM, ArchSpec, Layer, conv, normalize
 from .errors import PeaceError
 
+__all__ = ["STEM_POOLS", "BasicBlock", "ResNet", "build_layers", "forward"]
+
 STEM_POOLS = ("none", "max")
 
 

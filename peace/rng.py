@@ -10,6 +10,8 @@ import math
 import torch
 from torch import Tensor
 
+__all__ = ["bits", "model_seed", "normal", "permutation", "uniform"]
+
 _M32 = 0xFFFFFFFF
 
 

@@ -21,6 +21,8 @@ from pathlib import Path
 from .errors import PeaceError
 from .importers import ImportedModel, Limits, from_state_dict
 
+__all__ = ["load_model_isolated"]
+
 
 def load_model_isolated(path: str | Path, config: dict | None = None, limits: Limits = Limits(),
                         memory_mib: int = 2048, cpu_s: int = 60, timeout_s: float = 120) -> ImportedModel:

@@ -12,6 +12,8 @@ import pandas as pd
 
 from .errors import PeaceError, unknown
 
+__all__ = ["choose_holdout", "split_zoo"]
+
 
 def choose_holdout(tasks: list[str], holdout: int | list[str], seed: int, min_train_tasks: int = 2) -> list[str]:
     """``holdout`` task names (checked) or that many tasks drawn with ``seed``, leaving

@@ -26,6 +26,12 @@ from torch import Tensor
 from .architectures import ACTIVATIONS, ArchSpec, Layer
 from .errors import PeaceError
 
+__all__ = [
+    "ODD", "POSITIVE_HOMOGENEOUS", "VIT_PARTS", "Params", "RandomSymmetry", "UnitGroup", "allowed",
+    "canonical_factor", "canonicalize", "check_factor", "column_index", "group_labels", "hidden_sizes",
+    "random_factor", "random_symmetry", "transform", "unit_groups", "unit_rows", "zero_at_zero"
+]
+
 POSITIVE_HOMOGENEOUS = ("relu", "leaky_relu", "identity")
 ODD = ("tanh", "identity")
 Params = dict[str, Tensor]
@@ -85,7 +91,7 @@ def hidden_sizes(spec: ArchSpec) -> list[int]:
     return [g.size for g in unit_groups(spec)]
 
 
-def _column_index(next_layer: Layer, perm: Tensor) -> Tensor:
+def column_index(next_layer: Layer, perm: Tensor) -> Tensor:
     """Input columns of ``next_layer`` in the order given by a permutation of the previous layer's units."""
     if next_layer.flatten_from is None:
         return perm
@@ -99,7 +105,7 @@ def _column_factor(next_layer: Layer, factor: Tensor) -> Tensor:
     return factor.repeat_interleave(next_layer.in_features // next_layer.flatten_from[0])
 
 
-def _rows(layer: Layer) -> tuple[list[str], list[str]]:
+def unit_rows(layer: Layer) -> tuple[list[str], list[str]]:
     """A writer's tensors indexed by output unit: (all of them, those a unit's factor multiplies)."""
     affine = [layer.weight_name, *([layer.bias_name] if layer.bias else [])]
     if layer.norm is None:
@@ -110,13 +116,13 @@ def _rows(layer: Layer) -> tuple[list[str], list[str]]:
 
 def _apply(out: Params, group: UnitGroup, perm: Tensor, f: Tensor) -> None:
     for layer in group.writers:
-        moved, scaled = _rows(layer)
+        moved, scaled = unit_rows(layer)
         for name in moved:
             out[name] = out[name][perm]
         for name in scaled:
             out[name] = out[name] * f.to(out[name].dtype).reshape(-1, *[1] * (out[name].dim() - 1))
     for layer in group.readers:
-        w = out[layer.weight_name][:, _column_index(layer, perm)]
+        w = out[layer.weight_name][:, column_index(layer, perm)]
         out[layer.weight_name] = w / _column_factor(layer, f).to(w.dtype).reshape(1, -1, *[1] * (w.dim() - 2))
 
 
@@ -254,7 +260,7 @@ def _incoming(params: Params, group: UnitGroup, settled: set[int]) -> Tensor:
     for layer in group.writers:
         if layer.norm is None and layer.src not in settled:
             continue
-        parts += [params[name].reshape(group.size, -1) for name in _rows(layer)[1]]
+        parts += [params[name].reshape(group.size, -1) for name in unit_rows(layer)[1]]
     return torch.cat(parts, 1) if parts else torch.zeros(group.size, 0)
 
 
@@ -300,9 +306,9 @@ def canonicalize(spec: ArchSpec, params: Params) -> Params:
         if ok["scale"] or ok["flip"]:
             _apply(out, g, torch.arange(g.size), canonical_factor(inc, ok["scale"], ok["flip"]))
         if len(g.tensors) == 1 and zero_at_zero(spec.activation):
-            full = torch.cat([out[n].reshape(g.size, -1) for m in g.writers for n in _rows(m)[1]], 1)
+            full = torch.cat([out[n].reshape(g.size, -1) for m in g.writers for n in unit_rows(m)[1]], 1)
             dead = torch.nonzero((full == 0).all(1)).flatten()
             for m in g.readers:
-                out[m.weight_name][:, _column_index(m, dead)] = 0.0
+                out[m.weight_name][:, column_index(m, dead)] = 0.0
         settled.update(g.tensors)
     return out

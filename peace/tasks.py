@@ -115,7 +115,7 @@ def _top_left(shape: list[list[int]]) -> np.ndarray:
     return img
 
 
-def _tetris(per_class: int = 400, noise: float = 0.2, placements: str = "all") -> Task:
+def tetris_task(per_class: int = 400, noise: float = 0.2, placements: str = "all") -> Task:
     """``placements="all"``: every position, rotation and mirror image of each tetromino (hard for a
     5-unit network); ``"canonical"``: each tetromino once, as drawn in the top-left corner."""
     everywhere = placements == "all"
@@ -211,8 +211,8 @@ def _sklearn_tabular(loader: str) -> Task:
 
 
 _FIXED: dict[str, Callable[[], Task]] = {
-    "tetris": _tetris,
-    "tetris-canonical": lambda: _tetris(per_class=600, noise=0.3, placements="canonical"),
+    "tetris": tetris_task,
+    "tetris-canonical": lambda: tetris_task(per_class=600, noise=0.3, placements="canonical"),
     "digits": lambda: _digits(""),
     "digits-rot90": lambda: _digits("rot90"),
     "digits-flip": lambda: _digits("flip"),

@@ -8,10 +8,12 @@ import torch
 from torch import Tensor
 
 from .alignment import align, interpolation_path, loss_barrier
-from .architectures import forward
+from .architectures import forward, stack_params
 from .errors import PeaceError
 from .symmetry import RandomSymmetry, allowed, random_symmetry
 from .zoo import Zoo
+
+__all__ = ["SymmetryDemo", "interpolation_demo", "partner", "pick_model", "symmetry_demo"]
 
 
 @dataclass
@@ -39,14 +41,14 @@ def pick_model(zoo: Zoo, model_id: str | None = None) -> str:
 
 
 def symmetry_demo(zoo: Zoo, model_id: str, seed: int = 0, kind: RandomSymmetry = RandomSymmetry()) -> SymmetryDemo:
-    """Apply a random function-preserving transform to a zoo model and measure what changed."""
+    """Apply a random function-preserving transform to a zoo model and measure what changed on its
+    task's test inputs."""
     spec, before = zoo.spec(model_id), zoo.weights(model_id)
     after = random_symmetry(spec, before, seed, kind)
     X = torch.from_numpy(zoo.task(model_id).X_test)
     with torch.no_grad():
-        out_b = forward(spec, {k: v[None] for k, v in before.items()}, X)[0]
-        out_a = forward(spec, {k: v[None] for k, v in after.items()}, X)[0]
-    flat = lambda p: torch.cat([v.flatten() for v in p.values()])
+        out_b, out_a = forward(spec, stack_params([before, after]), X.reshape(len(X), *spec.input_shape))
+    flat = lambda p: torch.cat([v.flatten() for v in p.values()])  # noqa: E731
     ok = allowed(spec)
     applied = {"permute": kind.permute, "scale": ok["scale"] if kind.scale is None else kind.scale,
                "flip": ok["flip"] if kind.flip is None else kind.flip}
@@ -66,16 +68,19 @@ def partner(zoo: Zoo, model_id: str) -> str:
     return str(same.sort_values(["seed", "model_id"]).iloc[0]["model_id"])
 
 
-def interpolation_demo(zoo: Zoo, a_id: str, b_id: str, n_points: int = 21) -> dict[str, dict[str, np.ndarray]]:
-    """Loss/accuracy along the straight line from A to B, with and without aligning B to A first."""
+def interpolation_demo(zoo: Zoo, a_id: str, b_id: str, n_points: int = 21) -> dict[str, dict]:
+    """Loss/accuracy on the task's test split along the straight line from A to B, without ("naive")
+    and with ("aligned") permuting B's units to match A first; each path also holds its loss
+    barrier and its end point's weights (``end``)."""
     spec = zoo.spec(a_id)
-    if zoo.row(b_id)["arch_spec"] != zoo.row(a_id)["arch_spec"]:
-        raise PeaceError(f"{a_id} and {b_id} have different architectures; weight-space interpolation needs one")
+    if zoo.spec(b_id) != spec:
+        raise PeaceError(f"{a_id} ({spec.describe()}) and {b_id} ({zoo.spec(b_id).describe()}) have different "
+                         f"architectures; weight-space interpolation needs one architecture")
     a, b = zoo.weights(a_id), zoo.weights(b_id)
-    task = zoo.task(a_id)
-    X, y = torch.from_numpy(task.X_test), torch.from_numpy(task.y_test)
-    paths = {"naive": interpolation_path(spec, a, b, X, y, n_points),
-             "aligned": interpolation_path(spec, a, align(spec, a, b)[0], X, y, n_points)}
-    for p in paths.values():
-        p["barrier"] = np.array(loss_barrier(p))
+    X, y = (torch.from_numpy(v) for v in zoo.task(a_id).split("test"))
+    X = X.reshape(len(X), *spec.input_shape)
+    paths = {}
+    for name, end in (("naive", b), ("aligned", align(spec, a, b)[0])):
+        paths[name] = interpolation_path(spec, a, end, X, y, n_points)
+        paths[name].update(barrier=np.array(loss_barrier(paths[name])), end=end)
     return paths

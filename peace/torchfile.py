@@ -34,6 +34,8 @@ import torch
 
 from .errors import PeaceError
 
+__all__ = ["MAX_ENTRIES", "MAX_NDIM", "MAX_PICKLE_BYTES", "PLAIN", "read_torch_file"]
+
 MAX_PICKLE_BYTES = 32 * 2**20  # data.pkl of a state dict with ~100k tensors is a few MiB
 MAX_ENTRIES = 200_000
 MAX_NDIM = 8

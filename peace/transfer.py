@@ -27,6 +27,8 @@ from .population import HParams, Schedule, train_population
 from .rng import model_seed
 from .tasks import Task, load_task
 
+__all__ = ["TransferConfig", "finetune_curves", "io_key", "steps_to_target", "subset", "transfer_study"]
+
 
 @dataclass(frozen=True)
 class TransferConfig:

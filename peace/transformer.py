@@ -31,6 +31,11 @@ from .architectures import ACTIVATIONS, ArchSpec, Layer, conv
 from .errors import PeaceError
 from .symmetry import ODD, POSITIVE_HOMOGENEOUS, canonical_factor, check_factor, random_factor, zero_at_zero
 
+__all__ = [
+    "LN_EPS", "POOLS", "Attention", "Block", "Mlp", "PatchEmbed", "Symmetry", "ViT", "build_graph", "build_layers",
+    "canonicalize", "forward", "init_extras", "random_symmetry", "transform"
+]
+
 LN_EPS = 1e-6  # timm's LayerNorm eps for ViTs
 POOLS = ("cls", "avg")
 
@@ -355,6 +360,41 @@ def _zero_rows(params: dict[str, Tensor], name: str, bias: bool, rows: Tensor) -
 
 # --- neural graph -------------------------------------------------------------------------------
 
+def _folded(f: dict[str, Tensor], name: str, norm: str) -> tuple[Tensor, Tensor]:
+    """A layer's weight and bias with the LayerNorm before it folded in: ``W diag(scale)``, ``b + W shift``."""
+    w, b = f[f"{name}.weight"], f.get(f"{name}.bias", torch.zeros(f[f"{name}.weight"].shape[0]))
+    return w * f[f"{norm}.weight"], b + w @ f[f"{norm}.bias"]
+
+
+def _block_graph(gb, spec: ArchSpec, f: dict[str, Tensor], index: dict[str, int], b: int, x: int) -> int:
+    """Block ``b``'s nodes and edges after stream state ``x``; returns the stream state after it."""
+    pre, base = f"blocks.{b}", 1 + 4 * b
+    d = f[f"{pre}.attn.proj.weight"].shape[0]
+    w, bias = _folded(f, f"{pre}.attn.qkv", f"{pre}.norm1")
+    qkv = [gb.nodes(d, base + 1, "hidden", "identity") for _ in range(3)]
+    heads = gb.nodes(spec.heads, base + 1, "hidden", "identity")
+    for i, node_set in enumerate(qkv):
+        gb.dense(x, node_set, w[i * d:(i + 1) * d].unsqueeze(-1), "linear", index[f"{pre}.attn.qkv"])
+        gb.add_bias(node_set, bias[i * d:(i + 1) * d])
+        gb.member_edges(heads, node_set, torch.arange(d) // (d // spec.heads), "linear")
+    gb.identity(qkv[0], qkv[1], "linear")  # query channel i meets key channel i in the dot product
+    x1 = gb.nodes(d, base + 2, "hidden", "identity")
+    gb.dense(qkv[2], x1, f[f"{pre}.attn.proj.weight"].unsqueeze(-1), "linear", index[f"{pre}.attn.proj"])
+    if spec.bias:
+        gb.add_bias(x1, f[f"{pre}.attn.proj.bias"])
+    gb.identity(x, x1, "linear")
+    w, bias = _folded(f, f"{pre}.mlp.fc1", f"{pre}.norm2")
+    hidden = gb.nodes(w.shape[0], base + 3, "hidden", spec.activation)
+    gb.dense(x1, hidden, w.unsqueeze(-1), "linear", index[f"{pre}.mlp.fc1"])
+    gb.add_bias(hidden, bias)
+    x2 = gb.nodes(d, base + 4, "hidden", "identity")
+    gb.dense(hidden, x2, f[f"{pre}.mlp.fc2.weight"].unsqueeze(-1), "linear", index[f"{pre}.mlp.fc2"])
+    if spec.bias:
+        gb.add_bias(x2, f[f"{pre}.mlp.fc2.bias"])
+    gb.identity(x1, x2, "linear")
+    return x2
+
+
 def build_graph(spec: ArchSpec, params: dict[str, Tensor], gb) -> "NeuralGraph":  # noqa: F821
     """The neural graph of a vit (``graph.neural_graph`` calls this with its ``GraphBuilder``).
 
@@ -370,17 +410,10 @@ def build_graph(spec: ArchSpec, params: dict[str, Tensor], gb) -> "NeuralGraph":
     ``transform``; scales and signs are removed by ``canonicalize`` before it is built.
     """
     c, p, t, d, m = _geometry(spec)
-    H, dh, depth = spec.heads, d // spec.heads, spec.blocks[0]
-    cls = spec.pool == "cls"
-    nd = len(spec.input_shape) - 1
+    cls, nd, depth = spec.pool == "cls", len(spec.input_shape) - 1, spec.blocks[0]
     index = {layer.name: layer.index for layer in spec.layers}
     top = 4 * depth + 2
     f = {k: v.float() for k, v in params.items()}
-
-    def folded(name: str, norm: str) -> tuple[Tensor, Tensor]:
-        w, b = f[f"{name}.weight"], f.get(f"{name}.bias", torch.zeros(f[f"{name}.weight"].shape[0]))
-        return w * f[f"{norm}.weight"], b + w @ f[f"{norm}.bias"]
-
     inputs = gb.nodes(c, 0, "input")
     positions = gb.nodes(t + cls, 0, "input", first_pos=c)
     x = gb.nodes(d, 1, "hidden", "identity")
@@ -392,33 +425,9 @@ def build_graph(spec: ArchSpec, params: dict[str, Tensor], gb) -> "NeuralGraph":
         pos[0] += f["cls_token"][0, 0]
     gb.dense(positions, x, pos.T.unsqueeze(-1), "linear", -1)
     for b in range(depth):
-        pre, base = f"blocks.{b}", 1 + 4 * b
-        w, bias = folded(f"{pre}.attn.qkv", f"{pre}.norm1")
-        qkv = [gb.nodes(d, base + 1, "hidden", "identity") for _ in range(3)]
-        heads = gb.nodes(H, base + 1, "hidden", "identity")
-        for i, node_set in enumerate(qkv):
-            gb.dense(x, node_set, w[i * d:(i + 1) * d].unsqueeze(-1), "linear", index[f"{pre}.attn.qkv"])
-            gb.add_bias(node_set, bias[i * d:(i + 1) * d])
-            head_of = torch.arange(d) // dh
-            gb.edges(head_of + gb.sets[heads][0], torch.arange(d) + gb.sets[node_set][0], torch.ones(d, 1), "linear", -1)
-        gb.identity(qkv[0], qkv[1], "linear")  # query channel i meets key channel i in the dot product
-        x1 = gb.nodes(d, base + 2, "hidden", "identity")
-        gb.dense(qkv[2], x1, f[f"{pre}.attn.proj.weight"].unsqueeze(-1), "linear", index[f"{pre}.attn.proj"])
-        if spec.bias:
-            gb.add_bias(x1, f[f"{pre}.attn.proj.bias"])
-        gb.identity(x, x1, "linear")
-        w, bias = folded(f"{pre}.mlp.fc1", f"{pre}.norm2")
-        hidden = gb.nodes(m, base + 3, "hidden", spec.activation)
-        gb.dense(x1, hidden, w.unsqueeze(-1), "linear", index[f"{pre}.mlp.fc1"])
-        gb.add_bias(hidden, bias)
-        x2 = gb.nodes(d, base + 4, "hidden", "identity")
-        gb.dense(hidden, x2, f[f"{pre}.mlp.fc2.weight"].unsqueeze(-1), "linear", index[f"{pre}.mlp.fc2"])
-        if spec.bias:
-            gb.add_bias(x2, f[f"{pre}.mlp.fc2.bias"])
-        gb.identity(x1, x2, "linear")
-        x = x2
+        x = _block_graph(gb, spec, f, index, b, x)
     out = gb.nodes(spec.n_classes, top, "output")
-    w, bias = folded("head", "norm")
+    w, bias = _folded(f, "head", "norm")
     gb.dense(x, out, w.unsqueeze(-1), "linear", index["head"])
     gb.add_bias(out, bias)
     return gb.build(top)

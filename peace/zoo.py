@@ -38,9 +38,14 @@ from .atomic import LOCK_NAME, atomic_path, locked, sha256_file, write_json
 from .cluster import Engine, Serial
 from .errors import PeaceError
 from .paths import contained
-from .population import PopulationResult, train_population
+from .population import PopulationResult, metric_rows, task_tensors, train_population
 from .recipe import Recipe, RunSpec, expand, populations
 from .tasks import Task, load_task
+
+__all__ = [
+    "FORMAT_VERSION", "IDENTITY", "SPEC_COLUMNS", "Zoo", "add_models", "build_or_open", "build_zoo", "model_id",
+    "open_zoo", "spec_columns", "train_one_population", "weights_checksum"
+]
 
 FORMAT_VERSION = 1
 
@@ -60,6 +65,16 @@ def model_id(run_id: str, epoch: int) -> str:
 
 # --- building -----------------------------------------------------------------------------------
 
+SPEC_COLUMNS = ("family", "arch", "arch_spec", "activation", "bias", "depth", "width", "n_params")
+
+
+def spec_columns(spec: ArchSpec) -> dict:
+    """The manifest's columns that describe a model's architecture (``SPEC_COLUMNS``)."""
+    return {"family": spec.family, "arch": spec.describe(), "arch_spec": json.dumps(spec.to_dict(), sort_keys=True),
+            "activation": spec.activation, "bias": spec.bias, "depth": spec.depth,
+            "width": max(spec.hidden + spec.fc_hidden, default=0), "n_params": spec.n_params}
+
+
 def _population_id(pop: list[RunSpec]) -> str:
     return hashlib.sha1("|".join(r.run_id for r in pop).encode()).hexdigest()[:12]
 
@@ -73,10 +88,7 @@ def _rows(pop: list[RunSpec], pop_id: str, metrics: list[dict], weights: dict[in
         task = load_task(r.task)
         row = {
             "model_id": model_id(r.run_id, m["epoch"]), "run_id": r.run_id, "population_id": pop_id,
-            "group": r.group, "task": r.task, "dataset": task.family,
-            "family": r.spec.family, "arch": r.spec.describe(), "arch_spec": json.dumps(r.spec.to_dict(), sort_keys=True),
-            "activation": r.spec.activation, "bias": r.spec.bias, "depth": r.spec.depth,
-            "width": max(r.spec.hidden + r.spec.fc_hidden, default=0), "n_params": r.spec.n_params,
+            "group": r.group, "task": r.task, "dataset": task.family, **spec_columns(r.spec),
             **asdict(r.hparams), "optimizer": r.schedule.optimizer, "batch_size": r.schedule.batch_size,
             "epochs": r.schedule.epochs,
             **{k: v for k, v in m.items() if k != "model_index"},
@@ -392,8 +404,6 @@ def add_models(zoo: Zoo | str | Path, models: list, task: str | None = None, gro
 
 
 def _add(zoo: Zoo, models: list, task: str | None, the_task: Task | None, group: str, metadata: dict | None) -> Zoo:
-    from .population import _as_tensors, _metrics_rows  # the zoo's own metric rows, not a second copy
-
     rows, tensors = [], {}
     for m in models:
         checksum = weights_checksum(m.params)
@@ -405,20 +415,16 @@ def _add(zoo: Zoo, models: list, task: str | None, the_task: Task | None, group:
         row = {c: None for c in zoo.manifest.columns}
         row.update({"model_id": mid, "run_id": run_id, "population_id": run_id, "group": group,
                     "task": task or str(meta.get("task", "unknown")), "dataset": the_task.family if the_task else "unknown",
-                    "family": m.spec.family, "arch": m.spec.describe(),
-                    "arch_spec": json.dumps(m.spec.to_dict(), sort_keys=True), "activation": m.spec.activation,
-                    "bias": m.spec.bias, "depth": m.spec.depth, "width": max(m.spec.hidden + m.spec.fc_hidden, default=0),
-                    "n_params": m.spec.n_params, "epoch": 0, "epochs": 0, "status": "ok", "lineage_id": run_id,
+                    **spec_columns(m.spec), "epoch": 0, "epochs": 0, "status": "ok", "lineage_id": run_id,
                     "shard": f"shards/{run_id}.safetensors", "checksum": checksum})
-        row.update({k: v for k, v in meta.items() if k not in ("task", "dataset", "family", "arch", "activation", "bias",
-                                                               "depth", "width", "n_params")})
+        row.update({k: v for k, v in meta.items() if k not in ("task", "dataset", *SPEC_COLUMNS)})
         if the_task is not None:
-            data = _as_tensors(the_task)
+            data = task_tensors(the_task)
             if math.prod(m.spec.input_shape) != the_task.n_features or m.spec.n_classes != the_task.n_classes:
                 raise PeaceError(f"{m.source}: {m.spec.describe()} does not fit task {task!r} "
                                  f"({the_task.n_features} inputs, {the_task.n_classes} classes)")
             data = {s: (X.reshape(len(X), *m.spec.input_shape), y) for s, (X, y) in data.items()}
-            measured = _metrics_rows(m.spec, the_task, stack_params([m.params]), 0, data)[0]
+            measured = metric_rows(m.spec, the_task, stack_params([m.params]), 0, data)[0]
             row.update({k: v for k, v in measured.items() if k not in ("model_index", "epoch")})
         rows.append(row)
         tensors[run_id] = {f"{mid}/{k}": v.contiguous().float() for k, v in m.params.items()}

@@ -12,7 +12,7 @@ from torch import nn
 from peace.cli import main
 from peace.errors import PeaceError
 from peace.recipe import recipe_from_dict
-from peace.trainer import load_config
+from peace.runconfig import load_config
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from conftest import QUICK, ROOT, run_peace
 from peace.errors import PeaceError
 from peace.index import EmbeddingSet
-from peace.trainer import load_encoder
+from peace.run import load_encoder
 
 
 def _kill_when(cmd, ready, extra_delay, timeout=300):

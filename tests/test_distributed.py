@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 
 from conftest import QUICK, ROOT, run_peace
 from peace.distributed import Rank
-from peace.trainer import fit, load_config
+from peace.trainer import fit
+from peace.runconfig import load_config
 
 
 def test_shares_cover_a_batch_in_order():

@@ -7,7 +7,7 @@ from conftest import MODELS, random_model
 from peace.encoder import EncoderConfig, PeaceEncoder, dgl_available
 from peace.errors import PeaceError
 from peace.symmetry import RandomSymmetry, allowed, random_symmetry
-from peace.trainer import load_config
+from peace.runconfig import load_config
 
 IDS = [f"{t}-{kw['family']}-{kw['activation']}" for t, kw in MODELS]
 
@@ -156,7 +156,7 @@ def test_bad_encoder_configs_are_named():
     with pytest.raises(PeaceError, match="unknown config key in override 'encoder.colour'.*hidden"):
         load_config("tiny", ["encoder.colour=red"])
     with pytest.raises(PeaceError, match="unknown key in encoder 'depth'"):
-        from peace.trainer import config_from_dict
+        from peace.runconfig import config_from_dict
         config_from_dict({"encoder": {"depth": 3}})
     with pytest.raises(PeaceError, match="unknown encoder config 'huge'"):
         load_config("huge")

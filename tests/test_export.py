@@ -9,11 +9,13 @@ import pytest
 from conftest import QUICK, run_peace
 from peace.errors import PeaceError
 from peace.evaluate import evaluate
-from peace.export import encoder_checksum, export_embeddings
+from peace.export import export_embeddings
 from peace.index import EmbeddingSet
 from peace.prediction import PredictorConfig
 from peace.metrics import cosine_similarity_matrix
-from peace.trainer import fit, load_config
+from peace.trainer import fit
+from peace.run import RunDir
+from peace.runconfig import load_config
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +31,7 @@ def test_embedding_set_contents(embedding_set, tiny_zoo, tiny_run):
         assert col in t.columns and t[col].notna().all(), col
     assert embedding_set.embeddings.shape == (len(t), 16 + 16)  # learned part + function block
     info = json.loads((embedding_set.path / "index.json").read_text())
-    assert info["encoder_sha256"] == encoder_checksum(tiny_run.path) and info["metric"] == "angular"
+    assert info["encoder_sha256"] == RunDir(tiny_run.path).encoder_sha256() and info["metric"] == "angular"
 
 
 def test_annoy_neighbours_match_exact_search(embedding_set):

@@ -13,7 +13,8 @@ from peace.architectures import ArchSpec
 from peace.plots import learning_curve
 from peace.population import HParams, init_params
 from peace.recipe import expand, load_recipe, recipe_from_dict
-from peace.trainer import fit, load_config
+from peace.trainer import fit
+from peace.runconfig import load_config
 from peace.zoo import build_zoo
 
 

@@ -11,7 +11,10 @@ from peace.encoder import dgl_available
 from peace.errors import PeaceError
 from peace.recipe import recipe_from_dict
 from peace.splits import split_zoo
-from peace.trainer import fit, load_config, load_encoder, resolve_device
+from peace.trainer import fit
+from peace.runconfig import load_config
+from peace.run import load_encoder
+from peace.device import resolve_device
 from peace.zoo import build_zoo
 
 from conftest import QUICK, run_peace
