@@ -6,25 +6,27 @@ in embedding and weight space, symmetry-lab comparisons, and queries for uploade
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from safetensors.torch import save_file
 
 from .alignment import interpolate
-from .baselines import FunctionSpace, Models, RawWeights, WeightStats
-from .errors import PeaceError
-from .index import EmbeddingSet
+from .baselines import Models, RawWeights
+from .baseline_vectors import BaselineVectors
+from .baseline_vectors import compute as compute_baselines
+from .index import BASELINES, EmbeddingSet
 from .metrics import normalize_rows
-from .probes import agreement, io_space, responses
 from .run import RunDir, load_encoder
-from .symmetry import RandomSymmetry
+from .symmetry import RandomSymmetry, random_symmetry
 from .teaching import interpolation_demo, symmetry_demo
 from .zoo import Zoo
 
-__all__ = ["Explorer", "filter_table", "find_ablation_summaries", "find_embedding_sets"]
+__all__ = ["Explorer", "filter_table", "find_ablation_summaries", "find_embedding_sets", "model_label", "typical_model"]
 
 
 def find_embedding_sets(root: str | Path) -> list[Path]:
@@ -48,6 +50,20 @@ def filter_table(table: pd.DataFrame, tasks=None, archs=None, activations=None, 
         if rng is not None:
             keep &= table[col].between(*rng).to_numpy()
     return table[keep]
+
+
+def typical_model(table: pd.DataFrame) -> str:
+    """A representative default query: a final checkpoint of the most common task, of median test
+    accuracy (the most accurate model is often a trivial one)."""
+    final = table[table["epoch"] == table["epochs"]] if "epochs" in table else table
+    final = final if len(final) else table
+    of_task = final[final["task"] == final["task"].value_counts().index[0]].sort_values(["test_acc", "model_id"])
+    return str(of_task["model_id"].iat[len(of_task) // 2])
+
+
+def model_label(row: pd.Series) -> str:
+    """How pickers show a model: id, task, architecture, epoch and test accuracy."""
+    return f"{row['model_id']} · {row['task']} · {row['arch']} · epoch {row['epoch']} · acc {row['test_acc']:.3f}"
 
 
 @dataclass
@@ -74,20 +90,13 @@ class Explorer:
         return Models.from_zoo(self.zoo, list(ids))
 
     @cached_property
-    def _all(self) -> Models:
-        return self.models(self.table["model_id"])
-
-    @cached_property
-    def stats(self) -> WeightStats:
-        return WeightStats().fit(self._all)
-
-    @cached_property
-    def baseline_vectors(self) -> dict[str, np.ndarray]:
-        """Unit-norm s(W), raw-weight and function-space vectors of every model of the set (fit on the set)."""
-        out = {}
-        for b in (self.stats, RawWeights().fit(self._all), FunctionSpace().fit(self._all)):
-            out[b.name] = normalize_rows(b.transform(self._all))
-        return out
+    def baselines(self) -> BaselineVectors:
+        """s(W), raw-weight and probe-prediction vectors of every model: written by ``peace embed``
+        (read in milliseconds); an older set without them has them computed here, once."""
+        ids = list(self.table["model_id"])
+        if (self.path / BASELINES).is_file():  # EmbeddingSet checked it against index.json
+            return BaselineVectors.read(self.path / BASELINES, ids)
+        return BaselineVectors(compute_baselines(self.zoo, ids))
 
     def neighbours(self, model_id: str, k: int = 10) -> pd.DataFrame:
         """PEACE's k nearest models (Annoy) with distance, cosine and metadata."""
@@ -95,29 +104,13 @@ class Explorer:
 
     def baseline_neighbours(self, model_id: str, method: str, k: int = 10) -> pd.DataFrame:
         """The k nearest models by cosine of s(W) (``stats``), raw weights (``raw``) or predictions on
-        shared probe inputs (``function``), exact search."""
-        if method not in self.baseline_vectors:
-            raise PeaceError(f"unknown method {method!r}; choose one of {', '.join(self.baseline_vectors)}")
-        v = self.baseline_vectors[method]
-        i = self.es.row_of[model_id]
-        sims = v @ v[i]
-        sims[i] = -np.inf
-        top = np.argsort(-sims, kind="stable")[:k]
-        return self.table.iloc[top].assign(cosine=sims[top]).reset_index(drop=True)
+        shared probe inputs (``function``: the share of equal predictions), exact search."""
+        return self.baselines.neighbours(method, self.es.row_of[model_id], k, self.table)
 
     def agreement(self, model_id: str, others: list[str]) -> list[float]:
         """Share of shared probe inputs on which each other model predicts what the query does
         (NaN where they do not share the query's io-space)."""
-        space, ref = io_space(self.zoo.spec(model_id)), self._response(model_id)
-        return [agreement(self._response(o), ref) if io_space(self.zoo.spec(o)) == space else float("nan")
-                for o in others]
-
-    def _response(self, model_id: str):
-        """A model's class probabilities on its io-space's probes (cached: the page reruns often)."""
-        cache = self.__dict__.setdefault("_response_cache", {})
-        if model_id not in cache:
-            cache[model_id] = responses([self.zoo.spec(model_id)], [self._all.params[self.es.row_of[model_id]]])[0]
-        return cache[model_id]
+        return self.baselines.agreement(self.es.row_of[model_id], [self.es.row_of[o] for o in others])
 
     def embedding_path(self, a: str, b: str, steps: int = 9) -> pd.DataFrame:
         """Along the straight line between two embeddings (renormalized), the nearest zoo model at each step."""
@@ -166,8 +159,24 @@ class Explorer:
         m = Models(pd.DataFrame({"model_id": [model_id, model_id + "*"]}), [spec, spec], [p, q])
         cos = lambda v: float(1 - normalize_rows(v)[0] @ normalize_rows(v)[1])  # noqa: E731
         return {"transformed": q, "max_output_change": demo.max_output_change,
-                "raw": cos(RawWeights().fit(m).transform(m)), "stats": cos(self.stats.transform(m)),
+                "raw": cos(RawWeights().fit(m).transform(m)), "stats": cos(self.baselines.weight_stats().transform(m)),
                 "peace": cos(self.encoder.embed([spec, spec], [p, q]).numpy())}
+
+    def example_file(self, folder: str | Path) -> tuple[Path, str]:
+        """A model folder to try the query page with (``model.safetensors`` + ``config.json``): a zoo
+        model, an MLP where there is one, with its hidden units shuffled; PEACE should find the
+        original first. Returns the folder and the original's id."""
+        mlps = self.table[self.table["family"] == "mlp"]
+        mid = typical_model(mlps if len(mlps) else self.table)
+        spec, folder = self.zoo.spec(mid), Path(folder)
+        shuffled = random_symmetry(spec, self.zoo.weights(mid), 0, RandomSymmetry(permute=True, scale=False, flip=False))
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in shuffled.items()}, str(folder / "model.safetensors"))
+        config = {"activation": spec.activation}
+        if spec.family != "mlp":
+            config.update(input_shape=list(spec.input_shape), pool=spec.pool)
+        (folder / "config.json").write_text(json.dumps(config))
+        return folder, mid
 
     def query_file(self, path: str | Path, config: dict, k: int = 10) -> tuple[object, pd.DataFrame, np.ndarray]:
         """An uploaded model file: (the imported model, its k nearest zoo models, its map position).

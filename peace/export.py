@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from . import baseline_vectors
 from .cluster import Engine, Serial, chunks
 from .encoder import Embedder
 from .errors import PeaceError
@@ -89,9 +90,11 @@ def embed_models(run_dir: str | Path, zoo: Zoo, ids: list[str], engine: Engine |
 
 def export_embeddings(run_dir: str | Path, out: str | Path, zoo: Zoo | str | Path | None = None, trees: int = 50,
                       umap: bool = True, seed: int = 0, progress: bool = True,
-                      engine: Engine | None = None) -> EmbeddingSet:
+                      engine: Engine | None = None, baselines: bool = True) -> EmbeddingSet:
     """Embed the zoo's ``ok`` models with the run's best encoder and write an embedding set to ``out``
-    (the embedding spread over ``engine``'s workers; the table, maps and index made here)."""
+    (the embedding spread over ``engine``'s workers; the table, maps and index made here), with the
+    baseline vectors the explorer compares against (``peace.baseline_vectors``; ``baselines=False``
+    leaves them to the explorer's first visit)."""
     from .index import check_output_dir
 
     run_dir, out = Path(run_dir), Path(out)
@@ -124,7 +127,8 @@ def export_embeddings(run_dir: str | Path, out: str | Path, zoo: Zoo | str | Pat
     provenance = {"run": str(run_dir), "encoder_sha256": run.encoder_sha256(), "zoo": str(zoo.path),
                   "zoo_manifest_sha256": zoo.info["manifest_sha256"],
                   "encoder_config": json.loads(json.dumps(encoder.meta["config"]))}
-    return write_embedding_set(out, table, emb, trees, provenance)
+    baselines = baseline_vectors.compute(zoo, ids, progress) if baselines else None
+    return write_embedding_set(out, table, emb, trees, provenance, baselines)
 
 
 def query_model(es: EmbeddingSet, spec, params: dict, k: int = 10, run_dir: str | Path | None = None) -> pd.DataFrame:

@@ -4,8 +4,9 @@ An embedding set is a directory::
 
     embeddings.parquet   one row per model: model_id, embedding, umap_2d_x/y, umap_3d_x/y/z, metadata
     index.ann            Annoy index (angular), item i = row i of embeddings.parquet
+    baselines.npz        s(W) / raw-weight vectors and probe predictions the explorer compares with
     index.json           dimension, metric, trees, model ids in row order, the checksums of
-                         embeddings.parquet and index.ann, and the run, encoder and zoo it was built
+                         the files above, and the run, encoder and zoo it was built
                          from (paths relative to the set's own directory, so it opens from anywhere)
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .errors import PeaceError
 __all__ = ["METRIC", "EmbeddingSet", "build_annoy", "check_output_dir", "read_embeddings", "write_embedding_set"]
 
 METRIC = "angular"
+BASELINES = "baselines.npz"  # optional: what the explorer compares PEACE with (peace.baseline_vectors)
 
 
 def build_annoy(emb: np.ndarray, path: str | Path, trees: int = 50, seed: int = 0) -> None:
@@ -61,8 +63,11 @@ class EmbeddingSet:
         bad = [k for k, t in need.items() if not isinstance(self.info, dict) or not isinstance(self.info.get(k), t)]
         if bad:
             raise PeaceError(f"{self.path / 'index.json'} lacks {bad} (written by an older PEACE, or edited); {rebuild}")
-        for name, key in (("embeddings.parquet", "embeddings_sha256"), ("index.ann", "index_sha256")):
-            if sha256_file(self.path / name) != self.info[key]:
+        files = {"embeddings.parquet": "embeddings_sha256", "index.ann": "index_sha256"}
+        if "baselines_sha256" in self.info:
+            files[BASELINES] = "baselines_sha256"
+        for name, key in files.items():
+            if not (self.path / name).is_file() or sha256_file(self.path / name) != self.info[key]:
                 raise PeaceError(f"{self.path / name} does not match the checksum in index.json (changed, truncated "
                                  f"or from another run); {rebuild}")
         self.dim = int(self.info["dimension"])
@@ -148,7 +153,7 @@ def read_embeddings(path: Path, dim: int) -> tuple[pd.DataFrame, np.ndarray]:
 
 
 def write_embedding_set(out: str | Path, table: pd.DataFrame, embeddings: np.ndarray, trees: int,
-                        provenance: dict) -> EmbeddingSet:
+                        provenance: dict, baselines: dict[str, np.ndarray] | None = None) -> EmbeddingSet:
     """Write the table with its ``embeddings`` (row i, as a fixed-size list column) + index + sidecar
     atomically (the sidecar last: it is what marks the set complete), holding the set's writer lock.
     ``provenance`` paths (``run``, ``zoo``) are stored relative to ``out``."""
@@ -167,6 +172,11 @@ def write_embedding_set(out: str | Path, table: pd.DataFrame, embeddings: np.nda
         with atomic_path(out / "embeddings.parquet") as tmp:
             pq.write_table(arrow, tmp)
         build_annoy(emb, out / "index.ann", trees)
+        (out / BASELINES).unlink(missing_ok=True)
+        if baselines is not None:
+            with atomic_path(out / BASELINES) as tmp, open(tmp, "wb") as f:
+                np.savez(f, **baselines)
+            provenance["baselines_sha256"] = sha256_file(out / BASELINES)
         write_json(out / "index.json", {"dimension": int(emb.shape[1]), "metric": METRIC, "trees": trees,
                                         "n_items": len(table), "model_ids": list(table["model_id"]),
                                         "embeddings_sha256": sha256_file(out / "embeddings.parquet"),

@@ -158,11 +158,12 @@ def _minutes(seconds: float) -> str:
 def plan(steps: Sequence[Step], force: bool, timings: dict, reference: dict) -> tuple[list[bool], str]:
     """Which steps will run, and a few lines saying so with how long each should take here: the time
     it last took on this machine, else the reference figure from a 2-core machine."""
-    runs = [force or not s.is_current() for s in steps]
+    runs = [force or not s.is_current() for s in steps]  # later steps may turn current once earlier ones ran
     lines, total = [], 0.0
     for i, (s, run) in enumerate(zip(steps, runs), 1):
         if not run:
-            lines.append(f"[peace]   {i}/{len(steps)} {s.name}: current, skipped")
+            lines.append(f"[peace]   {i}/{len(steps)} {s.name}: current" + (", skipped" if not any(runs[:i]) else
+                                                                           ", unless the steps before change its inputs"))
             continue
         seen, ref = timings.get(s.name), reference.get(s.name)
         if seen is not None:
@@ -185,12 +186,11 @@ def run_steps(steps: Sequence[Step], notebooks_out: Path, force: bool = False, p
     for s, p in zip(steps, paths):  # every notebook checked before the first one runs
         check_parameters_cell(p, list(s.parameters))
     timings = read_json_or_none(notebooks_out / TIMINGS) or {}
-    runs, said = plan(steps, force, timings, reference or {})
     if progress:
-        print(said, flush=True)
+        print(plan(steps, force, timings, reference or {})[1], flush=True)
     outcome = []
-    for i, (s, path, run) in enumerate(zip(steps, paths, runs), 1):
-        if not run:
+    for i, (s, path) in enumerate(zip(steps, paths), 1):
+        if not force and s.is_current():  # checked now: the steps before may have just rewritten its inputs
             outcome.append("current")
             continue
         if progress:

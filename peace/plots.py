@@ -1,6 +1,7 @@
 """Plotly figures shared by the notebooks and the explorer."""
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
@@ -47,15 +48,21 @@ def accuracy_over_epochs(manifest: pd.DataFrame) -> go.Figure:
 
 def weight_heatmaps(before: dict, after: dict, title: str = "Weights before and after") -> go.Figure:
     """Each weight matrix before (top row) and after (bottom row) a transform; conv kernels unrolled
-    (normalization scales, vectors, are left out)."""
+    (normalization scales, vectors, are left out). Each panel has its own symmetric colour range, so
+    a scaled layer does not leave the others blank."""
     names = [k for k in before if k.endswith("weight") and before[k].dim() >= 2]
-    fig = make_subplots(rows=2, cols=len(names), subplot_titles=[f"{n} before" for n in names] + [f"{n} after" for n in names],
-                        vertical_spacing=0.12)
+    fig = make_subplots(rows=2, cols=len(names), row_titles=["before", "after"], column_titles=names,
+                        vertical_spacing=0.08, horizontal_spacing=0.04)
     for row, params in ((1, before), (2, after)):
         for col, n in enumerate(names, 1):
-            w = params[n].detach().reshape(params[n].shape[0], -1).numpy()
-            fig.add_trace(go.Heatmap(z=w, coloraxis="coloraxis"), row=row, col=col)
-    fig.update_layout(title=title, coloraxis={"colorscale": "RdBu", "cmid": 0})
+            w = params[n].detach().reshape(params[n].shape[0], -1).float().numpy()
+            top = float(np.abs(w).max()) or 1.0
+            fig.add_trace(go.Heatmap(z=w, zmin=-top, zmax=top, colorscale="RdBu", showscale=False,
+                                     hovertemplate=f"{n}<br>row %{{y}}, column %{{x}}: %{{z:.3g}}<extra></extra>"),
+                          row=row, col=col)
+    fig.update_layout(title=title + " (each panel's colours span its own largest |weight|; red < 0 < blue)",
+                      height=520, margin={"t": 90})
+    fig.update_annotations(font_size=11)
     fig.update_yaxes(autorange="reversed")
     return fig
 

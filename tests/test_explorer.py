@@ -13,6 +13,8 @@ from peace.explore import Explorer
 
 APP = str(ROOT / "explorer" / "app.py")
 PAGES = ["Map", "Neighbours", "Interpolation", "Ablations", "Symmetry lab", "Query your model"]
+VIEWS = dict(zip(PAGES, ["views/map.py", "views/neighbours.py", "views/interpolation.py", "views/ablations.py",
+                         "views/symmetry_lab.py", "views/query.py"]))  # each page's own URL: /map, /neighbours, ...
 
 
 def _app(root, monkeypatch, page=None):
@@ -21,7 +23,7 @@ def _app(root, monkeypatch, page=None):
     monkeypatch.setenv("PEACE_ARTIFACTS", str(root))
     at = AppTest.from_file(APP, default_timeout=180).run()
     if page:
-        at.sidebar.radio(key="page").set_value(page).run()
+        at.switch_page(VIEWS[page]).run()
     return at
 
 
@@ -49,6 +51,38 @@ def test_neighbour_query_returns_k_rows(artifacts, monkeypatch):
     query = at.selectbox(key="query").value
     assert query not in set(peace["model_id"]) and peace["cosine"].is_monotonic_decreasing
     assert any("Same task among the top 5" in i.value for i in at.info)
+
+
+def test_choices_survive_page_changes_and_live_in_the_url(artifacts, monkeypatch):
+    from peace.explore import typical_model
+
+    at = _app(artifacts, monkeypatch, "Neighbours")
+    picker = next(s for s in at.selectbox if s.label.startswith("Query model"))
+    table = Explorer(artifacts / "embeddings" / "tiny").table
+    assert picker.value == typical_model(table) and at.query_params["model"] == picker.value
+    other = table["model_id"].iat[3]
+    picker.set_value(other).run()
+    assert at.query_params["model"] == other
+    at.switch_page(VIEWS["Map"]).run()
+    next(s for s in at.selectbox if s.label == "Colour by").set_value("test_acc").run()
+    assert at.query_params["color"] == "test_acc"
+    at.switch_page(VIEWS["Neighbours"]).run()  # the query model is remembered ...
+    assert next(s for s in at.selectbox if s.label.startswith("Query model")).value == other
+    at.switch_page(VIEWS["Map"]).run()  # ... and so is the colouring
+    assert next(s for s in at.selectbox if s.label == "Colour by").value == "test_acc"
+    shared = _app(artifacts, monkeypatch)  # a shared URL opens on its model
+    shared.query_params["model"] = other
+    shared.switch_page(VIEWS["Neighbours"]).run()
+    assert next(s for s in shared.selectbox if s.label.startswith("Query model")).value == other
+
+
+def test_query_page_example_finds_the_model_it_shuffled(artifacts, monkeypatch):
+    at = _app(artifacts, monkeypatch, "Query your model")
+    at.button[0].click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    hits = at.dataframe[0].value
+    original = at.success[0].value.split(" (hidden units shuffled)")[0]
+    assert hits["model_id"].iat[0] == original and hits["cosine"].iat[0] > 0.999
 
 
 def test_missing_and_broken_artifacts_say_what_to_run(artifacts, tmp_path, monkeypatch):

@@ -80,35 +80,64 @@ def _wait_text(driver, text: str, timeout: float = 120) -> None:
 
 
 def _goto(driver, page: str, timeout: float = 60) -> None:
+    """Click the page's entry in the sidebar navigation (st.navigation: a link per page)."""
     deadline = time.time() + timeout
     while time.time() < deadline:  # the sidebar renders after the page's first text
-        for label in driver.find_elements("css selector", "[data-testid='stSidebar'] label"):
-            if label.text.strip() == page:
-                label.click()
+        for link in driver.find_elements("css selector", "[data-testid='stSidebarNav'] a"):
+            if link.text.strip() == page:
+                link.click()
                 return
         time.sleep(0.3)
     raise AssertionError(f"no sidebar entry {page!r}")
 
 
-def test_every_page_in_a_real_browser(server, browser):
-    from test_explorer import PAGES
+def _plot(driver, timeout: float = 60) -> dict:
+    """Wait until a plotly chart has drawn points; its trace names, legend entries and point count."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = driver.execute_script("""
+            const p = document.querySelector('.js-plotly-plot');
+            if (!p || !p._fullData) return null;  // drawn: plotly has laid out its traces (SVG or WebGL)
+            return {points: p._fullData.reduce((n, t) => n + (t.visible === true ? (t._length || 0) : 0), 0)
+                            + p.querySelectorAll('.heatmaplayer image').length,
+                    legend: [...p.querySelectorAll('.legend .legendtext')].map(e => e.textContent),
+                    title: (p.querySelector('.gtitle') || {}).textContent || ''};""")
+        if found and found["points"] > 0:
+            return found
+        time.sleep(0.3)
+    raise AssertionError("no plotly chart drew points")
+
+
+def test_every_page_in_a_real_browser(server, browser, artifacts):
+    from peace.index import EmbeddingSet
+    from test_explorer import PAGES, VIEWS
 
     SHOTS.mkdir(parents=True, exist_ok=True)
     browser.get(server)
     _wait_text(browser, "PEACE explorer")
+    es = EmbeddingSet(artifacts / "embeddings" / "tiny")
     expect = {"Map": "Colour by", "Neighbours": "Same task among the top", "Interpolation": "In embedding space",
               "Ablations": "Best configuration per metric", "Symmetry lab": "PEACE cosine distance",
               "Query your model": "Upload a safetensors file"}
     for page in PAGES:
         _goto(browser, page)
         _wait_text(browser, expect[page])
-        time.sleep(0.5)  # let charts draw before the screenshot
+        if page == "Map":  # every model drawn, each task in the legend
+            plot = _plot(browser)
+            assert plot["points"] >= len(es), plot
+            assert set(es.table["task"]) <= set(plot["legend"]), plot["legend"]
+            assert f"{len(es)} models" in plot["title"]
+        if page in ("Interpolation", "Symmetry lab", "Ablations"):
+            _plot(browser)
+        if page != "Map":  # every page its own URL (the Map is the default page, at /)
+            assert browser.current_url.split("?")[0].rstrip("/").endswith("/" + Path(VIEWS[page]).stem), browser.current_url
         browser.save_screenshot(str(SHOTS / f"{page.lower().replace(' ', '-')}.png"))
         body = browser.find_element("tag name", "body").text
         assert "Traceback" not in body and "Error" not in body.split("PEACE explorer")[0], page
 
 
 def test_neighbour_query_in_a_real_browser(server, browser, artifacts):
+    from peace.explore import typical_model
     from peace.index import EmbeddingSet
 
     browser.get(server)
@@ -116,10 +145,14 @@ def test_neighbour_query_in_a_real_browser(server, browser, artifacts):
     _goto(browser, "Neighbours")
     _wait_text(browser, "Same task among the top 10")
     es = EmbeddingSet(artifacts / "embeddings" / "tiny")
-    query = es.table.sort_values("test_acc", ascending=False)["model_id"].iat[0]  # the page's default query
+    query = typical_model(es.table)  # the page's default query, also in its URL
     body = browser.find_element("tag name", "body").text
-    assert query in body
+    assert query in body and f"model={query}" in browser.current_url
     share = float(body.split("Same task among the top 10: PEACE ")[1].split("%")[0]) / 100
     hits = es.neighbours(query, 10)
     assert share == pytest.approx((hits["task"] == es.table.set_index("model_id").loc[query, "task"]).mean(), abs=0.006)
     browser.save_screenshot(str(SHOTS / "neighbour-query.png"))
+    other = es.table["model_id"].iat[5]
+    browser.get(f"{server}/neighbours?model={other}")  # a shared link opens on its model
+    _wait_text(browser, "Same task among the top 10")
+    assert other in browser.find_element("tag name", "body").text.split("Same task")[0]

@@ -12,7 +12,7 @@ from peace.evaluate import evaluate
 from peace.export import export_embeddings
 from peace.index import EmbeddingSet
 from peace.prediction import PredictorConfig
-from peace.metrics import cosine_similarity_matrix
+from peace.metrics import cosine_similarity_matrix, normalize_rows
 from peace.trainer import fit
 from peace.run import RunDir
 from peace.runconfig import load_config
@@ -202,3 +202,23 @@ def test_a_set_bigger_than_its_map_sample(tiny_run, tmp_path, monkeypatch):
     ex = Explorer(tmp_path / "emb")
     off_map = es.table.index[~mapped][0]
     assert np.isfinite(ex.map_position(es.embeddings[off_map])).all()  # placed by its mapped neighbours
+
+
+def test_the_sets_baseline_vectors_rank_as_the_baselines_do(embedding_set, tiny_zoo, tmp_path):
+    from peace.baseline_vectors import BaselineVectors
+    from peace.baselines import FunctionSpace, Models, RawWeights, WeightStats
+    from peace.index import BASELINES
+
+    ids = list(embedding_set.table["model_id"])
+    bv = BaselineVectors.read(embedding_set.path / BASELINES, ids)
+    models = Models.from_zoo(tiny_zoo, ids)
+    for method, baseline in (("function", FunctionSpace()), ("stats", WeightStats()), ("raw", RawWeights())):
+        v = normalize_rows(baseline.fit(models).transform(models))
+        for i in (0, 7, len(ids) - 1):
+            np.testing.assert_allclose(bv.scores(method, i), v @ v[i], atol=1e-5, err_msg=method)
+    ws = bv.weight_stats()  # the fitted s(W), rebuilt without weights
+    np.testing.assert_allclose(ws.transform(models), WeightStats().fit(models).transform(models), atol=1e-5)
+    copy = shutil.copytree(embedding_set.path, tmp_path / "copy")
+    (copy / BASELINES).write_bytes(b"changed")
+    with pytest.raises(PeaceError, match="baselines.npz does not match the checksum"):
+        EmbeddingSet(copy)

@@ -21,7 +21,7 @@ def _root_with_zoo(tiny_zoo, tmp_path):
 
 
 @pytest.mark.slow
-def test_pipeline_runs_every_step_then_only_stale_ones(tiny_zoo, tmp_path):
+def test_pipeline_runs_every_step_then_only_stale_ones(tiny_zoo, tmp_path, capsys):
     root = _root_with_zoo(tiny_zoo, tmp_path)
     kw = dict(preset="tiny", config="tiny", overrides=QUICK, device="cpu", root=root, transfer_epochs=0, progress=False)
     assert run_pipeline(**kw) == ["ran"] * 4
@@ -30,7 +30,13 @@ def test_pipeline_runs_every_step_then_only_stale_ones(tiny_zoo, tmp_path):
         assert (root / path).exists(), path
     assert run_pipeline(**kw) == ["current"] * 4
     (root / "evaluation/tiny/metrics.json").unlink()  # a missing output: only that step runs
-    assert run_pipeline(**kw) == ["current"] * 3 + ["ran"]
+    capsys.readouterr()
+    assert run_pipeline(**{**kw, "progress": True}) == ["current"] * 3 + ["ran"]
+    said = capsys.readouterr().out  # the plan with this machine's timings, then the notebook's own output
+    assert "[peace] plan: 1 of 4 step(s) to run" in said and "evaluate (04_evaluate.ipynb): runs, last took" in said
+    assert "# PEACE evaluation" in said and "[peace] 4/4 evaluate: done in" in said
+    assert set(json.loads((root / "notebooks/tiny/timings.json").read_text())) == {
+        "build zoo", "train encoder", "export embeddings", "evaluate"}
     shutil.rmtree(root / "runs/tiny")  # retrained bit for bit (deterministic): embeddings stay current
     assert run_pipeline(**kw) == ["current", "ran", "current", "current"]
     assert run_pipeline(**{**kw, "seed": 1}) == ["current"] + ["ran"] * 3  # another encoder: all downstream reruns

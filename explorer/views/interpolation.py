@@ -1,0 +1,3 @@
+from screens import page_interpolation
+
+page_interpolation()

@@ -1,0 +1,3 @@
+from screens import page_map
+
+page_map()
