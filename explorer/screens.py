@@ -113,12 +113,28 @@ def _labels(_ex: Explorer, set_sha: str) -> dict[str, str]:
     return {r.model_id: model_label(r._asdict()) for r in _ex.table.itertuples(index=False)}
 
 
+MAX_PICKER = 50_000  # models a picker lists; a bigger set lists those on its map (any other opens by URL)
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _picker_ids(_ex: Explorer, set_sha: str, limit: int) -> list[str]:
+    t = _ex.table
+    if len(t) > limit:  # a browser cannot take a million options: the map's sample, then the rest cut
+        t = t[t["umap_2d_x"].notna()] if "umap_2d_x" in t else t
+        t = t.iloc[:limit]
+    return list(t.sort_values("test_acc", ascending=False)["model_id"])
+
+
 def model_picker(ex: Explorer, label: str, key: str, default: str, url: bool = False) -> str:
     """A model chosen by id, task, architecture or accuracy (type to search); remembered across pages,
     and (``url``) kept in the page's URL."""
-    ids = list(ex.table.sort_values("test_acc", ascending=False)["model_id"])
     start = st.query_params.get("model") if url else None
     start = start if start in ex.es.row_of else pref(key, default)
+    ids = _picker_ids(ex, ex.es.info["embeddings_sha256"], MAX_PICKER)
+    if len(ids) < len(ex.table):
+        st.caption(f"Listing {len(ids):,} of {len(ex.table):,} models (those on the map); open any other with "
+                   f"?model=ID in the page's URL.")
+        ids = ids if start not in ex.es.row_of or start in ids else [start, *ids]
     labels = _labels(ex, ex.es.info["embeddings_sha256"])
     chosen = keep(key, st.selectbox(label, ids, index=ids.index(start) if start in ex.es.row_of else 0,
                                     format_func=labels.__getitem__, key=key))

@@ -260,10 +260,9 @@ def fit(zoo: Zoo | str | Path, config: RunConfig, out: str | Path, device: str =
     n_steps = min(len(data.train), tc.max_models_per_epoch or len(data.train)) // tc.batch_size
     meta = {"zoo": str(zoo.path.resolve()), "zoo_manifest_sha256": zoo.info["manifest_sha256"], "holdout_tasks": data.held,
             "val_relevance": data.relevance, "n_train": len(data.train), "n_val": len(data.val)}
-    stopped = bad >= tc.patience
     bar = tqdm(range(start_epoch, tc.epochs + 1), desc="train encoder", disable=not progress, initial=start_epoch - 1,
                total=tc.epochs)
-    for epoch in ([] if stopped else bar):
+    for epoch in ([] if (stopped := bad >= tc.patience) else bar):
         t0 = time.perf_counter()
         erng = np.random.default_rng([cfg.seed, epoch])
         order = erng.permutation(data.train.model_id.to_numpy())[:n_steps * tc.batch_size]

@@ -76,6 +76,23 @@ def test_choices_survive_page_changes_and_live_in_the_url(artifacts, monkeypatch
     assert next(s for s in shared.selectbox if s.label.startswith("Query model")).value == other
 
 
+def test_pickers_of_a_big_set_list_its_map_and_open_any_model_by_url(artifacts, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "explorer"))
+    import screens  # the module the app's pages import
+
+    monkeypatch.setattr(screens, "MAX_PICKER", 20)  # the tiny set plays a big one
+    at = _app(artifacts, monkeypatch, "Neighbours")
+    picker = next(s for s in at.selectbox if s.label.startswith("Query model"))
+    assert len(picker.options) <= 21 and any("Listing 20 of" in c.value for c in at.caption)
+    table = Explorer(artifacts / "embeddings" / "tiny").table
+    listed = {o.split(" · ")[0] for o in picker.options}
+    outside = next(m for m in table["model_id"] if m not in listed)
+    shared = _app(artifacts, monkeypatch)
+    shared.query_params["model"] = outside
+    shared.switch_page(VIEWS["Neighbours"]).run()
+    assert next(s for s in shared.selectbox if s.label.startswith("Query model")).value == outside
+
+
 def test_query_page_example_finds_the_model_it_shuffled(artifacts, monkeypatch):
     at = _app(artifacts, monkeypatch, "Query your model")
     at.button[0].click().run()
