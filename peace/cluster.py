@@ -178,7 +178,7 @@ class RayEngine(Engine):
 
 
 def _bar(items: Iterable, desc: str | None, total: int | None = None) -> Iterable:
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     return tqdm(items, desc=desc, total=total, disable=desc is None, leave=False)
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .architectures import ArchSpec, forward, is_buffer, stack_params, unstack_params
 from .atomic import atomic_path

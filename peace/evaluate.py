@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .atomic import atomic_path, write_json
 from .baselines import Baseline, FunctionSpace, MetadataSearch, Models, weight_baselines

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from . import baseline_vectors
 from .cluster import Engine, Serial, chunks
@@ -121,7 +122,8 @@ def export_embeddings(run_dir: str | Path, out: str | Path, zoo: Zoo | str | Pat
             xy = np.full((len(table), d), np.nan, np.float32)
             xy[on_map] = umap_coordinates(emb[on_map], d, seed)
             if progress:
-                print(f"UMAP {d}-D map of {on_map.sum()} models: {time.perf_counter() - t0:.0f} s", flush=True)
+                print(f"UMAP {d}-D map of {on_map.sum()} models: {time.perf_counter() - t0:.0f} s", file=sys.stderr,
+                      flush=True)
             for j, axis in enumerate("xyz"[:d]):
                 table[f"umap_{d}d_{axis}"] = xy[:, j]
     provenance = {"run": str(run_dir), "encoder_sha256": run.encoder_sha256(), "zoo": str(zoo.path),

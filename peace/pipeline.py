@@ -11,6 +11,7 @@ leaves the outputs of earlier steps untouched.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -55,14 +56,18 @@ def check_parameters_cell(path: Path, needed: Sequence[str]) -> None:
 
 def run_notebook(path: Path, out_nb: Path, parameters: dict, stream: bool = False) -> None:
     """Execute one notebook with papermill; a failure becomes a PeaceError naming the cell.
-    ``stream`` copies what its cells print (progress bars included) to this terminal as they run."""
+    ``stream`` copies its cells' stderr (progress bars, stage lines) to this terminal as they run."""
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
     check_parameters_cell(path, list(parameters))
     out_nb.parent.mkdir(parents=True, exist_ok=True)
     try:
-        streams = {"stdout_file": sys.stdout, "stderr_file": sys.stderr} if stream else {}
+        streams = {"stderr_file": sys.stderr} if stream else {}  # progress bars and stage lines, not cell prints
+        # a library imported in the kernel pulls tqdm.auto, which warns that ipywidgets is missing: noise here
+        quiet = "ignore:IProgress not found"
+        if quiet not in os.environ.get("PYTHONWARNINGS", ""):
+            os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), quiet]))
         pm.execute_notebook(str(path), str(out_nb), parameters=parameters, kernel_name="python3",
                             cwd=str(path.parent), progress_bar=False, **streams)
     except PapermillExecutionError as e:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from . import rng
 from .architectures import ArchSpec, build_module, forward, hidden_shapes, is_buffer, load_weights

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy.stats import spearmanr
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .architectures import ArchSpec, stack_params
 from .baselines import Baseline, Models

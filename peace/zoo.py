@@ -31,7 +31,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import safe_open, save_file
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .architectures import ArchSpec, build_module, load_weights, stack_params
 from .atomic import LOCK_NAME, atomic_path, locked, sha256_file, write_json

@@ -32,9 +32,9 @@ def test_pipeline_runs_every_step_then_only_stale_ones(tiny_zoo, tmp_path, capsy
     (root / "evaluation/tiny/metrics.json").unlink()  # a missing output: only that step runs
     capsys.readouterr()
     assert run_pipeline(**{**kw, "progress": True}) == ["current"] * 3 + ["ran"]
-    said = capsys.readouterr().out  # the plan with this machine's timings, then the notebook's own output
-    assert "[peace] plan: 1 of 4 step(s) to run" in said and "evaluate (04_evaluate.ipynb): runs, last took" in said
-    assert "# PEACE evaluation" in said and "[peace] 4/4 evaluate: done in" in said
+    said = capsys.readouterr()  # the plan with this machine's timings, then the notebook's progress (its stderr)
+    assert "[peace] plan: 1 of 4 step(s) to run" in said.out and "evaluate (04_evaluate.ipynb): runs, last took" in said.out
+    assert "evaluate:" in said.err and "[peace] 4/4 evaluate: done in" in said.out
     assert set(json.loads((root / "notebooks/tiny/timings.json").read_text())) == {
         "build zoo", "train encoder", "export embeddings", "evaluate"}
     shutil.rmtree(root / "runs/tiny")  # retrained bit for bit (deterministic): embeddings stay current
