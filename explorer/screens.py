@@ -358,7 +358,7 @@ def page_symmetry() -> None:
     m3.metric("s(W) cosine distance", f"{res['stats']:.4f}")
     m4.metric("PEACE cosine distance", f"{res['peace']:.2e}")
     st.caption("The network computes the same function; raw weights call it a different model, PEACE does not.")
-    st.plotly_chart(weight_heatmaps(ex.zoo.weights(mid), res["transformed"]), width="stretch")
+    st.plotly_chart(weight_heatmaps(res["original"], res["transformed"]), width="stretch")
 
 
 def _query_config(activation: str, heads: int, shape: str, pool: str) -> dict:

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
-from .baselines import Models, RawWeights, WeightStats
+from .baselines import Models, RawWeights, WeightStats, weight_stats
 from .cluster import chunks
 from .errors import PeaceError
 from .metrics import normalize_rows
@@ -33,19 +34,22 @@ def compute(zoo: Zoo, ids: list[str], progress: bool = False) -> dict[str, np.nd
     rows = zoo.manifest.loc[ids]
     specs = [zoo.spec(m) for m in ids]
     spaces = sorted({io_space(s) for s in specs})
-    stats = WeightStats().fit(Models.from_zoo(zoo, ids[::max(1, len(ids) // 5000)]))  # standardized on <= 5000
+    depth = max(s.depth for s in specs)  # WeightStats' layer slots, as its fit would set them
     raw = RawWeights()
     raw.length_ = int(rows["n_params"].max())
     keep_raw = len(ids) * raw.length_ <= MAX_RAW
     out: dict[str, list] = {"stats": [], "raw": [], "predictions": []}
     for part in tqdm(chunks(range(len(ids)), SHARD), desc="baseline vectors", disable=not progress, leave=False):
         m = Models.from_zoo(zoo, [ids[i] for i in part])
-        out["stats"].append(normalize_rows(stats.transform(m)).astype(np.float32))
+        out["stats"].append(np.stack([weight_stats(s, p, depth) for s, p in zip(m.specs, m.params)]))
         if keep_raw:
             out["raw"].append(normalize_rows(raw.transform(m)).astype(np.float32))
         out["predictions"] += [r.argmax(-1).numpy().astype(np.int16) for r in responses(m.specs, m.params, N_PROBES)]
-    arrays = {"stats": np.concatenate(out["stats"]), "predictions": np.stack(out["predictions"]),
-              "stats_depth": np.array(stats.depth_), "stats_mean": stats.scaler_.mean_, "stats_scale": stats.scaler_.scale_,
+    stats = np.concatenate(out["stats"])  # standardized on every model, as WeightStats().fit on the set does
+    scaler = StandardScaler().fit(stats)
+    arrays = {"stats": normalize_rows(scaler.transform(stats)).astype(np.float32),
+              "predictions": np.stack(out["predictions"]),
+              "stats_depth": np.array(depth), "stats_mean": scaler.mean_, "stats_scale": scaler.scale_,
               "space": np.array([spaces.index(io_space(s)) for s in specs], np.int32),
               "spaces": np.array(spaces), "model_ids": np.array(ids)}
     if keep_raw:
@@ -71,8 +75,6 @@ class BaselineVectors:
 
     def weight_stats(self) -> WeightStats:
         """The s(W) baseline as fitted for these vectors (to place other models among them)."""
-        from sklearn.preprocessing import StandardScaler
-
         a, ws, scaler = self.arrays, WeightStats(), StandardScaler()
         scaler.mean_, scaler.scale_, scaler.var_ = a["stats_mean"], a["stats_scale"], a["stats_scale"] ** 2
         scaler.n_features_in_, scaler.n_samples_seen_ = len(a["stats_mean"]), len(a["stats"])

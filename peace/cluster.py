@@ -47,19 +47,13 @@ def _with_threads(fn: Callable, threads: int, args: tuple) -> Any:
 
 
 class Engine:
-    """Runs pieces of work: ``submit`` one (a ``concurrent.futures.Future``), ``map`` many in order,
-    ``map_with`` many through workers that set up a state once (e.g. load an encoder)."""
+    """Runs pieces of work: ``submit`` one (a ``concurrent.futures.Future``), ``map_with`` many
+    through workers that set up a state once (e.g. load an encoder)."""
 
-    name = "serial"
     slots = 1  # pieces worth keeping in flight at once
 
     def submit(self, fn: Callable, *args: Any, cpus: int = 1, gpus: float = 0) -> Future:
         raise NotImplementedError
-
-    def map(self, fn: Callable, items: Sequence, cpus: int = 1, gpus: float = 0) -> list:
-        """``[fn(x) for x in items]``, the pieces spread over the engine."""
-        futures = [self.submit(fn, x, cpus=cpus, gpus=gpus) for x in items]
-        return [f.result() for f in futures]
 
     def map_with(self, setup: Callable, setup_args: tuple, fn: Callable, items: Sequence, cpus: int = 1,
                  progress: str | None = None) -> list:
@@ -97,8 +91,6 @@ class Serial(Engine):
 class Threads(Serial):
     """Pieces on a pool of threads in this process (for pieces that wait on subprocesses, e.g. papermill)."""
 
-    name = "threads"
-
     def __init__(self, workers: int = 1):
         from concurrent.futures import ThreadPoolExecutor
 
@@ -127,8 +119,6 @@ class _Holder:
 
 class RayEngine(Engine):
     """Pieces as Ray tasks (retried when a worker dies), results fetched by the driver."""
-
-    name = "ray"
 
     def __init__(self, mode: str = "local", num_cpus: int | None = None, quiet: bool = True):
         if mode not in RAY_MODES:

@@ -158,7 +158,7 @@ class Explorer:
         spec, p, q = self.zoo.spec(model_id), demo.before, demo.after
         m = Models(pd.DataFrame({"model_id": [model_id, model_id + "*"]}), [spec, spec], [p, q])
         cos = lambda v: float(1 - normalize_rows(v)[0] @ normalize_rows(v)[1])  # noqa: E731
-        return {"transformed": q, "max_output_change": demo.max_output_change,
+        return {"original": p, "transformed": q, "max_output_change": demo.max_output_change,
                 "raw": cos(RawWeights().fit(m).transform(m)), "stats": cos(self.baselines.weight_stats().transform(m)),
                 "peace": cos(self.encoder.embed([spec, spec], [p, q]).numpy())}
 

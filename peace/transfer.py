@@ -72,10 +72,10 @@ def subset(models: Models, idx: Sequence[int]) -> Models:
                   [models.params[i] for i in idx])
 
 
-def _finetune_metrics(task: str, spec: ArchSpec, hparams: list[HParams], schedule: Schedule,
+def _finetune_metrics(task: Task, spec: ArchSpec, hparams: list[HParams], schedule: Schedule,
                       start: dict) -> list[dict]:
     """One architecture's fine-tuning: its metric rows only (a piece of work an engine may run elsewhere)."""
-    return train_population(load_task(task), spec, hparams, schedule, start=start).metrics
+    return train_population(task, spec, hparams, schedule, start=start).metrics
 
 
 def finetune_curves(task: Task, models: Models, cfg: TransferConfig, seed: int = 0,
@@ -88,12 +88,12 @@ def finetune_curves(task: Task, models: Models, cfg: TransferConfig, seed: int =
     for i, spec in enumerate(models.specs):
         groups.setdefault(spec, []).append(i)
     schedule = Schedule(cfg.epochs, cfg.batch_size, "adam", tuple(range(cfg.epochs + 1)))
-    futures = []
+    engine, futures = engine or Serial(), []
     for spec, idx in groups.items():
         hps = [HParams(seed=model_seed(seed, models.rows["model_id"].iloc[i], "finetune:" + task.name), lr=cfg.lr)
                for i in idx]  # keyed by model: its curve does not depend on what is fine-tuned beside it
-        futures.append((engine or Serial()).submit(_finetune_metrics, task.name, spec, hps, schedule,
-                                                   stack_params([models.params[i] for i in idx])))
+        futures.append(engine.submit(_finetune_metrics, task, spec, hps, schedule,
+                                     stack_params([models.params[i] for i in idx])))
     for idx, f in zip(groups.values(), futures):
         for r in f.result():
             if r["status"] == "ok":

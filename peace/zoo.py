@@ -173,8 +173,8 @@ def _build(recipe: Recipe, runs: list[RunSpec], out: Path, resume: bool, progres
     done: set[str] = set()
     waiting = []
     for pop in pops:
-        if resume and _part_is_complete(out, _population_id(pop)):
-            done.add(_population_id(pop))
+        if resume and _part_is_complete(out, pop_of[pop[0].run_id]):
+            done.add(pop_of[pop[0].run_id])
             bar.update(len(pop))
         else:
             waiting.append(pop)
@@ -196,11 +196,11 @@ def _build(recipe: Recipe, runs: list[RunSpec], out: Path, resume: bool, progres
         finished, _ = wait(running, return_when=FIRST_COMPLETED)
         for f in finished:
             pop = running.pop(f)
-            _write_population(out, pop, _population_id(pop), f.result(), parent_ids, lineage)
-            done.add(_population_id(pop))
+            _write_population(out, pop, pop_of[pop[0].run_id], f.result(), parent_ids, lineage)
+            done.add(pop_of[pop[0].run_id])
             bar.update(len(pop))
     bar.close()
-    parts = [pd.read_parquet(out / "parts" / f"{_population_id(p)}.parquet") for p in pops]
+    parts = [pd.read_parquet(out / "parts" / f"{pop_of[p[0].run_id]}.parquet") for p in pops]
     manifest = pd.concat(parts, ignore_index=True)
     with atomic_path(out / "manifest.parquet") as tmp:
         manifest.to_parquet(tmp)
