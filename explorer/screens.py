@@ -3,7 +3,8 @@
 Each page is one function; ``explorer/views/*.py`` run them through ``st.navigation`` (``app.py``),
 so every page has its own URL. Choices a user makes (colouring, filters, the query model) live in
 ``st.session_state["prefs"]`` and survive page changes; the query model and the map's colouring
-are also in the URL (``?model=...&color=...``), so a view can be shared.
+are also in the URL (``?model=...&color=...``), so a view can be shared. Each page imports the
+heavy parts it needs: the map, the first page, imports neither torch nor scikit-learn.
 """
 from __future__ import annotations
 
@@ -16,20 +17,17 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from peace.ablation import best_per_metric, compare
 from peace.errors import PeaceError
 from peace.explore import (
     Explorer,
     filter_table,
     find_ablation_summaries,
     find_embedding_sets,
+    find_models,
     model_label,
     typical_model,
 )
 from peace.plots import ablation_bars, embedding_map, weight_heatmaps
-from peace.symmetry import allowed, group_labels
-from peace.teaching import partner
-
 
 
 def root() -> Path:
@@ -84,19 +82,22 @@ def sidebar_set() -> Path | None:
     return choose(st.sidebar.selectbox, "Embedding set", sets, "set", format_func=lambda p: p.name)
 
 
-def current() -> Explorer | None:
-    """The chosen set opened (cached), or None after saying what is wrong and how to fix it."""
+def current(check: bool = True) -> Explorer | None:
+    """The chosen set opened (cached), or None after saying what is wrong and how to fix it. ``check``:
+    also open its zoo and make sure it is current (the map page does that after drawing)."""
     path = pref("set", None)
     if path is None:
         st.warning(f"No embedding sets under {root() / 'embeddings'}. {FIX}")
         return None
     try:
         ex = open_explorer(str(path), (path / "index.json").stat().st_mtime if (path / "index.json").exists() else 0.0)
+        if check:
+            ex.check()
     except (PeaceError, OSError) as e:
         st.error(f"The embedding set {path.name} cannot be used: {e}")
         st.info(FIX)
         return None
-    st.sidebar.caption(f"{len(ex.table)} models · zoo {ex.zoo.name} · run {ex.run.name}")
+    st.sidebar.caption(f"{len(ex.table)} models · zoo {ex.es.source('zoo').name} · run {ex.run.name}")
     return ex
 
 
@@ -113,6 +114,7 @@ def _labels(_ex: Explorer, set_sha: str) -> dict[str, str]:
     return {r.model_id: model_label(r._asdict()) for r in _ex.table.itertuples(index=False)}
 
 
+QUERY_MAP_POINTS = 1_000  # a sample of the map shows where a query lands, and draws in a tenth of the time
 MAX_PICKER = 50_000  # models a picker lists; a bigger set lists those on its map (any other opens by URL)
 
 
@@ -176,20 +178,31 @@ def _map_controls(t: pd.DataFrame) -> tuple[str, str, str, tuple]:
 
 
 def page_map() -> None:
-    ex = current()
+    """The map is drawn from the set alone (pages that use the zoo or the encoder check it is current)."""
+    controls, slot = st.container(), st.empty()
+    if not st.session_state.get("map_seen"):  # the browser loads plotly.js (~1 s) while the set opens
+        slot.plotly_chart(go.Figure(layout=dict(height=620, title="Drawing the map ...", xaxis_visible=False,
+                                                yaxis_visible=False)))
+    ex = current(check=False)
     if ex is None:
+        slot.empty()
         return
+    st.session_state["map_seen"] = True
+    _map(ex, controls, slot)
+
+
+def _map(ex: Explorer, controls, slot) -> None:
     t = ex.table
-    color, symbol, dims, filters = _map_controls(t)
+    with controls:
+        color, symbol, dims, filters = _map_controls(t)
     shown, fig = map_figure(ex, ex.es.info["embeddings_sha256"], color, symbol, dims, filters)
     labels = _labels(ex, ex.es.info["embeddings_sha256"])  # once: each cached call returns a fresh copy
-    find = st.selectbox("Find a model (type an id, task or architecture)", [None, *shown["model_id"]],
-                        format_func=lambda m: "-" if m is None else labels[m])
-    st.caption(f"{len(shown)} of {len(t)} models shown. " + ("Click a point (or draw a box / lasso) to see its "
+    find = _find(controls, shown, labels)
+    controls.caption(f"{len(shown)} of {len(t)} models shown. " + ("Click a point (or draw a box / lasso) to see its "
                                                               "nearest neighbours highlighted." if dims == "2-D" else
                                                               "Selection works on the 2-D map."))
     if dims == "3-D":
-        st.plotly_chart(fig, width="stretch")
+        slot.plotly_chart(fig, width="stretch")
         return
     focus = find
     fig = go.Figure(fig)
@@ -197,8 +210,9 @@ def page_map() -> None:
         picked = st.session_state.get("map_pick")
         focus = picked if picked in ex.es.row_of else None
     if focus is not None:
-        _highlight(ex, fig, focus)
-    event = st.plotly_chart(fig, width="stretch", on_select="rerun", selection_mode=("points", "box", "lasso"), key="map")
+        row = ex.table.iloc[ex.es.row_of[focus]]
+        _highlight(fig, ex.neighbours(focus, 10), (row["umap_2d_x"], row["umap_2d_y"]), focus)
+    event = slot.plotly_chart(fig, width="stretch", on_select="rerun", selection_mode=("points", "box", "lasso"), key="map")
     picked = [p["customdata"][0] for p in (event.selection.points if event else []) if p.get("customdata")]
     if picked:
         st.session_state["map_pick"] = picked[0]
@@ -212,17 +226,31 @@ def page_map() -> None:
                      width="stretch")
 
 
-def _highlight(ex: Explorer, fig: go.Figure, model_id: str, k: int = 10) -> None:
-    """Ring a model and its PEACE neighbours on the map and zoom to them."""
-    hits = ex.neighbours(model_id, k).dropna(subset=["umap_2d_x"])
-    row = ex.table.iloc[ex.es.row_of[model_id]]
-    fig.add_scatter(x=hits["umap_2d_x"], y=hits["umap_2d_y"], mode="markers", name=f"{k} nearest (PEACE)",
+def _find(box, shown: pd.DataFrame, labels: dict[str, str]) -> str | None:
+    """The map's search: a model id, or words of its task, architecture, epoch (a text box rather than a
+    picker of every model: thousands of options slow every redraw of the page)."""
+    text = box.text_input("Find a model (an id, or words of its label, e.g. \"tetris mlp epoch 5\"; Enter)",
+                          key="map_find")
+    if not text.strip():
+        return None
+    found = find_models(pd.Series([labels[m] for m in shown["model_id"]], index=shown["model_id"]), text)
+    if not found:
+        box.caption(f"No model on the map matches {text!r}.")
+    if len(found) > 1:
+        return box.selectbox(f"{len(found):,} models match", found[:200], format_func=labels.__getitem__,
+                             key="map_find_pick")
+    return found[0] if found else None
+
+
+def _highlight(fig: go.Figure, hits: pd.DataFrame, at: tuple[float, float], name: str, zoom: bool = True) -> None:
+    """Star a model at map position ``at``, ring its PEACE neighbours ``hits`` and (``zoom``) zoom to them."""
+    hits = hits.dropna(subset=["umap_2d_x"])
+    fig.add_scatter(x=hits["umap_2d_x"], y=hits["umap_2d_y"], mode="markers", name=f"{len(hits)} nearest (PEACE)",
                     marker=dict(size=14, color="rgba(0,0,0,0)", line=dict(color="black", width=2)),
                     hovertext=hits["model_id"], hoverinfo="text")
-    fig.add_scatter(x=[row["umap_2d_x"]], y=[row["umap_2d_y"]], mode="markers", name=model_id,
-                    marker=dict(symbol="star", size=20, color="black"))
-    xy = np.vstack([hits[["umap_2d_x", "umap_2d_y"]].to_numpy(), [[row["umap_2d_x"], row["umap_2d_y"]]]])
-    if np.isfinite(xy).all():
+    fig.add_scatter(x=[at[0]], y=[at[1]], mode="markers", name=name, marker=dict(symbol="star", size=20, color="black"))
+    xy = np.vstack([hits[["umap_2d_x", "umap_2d_y"]].to_numpy(), [at]])
+    if zoom and np.isfinite(xy).all():
         pad = np.maximum(1.0, 0.6 * (xy.max(0) - xy.min(0)))
         fig.update_layout(xaxis_range=[xy[:, 0].min() - pad[0], xy[:, 0].max() + pad[0]],
                           yaxis_range=[xy[:, 1].min() - pad[1], xy[:, 1].max() + pad[1]])
@@ -257,6 +285,8 @@ def page_neighbours() -> None:
 
 
 def page_interpolation() -> None:
+    from peace.teaching import partner
+
     ex = current()
     if ex is None:
         return
@@ -312,6 +342,8 @@ def _path_figure(paths: dict) -> go.Figure:
 
 
 def page_ablations() -> None:
+    from peace.ablation import best_per_metric, compare
+
     found = find_ablation_summaries(root())
     if not found:
         st.info(f"No ablation summaries under {root() / 'ablations'}. Run `peace ablate --grid default --out "
@@ -333,6 +365,8 @@ def page_ablations() -> None:
 
 
 def page_symmetry() -> None:
+    from peace.symmetry import allowed, group_labels
+
     ex = current()
     if ex is None:
         return
@@ -390,18 +424,23 @@ def page_query() -> None:
     pool = c3.selectbox("CNN pooling", ["avg", "max", "none"])
     heads = c4.number_input("Attention heads", 0, 1024, 0, help="Transformers only: not in the weights (0: not one)")
     k = st.slider("k", 1, 30, 10, key="upload_k")
-    if up is None and not example:
-        return
+    if up is not None or example:
+        _query_results(ex, up, (activation, heads, shape, pool), k)
+    ex.prepare_query()  # the next file's reader starts (and the encoder loads) while the user picks a file
+
+
+def _query_results(ex: Explorer, up, fields: tuple, k: int) -> None:
+    """An uploaded file (or, without one, the example) parsed in isolation, its neighbours and map position;
+    ``fields``: the page's activation, heads, input shape and pooling."""
     with tempfile.TemporaryDirectory() as d:
         if up is None:
             path, original = ex.example_file(Path(d) / "example")
-            name, cfg = f"{original} (hidden units shuffled)", {}
+            name = f"{original} (hidden units shuffled)"
         else:
             path, name = Path(d) / Path(up.name).name, up.name
             path.write_bytes(up.getvalue())
         try:
-            if up is not None:
-                cfg = _query_config(activation, heads, shape, pool)
+            cfg = {} if up is None else _query_config(*fields)
             m, hits, xy = ex.query_file(path, cfg, k)
         except PeaceError as e:  # the importer names the CLI's options; here they are this page's fields
             fields = {"--input-shape": "the Input shape field", "--activation": "the Activation field",
@@ -413,7 +452,6 @@ def page_query() -> None:
             return
     st.success(f"{name}: {m.spec.describe()}, {m.spec.n_params} parameters")
     table(cols(hits, ("cosine",)), key="upload_hits")
-    fig = embedding_map(ex.table, "task", symbol=None, height=520)
-    fig.add_scatter(x=[xy[0]], y=[xy[1]], mode="markers", marker=dict(symbol="star", size=18, color="black"),
-                    name=name)
+    fig = embedding_map(ex.table, "task", symbol=None, height=520, max_points=QUERY_MAP_POINTS)
+    _highlight(fig, hits, xy, name, zoom=False)
     st.plotly_chart(fig, width="stretch")

@@ -3,6 +3,9 @@
 An ``Explorer`` opens one embedding set with its zoo and encoder run: filters for the map, PEACE
 neighbours next to the ones s(W), raw weights and function space would return, prediction agreement, interpolation
 in embedding and weight space, symmetry-lab comparisons, and queries for uploaded model files.
+
+The map needs only the set (its table, coordinates and Annoy index): torch and scikit-learn are
+imported by the methods that need them, so the explorer's first page opens without them (~2 s).
 """
 from __future__ import annotations
 
@@ -10,23 +13,20 @@ import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from safetensors.torch import save_file
 
-from .alignment import interpolate
-from .baselines import Models, RawWeights
-from .baseline_vectors import BaselineVectors
-from .baseline_vectors import compute as compute_baselines
 from .index import BASELINES, EmbeddingSet
-from .metrics import normalize_rows
-from .run import RunDir, load_encoder
-from .symmetry import RandomSymmetry, random_symmetry
-from .teaching import interpolation_demo, symmetry_demo
-from .zoo import Zoo
 
-__all__ = ["Explorer", "filter_table", "find_ablation_summaries", "find_embedding_sets", "model_label", "typical_model"]
+if TYPE_CHECKING:
+    from .baseline_vectors import BaselineVectors
+    from .baselines import Models
+    from .zoo import Zoo
+
+__all__ = ["Explorer", "filter_table", "find_ablation_summaries", "find_embedding_sets", "find_models", "model_label",
+           "typical_model"]
 
 
 def find_embedding_sets(root: str | Path) -> list[Path]:
@@ -61,6 +61,19 @@ def typical_model(table: pd.DataFrame) -> str:
     return str(of_task["model_id"].iat[len(of_task) // 2])
 
 
+def find_models(labels: pd.Series, text: str) -> list[str]:
+    """Ids (``labels``' index) with a label word starting with each word of ``text`` (any case; "tet mlp
+    16" finds tetris MLPs of width 16 first), an exact id first."""
+    words = text.lower().split()
+    if not words:
+        return []
+    padded = " " + labels.str.lower().str.replace("·", " ", regex=False)
+    hit = np.logical_and.reduce([padded.str.contains(" " + w, regex=False).to_numpy() for w in words])
+    found = list(labels.index[hit])
+    exact = text.strip()
+    return [exact, *(m for m in found if m != exact)] if exact in labels.index else found
+
+
 def model_label(row: pd.Series) -> str:
     """How pickers show a model: id, task, architecture, epoch and test accuracy."""
     return f"{row['model_id']} · {row['task']} · {row['arch']} · epoch {row['epoch']} · acc {row['test_acc']:.3f}"
@@ -75,24 +88,46 @@ class Explorer:
     def __post_init__(self) -> None:
         self.path = Path(self.path)
         self.es = EmbeddingSet(self.path)
-        self.zoo = Zoo(self.es.source("zoo"))
         self.run = self.es.source("run")
-        sha = RunDir(self.run).encoder_sha256() if RunDir(self.run).has_encoder() else None
-        self.es.check_current(encoder_sha256=sha, zoo_manifest_sha256=self.zoo.info["manifest_sha256"])
         self.table = self.es.table
         self.embeddings = self.es.embeddings
 
     @cached_property
+    def zoo(self) -> Zoo:
+        """The zoo the set was built from, opened on first use together with the check that neither it
+        nor the encoder run changed since (a stale set is refused)."""
+        from .run import RunDir
+        from .zoo import Zoo
+
+        zoo, run = Zoo(self.es.source("zoo")), RunDir(self.run)
+        self.es.check_current(encoder_sha256=run.encoder_sha256() if run.has_encoder() else None,
+                              zoo_manifest_sha256=zoo.info["manifest_sha256"])
+        return zoo
+
+    def check(self) -> None:
+        """Raise a PeaceError if the set is stale or its zoo or run is missing or broken."""
+        self.zoo  # noqa: B018  (opening it is the check)
+
+    @cached_property
     def encoder(self):
+        from .run import load_encoder
+
+        self.check()
         return load_encoder(self.run)
 
     def models(self, ids) -> Models:
+        from .baselines import Models
+
         return Models.from_zoo(self.zoo, list(ids))
 
     @cached_property
     def baselines(self) -> BaselineVectors:
         """s(W), raw-weight and probe-prediction vectors of every model: written by ``peace embed``
         (read in milliseconds); an older set without them has them computed here, once."""
+        from .baseline_vectors import BaselineVectors
+        from .baseline_vectors import compute as compute_baselines
+
+        self.check()
         ids = list(self.table["model_id"])
         if (self.path / BASELINES).is_file():  # EmbeddingSet checked it against index.json
             return BaselineVectors.read(self.path / BASELINES, ids)
@@ -133,6 +168,9 @@ class Explorer:
         return cache[(a, b, n_points)]
 
     def _weight_path(self, a: str, b: str, n_points: int) -> dict:
+        from .alignment import interpolate
+        from .teaching import interpolation_demo
+
         paths = interpolation_demo(self.zoo, a, b, n_points)
         spec, pa = self.zoo.spec(a), self.zoo.weights(a)
         for path in paths.values():
@@ -153,6 +191,11 @@ class Explorer:
         """A random symmetry transform of a model (of the unit groups ``groups``, default all): output
         change on its test inputs (``teaching.symmetry_demo``), and how far raw weights, s(W) and PEACE
         say it moved (cosine distances)."""
+        from .baselines import Models, RawWeights
+        from .metrics import normalize_rows
+        from .symmetry import RandomSymmetry
+        from .teaching import symmetry_demo
+
         demo = symmetry_demo(self.zoo, model_id, seed, RandomSymmetry(permute=permute, scale=scale, flip=flip,
                                                                       groups=groups))
         spec, p, q = self.zoo.spec(model_id), demo.before, demo.after
@@ -166,6 +209,10 @@ class Explorer:
         """A model folder to try the query page with (``model.safetensors`` + ``config.json``): a zoo
         model, an MLP where there is one, with its hidden units shuffled; PEACE should find the
         original first. Returns the folder and the original's id."""
+        from safetensors.torch import save_file
+
+        from .symmetry import RandomSymmetry, random_symmetry
+
         mlps = self.table[self.table["family"] == "mlp"]
         mid = typical_model(mlps if len(mlps) else self.table)
         spec, folder = self.zoo.spec(mid), Path(folder)
@@ -177,6 +224,14 @@ class Explorer:
             config.update(input_shape=list(spec.input_shape), pool=spec.pool)
         (folder / "config.json").write_text(json.dumps(config))
         return folder, mid
+
+    def prepare_query(self) -> None:
+        """Make the next ``query_file`` quick: start the isolated reader that will parse the file (its
+        interpreter and imports take ~1 s) and load the encoder, e.g. while a user picks a file."""
+        from .sandbox import prepare_reader
+
+        prepare_reader()
+        self.encoder  # noqa: B018  (loaded and cached)
 
     def query_file(self, path: str | Path, config: dict, k: int = 10) -> tuple[object, pd.DataFrame, np.ndarray]:
         """An uploaded model file: (the imported model, its k nearest zoo models, its map position).

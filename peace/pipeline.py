@@ -19,7 +19,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nbformat
 
 from .atomic import read_json_or_none, write_json
 from .errors import PeaceError, unknown
@@ -43,6 +42,8 @@ def notebook_path(name: str, notebooks: Path | None = None) -> Path:
 
 def check_parameters_cell(path: Path, needed: Sequence[str]) -> None:
     """Refuse a notebook without a papermill ``parameters`` cell defining every ``needed`` name."""
+    import nbformat  # 1.4 s to import (jsonschema): not for the callers that never read a notebook
+
     nb = nbformat.read(str(path), as_version=4)
     cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
     if not cells:

@@ -104,15 +104,16 @@ MAX_POINTS = 60_000  # points one map draws (WebGL stays interactive); more are 
 
 
 def embedding_map(table: pd.DataFrame, color: str = "task", dims: int = 2, symbol: str | None = "family",
-                  height: int | None = None) -> go.Figure:
+                  height: int | None = None, max_points: int = MAX_POINTS) -> go.Figure:
     """UMAP scatter of an embedding set (``peace embed``), coloured by a metadata column: 24 distinct
     colours for categories, viridis for numbers (low values stay visible on white), half-transparent
-    points so dense clusters do not hide others, readable axis titles and hover numbers."""
+    points so dense clusters do not hide others, readable axis titles and hover numbers. At most
+    ``max_points`` are drawn (a random sample beyond; the title says so)."""
     n_all = len(table)
     axes = ["umap_3d_x", "umap_3d_y", "umap_3d_z"] if dims == 3 else ["umap_2d_x", "umap_2d_y"]
     table = table.dropna(subset=axes)  # big sets: only a sample was mapped (peace.export.MAP_SAMPLE)
-    if len(table) > MAX_POINTS:  # the browser's limit, e.g. a big set's filters off
-        table = table.sample(MAX_POINTS, random_state=0).sort_index()
+    if len(table) > max_points:  # the browser's limit, e.g. a big set's filters off
+        table = table.sample(max_points, random_state=0).sort_index()
     hover = {c: (":.3f" if c == "test_acc" else True) for c in ("model_id", "task", "arch", "epoch", "test_acc")
              if c in table.columns}
     kw = dict(color=color, hover_data=hover, labels=MAP_LABELS, height=height, color_discrete_sequence=PALETTE,

@@ -1,8 +1,13 @@
 """The Streamlit explorer: every page through streamlit's AppTest on real tiny-zoo artifacts, the
 Explorer computations it shows, and broken or missing artifacts."""
+import json
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -112,6 +117,57 @@ def test_missing_and_broken_artifacts_say_what_to_run(artifacts, tmp_path, monke
     at = _app(broken, monkeypatch)
     assert not at.exception
     assert "cannot be used" in at.error[0].value and "peace embed" in at.error[0].value
+
+
+def test_the_map_search_stars_a_model_and_rings_its_neighbours(artifacts, monkeypatch):
+    from peace.explore import find_models, model_label
+
+    table = Explorer(artifacts / "embeddings" / "tiny").table
+    labels = pd.Series([model_label(r) for _, r in table.iterrows()], index=table["model_id"])
+    target = table.iloc[5]
+    assert find_models(labels, target["model_id"])[0] == target["model_id"]  # an exact id first
+    words = f"{target['task'][:3].upper()} {target['arch']} epoch {target['epoch']}"  # starts of label words, any case
+    found = find_models(labels, words)
+    assert target["model_id"] in found and all(f" · {target['task']} · {target['arch']} · epoch {target['epoch']}"
+                                               in labels[m] for m in found)
+    assert find_models(labels, "no-such-model") == [] and find_models(labels, "  ") == []
+
+    at = _app(artifacts, monkeypatch)
+    at.text_input(key="map_find").set_value(target["model_id"]).run()
+    names = [t.get("name") for t in json.loads(at.get("plotly_chart")[0].proto.spec)["data"]]
+    assert target["model_id"] in names and "10 nearest (PEACE)" in names
+    at.text_input(key="map_find").set_value("no-such-model").run()
+    assert any("No model on the map matches" in c.value for c in at.caption)
+    at.text_input(key="map_find").set_value(target["task"]).run()  # several: pick one of them
+    pick = at.selectbox(key="map_find_pick")
+    assert len(pick.options) == min(200, (table["task"] == target["task"]).sum())
+
+
+def test_the_map_opens_without_torch_or_scikit_learn(artifacts):
+    """The page a first visit waits for: importing torch, scikit-learn and nbformat would add ~3 s.
+    A fresh interpreter, so that no other test's imports count."""
+    code = ("import sys\nfrom streamlit.testing.v1 import AppTest\n"
+            f"at = AppTest.from_file({APP!r}, default_timeout=120).run()\n"
+            "assert not at.exception and not at.error and len(at.get('plotly_chart')) == 1\n"
+            "print(sorted(m for m in ('torch', 'sklearn', 'scipy', 'nbformat', 'dgl') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PEACE_ARTIFACTS": str(artifacts)},
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
+
+
+def test_a_stale_set_keeps_its_map_and_is_refused_where_its_zoo_or_encoder_is_used(artifacts, tmp_path, monkeypatch):
+    stale = tmp_path / "stale"
+    shutil.copytree(artifacts, stale)
+    index, es = stale / "embeddings" / "tiny" / "index.json", Explorer(artifacts / "embeddings" / "tiny").es
+    index.write_text(json.dumps({**json.loads(index.read_text()), "encoder_sha256": "0" * 64,  # retrained since
+                                 "zoo": str(es.source("zoo")), "run": str(es.source("run"))}))
+    at = _app(stale, monkeypatch)
+    assert not at.exception and not at.error and len(at.get("plotly_chart")) == 1
+    for page in ("Neighbours", "Interpolation", "Symmetry lab", "Query your model"):
+        at = _app(stale, monkeypatch, page)
+        assert not at.exception
+        assert "stale" in at.error[0].value and "peace embed" in at.error[0].value, page
 
 
 def test_explorer_computations(artifacts, tiny_zoo):
