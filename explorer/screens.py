@@ -20,6 +20,7 @@ import streamlit as st
 from peace.errors import PeaceError
 from peace.explore import (
     Explorer,
+    activation_advice,
     filter_table,
     find_ablation_summaries,
     find_embedding_sets,
@@ -395,6 +396,20 @@ def page_symmetry() -> None:
     st.plotly_chart(weight_heatmaps(res["original"], res["transformed"]), width="stretch")
 
 
+def _function_check(spec, check: pd.DataFrame, advice: str | None) -> None:
+    """What the activation check saw (``Explorer.activation_check``): a wrong Activation field would
+    silently embed another function."""
+    if check.empty:
+        st.caption(f"No zoo task has this network's {np.prod(spec.input_shape)} inputs and {spec.n_classes} classes, so "
+                   f"its activation ({spec.activation}) cannot be checked on data: make sure it is the one the network "
+                   "was trained with.")
+        return
+    with st.expander(f"Function check: accuracy on zoo tasks' test inputs under each activation "
+                     f"({spec.activation} {'looks wrong' if advice else 'fits'})"):
+        st.dataframe(check.pivot(index="activation", columns="task", values="accuracy"), width="stretch",
+                     column_config={c: st.column_config.NumberColumn(format="%.3f") for c in check["task"].unique()})
+
+
 def _query_config(activation: str, heads: int, shape: str, pool: str) -> dict:
     cfg = {} if activation == "from the file's layout" else {"activation": activation}
     if heads:
@@ -414,7 +429,10 @@ def page_query() -> None:
     st.write("Upload a safetensors file or a PyTorch state dict. It is parsed by PEACE's strict reader in a separate, "
              "resource-limited process (never by `torch.load`, never in this server); nothing in the file is "
              "executed. Architecture widths come from the tensor shapes.")
-    up = st.file_uploader("Model file", type=None)
+    limit = st.get_option("server.maxUploadSize")
+    # the widget prints its limit rounded to whole units (512 MiB reads "1GB"): say it in the label instead
+    st.html("<style>[data-testid='stFileUploaderDropzoneInstructions'] {display: none}</style>")
+    up = st.file_uploader(f"Model file (up to {limit} MiB)", type=None)
     example = st.button("No file at hand? Try an example: a zoo model with its hidden units shuffled")
     c1, c2, c3, c4 = st.columns(4)
     activation = c1.selectbox("Activation", ["from the file's layout", "relu", "tanh", "sigmoid", "leaky_relu", "gelu",
@@ -451,7 +469,12 @@ def _query_results(ex: Explorer, up, fields: tuple, k: int) -> None:
             st.error(msg)
             return
     st.success(f"{name}: {m.spec.describe()}, {m.spec.n_params} parameters")
+    check = ex.activation_check(m.spec, m.params)
+    advice = activation_advice(check)
+    if advice:
+        st.warning(advice)
     table(cols(hits, ("cosine",)), key="upload_hits")
     fig = embedding_map(ex.table, "task", symbol=None, height=520, max_points=QUERY_MAP_POINTS)
     _highlight(fig, hits, xy, name, zoom=False)
     st.plotly_chart(fig, width="stretch")
+    _function_check(m.spec, check, advice)

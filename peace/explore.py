@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from .baselines import Models
     from .zoo import Zoo
 
-__all__ = ["Explorer", "filter_table", "find_ablation_summaries", "find_embedding_sets", "find_models", "model_label",
+__all__ = ["Explorer", "activation_advice", "filter_table", "find_ablation_summaries", "find_embedding_sets", "find_models", "model_label",
            "typical_model"]
 
 
@@ -72,6 +72,29 @@ def find_models(labels: pd.Series, text: str) -> list[str]:
     found = list(labels.index[hit])
     exact = text.strip()
     return [exact, *(m for m in found if m != exact)] if exact in labels.index else found
+
+
+def activation_advice(check: pd.DataFrame, margin: float = 0.1) -> str | None:
+    """A warning when the chosen activation looks wrong (``Explorer.activation_check``): on the zoo
+    task the network fits best (the most above chance; tasks that merely share its sizes score near
+    chance), the chosen activation scores ``margin`` below the best one. None when the choice looks
+    right or no task's data can tell."""
+    if check.empty or not check["chosen"].any():
+        return None
+    gain = check.groupby("task")["accuracy"].max() - check.groupby("task")["chance"].first()
+    if gain.max() < margin:
+        return None
+    task = gain.idxmax()
+    g = check[check["task"] == task].sort_values("accuracy", ascending=False)
+    best, chosen = g["accuracy"].iat[0], g.loc[g["chosen"], "accuracy"].iat[0]
+    if best - chosen < margin:
+        return None
+    top, name = g["activation"].iat[0], g.loc[g["chosen"], "activation"].iat[0]
+    also = list(g["activation"].iloc[1:][g["accuracy"].iloc[1:] >= best - margin / 2])
+    return (f"On {task}'s test inputs this network scores {chosen:.2f} with {name} but {best:.2f} with {top} (chance "
+            f"{g['chance'].iat[0]:.2f}): it was most likely trained with {top}"
+            + (f" (or {', '.join(also)}, as good on this task)" if also else "")
+            + ". The activation decides the function, and so the embedding: choose it in the Activation field.")
 
 
 def model_label(row: pd.Series) -> str:
@@ -224,6 +247,34 @@ class Explorer:
             config.update(input_shape=list(spec.input_shape), pool=spec.pool)
         (folder / "config.json").write_text(json.dumps(config))
         return folder, mid
+
+    def activation_check(self, spec, params: dict, max_rows: int = 2_000) -> pd.DataFrame:
+        """An imported model's accuracy on the test split of every zoo task with its input and output
+        sizes, under each activation: a trained network scores well only with the activation it was
+        trained with, and the activation decides the function (and so the embedding). Columns task,
+        activation, accuracy, chance, chosen; empty when no zoo task matches."""
+        import dataclasses
+
+        import torch
+
+        from .architectures import ACTIVATIONS, forward, stack_params
+        from .probes import io_space
+
+        rows = []
+        for task_name, mid in self.table.groupby("task")["model_id"].first().items():
+            if io_space(self.zoo.spec(mid)) != io_space(spec):
+                continue
+            task = self.zoo.task(mid)
+            X = torch.from_numpy(task.X_test[:max_rows]).float().reshape(-1, *spec.input_shape)
+            y = torch.from_numpy(task.y_test[:max_rows])
+            stacked = stack_params([params])
+            for act in ACTIVATIONS:
+                with torch.no_grad():
+                    pred = forward(dataclasses.replace(spec, activation=act), stacked, X)[0].argmax(-1)
+                rows.append({"task": task_name, "activation": act, "accuracy": float((pred == y).float().mean()),
+                             "chance": float(np.bincount(task.y_test).max() / len(task.y_test)),
+                             "chosen": act == spec.activation})
+        return pd.DataFrame(rows, columns=["task", "activation", "accuracy", "chance", "chosen"])
 
     def prepare_query(self) -> None:
         """Make the next ``query_file`` quick: start the isolated reader that will parse the file (its

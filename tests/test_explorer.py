@@ -198,6 +198,44 @@ def test_explorer_computations(artifacts, tiny_zoo):
     assert path["model_id"].iat[0] == a and path["model_id"].iat[-1] == b
 
 
+def test_a_wrong_activation_is_caught_on_the_zoo_tasks_data(artifacts, tmp_path):
+    """A network trained with tanh, uploaded as a state dict (which cannot say its activation): with
+    tanh it fits its task; any other choice scores far lower there, and the advice names tanh and the
+    task (tasks that merely share its sizes score near chance and do not count)."""
+    import dataclasses
+
+    from peace.explore import activation_advice
+    from peace.importers import load_model
+
+    ex = Explorer(artifacts / "embeddings" / "tiny")
+    mid = ex.table.loc[(ex.table["task"] == "tetris") & (ex.table["family"] == "mlp"), "model_id"].iat[0]
+    task = ex.zoo.task(mid)
+    X, y = torch.from_numpy(task.X_train).float().flatten(1), torch.from_numpy(task.y_train)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(X.shape[1], 32), torch.nn.Tanh(), torch.nn.Linear(32, task.n_classes))
+    opt = torch.optim.Adam(net.parameters(), 1e-2)
+    for _ in range(300):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(X), y).backward()
+        opt.step()
+    torch.save(net.state_dict(), tmp_path / "tanh.pt")
+    m = load_model(tmp_path / "tanh.pt", {"activation": "tanh"})
+    check = ex.activation_check(m.spec, m.params)
+    assert "tetris" in set(check["task"]) and check.loc[check["chosen"], "activation"].tolist() == ["tanh"] * check["task"].nunique()
+    assert activation_advice(check) is None
+    for wrong in ("relu", "sigmoid"):
+        advice = activation_advice(ex.activation_check(dataclasses.replace(m.spec, activation=wrong), m.params))
+        assert advice is not None and "tetris" in advice and f"with {wrong}" in advice and "trained with tanh" in advice
+    torch.manual_seed(1)  # an untrained network fits no task: nothing to say whatever the choice
+    torch.save(torch.nn.Sequential(torch.nn.Linear(X.shape[1], 32), torch.nn.ReLU(), torch.nn.Linear(32, task.n_classes))
+               .state_dict(), tmp_path / "random.pt")
+    m = load_model(tmp_path / "random.pt", {"activation": "sigmoid"})
+    assert activation_advice(ex.activation_check(m.spec, m.params)) is None
+    torch.save(torch.nn.Sequential(torch.nn.Linear(7, 3)).state_dict(), tmp_path / "other.pt")  # no zoo task's sizes
+    m = load_model(tmp_path / "other.pt", {"activation": "relu"})
+    assert ex.activation_check(m.spec, m.params).empty
+
+
 def test_uploaded_files_are_queried_or_refused(artifacts, tmp_path):
     ex = Explorer(artifacts / "embeddings" / "tiny")
     mid = ex.table.loc[ex.table["family"] == "mlp", "model_id"].iat[0]

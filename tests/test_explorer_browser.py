@@ -156,3 +156,34 @@ def test_neighbour_query_in_a_real_browser(server, browser, artifacts):
     browser.get(f"{server}/neighbours?model={other}")  # a shared link opens on its model
     _wait_text(browser, "Same task among the top 10")
     assert other in browser.find_element("tag name", "body").text.split("Same task")[0]
+
+
+def test_map_search_and_query_example_in_a_real_browser(server, browser, artifacts):
+    from selenium.webdriver.common.keys import Keys
+
+    from peace.index import EmbeddingSet
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    target = EmbeddingSet(artifacts / "embeddings" / "tiny").table["model_id"].iat[4]
+    browser.get(server)
+    _wait_text(browser, "Colour by")
+    box = browser.find_element("xpath", "//div[@data-testid='stTextInput'][.//label[starts-with(normalize-space(),"
+                                        "'Find a model')]]//input")
+    box.send_keys(target, Keys.ENTER)
+    deadline = time.time() + 60
+    while target not in browser.execute_script(  # the found model starred, its neighbours ringed
+            "const p = document.querySelector('.js-plotly-plot'); return p && p._fullData ? "
+            "p._fullData.map(t => t.name || '').join('|') : '';"):
+        assert time.time() < deadline, "the searched model was never starred on the map"
+        time.sleep(0.3)
+    assert "10 nearest (PEACE)" in _plot(browser)["legend"]
+    browser.save_screenshot(str(SHOTS / "map-search.png"))
+    _goto(browser, "Query your model")
+    _wait_text(browser, "Try an example")
+    browser.find_element("xpath", "//button[contains(., 'Try an example')]").click()
+    _wait_text(browser, "(hidden units shuffled):")
+    assert any("(hidden units shuffled)" in name for name in _plot(browser)["legend"])
+    body = browser.find_element("tag name", "body").text
+    assert "Function check" in body
+    assert "Model file (up to 512 MiB)" in body and "per file" not in body  # the widget would round it to "1GB"
+    browser.save_screenshot(str(SHOTS / "query-example.png"))
