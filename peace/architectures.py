@@ -16,7 +16,7 @@ dimension P, linear layers become ``bmm`` and convolutions one grouped convoluti
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -24,7 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import resnet, transformer
 from .errors import PeaceError, unknown
+from .layers import ACTIVATIONS, BN_EPS, BN_MOMENTUM, LN_EPS, NORM_STATS, Layer, conv, normalize
 
 __all__ = [
     "ACTIVATIONS", "BN_EPS", "BN_MOMENTUM", "FAMILIES", "FAMILY_KEYS", "LN_EPS", "NORMS", "NORM_STATS", "POOLS",
@@ -33,82 +35,11 @@ __all__ = [
     "stack_params", "unstack_params"
 ]
 
-ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
-    "relu": F.relu,
-    "leaky_relu": lambda x: F.leaky_relu(x, 0.01),
-    "tanh": torch.tanh,
-    "sigmoid": torch.sigmoid,
-    "gelu": F.gelu,
-    "identity": lambda x: x,
-}
 FAMILIES = ("mlp", "cnn1d", "cnn2d", "resnet", "vit")
 POOLS = ("avg", "max", "none", "cls")
 NORMS = ("none", "batch", "layer")
-BN_EPS, BN_MOMENTUM, LN_EPS = 1e-5, 0.1, 1e-5  # torch's BatchNorm and LayerNorm defaults
-NORM_STATS = ("running_mean", "running_var")  # BatchNorm buffers: moved with their channels, never trained
 FAMILY_KEYS = {"blocks": ("resnet", "vit"), "stem_kernel": ("resnet",), "stem_stride": ("resnet",),
                "stem_pool": ("resnet",), "heads": ("vit",)}  # fields only some families use
-
-
-@dataclass(frozen=True)
-class Layer:
-    """One weight layer. ``kind`` is linear, conv1d or conv2d; ``kernel`` is () for linear layers.
-
-    ``flatten_from`` is set on the first linear layer after convolutions: the (channels, *spatial)
-    shape that was flattened into its inputs, so channel c owns a contiguous block of columns.
-    ``src`` / ``dst``: the activation tensors it reads and writes (chains: index and index + 1).
-    ``norm``: the name prefix of the normalization applied to its output, if any; ``norm_kind``: "batch"
-    (BatchNorm: per channel over the batch, running statistics) or "layer" (LayerNorm over the
-    channels of each sample and position, as ConvNeXt's channels-first LayerNorm for convolutions).
-    """
-
-    index: int
-    kind: str
-    in_features: int
-    out_features: int
-    kernel: tuple[int, ...] = ()
-    bias: bool = True
-    flatten_from: tuple[int, ...] | None = None
-    name: str = ""
-    stride: int = 1
-    src: int = -1
-    dst: int = -1
-    norm: str | None = None
-    norm_kind: str = "batch"
-
-    def __post_init__(self) -> None:
-        if not self.name:
-            object.__setattr__(self, "name", f"layers.{self.index}")
-        if self.src < 0:
-            object.__setattr__(self, "src", self.index)
-        if self.dst < 0:
-            object.__setattr__(self, "dst", self.src + 1)
-
-    @property
-    def weight_name(self) -> str:
-        return f"{self.name}.weight"
-
-    @property
-    def bias_name(self) -> str:
-        return f"{self.name}.bias"
-
-    def norm_names(self) -> dict[str, str]:
-        """Leaf -> full name of its normalization's tensors (BatchNorm: with running statistics; empty without one)."""
-        if self.norm is None:
-            return {}
-        return {k: f"{self.norm}.{k}" for k in ("weight", "bias", *(NORM_STATS if self.norm_kind == "batch" else ()))}
-
-    @property
-    def weight_shape(self) -> tuple[int, ...]:
-        return (self.out_features, self.in_features, *self.kernel)
-
-    @property
-    def fan_in(self) -> int:
-        return self.in_features * math.prod(self.kernel)
-
-    @property
-    def fan_out(self) -> int:
-        return self.out_features * math.prod(self.kernel)
 
 
 @dataclass(frozen=True)
@@ -172,13 +103,9 @@ class ArchSpec:
             raise PeaceError("pool 'cls' (a class token) is for family 'vit' only")
         object.__setattr__(self, "extra_shapes", {})
         if self.family == "resnet":
-            from .resnet import build_layers
-
-            layers, sizes, residuals = build_layers(self)
+            layers, sizes, residuals = resnet.build_layers(self)
         elif self.family == "vit":
-            from .transformer import build_layers
-
-            layers, sizes, residuals, extras = build_layers(self)
+            layers, sizes, residuals, extras = transformer.build_layers(self)
             object.__setattr__(self, "extra_shapes", extras)
         else:
             layers = self._build_layers()
@@ -284,40 +211,6 @@ def _pool(h: Tensor, kind: str, ndim: int) -> Tensor:
     return fn[(kind, ndim)](h, 2)
 
 
-def conv(h: Tensor, w: Tensor, b: Tensor | None, stride: int = 1, padding: int | None = None) -> Tensor:
-    """P convolutions at once: h (P, B, C_in, *spatial), w (P, C_out, C_in, *kernel), b (P, C_out)."""
-    P, B = h.shape[:2]
-    ndim = w.dim() - 3
-    fn = F.conv1d if ndim == 1 else F.conv2d
-    hg = h.transpose(0, 1).reshape(B, P * w.shape[2], *h.shape[3:])
-    out = fn(hg, w.reshape(P * w.shape[1], *w.shape[2:]), None if b is None else b.reshape(-1), stride=stride,
-             padding=w.shape[-1] // 2 if padding is None else padding, groups=P)
-    return out.reshape(B, P, w.shape[1], *out.shape[2:]).transpose(0, 1)
-
-
-def normalize(h: Tensor, params: dict[str, Tensor], layer: Layer, train: bool) -> Tensor:
-    """The normalization after ``layer`` on h (P, B, C, *spatial), per model. BatchNorm: training
-    normalizes with the batch's statistics and updates the running ones in place (momentum,
-    unbiased variance: torch's rule), evaluation uses the running ones. LayerNorm: over the channels
-    of each sample and position."""
-    n = layer.norm_names()
-    shape = (h.shape[0], 1, h.shape[2], *[1] * (h.dim() - 3))
-    if layer.norm_kind == "layer":
-        mean, var = h.mean(2, keepdim=True), h.var(2, unbiased=False, keepdim=True)
-        return (h - mean) * torch.rsqrt(var + LN_EPS) * params[n["weight"]].reshape(shape) + params[n["bias"]].reshape(shape)
-    if train:
-        dims = [1, *range(3, h.dim())]
-        mean, var = h.mean(dims), h.var(dims, unbiased=False)
-        with torch.no_grad():
-            count = h.numel() // (h.shape[0] * h.shape[2])
-            params[n["running_mean"]].lerp_(mean.detach(), BN_MOMENTUM)
-            params[n["running_var"]].lerp_(var.detach() * count / max(count - 1, 1), BN_MOMENTUM)
-    else:
-        mean, var = params[n["running_mean"]], params[n["running_var"]]
-    scale = params[n["weight"]] * torch.rsqrt(var + BN_EPS)
-    return h * scale.reshape(shape) + (params[n["bias"]] - mean * scale).reshape(shape)
-
-
 def fold_batchnorm(w: Tensor, b: Tensor | None, bn: dict[str, Tensor], eps: float, name: str) -> tuple[Tensor, Tensor]:
     """Weight and bias of a Linear / Conv layer with the eval-mode BatchNorm after it folded in: the same
     function at inference. ``bn`` holds running_mean, running_var and, when affine, weight and bias."""
@@ -371,12 +264,8 @@ def forward(spec: ArchSpec, params: dict[str, Tensor], x: Tensor,
         if dropout_masks is not None:
             raise PeaceError(f"dropout is not supported in a {spec.family}; train it with dropout 0")
         if spec.family == "vit":
-            from .transformer import forward as vit_forward
-
-            return vit_forward(spec, params, x)
-        from .resnet import forward as resnet_forward
-
-        return resnet_forward(spec, params, x, train)
+            return transformer.forward(spec, params, x)
+        return resnet.forward(spec, params, x, train)
     B = x.shape[1]
     act = ACTIVATIONS[spec.activation]
     h = x
@@ -455,13 +344,9 @@ def build_module(spec: ArchSpec) -> nn.Module:
     """The single-model ``nn.Module`` of any spec: a ``PeaceNet``, a torchvision-style ``ResNet`` or a
     timm-style ``ViT``."""
     if spec.family == "resnet":
-        from .resnet import ResNet
-
-        return ResNet(spec)
+        return resnet.ResNet(spec)
     if spec.family == "vit":
-        from .transformer import ViT
-
-        return ViT(spec)
+        return transformer.ViT(spec)
     return PeaceNet(spec)
 
 

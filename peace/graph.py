@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import transformer
 from .architectures import ACTIVATIONS, ArchSpec, check_params, fold_norms, folded_spec
 from .errors import PeaceError
 
@@ -110,9 +111,7 @@ def neural_graph(spec: ArchSpec, params: dict[str, Tensor], edge_dim: int = DEFA
         raise PeaceError(f"{spec.describe()} has edges carrying {edge_dim_needed(spec)} values but edge_dim is "
                          f"{edge_dim}; raise edge_dim to at least {edge_dim_needed(spec)}")
     if spec.family == "vit":
-        from .transformer import build_graph
-
-        return build_graph(spec, params, GraphBuilder(edge_dim, max_layer_edges))
+        return transformer.build_graph(spec, params, GraphBuilder(edge_dim, max_layer_edges))
     spec, params = fold_norms(spec, params)
     gb = GraphBuilder(edge_dim, max_layer_edges)
     last = len(spec.tensor_sizes) - 1

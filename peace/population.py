@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from . import rng
+from . import rng, transformer
 from .architectures import ArchSpec, build_module, forward, hidden_shapes, is_buffer, load_weights
 from .errors import PeaceError, unknown
 from .tasks import Task
@@ -98,9 +98,7 @@ def init_params(spec: ArchSpec, hparams: Sequence[HParams]) -> dict[str, Tensor]
         for leaf, name in layer.norm_names().items():  # BatchNorm: torch's init (scale 1, shift 0, fresh statistics)
             params[name] = torch.full((len(hparams), layer.out_features), 1.0 if leaf in ("weight", "running_var") else 0.0)
     if spec.extra_shapes:  # a Transformer's class token, position embedding and LayerNorms
-        from .transformer import init_extras
-
-        params.update(init_extras(spec, seeds))
+        params.update(transformer.init_extras(spec, seeds))
     return params
 
 

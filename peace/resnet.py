@@ -14,12 +14,17 @@ each block its inner tensor and its output; the logits last. An identity shortcu
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .architectures import ACTIVATIONS, BN_EPS, BN_MOMENTUM, ArchSpec, Layer, conv, normalize
 from .errors import PeaceError
+from .layers import ACTIVATIONS, BN_EPS, BN_MOMENTUM, Layer, conv, normalize
+
+if TYPE_CHECKING:
+    from .architectures import ArchSpec
 
 __all__ = ["STEM_POOLS", "BasicBlock", "ResNet", "build_layers", "forward"]
 

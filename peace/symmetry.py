@@ -25,11 +25,13 @@ from torch import Tensor
 
 from .architectures import ACTIVATIONS, ArchSpec, Layer
 from .errors import PeaceError
+from .transformer import geometry
 
 __all__ = [
     "ODD", "POSITIVE_HOMOGENEOUS", "VIT_PARTS", "Params", "RandomSymmetry", "UnitGroup", "allowed",
     "canonical_factor", "canonicalize", "check_factor", "column_index", "group_labels", "hidden_sizes",
-    "random_factor", "random_symmetry", "transform", "unit_groups", "unit_rows", "zero_at_zero"
+    "random_factor", "random_symmetry", "transform", "unit_groups", "unit_rows", "vit_canonicalize",
+    "vit_random_symmetry", "vit_transform", "ViTSymmetry", "zero_at_zero"
 ]
 
 POSITIVE_HOMOGENEOUS = ("relu", "leaky_relu", "identity")
@@ -51,7 +53,7 @@ def unit_groups(spec: ArchSpec) -> list[UnitGroup]:
     """The groups of hidden units, ordered by their first tensor (for a chain: one per hidden layer).
     Transformers' symmetries (heads, query/key pairs) are not groups of this kind: :mod:`peace.transformer`."""
     if spec.family == "vit":
-        raise PeaceError("a Transformer's symmetries are not unit groups; use peace.transformer.transform / "
+        raise PeaceError("a Transformer's symmetries are not unit groups; use peace.symmetry.vit_transform / "
                          "random_symmetry / canonicalize (symmetry.random_symmetry and canonicalize dispatch there)")
     hidden = range(1, len(spec.tensor_sizes) - 1)
     root = {t: t for t in hidden}
@@ -233,11 +235,9 @@ def random_symmetry(spec: ArchSpec, params: Params, seed: int, kind: RandomSymme
     scale = ok["scale"] if kind.scale is None else kind.scale
     flip = ok["flip"] if kind.flip is None else kind.flip
     if spec.family == "vit":
-        from .transformer import random_symmetry as vit_symmetry
-
         names = list(VIT_PARTS)
         parts = None if kind.groups is None else tuple(names[i] for i in kind.groups)
-        return vit_symmetry(spec, params, seed, kind.permute, scale, flip, kind.log_scale_std, parts)
+        return vit_random_symmetry(spec, params, seed, kind.permute, scale, flip, kind.log_scale_std, parts)
     sizes = hidden_sizes(spec)
     chosen = set(range(len(sizes)) if kind.groups is None else kind.groups)
     if not chosen <= set(range(len(sizes))):
@@ -289,8 +289,6 @@ def canonicalize(spec: ArchSpec, params: Params) -> Params:
     weights and bias; its scale and sign are left as they are.
     """
     if spec.family == "vit":
-        from .transformer import canonicalize as vit_canonicalize
-
         return vit_canonicalize(spec, params)
     ok = allowed(spec)
     out = {k: v.clone() for k, v in params.items()}
@@ -312,3 +310,156 @@ def canonicalize(spec: ArchSpec, params: Params) -> Params:
                 out[m.weight_name][:, column_index(m, dead)] = 0.0
         settled.update(g.tensors)
     return out
+
+
+# --- Vision Transformers (peace.transformer) ---------------------------------------------------------------------------------
+
+@dataclass
+class ViTSymmetry:
+    """One transform of a vit: ``stream`` (D) permutation; per block ``mlp`` permutation (M) and
+    factors (scales / signs, where the activation allows), ``heads`` permutation, ``qk`` and ``v``
+    permutations within each head (heads, D / heads) with nonzero factors. ``None``: identity."""
+
+    stream: Tensor | None = None
+    mlp: list[Tensor | None] | None = None
+    mlp_factor: list[Tensor | None] | None = None
+    heads: list[Tensor | None] | None = None
+    qk: list[Tensor | None] | None = None
+    qk_factor: list[Tensor | None] | None = None
+    v: list[Tensor | None] | None = None
+    v_factor: list[Tensor | None] | None = None
+
+
+def _at(v: list | None, b: int):
+    return None if v is None else v[b]
+
+
+def vit_transform(spec: ArchSpec, params: dict[str, Tensor], sym: ViTSymmetry) -> dict[str, Tensor]:
+    """Apply a ``ViTSymmetry``; the function is unchanged. Factors that the activation does not allow
+    (MLP) or zero factors raise ``PeaceError``."""
+    c, p, t, d, m = geometry(spec)
+    H, dh = spec.heads, d // spec.heads
+    out = {k: v.clone() for k, v in params.items()}
+    if sym.stream is not None:
+        s = sym.stream.long()
+        if sorted(s.tolist()) != list(range(d)):
+            raise PeaceError(f"the stream permutation is not a permutation of range({d})")
+        for name in out:
+            leaf = name.rpartition(".")[0]
+            if name in ("cls_token", "pos_embed"):
+                out[name] = out[name][..., s]
+            elif leaf.endswith(("norm1", "norm2")) or leaf == "norm" or name.startswith("patch_embed.proj") \
+                    or leaf.endswith(("attn.proj", "mlp.fc2")):
+                out[name] = out[name][s]  # rows (and biases / LayerNorm vectors) indexed by stream channel
+        for b in range(spec.blocks[0]):
+            for reader in ("attn.qkv", "mlp.fc1"):
+                out[f"blocks.{b}.{reader}.weight"] = out[f"blocks.{b}.{reader}.weight"][:, s]
+        out["head.weight"] = out["head.weight"][:, s]
+    for b in range(spec.blocks[0]):
+        pre = f"blocks.{b}"
+        perm, f = _at(sym.mlp, b), _at(sym.mlp_factor, b)
+        if perm is not None or f is not None:
+            perm = torch.arange(m) if perm is None else perm.long()
+            f = torch.ones(m) if f is None else f
+            check_factor(f, "MLP units", pre, spec.activation, spec.activation in POSITIVE_HOMOGENEOUS,
+                         spec.activation in ODD)
+            out[f"{pre}.mlp.fc1.weight"] = out[f"{pre}.mlp.fc1.weight"][perm] * f.unsqueeze(1)
+            if spec.bias:
+                out[f"{pre}.mlp.fc1.bias"] = out[f"{pre}.mlp.fc1.bias"][perm] * f
+            out[f"{pre}.mlp.fc2.weight"] = out[f"{pre}.mlp.fc2.weight"][:, perm] / f
+        ph, qk, qf, vp, vf = (_at(x, b) for x in (sym.heads, sym.qk, sym.qk_factor, sym.v, sym.v_factor))
+        if all(x is None for x in (ph, qk, qf, vp, vf)):
+            continue
+        ph = torch.arange(H) if ph is None else ph.long()
+        ident = torch.arange(dh).expand(H, dh)
+        qk = ident if qk is None else qk.long()
+        vp = ident if vp is None else vp.long()
+        qf = torch.ones(H, dh) if qf is None else qf
+        vf = torch.ones(H, dh) if vf is None else vf
+        for f, units in ((qf, "query/key pairs"), (vf, "value channels")):
+            check_factor(f, units, pre, spec.activation, True, True)
+        q_rows = (ph.unsqueeze(1) * dh + qk).reshape(-1)  # new (h, j) <- old (ph[h], qk[h, j])
+        v_rows = (ph.unsqueeze(1) * dh + vp).reshape(-1)
+        rows = torch.cat([q_rows, d + q_rows, 2 * d + v_rows])
+        fac = torch.cat([qf.reshape(-1), 1 / qf.reshape(-1), vf.reshape(-1)])
+        out[f"{pre}.attn.qkv.weight"] = out[f"{pre}.attn.qkv.weight"][rows] * fac.unsqueeze(1)
+        if spec.bias:
+            out[f"{pre}.attn.qkv.bias"] = out[f"{pre}.attn.qkv.bias"][rows] * fac
+        out[f"{pre}.attn.proj.weight"] = out[f"{pre}.attn.proj.weight"][:, v_rows] / vf.reshape(-1)
+    return out
+
+
+def vit_random_symmetry(spec: ArchSpec, params: dict[str, Tensor], seed: int, permute: bool = True,
+                    scale: bool = True, flip: bool = True, log_scale_std: float = 1.0,
+                    parts: tuple[str, ...] | None = None) -> dict[str, Tensor]:
+    """A random function-preserving transform. ``scale`` / ``flip``: query/key and value factors
+    (always allowed) and MLP factors where the activation allows; ``parts``: which of "stream",
+    "heads", "qk", "v", "mlp" to transform (default all)."""
+    c, p, t, d, m = geometry(spec)
+    H, dh, depth = spec.heads, d // spec.heads, spec.blocks[0]
+    parts = set(parts or ("stream", "heads", "qk", "v", "mlp"))
+    g = torch.Generator().manual_seed(int(seed))
+
+    def perm(n: int, rows: int | None = None) -> Tensor | None:
+        if not permute:
+            return None
+        return torch.randperm(n, generator=g) if rows is None else torch.stack([torch.randperm(n, generator=g)
+                                                                                 for _ in range(rows)])
+
+    def factor(shape: tuple[int, ...], can_scale: bool, can_flip: bool) -> Tensor:
+        return random_factor(shape, g, scale and can_scale, flip and can_flip, log_scale_std)
+
+    pick = lambda name, v: v if name in parts else None  # noqa: E731
+    sym = ViTSymmetry(stream=pick("stream", perm(d)),
+                   mlp=[pick("mlp", perm(m)) for _ in range(depth)],
+                   mlp_factor=[pick("mlp", factor((m,), spec.activation in POSITIVE_HOMOGENEOUS, spec.activation in ODD))
+                               for _ in range(depth)],
+                   heads=[pick("heads", perm(H)) for _ in range(depth)],
+                   qk=[pick("qk", perm(dh, H)) for _ in range(depth)],
+                   qk_factor=[pick("qk", factor((H, dh), True, True)) for _ in range(depth)],
+                   v=[pick("v", perm(dh, H)) for _ in range(depth)],
+                   v_factor=[pick("v", factor((H, dh), True, True)) for _ in range(depth)])
+    return vit_transform(spec, params, sym)
+
+
+def _with_bias(params: dict[str, Tensor], name: str, bias: bool) -> Tensor:
+    """A linear layer's rows with their bias as one more column: what a unit's factor multiplies."""
+    w = params[f"{name}.weight"]
+    return torch.cat([w, params[f"{name}.bias"].unsqueeze(1)], 1) if bias else w
+
+
+def vit_canonicalize(spec: ArchSpec, params: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The representative of the model's scale / sign orbit (same function): per block, each query
+    channel and its key channel get equal norms (weights and bias) and the query's largest entry
+    positive; each value channel unit norm and its largest entry positive; MLP units as in
+    ``symmetry.canonicalize`` where the activation allows. Permutations are not removed."""
+    c, p, t, d, m = geometry(spec)
+    H, dh = spec.heads, d // spec.heads
+    out = dict(params)
+    qf, vf, mf = [], [], []
+    for b in range(spec.blocks[0]):
+        pre = f"blocks.{b}"
+        q, k, v = _with_bias(out, f"{pre}.attn.qkv", spec.bias).split(d)
+        nq, nk = q.norm(dim=1), k.norm(dim=1)
+        s = torch.where((nq > 0) & (nk > 0), torch.sqrt(nk / nq.clamp_min(1e-30)), torch.ones_like(nq))
+        qf.append((s * canonical_factor(q, False, True)).reshape(H, dh))
+        vf.append(canonical_factor(v, True, True).reshape(H, dh))
+        mf.append(canonical_factor(_with_bias(out, f"{pre}.mlp.fc1", spec.bias), spec.activation in POSITIVE_HOMOGENEOUS,
+                                   spec.activation in ODD))
+    out = vit_transform(spec, out, ViTSymmetry(mlp_factor=mf, qk_factor=qf, v_factor=vf))
+    for b in range(spec.blocks[0]):  # channels that carry nothing: what they connect to could move freely
+        pre = f"blocks.{b}"
+        rows = _with_bias(out, f"{pre}.attn.qkv", spec.bias)
+        silent = (rows[:d] == 0).all(1) | (rows[d:2 * d] == 0).all(1)  # a query or its key is zero: no logit
+        for part in (0, 1):
+            _zero_rows(out, f"{pre}.attn.qkv", spec.bias, torch.nonzero(silent).flatten() + part * d)
+        out[f"{pre}.attn.proj.weight"][:, (rows[2 * d:] == 0).all(1)] = 0.0  # a zero value channel
+        if zero_at_zero(spec.activation):
+            out[f"{pre}.mlp.fc2.weight"][:, (_with_bias(out, f"{pre}.mlp.fc1", spec.bias) == 0).all(1)] = 0.0
+    return out
+
+
+def _zero_rows(params: dict[str, Tensor], name: str, bias: bool, rows: Tensor) -> None:
+    params[f"{name}.weight"][rows] = 0.0
+    if bias:
+        params[f"{name}.bias"][rows] = 0.0

@@ -9,7 +9,7 @@ linear ``head``. Names: ``patch_embed.proj``, ``cls_token``, ``pos_embed``, ``bl
 ``blocks.N.attn.qkv`` (rows: q, k, v, each head-major), ``blocks.N.attn.proj``, ``blocks.N.norm2``,
 ``blocks.N.mlp.fc1``, ``blocks.N.mlp.fc2``, ``norm``, ``head``.
 
-Symmetries (exact, :func:`transform`): one permutation of the residual stream's D channels shared by
+Symmetries (exact, :func:`peace.symmetry.vit_transform`): one permutation of the residual stream's D channels shared by
 everything that reads or writes it (patch embedding, class token, position embedding, every
 LayerNorm's scale and shift, qkv and fc1 columns, proj and fc2 rows, head columns); per block, a
 permutation of the MLP's hidden units (with scales / flips where the activation allows), a
@@ -20,27 +20,29 @@ channels with a nonzero factor pushed into proj's columns. The stream cannot be 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import rng
-from .architectures import ACTIVATIONS, ArchSpec, Layer, conv
 from .errors import PeaceError
-from .symmetry import ODD, POSITIVE_HOMOGENEOUS, canonical_factor, check_factor, random_factor, zero_at_zero
+from .layers import ACTIVATIONS, Layer, conv
+
+if TYPE_CHECKING:
+    from .architectures import ArchSpec
 
 __all__ = [
-    "LN_EPS", "POOLS", "Attention", "Block", "Mlp", "PatchEmbed", "Symmetry", "ViT", "build_graph", "build_layers",
-    "canonicalize", "forward", "init_extras", "random_symmetry", "transform"
+    "LN_EPS", "POOLS", "Attention", "Block", "Mlp", "PatchEmbed", "ViT", "build_graph", "build_layers", "forward",
+    "geometry", "init_extras"
 ]
 
 LN_EPS = 1e-6  # timm's LayerNorm eps for ViTs
 POOLS = ("cls", "avg")
 
 
-def _geometry(spec: ArchSpec) -> tuple[int, int, int, int, int]:
+def geometry(spec: ArchSpec) -> tuple[int, int, int, int, int]:
     """(channels, patch, tokens, width, MLP width) after checking the spec."""
     if len(spec.input_shape) not in (2, 3):
         raise PeaceError(f"a vit needs inputs shaped (channels, length) or (channels, height, width), got "
@@ -63,7 +65,7 @@ def _geometry(spec: ArchSpec) -> tuple[int, int, int, int, int]:
 def build_layers(spec: ArchSpec) -> tuple[tuple[Layer, ...], list[int], list, dict[str, tuple[int, ...]]]:
     """Weight layers, tensor sizes (input, stream, logits), no chain residuals, and the other
     parameters (class token, position embedding, LayerNorms) of a vit spec."""
-    c, p, t, d, m = _geometry(spec)
+    c, p, t, d, m = geometry(spec)
     nd = len(spec.input_shape) - 1
     layers = [Layer(0, f"conv{nd}d", c, d, (p,) * nd, spec.bias, name="patch_embed.proj", stride=p)]
     extras: dict[str, tuple[int, ...]] = {}
@@ -111,7 +113,7 @@ def _layer_norm(h: Tensor, params: dict[str, Tensor], name: str) -> Tensor:
 
 def forward(spec: ArchSpec, params: dict[str, Tensor], x: Tensor) -> Tensor:
     """Logits (P, B, n_classes) of P Transformers on x (P, B, *input_shape)."""
-    c, p, t, d, m = _geometry(spec)
+    c, p, t, d, m = geometry(spec)
     P, B = x.shape[:2]
     pe = spec.layers[0]
     h = conv(x, params[pe.weight_name], params[pe.bias_name] if pe.bias else None, stride=p, padding=0)
@@ -183,7 +185,7 @@ class ViT(nn.Module):
 
     def __init__(self, spec: ArchSpec):
         super().__init__()
-        c, p, t, d, m = _geometry(spec)
+        c, p, t, d, m = geometry(spec)
         self.spec = spec
         self.patch_embed = PatchEmbed(c, d, p, len(spec.input_shape) - 1, spec.bias)
         if spec.pool == "cls":
@@ -203,159 +205,6 @@ class ViT(nn.Module):
             x = block(x)
         x = self.norm(x)
         return self.head(x[:, 0] if self.spec.pool == "cls" else x.mean(1))
-
-
-# --- symmetries ---------------------------------------------------------------------------------
-
-@dataclass
-class Symmetry:
-    """One transform of a vit: ``stream`` (D) permutation; per block ``mlp`` permutation (M) and
-    factors (scales / signs, where the activation allows), ``heads`` permutation, ``qk`` and ``v``
-    permutations within each head (heads, D / heads) with nonzero factors. ``None``: identity."""
-
-    stream: Tensor | None = None
-    mlp: list[Tensor | None] | None = None
-    mlp_factor: list[Tensor | None] | None = None
-    heads: list[Tensor | None] | None = None
-    qk: list[Tensor | None] | None = None
-    qk_factor: list[Tensor | None] | None = None
-    v: list[Tensor | None] | None = None
-    v_factor: list[Tensor | None] | None = None
-
-
-def _at(v: list | None, b: int):
-    return None if v is None else v[b]
-
-
-def transform(spec: ArchSpec, params: dict[str, Tensor], sym: Symmetry) -> dict[str, Tensor]:
-    """Apply a ``Symmetry``; the function is unchanged. Factors that the activation does not allow
-    (MLP) or zero factors raise ``PeaceError``."""
-    c, p, t, d, m = _geometry(spec)
-    H, dh = spec.heads, d // spec.heads
-    out = {k: v.clone() for k, v in params.items()}
-    if sym.stream is not None:
-        s = sym.stream.long()
-        if sorted(s.tolist()) != list(range(d)):
-            raise PeaceError(f"the stream permutation is not a permutation of range({d})")
-        for name in out:
-            leaf = name.rpartition(".")[0]
-            if name in ("cls_token", "pos_embed"):
-                out[name] = out[name][..., s]
-            elif leaf.endswith(("norm1", "norm2")) or leaf == "norm" or name.startswith("patch_embed.proj") \
-                    or leaf.endswith(("attn.proj", "mlp.fc2")):
-                out[name] = out[name][s]  # rows (and biases / LayerNorm vectors) indexed by stream channel
-        for b in range(spec.blocks[0]):
-            for reader in ("attn.qkv", "mlp.fc1"):
-                out[f"blocks.{b}.{reader}.weight"] = out[f"blocks.{b}.{reader}.weight"][:, s]
-        out["head.weight"] = out["head.weight"][:, s]
-    for b in range(spec.blocks[0]):
-        pre = f"blocks.{b}"
-        perm, f = _at(sym.mlp, b), _at(sym.mlp_factor, b)
-        if perm is not None or f is not None:
-            perm = torch.arange(m) if perm is None else perm.long()
-            f = torch.ones(m) if f is None else f
-            check_factor(f, "MLP units", pre, spec.activation, spec.activation in POSITIVE_HOMOGENEOUS,
-                         spec.activation in ODD)
-            out[f"{pre}.mlp.fc1.weight"] = out[f"{pre}.mlp.fc1.weight"][perm] * f.unsqueeze(1)
-            if spec.bias:
-                out[f"{pre}.mlp.fc1.bias"] = out[f"{pre}.mlp.fc1.bias"][perm] * f
-            out[f"{pre}.mlp.fc2.weight"] = out[f"{pre}.mlp.fc2.weight"][:, perm] / f
-        ph, qk, qf, vp, vf = (_at(x, b) for x in (sym.heads, sym.qk, sym.qk_factor, sym.v, sym.v_factor))
-        if all(x is None for x in (ph, qk, qf, vp, vf)):
-            continue
-        ph = torch.arange(H) if ph is None else ph.long()
-        ident = torch.arange(dh).expand(H, dh)
-        qk = ident if qk is None else qk.long()
-        vp = ident if vp is None else vp.long()
-        qf = torch.ones(H, dh) if qf is None else qf
-        vf = torch.ones(H, dh) if vf is None else vf
-        for f, units in ((qf, "query/key pairs"), (vf, "value channels")):
-            check_factor(f, units, pre, spec.activation, True, True)
-        q_rows = (ph.unsqueeze(1) * dh + qk).reshape(-1)  # new (h, j) <- old (ph[h], qk[h, j])
-        v_rows = (ph.unsqueeze(1) * dh + vp).reshape(-1)
-        rows = torch.cat([q_rows, d + q_rows, 2 * d + v_rows])
-        fac = torch.cat([qf.reshape(-1), 1 / qf.reshape(-1), vf.reshape(-1)])
-        out[f"{pre}.attn.qkv.weight"] = out[f"{pre}.attn.qkv.weight"][rows] * fac.unsqueeze(1)
-        if spec.bias:
-            out[f"{pre}.attn.qkv.bias"] = out[f"{pre}.attn.qkv.bias"][rows] * fac
-        out[f"{pre}.attn.proj.weight"] = out[f"{pre}.attn.proj.weight"][:, v_rows] / vf.reshape(-1)
-    return out
-
-
-def random_symmetry(spec: ArchSpec, params: dict[str, Tensor], seed: int, permute: bool = True,
-                    scale: bool = True, flip: bool = True, log_scale_std: float = 1.0,
-                    parts: tuple[str, ...] | None = None) -> dict[str, Tensor]:
-    """A random function-preserving transform. ``scale`` / ``flip``: query/key and value factors
-    (always allowed) and MLP factors where the activation allows; ``parts``: which of "stream",
-    "heads", "qk", "v", "mlp" to transform (default all)."""
-    c, p, t, d, m = _geometry(spec)
-    H, dh, depth = spec.heads, d // spec.heads, spec.blocks[0]
-    parts = set(parts or ("stream", "heads", "qk", "v", "mlp"))
-    g = torch.Generator().manual_seed(int(seed))
-
-    def perm(n: int, rows: int | None = None) -> Tensor | None:
-        if not permute:
-            return None
-        return torch.randperm(n, generator=g) if rows is None else torch.stack([torch.randperm(n, generator=g)
-                                                                                 for _ in range(rows)])
-
-    def factor(shape: tuple[int, ...], can_scale: bool, can_flip: bool) -> Tensor:
-        return random_factor(shape, g, scale and can_scale, flip and can_flip, log_scale_std)
-
-    pick = lambda name, v: v if name in parts else None  # noqa: E731
-    sym = Symmetry(stream=pick("stream", perm(d)),
-                   mlp=[pick("mlp", perm(m)) for _ in range(depth)],
-                   mlp_factor=[pick("mlp", factor((m,), spec.activation in POSITIVE_HOMOGENEOUS, spec.activation in ODD))
-                               for _ in range(depth)],
-                   heads=[pick("heads", perm(H)) for _ in range(depth)],
-                   qk=[pick("qk", perm(dh, H)) for _ in range(depth)],
-                   qk_factor=[pick("qk", factor((H, dh), True, True)) for _ in range(depth)],
-                   v=[pick("v", perm(dh, H)) for _ in range(depth)],
-                   v_factor=[pick("v", factor((H, dh), True, True)) for _ in range(depth)])
-    return transform(spec, params, sym)
-
-
-def _with_bias(params: dict[str, Tensor], name: str, bias: bool) -> Tensor:
-    """A linear layer's rows with their bias as one more column: what a unit's factor multiplies."""
-    w = params[f"{name}.weight"]
-    return torch.cat([w, params[f"{name}.bias"].unsqueeze(1)], 1) if bias else w
-
-
-def canonicalize(spec: ArchSpec, params: dict[str, Tensor]) -> dict[str, Tensor]:
-    """The representative of the model's scale / sign orbit (same function): per block, each query
-    channel and its key channel get equal norms (weights and bias) and the query's largest entry
-    positive; each value channel unit norm and its largest entry positive; MLP units as in
-    ``symmetry.canonicalize`` where the activation allows. Permutations are not removed."""
-    c, p, t, d, m = _geometry(spec)
-    H, dh = spec.heads, d // spec.heads
-    out = dict(params)
-    qf, vf, mf = [], [], []
-    for b in range(spec.blocks[0]):
-        pre = f"blocks.{b}"
-        q, k, v = _with_bias(out, f"{pre}.attn.qkv", spec.bias).split(d)
-        nq, nk = q.norm(dim=1), k.norm(dim=1)
-        s = torch.where((nq > 0) & (nk > 0), torch.sqrt(nk / nq.clamp_min(1e-30)), torch.ones_like(nq))
-        qf.append((s * canonical_factor(q, False, True)).reshape(H, dh))
-        vf.append(canonical_factor(v, True, True).reshape(H, dh))
-        mf.append(canonical_factor(_with_bias(out, f"{pre}.mlp.fc1", spec.bias), spec.activation in POSITIVE_HOMOGENEOUS,
-                                   spec.activation in ODD))
-    out = transform(spec, out, Symmetry(mlp_factor=mf, qk_factor=qf, v_factor=vf))
-    for b in range(spec.blocks[0]):  # channels that carry nothing: what they connect to could move freely
-        pre = f"blocks.{b}"
-        rows = _with_bias(out, f"{pre}.attn.qkv", spec.bias)
-        silent = (rows[:d] == 0).all(1) | (rows[d:2 * d] == 0).all(1)  # a query or its key is zero: no logit
-        for part in (0, 1):
-            _zero_rows(out, f"{pre}.attn.qkv", spec.bias, torch.nonzero(silent).flatten() + part * d)
-        out[f"{pre}.attn.proj.weight"][:, (rows[2 * d:] == 0).all(1)] = 0.0  # a zero value channel
-        if zero_at_zero(spec.activation):
-            out[f"{pre}.mlp.fc2.weight"][:, (_with_bias(out, f"{pre}.mlp.fc1", spec.bias) == 0).all(1)] = 0.0
-    return out
-
-
-def _zero_rows(params: dict[str, Tensor], name: str, bias: bool, rows: Tensor) -> None:
-    params[f"{name}.weight"][rows] = 0.0
-    if bias:
-        params[f"{name}.bias"][rows] = 0.0
 
 
 # --- neural graph -------------------------------------------------------------------------------
@@ -409,7 +258,7 @@ def build_graph(spec: ArchSpec, params: dict[str, Tensor], gb) -> "NeuralGraph":
     query/key or value permutation those channels: the graph is equivariant to every symmetry of
     ``transform``; scales and signs are removed by ``canonicalize`` before it is built.
     """
-    c, p, t, d, m = _geometry(spec)
+    c, p, t, d, m = geometry(spec)
     cls, nd, depth = spec.pool == "cls", len(spec.input_shape) - 1, spec.blocks[0]
     index = {layer.name: layer.index for layer in spec.layers}
     top = 4 * depth + 2
@@ -431,3 +280,4 @@ def build_graph(spec: ArchSpec, params: dict[str, Tensor], gb) -> "NeuralGraph":
     gb.dense(x, out, w.unsqueeze(-1), "linear", index["head"])
     gb.add_bias(out, bias)
     return gb.build(top)
+

@@ -17,7 +17,7 @@ from peace.importers import from_module, from_state_dict, load_model
 from peace.population import HParams, Schedule, train_population, train_single
 from peace.symmetry import RandomSymmetry, allowed, canonicalize, group_labels, random_symmetry
 from peace.tasks import load_task
-from peace.transformer import Symmetry, transform
+from peace.symmetry import ViTSymmetry, vit_transform
 
 from conftest import random_model
 
@@ -173,9 +173,9 @@ def test_broken_transforms_change_the_function_or_are_refused():
     q["blocks.0.attn.qkv.weight"] = p["blocks.0.attn.qkv.weight"][torch.cat([torch.tensor([1, 0]), torch.arange(2, 24)])]
     assert not torch.allclose(_out(spec, q, X), _out(spec, p, X), atol=1e-3)
     with pytest.raises(PeaceError, match="positively homogeneous"):  # gelu MLP units cannot be scaled
-        transform(spec, p, Symmetry(mlp_factor=[torch.full((12,), 2.0)]))
+        vit_transform(spec, p, ViTSymmetry(mlp_factor=[torch.full((12,), 2.0)]))
     with pytest.raises(PeaceError, match="nonzero"):
-        transform(spec, p, Symmetry(v_factor=[torch.zeros(2, 4)]))
+        vit_transform(spec, p, ViTSymmetry(v_factor=[torch.zeros(2, 4)]))
     with pytest.raises(PeaceError, match="cannot split"):
         graph_to_params(spec, neural_graph(spec, p))
 
