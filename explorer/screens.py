@@ -167,14 +167,17 @@ def _map_controls(t: pd.DataFrame) -> tuple[str, str, str, tuple]:
     st.query_params["color"] = color
     symbol = choose(c2.selectbox, "Symbol by", ["none", "family", "activation", "split", "heldout_task"], "symbol")
     dims = choose(c3.radio, "Map", ["2-D", "3-D"], "dims", horizontal=True)
-    with st.expander("Filters (kept when you change pages)", expanded=False):
-        f1, f2, f3 = st.columns(3)
-        tasks = keep("tasks", f1.multiselect("Task", sorted(t["task"].unique()), default=pref("tasks", [])))
-        archs = keep("archs", f2.multiselect("Architecture", sorted(t["arch"].unique()), default=pref("archs", [])))
-        acts = keep("acts", f3.multiselect("Activation", sorted(t["activation"].unique()), default=pref("acts", [])))
-        acc = keep("acc", st.slider("Test accuracy", 0.0, 1.0, pref("acc", (0.0, 1.0)), 0.01))
-        emax = max(int(t["epoch"].max()), 1)
-        epochs = keep("epochs", st.slider("Epoch", 0, emax, pref("epochs", (0, emax))))
+    # a toggle rather than an expander: an expander's widgets are drawn (and their scripts loaded) even closed
+    if not keep("filtering", st.toggle("Filter the map (by task, architecture, activation, accuracy, epoch)",
+                                       pref("filtering", False), key="map_filtering")):
+        return color, symbol, dims, ()
+    f1, f2, f3 = st.columns(3)
+    tasks = keep("tasks", f1.multiselect("Task", sorted(t["task"].unique()), default=pref("tasks", [])))
+    archs = keep("archs", f2.multiselect("Architecture", sorted(t["arch"].unique()), default=pref("archs", [])))
+    acts = keep("acts", f3.multiselect("Activation", sorted(t["activation"].unique()), default=pref("acts", [])))
+    acc = keep("acc", st.slider("Test accuracy", 0.0, 1.0, pref("acc", (0.0, 1.0)), 0.01))
+    emax = max(int(t["epoch"].max()), 1)
+    epochs = keep("epochs", st.slider("Epoch", 0, emax, pref("epochs", (0, emax))))
     return color, symbol, dims, (tuple(tasks), tuple(archs), tuple(acts), tuple(acc), tuple(epochs))
 
 

@@ -143,6 +143,25 @@ def test_the_map_search_stars_a_model_and_rings_its_neighbours(artifacts, monkey
     assert len(pick.options) == min(200, (table["task"] == target["task"]).sum())
 
 
+def test_map_filters_apply_while_on_and_are_remembered(artifacts, monkeypatch):
+    table = Explorer(artifacts / "embeddings" / "tiny").table
+    task = sorted(table["task"].unique())[0]
+
+    def drawn(at) -> int:
+        return sum(len(t.get("customdata", [])) for t in json.loads(at.get("plotly_chart")[0].proto.spec)["data"])
+
+    at = _app(artifacts, monkeypatch)
+    assert drawn(at) == len(table) and not at.multiselect  # off: every model, no filter widgets drawn
+    at.toggle[0].set_value(True).run()
+    next(m for m in at.multiselect if m.label == "Task").set_value([task]).run()
+    assert drawn(at) == (table["task"] == task).sum()
+    assert any(f"{(table['task'] == task).sum()} of {len(table)} models shown" in c.value for c in at.caption)
+    at.toggle[0].set_value(False).run()
+    assert drawn(at) == len(table)
+    at.toggle[0].set_value(True).run()  # the filter comes back as it was
+    assert next(m for m in at.multiselect if m.label == "Task").value == [task] and drawn(at) < len(table)
+
+
 def test_the_map_opens_without_torch_or_scikit_learn(artifacts):
     """The page a first visit waits for: importing torch, scikit-learn and nbformat would add ~3 s.
     A fresh interpreter, so that no other test's imports count."""
