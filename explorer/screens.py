@@ -193,7 +193,6 @@ def page_map() -> None:
         return
     st.session_state["map_seen"] = True
     _map(ex, controls, slot)
-    ex.prepare_pages()  # the Neighbours page's zoo check, vectors and imports, in the background
 
 
 def _map(ex: Explorer, controls, slot) -> None:

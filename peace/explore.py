@@ -9,9 +9,7 @@ imported by the methods that need them, so the explorer's first page opens witho
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import threading
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -20,7 +18,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from .errors import PeaceError
 from .index import BASELINES, EmbeddingSet
 
 if TYPE_CHECKING:
@@ -129,23 +126,6 @@ class Explorer:
         self.es.check_current(encoder_sha256=run.encoder_sha256() if run.has_encoder() else None,
                               zoo_manifest_sha256=zoo.info["manifest_sha256"])
         return zoo
-
-    def prepare_pages(self, delay_s: float = 2.0) -> None:
-        """Once, ``delay_s`` after the call and in a background thread, open what the other pages need:
-        the zoo (checking the set is current), the baselines' vectors and their imports (~2 s). Called
-        after the map is drawn, so the first visit to Neighbours does not wait for them; a problem
-        found is left for the page that needs the part to report."""
-        if self.__dict__.setdefault("_preparing", False):
-            return
-        self._preparing = True
-
-        def prepare() -> None:
-            with contextlib.suppress(PeaceError, OSError):
-                self.baselines  # noqa: B018  (opens and checks the zoo first)
-
-        timer = threading.Timer(delay_s, prepare)
-        timer.daemon = True
-        timer.start()
 
     def check(self) -> None:
         """Raise a PeaceError if the set is stale or its zoo or run is missing or broken."""
