@@ -85,7 +85,7 @@ def sidebar_set() -> Path | None:
 
 def current(check: bool = True) -> Explorer | None:
     """The chosen set opened (cached), or None after saying what is wrong and how to fix it. ``check``:
-    also open its zoo and make sure it is current (the map page does that after drawing)."""
+    also open its zoo and refuse a stale set (the map, drawn from the set alone, skips it)."""
     path = pref("set", None)
     if path is None:
         st.warning(f"No embedding sets under {root() / 'embeddings'}. {FIX}")
@@ -202,18 +202,18 @@ def _map(ex: Explorer, controls, slot) -> None:
     shown, fig = map_figure(ex, ex.es.info["embeddings_sha256"], color, symbol, dims, filters)
     labels = _labels(ex, ex.es.info["embeddings_sha256"])  # once: each cached call returns a fresh copy
     find = _find(controls, shown, labels)
-    controls.caption(f"{len(shown)} of {len(t)} models shown. " + ("Click a point (or draw a box / lasso) to see its "
-                                                              "nearest neighbours highlighted." if dims == "2-D" else
-                                                              "Selection works on the 2-D map."))
+    controls.caption(f"{len(shown)} of {len(t)} models shown. "
+                     + ("Click a point (or draw a box / lasso) to see its nearest neighbours highlighted." if dims == "2-D"
+                        else "Selection works on the 2-D map."))
     if dims == "3-D":
         slot.plotly_chart(fig, width="stretch")
         return
     focus = find
-    fig = go.Figure(fig)
     if focus is None:
         picked = st.session_state.get("map_pick")
         focus = picked if picked in ex.es.row_of else None
     if focus is not None:
+        fig = go.Figure(fig)  # the cached figure stays as it is
         row = ex.table.iloc[ex.es.row_of[focus]]
         _highlight(fig, ex.neighbours(focus, 10), (row["umap_2d_x"], row["umap_2d_y"]), focus)
     event = slot.plotly_chart(fig, width="stretch", on_select="rerun", selection_mode=("points", "box", "lasso"), key="map")
