@@ -21,12 +21,13 @@ import pandas as pd
 from .index import BASELINES, EmbeddingSet
 
 if TYPE_CHECKING:
+    from .architectures import ArchSpec
     from .baseline_vectors import BaselineVectors
     from .baselines import Models
     from .zoo import Zoo
 
-__all__ = ["Explorer", "activation_advice", "filter_table", "find_ablation_summaries", "find_embedding_sets", "find_models", "model_label",
-           "typical_model"]
+__all__ = ["Explorer", "activation_advice", "filter_table", "find_ablation_summaries", "find_embedding_sets",
+           "find_models", "model_label", "typical_model"]
 
 
 def find_embedding_sets(root: str | Path) -> list[Path]:
@@ -248,7 +249,7 @@ class Explorer:
         (folder / "config.json").write_text(json.dumps(config))
         return folder, mid
 
-    def activation_check(self, spec, params: dict, max_rows: int = 2_000) -> pd.DataFrame:
+    def activation_check(self, spec: ArchSpec, params: dict, max_rows: int = 2_000) -> pd.DataFrame:
         """An imported model's accuracy on the test split of every zoo task with its input and output
         sizes, under each activation: a trained network scores well only with the activation it was
         trained with, and the activation decides the function (and so the embedding). Columns task,
@@ -272,7 +273,7 @@ class Explorer:
                 with torch.no_grad():
                     pred = forward(dataclasses.replace(spec, activation=act), stacked, X)[0].argmax(-1)
                 rows.append({"task": task_name, "activation": act, "accuracy": float((pred == y).float().mean()),
-                             "chance": float(np.bincount(task.y_test).max() / len(task.y_test)),
+                             "chance": float(np.bincount(y.numpy()).max() / len(y)),
                              "chosen": act == spec.activation})
         return pd.DataFrame(rows, columns=["task", "activation", "accuracy", "chance", "chosen"])
 

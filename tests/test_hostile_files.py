@@ -195,6 +195,21 @@ def test_the_isolated_reader_enforces_its_limits(tmp_path):
         load_model_isolated(tmp_path / "ok.pt", {"activation": "relu"}, memory_mib=0)
 
 
+def test_a_reader_started_ahead_reads_one_file_under_the_limits(tmp_path):
+    """``prepare_reader`` starts the next file's child early (the explorer does while a user picks a
+    file): it reads exactly one file, and the limits still hold from the request on."""
+    import peace.sandbox as sandbox
+
+    torch.save(nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 4)).state_dict(), tmp_path / "ok.pt")
+    sandbox.prepare_reader()
+    spare = sandbox._spare
+    assert load_model_isolated(tmp_path / "ok.pt", {"activation": "relu"}).spec.describe() == "mlp 64-16-4 relu"
+    assert spare.poll() is not None and sandbox._spare is None  # used once, then gone
+    sandbox.prepare_reader()
+    with pytest.raises(PeaceError, match="ok.pt"):  # no room to read it, though its imports were done before
+        load_model_isolated(tmp_path / "ok.pt", {"activation": "relu"}, memory_mib=0)
+
+
 @pytest.mark.slow
 def test_the_command_line_refuses_hostile_files_and_stores_nothing(corpus, tiny_zoo, artifacts, tmp_path):
     import shutil
