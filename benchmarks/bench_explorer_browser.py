@@ -164,7 +164,7 @@ def run_once(artifacts: Path) -> dict[str, float]:
         timed("Map: 3-D view", radio("3-D"), PLOT + "return n > 10 && p._fullData[0].type === 'scatter3d';")
         timed("first Neighbours", goto("Neighbours"), text("Same task among the top"))
         timed("Neighbours: another query model", choose("Query model (type to search)", other),
-              text(f"{other}:") + "")
+              text(f"{other}:"))
         timed("back to Map (its points drawn)", goto("Map"), DRAWN)
         timed("second Neighbours", goto("Neighbours"), text("Same task among the top"))
         timed("first Interpolation (align, interpolate, embed the path)", goto("Interpolation"),

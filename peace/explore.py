@@ -23,7 +23,6 @@ from .index import BASELINES, EmbeddingSet
 if TYPE_CHECKING:
     from .architectures import ArchSpec
     from .baseline_vectors import BaselineVectors
-    from .baselines import Models
     from .zoo import Zoo
 
 __all__ = ["Explorer", "activation_advice", "filter_table", "find_ablation_summaries", "find_embedding_sets",
@@ -105,7 +104,8 @@ def model_label(row: pd.Series) -> str:
 
 @dataclass
 class Explorer:
-    """One embedding set, its zoo and its encoder run, opened and checked together."""
+    """One embedding set; its zoo and encoder run are opened, and the set checked against them, when a
+    method first needs them."""
 
     path: Path
 
@@ -138,11 +138,6 @@ class Explorer:
 
         self.check()
         return load_encoder(self.run)
-
-    def models(self, ids) -> Models:
-        from .baselines import Models
-
-        return Models.from_zoo(self.zoo, list(ids))
 
     @cached_property
     def baselines(self) -> BaselineVectors:
@@ -261,14 +256,13 @@ class Explorer:
         from .architectures import ACTIVATIONS, forward, stack_params
         from .probes import io_space
 
-        rows = []
+        rows, stacked = [], stack_params([params])
         for task_name, mid in self.table.groupby("task")["model_id"].first().items():
             if io_space(self.zoo.spec(mid)) != io_space(spec):
                 continue
             task = self.zoo.task(mid)
             X = torch.from_numpy(task.X_test[:max_rows]).float().reshape(-1, *spec.input_shape)
             y = torch.from_numpy(task.y_test[:max_rows])
-            stacked = stack_params([params])
             for act in ACTIVATIONS:
                 with torch.no_grad():
                     pred = forward(dataclasses.replace(spec, activation=act), stacked, X)[0].argmax(-1)

@@ -19,7 +19,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from .atomic import read_json_or_none, write_json
 from .errors import PeaceError, unknown
 from .run import RunDir
