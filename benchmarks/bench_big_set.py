@@ -4,7 +4,7 @@
 
 The set is synthetic (clustered unit vectors as in bench_index.py, manifest-like metadata of 12
 tasks and 40 architectures): what is measured is the index's machinery, not an encoder. Steps:
-the map sample (peace.export.map_sample) and its 2-D / 3-D UMAP, ``write_embedding_set`` (parquet,
+the map sample (peace.serve.export.map_sample) and its 2-D / 3-D UMAP, ``write_embedding_set`` (parquet,
 Annoy, checksums), opening the set (Arrow read straight into one matrix) beside the previous way
 (pandas object column + np.stack) in the same run, single-query latency, and the map figure. Peak
 memory is the process's maximum resident set.
@@ -24,9 +24,9 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_index import synthetic  # noqa: E402
 
-from peace.export import MAP_SAMPLE, map_sample, umap_coordinates  # noqa: E402
-from peace.index import EmbeddingSet, read_embeddings, write_embedding_set  # noqa: E402
-from peace.plots import embedding_map  # noqa: E402
+from peace.serve.export import MAP_SAMPLE, map_sample, umap_coordinates  # noqa: E402
+from peace.serve.index import EmbeddingSet, read_embeddings, write_embedding_set  # noqa: E402
+from peace.serve.plots import embedding_map  # noqa: E402
 
 
 def table_of(n: int, seed: int = 0) -> pd.DataFrame:

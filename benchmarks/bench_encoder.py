@@ -5,7 +5,7 @@
 
 Embedding throughput counts everything `peace embed` does per model (canonical form, graph, batch,
 forward). Training throughput is one optimizer step on two views per model. With ``--epoch`` each
-backend also runs one real training epoch with `peace.trainer.fit` (default config; pruned and
+backend also runs one real training epoch with `peace.learn.trainer.fit` (default config; pruned and
 distilled views off, since they are a one-time cost per run, timed separately with ``--views``).
 """
 from __future__ import annotations
@@ -16,12 +16,12 @@ import time
 
 import torch
 
-from peace.contrastive import AugmentConfig, build_views
-from peace.encoder import EncoderConfig, PeaceEncoder, dgl_available
-from peace.trainer import fit
-from peace.runconfig import load_config
-from peace.device import resolve_device
-from peace.zoo import Zoo
+from peace.learn.contrastive import AugmentConfig, build_views
+from peace.learn.encoder import EncoderConfig, PeaceEncoder, dgl_available
+from peace.learn.trainer import fit
+from peace.learn.runconfig import load_config
+from peace.core.device import resolve_device
+from peace.zoo.store import Zoo
 
 
 def _sync(device: torch.device) -> None:

@@ -31,7 +31,7 @@ from selenium.common.exceptions import NoSuchElementException
 from selenium.webdriver.common.keys import Keys
 from torch import nn
 
-from peace.architectures import ArchSpec, build_module
+from peace.nets.architectures import ArchSpec, build_module
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -93,8 +93,8 @@ def run_once(artifacts: Path) -> dict[str, float]:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    from peace.explore import find_embedding_sets
-    from peace.index import EmbeddingSet
+    from peace.serve.explore import find_embedding_sets
+    from peace.serve.index import EmbeddingSet
 
     port = browser_test._free_port()
     url = f"http://127.0.0.1:{port}"

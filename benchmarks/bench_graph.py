@@ -9,8 +9,8 @@ import time
 
 import torch
 
-from peace.graph import batch_dgl, batch_graphs, neural_graph
-from peace.zoo import Zoo
+from peace.nets.graph import batch_dgl, batch_graphs, neural_graph
+from peace.zoo.store import Zoo
 
 
 def main() -> None:

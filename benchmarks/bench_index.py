@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from peace.index import build_annoy
+from peace.serve.index import build_annoy
 from annoy import AnnoyIndex
 
 

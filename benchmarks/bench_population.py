@@ -13,9 +13,9 @@ import time
 
 import torch
 
-from peace.population import train_population, train_single
-from peace.recipe import expand, load_recipe, populations
-from peace.tasks import load_task
+from peace.zoo.population import train_population, train_single
+from peace.zoo.recipe import expand, load_recipe, populations
+from peace.zoo.tasks import load_task
 
 
 def main() -> None:

@@ -16,11 +16,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from peace.cluster import RayEngine, Serial
-from peace.export import embed_models
-from peace.recipe import expand, load_recipe
-from peace.run import load_encoder
-from peace.zoo import Zoo, build_zoo
+from peace.core.cluster import RayEngine, Serial
+from peace.serve.export import embed_models
+from peace.zoo.recipe import expand, load_recipe
+from peace.learn.run import load_encoder
+from peace.zoo.store import Zoo, build_zoo
 
 
 def main() -> None:

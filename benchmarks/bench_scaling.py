@@ -27,12 +27,12 @@ import torch
 
 from safetensors.torch import save_file
 
-from peace.architectures import ArchSpec, build_module
-from peace.encoder import EncoderConfig, build_encoder, prepare
-from peace.importers import load_model
-from peace.population import HParams, init_params
-from peace.runconfig import load_config
-from peace.device import resolve_device
+from peace.nets.architectures import ArchSpec, build_module
+from peace.learn.encoder import EncoderConfig, build_encoder, prepare
+from peace.intake.importers import load_model
+from peace.zoo.population import HParams, init_params
+from peace.learn.runconfig import load_config
+from peace.core.device import resolve_device
 
 WIDTHS = (8, 16, 32, 64, 128, 256)
 

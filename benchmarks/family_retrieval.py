@@ -12,11 +12,11 @@ import argparse
 
 import numpy as np
 
-from peace.baselines import FunctionSpace, RawWeights, WeightStats
-from peace.evaluate import split_models
-from peace.metrics import retrieval_scores
-from peace.run import load_encoder
-from peace.zoo import Zoo
+from peace.evaluate.baselines import FunctionSpace, RawWeights, WeightStats
+from peace.orchestrate.evaluation import split_models
+from peace.evaluate.metrics import retrieval_scores
+from peace.learn.run import load_encoder
+from peace.zoo.store import Zoo
 
 
 def main() -> None:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from peace.architectures import ArchSpec
-from peace.population import HParams, Schedule, train_population
-from peace.tasks import tetris_task, load_task
+from peace.nets.architectures import ArchSpec
+from peace.zoo.population import HParams, Schedule, train_population
+from peace.zoo.tasks import tetris_task, load_task
 
 PAPER = ArchSpec(family="mlp", input_shape=(1, 4, 4), n_classes=4, hidden=(5,), activation="tanh", bias=False)
 

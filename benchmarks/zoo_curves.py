@@ -13,8 +13,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from peace.plots import learning_curve  # noqa: E402
-from peace.zoo import open_zoo  # noqa: E402
+from peace.serve.plots import learning_curve  # noqa: E402
+from peace.zoo.store import open_zoo  # noqa: E402
 
 
 def main() -> None:

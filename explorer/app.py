@@ -1,15 +1,16 @@
 """PEACE explorer: `streamlit run explorer/app.py` (artifacts from `./scripts/demo`).
 
 The shell: page navigation (``st.navigation``: every page has its own URL, e.g. /neighbours) and the
-sidebar's embedding-set picker. The pages are ``explorer/views/*.py``, each a call into
-``explorer/screens.py``; everything they show is computed by ``peace.explore.Explorer``. The
+sidebar's embedding-set picker. Each page is one script in ``explorer/views/`` holding its layout;
+what the pages share (remembered choices, URL parameters, the opened set, common widgets) is
+``explorer/shared.py``; everything they show is computed by ``peace.serve.explore.Explorer``. The
 artifacts directory is ``artifacts/`` beside this repository, or ``$PEACE_ARTIFACTS``.
 """
 from __future__ import annotations
 
 import streamlit as st
 
-from screens import sidebar_set
+from shared import sidebar_set
 
 PAGES = {"Map": "views/map.py", "Neighbours": "views/neighbours.py", "Interpolation": "views/interpolation.py",
          "Ablations": "views/ablations.py", "Symmetry lab": "views/symmetry_lab.py",

@@ -6,14 +6,14 @@ import contextlib
 import sys
 from pathlib import Path
 
-from .errors import PeaceError
+from peace.core.errors import PeaceError
 
 __all__ = ["build_parser", "main", "run"]
 
 
 def _zoo_build(args: argparse.Namespace) -> int:
-    from .recipe import load_recipe
-    from .zoo import build_zoo
+    from peace.zoo.recipe import load_recipe
+    from peace.zoo.store import build_zoo
 
     recipe = load_recipe(args.preset, args.config)
     with _engine(args) as engine:
@@ -25,7 +25,7 @@ def _zoo_build(args: argparse.Namespace) -> int:
 
 def _engine(args: argparse.Namespace):
     """The engine --ray asks for (Serial without it: Ray is then not imported)."""
-    from .cluster import open_engine
+    from peace.core.cluster import open_engine
 
     return open_engine(args.ray, args.ray_cpus, quiet=getattr(args, "quiet", True))
 
@@ -38,7 +38,7 @@ def _add_ray_option(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def _zoo_info(args: argparse.Namespace) -> int:
-    from .zoo import Zoo
+    from peace.zoo.store import Zoo
 
     zoo = Zoo(args.dir)
     m = zoo.manifest
@@ -56,10 +56,10 @@ def _zoo_info(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .distributed import current, init_from_environment, launch
-    from .run import RunDir
-    from .runconfig import load_config
-    from .trainer import fit
+    from peace.learn.distributed import current, init_from_environment, launch
+    from peace.learn.run import RunDir
+    from peace.learn.runconfig import load_config
+    from peace.learn.trainer import fit
 
     overrides = list(args.set or []) + ([f"seed={args.seed}"] if args.seed is not None else [])
     cfg = load_config(args.config, overrides)
@@ -79,7 +79,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _embed(args: argparse.Namespace) -> int:
-    from .export import export_embeddings
+    from peace.serve.export import export_embeddings
 
     with _engine(args) as engine:
         es = export_embeddings(args.run, args.out, zoo=args.zoo, trees=args.trees, umap=not args.no_umap,
@@ -90,7 +90,7 @@ def _embed(args: argparse.Namespace) -> int:
 
 def _model_config(args: argparse.Namespace) -> dict:
     """A model config from --model-config FILE plus the single-key options that override it."""
-    from .importers import read_config
+    from peace.intake.importers import read_config
 
     cfg = read_config(args.model_config) if args.model_config else {}
     for key in ("activation", "pool"):
@@ -103,7 +103,7 @@ def _model_config(args: argparse.Namespace) -> dict:
 
 def _limits(args: argparse.Namespace):
     """The import budget from --max-size."""
-    from .importers import Limits
+    from peace.intake.model import Limits
 
     return Limits(max_bytes=int(args.max_size * 2**20))
 
@@ -142,9 +142,9 @@ def _add_import_options(p: argparse.ArgumentParser) -> None:
 def _query(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from .export import query_model
-    from .importers import load_model
-    from .index import EmbeddingSet
+    from peace.intake.importers import load_model
+    from peace.serve.export import query_model
+    from peace.serve.index import EmbeddingSet
 
     es = EmbeddingSet(args.embeddings)
     if Path(args.model).exists():
@@ -163,8 +163,8 @@ def _query(args: argparse.Namespace) -> int:
 
 
 def _zoo_add(args: argparse.Namespace) -> int:
-    from .importers import load_model
-    from .zoo import add_models
+    from peace.intake.importers import load_model
+    from peace.zoo.store import add_models
 
     cfg = _model_config(args)
     models = [load_model(p, cfg, _limits(args)) for p in args.models]
@@ -179,9 +179,9 @@ def _zoo_add(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from .evaluate import evaluate, evaluate_runs, summary_markdown, summary_table
-    from .prediction import PredictorConfig
-    from .transfer import TransferConfig
+    from peace.evaluate.prediction import PredictorConfig
+    from peace.evaluate.transfer import TransferConfig
+    from peace.orchestrate.evaluation import evaluate, evaluate_runs, summary_markdown, summary_table
 
     transfer = TransferConfig(k=args.transfer_k, epochs=args.transfer_epochs) if args.transfer_epochs > 0 else None
     accuracy = PredictorConfig(epochs=args.accuracy_epochs) if args.accuracy_epochs > 0 else None
@@ -203,7 +203,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _pipeline(args: argparse.Namespace) -> int:
-    from .pipeline import run_pipeline
+    from peace.orchestrate.pipeline import run_pipeline
 
     outcome = run_pipeline(args.preset, args.config, args.set or [], args.device, args.seed, args.root, args.name,
                            force=args.force, steps=args.steps, transfer_epochs=args.transfer_epochs,
@@ -217,7 +217,7 @@ def _pipeline(args: argparse.Namespace) -> int:
 
 
 def _ablate(args: argparse.Namespace) -> int:
-    from .ablation import best_per_metric, compare, load_grid, run_ablation
+    from peace.orchestrate.ablation import best_per_metric, compare, load_grid, run_ablation
 
     grid = load_grid(args.grid)
     if args.zoo:
@@ -241,7 +241,7 @@ def _ablate(args: argparse.Namespace) -> int:
 
 def _parser_zoo(sub) -> None:
     """``peace zoo build | info | add``: their options."""
-    from .recipe import preset_names
+    from peace.zoo.recipe import preset_names
 
     zoo = sub.add_parser("zoo", help="build and inspect model zoos", description="Build and inspect model zoos.")
     zsub = zoo.add_subparsers(dest="zoo_command", metavar="ZOO_COMMAND", required=True)
@@ -273,7 +273,7 @@ def _parser_zoo(sub) -> None:
 
 def _parser_train(sub) -> None:
     """``peace train``: its options."""
-    from .runconfig import config_names
+    from peace.learn.runconfig import config_names
 
     t = sub.add_parser("train", help="train the PEACE encoder contrastively on a zoo",
                        description="Train the encoder on a zoo (splits by lineage, held-out tasks), writing "
@@ -346,7 +346,7 @@ def _parser_evaluate(sub) -> None:
 
 def _parser_pipeline(sub) -> None:
     """``peace pipeline``: its options."""
-    from .recipe import preset_names
+    from peace.zoo.recipe import preset_names
 
     pl = sub.add_parser("pipeline", help="build, train, export and evaluate with the notebooks (papermill)",
                         description="Run notebooks 01-04 in order with papermill, skipping steps whose outputs exist "
@@ -367,7 +367,7 @@ def _parser_pipeline(sub) -> None:
 
 def _parser_ablate(sub) -> None:
     """``peace ablate``: its options."""
-    from .ablation import grid_names
+    from peace.orchestrate.ablation import grid_names
 
     ab = sub.add_parser("ablate", help="train and evaluate every configuration of an ablation grid",
                         description="Run notebooks 02 and 04 per (configuration, seed) of a YAML grid; resumable; "
@@ -411,8 +411,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("peace: interrupted; finished parts are kept (rerun with --resume)", file=sys.stderr)
         return 130
-
-
 def run() -> None:
     """The console entry point: ``main``, then leave without interpreter teardown. pyarrow's parquet
     threads can abort a process while it exits (SIGABRT, "terminate called without an active

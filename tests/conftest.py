@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from peace.architectures import ArchSpec, build_module
-from peace.tasks import load_task
+from peace.nets.architectures import ArchSpec, build_module
+from peace.zoo.tasks import load_task
 
 os.environ.setdefault("DGLBACKEND", "pytorch")
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,8 +62,8 @@ def random_model(task_name, kw, seed=0):
 @pytest.fixture(scope="session")
 def tiny_zoo(tmp_path_factory):
     """The tiny preset, built once per test session (per xdist worker)."""
-    from peace.recipe import load_recipe
-    from peace.zoo import build_zoo
+    from peace.zoo.recipe import load_recipe
+    from peace.zoo.store import build_zoo
 
     return build_zoo(load_recipe("tiny"), tmp_path_factory.mktemp("zoo") / "tiny", progress=False)
 
@@ -74,8 +74,8 @@ QUICK = ["augment.distill_epochs=1", "train.epochs=3", "train.patience=5"]
 @pytest.fixture(scope="session")
 def tiny_run(tiny_zoo, tmp_path_factory):
     """A 3-epoch encoder run on the tiny zoo, trained once per test session (per xdist worker)."""
-    from peace.trainer import fit
-    from peace.runconfig import load_config
+    from peace.learn.trainer import fit
+    from peace.learn.runconfig import load_config
 
     return fit(tiny_zoo, load_config("tiny", QUICK), tmp_path_factory.mktemp("run") / "tiny", progress=False)
 
@@ -93,7 +93,7 @@ def artifacts(tiny_run, tmp_path_factory):
     """An artifacts root as the pipeline writes it: one embedding set, one ablation summary."""
     import pandas as pd
 
-    from peace.export import export_embeddings
+    from peace.serve.export import export_embeddings
 
     root = tmp_path_factory.mktemp("artifacts")
     export_embeddings(tiny_run.path, root / "embeddings" / "tiny", trees=10, progress=False)

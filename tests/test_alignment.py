@@ -1,11 +1,11 @@
 import numpy as np
 import torch
 
-from peace.alignment import align, interpolation_path, loss_barrier
-from peace.architectures import ArchSpec
-from peace.population import HParams, Schedule, train_population
-from peace.symmetry import RandomSymmetry, random_symmetry
-from peace.tasks import load_task
+from peace.nets.alignment import align, interpolation_path, loss_barrier
+from peace.nets.architectures import ArchSpec
+from peace.zoo.population import HParams, Schedule, train_population
+from peace.nets.symmetry import RandomSymmetry, random_symmetry
+from peace.zoo.tasks import load_task
 
 
 def test_alignment_recovers_an_exact_permutation():

@@ -3,7 +3,7 @@ import numpy as np
 import torch
 
 from conftest import MODELS, random_model
-from peace.baselines import (MetadataSearch, Models, RawWeights, WeightPCA, WeightStats, flatten_weights,
+from peace.evaluate.baselines import (MetadataSearch, Models, RawWeights, WeightPCA, WeightStats, flatten_weights,
                              weight_stats)
 
 

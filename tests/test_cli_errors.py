@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 from torch import nn
 
 from peace.cli import main
-from peace.errors import PeaceError
-from peace.recipe import recipe_from_dict
-from peace.runconfig import load_config
+from peace.core.errors import PeaceError
+from peace.zoo.recipe import recipe_from_dict
+from peace.learn.runconfig import load_config
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +126,7 @@ def test_zoo_info_checks_shards_and_verify_checks_weights(tiny_zoo, tmp_path, ca
 
 
 def test_a_scanned_weights_file_may_not_link_out_of_its_directory(files, tmp_path):
-    from peace.importers import load_model
+    from peace.intake.importers import load_model
 
     (tmp_path / "repo").mkdir()
     (tmp_path / "repo" / "model.pt").symlink_to(files / "m.pt")

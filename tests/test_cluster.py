@@ -10,12 +10,12 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import run_peace
-from peace.ablation import load_grid, run_ablation
-from peace.cluster import RayEngine, Serial, Threads, open_engine
-from peace.errors import PeaceError
-from peace.export import export_embeddings
-from peace.recipe import load_recipe
-from peace.zoo import Zoo, build_zoo
+from peace.orchestrate.ablation import load_grid, run_ablation
+from peace.core.cluster import RayEngine, Serial, Threads, open_engine
+from peace.core.errors import PeaceError
+from peace.serve.export import export_embeddings
+from peace.zoo.recipe import load_recipe
+from peace.zoo.store import Zoo, build_zoo
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_ray_auto_with_a_cluster_address_nothing_answers_at_fails_fast(tmp_path)
 
 
 def test_embed_with_ray_equals_serial(tiny_run, tmp_path, ray_engine, monkeypatch):
-    monkeypatch.setattr("peace.export.SHARD", 16)  # several shards over both workers
+    monkeypatch.setattr("peace.serve.export.SHARD", 16)  # several shards over both workers
     serial = export_embeddings(tiny_run.path, tmp_path / "serial", trees=10, umap=False, progress=False)
     spread = export_embeddings(tiny_run.path, tmp_path / "ray", trees=10, umap=False, progress=False, engine=ray_engine)
     assert len(serial) > 32 and list(spread.table["model_id"]) == list(serial.table["model_id"])
@@ -88,9 +88,9 @@ def test_embed_with_ray_equals_serial(tiny_run, tmp_path, ray_engine, monkeypatc
 
 
 def test_transfer_finetuning_with_ray_equals_serial(tiny_zoo, ray_engine):
-    from peace.baselines import Models
-    from peace.tasks import load_task
-    from peace.transfer import TransferConfig, finetune_curves
+    from peace.evaluate.baselines import Models
+    from peace.zoo.tasks import load_task
+    from peace.evaluate.transfer import TransferConfig, finetune_curves
 
     rows = tiny_zoo.manifest
     ids = list(rows.index[rows["task"] == "synth-1"])  # several architectures: one population each

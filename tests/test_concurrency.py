@@ -10,9 +10,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from conftest import ROOT
-from peace.atomic import locked
-from peace.errors import PeaceError
-from peace.zoo import Zoo
+from peace.core.atomic import locked
+from peace.core.errors import PeaceError
+from peace.zoo.store import Zoo
 
 WRITERS = 4
 

@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from conftest import MODELS, random_model
 
-from peace.architectures import forward, stack_params
-from peace.contrastive import (
+from peace.nets.architectures import forward, stack_params
+from peace.learn.contrastive import (
     AugmentConfig,
     Kinship,
     PairSampler,
@@ -20,7 +20,7 @@ from peace.contrastive import (
     nce_logits,
     relabel_classes,
 )
-from peace.errors import PeaceError
+from peace.core.errors import PeaceError
 
 
 def _out(spec, params, X):
@@ -110,7 +110,7 @@ def test_functional_targets_grade_candidates_by_agreement_within_their_io_space(
 
 
 def test_functional_neighbours_agree_most_and_come_from_other_runs(tiny_zoo):
-    from peace.probes import agreement, io_space, responses
+    from peace.nets.probes import agreement, io_space, responses
 
     rows = tiny_zoo.manifest.reset_index(drop=True)
     specs = [tiny_zoo.spec(m) for m in rows.model_id]
@@ -139,7 +139,7 @@ def test_functional_neighbours_agree_most_and_come_from_other_runs(tiny_zoo):
 
 @pytest.mark.parametrize("case", [0, 1, 3])
 def test_relabelled_copies_keep_the_weights_but_never_a_prediction(case):
-    from peace.probes import agreement, responses
+    from peace.nets.probes import agreement, responses
 
     _, spec, params = random_model(*MODELS[case], seed=case)
     moved = relabel_classes(spec, params, np.random.default_rng(case))
@@ -163,7 +163,7 @@ def test_views_are_trained_cached_and_distilled_students_imitate(tiny_zoo, tmp_p
     assert (teacher == student).float().mean() > 0.7
     assert not torch.equal(views[m]["pruned"]["layers.0.weight"], weights[m]["layers.0.weight"])
     # a second call reads the cache: nothing is trained again
-    monkeypatch.setattr("peace.contrastive._make_views", lambda *a, **k: pytest.fail("views were rebuilt"))
+    monkeypatch.setattr("peace.learn.contrastive._make_views", lambda *a, **k: pytest.fail("views were rebuilt"))
     again = build_views(rows, weights, cfg, seed=0, cache_dir=tmp_path)
     assert torch.equal(again[m]["distilled"]["layers.0.weight"], views[m]["distilled"]["layers.0.weight"])
 

@@ -14,9 +14,9 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import QUICK, ROOT, run_peace
-from peace.errors import PeaceError
-from peace.index import EmbeddingSet
-from peace.run import load_encoder
+from peace.core.errors import PeaceError
+from peace.serve.index import EmbeddingSet
+from peace.learn.run import load_encoder
 
 
 def _kill_when(cmd, ready, extra_delay, timeout=300):

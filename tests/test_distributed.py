@@ -10,9 +10,9 @@ import pytest
 from safetensors.torch import load_file
 
 from conftest import QUICK, ROOT, run_peace
-from peace.distributed import Rank
-from peace.trainer import fit
-from peace.runconfig import load_config
+from peace.learn.distributed import Rank
+from peace.learn.trainer import fit
+from peace.learn.runconfig import load_config
 
 
 def test_shares_cover_a_batch_in_order():

@@ -4,10 +4,10 @@ import torch
 import torch.nn.functional as F
 from conftest import MODELS, random_model
 
-from peace.encoder import EncoderConfig, PeaceEncoder, dgl_available
-from peace.errors import PeaceError
-from peace.symmetry import RandomSymmetry, allowed, random_symmetry
-from peace.runconfig import load_config
+from peace.learn.encoder import EncoderConfig, PeaceEncoder, dgl_available
+from peace.core.errors import PeaceError
+from peace.nets.symmetry import RandomSymmetry, allowed, random_symmetry
+from peace.learn.runconfig import load_config
 
 IDS = [f"{t}-{kw['family']}-{kw['activation']}" for t, kw in MODELS]
 
@@ -96,7 +96,7 @@ def test_input_neurons_keep_their_identity():
 def test_function_tokens_see_the_function_and_batch_independently():
     """Relabelling the classes (the last layer's rows) is another function: the function token moves
     the embedding far more than float noise; responses passed in equal those computed inside."""
-    from peace.probes import responses
+    from peace.nets.probes import responses
 
     _, spec, params = random_model(*MODELS[1])
     last = spec.layers[-1]
@@ -156,7 +156,7 @@ def test_bad_encoder_configs_are_named():
     with pytest.raises(PeaceError, match="unknown config key in override 'encoder.colour'.*hidden"):
         load_config("tiny", ["encoder.colour=red"])
     with pytest.raises(PeaceError, match="unknown key in encoder 'depth'"):
-        from peace.runconfig import config_from_dict
+        from peace.learn.runconfig import config_from_dict
         config_from_dict({"encoder": {"depth": 3}})
     with pytest.raises(PeaceError, match="unknown encoder config 'huge'"):
         load_config("huge")

@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import ROOT
-from peace.errors import PeaceError
-from peace.explore import Explorer
+from peace.core.errors import PeaceError
+from peace.serve.explore import Explorer
 
 APP = str(ROOT / "explorer" / "app.py")
 PAGES = ["Map", "Neighbours", "Interpolation", "Ablations", "Symmetry lab", "Query your model"]
@@ -59,7 +59,7 @@ def test_neighbour_query_returns_k_rows(artifacts, monkeypatch):
 
 
 def test_choices_survive_page_changes_and_live_in_the_url(artifacts, monkeypatch):
-    from peace.explore import typical_model
+    from peace.serve.explore import typical_model
 
     at = _app(artifacts, monkeypatch, "Neighbours")
     picker = next(s for s in at.selectbox if s.label.startswith("Query model"))
@@ -83,9 +83,9 @@ def test_choices_survive_page_changes_and_live_in_the_url(artifacts, monkeypatch
 
 def test_pickers_of_a_big_set_list_its_map_and_open_any_model_by_url(artifacts, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "explorer"))
-    import screens  # the module the app's pages import
+    import shared  # the module the app's pages import
 
-    monkeypatch.setattr(screens, "MAX_PICKER", 20)  # the tiny set plays a big one
+    monkeypatch.setattr(shared, "MAX_PICKER", 20)  # the tiny set plays a big one
     at = _app(artifacts, monkeypatch, "Neighbours")
     picker = next(s for s in at.selectbox if s.label.startswith("Query model"))
     assert len(picker.options) <= 21 and any("Listing 20 of" in c.value for c in at.caption)
@@ -120,7 +120,7 @@ def test_missing_and_broken_artifacts_say_what_to_run(artifacts, tmp_path, monke
 
 
 def test_the_map_search_stars_a_model_and_rings_its_neighbours(artifacts, monkeypatch):
-    from peace.explore import find_models, model_label
+    from peace.serve.explore import find_models, model_label
 
     table = Explorer(artifacts / "embeddings" / "tiny").table
     labels = pd.Series([model_label(r) for _, r in table.iterrows()], index=table["model_id"])
@@ -223,8 +223,8 @@ def test_a_wrong_activation_is_caught_on_the_zoo_tasks_data(artifacts, tmp_path)
     task (tasks that merely share its sizes score near chance and do not count)."""
     import dataclasses
 
-    from peace.explore import activation_advice
-    from peace.importers import load_model
+    from peace.serve.explore import activation_advice
+    from peace.intake.importers import load_model
 
     ex = Explorer(artifacts / "embeddings" / "tiny")
     mid = ex.table.loc[(ex.table["task"] == "tetris") & (ex.table["family"] == "mlp"), "model_id"].iat[0]

@@ -109,7 +109,7 @@ def _plot(driver, timeout: float = 60) -> dict:
 
 
 def test_every_page_in_a_real_browser(server, browser, artifacts):
-    from peace.index import EmbeddingSet
+    from peace.serve.index import EmbeddingSet
     from test_explorer import PAGES, VIEWS
 
     SHOTS.mkdir(parents=True, exist_ok=True)
@@ -137,8 +137,8 @@ def test_every_page_in_a_real_browser(server, browser, artifacts):
 
 
 def test_neighbour_query_in_a_real_browser(server, browser, artifacts):
-    from peace.explore import typical_model
-    from peace.index import EmbeddingSet
+    from peace.serve.explore import typical_model
+    from peace.serve.index import EmbeddingSet
 
     browser.get(server)
     _wait_text(browser, "PEACE explorer")
@@ -161,7 +161,7 @@ def test_neighbour_query_in_a_real_browser(server, browser, artifacts):
 def test_map_search_and_query_example_in_a_real_browser(server, browser, artifacts):
     from selenium.webdriver.common.keys import Keys
 
-    from peace.index import EmbeddingSet
+    from peace.serve.index import EmbeddingSet
 
     SHOTS.mkdir(parents=True, exist_ok=True)
     target = EmbeddingSet(artifacts / "embeddings" / "tiny").table["model_id"].iat[4]

@@ -7,15 +7,15 @@ import pandas as pd
 import pytest
 
 from conftest import QUICK, run_peace
-from peace.errors import PeaceError
-from peace.evaluate import evaluate
-from peace.export import export_embeddings
-from peace.index import EmbeddingSet
-from peace.prediction import PredictorConfig
-from peace.metrics import cosine_similarity_matrix, normalize_rows
-from peace.trainer import fit
-from peace.run import RunDir
-from peace.runconfig import load_config
+from peace.core.errors import PeaceError
+from peace.orchestrate.evaluation import evaluate
+from peace.serve.export import export_embeddings
+from peace.serve.index import EmbeddingSet
+from peace.evaluate.prediction import PredictorConfig
+from peace.evaluate.metrics import cosine_similarity_matrix, normalize_rows
+from peace.learn.trainer import fit
+from peace.learn.run import RunDir
+from peace.learn.runconfig import load_config
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +119,7 @@ def test_evaluate_compares_every_method(tiny_run, tiny_zoo, tmp_path):
 
 
 def test_several_runs_give_mean_and_spread(tiny_run, tmp_path):
-    from peace.evaluate import evaluate_runs
+    from peace.orchestrate.evaluation import evaluate_runs
 
     copy = tmp_path / "b" / tiny_run.path.name  # the same run twice: zero spread, names kept apart
     shutil.copytree(tiny_run.path, copy)
@@ -128,7 +128,7 @@ def test_several_runs_give_mean_and_spread(tiny_run, tmp_path):
     peace = summary[(summary.method == "peace") & (summary.metric == "task mAP")].iloc[0]
     assert peace["n"] == 2 and peace["std"] == pytest.approx(0, abs=1e-9)
     assert "± 0.000" in (tmp_path / "eval" / "summary.md").read_text()
-    from peace.evaluate import summarize_evaluations  # the same from evaluations already written
+    from peace.orchestrate.evaluation import summarize_evaluations  # the same from evaluations already written
 
     again = summarize_evaluations([tmp_path / "eval" / "tiny-0", tmp_path / "eval" / "tiny-1"], tmp_path / "again")
     pd.testing.assert_frame_equal(again, summary)
@@ -147,8 +147,8 @@ def test_embed_and_query_commands(tiny_run, tmp_path):
 
 
 def test_metadata_probes_never_read_their_answer(tiny_run, tiny_zoo):
-    from peace.baselines import MetadataSearch, Models
-    from peace.evaluate import REVEALS
+    from peace.evaluate.baselines import MetadataSearch, Models
+    from peace.orchestrate.evaluation import REVEALS
 
     rows = tiny_zoo.manifest
     card_cols = MetadataSearch().columns
@@ -179,7 +179,7 @@ def test_query_a_model_file(embedding_set, tiny_zoo, tmp_path):
 
 
 def test_big_sets_map_a_sample_that_keeps_every_task():
-    from peace.export import map_sample
+    from peace.serve.export import map_sample
 
     task = pd.Series(["big"] * 90_000 + ["mid"] * 9_950 + ["small"] * 50)
     keep = map_sample(task, 1_000, seed=0)
@@ -190,10 +190,10 @@ def test_big_sets_map_a_sample_that_keeps_every_task():
 
 
 def test_a_set_bigger_than_its_map_sample(tiny_run, tmp_path, monkeypatch):
-    from peace.explore import Explorer
-    from peace.plots import embedding_map
+    from peace.serve.explore import Explorer
+    from peace.serve.plots import embedding_map
 
-    monkeypatch.setattr("peace.export.MAP_SAMPLE", 30)
+    monkeypatch.setattr("peace.serve.export.MAP_SAMPLE", 30)
     es = export_embeddings(tiny_run.path, tmp_path / "emb", trees=10, progress=False)
     mapped = es.table["umap_2d_x"].notna()
     assert 30 <= mapped.sum() < len(es.table) and (mapped == es.table["umap_3d_z"].notna()).all()
@@ -205,9 +205,9 @@ def test_a_set_bigger_than_its_map_sample(tiny_run, tmp_path, monkeypatch):
 
 
 def test_the_sets_baseline_vectors_rank_as_the_baselines_do(embedding_set, tiny_zoo, tmp_path):
-    from peace.baseline_vectors import BaselineVectors
-    from peace.baselines import FunctionSpace, Models, RawWeights, WeightStats
-    from peace.index import BASELINES
+    from peace.serve.baseline_vectors import BaselineVectors
+    from peace.evaluate.baselines import FunctionSpace, Models, RawWeights, WeightStats
+    from peace.serve.index import BASELINES
 
     ids = list(embedding_set.table["model_id"])
     bv = BaselineVectors.read(embedding_set.path / BASELINES, ids)

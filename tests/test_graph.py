@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-from peace.architectures import ArchSpec, PeaceNet
-from peace.errors import PeaceError
-from peace.graph import (EDGE_KINDS, NODE_DIM, batch_dgl, batch_graphs, edge_dim_needed, graph_to_params,
+from peace.nets.architectures import ArchSpec, PeaceNet
+from peace.core.errors import PeaceError
+from peace.nets.graph import (EDGE_KINDS, NODE_DIM, batch_dgl, batch_graphs, edge_dim_needed, graph_to_params,
                          neural_graph)
-from peace.symmetry import hidden_sizes, transform
+from peace.nets.symmetry import hidden_sizes, transform
 
 SPECS = [
     ArchSpec("mlp", (16,), 4, hidden=(5,), activation="tanh", bias=False),

@@ -15,10 +15,10 @@ from safetensors.torch import save_file
 from torch import nn
 
 from conftest import ROOT, run_peace
-from peace.errors import PeaceError
-from peace.importers import load_model
-from peace.sandbox import load_model_isolated
-from peace.zoo import Zoo
+from peace.core.errors import PeaceError
+from peace.intake.importers import load_model
+from peace.intake.sandbox import load_model_isolated
+from peace.zoo.store import Zoo
 
 
 class _Storage:  # pickled as torch pickles a storage: a persistent id
@@ -165,7 +165,7 @@ def test_each_hostile_file_is_refused_naming_the_problem(corpus, name):
 def test_the_whole_corpus_costs_bounded_memory_and_time(corpus):
     """One fresh process reads every file: peak RSS and wall time stay small, every file is refused.
     Peak RSS is VmHWM, which exec resets; ru_maxrss would carry over the (large) pytest worker's peak."""
-    script = ("import json, re, sys, time\nfrom peace.importers import load_model\nfrom peace.errors import PeaceError\n"
+    script = ("import json, re, sys, time\nfrom peace.intake.importers import load_model\nfrom peace.core.errors import PeaceError\n"
               "def hwm():\n    return int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())[1]) / 1024\n"
               "base = hwm(); t = time.time(); out = {}\nfor name, path in json.loads(sys.argv[1]).items():\n"
               "    try:\n        load_model(path, {'activation': 'relu'}); out[name] = 'READ'\n"
@@ -198,7 +198,7 @@ def test_the_isolated_reader_enforces_its_limits(tmp_path):
 def test_a_reader_started_ahead_reads_one_file_under_the_limits(tmp_path):
     """``prepare_reader`` starts the next file's child early (the explorer does while a user picks a
     file): it reads exactly one file, and the limits still hold from the request on."""
-    import peace.sandbox as sandbox
+    import peace.intake.sandbox as sandbox
 
     torch.save(nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 4)).state_dict(), tmp_path / "ok.pt")
     sandbox.prepare_reader()
@@ -233,7 +233,7 @@ def test_the_command_line_refuses_hostile_files_and_stores_nothing(corpus, tiny_
     (lambda: torch.nested.nested_tensor([torch.ones(3), torch.ones(3)]), "a nested tensor"),
 ])
 def test_in_memory_state_dicts_with_exotic_tensors_are_refused(make, msg):
-    from peace.importers import from_state_dict
+    from peace.intake.importers import from_state_dict
 
     with pytest.raises(PeaceError, match=msg):
         from_state_dict({"0.weight": make(), "1.weight": torch.ones(2, 3)}, {"activation": "relu"})

@@ -2,10 +2,11 @@ import pytest
 import torch
 from torch import nn
 
-from peace.architectures import forward
-from peace.errors import PeaceError
-from peace.graph import neural_graph
-from peace.importers import from_module, from_state_dict
+from peace.nets.architectures import forward
+from peace.core.errors import PeaceError
+from peace.nets.graph import neural_graph
+from peace.intake.importers import from_state_dict
+from peace.intake.modules import from_module
 
 
 @pytest.mark.parametrize("module, shape, family", [
@@ -74,8 +75,8 @@ def _trained_bn(module: nn.Module, shape) -> nn.Module:
 ])
 def test_batchnorm_is_folded_into_the_layer_before_it_exactly(tmp_path, make, shape, config):
     """Module and state-dict file give the same chain, computing the eval-mode network's function."""
-    from peace.architectures import forward
-    from peace.importers import load_model
+    from peace.nets.architectures import forward
+    from peace.intake.importers import load_model
 
     module = _trained_bn(make(), shape)
     spec, params = from_module(module, shape)
@@ -99,7 +100,7 @@ def test_batchnorm_is_folded_into_the_layer_before_it_exactly(tmp_path, make, sh
 def test_state_dicts_with_normalization_layers_keep_their_function(norm, kw):
     """PEACE's own layout (``layers.i`` then ``norms.i``): BatchNorms fold into the layer before them,
     LayerNorms (``"norm": "layer"`` in the config) stay LayerNorms."""
-    from peace.architectures import ArchSpec, build_module
+    from peace.nets.architectures import ArchSpec, build_module
 
     spec = ArchSpec(n_classes=4, norm=norm, activation="relu", **kw)
     torch.manual_seed(0)

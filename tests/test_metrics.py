@@ -3,8 +3,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from peace.errors import PeaceError
-from peace.metrics import (clustering_scores, functional_similarity, hard_queries, invariance_ratio, linear_probe,
+from peace.core.errors import PeaceError
+from peace.evaluate.metrics import (clustering_scores, functional_similarity, hard_queries, invariance_ratio, linear_probe,
                            retrieval_scores)
 
 
@@ -67,7 +67,7 @@ def test_clustering_probes_functional_and_invariance():
 
 
 def test_runs_aggregate_to_mean_and_spread():
-    from peace.evaluate import aggregate, summary_markdown
+    from peace.orchestrate.evaluation import aggregate, summary_markdown
 
     runs = [pd.DataFrame({"task mAP": [0.5, 0.3], "R2": [0.1, float("nan")]}, index=pd.Index(["peace", "raw"], name="method"))
             .assign(run=f"s{i}") for i in range(3)]
@@ -83,7 +83,7 @@ def test_runs_aggregate_to_mean_and_spread():
 def test_average_precision_matches_scikit_learn_with_ties():
     from sklearn.metrics import average_precision_score
 
-    from peace.metrics import _average_precision
+    from peace.evaluate.metrics import _average_precision
 
     rng = np.random.default_rng(0)
     for _ in range(200):

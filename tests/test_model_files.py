@@ -13,11 +13,13 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from safetensors.torch import save_file
 from torch import nn
 
-from peace.architectures import forward
-from peace.atomic import sha256_file, write_json
-from peace.errors import PeaceError
-from peace.importers import Limits, from_sklearn, from_state_dict, load_model, read_tensors
-from peace.zoo import Zoo
+from peace.nets.architectures import forward
+from peace.core.atomic import sha256_file, write_json
+from peace.core.errors import PeaceError
+from peace.intake.importers import from_state_dict, load_model, read_tensors
+from peace.intake.model import Limits
+from peace.intake.modules import from_sklearn
+from peace.zoo.store import Zoo
 
 
 def _run(spec, params, x):
@@ -246,7 +248,7 @@ def test_zoo_add_appends_measured_models_and_survives_an_interruption(tiny_zoo, 
     assert len(z) == len(tiny_zoo) + 1 and "added 1 model" in p.stdout
     row = z.manifest.iloc[-1]
     assert row["task"] == "synth-1" and row["group"] == "imported" and row["arch"] == "mlp 16-8-4 relu"
-    from peace.tasks import load_task
+    from peace.zoo.tasks import load_task
     task = load_task("synth-1")
     X, y = (torch.from_numpy(a) for a in task.split("test"))
     assert row["test_acc"] == pytest.approx((net(X).argmax(1) == y).float().mean().item(), abs=1e-6)

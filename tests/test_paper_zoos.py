@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from conftest import ROOT
-from peace.architectures import ArchSpec
-from peace.plots import learning_curve
-from peace.population import HParams, init_params
-from peace.recipe import expand, load_recipe, recipe_from_dict
-from peace.trainer import fit
-from peace.runconfig import load_config
-from peace.zoo import build_zoo
+from peace.nets.architectures import ArchSpec
+from peace.serve.plots import learning_curve
+from peace.zoo.population import HParams, init_params
+from peace.zoo.recipe import expand, load_recipe, recipe_from_dict
+from peace.learn.trainer import fit
+from peace.learn.runconfig import load_config
+from peace.zoo.store import build_zoo
 
 
 def shrunk(preset: str, **group) -> dict:

@@ -8,10 +8,10 @@ import papermill as pm
 import pytest
 
 from conftest import QUICK, ROOT, run_peace
-from peace.ablation import best_per_metric, compare, load_grid, run_ablation
-from peace.errors import PeaceError
-from peace.pipeline import NOTEBOOKS, pipeline_steps, run_pipeline, run_steps
-from peace.zoo import Zoo
+from peace.orchestrate.ablation import best_per_metric, compare, load_grid, run_ablation
+from peace.core.errors import PeaceError
+from peace.orchestrate.pipeline import NOTEBOOKS, pipeline_steps, run_pipeline, run_steps
+from peace.zoo.store import Zoo
 
 
 def _root_with_zoo(tiny_zoo, tmp_path):

@@ -3,10 +3,11 @@ import pytest
 import torch
 from sklearn.metrics import f1_score
 
-from peace.architectures import ArchSpec, forward
-from peace.errors import PeaceError
-from peace.population import HParams, Schedule, evaluate, train_population, train_single
-from peace.tasks import load_task
+from peace.nets.architectures import ArchSpec, forward
+from peace.core.errors import PeaceError
+from peace.nets.architectures import evaluate
+from peace.zoo.population import HParams, Schedule, train_population, train_single
+from peace.zoo.tasks import load_task
 
 CASES = [
     ("tetris", dict(family="mlp", hidden=(5,), activation="tanh", bias=False), "adam"),

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from conftest import random_model
-from peace.architectures import ArchSpec, PeaceNet
-from peace.errors import PeaceError
-from peace.prediction import PredictorConfig, NFNPredictor, fit_nfn, nfn_readable, predict_nfn
-from peace.symmetry import RandomSymmetry, random_symmetry
+from peace.nets.architectures import ArchSpec, PeaceNet
+from peace.core.errors import PeaceError
+from peace.evaluate.prediction import PredictorConfig, NFNPredictor, fit_nfn, nfn_readable, predict_nfn
+from peace.nets.symmetry import RandomSymmetry, random_symmetry
 
 MLP = ("synth-1", dict(family="mlp", hidden=(7, 6), activation="relu"))
 
@@ -52,8 +52,8 @@ def test_fit_nfn_learns_a_property_of_the_weights():
 
 
 def test_accuracy_study_compares_nfn_with_probes_on_one_architecture(tiny_zoo):
-    from peace.baselines import Models, RawWeights, WeightStats
-    from peace.prediction import accuracy_study
+    from peace.evaluate.baselines import Models, RawWeights, WeightStats
+    from peace.evaluate.prediction import accuracy_study
 
     m = tiny_zoo.manifest
     mlp = m[(m["family"] == "mlp") & (m["status"] == "ok")]

@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from conftest import MODELS, random_model
-from peace.architectures import ArchSpec
-from peace.baselines import FunctionSpace, Models
-from peace.errors import PeaceError
-from peace.probes import agreement, agreement_matrix, fingerprint, io_space, probe_inputs, responses, sketch
-from peace.symmetry import random_symmetry
+from peace.nets.architectures import ArchSpec
+from peace.evaluate.baselines import FunctionSpace, Models
+from peace.core.errors import PeaceError
+from peace.nets.probes import agreement, agreement_matrix, fingerprint, io_space, probe_inputs, responses, sketch
+from peace.nets.symmetry import random_symmetry
 
 
 def _linear(w: list[list[float]]) -> tuple[ArchSpec, dict]:

@@ -1,8 +1,8 @@
 import pytest
 import yaml
 
-from peace.errors import PeaceError
-from peace.recipe import expand, load_recipe, populations, preset_names, recipe_from_dict
+from peace.core.errors import PeaceError
+from peace.zoo.recipe import expand, load_recipe, populations, preset_names, recipe_from_dict
 
 
 def test_presets_expand():

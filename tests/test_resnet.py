@@ -1,6 +1,6 @@
 """Residual networks: torchvision's layout read exactly, trained in populations, transformed, graphed and
 embedded invariantly. ``TVResNet`` below is written from torchvision's ``resnet.py`` (BasicBlock,
-``_make_layer``), independently of ``peace.resnet``: torchvision itself does not install with torch 2.2."""
+``_make_layer``), independently of ``peace.nets.resnet``: torchvision itself does not install with torch 2.2."""
 import json
 import time
 
@@ -9,15 +9,16 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from peace.alignment import align
-from peace.architectures import ArchSpec, fold_norms, folded_spec, forward
-from peace.encoder import EncoderConfig, PeaceEncoder, prepare
-from peace.errors import PeaceError
-from peace.graph import graph_to_params, neural_graph
-from peace.importers import from_module, from_state_dict, load_model
-from peace.population import HParams, Schedule, train_population, train_single
-from peace.symmetry import RandomSymmetry, group_labels, random_symmetry, transform, unit_groups
-from peace.tasks import load_task
+from peace.nets.alignment import align
+from peace.nets.architectures import ArchSpec, fold_norms, folded_spec, forward
+from peace.learn.encoder import EncoderConfig, PeaceEncoder, prepare
+from peace.core.errors import PeaceError
+from peace.nets.graph import graph_to_params, neural_graph
+from peace.intake.importers import from_state_dict, load_model
+from peace.intake.modules import from_module
+from peace.zoo.population import HParams, Schedule, train_population, train_single
+from peace.nets.symmetry import RandomSymmetry, group_labels, random_symmetry, transform, unit_groups
+from peace.zoo.tasks import load_task
 
 from conftest import random_model
 

@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from peace.architectures import forward
-from peace.alignment import align
-from peace.errors import PeaceError
-from peace.symmetry import RandomSymmetry, allowed, canonicalize, random_symmetry, transform
+from peace.nets.architectures import forward
+from peace.nets.alignment import align
+from peace.core.errors import PeaceError
+from peace.nets.symmetry import RandomSymmetry, allowed, canonicalize, random_symmetry, transform
 
 from conftest import MODELS, random_model as _model
 
@@ -121,7 +121,7 @@ def test_regression_units_with_equal_incoming_weights():
                                 dict(family="cnn1d", hidden=(3, 4), norm="layer", activation="tanh", pool="avg")],
                          ids=["mlp", "cnn1d"])
 def test_layernorm_ignores_what_every_unit_shares_and_the_canonical_form_removes_it(kw):
-    from peace.encoder import EncoderConfig, PeaceEncoder
+    from peace.learn.encoder import EncoderConfig, PeaceEncoder
 
     task, spec, p = _model("synth-1" if kw["family"] == "mlp" else "mnist1d", kw)
     X = torch.from_numpy(task.X_test[:100]).reshape(-1, *spec.input_shape)

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from peace.errors import PeaceError
-from peace.tasks import load_task, task_names
+from peace.core.errors import PeaceError
+from peace.zoo.tasks import load_task, task_names
 
 FIXED = ["tetris", "digits", "digits-rot90", "digits-flip", "digits-labelperm", "wine", "breast-cancer",
          "synth-1", "synth-7", "teacher-1", "moons-2"]

@@ -7,15 +7,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from peace.encoder import dgl_available
-from peace.errors import PeaceError
-from peace.recipe import recipe_from_dict
-from peace.splits import split_zoo
-from peace.trainer import fit
-from peace.runconfig import load_config
-from peace.run import load_encoder
-from peace.device import resolve_device
-from peace.zoo import build_zoo
+from peace.learn.encoder import dgl_available
+from peace.core.errors import PeaceError
+from peace.zoo.recipe import recipe_from_dict
+from peace.zoo.splits import split_zoo
+from peace.learn.trainer import fit
+from peace.learn.runconfig import load_config
+from peace.learn.run import load_encoder
+from peace.core.device import resolve_device
+from peace.zoo.store import build_zoo
 
 from conftest import QUICK, run_peace
 
@@ -42,7 +42,7 @@ def test_splits_keep_lineages_together_and_hold_out_tasks(tiny_zoo):
 
 
 def test_auxiliary_targets_are_columns_or_training_progress(tiny_zoo):
-    from peace.trainer import _targets
+    from peace.learn.trainer import _targets
 
     rows = tiny_zoo.manifest.reset_index(drop=True)
     t = _targets(rows, ["test_acc", "progress"])
@@ -73,7 +73,7 @@ def test_a_run_writes_everything_and_the_encoder_reloads(tiny_run, tiny_zoo):
 
 
 def test_training_is_deterministic_and_resume_continues_exactly(tiny_run, tiny_zoo, tmp_path, monkeypatch):
-    from peace import trainer
+    from peace.learn import trainer
 
     calls = {"n": 0}
     real = trainer._validate

@@ -1,7 +1,7 @@
 """Transformers (family vit): timm's layout read exactly, trained in populations, transformed (stream,
 heads, query/key pairs, values, MLP units), graphed and embedded invariantly. ``TimmViT`` below is
 written from timm's ``vision_transformer.py`` (PatchEmbed, Attention, Mlp, Block), independently of
-``peace.transformer``; timm itself is not a dependency."""
+``peace.nets.transformer``; timm itself is not a dependency."""
 import json
 
 import pytest
@@ -9,15 +9,16 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from peace.architectures import ArchSpec, forward
-from peace.encoder import EncoderConfig, PeaceEncoder
-from peace.errors import PeaceError
-from peace.graph import graph_to_params, neural_graph
-from peace.importers import from_module, from_state_dict, load_model
-from peace.population import HParams, Schedule, train_population, train_single
-from peace.symmetry import RandomSymmetry, allowed, canonicalize, group_labels, random_symmetry
-from peace.tasks import load_task
-from peace.symmetry import ViTSymmetry, vit_transform
+from peace.nets.architectures import ArchSpec, forward
+from peace.learn.encoder import EncoderConfig, PeaceEncoder
+from peace.core.errors import PeaceError
+from peace.nets.graph import graph_to_params, neural_graph
+from peace.intake.importers import from_state_dict, load_model
+from peace.intake.modules import from_module
+from peace.zoo.population import HParams, Schedule, train_population, train_single
+from peace.nets.symmetry import RandomSymmetry, allowed, canonicalize, group_labels, random_symmetry
+from peace.zoo.tasks import load_task
+from peace.nets.symmetry import ViTSymmetry, vit_transform
 
 from conftest import random_model
 

@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT, run_peace
-from peace.errors import PeaceError
-from peace.recipe import load_recipe
-from peace.zoo import Zoo, build_zoo
+from peace.core.errors import PeaceError
+from peace.zoo.recipe import load_recipe
+from peace.zoo.store import Zoo, build_zoo
 
 
 def test_tiny_zoo_manifest(tiny_zoo):

@@ -1,3 +1,72 @@
-from screens import page_interpolation
+"""The Interpolation page: walking from model A to model B in embedding space and in weight space."""
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+
+from peace.core.errors import PeaceError
+from peace.serve.explore import typical_model
+from peace.serve.plots import embedding_map
+
+from shared import cols, current, model_picker, table
+
+
+def page_interpolation() -> None:
+    from peace.serve.teaching import partner
+
+    ex = current()
+    if ex is None:
+        return
+    c1, c2 = st.columns(2)
+    with c1:
+        a = model_picker(ex, "Model A", "interp_a", typical_model(ex.table))
+    try:  # by default a twin of A: same architecture, task and epoch, another seed (weight space needs one)
+        twin = partner(ex.zoo, a)
+    except PeaceError:
+        twin = ex.table["model_id"].iat[0]
+    with c2:
+        b = model_picker(ex, "Model B", "interp_b", twin)
+    st.subheader("(a) In embedding space")
+    path = ex.embedding_path(a, b)
+    path = path[path["model_id"] != path["model_id"].shift()]  # one row per model met along the way
+    table(cols(path, ("t", "cosine")))
+    st.caption("Walking the straight line from A's embedding (t = 0) to B's (t = 1): the zoo model nearest to each "
+               "point, with its cosine similarity to that point (1 = the point is that model).")
+    st.subheader("(b) In weight space")
+    if ex.zoo.spec(a) != ex.zoo.spec(b):
+        st.warning(f"{a} and {b} have different architectures; pick two of one architecture for weight-space "
+                   "interpolation.")
+        return
+    with st.spinner("Aligning, interpolating and embedding the path ..."):
+        try:
+            paths = ex.weight_path(a, b)
+        except PeaceError as e:  # e.g. weight matching does not read Transformers yet
+            st.warning(str(e))
+            return
+    st.plotly_chart(_path_figure(paths), width="stretch")
+    m = embedding_map(ex.table, "task", symbol=None, height=520)
+    for name, p in paths.items():
+        m.add_scatter(x=p["map_xy"][:, 0], y=p["map_xy"][:, 1], mode="lines+markers", name=f"path ({name})")
+    xy = np.concatenate([p["map_xy"] for p in paths.values()])  # zoom to the paths: at full zoom they vanish
+    pad = np.maximum(0.5, 0.5 * (xy.max(0) - xy.min(0)))
+    m.update_layout(xaxis_range=[xy[:, 0].min() - pad[0], xy[:, 0].max() + pad[0]],
+                    yaxis_range=[xy[:, 1].min() - pad[1], xy[:, 1].max() + pad[1]])
+    st.plotly_chart(m, width="stretch")
+    st.caption("Path points are placed at the mean map position of their 5 nearest zoo models; the map is zoomed "
+               "to the paths (double-click it to see the whole zoo).")
+
+
+def _path_figure(paths: dict) -> go.Figure:
+    fig = go.Figure()
+    for name, p in paths.items():
+        fig.add_scatter(x=p["alpha"], y=p["loss"], name=f"loss ({name})")
+        fig.add_scatter(x=p["alpha"], y=p["acc"], name=f"accuracy ({name})", yaxis="y2", line_dash="dot")
+    fig.update_layout(xaxis=dict(title="alpha (0 = A, 1 = B)", tickformat=".1f", dtick=0.1),
+                      yaxis=dict(title="test loss", tickformat=".3g"),
+                      yaxis2=dict(title="test accuracy", overlaying="y", side="right", tickformat=".2f"),
+                      legend=dict(orientation="h", yanchor="top", y=-0.2), height=440, margin={"b": 110})
+    return fig
+
 
 page_interpolation()

@@ -1,3 +1,113 @@
-from screens import page_map
+"""The Map page: every model of the set as a point of its UMAP map, coloured by a field; a click or a
+search stars a model and rings its neighbours. Drawn from the set alone: no torch, no scikit-learn."""
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from peace.serve.explore import Explorer, filter_table, find_models
+from peace.serve.plots import embedding_map
+
+from shared import choose, cols, current, highlight, keep, labels, pref, table
+
+
+@st.cache_resource(max_entries=32, show_spinner=False)
+def map_figure(_ex: Explorer, set_sha: str, color: str, symbol: str, dims: str, filters: tuple):
+    """The filtered table and its scatter figure, built once per choice (5000 points take ~0.2 s)."""
+    shown = filter_table(_ex.table, *filters)
+    fig = embedding_map(shown, color, 2 if dims == "2-D" else 3, None if symbol == "none" else symbol,
+                        height=620 if dims == "2-D" else 680)
+    return shown, fig
+
+
+def _map_controls(t: pd.DataFrame) -> tuple[str, str, str, tuple]:
+    c1, c2, c3 = st.columns(3)
+    colors = [c for c in ("task", "arch", "activation", "family", "test_acc", "epoch", "split", "init", "optimizer")
+              if c in t.columns]
+    if st.query_params.get("color") in colors and "color" not in st.session_state.get("prefs", {}):
+        keep("color", st.query_params["color"])
+    color = choose(c1.selectbox, "Colour by", colors, "color")
+    st.query_params["color"] = color
+    symbol = choose(c2.selectbox, "Symbol by", ["none", "family", "activation", "split", "heldout_task"], "symbol")
+    dims = choose(c3.radio, "Map", ["2-D", "3-D"], "dims", horizontal=True)
+    # a toggle rather than an expander: an expander's widgets are drawn (and their scripts loaded) even closed
+    if not keep("filtering", st.toggle("Filter the map (by task, architecture, activation, accuracy, epoch)",
+                                       pref("filtering", False), key="map_filtering")):
+        return color, symbol, dims, ()
+    f1, f2, f3 = st.columns(3)
+    tasks = keep("tasks", f1.multiselect("Task", sorted(t["task"].unique()), default=pref("tasks", [])))
+    archs = keep("archs", f2.multiselect("Architecture", sorted(t["arch"].unique()), default=pref("archs", [])))
+    acts = keep("acts", f3.multiselect("Activation", sorted(t["activation"].unique()), default=pref("acts", [])))
+    acc = keep("acc", st.slider("Test accuracy", 0.0, 1.0, pref("acc", (0.0, 1.0)), 0.01))
+    emax = max(int(t["epoch"].max()), 1)
+    epochs = keep("epochs", st.slider("Epoch", 0, emax, pref("epochs", (0, emax))))
+    return color, symbol, dims, (tuple(tasks), tuple(archs), tuple(acts), tuple(acc), tuple(epochs))
+
+
+def page_map() -> None:
+    """The map is drawn from the set alone (pages that use the zoo or the encoder check it is current)."""
+    controls, slot = st.container(), st.empty()
+    if not st.session_state.get("map_seen"):  # the browser loads plotly.js (~1 s) while the set opens
+        slot.plotly_chart(go.Figure(layout=dict(height=620, title="Drawing the map ...", xaxis_visible=False,
+                                                yaxis_visible=False)))
+    ex = current(check=False)
+    if ex is None:
+        slot.empty()
+        return
+    st.session_state["map_seen"] = True
+    _map(ex, controls, slot)
+
+
+def _map(ex: Explorer, controls, slot) -> None:
+    t = ex.table
+    with controls:
+        color, symbol, dims, filters = _map_controls(t)
+    shown, fig = map_figure(ex, ex.es.info["embeddings_sha256"], color, symbol, dims, filters)
+    names = labels(ex, ex.es.info["embeddings_sha256"])  # once: each cached call returns a fresh copy
+    find = _find(controls, shown, names)
+    controls.caption(f"{len(shown)} of {len(t)} models shown. "
+                     + ("Click a point (or draw a box / lasso) to see its nearest neighbours highlighted." if dims == "2-D"
+                        else "Selection works on the 2-D map."))
+    if dims == "3-D":
+        slot.plotly_chart(fig, width="stretch")
+        return
+    focus = find
+    if focus is None:
+        picked = st.session_state.get("map_pick")
+        focus = picked if picked in ex.es.row_of else None
+    if focus is not None:
+        fig = go.Figure(fig)  # the cached figure stays as it is
+        row = ex.table.iloc[ex.es.row_of[focus]]
+        highlight(fig, ex.neighbours(focus, 10), (row["umap_2d_x"], row["umap_2d_y"]), focus)
+    event = slot.plotly_chart(fig, width="stretch", on_select="rerun", selection_mode=("points", "box", "lasso"), key="map")
+    picked = [p["customdata"][0] for p in (event.selection.points if event else []) if p.get("customdata")]
+    if picked:
+        st.session_state["map_pick"] = picked[0]
+        keep("query", picked[0])
+        st.query_params["model"] = picked[0]
+        sel = shown[shown["model_id"].isin(picked)]
+        st.subheader(f"Selection: {len(sel)} models")
+        st.caption(f"{picked[0]} is the query on the Neighbours page now.")
+        table(cols(sel))
+        st.dataframe(sel[[c for c in ("test_acc", "gen_gap", "epoch", "n_params") if c in sel]].describe().T,
+                     width="stretch")
+
+
+def _find(box, shown: pd.DataFrame, labels: dict[str, str]) -> str | None:
+    """The map's search: a model id, or words of its task, architecture, epoch (a text box rather than a
+    picker of every model: thousands of options slow every redraw of the page)."""
+    text = box.text_input("Find a model (an id, or words of its label, e.g. \"tetris mlp epoch 5\"; Enter)",
+                          key="map_find")
+    if not text.strip():
+        return None
+    found = find_models(pd.Series([labels[m] for m in shown["model_id"]], index=shown["model_id"]), text)
+    if not found:
+        box.caption(f"No model on the map matches {text!r}.")
+    if len(found) > 1:
+        return box.selectbox(f"{len(found):,} models match", found[:200], format_func=labels.__getitem__,
+                             key="map_find_pick")
+    return found[0] if found else None
+
 
 page_map()

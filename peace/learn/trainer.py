@@ -1,0 +1,296 @@
+"""Contrastive training of the PEACE encoder on a zoo: the loop, in named steps.
+
+``fit`` splits the zoo, builds (or resumes) the encoder, then per epoch draws batches of anchors,
+positive partners, hard negatives and relabelled copies, computes InfoNCE plus the auxiliary
+metric loss, validates and saves. The run directory's files belong to ``peace.learn.run``; the config
+to ``peace.learn.runconfig``; several processes to ``peace.learn.distributed``.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from peace.core.device import resolve_device
+from peace.core.errors import PeaceError, unknown
+from peace.core.rng import model_seed
+from peace.evaluate.metrics import retrieval_map
+from peace.learn.contrastive import (
+    Kinship,
+    PairSampler,
+    augment,
+    build_views,
+    functional_neighbours,
+    functional_targets,
+    info_nce,
+    relabel_classes,
+)
+from peace.learn.distributed import current, first_rank_first, gather_rows, with_own_rows
+from peace.learn.encoder import Embedder
+from peace.learn.run import RunDir, TrainResult, build_encoder
+from peace.learn.runconfig import RunConfig
+from peace.nets.architectures import ArchSpec
+from peace.nets.probes import agreement_matrix, io_space
+from peace.nets.probes import responses as probe_responses
+from peace.zoo.splits import split_zoo
+from peace.zoo.store import Zoo
+
+__all__ = ["DERIVED_TARGETS", "fit"]
+
+DERIVED_TARGETS = {"progress": lambda r: r["epoch"] / r["epochs"].clip(lower=1)}  # share of its training run done
+
+
+def _targets(rows: pd.DataFrame, names: list[str]) -> np.ndarray:
+    """The auxiliary head's targets: manifest columns, or ``progress`` (epoch / epochs of its run)."""
+    rows = rows.assign(**{n: f(rows) for n, f in DERIVED_TARGETS.items() if n in names and n not in rows.columns})
+    missing = [n for n in names if n not in rows.columns]
+    if missing:
+        valid = [c for c in rows.columns if rows[c].dtype.kind == "f"] + list(DERIVED_TARGETS)
+        raise unknown("auxiliary target column", missing[0], valid)
+    return rows[names].to_numpy(np.float32)
+
+
+@dataclass
+class _Data:
+    """What a run trains and validates on."""
+
+    rows: pd.DataFrame       # every ok model, with its split
+    splits: pd.DataFrame     # as written to splits.parquet
+    train: pd.DataFrame
+    val: pd.DataFrame
+    label: str               # the validation relevance column: task or lineage_id
+    relevance: str
+    held: list[str]          # held-out tasks
+    specs: dict | None = None
+    weights: dict | None = None
+
+
+def _split(zoo: Zoo, cfg: RunConfig) -> _Data:
+    """Train / val / test by lineage with held-out tasks; the saved config then names them. Refuses
+    splits too small to train or validate on."""
+    tc = cfg.train
+    m = zoo.manifest.reset_index(drop=True)
+    rows = m[m["status"] == "ok"].reset_index(drop=True)
+    if rows.empty:
+        raise PeaceError(f"zoo {zoo.path} has no trained models with status 'ok'")
+    relevance = tc.val_relevance if tc.val_relevance != "auto" else ("task" if rows["task"].nunique() > 1 else "lineage")
+    label = "task" if relevance == "task" else "lineage_id"
+    splits = split_zoo(rows, tc.val_fraction, tc.test_fraction, tc.holdout_tasks, cfg.seed,
+                       min_train_tasks=2 if relevance == "task" else 1, val_holdout=tc.val_holdout_tasks)
+    held = sorted(rows.loc[splits.heldout_task.to_numpy(), "task"].unique())
+    cfg.train.holdout_tasks = held  # resolved, so the saved config says which
+    if tc.val_holdout_tasks:
+        cfg.train.val_holdout_tasks = sorted(rows.loc[splits.val_heldout_task.to_numpy(), "task"].unique())
+    rows = rows.assign(split=splits["split"].to_numpy())
+    train, val = rows[rows.split == "train"].reset_index(drop=True), rows[rows.split == "val"].reset_index(drop=True)
+    if tc.max_val_models is not None and len(val) > tc.max_val_models:  # whole lineages, so relevance stays intact
+        lineages = np.random.default_rng([cfg.seed, 1]).permutation(val["lineage_id"].unique())
+        sizes = val["lineage_id"].value_counts()[lineages].to_numpy()
+        keep = lineages[:max(2, int(np.searchsorted(np.cumsum(sizes), tc.max_val_models, side="right")))]
+        val = val[val["lineage_id"].isin(keep)].reset_index(drop=True)
+    if len(train) < tc.batch_size:
+        raise PeaceError(f"the training split has {len(train)} models but train.batch_size is {tc.batch_size}; "
+                         f"lower it (e.g. --set train.batch_size={max(2, len(train) // 2)}) or build a larger zoo")
+    if val[label].nunique() < 2 or val[label].value_counts().max() < 2:
+        raise PeaceError(f"the validation split has {len(val)} models in {val[label].nunique()} {relevance} group(s); "
+                         f"same-{relevance} mAP needs 2 or more groups and one with 2 or more models. Raise "
+                         f"train.val_fraction or build a zoo with more runs per task")
+    return _Data(rows, splits, train, val, label, relevance, held)
+
+
+def _new_encoder(cfg: RunConfig, data: _Data, dev: torch.device) -> tuple[Embedder, Tensor]:
+    """The encoder, seeded, standardized on up to 1,000 training models, its auxiliary targets
+    normalized; returns it (on ``dev``) and the training models' targets."""
+    torch.manual_seed(cfg.seed)
+    if dev.type != "cpu" and cfg.encoder.backend == "auto":
+        cfg.encoder.backend = "torch"
+    encoder = build_encoder(cfg.encoder)
+    train, specs, weights = data.train, data.specs, data.weights
+    sample = np.random.default_rng(cfg.seed).choice(len(train), size=min(len(train), 1000), replace=False)
+    encoder.fit_standardization([specs[m] for m in train.model_id[sample]], [weights[m] for m in train.model_id[sample]])
+    tgt = _targets(train, cfg.encoder.aux_targets)
+    encoder.aux_mean.copy_(torch.from_numpy(np.nanmean(tgt, 0)))
+    encoder.aux_std.copy_(torch.from_numpy(np.nanstd(tgt, 0)).clamp_min(1e-6))
+    return encoder.to(dev), torch.tensor(tgt)
+
+
+def _resume(run: RunDir, encoder: Embedder, opt: torch.optim.Optimizer) -> tuple[list[dict], float, int, int]:
+    """History, best validation mAP, epochs without improvement and the next epoch (fresh: [], -inf, 0, 1)."""
+    ckpt = run.read_checkpoint()
+    if ckpt is None:
+        return [], -math.inf, 0, 1
+    saved = ckpt["model"].get("node_in.weight")
+    if saved is not None and saved.shape != encoder.state_dict()["node_in.weight"].shape:
+        raise PeaceError(f"{run / run.CHECKPOINT} was written by an older PEACE (encoder format 1, before LayerNorm "
+                         f"node features); finish that run with the PEACE that started it, or train it again "
+                         f"without --resume")
+    encoder.load_state_dict(ckpt["model"])
+    opt.load_state_dict(ckpt["optimizer"])
+    return ckpt["history"], ckpt["best"], ckpt["bad_epochs"], ckpt["epoch"] + 1
+
+
+@dataclass
+class _Batch:
+    """One step's models: anchors, their partners, hard negatives and relabelled copies, in that order."""
+
+    anchors: list[str]
+    negatives: list[str]
+    relabelled: list[str]
+    specs: list[ArchSpec]
+    params: list[dict[str, Tensor]]
+
+
+def _draw_batch(anchors: list[str], data: _Data, sampler: PairSampler, views: dict, cfg: RunConfig,
+                erng: np.random.Generator, tag: str) -> _Batch:
+    """Each model augmented by its own seed (anchor u, partner v, negative n, relabelled r)."""
+    specs, weights, aug = data.specs, data.weights, cfg.augment
+    partners = [sampler.partner(m, erng) for m in anchors]
+    negs = sampler.hard_negatives(anchors, erng)
+    b = _Batch(anchors, negs, [], [], [])
+
+    def add(spec_of: str, params: dict[str, Tensor], m: str, kind: str) -> None:
+        b.specs.append(specs[spec_of])
+        b.params.append(augment(specs[spec_of], params, model_seed(cfg.seed, m, tag + kind), aug))
+
+    for m in anchors:
+        add(m, weights[m], m, "u")
+    for m, (source, p) in zip(anchors, partners):
+        add(p, views[m][source] if source in ("pruned", "distilled") else weights[p], m, "v")
+    for m in negs:
+        add(m, weights[m], m, "n")
+    if aug.relabelled:
+        b.relabelled = list(erng.choice(anchors, min(aug.relabelled, len(anchors)), replace=False))
+    for m in b.relabelled:
+        add(m, relabel_classes(specs[m], weights[m], erng), m, "r")
+    return b
+
+
+def _losses(model: torch.nn.Module, encoder: Embedder, b: _Batch, cfg: RunConfig, kin: Kinship, aux_t: dict,
+            dev: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """(loss, InfoNCE, auxiliary MSE) of one batch; this process encodes its share of it."""
+    tc, B = cfg.train, len(b.anchors)
+    need_responses = cfg.encoder.function_tokens or cfg.encoder.function_block or tc.functional_weight > 0
+    resp = probe_responses(b.specs, b.params, cfg.encoder.probes) if need_responses else None
+    own = current().share(len(b.specs))
+    batch = encoder.batch(b.specs[own], b.params[own], dev, responses=None if resp is None else resp[own])
+    amp = dev.type == "cuda" and tc.amp
+    with torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext():
+        res = model(batch)
+    proj, aux_pred = with_own_rows(res["projection"].float()), with_own_rows(res["aux"].float())
+    extra = proj[2 * B:] if len(b.specs) > 2 * B else None
+    if tc.functional_weight > 0:  # graded by function instead of masking relatives
+        spaces = np.array([io_space(s) for s in b.specs])
+        agree = torch.from_numpy(agreement_matrix(resp[:2 * B], spaces[:2 * B], resp, spaces))
+        targets = functional_targets(agree, torch.from_numpy(spaces[:2 * B, None] == spaces[None, :]),
+                                     tc.functional_weight, tc.functional_temperature)
+        nce = info_nce(proj[:B], proj[B:2 * B], tc.temperature, extra=extra, targets=targets.to(dev))
+    else:
+        same = torch.from_numpy(kin.related(b.anchors, b.anchors))
+        extra_same = torch.from_numpy(np.concatenate(  # relabelled copies are other functions: negatives
+            [kin.related(b.anchors, b.negatives), np.zeros((B, len(b.relabelled)), bool)], 1)) if extra is not None else None
+        nce = info_nce(proj[:B], proj[B:2 * B], tc.temperature, same, extra, extra_same)
+    y = (torch.stack([aux_t[m] for m in b.anchors]).to(dev) - encoder.aux_mean) / encoder.aux_std
+    aux = torch.nn.functional.mse_loss(aux_pred[:B], y)
+    return nce + tc.aux_weight * aux, nce, aux
+
+
+@torch.no_grad()
+def _validate(encoder: Embedder, data: _Data, dev: torch.device) -> dict:
+    """Same-task (or same-lineage) mAP of the validation models; each process embeds its share."""
+    ids = list(data.val.model_id[current().share(len(data.val))])
+    emb = gather_rows(encoder.embed([data.specs[m] for m in ids], [data.weights[m] for m in ids]).to(dev)).cpu()
+    return {"val_map": retrieval_map(emb.numpy(), data.val[data.label].to_numpy())}
+
+
+def _sampler(data: _Data, cfg: RunConfig, run: RunDir, progress: bool) -> tuple[PairSampler, dict]:
+    """Positive views (cached in the run; rank 0 writes them) and the partner sampler."""
+    train = data.train
+    with first_rank_first():
+        views = build_views(train, data.weights, cfg.augment, cfg.seed, cache_dir=run / run.VIEWS, progress=progress)
+    neighbours = None
+    if cfg.augment.functional:
+        specs = [data.specs[m] for m in train.model_id]
+        answers = probe_responses(specs, [data.weights[m] for m in train.model_id], cfg.encoder.probes)
+        neighbours = functional_neighbours(train, answers, [io_space(s) for s in specs], cfg.augment.functional_k)
+    return PairSampler(train, cfg.augment, views, neighbours), views
+
+
+def _device(device: str, cfg: RunConfig) -> torch.device:
+    dev = resolve_device(device)
+    rank = current()
+    if dev.type == "cuda" and rank.size > 1:  # one GPU per process
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank.rank)))
+    if dev.type != "cpu" and cfg.encoder.backend == "dgl":
+        raise PeaceError("the DGL backend runs on CPU only; use encoder.backend=torch (or auto) with a GPU")
+    return dev
+
+
+def fit(zoo: Zoo | str | Path, config: RunConfig, out: str | Path, device: str = "cpu", resume: bool = False,
+        progress: bool = True) -> TrainResult:
+    """Train an encoder on ``zoo`` into run directory ``out`` (``peace.learn.run``). Inside a process
+    group (``peace.learn.distributed``) each process encodes its share of every batch and only rank 0 writes."""
+    zoo = zoo if isinstance(zoo, Zoo) else Zoo(zoo)
+    run, cfg, tc, rank = RunDir(out), config, config.train, current()
+    progress = progress and rank.main
+    dev = _device(device, cfg)
+    data = _split(zoo, cfg)
+    if rank.main:
+        run.prepare(cfg, zoo.info["manifest_sha256"], resume)
+        if not resume:
+            run.start(cfg, data.splits, {"zoo": str(zoo.path.resolve()), "zoo_manifest_sha256": zoo.info["manifest_sha256"],
+                                         "device": str(dev), "torch": torch.__version__})
+    ids = list(data.train.model_id) + list(data.val.model_id)
+    data.specs, data.weights = {m: zoo.spec(m) for m in ids}, dict(zip(ids, zoo.load_many(ids)))
+    encoder, tgt = _new_encoder(cfg, data, dev)
+    opt = torch.optim.AdamW(encoder.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    model = encoder if rank.size == 1 else torch.nn.parallel.DistributedDataParallel(
+        encoder, device_ids=[dev.index] if dev.type == "cuda" else None)
+    history, best, bad, start_epoch = _resume(run, encoder, opt) if resume else ([], -math.inf, 0, 1)
+    sampler, views = _sampler(data, cfg, run, progress)
+    kin, aux_t = Kinship(data.rows), dict(zip(data.train.model_id, tgt))
+    n_steps = min(len(data.train), tc.max_models_per_epoch or len(data.train)) // tc.batch_size
+    meta = {"zoo": str(zoo.path.resolve()), "zoo_manifest_sha256": zoo.info["manifest_sha256"], "holdout_tasks": data.held,
+            "val_relevance": data.relevance, "n_train": len(data.train), "n_val": len(data.val)}
+    bar = tqdm(range(start_epoch, tc.epochs + 1), desc="train encoder", disable=not progress, initial=start_epoch - 1,
+               total=tc.epochs)
+    for epoch in ([] if (stopped := bad >= tc.patience) else bar):
+        t0 = time.perf_counter()
+        erng = np.random.default_rng([cfg.seed, epoch])
+        order = erng.permutation(data.train.model_id.to_numpy())[:n_steps * tc.batch_size]
+        encoder.train()
+        sums = np.zeros(3)
+        for step in tqdm(range(n_steps), desc=f"epoch {epoch}", unit="batch", leave=False, disable=not progress):
+            b = _draw_batch(list(order[step * tc.batch_size:(step + 1) * tc.batch_size]), data, sampler, views, cfg,
+                            erng, f"{epoch}/{step}")
+            losses = _losses(model, encoder, b, cfg, kin, aux_t, dev)
+            opt.zero_grad(set_to_none=True)
+            (losses[0] * rank.size).backward()  # DDP averages: the ranks' shares then sum to the batch's gradient
+            torch.nn.utils.clip_grad_norm_(encoder.parameters(), tc.grad_clip)
+            opt.step()
+            sums += [v.item() / n_steps for v in losses]
+        row = {"epoch": epoch, "train_loss": float(sums[0]), "train_nce": float(sums[1]), "train_aux": float(sums[2]),
+               **_validate(encoder, data, dev), "seconds": time.perf_counter() - t0}
+        improved = row["val_map"] > best
+        best, bad = (row["val_map"], 0) if improved else (best, bad + 1)
+        history.append(row | {"best": improved})
+        if rank.main:
+            run.save_epoch(encoder, opt, cfg, meta, history, improved, best, bad)
+        bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_map=f"{row['val_map']:.3f}")
+        if bad >= tc.patience:
+            stopped = True
+            break
+    bar.close()
+    hist = pd.DataFrame(history)
+    if rank.main:
+        run.finish(hist, stopped, rank.size)
+    best_row = hist.loc[hist["val_map"].idxmax()]
+    return TrainResult(run.path, hist, int(best_row.epoch), float(best_row.val_map), stopped)

@@ -1,0 +1,239 @@
+"""``peace pipeline``: the notebooks run in order with papermill, each step skipped when current.
+
+Steps: build zoo (01) -> train encoder (02) -> export embeddings (03) -> evaluate (04). Each step
+writes a stamp (``.pipeline-step.json``) beside its outputs with its parameters and the checksums of
+its inputs; it is current when its outputs exist and the stamp still matches. A stale output
+directory that the pipeline made (it has a stamp) is replaced; one without a stamp (an interrupted
+step) is resumed. Zoos are never deleted. Executed notebooks
+are kept under ``<root>/notebooks/<name>/``. A failing step names the notebook and the cell, and
+leaves the outputs of earlier steps untouched.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from peace.core.atomic import read_json_or_none, write_json
+from peace.core.errors import PeaceError, unknown
+from peace.learn.run import RunDir
+
+__all__ = [
+    "NOTEBOOKS", "STAMP", "Step", "check_parameters_cell", "evaluate_step", "notebook_path", "pipeline_steps",
+    "run_notebook", "run_pipeline", "run_steps", "train_step"
+]
+
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
+STAMP = ".pipeline-step.json"
+
+
+def notebook_path(name: str, notebooks: Path | None = None) -> Path:
+    path = (notebooks or NOTEBOOKS) / name
+    if not path.is_file():
+        raise PeaceError(f"notebook {path} not found; the pipeline runs the notebooks of a PEACE source checkout")
+    return path
+
+
+def check_parameters_cell(path: Path, needed: Sequence[str]) -> None:
+    """Refuse a notebook without a papermill ``parameters`` cell defining every ``needed`` name."""
+    import nbformat  # 1.4 s to import (jsonschema): not for the callers that never read a notebook
+
+    nb = nbformat.read(str(path), as_version=4)
+    cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if not cells:
+        raise PeaceError(f"{path} has no cell tagged 'parameters'; papermill needs one (add the tag to the cell that "
+                         f"sets {', '.join(needed)})")
+    src = "\n".join(c.source for c in cells)
+    missing = [n for n in needed if not any(line.split("=")[0].strip() == n for line in src.splitlines())]
+    if missing:
+        raise PeaceError(f"the parameters cell of {path} does not define {missing}")
+
+
+def run_notebook(path: Path, out_nb: Path, parameters: dict, stream: bool = False) -> None:
+    """Execute one notebook with papermill; a failure becomes a PeaceError naming the cell.
+    ``stream`` copies its cells' stderr (progress bars, stage lines) to this terminal as they run."""
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    check_parameters_cell(path, list(parameters))
+    out_nb.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        streams = {"stderr_file": sys.stderr} if stream else {}  # progress bars and stage lines, not cell prints
+        # a library imported in the kernel pulls tqdm.auto, which warns that ipywidgets is missing: noise here
+        quiet = "ignore:IProgress not found"
+        if quiet not in os.environ.get("PYTHONWARNINGS", ""):
+            os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), quiet]))
+        pm.execute_notebook(str(path), str(out_nb), parameters=parameters, kernel_name="python3",
+                            cwd=str(path.parent), progress_bar=False, **streams)
+    except PapermillExecutionError as e:
+        raise PeaceError(f"{path.name} failed in cell {e.exec_count} ({e.ename}: {e.evalue}); the executed notebook "
+                         f"with the full traceback is {out_nb}. Outputs of earlier steps are kept.") from None
+
+
+@dataclass
+class Step:
+    """One notebook run: its parameters, the files that show it finished, and what it reads."""
+
+    name: str
+    notebook: str
+    parameters: dict
+    outputs: list[Path]  # all must exist; the stamp lives beside the first
+    inputs: Callable[[], dict[str, str]] = field(default=lambda: {})  # checksums of what it reads, taken at run time
+    owns_dir: bool = True  # a stale output directory that this step made is replaced (never a zoo)
+
+    @property
+    def stamp(self) -> Path:
+        return self.outputs[0].parent / STAMP
+
+    def record(self) -> dict:
+        return {"step": self.name, "parameters": self.parameters, "inputs": self.inputs()}
+
+    def is_current(self) -> bool:
+        if not all(p.exists() for p in self.outputs):
+            return False
+        try:
+            return read_json_or_none(self.stamp) == json.loads(json.dumps(self.record(), default=str))
+        except OSError:  # an input is missing or unreadable: run again
+            return False
+
+
+def _zoo_sha(zoo: Path) -> dict[str, str]:
+    info = read_json_or_none(zoo / "zoo.json") or {}
+    return {"zoo_manifest": info.get("manifest_sha256", "missing")}
+
+
+def _encoder_sha(run: Path) -> dict[str, str]:
+    return {"encoder": RunDir(run).encoder_sha256()}
+
+
+def train_step(zoo: Path, config: str, overrides: Sequence[str], device: str, seed: int, run: Path) -> Step:
+    """Notebook 02: train an encoder on ``zoo`` into ``run`` (current while the zoo is unchanged)."""
+    return Step("train encoder", "02_train_encoder.ipynb",
+                {"zoo_dir": str(zoo), "config": config, "overrides": list(overrides), "device": device, "seed": seed,
+                 "out": str(run), "resume": True},
+                [run / RunDir.ENCODER, run / RunDir.HISTORY], lambda: _zoo_sha(zoo))
+
+
+def evaluate_step(zoo: Path, run: Path, out: Path, seed: int, transfer_epochs: int, accuracy_epochs: int = 100) -> Step:
+    """Notebook 04: evaluate ``run`` into ``out`` (current while zoo and encoder are unchanged)."""
+    return Step("evaluate", "04_evaluate.ipynb",
+                {"run_dir": str(run), "out": str(out), "seed": seed, "transfer_epochs": transfer_epochs,
+                 "accuracy_epochs": accuracy_epochs},
+                [out / "metrics.json"], lambda: {**_zoo_sha(zoo), **_encoder_sha(run)})
+
+
+def pipeline_steps(preset: str = "demo", config: str = "default", overrides: Sequence[str] = (), device: str = "auto",
+                   seed: int = 0, root: str | Path = "artifacts", name: str | None = None,
+                   transfer_epochs: int = 20) -> list[Step]:
+    """The four steps for zoo ``preset`` and encoder ``config``, writing under ``root``."""
+    from peace.learn.runconfig import load_config
+    from peace.zoo.recipe import load_recipe
+
+    load_recipe(preset)  # unknown names fail here, before anything runs
+    load_config(config, list(overrides))
+    root = Path(root).resolve()
+    name = name or preset
+    zoo, run = root / "zoos" / preset, root / "runs" / name
+    emb, ev = root / "embeddings" / name, root / "evaluation" / name
+    return [
+        Step("build zoo", "01_build_zoo.ipynb", {"preset": preset, "out": str(zoo)}, [zoo / "zoo.json"],
+             owns_dir=False),
+        train_step(zoo, config, overrides, device, seed, run),
+        Step("export embeddings", "03_export_embeddings.ipynb", {"run_dir": str(run), "out": str(emb)},
+             [emb / "index.json"], lambda: {**_zoo_sha(zoo), **_encoder_sha(run)}),
+        evaluate_step(zoo, run, ev, seed, transfer_epochs),
+    ]
+
+
+TIMINGS = "timings.json"  # beside the executed notebooks: how long each step last took on this machine
+# Measured on a 2-core machine (docs/benchmarks.md), minutes: the estimate before a first run here.
+REFERENCE_MINUTES = {"demo": {"build zoo": 1.5, "train encoder": 10, "export embeddings": 2, "evaluate": 6},
+                     "tiny": {"build zoo": 0.2, "train encoder": 0.3, "export embeddings": 0.3, "evaluate": 0.5}}
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
+def plan(steps: Sequence[Step], force: bool, timings: dict, reference: dict) -> tuple[list[bool], str]:
+    """Which steps will run, and a few lines saying so with how long each should take here: the time
+    it last took on this machine, else the reference figure from a 2-core machine."""
+    runs = [force or not s.is_current() for s in steps]  # later steps may turn current once earlier ones ran
+    lines, total = [], 0.0
+    for i, (s, run) in enumerate(zip(steps, runs), 1):
+        if not run:
+            lines.append(f"[peace]   {i}/{len(steps)} {s.name}: current" + (", skipped" if not any(runs[:i]) else
+                                                                           ", unless the steps before change its inputs"))
+            continue
+        seen, ref = timings.get(s.name), reference.get(s.name)
+        if seen is not None:
+            how, total = f"last took {_minutes(seen)} here", total + seen
+        elif ref is not None:
+            how, total = f"about {_minutes(60 * ref)} on 2 cores", total + 60 * ref
+        else:
+            how = "no timing yet"
+        lines.append(f"[peace]   {i}/{len(steps)} {s.name} ({s.notebook}): runs, {how}")
+    head = f"[peace] plan: {sum(runs)} of {len(steps)} step(s) to run" + (f", roughly {_minutes(total)} in all" if total else "")
+    return runs, "\n".join([head, *lines])
+
+
+def run_steps(steps: Sequence[Step], notebooks_out: Path, force: bool = False, progress: bool = True,
+              notebooks: Path | None = None, reference: dict | None = None, stream: bool | None = None) -> list[str]:
+    """Run the steps that are not current, in order; returns each step's outcome ("ran" / "current").
+    With ``progress`` it says first what will run and for how long, and (``stream``, default: the same)
+    shows each notebook's own progress bars as they run."""
+    paths = [notebook_path(s.notebook, notebooks) for s in steps]
+    for s, p in zip(steps, paths):  # every notebook checked before the first one runs
+        check_parameters_cell(p, list(s.parameters))
+    timings = read_json_or_none(notebooks_out / TIMINGS) or {}
+    if progress:
+        print(plan(steps, force, timings, reference or {})[1], flush=True)
+    outcome = []
+    for i, (s, path) in enumerate(zip(steps, paths), 1):
+        if not force and s.is_current():  # checked now: the steps before may have just rewritten its inputs
+            outcome.append("current")
+            continue
+        if progress:
+            print(f"[peace] {i}/{len(steps)} {s.name}: running {s.notebook} ...", flush=True)
+        t0 = time.perf_counter()
+        if s.owns_dir and read_json_or_none(s.stamp) is not None:
+            # made by an earlier pipeline run with other parameters or inputs: replace, do not resume it
+            if progress:
+                print(f"[peace]     {s.stamp.parent} is stale (parameters or inputs changed); rebuilding it", flush=True)
+            shutil.rmtree(s.stamp.parent)
+        s.stamp.unlink(missing_ok=True)
+        try:
+            run_notebook(path, notebooks_out / s.notebook, s.parameters, progress if stream is None else stream)
+        except PeaceError as e:
+            raise PeaceError(f"step {i}/{len(steps)} ({s.name}): {e}") from None
+        missing = [str(p) for p in s.outputs if not p.exists()]
+        if missing:
+            raise PeaceError(f"step {s.name}: {s.notebook} ran but did not write {missing}")
+        write_json(s.stamp, s.record())
+        outcome.append("ran")
+        timings[s.name] = time.perf_counter() - t0
+        write_json(notebooks_out / TIMINGS, timings)
+        if progress:
+            print(f"[peace] {i}/{len(steps)} {s.name}: done in {_minutes(timings[s.name])}; outputs in "
+                  f"{s.outputs[0].parent}", flush=True)
+    return outcome
+
+
+def run_pipeline(preset: str = "demo", config: str = "default", overrides: Sequence[str] = (), device: str = "auto",
+                 seed: int = 0, root: str | Path = "artifacts", name: str | None = None, force: bool = False,
+                 steps: Sequence[str] | None = None, transfer_epochs: int = 20, progress: bool = True) -> list[str]:
+    """Build, train, export and evaluate for one preset; only what is missing or stale runs."""
+    all_steps = pipeline_steps(preset, config, overrides, device, seed, root, name, transfer_epochs)
+    if steps is not None:
+        names = [s.name for s in all_steps]
+        for s in steps:
+            if s not in names:
+                raise unknown("pipeline step", s, names)
+        all_steps = [s for s in all_steps if s.name in steps]
+    return run_steps(all_steps, Path(root).resolve() / "notebooks" / (name or preset), force, progress,
+                     reference=REFERENCE_MINUTES.get(preset, {}))

@@ -1,0 +1,149 @@
+"""Plotly figures shared by the notebooks and the explorer."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+__all__ = [
+    "MAP_LABELS", "MAX_POINTS", "PALETTE", "ablation_bars", "accuracy_by_task", "accuracy_over_epochs",
+    "embedding_map", "interpolation_figure", "learning_curve", "method_comparison", "training_history",
+    "weight_heatmaps"
+]
+
+
+def accuracy_by_task(manifest: pd.DataFrame) -> go.Figure:
+    """Box plot of final-epoch test accuracy per task, one colour per architecture family."""
+    final = manifest[manifest["epoch"] == manifest["epochs"]]
+    fig = px.box(final, x="task", y="test_acc", color="family", points="outliers",
+                 hover_data=["model_id", "arch", "lr", "seed"],
+                 title=f"Final test accuracy per task ({len(final)} runs)")
+    fig.update_layout(yaxis_title="test accuracy", xaxis_title=None, legend_title="family")
+    return fig
+
+
+def learning_curve(manifest: pd.DataFrame, column: str = "test_acc") -> pd.DataFrame:
+    """Per task and recorded epoch: mean, 10 % and 90 % quantiles of ``column`` over the runs."""
+    g = manifest.groupby(["task", "epoch"])[column]
+    return pd.DataFrame({"mean": g.mean(), "q10": g.quantile(0.1), "q90": g.quantile(0.9), "runs": g.size()}).reset_index()
+
+
+def accuracy_over_epochs(manifest: pd.DataFrame) -> go.Figure:
+    """Mean test accuracy per recorded epoch and task, with the 10-90 % band over runs: how a zoo learns."""
+    curve = learning_curve(manifest)
+    fig = go.Figure()
+    for i, (task, c) in enumerate(curve.groupby("task", sort=True)):
+        colour = px.colors.qualitative.Dark24[i % 24]
+        fig.add_trace(go.Scatter(x=list(c.epoch) + list(c.epoch[::-1]), y=list(c.q90) + list(c.q10[::-1]),
+                                 fill="toself", fillcolor=colour, opacity=0.2, line={"width": 0}, hoverinfo="skip",
+                                 legendgroup=task, showlegend=False))
+        fig.add_trace(go.Scatter(x=c.epoch, y=c["mean"], name=task, mode="lines+markers", legendgroup=task,
+                                 line={"color": colour}))
+    fig.update_layout(title="Test accuracy by epoch: mean and 10-90 % of runs", xaxis_title="epoch",
+                      yaxis_title="test accuracy")
+    return fig
+
+
+def weight_heatmaps(before: dict, after: dict, title: str = "Weights before and after") -> go.Figure:
+    """Each weight matrix before (top row) and after (bottom row) a transform; conv kernels unrolled
+    (normalization scales, vectors, are left out). Each panel has its own symmetric colour range, so
+    a scaled layer does not leave the others blank."""
+    names = [k for k in before if k.endswith("weight") and before[k].dim() >= 2]
+    fig = make_subplots(rows=2, cols=len(names), row_titles=["before", "after"], column_titles=names,
+                        vertical_spacing=0.08, horizontal_spacing=0.04)
+    for row, params in ((1, before), (2, after)):
+        for col, n in enumerate(names, 1):
+            w = params[n].detach().reshape(params[n].shape[0], -1).float().numpy()
+            top = float(np.abs(w).max()) or 1.0
+            fig.add_trace(go.Heatmap(z=w, zmin=-top, zmax=top, colorscale="RdBu", showscale=False,
+                                     hovertemplate=f"{n}<br>row %{{y}}, column %{{x}}: %{{z:.3g}}<extra></extra>"),
+                          row=row, col=col)
+    fig.update_layout(title=title + " (each panel's colours span its own largest |weight|; red < 0 < blue)",
+                      height=520, margin={"t": 90})
+    fig.update_annotations(font_size=11)
+    fig.update_yaxes(autorange="reversed")
+    return fig
+
+
+def interpolation_figure(paths: dict) -> go.Figure:
+    """Loss and accuracy along interpolation paths (one line per path, e.g. naive vs aligned)."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["test loss", "test accuracy"])
+    for i, (name, p) in enumerate(paths.items()):
+        color = px.colors.qualitative.Plotly[i % 10]
+        label = f"{name} (barrier {float(p['barrier']):.3f})" if "barrier" in p else name
+        fig.add_trace(go.Scatter(x=p["alpha"], y=p["loss"], name=label, line={"color": color}), row=1, col=1)
+        fig.add_trace(go.Scatter(x=p["alpha"], y=p["acc"], name=label, line={"color": color}, showlegend=False), row=1, col=2)
+    fig.update_xaxes(title_text="alpha (0 = A, 1 = B)")
+    fig.update_layout(title="Linear interpolation between two models")
+    return fig
+
+
+def training_history(history: pd.DataFrame) -> go.Figure:
+    """Encoder training curves: losses (left) and validation same-task mAP (right), best epoch marked."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["training losses", "validation same-task mAP"])
+    for col, name in (("train_loss", "total"), ("train_nce", "InfoNCE"), ("train_aux", "auxiliary MSE")):
+        fig.add_trace(go.Scatter(x=history["epoch"], y=history[col], name=name, mode="lines+markers"), row=1, col=1)
+    fig.add_trace(go.Scatter(x=history["epoch"], y=history["val_map"], name="val mAP", mode="lines+markers"),
+                  row=1, col=2)
+    best = history.loc[history["val_map"].idxmax()]
+    fig.add_trace(go.Scatter(x=[best["epoch"]], y=[best["val_map"]], name="best", mode="markers",
+                             marker={"size": 14, "symbol": "star"}), row=1, col=2)
+    fig.update_xaxes(title_text="epoch")
+    fig.update_layout(title="Encoder training")
+    return fig
+
+
+MAP_LABELS = {"umap_2d_x": "UMAP 1", "umap_2d_y": "UMAP 2", "umap_3d_x": "UMAP 1", "umap_3d_y": "UMAP 2",
+              "umap_3d_z": "UMAP 3", "test_acc": "test accuracy"}
+PALETTE = px.colors.qualitative.Dark24  # 24 distinct colours: a zoo's dozen tasks never share one
+
+
+MAX_POINTS = 60_000  # points one map draws (WebGL stays interactive); more are sampled
+
+
+def embedding_map(table: pd.DataFrame, color: str = "task", dims: int = 2, symbol: str | None = "family",
+                  height: int | None = None, max_points: int = MAX_POINTS) -> go.Figure:
+    """UMAP scatter of an embedding set (``peace embed``), coloured by a metadata column: 24 distinct
+    colours for categories, viridis for numbers (low values stay visible on white), half-transparent
+    points so dense clusters do not hide others, readable axis titles and hover numbers. At most
+    ``max_points`` are drawn (a random sample beyond; the title says so)."""
+    n_all = len(table)
+    axes = ["umap_3d_x", "umap_3d_y", "umap_3d_z"] if dims == 3 else ["umap_2d_x", "umap_2d_y"]
+    table = table.dropna(subset=axes)  # big sets: only a sample was mapped (peace.serve.export.MAP_SAMPLE)
+    if len(table) > max_points:  # the browser's limit, e.g. a big set's filters off
+        table = table.sample(max_points, random_state=0).sort_index()
+    hover = {c: (":.3f" if c == "test_acc" else True) for c in ("model_id", "task", "arch", "epoch", "test_acc")
+             if c in table.columns}
+    kw = dict(color=color, hover_data=hover, labels=MAP_LABELS, height=height, color_discrete_sequence=PALETTE,
+              color_continuous_scale="Viridis", symbol=symbol if symbol in table.columns else None)
+    if dims == 3:
+        fig = px.scatter_3d(table, x="umap_3d_x", y="umap_3d_y", z="umap_3d_z", **kw)
+        fig.update_traces(marker={"size": 3, "opacity": 0.7})
+    else:
+        fig = px.scatter(table, x="umap_2d_x", y="umap_2d_y", custom_data=["model_id"], **kw)
+        fig.update_traces(marker={"size": 6, "opacity": 0.6})
+    shown = f"{len(table)} models" if len(table) == n_all else f"{len(table):,} of {n_all:,} models (a sample)"
+    fig.update_layout(title=f"{shown}, UMAP of their PEACE embeddings, coloured by {MAP_LABELS.get(color, color)}")
+    return fig
+
+
+def method_comparison(summary: pd.DataFrame, columns: tuple[str, ...] = ("task mAP", "hard mAP", "held-out task mAP",
+                                                                         "lineage mAP")) -> go.Figure:
+    """Grouped bars of headline metrics per method (``peace.orchestrate.evaluation.summary_table``)."""
+    long = summary.reset_index().melt(id_vars="method", value_vars=list(columns), var_name="metric")
+    return px.bar(long, x="metric", y="value", color="method", barmode="group",
+                  title="Retrieval on held-out models (mean average precision)")
+
+
+def ablation_bars(table: pd.DataFrame, metric: str, highlight: str = "full") -> go.Figure:
+    """One metric across ablation configurations: mean over seeds with one-standard-deviation error
+    bars (``peace.orchestrate.ablation.compare``), the full method in a different colour."""
+    g = table[table["metric"] == metric].sort_values("mean", ascending=False)
+    colors = ["#d62728" if c == highlight else "#1f77b4" for c in g["configuration"]]
+    fig = go.Figure(go.Bar(x=g["configuration"], y=g["mean"], marker_color=colors,
+                           error_y=dict(type="data", array=g["std"].fillna(0)),
+                           customdata=g["count"], hovertemplate="%{x}: %{y:.3f} (%{customdata} seeds)<extra></extra>"))
+    return fig.update_layout(title=f"{metric} per configuration (mean ± std over seeds; {highlight} in red)",
+                             xaxis_tickangle=-40, yaxis_title=metric)

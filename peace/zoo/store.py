@@ -1,0 +1,441 @@
+"""The model-zoo store: build it from a recipe (resumably), then read it lazily.
+
+Layout of a zoo directory::
+
+    recipe.json          the expanded recipe, written first (a resume must match it)
+    shards/POP.safetensors   weights of one population: keys ``MODEL_ID/layers.0.weight``
+    parts/POP.parquet    that population's manifest rows; written after its shard, so a part
+                         on disk means the population is complete
+    manifest.parquet     all rows (one per checkpoint), written last
+    zoo.json             recipe, versions, counts, creation time
+
+Every file is written atomically; a build killed at any point resumes with ``resume=True`` and
+produces the same manifest and weights as an uninterrupted build.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+import platform
+from collections.abc import Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import asdict
+from functools import cached_property, lru_cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import safe_open, save_file
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from peace.core.atomic import LOCK_NAME, atomic_path, locked, sha256_file, write_json
+from peace.core.cluster import Engine, Serial
+from peace.core.errors import PeaceError
+from peace.core.paths import contained
+from peace.nets.architectures import ArchSpec, build_module, load_weights, stack_params
+from peace.zoo.population import PopulationResult, metric_rows, task_tensors, train_population
+from peace.zoo.recipe import Recipe, RunSpec, expand, populations
+from peace.zoo.tasks import Task, load_task
+
+__all__ = [
+    "FORMAT_VERSION", "IDENTITY", "SPEC_COLUMNS", "Zoo", "add_models", "build_or_open", "build_zoo", "model_id",
+    "open_zoo", "spec_columns", "train_one_population", "weights_checksum"
+]
+
+FORMAT_VERSION = 1
+
+
+def weights_checksum(weights: dict[str, Tensor]) -> str:
+    """SHA-256 over a model's tensors in name order (detects changed or swapped weights)."""
+    h = hashlib.sha256()
+    for k in sorted(weights):
+        h.update(k.encode())
+        h.update(weights[k].detach().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def model_id(run_id: str, epoch: int) -> str:
+    return f"{run_id}-e{epoch:03d}"
+
+
+# --- building -----------------------------------------------------------------------------------
+
+SPEC_COLUMNS = ("family", "arch", "arch_spec", "activation", "bias", "depth", "width", "n_params")
+
+
+def spec_columns(spec: ArchSpec) -> dict:
+    """The manifest's columns that describe a model's architecture (``SPEC_COLUMNS``)."""
+    return {"family": spec.family, "arch": spec.describe(), "arch_spec": json.dumps(spec.to_dict(), sort_keys=True),
+            "activation": spec.activation, "bias": spec.bias, "depth": spec.depth,
+            "width": max(spec.hidden + spec.fc_hidden, default=0), "n_params": spec.n_params}
+
+
+def _population_id(pop: list[RunSpec]) -> str:
+    return hashlib.sha1("|".join(r.run_id for r in pop).encode()).hexdigest()[:12]
+
+
+def _rows(pop: list[RunSpec], pop_id: str, metrics: list[dict], weights: dict[int, dict[str, Tensor]],
+          parent_ids: dict[str, str], lineage: dict[str, str]) -> list[dict]:
+    rows = []
+    for m in metrics:
+        r = pop[m["model_index"]]
+        w = {k: v[m["model_index"]] for k, v in weights[m["epoch"]].items()}
+        task = load_task(r.task)
+        row = {
+            "model_id": model_id(r.run_id, m["epoch"]), "run_id": r.run_id, "population_id": pop_id,
+            "group": r.group, "task": r.task, "dataset": task.family, **spec_columns(r.spec),
+            **asdict(r.hparams), "optimizer": r.schedule.optimizer, "batch_size": r.schedule.batch_size,
+            "epochs": r.schedule.epochs,
+            **{k: v for k, v in m.items() if k != "model_index"},
+            "parent_id": parent_ids.get(r.run_id), "lineage_id": lineage[r.run_id],
+            "shard": f"shards/{pop_id}.safetensors", "checksum": weights_checksum(w),
+        }
+        rows.append(row)
+    return rows
+
+
+def _check_existing(out: Path, recipe: Recipe, resume: bool) -> None:
+    rec = out / "recipe.json"
+    if out.exists() and not out.is_dir():
+        raise PeaceError(f"{out} is a file; --out must name a directory (new, or a zoo to --resume)")
+    if not rec.exists():
+        if out.exists() and any(p.name != LOCK_NAME for p in out.iterdir()) and not resume:
+            raise PeaceError(f"{out} exists and is not empty; choose a new --out directory")
+        return
+    if not resume:
+        raise PeaceError(f"{out} already holds a zoo (or a partial build); pass --resume to continue it, "
+                         f"or choose another --out. Nothing was changed.")
+    old = json.loads(rec.read_text())
+    if old != json.loads(json.dumps(recipe.to_dict(), default=str)):
+        raise PeaceError(f"{out} was built from a different recipe ({old.get('name')!r}); resume needs the same "
+                         f"recipe. Use another --out for a new recipe.")
+
+
+def _part_is_complete(out: Path, pop_id: str) -> bool:
+    """Parts are written after their shard, both atomically: both readable means the population is done."""
+    part, shard = out / "parts" / f"{pop_id}.parquet", out / "shards" / f"{pop_id}.safetensors"
+    try:
+        pd.read_parquet(part, columns=["model_id"])
+        with safe_open(str(shard), "pt"):
+            return True
+    except Exception:  # missing or unreadable leftovers are rebuilt
+        return False
+
+
+def build_zoo(recipe: Recipe, out: str | Path, resume: bool = False, progress: bool = True,
+              engine: Engine | None = None) -> Zoo:
+    """Train every run of ``recipe`` into a zoo at ``out`` and return it opened (holding the zoo's
+    writer lock: a second build or ``add`` waits). ``engine`` trains populations elsewhere (Ray):
+    this process still writes every file, so resume and checksums work as without it."""
+    out = Path(out)
+    runs = expand(recipe)
+    _check_existing(out, recipe, resume)  # before the lock creates the directory: a clear error, nothing made
+    with locked(out, "zoo"):
+        _check_existing(out, recipe, resume)  # again: another writer may have started meanwhile
+        return _build(recipe, runs, out, resume, progress, engine or Serial())
+
+
+def train_one_population(pop: list[RunSpec], start: dict[str, Tensor] | None) -> PopulationResult:
+    """One population's training (a piece of work an engine may run on another machine)."""
+    return train_population(load_task(pop[0].task), pop[0].spec, [r.hparams for r in pop], pop[0].schedule,
+                            start=start)
+
+
+def _write_population(out: Path, pop: list[RunSpec], pop_id: str, res: PopulationResult, parent_ids: dict,
+                      lineage: dict) -> None:
+    """The shard, then the part (a part on disk means its population is complete)."""
+    tensors = {f"{model_id(r.run_id, e)}/{k}": v[i].contiguous()
+               for e, w in res.checkpoints.items() for i, r in enumerate(pop) for k, v in w.items()}
+    with atomic_path(out / "shards" / f"{pop_id}.safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "peace-zoo-shard", "population_id": pop_id})
+    with atomic_path(out / "parts" / f"{pop_id}.parquet") as tmp:
+        pd.DataFrame(_rows(pop, pop_id, res.metrics, res.checkpoints, parent_ids, lineage)).to_parquet(tmp)
+
+
+def _build(recipe: Recipe, runs: list[RunSpec], out: Path, resume: bool, progress: bool, engine: Engine) -> Zoo:
+    (out / "parts").mkdir(parents=True, exist_ok=True)
+    (out / "shards").mkdir(parents=True, exist_ok=True)
+    write_json(out / "recipe.json", recipe.to_dict())
+    pops = populations(runs, recipe.chunk_size)
+    by_id = {r.run_id: r for r in runs}
+    lineage = {}
+    for r in runs:  # parents precede children in expand()'s order
+        lineage[r.run_id] = lineage[r.parent_run] if r.parent_run else r.run_id
+    final_of = {r.run_id: model_id(r.run_id, r.schedule.epochs) for r in runs}
+    parent_ids = {r.run_id: final_of[r.parent_run] for r in runs if r.parent_run}
+    pop_of = {r.run_id: _population_id(pop) for pop in pops for r in pop}  # run -> population, for fine-tune parents
+    bar = tqdm(total=sum(len(p) for p in pops), desc=f"zoo {recipe.name}", unit="run", disable=not progress)
+    done: set[str] = set()
+    waiting = []
+    for pop in pops:
+        if resume and _part_is_complete(out, pop_of[pop[0].run_id]):
+            done.add(pop_of[pop[0].run_id])
+            bar.update(len(pop))
+        else:
+            waiting.append(pop)
+    running: dict[Future, list[RunSpec]] = {}
+    while waiting or running:
+        # keep the engine busy with populations whose parents are written (in order: Serial keeps the old order)
+        while waiting and len(running) < engine.slots:
+            ready = next((p for p in waiting if all(pop_of[r.parent_run] in done for r in p if r.parent_run)), None)
+            if ready is None:
+                break
+            waiting.remove(ready)
+            start = None
+            if ready[0].parent_run is not None:
+                start = stack_params([_load_final(out, pop_of[r.parent_run], by_id[r.parent_run]) for r in ready])
+            bar.set_postfix_str(f"{ready[0].group}/{ready[0].task}")
+            running[engine.submit(train_one_population, ready, start)] = ready
+        if not running:
+            raise PeaceError(f"zoo {out}: populations wait for parents that are never trained (a recipe bug)")
+        finished, _ = wait(running, return_when=FIRST_COMPLETED)
+        for f in finished:
+            pop = running.pop(f)
+            _write_population(out, pop, pop_of[pop[0].run_id], f.result(), parent_ids, lineage)
+            done.add(pop_of[pop[0].run_id])
+            bar.update(len(pop))
+    bar.close()
+    parts = [pd.read_parquet(out / "parts" / f"{pop_of[p[0].run_id]}.parquet") for p in pops]
+    manifest = pd.concat(parts, ignore_index=True)
+    with atomic_path(out / "manifest.parquet") as tmp:
+        manifest.to_parquet(tmp)
+    write_json(out / "zoo.json", {
+        "format_version": FORMAT_VERSION, "name": recipe.name, "recipe": recipe.to_dict(),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "n_checkpoints": len(manifest), "n_runs": int(manifest["run_id"].nunique()),
+        "manifest_sha256": sha256_file(out / "manifest.parquet"),
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
+    })
+    return Zoo(out)
+
+
+def _load_final(out: Path, pop_id: str, run: RunSpec) -> dict[str, Tensor]:
+    prefix = model_id(run.run_id, run.schedule.epochs) + "/"
+    with safe_open(str(out / "shards" / f"{pop_id}.safetensors"), "pt") as f:
+        return {k[len(prefix):]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+class Zoo:
+    """A built zoo, opened lazily: metadata at once, weights only when asked for."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        meta, man = self.path / "zoo.json", self.path / "manifest.parquet"
+        if not meta.exists() or not man.exists():
+            hint = " (a partial build: run `peace zoo build ... --resume`)" if (self.path / "recipe.json").exists() else ""
+            raise PeaceError(f"{self.path} is not a finished zoo: zoo.json or manifest.parquet is missing{hint}. "
+                             f"Build one with `peace zoo build --preset demo --out {self.path}`.")
+        try:
+            self.info = json.loads(meta.read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise PeaceError(f"{meta} is corrupted ({e}); rebuild the zoo with --resume") from None
+        if not isinstance(self.info, dict):
+            raise PeaceError(f"{meta} is corrupted (it holds a {type(self.info).__name__}, not an object); rebuild "
+                             f"the zoo with --resume")
+        if self.info.get("format_version") != FORMAT_VERSION:
+            raise PeaceError(f"{meta} has format version {self.info.get('format_version')}, this PEACE reads "
+                             f"{FORMAT_VERSION}; rebuild the zoo")
+        actual = sha256_file(man)
+        # previous_manifest_sha256: `peace zoo add` was interrupted before replacing the manifest, which
+        # then still lists exactly the models it did before (the new shard is simply not referenced)
+        if actual not in (self.info.get("manifest_sha256"), self.info.get("previous_manifest_sha256")):
+            raise PeaceError(f"{man} does not match the checksum in zoo.json (changed or corrupted); "
+                             f"rebuild it with `peace zoo build ... --out {self.path} --resume`")
+        self.info["manifest_sha256"] = actual
+        self.manifest = pd.read_parquet(man).set_index("model_id", drop=False).rename_axis(None)
+        self._shards = {s: contained(self.path, s, f"weight shard in {man}") for s in self.manifest["shard"].unique()}
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    def __repr__(self) -> str:
+        return f"Zoo({str(self.path)!r}, {len(self)} checkpoints, {self.manifest['run_id'].nunique()} runs)"
+
+    @property
+    def name(self) -> str:
+        return self.info["name"]
+
+    def _known(self, model_id: str) -> str:
+        if model_id not in self.manifest.index:
+            raise PeaceError(f"model {model_id!r} is not in zoo {self.path}")
+        return model_id
+
+    def row(self, model_id: str) -> pd.Series:
+        return self.manifest.loc[self._known(model_id)]
+
+    def _cell(self, model_id: str, column: str):
+        return self.manifest.at[self._known(model_id), column]  # a scalar lookup: no row Series for big zoos
+
+    def spec(self, model_id: str) -> ArchSpec:
+        return _spec_from_json(self._cell(model_id, "arch_spec"))
+
+    def task(self, model_id: str) -> Task:
+        return load_task(self._cell(model_id, "task"))
+
+    def weights(self, model_id: str, verify: bool = True) -> dict[str, Tensor]:
+        """One model's state dict, read from its shard (checksum-verified)."""
+        return self.load_many([model_id], verify=verify)[0]
+
+    def load_many(self, model_ids: Iterable[str], verify: bool = True) -> list[dict[str, Tensor]]:
+        """State dicts of many models, opening each shard once."""
+        ids = list(model_ids)
+        rows = self.manifest.loc[ids] if ids else self.manifest.iloc[:0]
+        out: dict[str, dict[str, Tensor]] = {}
+        for shard, sub in rows.groupby("shard", sort=False):
+            path = self._shards[shard]
+            try:
+                with safe_open(str(path), "pt") as f:
+                    for mid, checksum, spec_json in zip(sub["model_id"], sub["checksum"], sub["arch_spec"]):
+                        names = _spec_from_json(spec_json).param_shapes()
+                        w = {k: f.get_tensor(f"{mid}/{k}") for k in names}
+                        if verify and weights_checksum(w) != checksum:
+                            raise PeaceError(f"weights of {mid} in {path} do not match the manifest checksum "
+                                             f"(corrupted shard); rebuild with --resume after deleting {path}")
+                        out[mid] = w
+            except (SafetensorError, OSError) as e:
+                raise PeaceError(f"cannot read weight shard {path}: {e}. Delete it and run "
+                                 f"`peace zoo build ... --out {self.path} --resume` to rebuild it.") from None
+        return [out[m] for m in ids]
+
+    def verify(self, weights: bool = False, progress: bool = False) -> list[str]:
+        """Problems found in the shards: missing or unreadable files, missing tensors and, with
+        ``weights``, checksum mismatches (reads every weight). Empty when all is well."""
+        problems = []
+        for shard, sub in tqdm(self.manifest.groupby("shard", sort=False), desc="verify", unit="shard", disable=not progress):
+            path = self._shards[shard]
+            try:
+                with safe_open(str(path), "pt") as f:
+                    keys = set(f.keys())
+                missing = [m for m, spec in zip(sub["model_id"], sub["arch_spec"])
+                           if any(f"{m}/{k}" not in keys for k in _spec_from_json(spec).param_shapes())]
+                if missing:
+                    problems.append(f"{shard}: no weights for {len(missing)} model(s), e.g. {missing[0]}")
+                elif weights:
+                    self.load_many(list(sub["model_id"]), verify=True)
+            except (SafetensorError, OSError) as e:
+                problems.append(f"{shard}: cannot be read ({str(e)[:120]})")
+            except PeaceError as e:
+                problems.append(str(e))
+        return problems
+
+    def model(self, model_id: str) -> nn.Module:
+        return load_weights(build_module(self.spec(model_id)), self.weights(model_id)).eval()
+
+    @cached_property
+    def summary(self) -> pd.DataFrame:
+        """Per task and architecture family: runs, checkpoints, diverged count, final test accuracy."""
+        m = self.manifest
+        final = m[m["epoch"] == m["epochs"]]
+        g = m.groupby(["task", "family"])
+        s = pd.DataFrame({"runs": g["run_id"].nunique(), "checkpoints": g.size(),
+                          "diverged": g["status"].apply(lambda s: int((s == "diverged").sum()))})
+        acc = final.groupby(["task", "family"])["test_acc"]
+        s["final_test_acc_mean"], s["final_test_acc_std"] = acc.mean(), acc.std()
+        return s.reset_index()
+
+
+@lru_cache(maxsize=1024)
+def _spec_from_json(s: str) -> ArchSpec:
+    return ArchSpec.from_dict(json.loads(s))
+
+
+def open_zoo(path: str | Path) -> Zoo:
+    return Zoo(path)
+
+
+def build_or_open(recipe: Recipe, out: str | Path, progress: bool = True) -> Zoo:
+    """Open the zoo at ``out`` if it is finished, else build it (resuming a partial build)."""
+    out = Path(out)
+    if (out / "zoo.json").exists():
+        _check_existing(out, recipe, resume=True)
+        return Zoo(out)
+    return build_zoo(recipe, out, resume=(out / "recipe.json").exists(), progress=progress)
+
+
+# --- adding models from elsewhere ------------------------------------------------------------------
+
+IDENTITY = ("model_id", "run_id", "population_id", "lineage_id", "parent_id", "status", "shard", "checksum",
+            "arch_spec")  # what a model file's metadata may not claim: the zoo assigns these
+
+
+def _metadata_columns(meta: dict, manifest: pd.DataFrame, source: str) -> dict:
+    """The metadata entries that fill manifest columns, each checked against the column's type."""
+    out = {}
+    for k, v in meta.items():
+        if k in IDENTITY:
+            raise PeaceError(f"{source}: metadata may not set {k!r} (the zoo assigns it); remove it from config.json")
+        if k not in manifest.columns:
+            continue
+        kind = manifest[k].dtype.kind
+        need = {"b": (bool,), "i": (int,), "u": (int,), "f": (int, float)}.get(kind, (str,) if kind in "OSU" else (object,))
+        if not isinstance(v, need) or (isinstance(v, bool) and bool not in need):
+            noun = {"b": "true or false", "i": "an integer", "u": "an integer", "f": "a number"}.get(kind, "text")
+            raise PeaceError(f"{source}: metadata {k!r} = {v!r:.60} must be {noun} (the zoo's column {k!r} holds "
+                             f"{manifest[k].dtype}); fix config.json")
+        out[k] = v
+    return out
+
+
+def add_models(zoo: Zoo | str | Path, models: list, task: str | None = None, group: str = "imported",
+               metadata: dict | None = None) -> Zoo:
+    """Append imported models (``peace.intake.model.ImportedModel``) to a built zoo; returns it reopened.
+
+    Models get the id ``imported-<weights sha>-e000``; with a known ``task`` that fits their inputs
+    and outputs, their loss, accuracy and F1 on its splits are measured like zoo models'. Writers
+    take turns (the zoo's lock; the manifest is re-read under it, so concurrent adds all land).
+    Crash-safe: the new shard is written first, then zoo.json (accepting the old manifest too), then
+    the manifest.
+    """
+    path = zoo.path if isinstance(zoo, Zoo) else Path(zoo)
+    if not (path / "zoo.json").is_file():
+        Zoo(path)  # its clear error, before the lock would create the directory
+    if not models:
+        raise PeaceError("no models to add")
+    the_task = load_task(task) if task else None
+    with locked(path, "zoo"):
+        return _add(Zoo(path), models, task, the_task, group, metadata)
+
+
+def _add(zoo: Zoo, models: list, task: str | None, the_task: Task | None, group: str, metadata: dict | None) -> Zoo:
+    rows, tensors = [], {}
+    for m in models:
+        checksum = weights_checksum(m.params)
+        run_id = f"imported-{checksum[:12]}"
+        mid = model_id(run_id, 0)
+        if mid in zoo.manifest.index or any(r["model_id"] == mid for r in rows):
+            raise PeaceError(f"{m.source}: the same weights are already in the zoo as {mid}; nothing was added")
+        meta = _metadata_columns({**(metadata or {}), **m.metadata}, zoo.manifest, m.source)
+        row = {c: None for c in zoo.manifest.columns}
+        row.update({"model_id": mid, "run_id": run_id, "population_id": run_id, "group": group,
+                    "task": task or str(meta.get("task", "unknown")), "dataset": the_task.family if the_task else "unknown",
+                    **spec_columns(m.spec), "epoch": 0, "epochs": 0, "status": "ok", "lineage_id": run_id,
+                    "shard": f"shards/{run_id}.safetensors", "checksum": checksum})
+        row.update({k: v for k, v in meta.items() if k not in ("task", "dataset", *SPEC_COLUMNS)})
+        if the_task is not None:
+            data = task_tensors(the_task)
+            if math.prod(m.spec.input_shape) != the_task.n_features or m.spec.n_classes != the_task.n_classes:
+                raise PeaceError(f"{m.source}: {m.spec.describe()} does not fit task {task!r} "
+                                 f"({the_task.n_features} inputs, {the_task.n_classes} classes)")
+            data = {s: (X.reshape(len(X), *m.spec.input_shape), y) for s, (X, y) in data.items()}
+            measured = metric_rows(m.spec, the_task, stack_params([m.params]), 0, data)[0]
+            row.update({k: v for k, v in measured.items() if k not in ("model_index", "epoch")})
+        rows.append(row)
+        tensors[run_id] = {f"{mid}/{k}": v.contiguous().float() for k, v in m.params.items()}
+    for run_id, t in tensors.items():
+        with atomic_path(zoo.path / "shards" / f"{run_id}.safetensors") as tmp:
+            save_file(t, str(tmp), metadata={"format": "peace-zoo-shard", "population_id": run_id})
+    manifest = pd.concat([zoo.manifest.reset_index(drop=True), pd.DataFrame(rows)], ignore_index=True)
+    manifest = manifest.astype({c: zoo.manifest[c].dtype for c in ("epoch", "epochs") if c in manifest})
+    with atomic_path(zoo.path / "manifest.parquet") as tmp:
+        manifest.to_parquet(tmp)
+        info = {**zoo.info, "manifest_sha256": sha256_file(tmp), "previous_manifest_sha256": zoo.info["manifest_sha256"],
+                "n_checkpoints": len(manifest), "n_runs": int(manifest["run_id"].nunique())}
+        write_json(zoo.path / "zoo.json", info)
+    return Zoo(zoo.path)
