@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import sys
 from pathlib import Path
 
@@ -411,6 +412,27 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("peace: interrupted; finished parts are kept (rerun with --resume)", file=sys.stderr)
         return 130
+    except OSError as e:  # the machine said no (full disk, read-only directory): what and how to go on, not a trace
+        print(f"peace: error: {os_error(e)}", file=sys.stderr)
+        return 2
+
+
+FIXES = {errno.ENOSPC: "the disk is full; free some space and run the command again",
+         errno.EDQUOT: "the disk quota is used up; free some space and run the command again",
+         errno.EROFS: "that file system is read-only; name an output directory you can write to",
+         errno.EACCES: "permission denied; name an output directory you can write to, or fix its permissions",
+         errno.EPERM: "permission denied; name an output directory you can write to, or fix its permissions",
+         errno.ELOOP: "a symbolic link loops or is not allowed there; remove it"}
+
+
+def os_error(e: OSError) -> str:
+    """An operating-system error as one line: what failed, on which file, and what to do."""
+    where = " ".join(f"'{f}'" for f in (e.filename, e.filename2) if f)
+    what = e.strerror or str(e)
+    fix = FIXES.get(e.errno, "check the path and run the command again")
+    return f"{what}{f' ({where})' if where else ''}: {fix}"
+
+
 def run() -> None:
     """The console entry point: ``main``, then leave without interpreter teardown. pyarrow's parquet
     threads can abort a process while it exits (SIGABRT, "terminate called without an active

@@ -132,3 +132,40 @@ def test_a_scanned_weights_file_may_not_link_out_of_its_directory(files, tmp_pat
     (tmp_path / "repo" / "model.pt").symlink_to(files / "m.pt")
     with pytest.raises(PeaceError, match="symbolic link out of the directory"):
         load_model(tmp_path / "repo", {"activation": "relu"})
+
+
+HOSTILE_METADATA = [  # config.json metadata, what the one line must say
+    ({"task": "synth\x1b[2J\u202eevil"}, "must be at most 200 printable characters"),
+    ({"task": "../../etc"}, "must be a task name"),
+    ({"task": 7}, "must be text"),
+    ({"epoch": int("9" * 4000)}, "an integer of 4000 digits.* does not fit a 64-bit integer"),
+    ({"test_acc": float("nan")}, "must be a finite number"),
+    ({"test_acc": float("inf")}, "must be a finite number"),
+    ({"group": "x" * 201}, "at most 200 printable characters"),
+]
+
+
+@pytest.mark.parametrize("meta, msg", HOSTILE_METADATA, ids=[m[1][:24] for m in HOSTILE_METADATA])
+def test_hostile_metadata_is_refused_before_anything_is_written(files, tiny_zoo, tmp_path, capsys, meta, msg):
+    import re
+
+    zoo, model = tmp_path / "zoo", tmp_path / "model"
+    shutil.copytree(tiny_zoo.path, zoo)
+    model.mkdir()
+    shutil.copy(files / "m.pt", model / "m.pt")
+    (model / "config.json").write_text(json.dumps({"activation": "relu", "metadata": meta}))
+    before = {p.relative_to(zoo): p.read_bytes() for p in zoo.rglob("*") if p.is_file()}
+    assert main(["zoo", "add", str(zoo), str(model)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(msg, err), err
+    assert all(c.isprintable() or c == "\n" for c in err), "a raw control character reached the terminal"
+    assert {p.relative_to(zoo): p.read_bytes() for p in zoo.rglob("*") if p.is_file()} == before
+
+
+def test_config_json_nested_thousands_deep_is_one_line(files, tiny_zoo, tmp_path, capsys):
+    model = tmp_path / "model"
+    model.mkdir()
+    shutil.copy(files / "m.pt", model / "m.pt")
+    (model / "config.json").write_text('{"metadata": ' + "[" * 50_000 + "]" * 50_000 + "}")
+    assert main(["zoo", "add", str(tiny_zoo.path), str(model)]) == 2
+    assert "nested too deeply" in capsys.readouterr().err

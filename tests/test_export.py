@@ -222,3 +222,32 @@ def test_the_sets_baseline_vectors_rank_as_the_baselines_do(embedding_set, tiny_
     (copy / BASELINES).write_bytes(b"changed")
     with pytest.raises(PeaceError, match="baselines.npz does not match the checksum"):
         EmbeddingSet(copy)
+
+
+def test_a_failed_rebuild_leaves_the_old_set_as_it_was(embedding_set, tiny_run, tmp_path, monkeypatch, capsys):
+    import errno
+
+    import peace.serve.index as index
+    from peace.cli import main
+
+    out = tmp_path / "set"
+    shutil.copytree(embedding_set.path, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    query = embedding_set.table.model_id[0]
+    neighbours = EmbeddingSet(out).neighbours(query, 5).model_id.tolist()
+
+    def full_disk(*a, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device", str(out / "index.ann"))
+
+    monkeypatch.setattr(index, "build_annoy", full_disk)
+    assert main(["embed", "--run", str(tiny_run.path), "--out", str(out), "--no-umap", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "peace: error:" in err and "No space left" in err and "free" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert EmbeddingSet(out).neighbours(query, 5).model_id.tolist() == neighbours
+    assert not list(tmp_path.glob(".set.new-*"))  # the half-written new set is gone
+    monkeypatch.undo()
+    (out / "notes.txt").write_text("mine")  # a user's file in the set's directory: refused, never deleted
+    with pytest.raises(PeaceError, match=r"holds files that are not part of an embedding set \(notes.txt\)"):
+        export_embeddings(tiny_run.path, out, umap=False, progress=False)
+    assert (out / "notes.txt").read_text() == "mine" and EmbeddingSet(out)

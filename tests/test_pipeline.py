@@ -48,9 +48,15 @@ def test_a_failing_step_names_notebook_and_cell_and_keeps_earlier_outputs(tiny_z
     root = _root_with_zoo(tiny_zoo, tmp_path)
     steps = pipeline_steps("tiny", "tiny", QUICK, "cpu", root=root, transfer_epochs=0)
     steps[1].parameters["overrides"] = ["train.batch_size=100000"]  # more than the zoo has: the trainer refuses
+    stale = root / "runs" / "tiny"  # an earlier run with other parameters: replaced only once the new one is done
+    stale.mkdir(parents=True)
+    (stale / ".pipeline-step.json").write_text(json.dumps({"step": "train encoder", "parameters": {"seed": 9}}))
+    (stale / "encoder.safetensors").write_text("the earlier encoder")
     with pytest.raises(PeaceError, match=r"step 2/4 \(train encoder\): 02_train_encoder.ipynb failed in cell \d+ "
                                          r"\(PeaceError: .*batch"):
         run_steps(steps, root / "notebooks", progress=False)
+    assert (stale / "encoder.safetensors").read_text() == "the earlier encoder"  # the failed rebuild lost nothing
+    assert sorted(p.name for p in stale.parent.iterdir()) == ["tiny"]
     assert len(Zoo(root / "zoos/tiny")) == len(tiny_zoo)  # step 1's output intact
     assert (root / "notebooks/02_train_encoder.ipynb").exists()  # the executed notebook, with the traceback
 

@@ -1,11 +1,19 @@
 """Paths read from files (zoo manifests, model configs) must stay inside the directory they describe."""
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import secrets
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from peace.core.errors import PeaceError
 
-__all__ = ["contained"]
+__all__ = ["SAFE_NAME", "contained", "remove_tree", "replacing", "safe_name"]
+
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # one path component: no separators, no "..", no control
 
 
 def contained(base: str | Path, relative: str, what: str) -> Path:
@@ -17,3 +25,45 @@ def contained(base: str | Path, relative: str, what: str) -> Path:
                          f"that directory (a tampered or foreign file?)")
     return path
 
+
+def safe_name(value: object, what: str) -> str:
+    """``value`` if it can name one file or directory (letters, digits, ``.``, ``_``, ``-``; starts with a
+    letter or digit; at most 100 characters), so that a name taken from user data can never leave its root."""
+    if not isinstance(value, str) or not SAFE_NAME.fullmatch(value) or ".." in value:
+        raise PeaceError(f"{what} {value!r} cannot be used as a file name; use letters, digits, '.', '_' and '-' "
+                         f"(starting with a letter or digit, at most 100 characters, no '..')")
+    return value
+
+
+def remove_tree(path: str | Path, owner: str | Path) -> None:
+    """``shutil.rmtree(path)``, refused unless ``path`` lies strictly inside ``owner`` (symlinks resolved):
+    a recursive delete never reaches a directory its caller does not own."""
+    shutil.rmtree(_owned(path, owner, "delete"))
+
+
+def _owned(path: str | Path, owner: str | Path, verb: str) -> Path:
+    path, owner = Path(path), Path(owner).resolve()
+    resolved = path.resolve()
+    if path.is_symlink() or resolved == owner or not resolved.is_relative_to(owner):
+        raise PeaceError(f"refusing to {verb} {path}: it is not a directory inside {owner}, which this command owns")
+    return resolved
+
+
+@contextlib.contextmanager
+def replacing(path: str | Path, owner: str | Path) -> Iterator[None]:
+    """Rebuild the directory ``path`` (inside ``owner``) in the block: the old one waits beside it, comes
+    back when the block fails, and is deleted once it succeeds, so a failed rebuild loses nothing."""
+    if not Path(path).exists():
+        yield
+        return
+    path = _owned(path, owner, "replace")
+    aside = path.with_name(f".{path.name}.old-{secrets.token_hex(4)}")
+    os.rename(path, aside)
+    try:
+        yield
+    except BaseException:
+        if path.exists():
+            shutil.rmtree(path)
+        os.rename(aside, path)
+        raise
+    shutil.rmtree(aside)

@@ -280,6 +280,8 @@ def read_config(path: str | Path, max_bytes: int = 2**20) -> dict:
         d = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as e:
         raise PeaceError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise PeaceError(f"{path}: nested too deeply to be a model config") from None
     if not isinstance(d, dict):
         raise PeaceError(f"{path}: a model config must be a JSON object")
     return d

@@ -22,6 +22,7 @@ from peace.core.atomic import atomic_path
 from peace.core.cluster import Engine, Threads
 from peace.core.config import checked, read_yaml
 from peace.core.errors import PeaceError
+from peace.core.paths import safe_name
 from peace.learn.runconfig import load_config
 from peace.orchestrate.pipeline import Step, evaluate_step, notebook_path, run_steps, train_step
 
@@ -69,18 +70,24 @@ def load_grid(source: str | Path) -> Grid:
         raise PeaceError(f"ablation grid {path}: 'configurations' must be a non-empty list of {{name, set}}")
     grid.configurations = [checked(Configuration, c, f"configuration #{i + 1} of {path}")
                            for i, c in enumerate(grid.configurations)]
-    names = [c.name for c in grid.configurations]
+    names = [safe_name(c.name, f"ablation grid {path}: configuration name") for c in grid.configurations]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise PeaceError(f"ablation grid {path}: duplicate configuration name(s) {dupes}; each name must be unique")
-    if not grid.seeds or len(set(grid.seeds)) != len(grid.seeds):
-        raise PeaceError(f"ablation grid {path}: seeds must be a non-empty list without repeats, got {grid.seeds}")
+    if (not isinstance(grid.seeds, list) or not grid.seeds or not all(map(_is_seed, grid.seeds))
+            or len(set(grid.seeds)) != len(grid.seeds)):
+        raise PeaceError(f"ablation grid {path}: seeds must be a non-empty list of integers in [0, 2**31) without "
+                         f"repeats, got {grid.seeds!r}")
     for c in grid.configurations:
         try:
             load_config(grid.base, list(grid.overrides) + c.overrides)
         except PeaceError as e:
             raise PeaceError(f"ablation grid {path}, configuration {c.name!r}: {e}") from None
     return grid
+
+
+def _is_seed(seed: object) -> bool:
+    return isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**31
 
 
 def _steps(grid: Grid, c: Configuration, seed: int, run: Path) -> list[Step]:
@@ -99,7 +106,9 @@ def _flatten(metrics: dict) -> dict:
 
 def run_one(grid: Grid, c: Configuration, seed: int, out: Path) -> dict:
     """Train and evaluate one (configuration, seed) into ``out/runs/NAME-sSEED``; its summary row."""
-    run = out / "runs" / f"{c.name}-s{seed}"
+    if not _is_seed(seed):
+        raise PeaceError(f"seed {seed!r} must be an integer in [0, 2**31)")
+    run = out / "runs" / f"{safe_name(c.name, 'configuration name')}-s{seed}"
     row = {"configuration": c.name, "seed": seed, "overrides": " ".join(c.overrides), "run": str(run)}
     (run / "error.txt").unlink(missing_ok=True)
     try:

@@ -10,9 +10,9 @@ leaves the outputs of earlier steps untouched.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -21,6 +21,7 @@ from pathlib import Path
 
 from peace.core.atomic import read_json_or_none, write_json
 from peace.core.errors import PeaceError, unknown
+from peace.core.paths import replacing, safe_name
 from peace.learn.run import RunDir
 
 __all__ = [
@@ -137,7 +138,7 @@ def pipeline_steps(preset: str = "demo", config: str = "default", overrides: Seq
     load_recipe(preset)  # unknown names fail here, before anything runs
     load_config(config, list(overrides))
     root = Path(root).resolve()
-    name = name or preset
+    name = safe_name(name or preset, "--name")
     zoo, run = root / "zoos" / preset, root / "runs" / name
     emb, ev = root / "embeddings" / name, root / "evaluation" / name
     return [
@@ -183,10 +184,13 @@ def plan(steps: Sequence[Step], force: bool, timings: dict, reference: dict) -> 
 
 
 def run_steps(steps: Sequence[Step], notebooks_out: Path, force: bool = False, progress: bool = True,
-              notebooks: Path | None = None, reference: dict | None = None, stream: bool | None = None) -> list[str]:
+              notebooks: Path | None = None, reference: dict | None = None, stream: bool | None = None,
+              root: Path | None = None) -> list[str]:
     """Run the steps that are not current, in order; returns each step's outcome ("ran" / "current").
     With ``progress`` it says first what will run and for how long, and (``stream``, default: the same)
-    shows each notebook's own progress bars as they run."""
+    shows each notebook's own progress bars as they run. A stale step directory is replaced only inside
+    ``root`` (default: the parent of ``notebooks_out``), the tree this run owns, and comes back if its step fails."""
+    root = Path(root if root is not None else notebooks_out.parent)
     paths = [notebook_path(s.notebook, notebooks) for s in steps]
     for s, p in zip(steps, paths):  # every notebook checked before the first one runs
         check_parameters_cell(p, list(s.parameters))
@@ -201,19 +205,19 @@ def run_steps(steps: Sequence[Step], notebooks_out: Path, force: bool = False, p
         if progress:
             print(f"[peace] {i}/{len(steps)} {s.name}: running {s.notebook} ...", flush=True)
         t0 = time.perf_counter()
-        if s.owns_dir and read_json_or_none(s.stamp) is not None:
-            # made by an earlier pipeline run with other parameters or inputs: replace, do not resume it
-            if progress:
-                print(f"[peace]     {s.stamp.parent} is stale (parameters or inputs changed); rebuilding it", flush=True)
-            shutil.rmtree(s.stamp.parent)
-        s.stamp.unlink(missing_ok=True)
-        try:
-            run_notebook(path, notebooks_out / s.notebook, s.parameters, progress if stream is None else stream)
-        except PeaceError as e:
-            raise PeaceError(f"step {i}/{len(steps)} ({s.name}): {e}") from None
-        missing = [str(p) for p in s.outputs if not p.exists()]
-        if missing:
-            raise PeaceError(f"step {s.name}: {s.notebook} ran but did not write {missing}")
+        stale = s.owns_dir and read_json_or_none(s.stamp) is not None
+        if stale and progress:  # made by an earlier run with other parameters or inputs: replace, do not resume it
+            print(f"[peace]     {s.stamp.parent} is stale (parameters or inputs changed); rebuilding it (the old "
+                  f"one is kept until the new one is complete)", flush=True)
+        with replacing(s.stamp.parent, root) if stale else contextlib.nullcontext():
+            s.stamp.unlink(missing_ok=True)
+            try:
+                run_notebook(path, notebooks_out / s.notebook, s.parameters, progress if stream is None else stream)
+            except PeaceError as e:
+                raise PeaceError(f"step {i}/{len(steps)} ({s.name}): {e}") from None
+            missing = [str(p) for p in s.outputs if not p.exists()]
+            if missing:
+                raise PeaceError(f"step {s.name}: {s.notebook} ran but did not write {missing}")
         write_json(s.stamp, s.record())
         outcome.append("ran")
         timings[s.name] = time.perf_counter() - t0
@@ -235,5 +239,6 @@ def run_pipeline(preset: str = "demo", config: str = "default", overrides: Seque
             if s not in names:
                 raise unknown("pipeline step", s, names)
         all_steps = [s for s in all_steps if s.name in steps]
-    return run_steps(all_steps, Path(root).resolve() / "notebooks" / (name or preset), force, progress,
-                     reference=REFERENCE_MINUTES.get(preset, {}))
+    root = Path(root).resolve()
+    return run_steps(all_steps, root / "notebooks" / (name or preset), force, progress,
+                     reference=REFERENCE_MINUTES.get(preset, {}), root=root)

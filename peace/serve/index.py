@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from annoy import AnnoyIndex
 
-from peace.core.atomic import atomic_path, locked, sha256_file, write_json
+from peace.core.atomic import LOCK_NAME, atomic_path, locked, sha256_file, staged_dir, write_json
 from peace.core.errors import PeaceError
 
 __all__ = ["METRIC", "EmbeddingSet", "build_annoy", "check_output_dir", "read_embeddings", "write_embedding_set"]
@@ -137,6 +137,19 @@ def check_output_dir(out: Path) -> None:
 
     if RunDir.looks_like(out):
         raise PeaceError(f"--out {out} is a training run; write embedding sets to their own directory")
+    foreign = sorted(p.name for p in out.iterdir() if not _set_file(p.name)) if out.is_dir() else []
+    if foreign:
+        raise PeaceError(f"--out {out} holds files that are not part of an embedding set ({', '.join(foreign[:5])}"
+                         f"{', ...' if len(foreign) > 5 else ''}); a rebuilt set replaces the whole directory, so "
+                         f"name a new or empty directory, or move those files away")
+
+
+SET_FILES = {"embeddings.parquet", "index.ann", "index.json", BASELINES, LOCK_NAME, ".pipeline-step.json"}
+
+
+def _set_file(name: str) -> bool:
+    """A file an embedding set directory may hold: its own, or a temporary file of an interrupted write."""
+    return name in SET_FILES or (name.startswith(".") and ".tmp-" in name)
 
 
 def read_embeddings(path: Path, dim: int) -> tuple[pd.DataFrame, np.ndarray]:
@@ -154,31 +167,37 @@ def read_embeddings(path: Path, dim: int) -> tuple[pd.DataFrame, np.ndarray]:
 
 def write_embedding_set(out: str | Path, table: pd.DataFrame, embeddings: np.ndarray, trees: int,
                         provenance: dict, baselines: dict[str, np.ndarray] | None = None) -> EmbeddingSet:
-    """Write the table with its ``embeddings`` (row i, as a fixed-size list column) + index + sidecar
-    atomically (the sidecar last: it is what marks the set complete), holding the set's writer lock.
-    ``provenance`` paths (``run``, ``zoo``) are stored relative to ``out``."""
+    """Write the table with its ``embeddings`` (row i, as a fixed-size list column) + index + sidecar into a
+    new directory beside ``out`` that replaces ``out`` only once complete (a failed rebuild leaves the old set
+    as it was), holding the set's writer lock. ``provenance`` paths (``run``, ``zoo``) are stored relative
+    to ``out``."""
     out = Path(out)
     check_output_dir(out)
-    provenance = {k: os.path.relpath(Path(v).resolve(), out.resolve()) if k in ("run", "zoo") else v
+    target = out.resolve()
+    provenance = {k: os.path.relpath(Path(v).resolve(), target) if k in ("run", "zoo") else v
                   for k, v in provenance.items()}
-    with locked(out, "embedding set"):
-        (out / "index.json").unlink(missing_ok=True)
-        emb = np.ascontiguousarray(embeddings, dtype=np.float32)
-        if emb.ndim != 2 or len(emb) != len(table):
-            raise PeaceError(f"need one embedding per row: {len(table)} rows, embeddings of shape {emb.shape}")
-        arrow = pa.Table.from_pandas(table.drop(columns=["embedding"], errors="ignore"), preserve_index=False)
-        vectors = pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), emb.shape[1])
-        arrow = arrow.add_column(min(1, arrow.num_columns), "embedding", vectors)
-        with atomic_path(out / "embeddings.parquet") as tmp:
-            pq.write_table(arrow, tmp)
-        build_annoy(emb, out / "index.ann", trees)
-        (out / BASELINES).unlink(missing_ok=True)
-        if baselines is not None:
-            with atomic_path(out / BASELINES) as tmp, open(tmp, "wb") as f:
-                np.savez(f, **baselines)
-            provenance["baselines_sha256"] = sha256_file(out / BASELINES)
-        write_json(out / "index.json", {"dimension": int(emb.shape[1]), "metric": METRIC, "trees": trees,
-                                        "n_items": len(table), "model_ids": list(table["model_id"]),
-                                        "embeddings_sha256": sha256_file(out / "embeddings.parquet"),
-                                        "index_sha256": sha256_file(out / "index.ann"), **provenance})
+    with locked(target, "embedding set", beside=True), staged_dir(target) as new:
+        _write_set_files(new, table, embeddings, trees, provenance, baselines)
     return EmbeddingSet(out)
+
+
+def _write_set_files(out: Path, table: pd.DataFrame, embeddings: np.ndarray, trees: int, provenance: dict,
+                     baselines: dict[str, np.ndarray] | None) -> None:
+    """The files of an embedding set, into the empty directory ``out`` (the sidecar last)."""
+    emb = np.ascontiguousarray(embeddings, dtype=np.float32)
+    if emb.ndim != 2 or len(emb) != len(table):
+        raise PeaceError(f"need one embedding per row: {len(table)} rows, embeddings of shape {emb.shape}")
+    arrow = pa.Table.from_pandas(table.drop(columns=["embedding"], errors="ignore"), preserve_index=False)
+    vectors = pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), emb.shape[1])
+    arrow = arrow.add_column(min(1, arrow.num_columns), "embedding", vectors)
+    with atomic_path(out / "embeddings.parquet") as tmp:
+        pq.write_table(arrow, tmp)
+    build_annoy(emb, out / "index.ann", trees)
+    if baselines is not None:
+        with atomic_path(out / BASELINES) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **baselines)
+        provenance["baselines_sha256"] = sha256_file(out / BASELINES)
+    write_json(out / "index.json", {"dimension": int(emb.shape[1]), "metric": METRIC, "trees": trees,
+                                    "n_items": len(table), "model_ids": list(table["model_id"]),
+                                    "embeddings_sha256": sha256_file(out / "embeddings.parquet"),
+                                    "index_sha256": sha256_file(out / "index.ann"), **provenance})

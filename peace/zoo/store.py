@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import platform
+import unicodedata
 from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import asdict
@@ -33,10 +34,10 @@ from safetensors.torch import safe_open, save_file
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from peace.core.atomic import LOCK_NAME, atomic_path, locked, sha256_file, write_json
+from peace.core.atomic import LOCK_NAME, atomic_path, locked, read_json_or_none, sha256_file, write_json
 from peace.core.cluster import Engine, Serial
 from peace.core.errors import PeaceError
-from peace.core.paths import contained
+from peace.core.paths import SAFE_NAME, contained
 from peace.nets.architectures import ArchSpec, build_module, load_weights, stack_params
 from peace.zoo.population import PopulationResult, metric_rows, task_tensors, train_population
 from peace.zoo.recipe import Recipe, RunSpec, expand, populations
@@ -366,7 +367,8 @@ IDENTITY = ("model_id", "run_id", "population_id", "lineage_id", "parent_id", "s
 
 
 def _metadata_columns(meta: dict, manifest: pd.DataFrame, source: str) -> dict:
-    """The metadata entries that fill manifest columns, each checked against the column's type."""
+    """The metadata entries that fill manifest columns, each checked against the column's type and range
+    (integers fit int64, numbers are finite, text is short and printable, a task is a plain name)."""
     out = {}
     for k, v in meta.items():
         if k in IDENTITY:
@@ -375,12 +377,37 @@ def _metadata_columns(meta: dict, manifest: pd.DataFrame, source: str) -> dict:
             continue
         kind = manifest[k].dtype.kind
         need = {"b": (bool,), "i": (int,), "u": (int,), "f": (int, float)}.get(kind, (str,) if kind in "OSU" else (object,))
+        noun = {"b": "true or false", "i": "an integer", "u": "an integer", "f": "a number"}.get(kind, "text")
         if not isinstance(v, need) or (isinstance(v, bool) and bool not in need):
-            noun = {"b": "true or false", "i": "an integer", "u": "an integer", "f": "a number"}.get(kind, "text")
-            raise PeaceError(f"{source}: metadata {k!r} = {v!r:.60} must be {noun} (the zoo's column {k!r} holds "
+            raise PeaceError(f"{source}: metadata {k!r} = {_shown(v)} must be {noun} (the zoo's column {k!r} holds "
                              f"{manifest[k].dtype}); fix config.json")
+        problem = _out_of_range(k, v)
+        if problem:
+            raise PeaceError(f"{source}: metadata {k!r} = {_shown(v)} {problem}; fix config.json (nothing was added)")
         out[k] = v
     return out
+
+
+def _shown(v: object) -> str:
+    """A value as it may be printed to a terminal: escaped (no control or bidi characters) and short."""
+    text = ascii(v) if not isinstance(v, int) or abs(v) < 10**30 else f"an integer of {len(str(abs(v)))} digits"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _out_of_range(key: str, v: object) -> str | None:
+    """Why a metadata value cannot go into the manifest, or None."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int) and not -2**63 <= v < 2**63:
+        return "does not fit a 64-bit integer"
+    if isinstance(v, float) and not math.isfinite(v):
+        return "must be a finite number"
+    if isinstance(v, str):
+        if len(v) > 200 or any(unicodedata.category(c)[0] == "C" for c in v):
+            return "must be at most 200 printable characters (no control or text-direction characters)"
+        if key == "task" and not SAFE_NAME.fullmatch(v):
+            return "must be a task name: letters, digits, '.', '_' and '-' (starting with a letter or digit)"
+    return None
 
 
 def add_models(zoo: Zoo | str | Path, models: list, task: str | None = None, group: str = "imported",
@@ -428,14 +455,22 @@ def _add(zoo: Zoo, models: list, task: str | None, the_task: Task | None, group:
             row.update({k: v for k, v in measured.items() if k not in ("model_index", "epoch")})
         rows.append(row)
         tensors[run_id] = {f"{mid}/{k}": v.contiguous().float() for k, v in m.params.items()}
-    for run_id, t in tensors.items():
-        with atomic_path(zoo.path / "shards" / f"{run_id}.safetensors") as tmp:
-            save_file(t, str(tmp), metadata={"format": "peace-zoo-shard", "population_id": run_id})
     manifest = pd.concat([zoo.manifest.reset_index(drop=True), pd.DataFrame(rows)], ignore_index=True)
     manifest = manifest.astype({c: zoo.manifest[c].dtype for c in ("epoch", "epochs") if c in manifest})
-    with atomic_path(zoo.path / "manifest.parquet") as tmp:
-        manifest.to_parquet(tmp)
-        info = {**zoo.info, "manifest_sha256": sha256_file(tmp), "previous_manifest_sha256": zoo.info["manifest_sha256"],
-                "n_checkpoints": len(manifest), "n_runs": int(manifest["run_id"].nunique())}
-        write_json(zoo.path / "zoo.json", info)
+    shards = [zoo.path / "shards" / f"{run_id}.safetensors" for run_id in tensors]
+    try:
+        for shard, (run_id, t) in zip(shards, tensors.items()):
+            with atomic_path(shard) as tmp:
+                save_file(t, str(tmp), metadata={"format": "peace-zoo-shard", "population_id": run_id})
+        with atomic_path(zoo.path / "manifest.parquet") as tmp:
+            manifest.to_parquet(tmp)
+            info = {**zoo.info, "manifest_sha256": sha256_file(tmp),
+                    "previous_manifest_sha256": zoo.info["manifest_sha256"], "n_checkpoints": len(manifest),
+                    "n_runs": int(manifest["run_id"].nunique())}
+            write_json(zoo.path / "zoo.json", info)
+    except BaseException:
+        if (read_json_or_none(zoo.path / "zoo.json") or {}).get("manifest_sha256") == zoo.info["manifest_sha256"]:
+            for shard in shards:  # the zoo still lists the old manifest: the new shards belong to nothing
+                shard.unlink(missing_ok=True)
+        raise
     return Zoo(zoo.path)
