@@ -59,12 +59,16 @@ def _zoo_info(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from peace.learn.distributed import current, init_from_environment, launch
     from peace.learn.run import RunDir
-    from peace.learn.runconfig import load_config
+    from peace.learn.runconfig import config_for_zoo, load_config
     from peace.learn.trainer import fit
 
     overrides = list(args.set or []) + ([f"seed={args.seed}"] if args.seed is not None else [])
-    cfg = load_config(args.config, overrides)
+    config, preset_set, why = (args.config, [], "") if args.config else config_for_zoo(args.zoo)
+    cfg = load_config(config, preset_set + overrides)
     init_from_environment(args.device)  # under torchrun: join its process group
+    if why and not args.quiet and current().main:
+        print(f"[peace] encoder config {config}{' ' + ' '.join(preset_set) if preset_set else ''}: {why} (--config "
+              f"NAME trains another)", file=sys.stderr, flush=True)
     if args.nproc > 1:
         launch(fit, args.nproc, args.device, str(args.zoo), cfg, args.out, args.device, args.resume, not args.quiet)
         res = RunDir(args.out).result()
@@ -182,7 +186,12 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from peace.evaluate.prediction import PredictorConfig
     from peace.evaluate.transfer import TransferConfig
-    from peace.orchestrate.evaluation import evaluate, evaluate_runs, summary_markdown, summary_table
+    from peace.orchestrate.evaluation import (
+        evaluate,
+        evaluate_runs,
+        summary_markdown,
+        summary_table,
+    )
 
     transfer = TransferConfig(k=args.transfer_k, epochs=args.transfer_epochs) if args.transfer_epochs > 0 else None
     accuracy = PredictorConfig(epochs=args.accuracy_epochs) if args.accuracy_epochs > 0 else None
@@ -218,7 +227,12 @@ def _pipeline(args: argparse.Namespace) -> int:
 
 
 def _ablate(args: argparse.Namespace) -> int:
-    from peace.orchestrate.ablation import best_per_metric, compare, load_grid, run_ablation
+    from peace.orchestrate.ablation import (
+        best_per_metric,
+        compare,
+        load_grid,
+        run_ablation,
+    )
 
     grid = load_grid(args.grid)
     if args.zoo:
@@ -281,8 +295,9 @@ def _parser_train(sub) -> None:
                        "config.yaml, splits, checkpoints, history.parquet and the best encoder under --out.")
     t.add_argument("--zoo", type=Path, required=True, metavar="DIR", help="a built zoo")
     t.add_argument("--out", type=Path, required=True, metavar="DIR", help="run directory to write")
-    t.add_argument("--config", metavar="NAME|FILE", default="default",
-                   help=f"a built-in config ({', '.join(config_names())}) or a YAML file (default: default)")
+    t.add_argument("--config", metavar="NAME|FILE",
+                   help=f"a built-in config ({', '.join(config_names())}) or a YAML file (default: the one the zoo's "
+                   "recipe names, else default)")
     t.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="override config keys, e.g. train.epochs=5 "
                    "encoder.pooling=mean augment.distilled=false")
     t.add_argument("--seed", type=int, help="seed (overrides the config's)")
@@ -353,7 +368,8 @@ def _parser_pipeline(sub) -> None:
                         description="Run notebooks 01-04 in order with papermill, skipping steps whose outputs exist "
                         "and are current; executed notebooks go to ROOT/notebooks/NAME/.")
     pl.add_argument("--preset", default="demo", help=f"zoo recipe ({', '.join(preset_names())}; default demo)")
-    pl.add_argument("--config", default="default", metavar="NAME|FILE", help="encoder config (default: default)")
+    pl.add_argument("--config", metavar="NAME|FILE", help="encoder config (default: the one the preset names, "
+                    "see the README's preset table)")
     pl.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="encoder config overrides")
     pl.add_argument("--device", default="auto", help="cpu, cuda or auto (default auto)")
     pl.add_argument("--seed", type=int, default=0)

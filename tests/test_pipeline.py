@@ -1,16 +1,20 @@
 """peace pipeline and peace ablate: real papermill runs of the notebooks on the tiny preset."""
 import json
 import shutil
+import subprocess
+import sys
 
 import nbformat
 import pandas as pd
 import papermill as pm
 import pytest
+import yaml
 
 from conftest import QUICK, ROOT, run_peace
 from peace.orchestrate.ablation import best_per_metric, compare, load_grid, run_ablation
 from peace.core.errors import PeaceError
 from peace.orchestrate.pipeline import NOTEBOOKS, pipeline_steps, run_pipeline, run_steps
+from peace.learn.runconfig import load_config
 from peace.zoo.store import Zoo
 
 
@@ -135,3 +139,49 @@ def test_tiny_ablation_grid_end_to_end_with_resume(tiny_zoo, tmp_path):
     with pytest.raises(PeaceError, match=r"seeds \[7\] are not in the grid's seeds \[0, 1\]"):
         run_ablation(failing, tmp_path / "failing", progress=False, seeds=[7])
     json.dumps(f.to_dict())  # the summary is plain data
+
+
+@pytest.mark.slow
+def test_the_tiny_preset_runs_as_a_user_types_it(tmp_path):
+    """`peace pipeline --preset tiny`, no other flag (issue 30: it used to stop at step 2 on the default config)."""
+    p = subprocess.run([sys.executable, "-m", "peace", "pipeline", "--preset", "tiny"], cwd=tmp_path,
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "[peace] encoder config tiny: preset tiny's own" in p.stdout
+    for path in ("zoos/tiny/zoo.json", "runs/tiny/encoder.safetensors", "embeddings/tiny/index.json",
+                 "evaluation/tiny/metrics.json"):
+        assert (tmp_path / "artifacts" / path).exists(), path
+    saved = yaml.safe_load((tmp_path / "artifacts/runs/tiny/config.yaml").read_text())
+    assert saved["encoder"]["hidden"] == load_config("tiny").encoder.hidden != load_config("default").encoder.hidden
+    t = run_peace("train", "--zoo", tmp_path / "artifacts/zoos/tiny", "--out", tmp_path / "again", "--set",
+                  "train.epochs=1", "augment.distill_epochs=1")  # `peace train` on a preset's zoo: the same choice
+    assert "[peace] encoder config tiny: named by the zoo's recipe" in t.stderr
+
+
+def test_every_preset_names_a_config_its_planned_zoo_can_train(tmp_path):
+    from peace.learn.trainer import check_fits
+    from peace.zoo.recipe import load_recipe, planned_models, preset_names
+
+    for preset in preset_names():
+        recipe = load_recipe(preset)
+        check_fits(planned_models(recipe), load_config(recipe.encoder_config, recipe.encoder_set))
+    with pytest.raises(PeaceError, match=r"preset 'tiny' with encoder config 'default': the training split has \d+ "
+                                         r"models but train.batch_size is 64.*before building it.*own config is 'tiny'"):
+        run_pipeline("tiny", "default", root=tmp_path / "artifacts", progress=False)
+    assert not (tmp_path / "artifacts").exists()
+
+
+def test_zoos_built_before_presets_named_configs_still_resume_and_train_on_default(tiny_zoo, tmp_path):
+    from peace.learn.runconfig import config_for_zoo
+    from peace.zoo.recipe import load_recipe
+    from peace.zoo.store import build_zoo
+
+    assert config_for_zoo(tiny_zoo.path) == ("tiny", [], "named by the zoo's recipe")
+    old = tmp_path / "zoo"
+    shutil.copytree(tiny_zoo.path, old)
+    recipe = json.loads((old / "recipe.json").read_text())
+    for key in ("encoder_config", "encoder_set"):
+        recipe.pop(key)
+    (old / "recipe.json").write_text(json.dumps(recipe))
+    assert config_for_zoo(old) == ("default", [], "the zoo's recipe names none")  # trained as before
+    assert len(build_zoo(load_recipe("tiny"), old, resume=True, progress=False)) == len(tiny_zoo)  # same zoo

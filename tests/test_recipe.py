@@ -23,7 +23,7 @@ BASE = {"name": "mine", "groups": [{"name": "g", "tasks": ["tetris"], "architect
 
 
 @pytest.mark.parametrize("patch, msg", [
-    ({"colour": 1}, "unknown key in recipe 'colour'; valid: chunk_size, description, finetune, groups, name"),
+    ({"colour": 1}, "unknown key in recipe 'colour'; valid: chunk_size, description, encoder_config, encoder_set, finetune, groups, name"),
     ({"groups": [{"name": "g", "tasks": ["tetris"], "architecture": {}, "learning_rate": 1}]},
      "unknown key in groups\\[0\\] 'learning_rate'; valid: .*lr"),
     ({"groups": [{"name": "g", "tasks": ["imagenet"], "architecture": {}}]}, "unknown task 'imagenet'"),

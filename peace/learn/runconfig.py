@@ -5,12 +5,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from peace.core.atomic import read_json_or_none
 from peace.core.config import apply_overrides, checked, read_yaml
 from peace.core.errors import PeaceError, unknown
 from peace.learn.contrastive import AugmentConfig
 from peace.learn.encoder import EncoderConfig
 
-__all__ = ["CONFIG_DIR", "VAL_RELEVANCE", "RunConfig", "TrainConfig", "config_from_dict", "config_names", "load_config"]
+__all__ = ["CONFIG_DIR", "VAL_RELEVANCE", "RunConfig", "TrainConfig", "config_for_zoo", "config_from_dict", "config_names",
+           "load_config"]
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "presets" / "encoder"
 VAL_RELEVANCE = ("auto", "task", "lineage")
@@ -78,6 +80,16 @@ def config_from_dict(d: dict) -> RunConfig:
 
 def config_names() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def config_for_zoo(zoo: str | Path) -> tuple[str, list[str], str]:
+    """The encoder config a zoo is meant to be trained with, its overrides, and why: what its recipe names
+    (``encoder_config``, ``encoder_set``: each built-in preset names its own), else ``default``."""
+    recipe = read_json_or_none(Path(zoo) / "recipe.json") or {}
+    named, overrides = recipe.get("encoder_config"), recipe.get("encoder_set") or []
+    if isinstance(named, str) and named and isinstance(overrides, list):
+        return named, [str(o) for o in overrides], "named by the zoo's recipe"
+    return "default", [], "the zoo's recipe names none"
 
 
 def load_config(config: str | Path | None = None, overrides: list[str] | dict | None = None) -> RunConfig:

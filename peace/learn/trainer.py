@@ -8,6 +8,7 @@ to ``peace.learn.runconfig``; several processes to ``peace.learn.distributed``.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import os
 import time
@@ -44,7 +45,7 @@ from peace.nets.probes import responses as probe_responses
 from peace.zoo.splits import split_zoo
 from peace.zoo.store import Zoo
 
-__all__ = ["DERIVED_TARGETS", "fit"]
+__all__ = ["DERIVED_TARGETS", "check_fits", "fit"]
 
 DERIVED_TARGETS = {"progress": lambda r: r["epoch"] / r["epochs"].clip(lower=1)}  # share of its training run done
 
@@ -75,13 +76,23 @@ class _Data:
 
 
 def _split(zoo: Zoo, cfg: RunConfig) -> _Data:
-    """Train / val / test by lineage with held-out tasks; the saved config then names them. Refuses
-    splits too small to train or validate on."""
-    tc = cfg.train
     m = zoo.manifest.reset_index(drop=True)
     rows = m[m["status"] == "ok"].reset_index(drop=True)
     if rows.empty:
         raise PeaceError(f"zoo {zoo.path} has no trained models with status 'ok'")
+    return _split_rows(rows, cfg)
+
+
+def check_fits(rows: pd.DataFrame, cfg: RunConfig) -> None:
+    """Refuse ``cfg`` where its splits of ``rows`` (a zoo's manifest, or ``peace.zoo.recipe.planned_models``
+    before the zoo is built) are too small to train or validate on: the trainer's own check, run early."""
+    _split_rows(rows[rows["status"] == "ok"].reset_index(drop=True), copy.deepcopy(cfg))
+
+
+def _split_rows(rows: pd.DataFrame, cfg: RunConfig) -> _Data:
+    """Train / val / test by lineage with held-out tasks; the saved config then names them. Refuses
+    splits too small to train or validate on."""
+    tc = cfg.train
     relevance = tc.val_relevance if tc.val_relevance != "auto" else ("task" if rows["task"].nunique() > 1 else "lineage")
     label = "task" if relevance == "task" else "lineage_id"
     splits = split_zoo(rows, tc.val_fraction, tc.test_fraction, tc.holdout_tasks, cfg.seed,

@@ -128,18 +128,24 @@ def evaluate_step(zoo: Path, run: Path, out: Path, seed: int, transfer_epochs: i
                 [out / "metrics.json"], lambda: {**_zoo_sha(zoo), **_encoder_sha(run)})
 
 
-def pipeline_steps(preset: str = "demo", config: str = "default", overrides: Sequence[str] = (), device: str = "auto",
-                   seed: int = 0, root: str | Path = "artifacts", name: str | None = None,
+def pipeline_steps(preset: str = "demo", config: str | None = None, overrides: Sequence[str] = (),
+                   device: str = "auto", seed: int = 0, root: str | Path = "artifacts", name: str | None = None,
                    transfer_epochs: int = 20) -> list[Step]:
-    """The four steps for zoo ``preset`` and encoder ``config``, writing under ``root``."""
+    """The four steps for zoo ``preset`` and encoder ``config`` (default: the one the preset names),
+    writing under ``root``. Unknown names, and a config whose training split the zoo cannot fill, fail
+    here, before anything runs."""
     from peace.learn.runconfig import load_config
     from peace.zoo.recipe import load_recipe
 
-    load_recipe(preset)  # unknown names fail here, before anything runs
-    load_config(config, list(overrides))
+    recipe = load_recipe(preset)
+    if config is None:  # the preset's own config, with its overrides before the user's
+        config, overrides = recipe.encoder_config, [*recipe.encoder_set, *overrides]
+    cfg = load_config(config, list(overrides))
     root = Path(root).resolve()
     name = safe_name(name or preset, "--name")
     zoo, run = root / "zoos" / preset, root / "runs" / name
+    if not (zoo / "zoo.json").exists():
+        _check_plan(recipe, config, cfg)
     emb, ev = root / "embeddings" / name, root / "evaluation" / name
     return [
         Step("build zoo", "01_build_zoo.ipynb", {"preset": preset, "out": str(zoo)}, [zoo / "zoo.json"],
@@ -151,10 +157,22 @@ def pipeline_steps(preset: str = "demo", config: str = "default", overrides: Seq
     ]
 
 
+def _check_plan(recipe, config: str, cfg) -> None:
+    """Refuse, before the zoo is built, an encoder config whose splits of the planned zoo are too small."""
+    from peace.learn.trainer import check_fits
+    from peace.zoo.recipe import planned_models
+
+    try:
+        check_fits(planned_models(recipe), cfg)
+    except PeaceError as e:
+        raise PeaceError(f"preset {recipe.name!r} with encoder config {config!r}: {e} (found on the zoo's plan, "
+                         f"before building it; the preset's own config is {recipe.encoder_config!r})") from None
+
+
 TIMINGS = "timings.json"  # beside the executed notebooks: how long each step last took on this machine
 # Measured on a 2-core machine (docs/benchmarks.md), minutes: the estimate before a first run here.
 REFERENCE_MINUTES = {"demo": {"build zoo": 1.5, "train encoder": 10, "export embeddings": 2, "evaluate": 6},
-                     "tiny": {"build zoo": 0.2, "train encoder": 0.3, "export embeddings": 0.3, "evaluate": 0.5}}
+                     "tiny": {"build zoo": 0.2, "train encoder": 0.2, "export embeddings": 0.35, "evaluate": 0.2}}
 
 
 def _minutes(seconds: float) -> str:
@@ -228,11 +246,15 @@ def run_steps(steps: Sequence[Step], notebooks_out: Path, force: bool = False, p
     return outcome
 
 
-def run_pipeline(preset: str = "demo", config: str = "default", overrides: Sequence[str] = (), device: str = "auto",
+def run_pipeline(preset: str = "demo", config: str | None = None, overrides: Sequence[str] = (), device: str = "auto",
                  seed: int = 0, root: str | Path = "artifacts", name: str | None = None, force: bool = False,
                  steps: Sequence[str] | None = None, transfer_epochs: int = 20, progress: bool = True) -> list[str]:
     """Build, train, export and evaluate for one preset; only what is missing or stale runs."""
     all_steps = pipeline_steps(preset, config, overrides, device, seed, root, name, transfer_epochs)
+    if progress:
+        train = all_steps[1].parameters
+        print(f"[peace] encoder config {' '.join([train['config'], *train['overrides']])}: " +
+              ("given with --config" if config else f"preset {preset}'s own (--config NAME trains another)"), flush=True)
     if steps is not None:
         names = [s.name for s in all_steps]
         for s in steps:

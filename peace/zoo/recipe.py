@@ -24,7 +24,7 @@ from peace.zoo.tasks import check_task_name, load_task
 
 __all__ = [
     "MAX_BATCH", "MAX_EPOCHS", "MAX_LAYERS", "MAX_RUNS", "MAX_WIDTH", "PRESET_DIR", "Finetune", "Group", "Recipe",
-    "RunSpec", "expand", "load_recipe", "populations", "preset_names", "recipe_from_dict"
+    "RunSpec", "expand", "lineages", "load_recipe", "planned_models", "populations", "preset_names", "recipe_from_dict"
 ]
 
 PRESET_DIR = Path(__file__).resolve().parents[1] / "presets"
@@ -72,6 +72,8 @@ class Recipe:
     finetune: list[Finetune] = field(default_factory=list)
     description: str = ""
     chunk_size: int = 1000  # most models trained in one population
+    encoder_config: str = "default"  # the encoder config this zoo is meant to be trained with (advice, not identity)
+    encoder_set: list = field(default_factory=list)  # KEY=VALUE overrides of that config, before the user's --set
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -106,6 +108,10 @@ def recipe_from_dict(d: dict[str, Any]) -> Recipe:
     if len(set(names)) != len(names):
         raise PeaceError(f"group and finetune names must be unique, got {names}")
     expand(recipe)  # surfaces bad tasks, architectures and hyperparameters before any training
+    if not isinstance(recipe.encoder_config, str) or not recipe.encoder_config:
+        raise PeaceError(f"encoder_config must name an encoder config (e.g. default, tiny), got {recipe.encoder_config!r}")
+    if not isinstance(recipe.encoder_set, list) or not all(isinstance(o, str) and "=" in o for o in recipe.encoder_set):
+        raise PeaceError(f"encoder_set must be a list of KEY=VALUE strings, got {recipe.encoder_set!r}")
     return recipe
 
 
@@ -263,6 +269,25 @@ def expand(recipe: Recipe) -> list[RunSpec]:
     if len(set(ids)) != len(ids):
         raise PeaceError("the recipe lists the same run twice (duplicate values in a grid axis?)")
     return runs
+
+
+def lineages(runs: list[RunSpec]) -> dict[str, str]:
+    """Each run's lineage: its own id, or its root parent's (parents precede children in ``expand``'s order)."""
+    out: dict[str, str] = {}
+    for r in runs:
+        out[r.run_id] = out[r.parent_run] if r.parent_run else r.run_id
+    return out
+
+
+def planned_models(recipe: Recipe):
+    """One row per checkpoint the recipe will write (``model_id``, ``task``, ``lineage_id``, ``status``): the
+    zoo as planned, so that a training split can be checked before anything is built."""
+    import pandas as pd
+
+    runs = expand(recipe)
+    lineage = lineages(runs)
+    return pd.DataFrame([{"model_id": f"{r.run_id}@{e}", "task": r.task, "lineage_id": lineage[r.run_id],
+                          "status": "ok"} for r in runs for e in r.schedule.checkpoints])
 
 
 def populations(runs: list[RunSpec], chunk_size: int) -> list[list[RunSpec]]:

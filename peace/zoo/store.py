@@ -40,7 +40,7 @@ from peace.core.errors import PeaceError
 from peace.core.paths import SAFE_NAME, contained
 from peace.nets.architectures import ArchSpec, build_module, load_weights, stack_params
 from peace.zoo.population import PopulationResult, metric_rows, task_tensors, train_population
-from peace.zoo.recipe import Recipe, RunSpec, expand, populations
+from peace.zoo.recipe import Recipe, RunSpec, expand, lineages, populations
 from peace.zoo.tasks import Task, load_task
 
 __all__ = [
@@ -112,7 +112,9 @@ def _check_existing(out: Path, recipe: Recipe, resume: bool) -> None:
         raise PeaceError(f"{out} already holds a zoo (or a partial build); pass --resume to continue it, "
                          f"or choose another --out. Nothing was changed.")
     old = json.loads(rec.read_text())
-    if old != json.loads(json.dumps(recipe.to_dict(), default=str)):
+    advice = ("encoder_config", "encoder_set")  # how to train an encoder on the zoo does not change the zoo
+    new = json.loads(json.dumps(recipe.to_dict(), default=str))
+    if {k: v for k, v in old.items() if k not in advice} != {k: v for k, v in new.items() if k not in advice}:
         raise PeaceError(f"{out} was built from a different recipe ({old.get('name')!r}); resume needs the same "
                          f"recipe. Use another --out for a new recipe.")
 
@@ -164,9 +166,7 @@ def _build(recipe: Recipe, runs: list[RunSpec], out: Path, resume: bool, progres
     write_json(out / "recipe.json", recipe.to_dict())
     pops = populations(runs, recipe.chunk_size)
     by_id = {r.run_id: r for r in runs}
-    lineage = {}
-    for r in runs:  # parents precede children in expand()'s order
-        lineage[r.run_id] = lineage[r.parent_run] if r.parent_run else r.run_id
+    lineage = lineages(runs)
     final_of = {r.run_id: model_id(r.run_id, r.schedule.epochs) for r in runs}
     parent_ids = {r.run_id: final_of[r.parent_run] for r in runs if r.parent_run}
     pop_of = {r.run_id: _population_id(pop) for pop in pops for r in pop}  # run -> population, for fine-tune parents
