@@ -29,6 +29,9 @@ def files(tmp_path_factory, tiny_zoo):
     (d / "recipe-text-epochs.yaml").write_text("name: r\ngroups:\n  - {name: g, tasks: [synth-1], architecture: {}, "
                                                "epochs: ten}\n")
     (d / "recipe-binary.yaml").write_bytes(bytes(range(256)))
+    (d / "recipe-long-int.yaml").write_text("name: r\ngroups:\n  - {name: g, tasks: [synth-1], epochs: " + "9" * 5000 + "}\n")
+    (d / "recipe-deep.yaml").write_text("name: r\ngroups: " + "[" * 50_000 + "]" * 50_000 + "\n")
+    (d / "grid-long-int.yaml").write_text("zoo: z\nseeds: [" + "9" * 5000 + "]\nconfigurations: [{name: a}]\n")
     return d
 
 
@@ -47,13 +50,25 @@ CASES = [  # argv (FILES = the fixture's folder, ZOO = the tiny zoo), what the m
     ("train --zoo ZOO --out FILES/run --config tiny --set train.lr=[1]", "'lr' must be a number"),
     ("train --zoo ZOO --out FILES/run --config tiny --set train.epochs=[", "not valid YAML"),
     ("embed --run FILES --out FILES/afile", "afile is a file"),
+    ("zoo build --config FILES/recipe-long-int.yaml --out FILES/new", "recipe-long-int.yaml holds a number too long"),
+    ("zoo build --config FILES/recipe-deep.yaml --out FILES/new", "recipe-deep.yaml nests too deeply"),
+    ("ablate --grid FILES/grid-long-int.yaml --out FILES/new", "grid-long-int.yaml holds a number too long"),
+    ("train --zoo ZOO --out FILES/run --config tiny --set train.epochs=" + "9" * 5000,
+     "override 'train.epochs': the value holds a number too long"),
+    ("train --zoo ZOO --out FILES/run --config tiny --set train.holdout_tasks=" + "[" * 50_000 + "]" * 50_000,
+     "override 'train.holdout_tasks': the value nests too deeply"),
+    ("train --zoo ZOO --out FILES/run --config tiny --set".split() + [  # an alias bomb: 10^6 values, one argument
+        "train.holdout_tasks=[&a [1,1,1,1,1,1,1,1,1,1]," + ",".join(
+            f"&{chr(98 + i)} [" + ",".join([f"*{chr(97 + i)}"] * 10) + "]" for i in range(6)) + "]"],
+     "override 'train.holdout_tasks': the value: more than 100,000 values once its aliases are expanded"),
     ("query m --embeddings FILES", "not a complete embedding set"),
 ]
 
 
-@pytest.mark.parametrize("argv, msg", CASES, ids=[c[0][:40] for c in CASES])
+@pytest.mark.parametrize("argv, msg", CASES, ids=[" ".join(c[0] if isinstance(c[0], list) else [c[0]])[:60] for c in CASES])
 def test_bad_input_gets_one_line_and_exit_2(files, tiny_zoo, capsys, argv, msg):
-    args = argv.replace("FILES", str(files)).replace("ZOO", str(tiny_zoo.path)).split()
+    args = [a.replace("FILES", str(files)).replace("ZOO", str(tiny_zoo.path))
+            for a in (argv if isinstance(argv, list) else argv.split())]
     try:
         code = main(args)
     except SystemExit as e:  # argparse's own usage errors

@@ -113,3 +113,29 @@ def test_cli_info_and_help(tiny_zoo):
     assert bad.returncode == 2 and "unknown preset 'nope'" in bad.stderr and "Traceback" not in bad.stderr
     missing = run_peace("zoo", "info", ROOT / "nowhere", check=False)
     assert missing.returncode == 2 and "peace zoo build" in missing.stderr
+
+
+def test_a_full_disk_during_a_build_is_one_line_and_resumes(tiny_zoo, tmp_path, monkeypatch, capsys):
+    """safetensors reports a failed write as its own SafetensorError (ENOSPC seen on a full disk), not OSError."""
+    from safetensors import SafetensorError
+
+    import peace.zoo.store as store
+    from peace.cli import main
+
+    out, real, calls = tmp_path / "zoo", store.save_file, []
+
+    def full_after_three(*args, **kw):
+        calls.append(1)
+        if len(calls) > 3:
+            raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: '
+                                  '"No space left on device" })')
+        return real(*args, **kw)
+
+    monkeypatch.setattr(store, "save_file", full_after_three)
+    assert main(["zoo", "build", "--preset", "tiny", "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "No space left on device" in err and "--resume" in err, err
+    assert len(list((out / "shards").glob("*.safetensors"))) == 3 and not list(out.rglob(".*.tmp-*"))
+    monkeypatch.setattr(store, "save_file", real)
+    assert main(["zoo", "build", "--preset", "tiny", "--out", str(out), "--resume", "--quiet"]) == 0
+    assert list(Zoo(out).manifest.index) == list(tiny_zoo.manifest.index)

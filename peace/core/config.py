@@ -12,7 +12,7 @@ import yaml
 
 from peace.core.errors import PeaceError, unknown
 
-__all__ = ["MAX_YAML_BYTES", "MAX_YAML_NODES", "T", "apply_overrides", "checked", "read_yaml"]
+__all__ = ["MAX_YAML_BYTES", "MAX_YAML_NODES", "T", "apply_overrides", "checked", "parse_yaml", "read_yaml"]
 
 T = TypeVar("T")
 
@@ -107,20 +107,31 @@ def read_yaml(path: str | Path, what: str) -> dict:
     if path.stat().st_size > MAX_YAML_BYTES:
         raise PeaceError(f"{what} file {path} is over {MAX_YAML_BYTES // 1024} KiB; refused")
     try:
-        d = yaml.safe_load(path.read_text())
+        text = path.read_text()
     except UnicodeDecodeError:
         raise PeaceError(f"{what} file {path} is not text (UTF-8); give a YAML file") from None
-    except yaml.YAMLError as e:
-        raise PeaceError(f"{what} file {path} is not valid YAML: {e}") from None
+    d = parse_yaml(text, f"{what} file {path}")
     if not isinstance(d, dict):
         raise PeaceError(f"{what} file {path} must hold a mapping")
-    try:
-        _expanded_size(d, {}, MAX_YAML_NODES)
-    except PeaceError as e:
-        raise PeaceError(f"{what} file {path}: {e}") from None
-    except RecursionError:
-        raise PeaceError(f"{what} file {path} nests too deeply") from None
     return d
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """``yaml.safe_load`` with bounded cost and one kind of error: at most ``MAX_YAML_NODES`` values once
+    aliases are expanded, no nesting past Python's recursion limit, no integer past Python's digit limit;
+    every failure a ``PeaceError`` naming ``where``."""
+    try:
+        value = yaml.safe_load(text)
+        _expanded_size(value, {}, MAX_YAML_NODES)
+    except PeaceError as e:  # before ValueError, its base class
+        raise PeaceError(f"{where}: {e}") from None
+    except yaml.YAMLError as e:
+        raise PeaceError(f"{where} is not valid YAML ({str(e).splitlines()[0]})") from None
+    except RecursionError:
+        raise PeaceError(f"{where} nests too deeply") from None
+    except ValueError as e:  # int("9" * 5000): Python refuses integers of more than 4,300 digits
+        raise PeaceError(f"{where} holds a number too long to read ({e})") from None
+    return value
 
 
 def apply_overrides(d: dict, overrides: list[str] | dict[str, Any], cls: type | None = None) -> dict:
@@ -145,10 +156,7 @@ def _split(o: str) -> tuple[str, Any]:
     if "=" not in o:
         raise PeaceError(f"override {o!r} must look like section.key=value, e.g. train.epochs=5")
     k, v = o.split("=", 1)
-    try:
-        return k.strip(), yaml.safe_load(v)
-    except yaml.YAMLError as e:
-        raise PeaceError(f"override {o!r}: the value is not valid YAML ({str(e).splitlines()[0]})") from None
+    return k.strip(), parse_yaml(v, f"override {k.strip()!r}: the value")
 
 
 def _check_path(cls: type, parts: list[str], key: str) -> None:

@@ -216,9 +216,9 @@ def _refs(obj: Any, out: list, depth: int = 0) -> None:
 
 
 def _check_view(t: _TensorRef, source: str) -> None:
-    """The view (offset, size, stride) must lie inside its storage."""
-    ints = lambda v: isinstance(v, tuple) and all(type(i) is int and i >= 0 for i in v)  # noqa: E731
-    if not isinstance(t.storage, _Storage) or type(t.offset) is not int or t.offset < 0 or not ints(t.size) \
+    """The view (offset, size, stride) must lie inside its storage, every number fitting torch's int64."""
+    ints = lambda v: isinstance(v, tuple) and all(type(i) is int and 0 <= i < 2**62 for i in v)  # noqa: E731
+    if not isinstance(t.storage, _Storage) or type(t.offset) is not int or not 0 <= t.offset < 2**62 or not ints(t.size) \
             or not ints(t.stride) or len(t.size) != len(t.stride) or len(t.size) > MAX_NDIM:
         raise PeaceError(f"{source}: malformed tensor record (offset {t.offset!r}, size {t.size!r}, stride {t.stride!r})")
     if math.prod(t.size) and t.offset + sum((n - 1) * s for n, s in zip(t.size, t.stride)) >= t.storage.numel:

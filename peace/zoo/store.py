@@ -149,13 +149,22 @@ def train_one_population(pop: list[RunSpec], start: dict[str, Tensor] | None) ->
                             start=start)
 
 
+def _save_shard(path: Path, tensors: dict[str, Tensor], pop_id: str) -> None:
+    """One shard, atomically; a failed write (a full disk, a read-only zoo) is one ``PeaceError``."""
+    try:
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"format": "peace-zoo-shard", "population_id": pop_id})
+    except SafetensorError as e:  # safetensors reports its own I/O errors, not as OSError
+        raise PeaceError(f"could not write {path} ({e}); free disk space or make the zoo writable, then rerun "
+                         f"(`zoo build --resume` keeps every population already written)") from None
+
+
 def _write_population(out: Path, pop: list[RunSpec], pop_id: str, res: PopulationResult, parent_ids: dict,
                       lineage: dict) -> None:
     """The shard, then the part (a part on disk means its population is complete)."""
     tensors = {f"{model_id(r.run_id, e)}/{k}": v[i].contiguous()
                for e, w in res.checkpoints.items() for i, r in enumerate(pop) for k, v in w.items()}
-    with atomic_path(out / "shards" / f"{pop_id}.safetensors") as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "peace-zoo-shard", "population_id": pop_id})
+    _save_shard(out / "shards" / f"{pop_id}.safetensors", tensors, pop_id)
     with atomic_path(out / "parts" / f"{pop_id}.parquet") as tmp:
         pd.DataFrame(_rows(pop, pop_id, res.metrics, res.checkpoints, parent_ids, lineage)).to_parquet(tmp)
 
@@ -460,8 +469,7 @@ def _add(zoo: Zoo, models: list, task: str | None, the_task: Task | None, group:
     shards = [zoo.path / "shards" / f"{run_id}.safetensors" for run_id in tensors]
     try:
         for shard, (run_id, t) in zip(shards, tensors.items()):
-            with atomic_path(shard) as tmp:
-                save_file(t, str(tmp), metadata={"format": "peace-zoo-shard", "population_id": run_id})
+            _save_shard(shard, t, run_id)
         with atomic_path(zoo.path / "manifest.parquet") as tmp:
             manifest.to_parquet(tmp)
             info = {**zoo.info, "manifest_sha256": sha256_file(tmp),
