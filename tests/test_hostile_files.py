@@ -88,7 +88,26 @@ def _deep(p):
     torch.save({"0.weight": obj}, p)
 
 
+def _memo_bomb(p):  # one list put at memo index 2^32 - 16: the C unpickler would size its table to it
+    _zip_pickle(p, b"\x80\x02}]r" + struct.pack("<I", 2**32 - 16) + b".")
+
+
+def _alias_bomb(p):
+    """A state dict whose value is 10^30 lists deep in shared references: 200 bytes of pickle."""
+    ops = b"\x80\x02}X\x08\x00\x00\x000.weight]q\x000"  # {}, key; L0 = [] into memo 0, popped
+    for i in range(30):  # L(i+1) = [Li] * 10 into memo i + 1; all but the last popped
+        ops += b"(" + (b"h" + bytes([i])) * 10 + b"lq" + bytes([i + 1]) + (b"0" if i < 29 else b"")
+    _zip_pickle(p, ops + b"s.")
+
+
+def _legacy_big_pickle(p):  # a legacy (non-zip) file with a 40 MB pickle: the zip format's size cap applies too
+    torch.save({"0.weight": torch.ones(2, 2), "note": "x" * 40_000_000}, p, _use_new_zipfile_serialization=False)
+
+
 HOSTILE = {  # name -> (make(path), what the error must say)
+    "pickle memo index 2^32": (_memo_bomb, "memo index 4294967280"),
+    "shared references expanding to 10^30 values": (_alias_bomb, "more than 2,000,000 values once shared references"),
+    "legacy file with a 40 MB pickle": (_legacy_big_pickle, "a pickle of more than 33554432 bytes"),
     "storage over-claims its bytes": (lambda p: craft_pt(p, _chain(p, _Tensor(_Storage("0", 100), 0, (10, 10), (10, 1)),
                                                                    _Tensor(_Storage("1", 20), 0, (2, 10), (10, 1))),
                                                          {"0": _floats(1.0) * 7, "1": _floats(1.0) * 20}),

@@ -24,6 +24,7 @@ import io
 import math
 import pickle
 import pickletools
+import reprlib
 import struct
 import zipfile
 from pathlib import Path
@@ -34,11 +35,13 @@ import torch
 
 from peace.core.errors import PeaceError
 
-__all__ = ["MAX_ENTRIES", "MAX_NDIM", "MAX_PICKLE_BYTES", "PLAIN", "read_torch_file"]
+__all__ = ["MAX_ENTRIES", "MAX_NDIM", "MAX_NODES", "MAX_PICKLE_BYTES", "PLAIN", "read_torch_file"]
 
 MAX_PICKLE_BYTES = 32 * 2**20  # data.pkl of a state dict with ~100k tensors is a few MiB
 MAX_ENTRIES = 200_000
 MAX_NDIM = 8
+MAX_NODES = 2_000_000  # values in the unpickled tree, shared ones counted each time they are reached
+_MEMO_OPS = frozenset({"BINPUT", "LONG_BINPUT", "BINGET", "LONG_BINGET"})
 
 _DTYPES = {  # storage type -> (torch dtype, numpy dtype of the same width read from the bytes)
     "FloatStorage": (torch.float32, np.float32), "DoubleStorage": (torch.float64, np.float64),
@@ -129,7 +132,7 @@ class _Unpickler(pickle.Unpickler):
               and isinstance(pid[2], str) and pid[2].isalnum() and type(pid[4]) is int and pid[4] >= 0
               and (len(pid) == 5 or pid[5] is None))
         if not ok:
-            raise PeaceError(f"{self.source}: malformed or unsupported storage reference {str(pid)[:80]!r}")
+            raise PeaceError(f"{self.source}: malformed or unsupported storage reference {reprlib.repr(pid)}")
         _, typ, key, _, numel = pid[:5]
         old = self.storages.setdefault(key, _Storage(key, typ.name, numel))
         if (old.dtype, old.numel) != (typ.name, numel):
@@ -174,10 +177,16 @@ def _unpickle(stream: IO[bytes], source: str) -> tuple[Any, list[_TensorRef], li
     stream = _Clamped(stream)  # type: ignore[assignment]
     start = stream.tell()
     try:
-        for op, _, pos in pickletools.genops(stream):
+        for n_ops, (op, arg, pos) in enumerate(pickletools.genops(stream)):
             if op.name not in _OPCODES:
                 raise PeaceError(f"{source}: refused: pickle opcode {op.name} at byte {pos} is not used by plain "
                                  f"state dicts. {PLAIN}")
+            if op.name in _MEMO_OPS and arg > n_ops:  # the C unpickler sizes its memo table to the index
+                raise PeaceError(f"{source}: refused: pickle memo index {arg} at byte {pos}, where a pickle of "
+                                 f"{n_ops} opcodes has at most {n_ops} entries (a crafted file)")
+            if pos - start > MAX_PICKLE_BYTES:
+                raise PeaceError(f"{source}: refused: a pickle of more than {MAX_PICKLE_BYTES} bytes; a state dict's "
+                                 f"pickle is a few MiB. {PLAIN}")
     except (ValueError, EOFError, UnicodeDecodeError) as e:  # pickletools' errors for bad bytes
         raise PeaceError(f"{source}: corrupted PyTorch file: not a valid pickle ({e})") from None
     stream.seek(start)
@@ -201,18 +210,24 @@ def _unpickle(stream: IO[bytes], source: str) -> tuple[Any, list[_TensorRef], li
     return obj, refs, list({r.storage.key: r.storage for r in refs}.values())
 
 
-def _refs(obj: Any, out: list, depth: int = 0) -> None:
-    """Every _TensorRef in a tree of dicts, lists and tuples (anything else is plain data)."""
+def _refs(obj: Any, out: list, depth: int = 0, seen: list | None = None) -> None:
+    """Every _TensorRef in a tree of dicts, lists and tuples (anything else is plain data). At most
+    ``MAX_NODES`` values are visited, a shared one each time it is reached: memo references can make a
+    few bytes of pickle stand for a tree of 10^30 values, which rebuilding or printing would expand."""
+    seen = [0] if seen is None else seen
+    seen[0] += 1
+    if seen[0] > MAX_NODES:
+        raise PeaceError(f"more than {MAX_NODES:,} values once shared references are expanded (a crafted file)")
     if depth > 100:
         raise PeaceError("nesting deeper than 100 levels")
     if isinstance(obj, _TensorRef):
         out.append(obj)
     elif isinstance(obj, dict):
         for v in obj.values():
-            _refs(v, out, depth + 1)
+            _refs(v, out, depth + 1, seen)
     elif isinstance(obj, (list, tuple)):
         for v in obj:
-            _refs(v, out, depth + 1)
+            _refs(v, out, depth + 1, seen)
 
 
 def _check_view(t: _TensorRef, source: str) -> None:
@@ -220,7 +235,8 @@ def _check_view(t: _TensorRef, source: str) -> None:
     ints = lambda v: isinstance(v, tuple) and all(type(i) is int and 0 <= i < 2**62 for i in v)  # noqa: E731
     if not isinstance(t.storage, _Storage) or type(t.offset) is not int or not 0 <= t.offset < 2**62 or not ints(t.size) \
             or not ints(t.stride) or len(t.size) != len(t.stride) or len(t.size) > MAX_NDIM:
-        raise PeaceError(f"{source}: malformed tensor record (offset {t.offset!r}, size {t.size!r}, stride {t.stride!r})")
+        raise PeaceError(f"{source}: malformed tensor record (offset {reprlib.repr(t.offset)}, size "
+                         f"{reprlib.repr(t.size)}, stride {reprlib.repr(t.stride)})")
     if math.prod(t.size) and t.offset + sum((n - 1) * s for n, s in zip(t.size, t.stride)) >= t.storage.numel:
         raise PeaceError(f"{source}: refused: a tensor of shape {t.size} (offset {t.offset}, stride {t.stride}) reaches "
                          f"past its storage of {t.storage.numel} values (a corrupted or crafted file)")
