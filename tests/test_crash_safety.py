@@ -65,19 +65,16 @@ def test_killed_training_resumes_to_the_uninterrupted_run(tiny_zoo, tiny_run, tm
 @pytest.mark.slow
 def test_killed_export_leaves_the_old_set_or_none_then_rebuilds(tiny_run, tmp_path):
     out = tmp_path / "emb"
-    cmd = ["embed", "--run", tiny_run.path, "--out", out, "--trees", "100", "--quiet"]
+    cmd = ["embed", "--run", tiny_run.path, "--out", out, "--trees", "100", "--no-umap", "--quiet"]
     staged = lambda: any(tmp_path.glob(".emb.new-*"))  # noqa: E731 - the new set is being written beside --out
     _kill_when(cmd, staged, 0, may_finish=True)
     assert not out.exists() or EmbeddingSet(out)  # never a half-written set under the name
     run_peace(*cmd)
     es = EmbeddingSet(out)
     assert not list(tmp_path.glob(".emb.new-*")), "the killed writer's half-written set was not cleaned up"
-    ref = run_peace("embed", "--run", tiny_run.path, "--out", tmp_path / "ref", "--trees", "100", "--quiet")
+    ref = run_peace("embed", "--run", tiny_run.path, "--out", tmp_path / "ref", "--trees", "100", "--no-umap", "--quiet")
     assert ref.returncode == 0
     np.testing.assert_array_equal(es.embeddings, EmbeddingSet(tmp_path / "ref").embeddings)
-    table = es.table.copy()
-    for seed in range(3):  # over the complete set: killed anywhere in the rebuild, the old set or the new one
-        _kill_when([*cmd, "--no-umap"], staged, random.Random(seed).uniform(0, 0.05), may_finish=True)
-        again = EmbeddingSet(out)
-        np.testing.assert_array_equal(again.embeddings, es.embeddings)
-        assert "umap_2d_x" not in again.table or again.table.equals(table)
+    for seed in range(2):  # over the complete set: killed anywhere in the rebuild, the old set or the new one
+        _kill_when(cmd, staged, random.Random(seed).uniform(0, 0.05), may_finish=True)
+        np.testing.assert_array_equal(EmbeddingSet(out).embeddings, es.embeddings)
