@@ -2,10 +2,9 @@
 the URL, the opened embedding set, and the widgets several pages draw (tables, the model picker, a
 highlighted model on a map).
 
-Choices a user makes (colouring, filters, the query model) live in ``st.session_state["prefs"]`` and
-survive page changes; the query model and the map's colouring are also in the URL
-(``?model=...&color=...``), so a view can be shared. This module imports neither torch nor
-scikit-learn: the Map page, the first one, opens without them.
+Choices a user makes (colouring, filters, the query model) live in ``st.session_state["prefs"]`` and survive
+page changes; the query model and the map's colouring are also in the URL (``?model=...&color=...``), so a
+view can be shared. This module imports neither torch nor scikit-learn: the Map page opens without them.
 """
 from __future__ import annotations
 
@@ -21,7 +20,7 @@ from peace.core.errors import PeaceError
 from peace.serve.explore import Explorer, find_embedding_sets, model_label
 
 __all__ = ["COLUMNS", "FIX", "MAX_PICKER", "SHOW", "choose", "cols", "current", "highlight", "keep", "labels",
-           "model_picker", "open_explorer", "pref", "root", "sidebar_set", "table"]
+           "model_picker", "open_explorer", "pref", "remembered", "root", "sidebar_set", "table"]
 
 
 def root() -> Path:
@@ -56,10 +55,20 @@ def keep(key: str, value):
     return value
 
 
+def remembered(widget, label: str, *args, key: str, default, fit=lambda v: v, **kw):
+    """``widget`` keyed to the remembered choice ``key``, starting from it when new (``fit``: made valid here).
+    Given the choice as its index or value instead, it was re-created after each change and lost the next."""
+    if f"pref_{key}" not in st.session_state:
+        st.session_state[f"pref_{key}"] = fit(pref(key, default))
+    return keep(key, widget(label, *args, key=f"pref_{key}", **kw))
+
+
 def choose(widget, label: str, options: list, key: str, **kw):
-    """``widget`` (selectbox / radio) over ``options`` starting at the remembered choice; remembers the new one."""
-    start = pref(key, options[0])
-    return keep(key, widget(label, options, index=options.index(start) if start in options else 0, **kw))
+    """``widget`` (selectbox / radio) over ``options``, starting at the remembered choice; remembers the new one."""
+    if st.session_state.get(f"pref_{key}", options[0]) not in options:  # another set, other options
+        del st.session_state[f"pref_{key}"]
+    return remembered(widget, label, options, key=key, default=options[0],
+                      fit=lambda v: v if v in options else options[0], **kw)
 
 
 @st.cache_resource(show_spinner="Opening the embedding set, its zoo and encoder ...")

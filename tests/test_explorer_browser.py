@@ -187,3 +187,42 @@ def test_map_search_and_query_example_in_a_real_browser(server, browser, artifac
     assert "Function check" in body
     assert "Model file (up to 512 MiB)" in body and "per file" not in body  # the widget would round it to "1GB"
     browser.save_screenshot(str(SHOTS / "query-example.png"))
+
+
+def _select(driver, label: str, option: str, timeout: float = 30) -> None:
+    """Pick ``option`` in the selectbox labelled ``label``, as a user does: open it, click the option."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            driver.find_element("xpath", f"//input[@role='combobox'][@aria-label='{label}']/following-sibling::button"
+                                         ).click()
+            driver.find_element("xpath", f"//*[@role='option'][normalize-space()='{option}']").click()
+            return
+        except Exception:  # noqa: BLE001 - not drawn yet, or redrawn under the click: try again
+            if time.time() > deadline:
+                raise
+            time.sleep(0.3)
+
+
+def _shown(driver, label: str) -> str:
+    return driver.find_element("xpath", f"//input[@role='combobox'][@aria-label='{label}']").get_attribute("value")
+
+
+def test_every_change_to_a_remembered_control_takes_effect_at_once(server, browser):
+    """Issue 28: the second change in a row to the same control was dropped (the widget was re-created
+    with the remembered value as its index on each rerun). Each pick must show at the first try."""
+    browser.get(server)
+    _wait_text(browser, "Colour by")
+    _plot(browser)
+    for option in ("arch", "activation", "task", "epoch"):  # four changes in a row to one control
+        _select(browser, "Colour by", option)
+        deadline = time.time() + 30
+        while _shown(browser, "Colour by") != option or f"color={option}" not in browser.current_url:
+            assert time.time() < deadline, f"picked {option!r}, the control shows {_shown(browser, 'Colour by')!r}"
+            time.sleep(0.3)
+    _goto(browser, "Neighbours")  # the last choice survives a page change
+    _wait_text(browser, "Same task among the top")
+    _goto(browser, "Map")
+    _wait_text(browser, "Colour by")
+    time.sleep(2)
+    assert _shown(browser, "Colour by") == "epoch"

@@ -9,7 +9,7 @@ import streamlit as st
 from peace.serve.explore import Explorer, filter_table, find_models
 from peace.serve.plots import embedding_map
 
-from shared import choose, cols, current, highlight, keep, labels, pref, table
+from shared import choose, cols, current, highlight, keep, labels, remembered, table
 
 
 @st.cache_resource(max_entries=32, show_spinner=False)
@@ -26,22 +26,27 @@ def _map_controls(t: pd.DataFrame) -> tuple[str, str, str, tuple]:
     colors = [c for c in ("task", "arch", "activation", "family", "test_acc", "epoch", "split", "init", "optimizer")
               if c in t.columns]
     if st.query_params.get("color") in colors and "color" not in st.session_state.get("prefs", {}):
-        keep("color", st.query_params["color"])
+        keep("color", st.query_params["color"])  # a shared link's colouring, on a first visit
     color = choose(c1.selectbox, "Colour by", colors, "color")
     st.query_params["color"] = color
     symbol = choose(c2.selectbox, "Symbol by", ["none", "family", "activation", "split", "heldout_task"], "symbol")
     dims = choose(c3.radio, "Map", ["2-D", "3-D"], "dims", horizontal=True)
     # a toggle rather than an expander: an expander's widgets are drawn (and their scripts loaded) even closed
-    if not keep("filtering", st.toggle("Filter the map (by task, architecture, activation, accuracy, epoch)",
-                                       pref("filtering", False), key="map_filtering")):
+    if not remembered(st.toggle, "Filter the map (by task, architecture, activation, accuracy, epoch)",
+                      key="filtering", default=False):
         return color, symbol, dims, ()
     f1, f2, f3 = st.columns(3)
-    tasks = keep("tasks", f1.multiselect("Task", sorted(t["task"].unique()), default=pref("tasks", [])))
-    archs = keep("archs", f2.multiselect("Architecture", sorted(t["arch"].unique()), default=pref("archs", [])))
-    acts = keep("acts", f3.multiselect("Activation", sorted(t["activation"].unique()), default=pref("acts", [])))
-    acc = keep("acc", st.slider("Test accuracy", 0.0, 1.0, pref("acc", (0.0, 1.0)), 0.01))
+    picks = []
+    for col, label, key, column in ((f1, "Task", "tasks", "task"), (f2, "Architecture", "archs", "arch"),
+                                    (f3, "Activation", "acts", "activation")):
+        options = sorted(t[column].unique())
+        picks.append(remembered(col.multiselect, label, options, key=key, default=[],
+                                fit=lambda v, o=options: [x for x in v if x in o]))
+    acc = remembered(st.slider, "Test accuracy", 0.0, 1.0, step=0.01, key="acc", default=(0.0, 1.0))
     emax = max(int(t["epoch"].max()), 1)
-    epochs = keep("epochs", st.slider("Epoch", 0, emax, pref("epochs", (0, emax))))
+    epochs = remembered(st.slider, "Epoch", 0, emax, key="epochs", default=(0, emax),
+                        fit=lambda v: (min(v[0], emax), min(v[1], emax)))
+    tasks, archs, acts = picks
     return color, symbol, dims, (tuple(tasks), tuple(archs), tuple(acts), tuple(acc), tuple(epochs))
 
 

@@ -5,7 +5,7 @@ import streamlit as st
 
 from peace.serve.explore import typical_model
 
-from shared import cols, current, keep, model_picker, pref, table
+from shared import cols, current, model_picker, remembered, table
 
 
 def page_neighbours() -> None:
@@ -13,7 +13,8 @@ def page_neighbours() -> None:
     if ex is None:
         return
     q = model_picker(ex, "Query model (type to search)", "query", typical_model(ex.table), url=True)
-    k = keep("k", st.slider("k", 1, min(50, len(ex.table) - 1), min(pref("k", 10), len(ex.table) - 1)))
+    kmax = min(50, len(ex.table) - 1)
+    k = remembered(st.slider, "k", 1, kmax, key="k", default=10, fit=lambda v: max(1, min(v, kmax)))
     row = ex.table.iloc[ex.es.row_of[q]]
     st.write(f"**{q}**: {row['task']}, {row['arch']}, epoch {row['epoch']}, test accuracy {row['test_acc']:.3f}")
     titles = {"function": "Function space (probe predictions)", "stats": "s(W) weight statistics", "raw": "Raw weights"}
