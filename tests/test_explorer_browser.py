@@ -91,6 +91,16 @@ def _goto(driver, page: str, timeout: float = 60) -> None:
     raise AssertionError(f"no sidebar entry {page!r}")
 
 
+def _element(driver, xpath: str, timeout: float = 60):
+    """The element at ``xpath`` once the page has drawn it."""
+    deadline = time.time() + timeout
+    while not driver.find_elements("xpath", xpath):
+        if time.time() > deadline:
+            raise AssertionError(f"{xpath} never appeared")
+        time.sleep(0.3)
+    return driver.find_element("xpath", xpath)
+
+
 def _plot(driver, timeout: float = 60) -> dict:
     """Wait until a plotly chart has drawn points; its trace names, legend entries and point count."""
     deadline = time.time() + timeout
@@ -167,8 +177,8 @@ def test_map_search_and_query_example_in_a_real_browser(server, browser, artifac
     target = EmbeddingSet(artifacts / "embeddings" / "tiny").table["model_id"].iat[4]
     browser.get(server)
     _wait_text(browser, "Colour by")
-    box = browser.find_element("xpath", "//div[@data-testid='stTextInput'][.//label[starts-with(normalize-space(),"
-                                        "'Find a model')]]//input")
+    box = _element(browser, "//div[@data-testid='stTextInput'][.//label[starts-with(normalize-space(),'Find a model')]]"
+                            "//input")  # drawn after the controls above it: wait for it
     box.send_keys(target, Keys.ENTER)
     deadline = time.time() + 60
     while target not in browser.execute_script(  # the found model starred, its neighbours ringed
@@ -183,8 +193,8 @@ def test_map_search_and_query_example_in_a_real_browser(server, browser, artifac
     browser.find_element("xpath", "//button[contains(., 'Try an example')]").click()
     _wait_text(browser, "(hidden units shuffled):")
     assert any("(hidden units shuffled)" in name for name in _plot(browser)["legend"])
+    _wait_text(browser, "Function check", timeout=60)  # drawn beside the map, not always in the same frame
     body = browser.find_element("tag name", "body").text
-    assert "Function check" in body
     assert "Model file (up to 512 MiB)" in body and "per file" not in body  # the widget would round it to "1GB"
     browser.save_screenshot(str(SHOTS / "query-example.png"))
 
