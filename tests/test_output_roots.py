@@ -5,7 +5,7 @@ import pytest
 
 from conftest import run_peace
 from peace.core.errors import PeaceError
-from peace.core.paths import remove_tree, safe_name
+from peace.core.paths import replacing, safe_name
 from peace.orchestrate.ablation import Configuration, load_grid, run_one
 from peace.orchestrate.pipeline import pipeline_steps
 
@@ -70,15 +70,26 @@ def test_pipeline_name_must_be_one_component(tmp_path):
     assert all(p.resolve().is_relative_to(tmp_path.resolve()) for s in steps for p in s.outputs)
 
 
-def test_remove_tree_only_inside_its_owner(tmp_path):
+def test_replacing_only_inside_its_owner(tmp_path):
     owner, neighbour = tmp_path / "root", tmp_path / "neighbour"
     (owner / "runs" / "a").mkdir(parents=True)
+    (owner / "runs" / "a" / "old.txt").write_text("old step")
     neighbour.mkdir()
     (neighbour / "keep.txt").write_text("user data")
     (owner / "runs" / "link").symlink_to(neighbour, target_is_directory=True)
     for bad in [neighbour, owner, owner / "runs" / ".." / ".." / "neighbour", owner / "runs" / "link"]:
-        with pytest.raises(PeaceError, match="refusing to delete"):
-            remove_tree(bad, owner)
+        with pytest.raises(PeaceError, match="refusing to replace"):
+            with replacing(bad, owner):
+                pass
     assert (neighbour / "keep.txt").read_text() == "user data"
-    remove_tree(owner / "runs" / "a", owner)
-    assert not (owner / "runs" / "a").exists() and owner.exists()
+    with pytest.raises(RuntimeError):  # a failed rebuild brings the old directory back
+        with replacing(owner / "runs" / "a", owner):
+            (owner / "runs" / "a").mkdir()
+            (owner / "runs" / "a" / "half.txt").write_text("half")
+            raise RuntimeError("rebuild failed")
+    assert [p.name for p in (owner / "runs" / "a").iterdir()] == ["old.txt"]
+    with replacing(owner / "runs" / "a", owner):
+        (owner / "runs" / "a").mkdir()
+        (owner / "runs" / "a" / "new.txt").write_text("new")
+    assert [p.name for p in (owner / "runs" / "a").iterdir()] == ["new.txt"]
+    assert sorted(p.name for p in (owner / "runs").iterdir()) == ["a", "link"]  # nothing left aside

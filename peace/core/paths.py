@@ -11,7 +11,7 @@ from pathlib import Path
 
 from peace.core.errors import PeaceError
 
-__all__ = ["SAFE_NAME", "contained", "remove_tree", "replacing", "safe_name"]
+__all__ = ["SAFE_NAME", "contained", "replacing", "safe_name"]
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # one path component: no separators, no "..", no control
 
@@ -33,12 +33,6 @@ def safe_name(value: object, what: str) -> str:
         raise PeaceError(f"{what} {value!r} cannot be used as a file name; use letters, digits, '.', '_' and '-' "
                          f"(starting with a letter or digit, at most 100 characters, no '..')")
     return value
-
-
-def remove_tree(path: str | Path, owner: str | Path) -> None:
-    """``shutil.rmtree(path)``, refused unless ``path`` lies strictly inside ``owner`` (symlinks resolved):
-    a recursive delete never reaches a directory its caller does not own."""
-    shutil.rmtree(_owned(path, owner, "delete"))
 
 
 def _owned(path: str | Path, owner: str | Path, verb: str) -> Path:
