@@ -16,11 +16,11 @@ import time
 
 import torch
 
+from peace.core.device import resolve_device
 from peace.learn.contrastive import AugmentConfig, build_views
 from peace.learn.encoder import EncoderConfig, PeaceEncoder, dgl_available
-from peace.learn.trainer import fit
 from peace.learn.runconfig import load_config
-from peace.core.device import resolve_device
+from peace.learn.trainer import fit
 from peace.zoo.store import Zoo
 
 

@@ -15,9 +15,9 @@ import tempfile
 import time
 
 import numpy as np
+from annoy import AnnoyIndex
 
 from peace.serve.index import build_annoy
-from annoy import AnnoyIndex
 
 
 def synthetic(n: int, dim: int, data: str = "clustered", seed: int = 0) -> np.ndarray:

@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 from peace.core.cluster import RayEngine, Serial
+from peace.learn.run import load_encoder
 from peace.serve.export import embed_models
 from peace.zoo.recipe import expand, load_recipe
-from peace.learn.run import load_encoder
 from peace.zoo.store import Zoo, build_zoo
 
 

@@ -24,15 +24,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from safetensors.torch import save_file
 
-from peace.nets.architectures import ArchSpec, build_module
-from peace.learn.encoder import EncoderConfig, build_encoder, prepare
-from peace.intake.importers import load_model
-from peace.zoo.population import HParams, init_params
-from peace.learn.runconfig import load_config
 from peace.core.device import resolve_device
+from peace.intake.importers import load_model
+from peace.learn.encoder import EncoderConfig, build_encoder, prepare
+from peace.learn.runconfig import load_config
+from peace.nets.architectures import ArchSpec, build_module
+from peace.zoo.population import HParams, init_params
 
 WIDTHS = (8, 16, 32, 64, 128, 256)
 

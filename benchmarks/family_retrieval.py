@@ -13,9 +13,9 @@ import argparse
 import numpy as np
 
 from peace.evaluate.baselines import FunctionSpace, RawWeights, WeightStats
-from peace.orchestrate.evaluation import split_models
 from peace.evaluate.metrics import retrieval_scores
 from peace.learn.run import load_encoder
+from peace.orchestrate.evaluation import split_models
 from peace.zoo.store import Zoo
 
 

@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from peace.evaluate.baselines import FunctionSpace, Models, RawWeights, WeightStats
 from peace.core.errors import PeaceError
+from peace.evaluate.baselines import FunctionSpace, Models, RawWeights, WeightStats
 from peace.evaluate.metrics import linear_probe
-from peace.zoo.splits import split_zoo
-from peace.serve.export import embed_zoo
 from peace.learn.run import load_encoder
+from peace.serve.export import embed_zoo
+from peace.zoo.splits import split_zoo
 from peace.zoo.store import open_zoo
 
 NUMERIC = ("epoch", "test_acc", "gen_gap")

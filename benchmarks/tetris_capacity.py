@@ -14,7 +14,7 @@ import pandas as pd
 
 from peace.nets.architectures import ArchSpec
 from peace.zoo.population import HParams, Schedule, train_population
-from peace.zoo.tasks import tetris_task, load_task
+from peace.zoo.tasks import load_task, tetris_task
 
 PAPER = ArchSpec(family="mlp", input_shape=(1, 4, 4), n_classes=4, hidden=(5,), activation="tanh", bias=False)
 

@@ -74,8 +74,8 @@ QUICK = ["augment.distill_epochs=1", "train.epochs=3", "train.patience=5"]
 @pytest.fixture(scope="session")
 def tiny_run(tiny_zoo, tmp_path_factory):
     """A 3-epoch encoder run on the tiny zoo, trained once per test session (per xdist worker)."""
-    from peace.learn.trainer import fit
     from peace.learn.runconfig import load_config
+    from peace.learn.trainer import fit
 
     return fit(tiny_zoo, load_config("tiny", QUICK), tmp_path_factory.mktemp("run") / "tiny", progress=False)
 

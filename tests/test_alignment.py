@@ -3,8 +3,8 @@ import torch
 
 from peace.nets.alignment import align, interpolation_path, loss_barrier
 from peace.nets.architectures import ArchSpec
-from peace.zoo.population import HParams, Schedule, train_population
 from peace.nets.symmetry import RandomSymmetry, random_symmetry
+from peace.zoo.population import HParams, Schedule, train_population
 from peace.zoo.tasks import load_task
 
 

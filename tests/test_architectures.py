@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from peace.nets.architectures import ACTIVATIONS, ArchSpec, PeaceNet, forward, stack_params
 from peace.core.errors import PeaceError
+from peace.nets.architectures import ACTIVATIONS, ArchSpec, PeaceNet, forward, stack_params
 
 SPECS = [
     ArchSpec("mlp", (16,), 4, hidden=(5,), activation="tanh", bias=False),

@@ -1,10 +1,17 @@
 """Baselines: one interface, fit on training models, transform any models; the s(W) definition."""
 import numpy as np
 import torch
-
 from conftest import MODELS, random_model
-from peace.evaluate.baselines import (MetadataSearch, Models, RawWeights, WeightPCA, WeightStats, flatten_weights,
-                             weight_stats)
+
+from peace.evaluate.baselines import (
+    MetadataSearch,
+    Models,
+    RawWeights,
+    WeightPCA,
+    WeightStats,
+    flatten_weights,
+    weight_stats,
+)
 
 
 def test_weight_stats_is_per_layer_mean_variance_quantiles():

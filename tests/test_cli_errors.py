@@ -11,8 +11,8 @@ from torch import nn
 
 from peace.cli import main
 from peace.core.errors import PeaceError
-from peace.zoo.recipe import recipe_from_dict
 from peace.learn.runconfig import load_config
+from peace.zoo.recipe import recipe_from_dict
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import run_peace
 from safetensors.torch import load_file
 
-from conftest import run_peace
-from peace.orchestrate.ablation import load_grid, run_ablation
 from peace.core.cluster import RayEngine, Serial, Threads, open_engine
 from peace.core.errors import PeaceError
+from peace.orchestrate.ablation import load_grid, run_ablation
 from peace.serve.export import export_embeddings
 from peace.zoo.recipe import load_recipe
 from peace.zoo.store import Zoo, build_zoo
@@ -100,8 +100,8 @@ def test_embed_with_ray_equals_serial(tiny_run, tmp_path, ray_engine, monkeypatc
 
 def test_transfer_finetuning_with_ray_equals_serial(tiny_zoo, ray_engine):
     from peace.evaluate.baselines import Models
-    from peace.zoo.tasks import load_task
     from peace.evaluate.transfer import TransferConfig, finetune_curves
+    from peace.zoo.tasks import load_task
 
     rows = tiny_zoo.manifest
     ids = list(rows.index[rows["task"] == "synth-1"])  # several architectures: one population each

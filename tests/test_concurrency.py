@@ -6,10 +6,10 @@ import sys
 
 import pytest
 import torch
+from conftest import ROOT
 from safetensors.torch import save_file
 from torch import nn
 
-from conftest import ROOT
 from peace.core.atomic import locked
 from peace.core.errors import PeaceError
 from peace.zoo.store import Zoo

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from conftest import MODELS, random_model
 
-from peace.nets.architectures import forward, stack_params
+from peace.core.errors import PeaceError
 from peace.learn.contrastive import (
     AugmentConfig,
     Kinship,
@@ -20,7 +20,7 @@ from peace.learn.contrastive import (
     nce_logits,
     relabel_classes,
 )
-from peace.core.errors import PeaceError
+from peace.nets.architectures import forward, stack_params
 
 
 def _out(spec, params, X):

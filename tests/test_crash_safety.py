@@ -11,12 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import QUICK, ROOT, run_peace
 from safetensors.torch import load_file
 
-from conftest import QUICK, ROOT, run_peace
 from peace.core.errors import PeaceError
-from peace.serve.index import EmbeddingSet
 from peace.learn.run import load_encoder
+from peace.serve.index import EmbeddingSet
 
 
 def _kill_when(cmd, ready, extra_delay, timeout=300, may_finish=False):

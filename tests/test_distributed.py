@@ -7,12 +7,12 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import QUICK, ROOT, run_peace
 from safetensors.torch import load_file
 
-from conftest import QUICK, ROOT, run_peace
 from peace.learn.distributed import Rank
-from peace.learn.trainer import fit
 from peace.learn.runconfig import load_config
+from peace.learn.trainer import fit
 
 
 def test_shares_cover_a_batch_in_order():

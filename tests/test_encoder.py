@@ -4,10 +4,10 @@ import torch
 import torch.nn.functional as F
 from conftest import MODELS, random_model
 
-from peace.learn.encoder import EncoderConfig, PeaceEncoder, dgl_available
 from peace.core.errors import PeaceError
-from peace.nets.symmetry import RandomSymmetry, allowed, random_symmetry
+from peace.learn.encoder import EncoderConfig, PeaceEncoder, dgl_available
 from peace.learn.runconfig import load_config
+from peace.nets.symmetry import RandomSymmetry, allowed, random_symmetry
 
 IDS = [f"{t}-{kw['family']}-{kw['activation']}" for t, kw in MODELS]
 

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import ROOT
 from safetensors.torch import save_file
 
-from conftest import ROOT
 from peace.core.errors import PeaceError
 from peace.serve.explore import Explorer
 
@@ -223,8 +223,8 @@ def test_a_wrong_activation_is_caught_on_the_zoo_tasks_data(artifacts, tmp_path)
     task (tasks that merely share its sizes score near chance and do not count)."""
     import dataclasses
 
-    from peace.serve.explore import activation_advice
     from peace.intake.importers import load_model
+    from peace.serve.explore import activation_advice
 
     ex = Explorer(artifacts / "embeddings" / "tiny")
     mid = ex.table.loc[(ex.table["task"] == "tetris") & (ex.table["family"] == "mlp"), "model_id"].iat[0]

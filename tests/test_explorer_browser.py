@@ -10,7 +10,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
 
 CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -119,8 +118,9 @@ def _plot(driver, timeout: float = 60) -> dict:
 
 
 def test_every_page_in_a_real_browser(server, browser, artifacts):
-    from peace.serve.index import EmbeddingSet
     from test_explorer import PAGES, VIEWS
+
+    from peace.serve.index import EmbeddingSet
 
     SHOTS.mkdir(parents=True, exist_ok=True)
     browser.get(server)

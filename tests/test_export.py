@@ -5,17 +5,17 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import QUICK, run_peace
+
 from peace.core.errors import PeaceError
+from peace.evaluate.metrics import cosine_similarity_matrix, normalize_rows
+from peace.evaluate.prediction import PredictorConfig
+from peace.learn.run import RunDir
+from peace.learn.runconfig import load_config
+from peace.learn.trainer import fit
 from peace.orchestrate.evaluation import evaluate
 from peace.serve.export import export_embeddings
 from peace.serve.index import EmbeddingSet
-from peace.evaluate.prediction import PredictorConfig
-from peace.evaluate.metrics import cosine_similarity_matrix, normalize_rows
-from peace.learn.trainer import fit
-from peace.learn.run import RunDir
-from peace.learn.runconfig import load_config
 
 
 @pytest.fixture(scope="module")
@@ -205,8 +205,8 @@ def test_a_set_bigger_than_its_map_sample(tiny_run, tmp_path, monkeypatch):
 
 
 def test_the_sets_baseline_vectors_rank_as_the_baselines_do(embedding_set, tiny_zoo, tmp_path):
-    from peace.serve.baseline_vectors import BaselineVectors
     from peace.evaluate.baselines import FunctionSpace, Models, RawWeights, WeightStats
+    from peace.serve.baseline_vectors import BaselineVectors
     from peace.serve.index import BASELINES
 
     ids = list(embedding_set.table["model_id"])

@@ -1,10 +1,17 @@
 import pytest
 import torch
 
-from peace.nets.architectures import ArchSpec, PeaceNet
 from peace.core.errors import PeaceError
-from peace.nets.graph import (EDGE_KINDS, NODE_DIM, batch_dgl, batch_graphs, edge_dim_needed, graph_to_params,
-                         neural_graph)
+from peace.nets.architectures import ArchSpec, PeaceNet
+from peace.nets.graph import (
+    EDGE_KINDS,
+    NODE_DIM,
+    batch_dgl,
+    batch_graphs,
+    edge_dim_needed,
+    graph_to_params,
+    neural_graph,
+)
 from peace.nets.symmetry import hidden_sizes, transform
 
 SPECS = [

@@ -11,10 +11,10 @@ import zipfile
 
 import pytest
 import torch
+from conftest import ROOT, run_peace
 from safetensors.torch import save_file
 from torch import nn
 
-from conftest import ROOT, run_peace
 from peace.core.errors import PeaceError
 from peace.intake.importers import load_model
 from peace.intake.sandbox import load_model_isolated

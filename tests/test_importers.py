@@ -2,11 +2,11 @@ import pytest
 import torch
 from torch import nn
 
-from peace.nets.architectures import forward
 from peace.core.errors import PeaceError
-from peace.nets.graph import neural_graph
 from peace.intake.importers import from_state_dict
 from peace.intake.modules import from_module
+from peace.nets.architectures import forward
+from peace.nets.graph import neural_graph
 
 
 @pytest.mark.parametrize("module, shape, family", [
@@ -75,8 +75,8 @@ def _trained_bn(module: nn.Module, shape) -> nn.Module:
 ])
 def test_batchnorm_is_folded_into_the_layer_before_it_exactly(tmp_path, make, shape, config):
     """Module and state-dict file give the same chain, computing the eval-mode network's function."""
-    from peace.nets.architectures import forward
     from peace.intake.importers import load_model
+    from peace.nets.architectures import forward
 
     module = _trained_bn(make(), shape)
     spec, params = from_module(module, shape)

@@ -4,8 +4,14 @@ import pandas as pd
 import pytest
 
 from peace.core.errors import PeaceError
-from peace.evaluate.metrics import (clustering_scores, functional_similarity, hard_queries, invariance_ratio, linear_probe,
-                           retrieval_scores)
+from peace.evaluate.metrics import (
+    clustering_scores,
+    functional_similarity,
+    hard_queries,
+    invariance_ratio,
+    linear_probe,
+    retrieval_scores,
+)
 
 
 def test_retrieval_scores_by_hand():

@@ -9,16 +9,17 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from safetensors.torch import save_file
 from torch import nn
 
-from peace.nets.architectures import forward
 from peace.core.atomic import sha256_file, write_json
 from peace.core.errors import PeaceError
 from peace.intake.importers import from_state_dict, load_model, read_tensors
 from peace.intake.model import Limits
 from peace.intake.modules import from_sklearn
+from peace.nets.architectures import forward
 from peace.zoo.store import Zoo
 
 

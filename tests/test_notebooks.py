@@ -3,7 +3,6 @@ import json
 
 import papermill as pm
 import pytest
-
 from conftest import ROOT
 
 
@@ -55,6 +54,23 @@ def test_export_and_evaluate_notebooks(tiny_run, tmp_path):
         text = out_nb.read_text()
         assert expect in text and "application/vnd.plotly.v1+json" in text, name
     assert (tmp_path / "emb" / "index.ann").exists() and (tmp_path / "eval" / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_generate_notebook_trains_a_decoder_samples_and_compares(tiny_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run.path, run)  # the notebook adds a decoder to the run
+    out_nb = tmp_path / "07.ipynb"
+    pm.execute_notebook(str(ROOT / "notebooks/07_generate.ipynb"), str(out_nb), kernel_name="python3",
+                        parameters={"run_dir": str(run), "out": str(tmp_path / "sampled"), "n": 2, "candidates": 2,
+                                    "finetune_epochs": 1, "seeds": 1, "decoder_epochs": 20, "decoder_min_models": 2},
+                        cwd=str(ROOT / "notebooks"), progress_bar=False)
+    text = out_nb.read_text()
+    assert "training a decoder" in text and "sampled + subsampling" in text and "decoded_agreement" in text
+    assert "application/vnd.plotly.v1+json" in text
+    assert (run / "decoder.safetensors").exists() and (tmp_path / "sampled" / "manifest.parquet").exists()
 
 
 def test_every_parameters_cell_parses_so_papermill_knows_each_parameter():

@@ -2,8 +2,8 @@
 leaves the directory its caller owns (issue 29: ``peace ablate`` and the pipeline wrote and deleted
 outside ``--out`` / ``--root``)."""
 import pytest
-
 from conftest import run_peace
+
 from peace.core.errors import PeaceError
 from peace.core.paths import replacing, safe_name
 from peace.orchestrate.ablation import Configuration, load_grid, run_one

@@ -7,14 +7,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import ROOT
+
+from peace.learn.runconfig import load_config
+from peace.learn.trainer import fit
 from peace.nets.architectures import ArchSpec
 from peace.serve.plots import learning_curve
 from peace.zoo.population import HParams, init_params
 from peace.zoo.recipe import expand, load_recipe, recipe_from_dict
-from peace.learn.trainer import fit
-from peace.learn.runconfig import load_config
 from peace.zoo.store import build_zoo
 
 

@@ -9,12 +9,12 @@ import pandas as pd
 import papermill as pm
 import pytest
 import yaml
-
 from conftest import QUICK, ROOT, run_peace
-from peace.orchestrate.ablation import best_per_metric, compare, load_grid, run_ablation
+
 from peace.core.errors import PeaceError
-from peace.orchestrate.pipeline import NOTEBOOKS, pipeline_steps, run_pipeline, run_steps
 from peace.learn.runconfig import load_config
+from peace.orchestrate.ablation import best_per_metric, compare, load_grid, run_ablation
+from peace.orchestrate.pipeline import NOTEBOOKS, pipeline_steps, run_pipeline, run_steps
 from peace.zoo.store import Zoo
 
 

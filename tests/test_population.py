@@ -3,9 +3,8 @@ import pytest
 import torch
 from sklearn.metrics import f1_score
 
-from peace.nets.architectures import ArchSpec, forward
 from peace.core.errors import PeaceError
-from peace.nets.architectures import evaluate
+from peace.nets.architectures import ArchSpec, evaluate, forward
 from peace.zoo.population import HParams, Schedule, train_population, train_single
 from peace.zoo.tasks import load_task
 

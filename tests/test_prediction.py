@@ -2,11 +2,11 @@
 import numpy as np
 import pytest
 import torch
-
 from conftest import random_model
-from peace.nets.architectures import ArchSpec, PeaceNet
+
 from peace.core.errors import PeaceError
-from peace.evaluate.prediction import PredictorConfig, NFNPredictor, fit_nfn, nfn_readable, predict_nfn
+from peace.evaluate.prediction import NFNPredictor, PredictorConfig, fit_nfn, nfn_readable, predict_nfn
+from peace.nets.architectures import ArchSpec, PeaceNet
 from peace.nets.symmetry import RandomSymmetry, random_symmetry
 
 MLP = ("synth-1", dict(family="mlp", hidden=(7, 6), activation="relu"))

@@ -2,11 +2,11 @@
 import numpy as np
 import pytest
 import torch
-
 from conftest import MODELS, random_model
-from peace.nets.architectures import ArchSpec
-from peace.evaluate.baselines import FunctionSpace, Models
+
 from peace.core.errors import PeaceError
+from peace.evaluate.baselines import FunctionSpace, Models
+from peace.nets.architectures import ArchSpec
 from peace.nets.probes import agreement, agreement_matrix, fingerprint, io_space, probe_inputs, responses, sketch
 from peace.nets.symmetry import random_symmetry
 

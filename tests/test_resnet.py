@@ -6,21 +6,20 @@ import time
 
 import pytest
 import torch
+from conftest import random_model
 from safetensors.torch import save_file
 from torch import nn
 
-from peace.nets.alignment import align
-from peace.nets.architectures import ArchSpec, fold_norms, folded_spec, forward
-from peace.learn.encoder import EncoderConfig, PeaceEncoder, prepare
 from peace.core.errors import PeaceError
-from peace.nets.graph import graph_to_params, neural_graph
 from peace.intake.importers import from_state_dict, load_model
 from peace.intake.modules import from_module
-from peace.zoo.population import HParams, Schedule, train_population, train_single
+from peace.learn.encoder import EncoderConfig, PeaceEncoder, prepare
+from peace.nets.alignment import align
+from peace.nets.architectures import ArchSpec, fold_norms, folded_spec, forward
+from peace.nets.graph import graph_to_params, neural_graph
 from peace.nets.symmetry import RandomSymmetry, group_labels, random_symmetry, transform, unit_groups
+from peace.zoo.population import HParams, Schedule, train_population, train_single
 from peace.zoo.tasks import load_task
-
-from conftest import random_model
 
 
 class BasicBlock(nn.Module):

@@ -1,13 +1,14 @@
 """Exact symmetries on every family, with and without biases, on real task inputs."""
 import pytest
 import torch
+from conftest import MODELS
+from conftest import random_model as _model
 
-from peace.nets.architectures import forward
-from peace.nets.alignment import align
 from peace.core.errors import PeaceError
+from peace.nets.alignment import align
+from peace.nets.architectures import forward
 from peace.nets.symmetry import RandomSymmetry, allowed, canonicalize, random_symmetry, transform
 
-from conftest import MODELS, random_model as _model
 
 def _out(spec, params, X):
     return forward(spec, {k: v.unsqueeze(0) for k, v in params.items()}, X)[0]
@@ -67,7 +68,8 @@ def test_disallowed_transforms_are_errors():
     assert allowed(sig_spec) == {"permute": True, "scale": False, "flip": False}
 
 
-from hypothesis import given, settings, strategies as st  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st
 
 
 @settings(max_examples=60, deadline=None)

@@ -5,19 +5,18 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import QUICK, run_peace
 from safetensors.torch import load_file
 
-from peace.learn.encoder import dgl_available
+from peace.core.device import resolve_device
 from peace.core.errors import PeaceError
+from peace.learn.encoder import dgl_available
+from peace.learn.run import load_encoder
+from peace.learn.runconfig import load_config
+from peace.learn.trainer import fit
 from peace.zoo.recipe import recipe_from_dict
 from peace.zoo.splits import split_zoo
-from peace.learn.trainer import fit
-from peace.learn.runconfig import load_config
-from peace.learn.run import load_encoder
-from peace.core.device import resolve_device
 from peace.zoo.store import build_zoo
-
-from conftest import QUICK, run_peace
 
 
 def test_splits_keep_lineages_together_and_hold_out_tasks(tiny_zoo):

@@ -3,13 +3,13 @@ import numpy as np
 import pytest
 import torch
 
-from peace.nets.architectures import stack_params
-from peace.evaluate.baselines import Baseline, Models, RawWeights
 from peace.core.errors import PeaceError
-from peace.orchestrate.evaluation import split_models
-from peace.nets.architectures import evaluate as evaluate_population
-from peace.zoo.tasks import load_task
+from peace.evaluate.baselines import Baseline, Models, RawWeights
 from peace.evaluate.transfer import TransferConfig, finetune_curves, steps_to_target, subset, transfer_study
+from peace.nets.architectures import evaluate as evaluate_population
+from peace.nets.architectures import stack_params
+from peace.orchestrate.evaluation import split_models
+from peace.zoo.tasks import load_task
 
 CFG = TransferConfig(k=3, queries=2, pool=12, task_models=4, epochs=2, also_at=(1,))
 

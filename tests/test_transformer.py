@@ -6,21 +6,27 @@ import json
 
 import pytest
 import torch
+from conftest import random_model
 from safetensors.torch import save_file
 from torch import nn
 
-from peace.nets.architectures import ArchSpec, forward
-from peace.learn.encoder import EncoderConfig, PeaceEncoder
 from peace.core.errors import PeaceError
-from peace.nets.graph import graph_to_params, neural_graph
 from peace.intake.importers import from_state_dict, load_model
 from peace.intake.modules import from_module
+from peace.learn.encoder import EncoderConfig, PeaceEncoder
+from peace.nets.architectures import ArchSpec, forward
+from peace.nets.graph import graph_to_params, neural_graph
+from peace.nets.symmetry import (
+    RandomSymmetry,
+    ViTSymmetry,
+    allowed,
+    canonicalize,
+    group_labels,
+    random_symmetry,
+    vit_transform,
+)
 from peace.zoo.population import HParams, Schedule, train_population, train_single
-from peace.nets.symmetry import RandomSymmetry, allowed, canonicalize, group_labels, random_symmetry
 from peace.zoo.tasks import load_task
-from peace.nets.symmetry import ViTSymmetry, vit_transform
-
-from conftest import random_model
 
 
 class TimmAttention(nn.Module):

@@ -7,9 +7,9 @@ import time
 import pandas as pd
 import pytest
 import torch
+from conftest import ROOT, run_peace
 from safetensors.torch import load_file
 
-from conftest import ROOT, run_peace
 from peace.core.errors import PeaceError
 from peace.zoo.recipe import load_recipe
 from peace.zoo.store import Zoo, build_zoo

@@ -25,6 +25,7 @@ from peace.evaluate.baselines import Baseline, Models
 from peace.evaluate.metrics import normalize_rows
 from peace.nets.architectures import ArchSpec, stack_params
 from peace.zoo.population import HParams, Schedule, train_population
+from peace.zoo.store import usable
 from peace.zoo.tasks import Task, load_task
 
 __all__ = ["TransferConfig", "finetune_curves", "io_key", "steps_to_target", "subset", "transfer_study"]
@@ -79,8 +80,8 @@ def _finetune_metrics(task: Task, spec: ArchSpec, hparams: list[HParams], schedu
 
 
 def finetune_curves(task: Task, models: Models, cfg: TransferConfig, seed: int = 0,
-                    engine: Engine | None = None) -> np.ndarray:
-    """Validation accuracy of each model fine-tuned on ``task`` (Adam, ``cfg.lr``), at epochs
+                    engine: Engine | None = None, split: str = "val") -> np.ndarray:
+    """Accuracy on ``split`` (validation by default) of each model fine-tuned on ``task`` (Adam, ``cfg.lr``), at epochs
     0..``cfg.epochs``: shape (models, epochs + 1); NaN where a model diverged. Each architecture's
     models are one population; ``engine`` trains the populations side by side."""
     curves = np.full((len(models), cfg.epochs + 1), np.nan)
@@ -97,7 +98,7 @@ def finetune_curves(task: Task, models: Models, cfg: TransferConfig, seed: int =
     for idx, f in zip(groups.values(), futures):
         for r in f.result():
             if r["status"] == "ok":
-                curves[idx[r["model_index"]], r["epoch"]] = r["val_acc"]
+                curves[idx[r["model_index"]], r["epoch"]] = r[f"{split}_acc"]
     return curves
 
 
@@ -121,11 +122,11 @@ def transfer_study(methods: Sequence[Baseline], library: Models, test: Models, c
     each task's architectures side by side (Ray); the figures do not depend on it."""
     rows = test.rows.reset_index(drop=True)
     final = rows["epoch"] == rows["epochs"]
-    tasks = sorted(rows.loc[rows["heldout_task"].astype(bool) & (rows["status"] == "ok"), "task"].unique())
+    tasks = sorted(rows.loc[rows["heldout_task"].astype(bool) & usable(rows), "task"].unique())
     out: dict = {"config": asdict(cfg), "tasks": {}, "skipped": {}}
     rng = np.random.default_rng(seed)
     for name in tqdm(tasks, desc="transfer", disable=not progress, leave=False):
-        of_task = np.flatnonzero((rows["task"] == name) & (rows["status"] == "ok"))
+        of_task = np.flatnonzero((rows["task"] == name) & usable(rows))
         last = [i for i in of_task if final[i]] or list(of_task)
         queries = subset(test, rng.choice(last, min(cfg.queries, len(last)), replace=False))
         task_models = subset(test, rng.choice(of_task, min(cfg.task_models, len(of_task)), replace=False))

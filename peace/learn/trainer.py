@@ -43,7 +43,7 @@ from peace.nets.architectures import ArchSpec
 from peace.nets.probes import agreement_matrix, io_space
 from peace.nets.probes import responses as probe_responses
 from peace.zoo.splits import split_zoo
-from peace.zoo.store import Zoo
+from peace.zoo.store import Zoo, usable
 
 __all__ = ["DERIVED_TARGETS", "check_fits", "fit"]
 
@@ -77,16 +77,16 @@ class _Data:
 
 def _split(zoo: Zoo, cfg: RunConfig) -> _Data:
     m = zoo.manifest.reset_index(drop=True)
-    rows = m[m["status"] == "ok"].reset_index(drop=True)
+    rows = m[usable(m)].reset_index(drop=True)
     if rows.empty:
-        raise PeaceError(f"zoo {zoo.path} has no trained models with status 'ok'")
+        raise PeaceError(f"zoo {zoo.path} has no usable models (status 'ok' or 'sampled')")
     return _split_rows(rows, cfg)
 
 
 def check_fits(rows: pd.DataFrame, cfg: RunConfig) -> None:
     """Refuse ``cfg`` where its splits of ``rows`` (a zoo's manifest, or ``peace.zoo.recipe.planned_models``
     before the zoo is built) are too small to train or validate on: the trainer's own check, run early."""
-    _split_rows(rows[rows["status"] == "ok"].reset_index(drop=True), copy.deepcopy(cfg))
+    _split_rows(rows[usable(rows)].reset_index(drop=True), copy.deepcopy(cfg))
 
 
 def _split_rows(rows: pd.DataFrame, cfg: RunConfig) -> _Data:

@@ -31,8 +31,9 @@ from peace.evaluate.transfer import TransferConfig, transfer_study
 from peace.learn.run import RunDir, load_encoder
 from peace.nets.probes import io_space, responses
 from peace.nets.symmetry import random_symmetry
+from peace.orchestrate.generation import GenerativeConfig, generative_markdown, generative_study
 from peace.serve.plots import method_comparison
-from peace.zoo.store import Zoo
+from peace.zoo.store import Zoo, usable
 
 __all__ = [
     "CATEGORY_TARGETS", "REGRESSION_TARGETS", "REVEALS", "EncoderMethod", "accuracy_markdown", "aggregate",
@@ -121,7 +122,7 @@ def split_models(run_dir: str | Path, zoo: Zoo, splits: tuple[str, ...] = ("trai
     split columns (``split``, ``heldout_task``)."""
     table = RunDir(run_dir).splits()
     rows = zoo.manifest.reset_index(drop=True).merge(table, on="model_id")
-    rows = rows[rows["status"] == "ok"]
+    rows = rows[usable(rows)]
     ids = {s: list(rows.loc[rows["split"] == s, "model_id"]) for s in splits}
     if min(len(v) for v in ids.values()) < 2:
         raise PeaceError(f"the run's splits leave {', '.join(f'{len(v)} {s}' for s, v in ids.items())} models; "
@@ -137,12 +138,13 @@ def split_models(run_dir: str | Path, zoo: Zoo, splits: tuple[str, ...] = ("trai
 def evaluate(run_dir: str | Path, out: str | Path, zoo: Zoo | str | Path | None = None,
              mlp_run: str | Path | None = None, seed: int = 0, progress: bool = True,
              transfer: TransferConfig | None = TransferConfig(), accuracy: PredictorConfig | None = PredictorConfig(),
-             engine: Engine | None = None) -> dict:
+             engine: Engine | None = None, generative: GenerativeConfig | None = None) -> dict:
     """Evaluate the run's encoder and every baseline; write metrics.json, report.md and figures to ``out``.
 
     ``transfer=None`` skips the fine-tuning study (the slowest part; ``engine`` spreads its
     fine-tuning over Ray workers); ``accuracy=None`` the accuracy-prediction study against NFN on
-    the largest MLP architecture."""
+    the largest MLP architecture; ``generative`` adds SANE's study of sampled models (the run needs a
+    decoder: ``peace decoder``)."""
     run_dir, out = Path(run_dir), Path(out)
     peace = EncoderMethod(run_dir, "peace")
     zoo = zoo if isinstance(zoo, Zoo) else Zoo(zoo or peace.encoder.meta["zoo"])
@@ -168,6 +170,8 @@ def evaluate(run_dir: str | Path, out: str | Path, zoo: Zoo | str | Path | None 
                                                         encoder=peace.encoder)
     if transfer is not None:
         metrics["transfer"] = transfer_study(methods, train, test, transfer, seed, progress, engine)
+    if generative is not None:
+        metrics["generative"] = generative_study(run_dir, generative, zoo, progress)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "metrics.json", metrics)
     table = summary_table(metrics)
@@ -259,7 +263,7 @@ def report_markdown(metrics: dict, table: pd.DataFrame) -> str:
             "embedding distance with prediction disagreement on shared probe inputs. Invariance ratio: distance to a random symmetry "
             "transform over distance to the nearest other model (lower is better; 0 = exactly invariant).\n\n"
             f"{accuracy_markdown(metrics.get('accuracy_prediction'))}{transfer_markdown(metrics.get('transfer'))}"
-            "All numbers: `metrics.json`.\n")
+            f"{generative_markdown(metrics.get('generative'))}All numbers: `metrics.json`.\n")
 
 
 def accuracy_markdown(study: dict | None) -> str:

@@ -176,6 +176,40 @@ class Explorer:
             rows.append({"t": t, **hit.to_dict()})
         return pd.DataFrame(rows)
 
+    @cached_property
+    def decoder(self):
+        """The run's decoder (``peace decoder``), or None when it has none (or one for another encoder)."""
+        from peace.core.errors import PeaceError
+        from peace.learn.generation import run_decoder
+
+        try:
+            return run_decoder(self.run)[0]
+        except PeaceError:
+            return None
+
+    def decoded_path(self, a: str, b: str, steps: int = 9) -> pd.DataFrame | None:
+        """Models decoded into A's architecture at points of the straight line from A's embedding to B's:
+        their test accuracy on A's task and on B's. None without a decoder for A's architecture."""
+        import math
+
+        import torch
+
+        from peace.learn.decoder import head_spec
+        from peace.learn.generation import accuracy
+
+        spec = self.zoo.spec(a)
+        if self.decoder is None or head_spec(spec) not in self.decoder.specs:
+            return None
+        ea, eb = self.embeddings[self.es.row_of[a]], self.embeddings[self.es.row_of[b]]
+        ts = np.linspace(0, 1, steps)
+        models = self.decoder.decode(torch.from_numpy(np.stack([(1 - t) * ea + t * eb for t in ts])).float(), spec)
+        out = pd.DataFrame({"t": ts})
+        for model_id in dict.fromkeys((a, b)):
+            task = self.zoo.task(model_id)
+            if task.n_features == math.prod(spec.input_shape) and task.n_classes == spec.n_classes:
+                out[f"accuracy on {task.name}"] = accuracy(spec, models, task)
+        return out
+
     def weight_path(self, a: str, b: str, n_points: int = 11) -> dict:
         """Linear interpolation in weight space between two models of one architecture, without and
         with permutation alignment: loss and accuracy on the task's test split, and where each

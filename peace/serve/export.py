@@ -16,7 +16,7 @@ from peace.learn.encoder import Embedder
 from peace.learn.run import RunDir, load_encoder
 from peace.serve import baseline_vectors
 from peace.serve.index import EmbeddingSet, write_embedding_set
-from peace.zoo.store import Zoo
+from peace.zoo.store import Zoo, usable
 
 __all__ = [
     "MAP_SAMPLE", "SHARD", "embed_models", "embed_zoo", "export_embeddings", "map_sample", "query_model",
@@ -59,7 +59,7 @@ def embed_zoo(encoder: Embedder, zoo: Zoo, model_ids: list[str] | None = None, b
     """(n, output_dim) embeddings of zoo models (all ``ok`` models by default), in ``model_ids`` order,
     reading the weights batch by batch."""
     if model_ids is None:
-        model_ids = list(zoo.manifest.index[zoo.manifest["status"] == "ok"])
+        model_ids = list(zoo.manifest.index[usable(zoo.manifest)])
     out = []
     for s in tqdm(range(0, len(model_ids), batch_size), desc="embed", disable=not progress, leave=False):
         chunk = model_ids[s:s + batch_size]
@@ -104,9 +104,9 @@ def export_embeddings(run_dir: str | Path, out: str | Path, zoo: Zoo | str | Pat
     if zoo is None:
         zoo = encoder.meta["zoo"]
     zoo = zoo if isinstance(zoo, Zoo) else Zoo(zoo)
-    ids = list(zoo.manifest.index[zoo.manifest["status"] == "ok"])
+    ids = list(zoo.manifest.index[usable(zoo.manifest)])
     if not ids:
-        raise PeaceError(f"zoo {zoo.path} has no models with status 'ok' to embed")
+        raise PeaceError(f"zoo {zoo.path} has no usable models (status 'ok' or 'sampled') to embed")
     emb = embed_models(run_dir, zoo, ids, engine, progress)
     table = zoo.manifest.loc[ids].reset_index(drop=True)
     run = RunDir(run_dir)

@@ -9,7 +9,7 @@ from plotly.subplots import make_subplots
 
 __all__ = [
     "MAP_LABELS", "MAX_POINTS", "PALETTE", "ablation_bars", "accuracy_by_task", "accuracy_over_epochs",
-    "embedding_map", "interpolation_figure", "learning_curve", "method_comparison", "training_history",
+    "embedding_map", "generative_curves", "interpolation_figure", "learning_curve", "method_comparison", "training_history",
     "weight_heatmaps"
 ]
 
@@ -77,6 +77,24 @@ def interpolation_figure(paths: dict) -> go.Figure:
         fig.add_trace(go.Scatter(x=p["alpha"], y=p["acc"], name=label, line={"color": color}, showlegend=False), row=1, col=2)
     fig.update_xaxes(title_text="alpha (0 = A, 1 = B)")
     fig.update_layout(title="Linear interpolation between two models")
+    return fig
+
+
+def generative_curves(summary: pd.DataFrame) -> go.Figure:
+    """Test accuracy against fine-tuning epochs, one line per starting point (mean ± std over seeds),
+    one panel per setting (the prompt's task, a new task): the generative study's picture."""
+    settings = list(dict.fromkeys(summary["setting"]))
+    fig = make_subplots(rows=1, cols=len(settings), subplot_titles=settings, shared_yaxes=True)
+    for i, (method, g) in enumerate(summary.groupby("method", sort=False)):
+        color = px.colors.qualitative.Plotly[i % 10]
+        for j, setting in enumerate(settings):
+            s = g[g["setting"] == setting].sort_values("epoch")
+            fig.add_trace(go.Scatter(x=s["epoch"], y=s["mean"], error_y={"array": s["std"].fillna(0)}, name=method,
+                                     mode="lines+markers", line={"color": color}, legendgroup=method,
+                                     showlegend=j == 0), row=1, col=j + 1)
+    fig.update_xaxes(title_text="fine-tuning epochs")
+    fig.update_yaxes(title_text="test accuracy", col=1)
+    fig.update_layout(title="Sampled models against random initialization, the prompt and retrieval")
     return fig
 
 

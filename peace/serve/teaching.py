@@ -11,7 +11,7 @@ from peace.core.errors import PeaceError
 from peace.nets.alignment import align, interpolation_path, loss_barrier
 from peace.nets.architectures import forward, stack_params
 from peace.nets.symmetry import RandomSymmetry, allowed, random_symmetry
-from peace.zoo.store import Zoo
+from peace.zoo.store import Zoo, usable
 
 __all__ = ["SymmetryDemo", "interpolation_demo", "partner", "pick_model", "symmetry_demo"]
 
@@ -33,7 +33,7 @@ def pick_model(zoo: Zoo, model_id: str | None = None) -> str:
         zoo.row(model_id)
         return model_id
     m = zoo.manifest
-    final = m[(m["epoch"] == m["epochs"]) & (m["status"] == "ok")]
+    final = m[(m["epoch"] == m["epochs"]) & usable(m)]
     pool = final[final["family"] == "mlp"] if (final["family"] == "mlp").any() else final
     if pool.empty:
         raise PeaceError(f"zoo {zoo.path} has no finished, non-diverged model to demonstrate with")
@@ -61,7 +61,7 @@ def partner(zoo: Zoo, model_id: str) -> str:
     """Another model of the same architecture, task and epoch, trained from a different seed."""
     m, row = zoo.manifest, zoo.row(model_id)
     same = m[(m["arch_spec"] == row["arch_spec"]) & (m["task"] == row["task"]) & (m["epoch"] == row["epoch"])
-             & (m["seed"] != row["seed"]) & (m["status"] == "ok") & m["parent_id"].isna()]
+             & (m["seed"] != row["seed"]) & usable(m) & m["parent_id"].isna()]
     if same.empty:
         raise PeaceError(f"no model in {zoo.path} shares {model_id}'s architecture, task and epoch with another "
                          f"seed; pick two models of one architecture")

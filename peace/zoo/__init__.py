@@ -1,6 +1,6 @@
 """Model zoos: offline tasks (``tasks``), recipes (``recipe``), training many small models at once
-(``population``), the store that builds and reads a zoo directory (``store.Zoo``) and splits by
-lineage (``splits``).
+(``population``), the store that builds and reads a zoo directory (``store.Zoo``), zoos written
+from generated weights (``generated``) and splits by lineage (``splits``).
 
 Imports: ``peace.core``, ``peace.nets``. ``from peace.zoo import Zoo`` is the store's class.
 """

@@ -45,10 +45,16 @@ from peace.zoo.tasks import Task, load_task
 
 __all__ = [
     "FORMAT_VERSION", "IDENTITY", "SPEC_COLUMNS", "Zoo", "add_models", "build_or_open", "build_zoo", "model_id",
-    "open_zoo", "spec_columns", "train_one_population", "weights_checksum"
+    "USABLE", "open_zoo", "save_shard", "spec_columns", "train_one_population", "usable", "weights_checksum"
 ]
 
 FORMAT_VERSION = 1
+USABLE = ("ok", "sampled")  # statuses of models every command reads (trained or imported; decoded from samples)
+
+
+def usable(manifest: pd.DataFrame) -> pd.Series:
+    """Which manifest rows are models to embed, train on and explore (not diverged ones)."""
+    return manifest["status"].isin(USABLE)
 
 
 def weights_checksum(weights: dict[str, Tensor]) -> str:
@@ -149,7 +155,7 @@ def train_one_population(pop: list[RunSpec], start: dict[str, Tensor] | None) ->
                             start=start)
 
 
-def _save_shard(path: Path, tensors: dict[str, Tensor], pop_id: str) -> None:
+def save_shard(path: Path, tensors: dict[str, Tensor], pop_id: str) -> None:
     """One shard, atomically; a failed write (a full disk, a read-only zoo) is one ``PeaceError``."""
     try:
         with atomic_path(path) as tmp:
@@ -164,7 +170,7 @@ def _write_population(out: Path, pop: list[RunSpec], pop_id: str, res: Populatio
     """The shard, then the part (a part on disk means its population is complete)."""
     tensors = {f"{model_id(r.run_id, e)}/{k}": v[i].contiguous()
                for e, w in res.checkpoints.items() for i, r in enumerate(pop) for k, v in w.items()}
-    _save_shard(out / "shards" / f"{pop_id}.safetensors", tensors, pop_id)
+    save_shard(out / "shards" / f"{pop_id}.safetensors", tensors, pop_id)
     with atomic_path(out / "parts" / f"{pop_id}.parquet") as tmp:
         pd.DataFrame(_rows(pop, pop_id, res.metrics, res.checkpoints, parent_ids, lineage)).to_parquet(tmp)
 
@@ -469,7 +475,7 @@ def _add(zoo: Zoo, models: list, task: str | None, the_task: Task | None, group:
     shards = [zoo.path / "shards" / f"{run_id}.safetensors" for run_id in tensors]
     try:
         for shard, (run_id, t) in zip(shards, tensors.items()):
-            _save_shard(shard, t, run_id)
+            save_shard(shard, t, run_id)
         with atomic_path(zoo.path / "manifest.parquet") as tmp:
             manifest.to_parquet(tmp)
             info = {**zoo.info, "manifest_sha256": sha256_file(tmp),

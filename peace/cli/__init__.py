@@ -1,4 +1,5 @@
-"""The ``peace`` command line: zoo build / info / add, train, embed, query, evaluate."""
+"""The ``peace`` command line: zoo build / info / add, train, embed, query, evaluate, pipeline, ablate;
+decoder and sample live in ``peace.cli.generate``."""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +8,7 @@ import errno
 import sys
 from pathlib import Path
 
+from peace.cli import generate
 from peace.core.errors import PeaceError
 
 __all__ = ["build_parser", "main", "run"]
@@ -192,11 +194,13 @@ def _evaluate(args: argparse.Namespace) -> int:
         summary_markdown,
         summary_table,
     )
+    from peace.orchestrate.generation import GenerativeConfig
 
     transfer = TransferConfig(k=args.transfer_k, epochs=args.transfer_epochs) if args.transfer_epochs > 0 else None
     accuracy = PredictorConfig(epochs=args.accuracy_epochs) if args.accuracy_epochs > 0 else None
+    generative = GenerativeConfig(seeds=args.generative_seeds) if args.generative_seeds > 0 else None
     kwargs = dict(zoo=args.zoo, mlp_run=args.mlp_run, seed=args.seed, progress=not args.quiet, transfer=transfer,
-                  accuracy=accuracy)
+                  accuracy=accuracy, generative=generative)
     with _engine(args) if transfer is not None else contextlib.nullcontext(None) as engine:
         if len(args.run) > 1:
             summary = evaluate_runs(args.run, args.out, engine=engine, **kwargs)
@@ -355,6 +359,9 @@ def _parser_evaluate(sub) -> None:
     v.add_argument("--accuracy-epochs", type=int, default=100, metavar="N",
                    help="budget of the NFN accuracy predictors trained on the largest MLP architecture, beside "
                    "PEACE fine-tuned the same way (0 skips the study)")
+    v.add_argument("--generative-seeds", type=int, default=0, metavar="N",
+                   help="add the generative study (models sampled with the run's decoder, see `peace decoder`, "
+                   "fine-tuned beside random inits, the prompt and retrieval) over N seeds; default 0 skips it")
     v.add_argument("--quiet", action="store_true")
     _add_ray_option(v, "the transfer study's fine-tuning")
     v.set_defaults(func=_evaluate)
@@ -411,6 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     _parser_evaluate(sub)
     _parser_pipeline(sub)
     _parser_ablate(sub)
+    generate.add_parsers(sub)
     return p
 
 

@@ -1,0 +1,75 @@
+"""``peace decoder`` (train a run's decoder, judge its reconstructions) and ``peace sample`` (new models
+around prompt models, written as a zoo)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+__all__ = ["add_parsers"]
+
+
+def _decoder(args: argparse.Namespace) -> int:
+    from peace.learn.decoder import DecoderConfig
+    from peace.learn.generation import reconstruction_summary, train_decoder
+
+    config = DecoderConfig(hidden=args.hidden, epochs=args.epochs, min_models=args.min_models, seed=args.seed,
+                           function_weight=args.function_weight)
+    dec, table = train_decoder(args.run, config, progress=not args.quiet)
+    print(f"decoder for {len(dec.specs)} architecture(s) saved in {args.run} (decoder.safetensors, decoder.json)")
+    if table.empty:
+        print("no test-split models of a decoded architecture: reconstruction not measured")
+        return 0
+    print("reconstruction on the run's test split, judged by function (mean over models; agreement = share of "
+          "inputs where the model predicts what the original predicts):")
+    print(reconstruction_summary(table).to_string(float_format=lambda v: f"{v:.3f}"))
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from peace.learn.generation import SampleConfig
+    from peace.orchestrate.generation import sample_zoo
+
+    config = SampleConfig(n=args.n, candidates=args.candidates, bandwidth=args.bandwidth, seed=args.seed)
+    zoo = sample_zoo(args.run, args.prompt, args.out, config, zoo=args.zoo, arch=args.arch, name=args.name)
+    m = zoo.manifest
+    print(f"sampled {len(m)} {m['arch'].iloc[0]} models for task {m['task'].iloc[0]!r} into {zoo.path}: test accuracy "
+          f"mean {m['test_acc'].mean():.3f}, min {m['test_acc'].min():.3f}, max {m['test_acc'].max():.3f}")
+    print(f"next: `peace embed --run {args.run} --zoo {zoo.path} --out DIR` to map them, or `peace zoo info {zoo.path}`")
+    return 0
+
+
+def add_parsers(sub) -> None:
+    """Add ``decoder`` and ``sample`` to the ``peace`` command's subcommands."""
+    d = sub.add_parser("decoder", help="train a run's decoder (embedding -> weights) and judge its reconstructions",
+                       description="Train a decoder on the run's frozen encoder (training split; validation picks the "
+                       "epoch), save it in the run directory, and report its reconstructions of the test split by "
+                       "test accuracy and prediction agreement, beside the mean model and the nearest training model.")
+    d.add_argument("--run", type=Path, required=True, metavar="DIR", help="a training run (peace train --out)")
+    d.add_argument("--epochs", type=int, default=300, help="most decoder epochs (early stopping on validation)")
+    d.add_argument("--hidden", type=int, default=256, help="width of the decoder's trunk")
+    d.add_argument("--function-weight", type=float, default=10.0, metavar="W",
+                   help="weight of the functional term (match the originals' predictions); 0 trains on weights "
+                   "alone, as Hyper-representations' E.D and SANE do (default 10, chosen on validation)")
+    d.add_argument("--min-models", type=int, default=8, metavar="N",
+                   help="training models an architecture needs to be decoded (default 8)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=_decoder)
+
+    s = sub.add_parser("sample", help="sample new models around prompt models and write them as a zoo",
+                       description="Embed the prompt models, draw from a kernel density estimate around their "
+                       "embeddings, decode with the run's decoder (peace decoder) and write a zoo of status "
+                       "'sampled' models that peace zoo info / embed / query and the explorer read.")
+    s.add_argument("--run", type=Path, required=True, metavar="DIR", help="a run with a decoder (peace decoder --run)")
+    s.add_argument("--prompt", required=True, help="model ids, or a manifest query such as "
+                   "\"task == 'digits' and test_acc > 0.9\" (one architecture and one task)")
+    s.add_argument("--n", type=int, default=10, help="models to write (default 10)")
+    s.add_argument("--out", type=Path, required=True, metavar="DIR", help="new directory for the sampled zoo")
+    s.add_argument("--zoo", type=Path, metavar="DIR", help="zoo the prompt refers to (default: the run's)")
+    s.add_argument("--arch", help="architecture (the manifest's arch column) when the prompt selects several")
+    s.add_argument("--candidates", type=int, default=1, metavar="K", help="draw n*K and keep the n most accurate on "
+                   "the task's training split (SANE's subsampling; default 1: no selection)")
+    s.add_argument("--bandwidth", type=float, default=1.0, help="kernel width as a multiple of Scott's rule")
+    s.add_argument("--name", default="sampled", help="the new zoo's name")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=_sample)

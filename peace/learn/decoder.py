@@ -1,0 +1,290 @@
+"""The decoder: from a point of PEACE's embedding space back to the weights of an architecture.
+
+Hyper-representations' E.D and SANE pair their encoders with a decoder; PEACE trains one on a run's
+frozen encoder (``peace decoder``; docs/generation.md says why frozen). What it writes is the
+*aligned form* of a model: scales and signs canonical (``peace.nets.symmetry.canonicalize``), hidden
+units permuted to match the architecture's reference (``peace.nets.alignment.align``). Every
+permuted or rescaled copy of a model has the same embedding and the same aligned form, so the
+decoder is never asked for two different outputs from one input. The loss is normalized layer by
+layer (each tensor standardized by its training spread, every tensor weighing the same), which the
+Hyper-representations thesis finds critical: otherwise the biggest layer drowns the small ones.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from peace.core.atomic import atomic_path, sha256_file, write_json
+from peace.core.errors import PeaceError
+from peace.nets.alignment import align
+from peace.nets.architectures import ArchSpec, forward
+from peace.nets.symmetry import canonicalize
+
+__all__ = [
+    "DECODABLE", "DecoderConfig", "Pairs", "WeightDecoder", "aligned_form", "check_decodable", "fit_decoder", "flatten", "head_spec",
+    "load_decoder", "save_decoder", "unflatten"
+]
+
+DECODABLE = ("mlp", "cnn1d", "cnn2d")
+_NOT_YET = {
+    "resnet": "ResNets carry BatchNorm running statistics that no embedding describes",
+    "vit": "weight matching (peace.nets.alignment) does not read attention heads yet, so there is no aligned form",
+}
+Params = dict[str, Tensor]
+
+
+def check_decodable(spec: ArchSpec) -> None:
+    """Refuse, by name and reason, an architecture family the decoder does not write."""
+    if spec.family not in DECODABLE:
+        why = _NOT_YET.get(spec.family, "it is not one of the decoded families")
+        raise PeaceError(f"{spec.describe()}: PEACE does not decode {spec.family} models ({why}); decodable families: "
+                         f"{', '.join(DECODABLE)}")
+
+
+def head_spec(spec: ArchSpec) -> ArchSpec:
+    """The spec a decoder head is keyed by: an MLP reads its input flattened, so MLPs on 4x4 images and on
+    16 features have the same weights and share a head."""
+    return dataclasses.replace(spec, input_shape=(math.prod(spec.input_shape),)) if spec.family == "mlp" else spec
+
+
+def aligned_form(spec: ArchSpec, params: Params, reference: Params) -> Params:
+    """The model's representative for the decoder: canonical scales / signs, units matched to ``reference``."""
+    check_decodable(spec)
+    return align(spec, reference, canonicalize(spec, params))[0]
+
+
+def flatten(spec: ArchSpec, params: Params) -> Tensor:
+    """One model's tensors as one vector, in ``spec.param_shapes()`` order."""
+    return torch.cat([params[k].reshape(-1).float() for k in spec.param_shapes()])
+
+
+def unflatten(spec: ArchSpec, flat: Tensor) -> Params:
+    out, s = {}, 0
+    for k, shape in spec.param_shapes().items():
+        n = math.prod(shape)
+        out[k] = flat[s:s + n].reshape(shape).clone()
+        s += n
+    return out
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """The decoder's size and training; validation loss picks the epoch kept."""
+
+    hidden: int = 256
+    layers: int = 2
+    epochs: int = 300
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 128
+    patience: int = 40  # epochs without a better validation loss before stopping
+    function_weight: float = 10.0  # weight of the functional term (0: weights only, as E.D and SANE)
+    noise: float = 0.3  # training inputs jittered by this many standard deviations (a smooth decoder for sampling)
+    min_models: int = 8  # training models an architecture needs to be decoded
+    max_models: int = 2000  # training models per architecture (alignment costs a few ms each)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if min(self.hidden, self.layers, self.epochs, self.batch_size, self.patience, self.min_models) < 1 \
+                or self.max_models < self.min_models or not self.lr > 0 or self.weight_decay < 0 or self.function_weight < 0 or self.noise < 0:
+            raise PeaceError(f"decoder config: sizes, epochs and patience must be >= 1, max_models >= min_models, "
+                             f"lr > 0, weight_decay >= 0 and function_weight, noise >= 0; got {self}")
+
+
+class WeightDecoder(nn.Module):
+    """A shared MLP trunk from the (standardized) embedding, one linear head per architecture. A head
+    writes the aligned weights in layer-normalized units: ``weights = mean + scale * head(trunk(z))``,
+    with each tensor's training mean and one spread per tensor (the layer-wise normalization)."""
+
+    def __init__(self, in_dim: int, specs: Sequence[ArchSpec], config: DecoderConfig = DecoderConfig()):
+        super().__init__()
+        self.config, self.specs = config, [head_spec(s) for s in specs]
+        dims = [in_dim] + [config.hidden] * config.layers
+        self.trunk = nn.Sequential(*[m for a, b in zip(dims, dims[1:]) for m in (nn.Linear(a, b), nn.GELU())])
+        self.heads = nn.ModuleList(nn.Linear(config.hidden, s.n_params) for s in self.specs)
+        self.register_buffer("z_mean", torch.zeros(in_dim))
+        self.register_buffer("z_std", torch.ones(in_dim))
+        for i, s in enumerate(self.specs):
+            self.register_buffer(f"mean_{i}", torch.zeros(s.n_params))
+            self.register_buffer(f"scale_{i}", torch.ones(s.n_params))
+
+    def index(self, spec: ArchSpec) -> int:
+        if head_spec(spec) not in self.specs:
+            check_decodable(spec)
+            raise PeaceError(f"this decoder was not trained on {spec.describe()} (it writes: "
+                             f"{'; '.join(s.describe() for s in self.specs)}); train it on a zoo that has the "
+                             f"architecture with `peace decoder --run RUN`")
+        return self.specs.index(head_spec(spec))
+
+    def normalized(self, z: Tensor, i: int) -> Tensor:
+        return self.heads[i](self.trunk((z - self.z_mean) / self.z_std))
+
+    def set_statistics(self, z: Tensor, targets: Sequence[Tensor]) -> None:
+        """Input standardization and each head's per-tensor mean and spread, from training data."""
+        self.z_mean.copy_(z.mean(0))
+        self.z_std.copy_(z.std(0).clamp_min(1e-6) if len(z) > 1 else torch.ones_like(z[0]))
+        for i, (spec, y) in enumerate(zip(self.specs, targets)):
+            mean = y.mean(0)
+            scale, s = torch.empty_like(mean), 0
+            for shape in spec.param_shapes().values():
+                n = math.prod(shape)
+                scale[s:s + n] = (y[:, s:s + n] - mean[s:s + n]).pow(2).mean().sqrt().clamp_min(1e-6)
+                s += n
+            getattr(self, f"mean_{i}").copy_(mean)
+            getattr(self, f"scale_{i}").copy_(scale)
+
+    def flat(self, z: Tensor, i: int) -> Tensor:
+        """(n, n_params) weights of head ``i``, differentiable."""
+        return getattr(self, f"mean_{i}") + getattr(self, f"scale_{i}") * self.normalized(z, i)
+
+    def function_loss(self, z: Tensor, x: Tensor, probs: Tensor, i: int) -> Tensor:
+        """KL divergence from the originals' class probabilities ``probs`` (n, samples, classes) on the
+        inputs ``x`` to the decoded models': what the decoded network computes, not how its weights look."""
+        spec, flat, params, s = self.specs[i], self.flat(z, i), {}, 0
+        for k, shape in spec.param_shapes().items():
+            n = math.prod(shape)
+            params[k] = flat[:, s:s + n].reshape(len(z), *shape)
+            s += n
+        logp = forward(spec, params, x.reshape(len(x), *spec.input_shape)).log_softmax(-1)
+        return (probs * (probs.clamp_min(1e-12).log() - logp)).sum(-1).mean()
+
+    def to_units(self, y: Tensor, i: int) -> Tensor:
+        return (y - getattr(self, f"mean_{i}")) / getattr(self, f"scale_{i}")
+
+    def loss(self, z: Tensor, y: Tensor, i: int) -> Tensor:
+        """Layer-wise normalized MSE: the mean over tensors of each tensor's mean squared error in its units."""
+        err = (self.normalized(z, i) - self.to_units(y, i)).pow(2)
+        parts, s = [], 0
+        for shape in self.specs[i].param_shapes().values():
+            n = math.prod(shape)
+            parts.append(err[:, s:s + n].mean())
+            s += n
+        return torch.stack(parts).mean()
+
+    @torch.no_grad()
+    def decode(self, z: Tensor, spec: ArchSpec) -> list[Params]:
+        """Weights of ``spec`` for each row of ``z`` (n, in_dim)."""
+        i = self.index(spec)
+        was = self.training
+        self.eval()
+        flat = self.flat(z.float(), i)
+        self.train(was)
+        return [unflatten(spec, f) for f in flat]
+
+
+@dataclass
+class Pairs:
+    """One architecture's training (or validation) data: embeddings ``z`` (n, d), flat aligned weights
+    ``y`` (n, n_params) and, for the functional term, the originals' class probabilities ``probs``
+    (n, samples, classes) on the architecture's inputs ``x`` (samples, *input)."""
+
+    z: Tensor
+    y: Tensor
+    x: Tensor | None = None
+    probs: Tensor | None = None
+
+    def loss(self, dec: WeightDecoder, i: int, rows: Tensor | slice = slice(None), noise: float = 0.0) -> Tensor:
+        """Layer-wise normalized weight loss, plus ``function_weight`` times the functional term; with
+        ``noise``, the embeddings jittered by that many of their standard deviations."""
+        z = self.z[rows]
+        if noise > 0:
+            z = z + noise * dec.z_std * torch.randn_like(z)
+        loss = dec.loss(z, self.y[rows], i)
+        if dec.config.function_weight > 0 and self.x is not None:
+            loss = loss + dec.config.function_weight * dec.function_loss(z, self.x, self.probs[rows], i)
+        return loss
+
+
+def _batches(n: int, size: int, g: torch.Generator) -> list[Tensor]:
+    perm = torch.randperm(n, generator=g)
+    return [perm[s:s + size] for s in range(0, n, size)]
+
+
+def _val_loss(dec: WeightDecoder, val: Sequence[Pairs]) -> float:
+    """What picks the epoch: the functional term where it is trained (the decoded model's function is
+    what counts), otherwise the weight loss."""
+    functional = dec.config.function_weight > 0 and all(p.x is not None for p in val)
+    with torch.no_grad():
+        losses = [(dec.function_loss(p.z, p.x, p.probs, i) if functional else dec.loss(p.z, p.y, i)).item()
+                  for i, p in enumerate(val) if len(p.z)]
+    return float(np.mean(losses)) if losses else math.nan
+
+
+def fit_decoder(specs: Sequence[ArchSpec], train: Sequence[Pairs], val: Sequence[Pairs],
+                config: DecoderConfig = DecoderConfig(), progress: bool = False) -> tuple[WeightDecoder, list[dict]]:
+    """Train a decoder on ``train[i]``, the data of architecture ``specs[i]``.
+
+    Every step takes one minibatch of each architecture; the epoch with the lowest validation loss
+    (``_val_loss``; the training loss where there is no validation data) is kept. Returns it and the history."""
+    torch.manual_seed(config.seed)
+    g = torch.Generator().manual_seed(config.seed)
+    dec = WeightDecoder(train[0].z.shape[1], specs, config)
+    dec.set_statistics(torch.cat([p.z for p in train]), [p.y for p in train])
+    opt = torch.optim.AdamW(dec.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    best, best_state, history, waited = math.inf, None, [], 0
+    for epoch in tqdm(range(1, config.epochs + 1), desc="decoder", disable=not progress, leave=False):
+        batches = [_batches(len(p.z), config.batch_size, g) for p in train]
+        total = []
+        for step in range(max(len(b) for b in batches)):
+            opt.zero_grad()
+            loss = torch.stack([p.loss(dec, i, b[step % len(b)], config.noise)
+                                for i, (p, b) in enumerate(zip(train, batches))]).mean()
+            loss.backward()
+            opt.step()
+            total.append(loss.item())
+        v = _val_loss(dec, val)
+        history.append({"epoch": epoch, "train_loss": float(np.mean(total)), "val_loss": v})
+        score = v if math.isfinite(v) else history[-1]["train_loss"]
+        if score < best - 1e-6:
+            best, best_state, waited = score, copy.deepcopy(dec.state_dict()), 0
+        else:
+            waited += 1
+            if waited >= config.patience:
+                break
+    dec.load_state_dict(best_state)
+    return dec, history
+
+
+FILES = ("decoder.safetensors", "decoder.json")
+
+
+def save_decoder(dec: WeightDecoder, directory: str | Path, meta: dict) -> None:
+    """Write the decoder's weights and description (``meta``: provenance, history) atomically."""
+    directory = Path(directory)
+    with atomic_path(directory / FILES[0]) as tmp:
+        save_file({k: v.contiguous() for k, v in dec.state_dict().items()}, str(tmp))
+    write_json(directory / FILES[1], {
+        **meta, "config": asdict(dec.config), "in_dim": int(dec.z_mean.shape[0]),
+        "specs": [s.to_dict() for s in dec.specs], "weights_sha256": sha256_file(directory / FILES[0])})
+
+
+def load_decoder(directory: str | Path) -> tuple[WeightDecoder, dict]:
+    """The decoder saved in ``directory`` and its description; a clear error when missing or changed."""
+    directory = Path(directory)
+    weights, meta_path = directory / FILES[0], directory / FILES[1]
+    if not weights.is_file() or not meta_path.is_file():
+        raise PeaceError(f"{directory} has no decoder ({FILES[0]} / {FILES[1]}); train one with "
+                         f"`peace decoder --run {directory}`")
+    try:
+        meta = json.loads(meta_path.read_text())
+        dec = WeightDecoder(int(meta["in_dim"]), [ArchSpec.from_dict(s) for s in meta["specs"]],
+                            DecoderConfig(**meta["config"]))
+    except (ValueError, KeyError, TypeError) as e:
+        raise PeaceError(f"{meta_path} is corrupted ({e}); retrain with `peace decoder --run {directory}`") from None
+    if sha256_file(weights) != meta.get("weights_sha256"):
+        raise PeaceError(f"{weights} does not match the checksum in {meta_path}; retrain with "
+                         f"`peace decoder --run {directory}`")
+    dec.load_state_dict(load_file(str(weights)))
+    dec.eval()
+    return dec, meta

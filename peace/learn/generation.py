@@ -1,0 +1,278 @@
+"""Writing models: a run's decoder trained from its zoo, reconstructions judged by what the decoded
+networks compute, and new models sampled around prompt models (SANE's kernel density sampling).
+
+A decoder lives in its run's directory (``decoder.safetensors`` + ``decoder.json``, beside the
+encoder it reads) and is refused once that encoder changes.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.neighbors import KernelDensity
+from torch import Tensor
+from tqdm import tqdm
+
+from peace.core.errors import PeaceError
+from peace.learn.decoder import (
+    DECODABLE,
+    DecoderConfig,
+    Pairs,
+    WeightDecoder,
+    aligned_form,
+    check_decodable,
+    fit_decoder,
+    flatten,
+    head_spec,
+    load_decoder,
+    save_decoder,
+    unflatten,
+)
+from peace.learn.encoder import Embedder
+from peace.learn.run import RunDir
+from peace.nets.architectures import ArchSpec, evaluate, forward, stack_params
+from peace.nets.probes import probe_inputs
+from peace.nets.symmetry import canonicalize
+from peace.zoo.store import Zoo, usable
+from peace.zoo.tasks import Task, load_task
+
+__all__ = [
+    "Group", "SampleConfig", "accuracy", "decoder_groups", "kde_draws", "predictions", "reconstruction", "reconstruction_summary",
+    "run_decoder",
+    "sample_models", "train_decoder"
+]
+
+Params = dict[str, Tensor]
+
+
+@dataclass
+class Group:
+    """One architecture's models of a split: ids, embeddings, aligned weights (flat) and the originals'
+    class probabilities on the architecture's inputs ``x`` (what the functional term matches)."""
+
+    spec: ArchSpec
+    ids: list[str]
+    z: Tensor
+    y: Tensor
+    x: Tensor
+    probs: Tensor
+
+    def pairs(self) -> Pairs:
+        return Pairs(self.z, self.y, self.x, self.probs)
+
+
+INPUTS_PER_TASK, MAX_INPUTS = 128, 512  # inputs the functional term reads, per task of the architecture
+
+
+def _inputs(zoo: Zoo, ids: Sequence[str], spec: ArchSpec) -> Tensor:
+    """The first training inputs of every task the architecture's training models solve, shaped for ``spec``."""
+    tasks = sorted(zoo.manifest.loc[list(ids), "task"].unique())
+    per = max(1, min(INPUTS_PER_TASK, MAX_INPUTS // len(tasks)))
+    x = torch.cat([torch.from_numpy(load_task(t).split("train")[0][:per]).reshape(-1, *spec.input_shape) for t in tasks])
+    return x.float()
+
+
+def _reference(spec: ArchSpec, params: Sequence[Params]) -> Params:
+    """The architecture's alignment target: the mean of its training models aligned to the first one
+    (a barycenter is smoother to decode towards than any single model)."""
+    first = canonicalize(spec, params[0])
+    aligned = [aligned_form(spec, p, first) for p in params]
+    return {k: torch.stack([a[k] for a in aligned]).mean(0) for k in first}
+
+
+def _split_ids(zoo: Zoo, run: RunDir, config: DecoderConfig) -> tuple[dict[str, dict[str, list[str]]], dict[str, str]]:
+    """{head spec json: {split: ids}} of the decodable architectures with enough training models,
+    and {architecture: why it is left out} for the others."""
+    rows = zoo.manifest[usable(zoo.manifest)].reset_index(drop=True).merge(run.splits(), on="model_id", how="inner")
+    key = {a: json.dumps(head_spec(ArchSpec.from_dict(json.loads(a))).to_dict(), sort_keys=True)
+           for a in rows["arch_spec"].unique()}
+    out, skipped = {}, {}
+    rng = np.random.default_rng(config.seed)
+    for head, g in rows.groupby(rows["arch_spec"].map(key), sort=True):
+        arch = g["arch"].iloc[0]
+        if g["family"].iloc[0] not in DECODABLE:
+            skipped[arch] = f"{g['family'].iloc[0]} models are not decoded"
+            continue
+        ids = {s: sorted(g.loc[g["split"] == s, "model_id"]) for s in ("train", "val", "test")}
+        if len(ids["train"]) < config.min_models:
+            skipped[arch] = f"{len(ids['train'])} training models, fewer than min_models={config.min_models}"
+            continue
+        cap = {"train": config.max_models, "val": max(1, config.max_models // 4), "test": max(1, config.max_models // 4)}
+        out[head] = {s: sorted(rng.choice(v, cap[s], replace=False)) if len(v) > cap[s] else v for s, v in ids.items()}
+    return out, skipped
+
+
+def decoder_groups(run_dir: str | Path, config: DecoderConfig = DecoderConfig(),
+                   progress: bool = False) -> tuple[Embedder, Zoo, dict[str, list[Group]], dict[str, Params], dict]:
+    """What a decoder learns from: per split, one ``Group`` per decodable architecture (the run's
+    encoder's embeddings and the aligned weights), the references, and the architectures left out."""
+    run = RunDir(run_dir)
+    encoder = run.load_encoder()
+    zoo = Zoo(encoder.meta["zoo"])
+    chosen, skipped = _split_ids(zoo, run, config)
+    if not chosen:
+        raise PeaceError(f"no architecture of {zoo.path} can be decoded: "
+                         + "; ".join(f"{a}: {why}" for a, why in skipped.items()))
+    groups: dict[str, list[Group]] = {"train": [], "val": [], "test": []}
+    references = {}
+    for head, ids in tqdm(chosen.items(), desc="decoder data", unit="arch", disable=not progress, leave=False):
+        spec = ArchSpec.from_dict(json.loads(head))
+        train_params = zoo.load_many(ids["train"])
+        references[head] = ref = _reference(spec, train_params)
+        x = _inputs(zoo, ids["train"], spec)
+        for split, split_ids in ids.items():
+            params = train_params if split == "train" else zoo.load_many(split_ids)
+            if not params:
+                groups[split].append(Group(spec, [], torch.zeros(0, encoder.config.output_dim),
+                                           torch.zeros(0, spec.n_params), x, torch.zeros(0, len(x), spec.n_classes)))
+                continue
+            z = encoder.embed([zoo.spec(i) for i in split_ids], params)
+            y = torch.stack([flatten(spec, aligned_form(spec, p, ref)) for p in params])
+            with torch.no_grad():
+                probs = forward(spec, stack_params(params), x).softmax(-1)
+            groups[split].append(Group(spec, list(split_ids), z, y, x, probs))
+    return encoder, zoo, groups, references, skipped
+
+
+def train_decoder(run_dir: str | Path, config: DecoderConfig = DecoderConfig(),
+                  progress: bool = False) -> tuple[WeightDecoder, pd.DataFrame]:
+    """Train the run's decoder on its training split (validation picks the epoch), save it in the
+    run directory, and return it with its reconstruction table on the test split."""
+    run = RunDir(run_dir)
+    encoder, zoo, groups, references, skipped = decoder_groups(run_dir, config, progress)
+    specs = [g.spec for g in groups["train"]]
+    dec, history = fit_decoder(specs, [g.pairs() for g in groups["train"]], [g.pairs() for g in groups["val"]],
+                               config, progress)
+    table = reconstruction(dec, zoo, groups["test"], groups["train"])
+    save_decoder(dec, run.path, {
+        "encoder_sha256": run.encoder_sha256(), "zoo": str(zoo.path.resolve()),
+        "zoo_manifest_sha256": zoo.info["manifest_sha256"], "skipped": skipped, "history": history,
+        "best_epoch": int(min(history, key=lambda h: h["val_loss"] if np.isfinite(h["val_loss"]) else np.inf)["epoch"]),
+        "models": {s: sum(len(g.ids) for g in gs) for s, gs in groups.items()},
+        "reconstruction": reconstruction_summary(table).reset_index(names="family").to_dict("records") if len(table) else []})
+    return dec, table
+
+
+def run_decoder(run_dir: str | Path) -> tuple[WeightDecoder, dict]:
+    """The run's decoder, refused when the encoder it reads has changed since it was trained."""
+    run = RunDir(run_dir)
+    dec, meta = load_decoder(run.path)
+    if run.has_encoder() and meta.get("encoder_sha256") != run.encoder_sha256():
+        raise PeaceError(f"the decoder in {run.path} was trained on another encoder than the run's current one; "
+                         f"retrain it with `peace decoder --run {run.path}`")
+    return dec, meta
+
+
+# --- judging reconstructions by function ------------------------------------------------------------
+
+@torch.no_grad()
+def predictions(spec: ArchSpec, params: Sequence[Params], X: Tensor) -> Tensor:
+    """(models, samples) predicted classes of each model on ``X``."""
+    return forward(spec, stack_params(list(params)), X.reshape(len(X), *spec.input_shape)).argmax(-1)
+
+
+def accuracy(spec: ArchSpec, params: Sequence[Params], task: Task, split: str = "test") -> np.ndarray:
+    """Each model's accuracy on the task's ``split``."""
+    X, y = task.split(split)
+    X = torch.from_numpy(X).reshape(len(X), *spec.input_shape)
+    return evaluate(spec, stack_params(list(params)), X, torch.from_numpy(y), task.n_classes)["acc"]
+
+
+def _nearest(z: Tensor, library: Tensor) -> Tensor:
+    a, b = torch.nn.functional.normalize(z, dim=1), torch.nn.functional.normalize(library, dim=1)
+    return (a @ b.T).argmax(1)
+
+
+def reconstruction(dec: WeightDecoder, zoo: Zoo, test: Sequence[Group], train: Sequence[Group]) -> pd.DataFrame:
+    """One row per test model: the original's test accuracy, and for the decoded model and two
+    references (the architecture's mean model; the training model nearest in the embedding, i.e.
+    retrieval instead of decoding): test accuracy and agreement with the original's predictions on
+    the task's test inputs and on the probe inputs."""
+    rows = []
+    library = {g.spec: g for g in train}
+    for g in test:
+        if not g.ids:
+            continue
+        i = dec.index(g.spec)
+        originals = zoo.load_many(g.ids)
+        near = library[g.spec].ids
+        candidates = {
+            "decoded": dec.decode(g.z, g.spec),
+            "mean": [unflatten(g.spec, getattr(dec, f"mean_{i}"))] * len(g.ids),
+            "nearest": zoo.load_many([near[j] for j in _nearest(g.z, library[g.spec].z).tolist()]),
+        }
+        tasks = pd.Series(zoo.manifest.loc[g.ids, "task"].to_numpy())
+        probes = probe_inputs(g.spec.input_shape).float()
+        for task_name, idx in tasks.groupby(tasks).indices.items():
+            task = load_task(task_name)
+            X = torch.from_numpy(task.split("test")[0])
+            orig = [originals[j] for j in idx]
+            ref_pred, ref_probe = predictions(g.spec, orig, X), predictions(g.spec, orig, probes)
+            rec = {"model_id": [g.ids[j] for j in idx], "arch": g.spec.describe(), "family": g.spec.family,
+                   "task": task_name, "original_acc": accuracy(g.spec, orig, task)}
+            for name, models in candidates.items():
+                picked = [models[j] for j in idx]
+                rec[f"{name}_acc"] = accuracy(g.spec, picked, task)
+                rec[f"{name}_agreement"] = (predictions(g.spec, picked, X) == ref_pred).float().mean(1).numpy()
+                rec[f"{name}_probe_agreement"] = (predictions(g.spec, picked, probes) == ref_probe).float().mean(1).numpy()
+            rows.append(pd.DataFrame(rec))
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+
+
+def reconstruction_summary(table: pd.DataFrame, by: str = "family") -> pd.DataFrame:
+    """Means of a ``reconstruction`` table per ``by`` and over all models, with the model count."""
+    cols = ["original_acc"] + [f"{m}_{c}" for m in ("decoded", "mean", "nearest")
+                               for c in ("acc", "agreement", "probe_agreement")]
+    out = table.groupby(by)[cols].mean()
+    out.loc["all"] = table[cols].mean()
+    out.insert(0, "models", [*table.groupby(by).size(), len(table)])
+    return out
+
+
+# --- sampling ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """How ``peace sample`` draws: ``n`` models from a Gaussian KDE over the prompt embeddings."""
+
+    n: int = 10
+    candidates: int = 1  # draw n * candidates and keep the n most accurate on the task's training split
+    bandwidth: float = 1.0  # multiplies Scott's rule
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.n < 1 or self.candidates < 1 or not self.bandwidth > 0:
+            raise PeaceError(f"sampling needs n >= 1, candidates >= 1 and bandwidth > 0; got {self}")
+
+
+def kde_draws(z: Tensor, n: int, bandwidth: float, seed: int, floor: Tensor) -> Tensor:
+    """``n`` draws from a Gaussian kernel density estimate over the rows of ``z`` (scikit-learn's
+    KernelDensity, Scott's bandwidth times ``bandwidth``), in coordinates standardized by the
+    prompt's own spread per dimension (at least ``floor``, so one prompt model still has a spread)."""
+    mean, std = z.mean(0), torch.maximum(z.std(0) if len(z) > 1 else torch.zeros_like(z[0]), floor)
+    unit = ((z - mean) / std).double().numpy()
+    scott = len(unit) ** (-1.0 / (unit.shape[1] + 4))
+    kde = KernelDensity(kernel="gaussian", bandwidth=scott * bandwidth).fit(unit)
+    draws = torch.from_numpy(kde.sample(n, random_state=seed)).float()
+    return mean + draws * std
+
+
+def sample_models(dec: WeightDecoder, z_prompt: Tensor, spec: ArchSpec, task: Task,
+                  config: SampleConfig = SampleConfig()) -> tuple[list[Params], np.ndarray]:
+    """New models of ``spec`` decoded from KDE draws around the prompt embeddings; with
+    ``candidates > 1``, the ``n`` best of ``n * candidates`` draws by accuracy on the task's
+    training split (SANE's subsampling). Returns the models and those training accuracies."""
+    check_decodable(spec)
+    if len(z_prompt) == 0:
+        raise PeaceError("no prompt models to sample around")
+    floor = 0.05 * dec.z_std
+    z = kde_draws(z_prompt.float(), config.n * config.candidates, config.bandwidth, config.seed, floor)
+    models = dec.decode(z, spec)
+    train_acc = accuracy(spec, models, task, "train")
+    keep = np.argsort(-train_acc, kind="stable")[:config.n] if config.candidates > 1 else np.arange(config.n)
+    return [models[i] for i in keep], train_acc[keep]

@@ -1,0 +1,96 @@
+"""A zoo of generated models: written from weights (decoded samples), not trained from a recipe.
+
+It has the layout of any zoo (``manifest.parquet``, ``shards/``, ``zoo.json``; no ``recipe.json``),
+so `peace zoo info`, `peace embed`, `peace query`, the studies and the explorer read it like a built
+one. Rows have status ``sampled``, their accuracy measured on the task like a trained model's, and a
+``provenance`` column (JSON) saying where they came from (run, decoder, prompt, seed).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import platform
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from peace.core.atomic import atomic_path, locked, sha256_file, staged_dir, write_json
+from peace.core.errors import PeaceError
+from peace.core.paths import SAFE_NAME
+from peace.nets.architectures import ArchSpec, check_params, stack_params
+from peace.zoo.population import metric_rows, task_tensors
+from peace.zoo.store import FORMAT_VERSION, Zoo, model_id, save_shard, spec_columns, weights_checksum
+from peace.zoo.tasks import Task
+
+__all__ = ["write_generated_zoo"]
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise PeaceError(f"--out {out} is a file; name a new directory for the generated zoo")
+    if out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir()):
+        raise PeaceError(f"--out {out} exists and is not empty; name a new directory for the generated zoo "
+                         f"(nothing there was changed)")
+    for d in out.resolve().parents:
+        if (d / "zoo.json").exists():
+            raise PeaceError(f"--out {out} is inside the zoo {d}; write the generated zoo to its own directory")
+
+
+def _rows(spec: ArchSpec, task: Task, params: Sequence[dict[str, Tensor]], group: str,
+          provenance: dict, columns: Sequence[str]) -> tuple[list[dict], dict[str, Tensor]]:
+    data = task_tensors(task)
+    data = {s: (X.reshape(len(X), *spec.input_shape), y) for s, (X, y) in data.items()}
+    measured = metric_rows(spec, task, stack_params(list(params)), 0, data)
+    rows, tensors = [], {}
+    for p, m in zip(params, measured):
+        checksum = weights_checksum(p)
+        run_id = f"{group}-{checksum[:12]}"
+        mid = model_id(run_id, 0)
+        if mid in tensors:
+            continue  # the same weights drawn twice: one model
+        row = {c: None for c in columns}
+        row.update({"model_id": mid, "run_id": run_id, "population_id": group, "group": group, "task": task.name,
+                    "dataset": task.family, **spec_columns(spec), "epoch": 0, "epochs": 0, "lineage_id": run_id,
+                    "shard": f"shards/{group}.safetensors", "checksum": checksum,
+                    "provenance": json.dumps(provenance, sort_keys=True),
+                    **{k: v for k, v in m.items() if k not in ("model_index", "epoch")}})
+        row["status"] = "sampled" if m["status"] == "ok" else m["status"]
+        rows.append(row)
+        tensors[mid] = p
+    shard = {f"{mid}/{k}": v.detach().contiguous().float() for mid, p in tensors.items() for k, v in p.items()}
+    return rows, shard
+
+
+def write_generated_zoo(out: str | Path, name: str, spec: ArchSpec, task: Task, params: Sequence[dict[str, Tensor]],
+                        provenance: dict, like: Zoo | None = None, group: str = "sampled") -> Zoo:
+    """Write generated models of one architecture and task as a new zoo at ``out`` (staged beside it
+    and moved into place when complete). ``like``: a zoo whose manifest columns the new one copies,
+    so tables of both line up; ``provenance`` goes into every row."""
+    out = Path(out)
+    if not SAFE_NAME.fullmatch(group) or not SAFE_NAME.fullmatch(name):
+        raise PeaceError(f"zoo name {name!r} and group {group!r} must be plain names (letters, digits, '.', '_', '-')")
+    if not params:
+        raise PeaceError("no generated models to write")
+    for p in params:
+        check_params(spec, p)
+    columns = list(like.manifest.columns) if like is not None else []
+    rows, shard = _rows(spec, task, params, group, provenance, columns)
+    manifest = pd.DataFrame(rows).astype({"epoch": "int64", "epochs": "int64"})
+    _check_out(out)
+    with locked(out, "zoo", beside=True), staged_dir(out) as stage:
+        _check_out(out)  # again under the lock: another writer may have finished first
+        (stage / "shards").mkdir()
+        save_shard(stage / "shards" / f"{group}.safetensors", shard, group)
+        with atomic_path(stage / "manifest.parquet") as tmp:
+            manifest.to_parquet(tmp)
+        write_json(stage / "zoo.json", {
+            "format_version": FORMAT_VERSION, "name": name, "recipe": None, "generated": provenance,
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "n_checkpoints": len(manifest), "n_runs": len(manifest),
+            "manifest_sha256": sha256_file(stage / "manifest.parquet"),
+            "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}})
+    return Zoo(out)

@@ -1,0 +1,214 @@
+"""The way back from embeddings to weights: aligned forms, the decoder, sampling into a zoo, the study."""
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import MODELS, random_model, run_peace
+
+from peace.core.errors import PeaceError
+from peace.learn.decoder import (
+    DecoderConfig,
+    Pairs,
+    WeightDecoder,
+    aligned_form,
+    fit_decoder,
+    flatten,
+    load_decoder,
+    unflatten,
+)
+from peace.learn.generation import kde_draws, run_decoder, train_decoder
+from peace.nets.architectures import ArchSpec, evaluate, forward, stack_params
+from peace.nets.symmetry import canonicalize, random_symmetry
+from peace.orchestrate.generation import GenerativeConfig, generative_markdown, generative_study, resolve_prompt
+from peace.zoo.store import Zoo
+
+QUICK = DecoderConfig(min_models=2, epochs=40, hidden=64, patience=10)
+
+
+@pytest.mark.parametrize("task,kw", [(t, kw) for t, kw in MODELS
+                                     if kw["family"] in ("mlp", "cnn1d", "cnn2d") and kw.get("norm", "none") == "none"])
+def test_aligned_form_is_the_same_for_every_symmetric_copy(task, kw):
+    _, spec, params = random_model(task, kw, seed=1)
+    reference = canonicalize(spec, random_model(task, kw, seed=2)[2])
+    want = aligned_form(spec, params, reference)
+    for seed in range(3):
+        got = aligned_form(spec, random_symmetry(spec, params, seed), reference)
+        for k in want:
+            torch.testing.assert_close(got[k], want[k], atol=1e-5, rtol=1e-4, msg=f"{spec.describe()} {k}")
+    X = torch.randn(20, *spec.input_shape)
+    same = evaluate(spec, stack_params([params, want]), X, torch.zeros(20, dtype=torch.long), spec.n_classes)
+    assert same["loss"][0] == pytest.approx(same["loss"][1], rel=1e-4)  # the aligned form computes the same function
+
+
+@pytest.mark.parametrize("family", ["resnet", "vit"])
+def test_families_without_an_aligned_form_are_refused_by_name(family):
+    task, kw = next((t, kw) for t, kw in MODELS if kw["family"] == family)
+    _, spec, params = random_model(task, kw)
+    with pytest.raises(PeaceError, match=f"does not decode {family} models .*decodable families: mlp, cnn1d, cnn2d"):
+        aligned_form(spec, params, params)
+
+
+def _toy(spec: ArchSpec, n: int, seed: int, scale_first: float = 1.0):
+    """Embeddings z and weights that are a fixed linear function of z (plus the first tensor scaled)."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, 6, generator=g)
+    mix = torch.randn(6, spec.n_params, generator=torch.Generator().manual_seed(0))
+    y = z @ mix
+    first = next(iter(spec.param_shapes().values()))
+    y[:, :int(np.prod(first))] *= scale_first
+    return Pairs(z, y)
+
+
+def test_decoder_learns_and_its_loss_weighs_every_layer_the_same():
+    spec = ArchSpec(input_shape=(5,), n_classes=3, family="mlp", hidden=(4,), activation="relu")
+    cfg = DecoderConfig(epochs=150, hidden=64, patience=150, function_weight=0.0)
+    dec, history = fit_decoder([spec], [_toy(spec, 200, 1)], [_toy(spec, 50, 2)], cfg)
+    assert history[-1]["val_loss"] < 0.1 * history[0]["val_loss"]  # learned, judged on held-out pairs
+    z = _toy(spec, 50, 3)
+    # layer-wise normalization: scaling one tensor by 1000 leaves the loss of the re-fitted statistics unchanged
+    big = [_toy(spec, 200, 1, scale_first=1000.0)]
+    dec_big, _ = fit_decoder([spec], big, [_toy(spec, 50, 2, scale_first=1000.0)], cfg)
+    big = _toy(spec, 50, 3, scale_first=1000.0)
+    with torch.no_grad():
+        assert dec_big.loss(big.z, big.y, 0).item() == pytest.approx(dec.loss(z.z, z.y, 0).item(), rel=0.05)
+    decoded = dec.decode(z.z[:2], spec)
+    assert set(decoded[0]) == set(spec.param_shapes()) and flatten(spec, unflatten(spec, z.y[0])).equal(z.y[0])
+
+
+def test_the_functional_term_is_zero_exactly_when_the_decoded_models_compute_the_targets():
+    spec = ArchSpec(input_shape=(5,), n_classes=3, family="mlp", hidden=(4,), activation="tanh")
+    dec = WeightDecoder(6, [spec], DecoderConfig(hidden=16))
+    z, x = torch.randn(4, 6), torch.randn(30, 5)
+    with torch.no_grad():
+        own = forward(spec, stack_params([unflatten(spec, f) for f in dec.flat(z, 0)]), x).softmax(-1)
+        assert dec.function_loss(z, x, own, 0).item() == pytest.approx(0.0, abs=1e-5)
+        assert dec.function_loss(z, x, own.flip(-1), 0).item() > 1e-3
+
+
+def test_kde_draws_sit_around_the_prompt_and_repeat_with_the_seed():
+    z = torch.randn(12, 8) * 0.1 + 5.0
+    a, b = kde_draws(z, 500, 1.0, 0, torch.full((8,), 0.01)), kde_draws(z, 500, 1.0, 0, torch.full((8,), 0.01))
+    assert a.equal(b) and not a.equal(kde_draws(z, 500, 1.0, 1, torch.full((8,), 0.01)))
+    assert (a.mean(0) - z.mean(0)).abs().max() < 0.03 and 0.05 < a.std(0).mean() < 0.3
+    one = kde_draws(z[:1], 200, 1.0, 0, torch.full((8,), 0.01))  # one prompt model: the floor is its spread
+    assert (one - z[0]).abs().max() < 0.1 and one.std(0).min() > 0.001
+
+
+@pytest.fixture(scope="module")
+def decoded_run(tiny_run, tmp_path_factory):
+    """A copy of the tiny run with a decoder trained on it."""
+    run = tmp_path_factory.mktemp("decoded") / "run"
+    shutil.copytree(tiny_run.path, run)
+    dec, table = train_decoder(run, QUICK)
+    return run, dec, table
+
+
+def test_decoder_on_a_run_reconstructs_judged_by_function(decoded_run):
+    run, dec, table = decoded_run
+    assert {s.family for s in dec.specs} <= {"mlp", "cnn1d", "cnn2d"} and len(dec.specs) >= 2
+    meta = json.loads((run / "decoder.json").read_text())
+    assert meta["skipped"] and all("resnet" in a or "vit" in a or "fewer than" in w for a, w in meta["skipped"].items())
+    assert len(table) == meta["models"]["test"] > 0
+    for c in ("decoded_acc", "decoded_agreement", "decoded_probe_agreement", "mean_acc", "nearest_agreement"):
+        assert table[c].between(0, 1).all(), c
+    assert meta["reconstruction"][-1]["family"] == "all"
+    loaded, _ = load_decoder(run)
+    z = torch.randn(3, loaded.z_mean.shape[0])
+    for k, v in loaded.decode(z, dec.specs[0])[0].items():
+        torch.testing.assert_close(v, dec.decode(z, dec.specs[0])[0][k])
+
+
+def test_a_decoder_for_another_encoder_is_refused(decoded_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(decoded_run[0], run)
+    meta = json.loads((run / "decoder.json").read_text())
+    (run / "decoder.json").write_text(json.dumps({**meta, "encoder_sha256": "0" * 64}))
+    with pytest.raises(PeaceError, match="another encoder.*peace decoder --run"):
+        run_decoder(run)
+    (run / "decoder.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(PeaceError, match="checksum"):
+        load_decoder(run)
+    shutil.rmtree(run)
+    with pytest.raises(PeaceError, match="has no decoder"):
+        run_decoder(tmp_path)
+
+
+def test_prompts_select_one_architecture_and_task(decoded_run):
+    zoo = Zoo(json.loads((decoded_run[0] / "decoder.json").read_text())["zoo"])
+    with pytest.raises(PeaceError, match="archs .*add --arch"):
+        resolve_prompt(zoo, "task == 'synth-1'")
+    with pytest.raises(PeaceError, match="neither model ids .*columns: model_id"):
+        resolve_prompt(zoo, "task ==")
+    with pytest.raises(PeaceError, match="selects no usable model"):
+        resolve_prompt(zoo, "test_acc > 2")
+    ids = list(zoo.manifest.index[zoo.manifest["arch"] == "mlp 16-4-4 relu"][:3])
+    p = resolve_prompt(zoo, " ".join(ids))
+    assert p.ids == ids and p.spec.describe() == "mlp 16-4-4 relu"
+
+
+def test_sample_writes_a_zoo_that_every_command_reads(decoded_run, tmp_path):
+    run = decoded_run[0]
+    out = tmp_path / "sampled"
+    p = run_peace("sample", "--run", run, "--prompt", "task == 'synth-1' and arch == 'mlp 16-4-4 relu'", "--n", 4,
+                  "--candidates", 3, "--out", out)
+    assert "sampled 4 mlp 16-4-4 relu models for task 'synth-1'" in p.stdout
+    zoo = Zoo(out)
+    m = zoo.manifest
+    assert len(m) == 4 and set(m["status"]) == {"sampled"} and set(m["task"]) == {"synth-1"}
+    prov = json.loads(m["provenance"].iloc[0])
+    assert prov["prompt"].startswith("task == 'synth-1'") and prov["sampling"]["candidates"] == 3
+    assert m["test_acc"].between(0, 1).all() and not zoo.verify(weights=True)
+    again = run_peace("sample", "--run", run, "--prompt", "task == 'synth-1' and arch == 'mlp 16-4-4 relu'",
+                      "--out", out, check=False)
+    assert again.returncode == 2 and "not empty" in again.stderr and len(Zoo(out)) == 4  # nothing overwritten
+    info = run_peace("zoo", "info", out, "--verify")
+    assert "status: {'sampled': 4}" in info.stdout
+    run_peace("embed", "--run", run, "--zoo", out, "--out", tmp_path / "emb", "--no-umap", "--trees", 5, "--quiet")
+    table = pd.read_parquet(tmp_path / "emb" / "embeddings.parquet")
+    assert len(table) == 4 and set(table["status"]) == {"sampled"}
+    q = run_peace("query", m.index[0], "--embeddings", tmp_path / "emb", "-k", 3)
+    assert m.index[1] in q.stdout or m.index[2] in q.stdout
+
+
+def test_generative_study_compares_every_starting_point(decoded_run):
+    cfg = GenerativeConfig(n=2, candidates=2, epochs=1, seeds=2, prompt="task == 'synth-1' and arch == 'mlp 16-4-4 relu'")
+    study = generative_study(decoded_run[0], cfg, progress=False)
+    s = pd.DataFrame(study["summary"])
+    assert study["new_task"] not in (None, "synth-1")
+    assert set(s["setting"]) == {"same task", "new task"} and set(s["epoch"]) == {0, 1}
+    assert set(s["method"]) == {"sampled", "sampled + subsampling", "random init (torch default)",
+                                "random init (zoo's)", "prompt models", "retrieved by PEACE"}
+    assert s["mean"].between(0, 1).all() and s["std"].notna().all()
+    assert len(pd.DataFrame(study["per_seed"])) == 2 * len(s)
+    text = generative_markdown(study)
+    assert "| sampled + subsampling |" in text and "**new task**" in text
+
+
+def test_the_explorer_decodes_the_interpolation_line(decoded_run, tmp_path, monkeypatch):
+    from conftest import ROOT
+    from streamlit.testing.v1 import AppTest
+
+    from peace.serve.explore import Explorer
+    from peace.serve.export import export_embeddings
+
+    export_embeddings(decoded_run[0], tmp_path / "embeddings" / "tiny", trees=5, umap=False, progress=False)
+    ex = Explorer(tmp_path / "embeddings" / "tiny")
+    t = ex.table
+    a, b = t.loc[t["arch"] == "mlp 16-4-4 relu", "model_id"].iloc[[0, -1]]
+    path = ex.decoded_path(a, b, steps=5)
+    assert list(path["t"]) == [0, 0.25, 0.5, 0.75, 1]
+    assert list(path.columns[1:]) == list(dict.fromkeys(f"accuracy on {ex.zoo.task(m).name}" for m in (a, b)))
+    assert path.iloc[:, 1:].stack().between(0, 1).all() and path.shape[1] >= 2
+    resnet = t.loc[t["family"] == "resnet", "model_id"].iloc[0]
+    assert ex.decoded_path(resnet, a) is None  # no aligned form for ResNets: the page says so instead
+
+    monkeypatch.setenv("PEACE_ARTIFACTS", str(tmp_path))
+    at = AppTest.from_file(str(ROOT / "explorer" / "app.py"), default_timeout=180).run()
+    at.switch_page("views/interpolation.py").run()
+    at.selectbox(key="interp_a").set_value(a).run()
+    assert not at.exception, [e.message for e in at.exception]
+    charts = [el.proto.spec for el in at.get("plotly_chart")]
+    assert any("Models decoded along the line" in c for c in charts)
