@@ -17,9 +17,18 @@ import pandas as pd
 
 from peace.learn.decoder import DecoderConfig, fit_decoder
 from peace.learn.generation import decoder_groups, reconstruction
+from peace.learn.run import RunDir
 
-COLUMNS = ["original_acc", "decoded_acc", "decoded_agreement", "decoded_probe_agreement", "mean_acc", "mean_agreement",
-           "nearest_acc", "nearest_agreement"]
+COLUMNS = ["original_acc", "decoded_acc", "decoded_kept", "decoded_agreement", "decoded_probe_agreement", "mean_acc",
+           "nearest_acc", "nearest_kept", "nearest_agreement"]
+
+
+def _figures(table: pd.DataFrame, held: pd.Series) -> dict:
+    """Means over all test models and over those of tasks seen in encoder training (``seen_*``)."""
+    for m in ("decoded", "nearest"):
+        table[f"{m}_kept"] = (table[f"{m}_acc"] >= 0.9 * table["original_acc"]).astype(float)
+    seen = table[~table["model_id"].map(held).fillna(False).astype(bool)]
+    return {**table[COLUMNS].mean().to_dict(), **{f"seen_{c}": v for c, v in seen[COLUMNS].mean().items()}}
 
 
 def main() -> None:
@@ -35,6 +44,7 @@ def main() -> None:
     _, zoo, groups, _, skipped = decoder_groups(args.run, base, progress=True)
     print(f"decoder data: {sum(len(g.ids) for g in groups['train'])} training models of {len(groups['train'])} "
           f"architectures in {time.perf_counter() - t0:.0f} s; left out: {skipped or 'none'}", flush=True)
+    held = RunDir(args.run).splits().set_index("model_id")["heldout_task"].astype(bool)
     rows = []
     for w, noise in [(w, n) for w in args.weights for n in args.noise]:
         for seed in args.seeds:
@@ -46,13 +56,13 @@ def main() -> None:
             for split in ("val", "test"):
                 table = reconstruction(dec, zoo, groups[split], groups["train"])
                 rows.append({"function_weight": w, "noise": noise, "seed": seed, "split": split, "epochs": len(history),
-                             "fit_s": took, **table[COLUMNS].mean().to_dict()})
+                             "fit_s": took, **_figures(table, held)})
             print(f"weight {w} noise {noise} seed {seed}: {len(history)} epochs in {took:.0f} s, val agreement "
                   f"{rows[-2]['decoded_agreement']:.3f}, test agreement {rows[-1]['decoded_agreement']:.3f}", flush=True)
     df = pd.DataFrame(rows)
-    summary = df.groupby(["split", "function_weight", "noise"])[COLUMNS + ["fit_s"]].agg(["mean", "std"])
     pd.set_option("display.width", 250)
-    print(summary.round(3).to_string())
+    for cols in (COLUMNS[:5] + ["fit_s"], COLUMNS[5:], [f"seen_{c}" for c in COLUMNS[:5]]):
+        print(df.groupby(["split", "function_weight", "noise"])[cols].agg(["mean", "std"]).round(3).to_string(), "\n")
     val = df[df["split"] == "val"].groupby(["function_weight", "noise"])["decoded_agreement"].mean()
     print(f"chosen on validation (decoded agreement): function_weight, noise = {val.idxmax()}")
 

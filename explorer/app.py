@@ -9,10 +9,10 @@ artifacts directory is ``artifacts/`` beside this repository, or ``$PEACE_ARTIFA
 from __future__ import annotations
 
 import streamlit as st
-
 from shared import sidebar_set
 
 PAGES = {"Map": "views/map.py", "Neighbours": "views/neighbours.py", "Interpolation": "views/interpolation.py",
+         "Generate": "views/generate.py",
          "Ablations": "views/ablations.py", "Symmetry lab": "views/symmetry_lab.py",
          "Query your model": "views/query.py"}
 

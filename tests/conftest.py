@@ -90,13 +90,19 @@ def run_peace(*args, check=True, **kw) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="session")
 def artifacts(tiny_run, tmp_path_factory):
-    """An artifacts root as the pipeline writes it: one embedding set, one ablation summary."""
+    """An artifacts root as the pipeline writes it: a run with a decoder, one embedding set, one ablation summary."""
+    import shutil
+
     import pandas as pd
 
+    from peace.learn.decoder import DecoderConfig
+    from peace.learn.generation import train_decoder
     from peace.serve.export import export_embeddings
 
     root = tmp_path_factory.mktemp("artifacts")
-    export_embeddings(tiny_run.path, root / "embeddings" / "tiny", trees=10, progress=False)
+    shutil.copytree(tiny_run.path, root / "runs" / "tiny")
+    train_decoder(root / "runs" / "tiny", DecoderConfig(min_models=2, epochs=20, hidden=32, patience=10))
+    export_embeddings(root / "runs" / "tiny", root / "embeddings" / "tiny", trees=10, progress=False)
     rows = [{"configuration": c, "seed": s, "status": "ran", "error": "", "retrieval_task.map": m + 0.01 * s,
              "invariance.ratio": 0.0} for c, m in (("full", 0.5), ("no-permute", 0.4)) for s in (0, 1)]
     (root / "ablations" / "tiny").mkdir(parents=True)

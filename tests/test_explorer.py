@@ -17,8 +17,9 @@ from peace.core.errors import PeaceError
 from peace.serve.explore import Explorer
 
 APP = str(ROOT / "explorer" / "app.py")
-PAGES = ["Map", "Neighbours", "Interpolation", "Ablations", "Symmetry lab", "Query your model"]
-VIEWS = dict(zip(PAGES, ["views/map.py", "views/neighbours.py", "views/interpolation.py", "views/ablations.py",
+PAGES = ["Map", "Neighbours", "Interpolation", "Generate", "Ablations", "Symmetry lab", "Query your model"]
+VIEWS = dict(zip(PAGES, ["views/map.py", "views/neighbours.py", "views/interpolation.py", "views/generate.py",
+                         "views/ablations.py",
                          "views/symmetry_lab.py", "views/query.py"]))  # each page's own URL: /map, /neighbours, ...
 
 
@@ -39,6 +40,7 @@ def test_every_page_renders(artifacts, monkeypatch, page):
     assert not at.error, [e.value for e in at.error]
     assert at.sidebar.selectbox[0].value.name == "tiny"
     expected = {"Map": "Colour by", "Neighbours": "Query model (type to search)", "Interpolation": "Model A",
+                "Generate": "Models to sample",
                 "Ablations": "Metric", "Symmetry lab": "Seed", "Query your model": "Activation"}[page]
     labels = [w.label for kind in ("selectbox", "number_input", "slider") for w in getattr(at, kind)]
     assert expected in labels, labels

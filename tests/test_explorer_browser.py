@@ -127,6 +127,7 @@ def test_every_page_in_a_real_browser(server, browser, artifacts):
     _wait_text(browser, "PEACE explorer")
     es = EmbeddingSet(artifacts / "embeddings" / "tiny")
     expect = {"Map": "Colour by", "Neighbours": "Same task among the top", "Interpolation": "In embedding space",
+              "Generate": "Download as model folders",
               "Ablations": "Best configuration per metric", "Symmetry lab": "PEACE cosine distance",
               "Query your model": "Upload a safetensors file"}
     for page in PAGES:
@@ -137,7 +138,7 @@ def test_every_page_in_a_real_browser(server, browser, artifacts):
             assert plot["points"] >= len(es), plot
             assert set(es.table["task"]) <= set(plot["legend"]), plot["legend"]
             assert f"{len(es)} models" in plot["title"]
-        if page in ("Interpolation", "Symmetry lab", "Ablations"):
+        if page in ("Interpolation", "Generate", "Symmetry lab", "Ablations"):
             _plot(browser)
         if page != "Map":  # every page its own URL (the Map is the default page, at /)
             assert browser.current_url.split("?")[0].rstrip("/").endswith("/" + Path(VIEWS[page]).stem), browser.current_url

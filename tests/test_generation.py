@@ -1,5 +1,6 @@
 """The way back from embeddings to weights: aligned forms, the decoder, sampling into a zoo, the study."""
 import json
+import re
 import shutil
 
 import numpy as np
@@ -114,7 +115,8 @@ def test_decoder_on_a_run_reconstructs_judged_by_function(decoded_run):
     assert len(table) == meta["models"]["test"] > 0
     for c in ("decoded_acc", "decoded_agreement", "decoded_probe_agreement", "mean_acc", "nearest_agreement"):
         assert table[c].between(0, 1).all(), c
-    assert meta["reconstruction"][-1]["family"] == "all"
+    assert meta["reconstruction"][-1]["family"] == "all" and meta["reconstruction"][-1]["models"] == len(table)
+    assert 0 <= meta["reconstruction"][-1]["decoded_kept"] <= 1 and table["heldout_task"].dtype == bool
     loaded, _ = load_decoder(run)
     z = torch.randn(3, loaded.z_mean.shape[0])
     for k, v in loaded.decode(z, dec.specs[0])[0].items():
@@ -212,3 +214,76 @@ def test_the_explorer_decodes_the_interpolation_line(decoded_run, tmp_path, monk
     assert not at.exception, [e.message for e in at.exception]
     charts = [el.proto.spec for el in at.get("plotly_chart")]
     assert any("Models decoded along the line" in c for c in charts)
+
+
+def test_bad_sampling_requests_get_one_line_and_leave_no_zoo(decoded_run, tiny_run, tmp_path, capsys, monkeypatch):
+    from peace.cli import main
+    from peace.zoo import generated
+
+    run, out = decoded_run[0], tmp_path / "out"
+    ok_prompt = "task == 'synth-1' and arch == 'mlp 16-4-4 relu'"
+    cases = [
+        (["--run", run, "--prompt", ok_prompt, "--n", "0"], "1 <= n <= 100,000"),
+        (["--run", run, "--prompt", ok_prompt, "--n", "200000"], "1 <= n <= 100,000"),
+        (["--run", run, "--prompt", ok_prompt, "--bandwidth", "inf"], "bandwidth"),
+        (["--run", run, "--prompt", "test_acc > 2"], "selects no usable model"),
+        (["--run", run, "--prompt", "family == 'resnet'"], "does not decode resnet models"),
+        (["--run", tiny_run.path, "--prompt", ok_prompt], "has no decoder.*peace decoder --run"),
+    ]
+    for args, message in cases:
+        assert main(["sample", *map(str, args), "--out", str(out)]) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("peace: error: ") and err.count("\n") == 1 and re.search(message, err), err
+        assert not out.exists()
+
+    def full_disk(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(generated, "save_shard", full_disk)
+    assert main(["sample", "--run", str(run), "--prompt", ok_prompt, "--out", str(out)]) == 2
+    assert "the disk is full" in capsys.readouterr().err
+    assert not out.exists() and not list(tmp_path.glob(".out.new-*"))  # nothing half-written that opens as a zoo
+
+
+def test_the_generate_page_samples_compares_and_downloads_model_folders(artifacts, tmp_path, monkeypatch):
+    import io
+    import zipfile
+
+    from conftest import ROOT
+    from streamlit.testing.v1 import AppTest
+
+    from peace.intake.importers import load_model
+    from peace.serve.explore import Explorer
+
+    monkeypatch.setenv("PEACE_ARTIFACTS", str(artifacts))
+    at = AppTest.from_file(str(ROOT / "explorer" / "app.py"), default_timeout=180).run()
+    at.switch_page("views/generate.py").run()
+    assert not at.exception and not at.error, [e.message for e in at.exception]
+    shown = at.dataframe[0].value
+    assert list(shown["models"]) == ["sampled", "random init (torch default)", "prompt models"]
+    assert shown.loc[0, "n"] == 10 and shown["mean"].between(0, 1).all()
+    at.radio(key="pref_gen_how").set_value("a model and its neighbours").run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert at.dataframe[0].value.loc[2, "n"] >= 1
+
+    ex = Explorer(artifacts / "embeddings" / "tiny")
+    arch = ex.decodable_archs()[0]
+    prompt = list(ex.table.loc[ex.table["arch"] == arch, "model_id"][:3])
+    s = ex.sample(prompt, n=3, candidates=2, seed=1)
+    assert len(s.models) == 3 and s.map_xy.shape == (3, 2) and s.task == ex.table.set_index("model_id").at[prompt[0], "task"]
+    with zipfile.ZipFile(io.BytesIO(s.archive())) as z:
+        z.extractall(tmp_path)
+    back = load_model(tmp_path / "sampled-001")  # the way users bring it back: peace query DIR, peace zoo add
+    assert back.spec.param_shapes() == s.spec.param_shapes() and back.metadata["task"] == s.task
+    for k, v in s.models[1].items():
+        torch.testing.assert_close(back.params[k], v)
+
+
+def test_peace_evaluate_reports_the_generative_study(decoded_run, tmp_path):
+    from peace.orchestrate.evaluation import evaluate
+
+    cfg = GenerativeConfig(n=2, candidates=1, epochs=1, seeds=1)
+    metrics = evaluate(decoded_run[0], tmp_path / "eval", transfer=None, accuracy=None, generative=cfg, progress=False)
+    assert {r["method"] for r in metrics["generative"]["summary"]} >= {"sampled", "prompt models"}
+    report = (tmp_path / "eval" / "report.md").read_text()
+    assert "## Generation: sampled models (SANE's protocol)" in report and "| random init (zoo's) |" in report

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
+from shared import root
 
 from peace.serve.explore import find_ablation_summaries
 from peace.serve.plots import ablation_bars
-
-from shared import root
 
 
 def page_ablations() -> None:

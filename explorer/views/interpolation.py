@@ -4,12 +4,11 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
+from shared import cols, current, model_picker, table
 
 from peace.core.errors import PeaceError
 from peace.serve.explore import typical_model
 from peace.serve.plots import embedding_map
-
-from shared import cols, current, model_picker, table
 
 
 def page_interpolation() -> None:
@@ -33,6 +32,7 @@ def page_interpolation() -> None:
     table(cols(path, ("t", "cosine")))
     st.caption("Walking the straight line from A's embedding (t = 0) to B's (t = 1): the zoo model nearest to each "
                "point, with its cosine similarity to that point (1 = the point is that model).")
+    _decoded(ex, a, b)
     st.subheader("(b) In weight space")
     if ex.zoo.spec(a) != ex.zoo.spec(b):
         st.warning(f"{a} and {b} have different architectures; pick two of one architecture for weight-space "
@@ -55,6 +55,23 @@ def page_interpolation() -> None:
     st.plotly_chart(m, width="stretch")
     st.caption("Path points are placed at the mean map position of their 5 nearest zoo models; the map is zoomed "
                "to the paths (double-click it to see the whole zoo).")
+
+
+def _decoded(ex, a: str, b: str) -> None:
+    """The same line decoded into new models (the run's decoder), or how to get a decoder."""
+    with st.spinner("Decoding the path ..."):
+        decoded = ex.decoded_path(a, b)
+    if decoded is None:
+        st.caption(f"With a decoder for {a}'s architecture, the points of this line become new models: "
+                   f"`peace decoder --run {ex.run}` trains one (MLPs and CNNs).")
+        return
+    fig = go.Figure()
+    for column in decoded.columns[1:]:
+        fig.add_scatter(x=decoded["t"], y=decoded[column], name=column, mode="lines+markers")
+    fig.update_layout(xaxis=dict(title="t (0 = A, 1 = B)", tickformat=".2f"), height=320,
+                      yaxis=dict(title="test accuracy of the decoded model", tickformat=".2f", range=[0, 1]),
+                      title="Models decoded along the line (the run's decoder, A's architecture)")
+    st.plotly_chart(fig, width="stretch")
 
 
 def _path_figure(paths: dict) -> go.Figure:

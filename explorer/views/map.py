@@ -5,11 +5,10 @@ from __future__ import annotations
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
+from shared import choose, cols, current, highlight, keep, labels, remembered, table
 
 from peace.serve.explore import Explorer, filter_table, find_models
 from peace.serve.plots import embedding_map
-
-from shared import choose, cols, current, highlight, keep, labels, remembered, table
 
 
 @st.cache_resource(max_entries=32, show_spinner=False)

@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import streamlit as st
+from shared import cols, current, model_picker, remembered, table
 
 from peace.serve.explore import typical_model
-
-from shared import cols, current, model_picker, remembered, table
 
 
 def page_neighbours() -> None:

@@ -8,12 +8,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import streamlit as st
+from shared import cols, current, highlight, table
 
 from peace.core.errors import PeaceError
 from peace.serve.explore import Explorer, activation_advice
 from peace.serve.plots import embedding_map
-
-from shared import cols, current, highlight, table
 
 QUERY_MAP_POINTS = 1_000  # a sample of the map shows where a query lands, and draws in a tenth of the time
 

@@ -3,11 +3,10 @@ and what does not (its function, its PEACE embedding)."""
 from __future__ import annotations
 
 import streamlit as st
+from shared import current, model_picker
 
 from peace.serve.explore import typical_model
 from peace.serve.plots import weight_heatmaps
-
-from shared import current, model_picker
 
 
 def page_symmetry() -> None:

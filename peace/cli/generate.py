@@ -21,7 +21,9 @@ def _decoder(args: argparse.Namespace) -> int:
         return 0
     print("reconstruction on the run's test split, judged by function (mean over models; agreement = share of "
           "inputs where the model predicts what the original predicts):")
-    print(reconstruction_summary(table).to_string(float_format=lambda v: f"{v:.3f}"))
+    print(reconstruction_summary(table).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print("kept: share of models whose decoded (mean, nearest) model keeps >= 90 % of the original's test accuracy; "
+          "heldout_task: the task was held out of encoder training")
     return 0
 
 

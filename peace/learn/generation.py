@@ -7,6 +7,7 @@ encoder it reads) and is refused once that encoder changes.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from peace.core.errors import PeaceError
+from peace.core.rng import model_seed
 from peace.learn.decoder import (
     DECODABLE,
     DecoderConfig,
@@ -35,14 +37,14 @@ from peace.learn.decoder import (
 )
 from peace.learn.encoder import Embedder
 from peace.learn.run import RunDir
-from peace.nets.architectures import ArchSpec, evaluate, forward, stack_params
+from peace.nets.architectures import ArchSpec, build_module, evaluate, forward, stack_params
 from peace.nets.probes import probe_inputs
 from peace.nets.symmetry import canonicalize
 from peace.zoo.store import Zoo, usable
 from peace.zoo.tasks import Task, load_task
 
 __all__ = [
-    "Group", "SampleConfig", "accuracy", "decoder_groups", "kde_draws", "predictions", "reconstruction", "reconstruction_summary",
+    "Group", "SampleConfig", "accuracy", "decoder_groups", "default_inits", "kde_draws", "predictions", "reconstruction", "reconstruction_summary",
     "run_decoder",
     "sample_models", "train_decoder"
 ]
@@ -149,12 +151,15 @@ def train_decoder(run_dir: str | Path, config: DecoderConfig = DecoderConfig(),
     dec, history = fit_decoder(specs, [g.pairs() for g in groups["train"]], [g.pairs() for g in groups["val"]],
                                config, progress)
     table = reconstruction(dec, zoo, groups["test"], groups["train"])
+    if len(table):
+        held = run.splits().set_index("model_id")["heldout_task"].astype(bool)
+        table["heldout_task"] = table["model_id"].map(held).fillna(False).astype(bool)
     save_decoder(dec, run.path, {
         "encoder_sha256": run.encoder_sha256(), "zoo": str(zoo.path.resolve()),
         "zoo_manifest_sha256": zoo.info["manifest_sha256"], "skipped": skipped, "history": history,
         "best_epoch": int(min(history, key=lambda h: h["val_loss"] if np.isfinite(h["val_loss"]) else np.inf)["epoch"]),
         "models": {s: sum(len(g.ids) for g in gs) for s, gs in groups.items()},
-        "reconstruction": reconstruction_summary(table).reset_index(names="family").to_dict("records") if len(table) else []})
+        "reconstruction": reconstruction_summary(table).to_dict("records") if len(table) else []})
     return dec, table
 
 
@@ -225,16 +230,25 @@ def reconstruction(dec: WeightDecoder, zoo: Zoo, test: Sequence[Group], train: S
 
 
 def reconstruction_summary(table: pd.DataFrame, by: str = "family") -> pd.DataFrame:
-    """Means of a ``reconstruction`` table per ``by`` and over all models, with the model count."""
+    """Means of a ``reconstruction`` table per ``by`` (and seen / held-out task where the table says),
+    over all models too, with the model count and ``*_kept``: the share of models whose decoded (or
+    mean, or nearest) model keeps at least 90 % of the original's test accuracy."""
+    table = table.copy()
+    for m in ("decoded", "mean", "nearest"):
+        table[f"{m}_kept"] = (table[f"{m}_acc"] >= 0.9 * table["original_acc"]).astype(float)
     cols = ["original_acc"] + [f"{m}_{c}" for m in ("decoded", "mean", "nearest")
-                               for c in ("acc", "agreement", "probe_agreement")]
-    out = table.groupby(by)[cols].mean()
-    out.loc["all"] = table[cols].mean()
-    out.insert(0, "models", [*table.groupby(by).size(), len(table)])
-    return out
+                               for c in ("acc", "kept", "agreement", "probe_agreement")]
+    keys = [k for k in (by, "heldout_task") if k in table]
+    out = table.groupby(keys)[cols].mean().reset_index()
+    out.insert(len(keys), "models", table.groupby(keys).size().to_numpy())
+    total = {**{k: "all" for k in keys}, "models": len(table), **table[cols].mean().to_dict()}
+    return pd.concat([out, pd.DataFrame([total])], ignore_index=True)
 
 
 # --- sampling ---------------------------------------------------------------------------------------
+
+MAX_SAMPLES = 100_000  # models one sampling call draws (decoded in memory at once)
+
 
 @dataclass(frozen=True)
 class SampleConfig:
@@ -246,8 +260,10 @@ class SampleConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.n < 1 or self.candidates < 1 or not self.bandwidth > 0:
-            raise PeaceError(f"sampling needs n >= 1, candidates >= 1 and bandwidth > 0; got {self}")
+        if not 1 <= self.n <= MAX_SAMPLES or not 1 <= self.candidates <= MAX_SAMPLES // self.n or not 0 < self.bandwidth < math.inf:
+            raise PeaceError(f"sampling needs 1 <= n <= {MAX_SAMPLES:,}, candidates >= 1 with n * candidates <= "
+                             f"{MAX_SAMPLES:,}, and bandwidth > 0; got n={self.n}, candidates={self.candidates}, "
+                             f"bandwidth={self.bandwidth}")
 
 
 def kde_draws(z: Tensor, n: int, bandwidth: float, seed: int, floor: Tensor) -> Tensor:
@@ -260,6 +276,16 @@ def kde_draws(z: Tensor, n: int, bandwidth: float, seed: int, floor: Tensor) -> 
     kde = KernelDensity(kernel="gaussian", bandwidth=scott * bandwidth).fit(unit)
     draws = torch.from_numpy(kde.sample(n, random_state=seed)).float()
     return mean + draws * std
+
+
+def default_inits(spec: ArchSpec, n: int, seed: int) -> list[Params]:
+    """``n`` models of ``spec`` as torch initializes them (``build_module``'s defaults), seeded."""
+    out = []
+    for j in range(n):
+        torch.manual_seed(model_seed(seed, f"torch-init-{j}"))
+        state = build_module(spec).state_dict()
+        out.append({k: state[k].detach().clone() for k in spec.param_shapes()})
+    return out
 
 
 def sample_models(dec: WeightDecoder, z_prompt: Tensor, spec: ArchSpec, task: Task,

@@ -17,10 +17,10 @@ from peace.core.errors import PeaceError
 from peace.core.rng import model_seed
 from peace.evaluate.baselines import Models
 from peace.evaluate.transfer import TransferConfig, finetune_curves, io_key
-from peace.learn.decoder import DECODABLE, WeightDecoder
-from peace.learn.generation import SampleConfig, run_decoder, sample_models
+from peace.learn.decoder import DECODABLE, WeightDecoder, head_spec
+from peace.learn.generation import SampleConfig, default_inits, run_decoder, sample_models
 from peace.learn.run import RunDir
-from peace.nets.architectures import ArchSpec, build_module
+from peace.nets.architectures import ArchSpec
 from peace.zoo.generated import write_generated_zoo
 from peace.zoo.population import HParams, init_params
 from peace.zoo.store import Zoo, usable
@@ -132,8 +132,9 @@ def _new_task(zoo: Zoo, run: RunDir, spec: ArchSpec, task: str) -> str | None:
     splits = run.splits()
     held = set(zoo.manifest["task"].reindex(splits.loc[splits["heldout_task"].astype(bool), "model_id"]).dropna())
     pairs = zoo.manifest[["task", "arch_spec"]].drop_duplicates()
+    key = lambda s: io_key(head_spec(s))  # noqa: E731  (an MLP reads 4x4 images and 16 features alike)
     same = sorted({t for t, a in zip(pairs["task"], pairs["arch_spec"])
-                   if t != task and io_key(ArchSpec.from_dict(json.loads(a))) == io_key(spec)})
+                   if t != task and key(ArchSpec.from_dict(json.loads(a))) == key(spec)})
     return next((t for t in same if t in held), same[0] if same else None)
 
 
@@ -145,12 +146,7 @@ def _starts(method: str, dec: WeightDecoder, z: torch.Tensor, p: Prompt, zoo: Zo
         k = cfg.candidates if method == "sampled + subsampling" else 1
         return sample_models(dec, z, p.spec, task, SampleConfig(n, k, seed=seed))[0]
     if method == "random init (torch default)":
-        out = []
-        for j in range(n):
-            torch.manual_seed(model_seed(seed, f"torch-init-{j}"))
-            state = build_module(p.spec).state_dict()
-            out.append({k: state[k].detach().clone() for k in p.spec.param_shapes()})
-        return out
+        return default_inits(p.spec, n, seed)
     if method == "random init (zoo's)":
         init = str(zoo.manifest.at[p.ids[0], "init"]) if "init" in zoo.manifest else "kaiming_uniform"
         stacked = init_params(p.spec, [HParams(seed=model_seed(seed, f"zoo-init-{j}"), init=init) for j in range(n)])

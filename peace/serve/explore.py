@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from peace.serve.baseline_vectors import BaselineVectors
     from peace.zoo.store import Zoo
 
-__all__ = ["Explorer", "activation_advice", "filter_table", "find_ablation_summaries", "find_embedding_sets",
+__all__ = ["Explorer", "Sample", "activation_advice", "filter_table", "folder_config", "find_ablation_summaries", "find_embedding_sets",
            "find_models", "model_label", "typical_model"]
 
 
@@ -95,6 +95,45 @@ def activation_advice(check: pd.DataFrame, margin: float = 0.1) -> str | None:
             f"{g['chance'].iat[0]:.2f}): it was most likely trained with {top}"
             + (f" (or {', '.join(also)}, as good on this task)" if also else "")
             + ". The activation decides the function, and so the embedding: choose it in the Activation field.")
+
+
+@dataclass
+class Sample:
+    """Models sampled on the Generate page: their architecture, task and prompt, weights, test accuracies,
+    the comparison table and their map positions; ``archive()`` packs them as model folders."""
+
+    spec: ArchSpec
+    task: str
+    prompt: list[str]
+    models: list[dict]
+    accuracy: np.ndarray
+    comparison: pd.DataFrame
+    map_xy: np.ndarray
+
+    def archive(self) -> bytes:
+        """A zip of one folder per model (``model.safetensors`` + ``config.json``), each readable by
+        ``peace query DIR`` and ``peace zoo add``."""
+        import io
+        import zipfile
+
+        from safetensors.torch import save
+
+        buffer = io.BytesIO()
+        meta = {"task": self.task, "provenance": json.dumps({"sampled_from": self.prompt[:100]})}
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
+            for j, m in enumerate(self.models):
+                z.writestr(f"sampled-{j:03d}/model.safetensors", save({k: v.contiguous() for k, v in m.items()}))
+                z.writestr(f"sampled-{j:03d}/config.json", json.dumps(folder_config(self.spec, meta), indent=1))
+        return buffer.getvalue()
+
+
+def folder_config(spec: ArchSpec, metadata: dict | None = None) -> dict:
+    """The ``config.json`` of a model folder (``peace query DIR``, ``peace zoo add``): what the weights
+    do not say (activation; a CNN's input shape and pooling), plus ``metadata``."""
+    config: dict = {"activation": spec.activation}
+    if spec.family != "mlp":
+        config.update(input_shape=list(spec.input_shape), pool=spec.pool)
+    return {**config, **({"metadata": metadata} if metadata else {})}
 
 
 def model_label(row: pd.Series) -> str:
@@ -210,6 +249,37 @@ class Explorer:
                 out[f"accuracy on {task.name}"] = accuracy(spec, models, task)
         return out
 
+    def decodable_archs(self) -> list[str]:
+        """Architectures of the set that the run's decoder writes, most models first."""
+        if self.decoder is None:
+            return []
+        from peace.learn.decoder import head_spec
+        from peace.nets.architectures import ArchSpec
+
+        heads = set(self.decoder.specs)
+        counts = self.table.groupby(["arch", "arch_spec"]).size().sort_values(ascending=False)
+        return list(dict.fromkeys(a for a, js in counts.index if head_spec(ArchSpec.from_dict(json.loads(js))) in heads))
+
+    def sample(self, prompt: list[str], n: int = 10, candidates: int = 5, seed: int = 0) -> Sample:
+        """New models decoded from a kernel density estimate around the prompt models' embeddings (one
+        architecture and task), measured on the task beside random initialization and the prompt, and
+        placed on the map (mean position of their 5 nearest zoo models)."""
+        import torch
+
+        from peace.learn.generation import SampleConfig, accuracy, default_inits, sample_models
+
+        spec, task = self.zoo.spec(prompt[0]), self.zoo.task(prompt[0])
+        z = torch.from_numpy(self.embeddings[[self.es.row_of[m] for m in prompt]]).float()
+        models, _ = sample_models(self.decoder, z, spec, task, SampleConfig(n, candidates, seed=seed))
+        acc = accuracy(spec, models, task)
+        rows = self.table.iloc[[self.es.row_of[m] for m in prompt]]
+        groups = {"sampled": acc, "random init (torch default)": accuracy(spec, default_inits(spec, n, seed), task),
+                  "prompt models": rows["test_acc"].to_numpy()}
+        comparison = pd.DataFrame([{"models": k, "n": len(v), "mean": v.mean(), "min": v.min(), "max": v.max()}
+                                   for k, v in groups.items()])
+        xy = np.stack([self.map_position(e) for e in self.encoder.embed([spec] * len(models), models).numpy()])
+        return Sample(spec, task.name, list(prompt), models, acc, comparison, xy)
+
     def weight_path(self, a: str, b: str, n_points: int = 11) -> dict:
         """Linear interpolation in weight space between two models of one architecture, without and
         with permutation alignment: loss and accuracy on the task's test split, and where each
@@ -272,10 +342,7 @@ class Explorer:
         shuffled = random_symmetry(spec, self.zoo.weights(mid), 0, RandomSymmetry(permute=True, scale=False, flip=False))
         folder.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in shuffled.items()}, str(folder / "model.safetensors"))
-        config = {"activation": spec.activation}
-        if spec.family != "mlp":
-            config.update(input_shape=list(spec.input_shape), pool=spec.pool)
-        (folder / "config.json").write_text(json.dumps(config))
+        (folder / "config.json").write_text(json.dumps(folder_config(spec)))
         return folder, mid
 
     def activation_check(self, spec: ArchSpec, params: dict, max_rows: int = 2_000) -> pd.DataFrame:

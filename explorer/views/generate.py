@@ -1,0 +1,74 @@
+"""The Generate page: new models sampled around prompt models with the run's decoder, measured beside
+random initialization and the prompt, starred on the map, downloadable as model folders."""
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+from shared import choose, current, model_picker, remembered, table
+
+from peace.serve.explore import typical_model
+from peace.serve.plots import embedding_map
+
+
+def _prompt(ex) -> list[str]:
+    """Prompt models by architecture and task (the most accurate ones), or a model and its neighbours."""
+    how = choose(st.radio, "Prompt models", ["by task", "a model and its neighbours"], "gen_how", horizontal=True)
+    if how == "by task":
+        archs = ex.decodable_archs()
+        c1, c2, c3 = st.columns(3)
+        arch = choose(c1.selectbox, "Architecture", archs, "gen_arch")
+        t = ex.table[ex.table["arch"] == arch]
+        task = choose(c2.selectbox, "Task", sorted(t["task"].unique()), "gen_task")
+        of_task = t[t["task"] == task]
+        best = remembered(c3.slider, "The most accurate", 1, len(of_task), key="gen_best", default=min(10, len(of_task)),
+                          fit=lambda v: max(1, min(v, len(of_task))))
+        return list(of_task.nlargest(best, "test_acc")["model_id"])
+    q = model_picker(ex, "Model", "gen_model", typical_model(ex.table[ex.table["arch"].isin(ex.decodable_archs())]))
+    k = remembered(st.slider, "Neighbours of its architecture", 0, 30, key="gen_k", default=5)
+    arch = ex.table.iloc[ex.es.row_of[q]]["arch"]
+    hits = ex.neighbours(q, 4 * k + 10) if k else ex.table.iloc[:0]
+    return [q] + list(hits.loc[hits["arch"] == arch, "model_id"][:k])
+
+
+def page_generate() -> None:
+    ex = current()
+    if ex is None:
+        return
+    if not ex.decodable_archs():
+        st.info(f"This set's run has no decoder for its architectures. Train one with `peace decoder --run {ex.run}` "
+                "(MLPs and CNNs; about two minutes on the demo run), then reload this page.")
+        return
+    prompt = _prompt(ex)
+    rows = ex.table.iloc[[ex.es.row_of[m] for m in prompt]]
+    if rows["task"].nunique() > 1:
+        st.warning(f"The prompt mixes tasks ({', '.join(sorted(rows['task'].unique()))}); the samples are measured "
+                   f"on {rows['task'].iloc[0]!r}.")
+    c1, c2, c3 = st.columns(3)
+    n = remembered(c1.slider, "Models to sample", 1, 100, key="gen_n", default=10)
+    candidates = remembered(c2.slider, "Draw × (keep the most accurate on the training split)", 1, 10,
+                            key="gen_candidates", default=5)
+    seed = remembered(c3.number_input, "Seed", 0, 10_000, key="gen_seed", default=0)
+    with st.spinner("Sampling, decoding and measuring ..."):
+        s = ex.sample(prompt, n, candidates, seed)
+    st.write(f"**{len(s.models)} new {s.spec.describe()} models** for {s.task!r}, sampled around {len(prompt)} prompt "
+             f"model(s); test accuracy:")
+    table(s.comparison.round(3))
+    st.download_button("Download as model folders (zip: model.safetensors + config.json each)", s.archive(),
+                       file_name=f"sampled-{s.task}.zip", mime="application/zip")
+    fig = embedding_map(ex.table, "task", symbol=None, height=560)
+    fig.add_scatter(x=rows["umap_2d_x"], y=rows["umap_2d_y"], mode="markers", name="prompt",
+                    marker=dict(size=12, color="rgba(0,0,0,0)", line=dict(color="black", width=2)))
+    fig.add_scatter(x=s.map_xy[:, 0], y=s.map_xy[:, 1], mode="markers", name="sampled",
+                    marker=dict(symbol="star", size=14, color="black"),
+                    hovertext=[f"sampled {j}: acc {a:.3f}" for j, a in enumerate(s.accuracy)], hoverinfo="text")
+    xy = np.vstack([s.map_xy, rows[["umap_2d_x", "umap_2d_y"]].to_numpy()])
+    if np.isfinite(xy).all():
+        pad = np.maximum(1.0, 0.5 * (xy.max(0) - xy.min(0)))
+        fig.update_layout(xaxis_range=[xy[:, 0].min() - pad[0], xy[:, 0].max() + pad[0]],
+                          yaxis_range=[xy[:, 1].min() - pad[1], xy[:, 1].max() + pad[1]])
+    st.plotly_chart(fig, width="stretch")
+    st.caption("Stars: the sampled models, placed at the mean map position of their 5 nearest zoo models; rings: the "
+               "prompt. `peace sample` writes the same as a zoo; the generative study (notebook 07) fine-tunes them.")
+
+
+page_generate()
