@@ -132,6 +132,8 @@ def model_picker(ex: Explorer, label: str, key: str, default: str, url: bool = F
     """A model chosen by id, task, architecture or accuracy (type to search); remembered across pages,
     and (``url``) kept in the page's URL."""
     start = st.query_params.get("model") if url else None
+    if start and start not in ex.es.row_of:
+        st.warning(f"The link's model {start!r} is not in this set; showing another (pick one below).")
     start = start if start in ex.es.row_of else pref(key, default)
     ids = _picker_ids(ex, ex.es.info["embeddings_sha256"], MAX_PICKER)
     if len(ids) < len(ex.table):

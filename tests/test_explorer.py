@@ -267,3 +267,76 @@ def test_uploaded_files_are_queried_or_refused(artifacts, tmp_path):
     torch.save({"0.weight": torch.ones(2, 2, dtype=torch.int64)}, tmp_path / "bad.pt")
     with pytest.raises(PeaceError, match="dtype torch.int64"):
         ex.query_file(tmp_path / "bad.pt", {"activation": "relu"})
+
+
+def test_the_map_search_reads_field_words_and_says_how(artifacts, monkeypatch):
+    from peace.serve.explore import find_models, model_label
+
+    table = Explorer(artifacts / "embeddings" / "tiny").table
+    labels = pd.Series([model_label(r) for _, r in table.iterrows()], index=table["model_id"])
+    mlps = table[(table["task"] == "tetris") & (table["family"] == "mlp")]
+    epoch = int(mlps["epoch"].max())
+    found = find_models(labels, f"tetris mlp epoch {epoch}")  # the search box's own example, on this set
+    assert sorted(found) == sorted(mlps.loc[mlps["epoch"] == epoch, "model_id"]) and found
+    assert sorted(find_models(labels, "acc > 0.5")) == sorted(table.loc[table["test_acc"] > 0.5, "model_id"])
+    assert sorted(find_models(labels, "tetris epoch>=1 acc<=0.4")) == sorted(
+        table.loc[(table["task"] == "tetris") & (table["epoch"] >= 1) & (table["test_acc"] <= 0.4), "model_id"])
+    assert find_models(labels, "tetris epoch 999") == []
+
+    at = _app(artifacts, monkeypatch)
+    at.text_input(key="map_find").set_value("tetris mlp epoch 999").run()
+    captions = [c.value for c in at.caption]
+    assert "Read as: words 'tetris', 'mlp'; epoch = 999." in captions and any("No model" in c for c in captions)
+
+
+def test_a_shared_map_link_opens_on_its_model_and_a_bogus_one_is_named(artifacts, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("PEACE_ARTIFACTS", str(artifacts))
+    target = Explorer(artifacts / "embeddings" / "tiny").table["model_id"].iloc[7]
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.query_params["model"] = target
+    at.run()
+    names = [t.get("name") for t in json.loads(at.get("plotly_chart")[0].proto.spec)["data"]]
+    assert target in names and "10 nearest (PEACE)" in names  # starred and ringed on opening
+    assert any(target in i.value for i in at.info)
+    for page in (None, "views/neighbours.py"):
+        at = AppTest.from_file(APP, default_timeout=180)
+        at.query_params["model"] = "no-such-model"
+        at.run()
+        if page:
+            at.switch_page(page).run()
+        assert any("'no-such-model' is not in this set" in w.value for w in at.warning), page
+
+
+def test_symmetry_lab_boxes_stay_as_set_and_the_caption_says_when_nothing_moves(artifacts, monkeypatch):
+    at = _app(artifacts, monkeypatch, "Symmetry lab")
+    relu = Explorer(artifacts / "embeddings" / "tiny").table.query("activation == 'relu' and family == 'mlp'")
+    for box in at.checkbox:
+        if not box.disabled:
+            box.set_value(False)
+    at.run()
+    assert any("Every transform is off" in c.value for c in at.caption)
+    assert all(m.value in ("0.00e+00", "0.0000") for m in at.metric)
+    at.selectbox(key="sym_model").set_value(relu["model_id"].iloc[-1]).run()  # another model, scaling allowed
+    assert not any(box.value for box in at.checkbox), [(b.label, b.value) for b in at.checkbox]
+
+
+def test_the_palette_keeps_a_dozen_tasks_apart():
+    import itertools
+
+    from plotly.colors import hex_to_rgb
+
+    from peace.serve.plots import PALETTE
+
+    def lab(c):  # sRGB -> CIELAB (D65)
+        r = np.array(hex_to_rgb(c)) / 255
+        r = np.where(r > 0.04045, ((r + 0.055) / 1.055) ** 2.4, r / 12.92)
+        xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]) @ r
+        f = lambda t: np.where(t > 0.008856, np.cbrt(t), 7.787 * t + 16 / 116)  # noqa: E731
+        x, y, z = f(xyz / np.array([0.95047, 1, 1.08883]))
+        return np.array([116 * y - 16, 500 * (x - y), 200 * (y - z)])
+
+    closest = min(np.linalg.norm(lab(a) - lab(b)) for a, b in itertools.combinations(PALETTE[:12], 2))
+    assert closest >= 40, closest  # plotly's Dark24 (the old palette): 30, with two magentas
+    assert len(set(PALETTE)) == len(PALETTE) == 24

@@ -237,3 +237,47 @@ def test_every_change_to_a_remembered_control_takes_effect_at_once(server, brows
     _wait_text(browser, "Colour by")
     time.sleep(2)
     assert _shown(browser, "Colour by") == "epoch"
+
+
+def _map_traces(browser) -> list[str]:
+    return browser.execute_script("const p = document.querySelector('.js-plotly-plot');"
+                                  "return p && p._fullData ? p._fullData.map(t => t.name) : [];")
+
+
+def test_a_click_on_the_map_stars_the_model_at_once_and_a_shared_link_opens_on_it(server, browser, artifacts):
+    """Issue 28: a click only dimmed the map; the star and rings came with some later rerun."""
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
+
+    browser.get(server)
+    _wait_text(browser, "Colour by")
+    _plot(browser)
+    time.sleep(1)
+    # the viewport pixel of the first task's first point in view, from plotly's own axes
+    where = browser.execute_script("""
+        const p = document.querySelector('.js-plotly-plot'), t = p._fullData[0], L = p._fullLayout;
+        const r = p.getBoundingClientRect();
+        for (let i = 0; i < t.x.length; i++) {
+            const x = r.left + L.xaxis._offset + L.xaxis.l2p(t.x[i]), y = r.top + L.yaxis._offset + L.yaxis.l2p(t.y[i]);
+            if (y > 0 && y < window.innerHeight - 10) return {id: t.customdata[i][0], x: x, y: y};
+        }""")
+    assert where, "no point of the map in view"
+    # a real pointer at that pixel of the viewport: move there, let plotly find the hovered point, click
+    actions = ActionBuilder(browser)
+    actions.pointer_action.move_to_location(int(where["x"]), int(where["y"])).pause(0.5)
+    actions.pointer_action.move_to_location(int(where["x"]) + 1, int(where["y"])).pause(0.5).click()
+    actions.perform()
+    deadline = time.time() + 30
+    while where["id"] not in _map_traces(browser):  # the star is a trace named by the model
+        assert time.time() < deadline, f"no star for {where['id']} after one click: {_map_traces(browser)}"
+        time.sleep(0.3)
+    assert "10 nearest (PEACE)" in _map_traces(browser)
+    _wait_text(browser, f"★ {where['id']}")
+    assert f"model={where['id']}" in browser.current_url
+    shared = browser.current_url
+    browser.get("about:blank")
+    browser.get(shared)  # the link opens on the model
+    _wait_text(browser, f"★ {where['id']}")
+    assert where["id"] in _map_traces(browser)
+    browser.get(server + "/neighbours?model=no-such-model")
+    _wait_text(browser, "'no-such-model' is not in this set")
+    browser.save_screenshot(str(SHOTS / "map-click.png"))

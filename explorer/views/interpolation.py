@@ -46,8 +46,9 @@ def page_interpolation() -> None:
             return
     st.plotly_chart(_path_figure(paths), width="stretch")
     m = embedding_map(ex.table, "task", symbol=None, height=520)
-    for name, p in paths.items():
-        m.add_scatter(x=p["map_xy"][:, 0], y=p["map_xy"][:, 1], mode="lines+markers", name=f"path ({name})")
+    for (name, p), dash in zip(paths.items(), ("dot", "solid", "dash")):  # black: a path is not a task's colour
+        m.add_scatter(x=p["map_xy"][:, 0], y=p["map_xy"][:, 1], mode="lines+markers", name=f"path ({name})",
+                      line=dict(color="black", dash=dash, width=2), marker=dict(color="black", size=7))
     xy = np.concatenate([p["map_xy"] for p in paths.values()])  # zoom to the paths: at full zoom they vanish
     pad = np.maximum(0.5, 0.5 * (xy.max(0) - xy.min(0)))
     m.update_layout(xaxis_range=[xy[:, 0].min() - pad[0], xy[:, 0].max() + pad[0]],

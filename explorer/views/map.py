@@ -7,7 +7,7 @@ import plotly.graph_objects as go
 import streamlit as st
 from shared import choose, cols, current, highlight, keep, labels, remembered, table
 
-from peace.serve.explore import Explorer, filter_table, find_models
+from peace.serve.explore import Explorer, filter_table, find_models, search_reading
 from peace.serve.plots import embedding_map
 
 
@@ -78,34 +78,45 @@ def _map(ex: Explorer, controls, slot) -> None:
         return
     focus = find
     if focus is None:
+        shared = st.query_params.get("model")
+        if "map_pick" not in st.session_state and shared:  # a shared link opens on its model
+            if shared in ex.es.row_of:
+                st.session_state["map_pick"] = shared
+            else:
+                controls.warning(f"The link's model {shared!r} is not in this set; pick one on the map or search.")
         picked = st.session_state.get("map_pick")
         focus = picked if picked in ex.es.row_of else None
     if focus is not None:
         fig = go.Figure(fig)  # the cached figure stays as it is
         row = ex.table.iloc[ex.es.row_of[focus]]
         highlight(fig, ex.neighbours(focus, 10), (row["umap_2d_x"], row["umap_2d_y"]), focus)
+        controls.info(f"★ {names.get(focus, focus)}: its 10 nearest models (PEACE) are ringed.")
     event = slot.plotly_chart(fig, width="stretch", on_select="rerun", selection_mode=("points", "box", "lasso"), key="map")
     picked = [p["customdata"][0] for p in (event.selection.points if event else []) if p.get("customdata")]
     if picked:
-        st.session_state["map_pick"] = picked[0]
-        keep("query", picked[0])
-        st.query_params["model"] = picked[0]
+        if picked[0] != st.session_state.get("map_pick"):  # a new click: star it and ring its neighbours now
+            st.session_state["map_pick"] = picked[0]
+            keep("query", picked[0])
+            st.query_params["model"] = picked[0]
+            st.rerun()
         sel = shown[shown["model_id"].isin(picked)]
         st.subheader(f"Selection: {len(sel)} models")
         st.caption(f"{picked[0]} is the query on the Neighbours page now.")
         table(cols(sel))
-        st.dataframe(sel[[c for c in ("test_acc", "gen_gap", "epoch", "n_params") if c in sel]].describe().T,
-                     width="stretch")
+        numbers = sel[[c for c in ("test_acc", "gen_gap", "epoch", "n_params") if c in sel]]
+        if len(sel) > 1:  # one model has no spread: its values, not a table of NaN statistics
+            st.dataframe(numbers.describe().T, width="stretch")
 
 
 def _find(box, shown: pd.DataFrame, labels: dict[str, str]) -> str | None:
     """The map's search: a model id, or words of its task, architecture, epoch (a text box rather than a
     picker of every model: thousands of options slow every redraw of the page)."""
-    text = box.text_input("Find a model (an id, or words of its label, e.g. \"tetris mlp epoch 5\"; Enter)",
-                          key="map_find")
+    text = box.text_input("Find a model (an id, or words of its label and fields, e.g. \"tetris mlp epoch 6 acc > 0.9\"; "
+                          "Enter)", key="map_find")
     if not text.strip():
         return None
     found = find_models(pd.Series([labels[m] for m in shown["model_id"]], index=shown["model_id"]), text)
+    box.caption(f"Read as: {search_reading(text)}.")
     if not found:
         box.caption(f"No model on the map matches {text!r}.")
     if len(found) > 1:

@@ -3,10 +3,19 @@ and what does not (its function, its PEACE embedding)."""
 from __future__ import annotations
 
 import streamlit as st
-from shared import current, model_picker
+from shared import current, model_picker, remembered
 
 from peace.serve.explore import typical_model
 from peace.serve.plots import weight_heatmaps
+
+
+def _transform(col, label: str, key: str, possible: bool, why: str) -> bool:
+    """A remembered transform box (a choice survives models it cannot apply to); greyed out and off where
+    the model's activation does not allow the transform."""
+    if not possible:
+        col.checkbox(label, False, disabled=True, help=why, key=f"{key}_unavailable")
+        return False
+    return remembered(col.checkbox, label, key=key, default=True)
 
 
 def page_symmetry() -> None:
@@ -19,11 +28,9 @@ def page_symmetry() -> None:
     spec = ex.zoo.spec(mid)
     ok = allowed(spec)
     c1, c2, c3, c4 = st.columns(4)
-    permute = c1.checkbox("Permute hidden units", True)
-    scale = c2.checkbox("Positive scaling", ok["scale"], disabled=not ok["scale"],
-                        help=None if ok["scale"] else f"{spec.activation} does not commute with scaling")
-    flip = c3.checkbox("Sign flips", ok["flip"], disabled=not ok["flip"],
-                       help=None if ok["flip"] else f"{spec.activation} is not odd")
+    permute = remembered(c1.checkbox, "Permute hidden units", key="sym_permute", default=True)
+    scale = _transform(c2, "Positive scaling", "sym_scale", ok["scale"], f"{spec.activation} does not commute with scaling")
+    flip = _transform(c3, "Sign flips", "sym_flip", ok["flip"], f"{spec.activation} is not odd")
     seed = c4.number_input("Seed", 0, 10_000, 0)
     labels = group_labels(spec)
     which = st.selectbox("Units to transform", ["every group"] + labels,
@@ -36,7 +43,10 @@ def page_symmetry() -> None:
     m2.metric("Raw-weight cosine distance", f"{res['raw']:.4f}")
     m3.metric("s(W) cosine distance", f"{res['stats']:.4f}")
     m4.metric("PEACE cosine distance", f"{res['peace']:.2e}")
-    st.caption("The network computes the same function; raw weights call it a different model, PEACE does not.")
+    if permute or scale or flip:
+        st.caption("The network computes the same function; raw weights call it a different model, PEACE does not.")
+    else:
+        st.caption("Every transform is off: the model is compared with itself, so every distance is 0. Turn one on.")
     st.plotly_chart(weight_heatmaps(res["original"], res["transformed"]), width="stretch")
 
 

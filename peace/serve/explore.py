@@ -10,6 +10,7 @@ imported by the methods that need them, so the explorer's first page opens witho
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from peace.zoo.store import Zoo
 
 __all__ = ["Explorer", "Sample", "activation_advice", "filter_table", "folder_config", "find_ablation_summaries", "find_embedding_sets",
-           "find_models", "model_label", "typical_model"]
+           "find_models", "model_label", "parse_search", "search_reading", "typical_model"]
 
 
 def find_embedding_sets(root: str | Path) -> list[Path]:
@@ -61,17 +62,44 @@ def typical_model(table: pd.DataFrame) -> str:
     return str(of_task["model_id"].iat[len(of_task) // 2])
 
 
+SEARCH_FIELD = re.compile(r"\b(epoch|acc|accuracy)\s*(>=|<=|==|=|>|<)?\s*(\d+(?:\.\d*)?|\.\d+)")
+_LABEL_FIELD = {"epoch": re.compile(r"· epoch (\d+) ·"), "acc": re.compile(r"· acc ([-\d.naN]+)$")}
+_OPS = {"=": np.equal, "==": np.equal, ">": np.greater, "<": np.less, ">=": np.greater_equal, "<=": np.less_equal}
+
+
+def parse_search(text: str) -> tuple[list[str], list[tuple[str, str, float]]]:
+    """The words of a map search and its field conditions: "tetris mlp epoch 6 acc > 0.9" is the words
+    tetris, mlp and the conditions epoch = 6, acc > 0.9."""
+    conditions = [("acc" if f.startswith("acc") else f, op or "=", float(v))
+                  for f, op, v in SEARCH_FIELD.findall(text.lower())]
+    return SEARCH_FIELD.sub(" ", text.lower()).split(), conditions
+
+
 def find_models(labels: pd.Series, text: str) -> list[str]:
-    """Ids (``labels``' index) with a label word starting with each word of ``text`` (any case; "tet mlp
-    16" finds tetris MLPs of width 16 first), an exact id first."""
-    words = text.lower().split()
-    if not words:
+    """Ids (``labels``' index) whose label has a word starting with each word of ``text`` (any case; "tet mlp
+    16" finds tetris MLPs of width 16) and meets its field conditions ("epoch 6", "acc > 0.9",
+    ``parse_search``), an exact id first."""
+    words, conditions = parse_search(text)
+    if not words and not conditions:
         return []
     padded = " " + labels.str.lower().str.replace("·", " ", regex=False)
-    hit = np.logical_and.reduce([padded.str.contains(" " + w, regex=False).to_numpy() for w in words])
+    hit = np.ones(len(labels), bool)
+    for w in words:
+        hit &= padded.str.contains(" " + w, regex=False).to_numpy()
+    for field, op, value in conditions:
+        found = pd.to_numeric(labels.str.extract(_LABEL_FIELD[field], expand=False), errors="coerce").to_numpy()
+        hit &= _OPS[op](np.nan_to_num(found, nan=-np.inf), value)
     found = list(labels.index[hit])
     exact = text.strip()
     return [exact, *(m for m in found if m != exact)] if exact in labels.index else found
+
+
+def search_reading(text: str) -> str:
+    """How the map's search read ``text``, to show beside its result."""
+    words, conditions = parse_search(text)
+    parts = ([f"words {', '.join(repr(w) for w in words)}"] if words else []) + \
+        [f"{f} {'=' if op == '==' else op} {v:g}" for f, op, v in conditions]
+    return "; ".join(parts)
 
 
 def activation_advice(check: pd.DataFrame, margin: float = 0.1) -> str | None:

@@ -115,7 +115,12 @@ def training_history(history: pd.DataFrame) -> go.Figure:
 
 MAP_LABELS = {"umap_2d_x": "UMAP 1", "umap_2d_y": "UMAP 2", "umap_3d_x": "UMAP 1", "umap_3d_y": "UMAP 2",
               "umap_3d_z": "UMAP 3", "test_acc": "test accuracy"}
-PALETTE = px.colors.qualitative.Dark24  # 24 distinct colours: a zoo's dozen tasks never share one
+# 24 colours picked greedily from plotly's qualitative palettes (visible on white: CIELAB lightness 25-80) so
+# that each is as far as possible from those before it: the first 12 are >= 48 CIELAB units apart (plotly's
+# Dark24: 30; its #DA16FF and #FB00D1 read as one magenta), so a zoo's dozen tasks never look alike
+PALETTE = ["#1F77B4", "#FB0D0D", "#1CA71C", "#FE00FA", "#F2B701", "#FF9DA6", "#00A08B", "#750D86", "#6C4516",
+           "#FA0087", "#511CFB", "#DEA0FD", "#999999", "#3283FE", "#FF7F0E", "#AF0038", "#6C7C32", "#90AD1C",
+           "#B279A2", "#C4451C", "#E15F99", "#FC1CBF", "#A6761D", "#DA60CA"]
 
 
 MAX_POINTS = 60_000  # points one map draws (WebGL stays interactive); more are sampled
