@@ -281,3 +281,25 @@ def test_a_click_on_the_map_stars_the_model_at_once_and_a_shared_link_opens_on_i
     browser.get(server + "/neighbours?model=no-such-model")
     _wait_text(browser, "'no-such-model' is not in this set")
     browser.save_screenshot(str(SHOTS / "map-click.png"))
+
+
+def test_a_plain_state_dict_upload_starts_without_an_error_box(server, browser, artifacts, tmp_path):
+    """Issue 28: a state dict without its activation always began with a red error. Now the activation
+    that fits the network on the zoo tasks' data is used and said, and the closeness to the zoo is shown."""
+    import torch
+
+    from peace.serve.explore import Explorer
+
+    ex = Explorer(artifacts / "embeddings" / "tiny")
+    t = ex.table[(ex.table["family"] == "mlp") & (ex.table["activation"] == "relu")]
+    mid = t.loc[t["test_acc"].idxmax(), "model_id"]
+    torch.save(ex.zoo.weights(mid), tmp_path / "mine.pt")  # a plain state dict, as users save them
+    browser.get(server + "/query")
+    _wait_text(browser, "Try an example")
+    browser.find_element("css selector", "input[type='file']").send_keys(str(tmp_path / "mine.pt"))
+    _wait_text(browser, "mine.pt: mlp", timeout=120)
+    _wait_text(browser, "does not name its activation", timeout=60)
+    _wait_text(browser, "zoo models' nearest neighbours are typically at", timeout=60)
+    alerts = browser.find_elements("css selector", "[data-testid='stAlertContentError']")
+    assert not alerts, [a.text for a in alerts]
+    browser.save_screenshot(str(SHOTS / "query-upload.png"))

@@ -31,6 +31,22 @@ def _function_check(spec, check: pd.DataFrame, advice: str | None) -> None:
                      column_config={c: st.column_config.NumberColumn(format="%.3f") for c in check["task"].unique()})
 
 
+def _closeness(ex: Explorer, hits: pd.DataFrame, check: pd.DataFrame) -> None:
+    """How close the query is to the zoo, against how close zoo models are to each other, and which zoo task
+    the network solves on data: a weak match must look weak."""
+    nearest, typical = float(hits["cosine"].iloc[0]), ex.typical_nearest_cosine
+    weak = nearest < typical - 0.1
+    solved = check[check["chosen"]].sort_values("accuracy", ascending=False) if not check.empty else check
+    verdict = (f" On the zoo tasks' test data it scores best on {solved['task'].iloc[0]} "
+               f"({solved['accuracy'].iloc[0]:.3f}; chance {solved['chance'].iloc[0]:.2f}).") if len(solved) else ""
+    text = (f"Nearest zoo model at cosine {nearest:.3f}; zoo models' nearest neighbours are typically at "
+            f"{typical:.3f} (median).{verdict}")
+    if weak:
+        st.warning(f"A weak match: {text} Nothing in this zoo is close to what this network computes.")
+    else:
+        st.caption(text)
+
+
 def _query_config(activation: str, heads: int, shape: str, pool: str) -> dict:
     cfg = {} if activation == "from the file's layout" else {"activation": activation}
     if heads:
@@ -91,9 +107,18 @@ def _query_results(ex: Explorer, up, fields: tuple, k: int) -> None:
             return
     st.success(f"{name}: {m.spec.describe()}, {m.spec.n_params} parameters")
     check = ex.activation_check(m.spec, m.params)
+    if "activation" in m.inferred:
+        best = check.loc[check["accuracy"].idxmax()]
+        close = sorted(set(check.loc[(check["task"] == best["task"]) & (check["accuracy"] >= best["accuracy"] - 0.02),
+                                     "activation"]) - {best["activation"]})
+        st.info(f"The file does not name its activation; {best['activation']} fits it best on the zoo tasks' data "
+                f"({best['task']}: {best['accuracy']:.3f}; the function check below), so it was read as that"
+                + (f" ({', '.join(close)} within 0.02: as good a fit on this data)" if close else "")
+                + ". Pick another in the Activation field if you know better.")
     advice = activation_advice(check)
     if advice:
         st.warning(advice)
+    _closeness(ex, hits, check)
     table(cols(hits, ("cosine",)), key="upload_hits")
     fig = embedding_map(ex.table, "task", symbol=None, height=520, max_points=QUERY_MAP_POINTS)
     highlight(fig, hits, xy, name, zoom=False)

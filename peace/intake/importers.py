@@ -47,7 +47,9 @@ from peace.intake.model import (
 from peace.intake.torchfile import read_torch_file
 from peace.nets.architectures import ACTIVATIONS, BN_EPS, ArchSpec, check_params, fold_batchnorm
 
-__all__ = ["WEIGHT_FILES", "from_state_dict", "load_model", "read_config", "read_tensors"]
+__all__ = ["NO_ACTIVATION", "WEIGHT_FILES", "from_state_dict", "load_model", "read_config", "read_tensors"]
+
+NO_ACTIVATION = "the weights do not say which activation the network uses"  # a plain chain must be told
 
 WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth")
 
@@ -245,7 +247,7 @@ def _chain_shape(layers: list, n_conv: int, config: dict, source: str) -> dict[s
     else:
         inferred.update(family="mlp", input_shape=[layers[0][1].shape[1]], hidden=[w.shape[0] for _, w, _ in linears[:-1]])
     if "activation" not in config:
-        raise PeaceError(f"{source}: the weights do not say which activation the network uses; give it in the model "
+        raise PeaceError(f"{source}: {NO_ACTIVATION}; give it in the model "
                          f"config (config.json or --activation), one of {', '.join(ACTIVATIONS)}")
     return inferred
 

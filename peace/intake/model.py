@@ -60,6 +60,7 @@ class ImportedModel:
     params: dict[str, Tensor]
     source: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    inferred: dict[str, str] = field(default_factory=dict)  # what was inferred, not read: {"activation": "relu"}
 
 
 _SPEC_KEYS = [f.name for f in fields(ArchSpec) if f.init]

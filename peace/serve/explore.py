@@ -373,6 +373,22 @@ class Explorer:
         (folder / "config.json").write_text(json.dumps(folder_config(spec)))
         return folder, mid
 
+    def infer_activation(self, m) -> str | None:
+        """The activation under which the network scores best on a zoo task's test inputs, or None when no
+        zoo task has its inputs and classes or no activation beats chance clearly."""
+        check = self.activation_check(m.spec, m.params)
+        if check.empty:
+            return None
+        best = check.loc[check["accuracy"].idxmax()]
+        return str(best["activation"]) if best["accuracy"] > best["chance"] + 0.1 else None
+
+    @cached_property
+    def typical_nearest_cosine(self) -> float:
+        """The median cosine between a zoo model and its nearest other model (over up to 300 of them): what a
+        query that resembles the zoo gets."""
+        ids = self.table["model_id"].sample(min(300, len(self.table)), random_state=0)
+        return float(np.median([self.neighbours(m, 1)["cosine"].iloc[0] for m in ids])) if len(self.table) > 1 else 1.0
+
     def activation_check(self, spec: ArchSpec, params: dict, max_rows: int = 2_000) -> pd.DataFrame:
         """An imported model's accuracy on the test split of every zoo task with its input and output
         sizes, under each activation: a trained network scores well only with the activation it was
@@ -410,10 +426,24 @@ class Explorer:
 
     def query_file(self, path: str | Path, config: dict, k: int = 10) -> tuple[object, pd.DataFrame, np.ndarray]:
         """An uploaded model file: (the imported model, its k nearest zoo models, its map position).
-        The file is parsed in a resource-limited child process, never in the server's own."""
+        The file is parsed in a resource-limited child process, never in the server's own. A plain
+        chain whose activation is not given is read with the activation that fits it best on the zoo
+        tasks' data (``infer_activation``; ``m.inferred`` says so)."""
+        from peace.core.errors import PeaceError
+        from peace.intake.importers import NO_ACTIVATION
         from peace.intake.sandbox import load_model_isolated
 
-        m = load_model_isolated(path, config)
+        try:
+            m = load_model_isolated(path, config)
+        except PeaceError as e:
+            if NO_ACTIVATION not in str(e) or "activation" in config:
+                raise
+            best = self.infer_activation(load_model_isolated(path, {**config, "activation": "identity"}))
+            if best is None:
+                raise PeaceError(f"{e} (no zoo task has this network's inputs and classes, so PEACE cannot tell it "
+                                 f"from data)") from None
+            m = load_model_isolated(path, {**config, "activation": best})
+            m.inferred["activation"] = best
         vector = self.encoder.embed([m.spec], [m.params]).numpy()[0]  # __post_init__ checked it made this set
         hits = self.es.query(vector, k)
         return m, hits, self.map_position(vector)
