@@ -138,6 +138,10 @@ def test_every_page_in_a_real_browser(server, browser, artifacts):
             assert plot["points"] >= len(es), plot
             assert set(es.table["task"]) <= set(plot["legend"]), plot["legend"]
             assert f"{len(es)} models" in plot["title"]
+            fold = browser.execute_script("const p = document.querySelector('.js-plotly-plot');"
+                                          "return [p.querySelector('.xtick') ? p.querySelector('.xtick')"
+                                          ".getBoundingClientRect().bottom : 1e9, window.innerHeight];")
+            assert fold[0] <= fold[1], f"the map's x axis ends at {fold[0]} px, below the window's {fold[1]} px"
         if page in ("Interpolation", "Generate", "Symmetry lab", "Ablations"):
             _plot(browser)
         if page != "Map":  # every page its own URL (the Map is the default page, at /)

@@ -20,8 +20,10 @@ def map_figure(_ex: Explorer, set_sha: str, color: str, symbol: str, dims: str, 
     return shown, fig
 
 
-def _map_controls(t: pd.DataFrame) -> tuple[str, str, str, tuple]:
-    c1, c2, c3 = st.columns(3)
+def _map_controls(t: pd.DataFrame) -> tuple[str, str, str, tuple, object]:
+    """The map's choices and the column its search box goes in: one row, so the map's axes fit a
+    1400 x 1000 window."""
+    c1, c2, c3, c4 = st.columns([1, 1, 0.7, 1.6])
     colors = [c for c in ("task", "arch", "activation", "family", "test_acc", "epoch", "split", "init", "optimizer")
               if c in t.columns]
     if st.query_params.get("color") in colors and "color" not in st.session_state.get("prefs", {}):
@@ -33,7 +35,7 @@ def _map_controls(t: pd.DataFrame) -> tuple[str, str, str, tuple]:
     # a toggle rather than an expander: an expander's widgets are drawn (and their scripts loaded) even closed
     if not remembered(st.toggle, "Filter the map (by task, architecture, activation, accuracy, epoch)",
                       key="filtering", default=False):
-        return color, symbol, dims, ()
+        return color, symbol, dims, (), c4
     f1, f2, f3 = st.columns(3)
     picks = []
     for col, label, key, column in ((f1, "Task", "tasks", "task"), (f2, "Architecture", "archs", "arch"),
@@ -46,7 +48,7 @@ def _map_controls(t: pd.DataFrame) -> tuple[str, str, str, tuple]:
     epochs = remembered(st.slider, "Epoch", 0, emax, key="epochs", default=(0, emax),
                         fit=lambda v: (min(v[0], emax), min(v[1], emax)))
     tasks, archs, acts = picks
-    return color, symbol, dims, (tuple(tasks), tuple(archs), tuple(acts), tuple(acc), tuple(epochs))
+    return color, symbol, dims, (tuple(tasks), tuple(archs), tuple(acts), tuple(acc), tuple(epochs)), c4
 
 
 def page_map() -> None:
@@ -66,15 +68,16 @@ def page_map() -> None:
 def _map(ex: Explorer, controls, slot) -> None:
     t = ex.table
     with controls:
-        color, symbol, dims, filters = _map_controls(t)
+        color, symbol, dims, filters, search = _map_controls(t)
     shown, fig = map_figure(ex, ex.es.info["embeddings_sha256"], color, symbol, dims, filters)
     names = labels(ex, ex.es.info["embeddings_sha256"])  # once: each cached call returns a fresh copy
-    find = _find(controls, shown, names)
-    controls.caption(f"{len(shown)} of {len(t)} models shown. "
-                     + ("Click a point (or draw a box / lasso) to see its nearest neighbours highlighted." if dims == "2-D"
-                        else "Selection works on the 2-D map."))
+    find = _find(search, shown, names)
+    shown_note = (f"{len(shown)} of {len(t)} models shown. "
+                  + ("Click a point (or draw a box / lasso) to see its nearest neighbours highlighted." if dims == "2-D"
+                     else "Selection works on the 2-D map."))
     if dims == "3-D":
         slot.plotly_chart(fig, width="stretch")
+        st.caption(shown_note)
         return
     focus = find
     if focus is None:
@@ -92,6 +95,7 @@ def _map(ex: Explorer, controls, slot) -> None:
         highlight(fig, ex.neighbours(focus, 10), (row["umap_2d_x"], row["umap_2d_y"]), focus)
         controls.info(f"★ {names.get(focus, focus)}: its 10 nearest models (PEACE) are ringed.")
     event = slot.plotly_chart(fig, width="stretch", on_select="rerun", selection_mode=("points", "box", "lasso"), key="map")
+    st.caption(shown_note)
     picked = [p["customdata"][0] for p in (event.selection.points if event else []) if p.get("customdata")]
     if picked:
         if picked[0] != st.session_state.get("map_pick"):  # a new click: star it and ring its neighbours now
@@ -111,8 +115,9 @@ def _map(ex: Explorer, controls, slot) -> None:
 def _find(box, shown: pd.DataFrame, labels: dict[str, str]) -> str | None:
     """The map's search: a model id, or words of its task, architecture, epoch (a text box rather than a
     picker of every model: thousands of options slow every redraw of the page)."""
-    text = box.text_input("Find a model (an id, or words of its label and fields, e.g. \"tetris mlp epoch 6 acc > 0.9\"; "
-                          "Enter)", key="map_find")
+    text = box.text_input("Find a model (Enter)", key="map_find", placeholder="tetris mlp epoch 6 acc > 0.9",
+                          help="An id, or words of a model's label (task, architecture, ...) and fields: epoch N, "
+                               "acc > x (also >=, <, <=, =)")
     if not text.strip():
         return None
     found = find_models(pd.Series([labels[m] for m in shown["model_id"]], index=shown["model_id"]), text)
