@@ -340,3 +340,18 @@ def test_the_palette_keeps_a_dozen_tasks_apart():
     closest = min(np.linalg.norm(lab(a) - lab(b)) for a, b in itertools.combinations(PALETTE[:12], 2))
     assert closest >= 40, closest  # plotly's Dark24 (the old palette): 30, with two magentas
     assert len(set(PALETTE)) == len(PALETTE) == 24
+
+
+def test_the_ablations_page_shows_the_evaluation_when_there_is_no_grid(artifacts, tmp_path, monkeypatch):
+    """Issue 28: after the documented demo (no ablation grid) the page only said how to make one."""
+    from peace.orchestrate.evaluation import evaluate
+
+    (tmp_path / "embeddings").symlink_to(artifacts / "embeddings", target_is_directory=True)
+    evaluate(artifacts / "runs" / "tiny", tmp_path / "evaluation" / "tiny", transfer=None, accuracy=None,
+             progress=False)
+    at = _app(tmp_path, monkeypatch, "Ablations")
+    assert not at.exception and not at.info, [i.value for i in at.info]
+    comparison = next(b for b in at.selectbox if b.label == "Comparison")
+    assert comparison.options == ["evaluation tiny: PEACE and the baselines"]
+    assert at.get("plotly_chart") and "peace" in at.dataframe[0].value.index
+    assert any("No ablation grid yet" in c.value for c in at.caption)

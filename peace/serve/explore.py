@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from peace.serve.baseline_vectors import BaselineVectors
     from peace.zoo.store import Zoo
 
-__all__ = ["Explorer", "Sample", "activation_advice", "filter_table", "folder_config", "find_ablation_summaries", "find_embedding_sets",
+__all__ = ["Explorer", "Sample", "activation_advice", "filter_table", "folder_config", "find_ablation_summaries", "find_embedding_sets", "find_evaluations",
            "find_models", "model_label", "parse_search", "search_reading", "typical_model"]
 
 
@@ -39,6 +39,12 @@ def find_embedding_sets(root: str | Path) -> list[Path]:
 def find_ablation_summaries(root: str | Path) -> list[Path]:
     base = Path(root) / "ablations"
     return sorted(base.glob("*/summary.parquet")) if base.is_dir() else []
+
+
+def find_evaluations(root: str | Path) -> list[Path]:
+    """``metrics.json`` of every ``peace evaluate`` output under ``root/evaluation``."""
+    base = Path(root) / "evaluation"
+    return sorted(base.glob("*/metrics.json")) if base.is_dir() else []
 
 
 def filter_table(table: pd.DataFrame, tasks=None, archs=None, activations=None, acc=None, epochs=None) -> pd.DataFrame:
