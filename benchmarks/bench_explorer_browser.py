@@ -169,6 +169,8 @@ def run_once(artifacts: Path) -> dict[str, float]:
         timed("second Neighbours", goto("Neighbours"), text("Same task among the top"))
         timed("first Interpolation (align, interpolate, embed the path)", goto("Interpolation"),
               text("Path points are placed"))
+        timed("first Generate (sample, decode, measure, place on the map)", goto("Generate"),
+              text("Download as model folders"))
         timed("first Symmetry lab", goto("Symmetry lab"), text("PEACE cosine distance"))
         with tempfile.TemporaryDirectory() as d:
             up, vit = Path(d) / "upload.pt", Path(d) / "vit.pt"

@@ -17,15 +17,13 @@ def page_interpolation() -> None:
     ex = current()
     if ex is None:
         return
-    c1, c2 = st.columns(2)
-    with c1:
-        a = model_picker(ex, "Model A", "interp_a", typical_model(ex.table))
+    # one picker per row: a model's label (id, task, architecture, epoch, accuracy) needs the page's width
+    a = model_picker(ex, "Model A", "interp_a", typical_model(ex.table))
     try:  # by default a twin of A: same architecture, task and epoch, another seed (weight space needs one)
         twin = partner(ex.zoo, a)
     except PeaceError:
         twin = ex.table["model_id"].iat[0]
-    with c2:
-        b = model_picker(ex, "Model B", "interp_b", twin)
+    b = model_picker(ex, "Model B", "interp_b", twin)
     st.subheader("(a) In embedding space")
     path = ex.embedding_path(a, b)
     path = path[path["model_id"] != path["model_id"].shift()]  # one row per model met along the way
@@ -69,10 +67,16 @@ def _decoded(ex, a: str, b: str) -> None:
     fig = go.Figure()
     for column in decoded.columns[1:]:
         fig.add_scatter(x=decoded["t"], y=decoded[column], name=column, mode="lines+markers")
+    ends = ex.table.iloc[[ex.es.row_of[a], ex.es.row_of[b]]]
+    fig.add_scatter(x=[0, 1], y=ends["test_acc"], mode="markers", name="A and B themselves",
+                    marker=dict(symbol="diamond", size=12, color="black"),
+                    hovertext=[f"{r.model_id}: {r.task}, {r.test_acc:.3f}" for r in ends.itertuples()], hoverinfo="text")
     fig.update_layout(xaxis=dict(title="t (0 = A, 1 = B)", tickformat=".2f"), height=320,
                       yaxis=dict(title="test accuracy of the decoded model", tickformat=".2f", range=[0, 1]),
                       title="Models decoded along the line (the run's decoder, A's architecture)")
     st.plotly_chart(fig, width="stretch")
+    st.caption("Decoded models come close to A and B only where the decoder was trained on models of their architecture "
+               "and task; elsewhere they stay near chance (docs/generation.md).")
 
 
 def _path_figure(paths: dict) -> go.Figure:

@@ -16,7 +16,7 @@ def map_figure(_ex: Explorer, set_sha: str, color: str, symbol: str, dims: str, 
     """The filtered table and its scatter figure, built once per choice (5000 points take ~0.2 s)."""
     shown = filter_table(_ex.table, *filters)
     fig = embedding_map(shown, color, 2 if dims == "2-D" else 3, None if symbol == "none" else symbol,
-                        height=620 if dims == "2-D" else 680)
+                        height=620 if dims == "2-D" else 600)  # both fit a 1400x1000 window below the controls
     return shown, fig
 
 

@@ -11,6 +11,7 @@ import streamlit as st
 from shared import cols, current, highlight, table
 
 from peace.core.errors import PeaceError
+from peace.intake.importers import NO_ACTIVATION
 from peace.serve.explore import Explorer, activation_advice
 from peace.serve.plots import embedding_map
 
@@ -103,7 +104,10 @@ def _query_results(ex: Explorer, up, fields: tuple, k: int) -> None:
             msg = str(e).replace(str(path), name)
             for option, field in fields.items():
                 msg = msg.replace(option, field)
-            st.error(msg)
+            if NO_ACTIVATION in msg:  # not a fault of the file: a question for the user
+                st.info(f"{msg}. Choose it in the Activation field above; the file is read again at once.")
+            else:
+                st.error(msg)
             return
     st.success(f"{name}: {m.spec.describe()}, {m.spec.n_params} parameters")
     check = ex.activation_check(m.spec, m.params)
