@@ -4,8 +4,7 @@ highlighted model on a map).
 
 Choices a user makes (colouring, filters, the query model) live in ``st.session_state["prefs"]`` and survive
 page changes; the query model and the map's colouring are also in the URL (``?model=...&color=...``), so a
-view can be shared. This module imports neither torch nor scikit-learn: the Map page opens without them.
-"""
+view can be shared. No torch, no scikit-learn here: the Map page opens without them."""
 from __future__ import annotations
 
 import os
@@ -131,8 +130,7 @@ def _picker_ids(_ex: Explorer, set_sha: str, limit: int) -> list[str]:
 def model_picker(ex: Explorer, label: str, key: str, default: str, url: bool = False) -> str:
     """A model chosen by id, task, architecture or accuracy (type to search); remembered across pages,
     and (``url``) kept in the page's URL."""
-    start = st.query_params.get("model") if url else None
-    if start and start not in ex.es.row_of:
+    if (start := st.query_params.get("model") if url else None) and start not in ex.es.row_of:
         st.warning(f"The link's model {start!r} is not in this set; showing another (pick one below).")
     start = start if start in ex.es.row_of else pref(key, default)
     ids = _picker_ids(ex, ex.es.info["embeddings_sha256"], MAX_PICKER)

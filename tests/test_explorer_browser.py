@@ -248,6 +248,13 @@ def _map_traces(browser) -> list[str]:
                                   "return p && p._fullData ? p._fullData.map(t => t.name) : [];")
 
 
+def _wait_trace(browser, name: str, when: str, timeout: float = 30) -> None:
+    deadline = time.time() + timeout
+    while name not in _map_traces(browser):
+        assert time.time() < deadline, f"no star for {name} {when}: {_map_traces(browser)}"
+        time.sleep(0.3)
+
+
 def test_a_click_on_the_map_stars_the_model_at_once_and_a_shared_link_opens_on_it(server, browser, artifacts):
     """Issue 28: a click only dimmed the map; the star and rings came with some later rerun."""
     from selenium.webdriver.common.actions.action_builder import ActionBuilder
@@ -270,10 +277,7 @@ def test_a_click_on_the_map_stars_the_model_at_once_and_a_shared_link_opens_on_i
     actions.pointer_action.move_to_location(int(where["x"]), int(where["y"])).pause(0.5)
     actions.pointer_action.move_to_location(int(where["x"]) + 1, int(where["y"])).pause(0.5).click()
     actions.perform()
-    deadline = time.time() + 30
-    while where["id"] not in _map_traces(browser):  # the star is a trace named by the model
-        assert time.time() < deadline, f"no star for {where['id']} after one click: {_map_traces(browser)}"
-        time.sleep(0.3)
+    _wait_trace(browser, where["id"], "after one click")  # the star is a trace named by the model
     assert "10 nearest (PEACE)" in _map_traces(browser)
     _wait_text(browser, f"★ {where['id']}")
     assert f"model={where['id']}" in browser.current_url
@@ -281,7 +285,7 @@ def test_a_click_on_the_map_stars_the_model_at_once_and_a_shared_link_opens_on_i
     browser.get("about:blank")
     browser.get(shared)  # the link opens on the model
     _wait_text(browser, f"★ {where['id']}")
-    assert where["id"] in _map_traces(browser)
+    _wait_trace(browser, where["id"], "opening the shared link")
     browser.get(server + "/neighbours?model=no-such-model")
     _wait_text(browser, "'no-such-model' is not in this set")
     browser.save_screenshot(str(SHOTS / "map-click.png"))
@@ -307,3 +311,26 @@ def test_a_plain_state_dict_upload_starts_without_an_error_box(server, browser, 
     alerts = browser.find_elements("css selector", "[data-testid='stAlertContentError']")
     assert not alerts, [a.text for a in alerts]
     browser.save_screenshot(str(SHOTS / "query-upload.png"))
+
+
+def test_the_search_example_finds_what_it_says_in_a_real_browser(server, browser, artifacts):
+    """Issue 28: "tetris mlp epoch 5" returned 40 models and none at epoch 5 ("5" matched ids)."""
+    from selenium.webdriver.common.keys import Keys
+
+    from peace.serve.index import EmbeddingSet
+
+    t = EmbeddingSet(artifacts / "embeddings" / "tiny").table
+    mlps = t[(t["task"] == "tetris") & (t["family"] == "mlp")]
+    epoch = int(mlps["epoch"].max())
+    want = int((mlps["epoch"] == epoch).sum())
+    browser.get(server)
+    _wait_text(browser, "Colour by")
+    box = _element(browser, "//div[@data-testid='stTextInput'][.//label[starts-with(normalize-space(),'Find a model')]]"
+                            "//input")
+    box.send_keys(f"tetris mlp epoch {epoch}", Keys.ENTER)
+    _wait_text(browser, f"Read as: words 'tetris', 'mlp'; epoch = {epoch}.")
+    _wait_text(browser, f"{want} models match" if want > 1 else "★")
+    options = browser.execute_script("return [...document.querySelectorAll('input[role=combobox]')]"
+                                     ".map(e => e.value);")
+    picked = next(o for o in options if " · tetris · " in o)
+    assert f" · epoch {epoch} · " in picked, picked
