@@ -184,3 +184,19 @@ def test_config_json_nested_thousands_deep_is_one_line(files, tiny_zoo, tmp_path
     (model / "config.json").write_text('{"metadata": ' + "[" * 50_000 + "]" * 50_000 + "}")
     assert main(["zoo", "add", str(tiny_zoo.path), str(model)]) == 2
     assert "nested too deeply" in capsys.readouterr().err
+
+
+def test_the_command_line_parses_model_files_in_an_isolated_child(files, tiny_zoo, tmp_path, monkeypatch, capsys):
+    """Issue 29: `peace zoo add` and `peace query FILE` read untrusted files like the explorer's uploads, in a
+    bounded child process: nothing in this process parses them."""
+    from peace.intake import importers
+
+    def parsed_here(*args, **kwargs):
+        raise AssertionError("a model file was parsed in the command's own process")
+
+    monkeypatch.setattr(importers, "load_model", parsed_here)
+    monkeypatch.setattr(importers, "read_tensors", parsed_here)
+    zoo = tmp_path / "zoo"
+    shutil.copytree(tiny_zoo.path, zoo)
+    assert main(["zoo", "add", str(zoo), str(files / "m.pt"), "--activation", "relu"]) == 0, capsys.readouterr().err
+    assert "added 1 model(s)" in capsys.readouterr().out

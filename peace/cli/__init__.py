@@ -149,13 +149,13 @@ def _add_import_options(p: argparse.ArgumentParser) -> None:
 def _query(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from peace.intake.importers import load_model
+    from peace.intake.sandbox import load_model_isolated
     from peace.serve.export import query_model
     from peace.serve.index import EmbeddingSet
 
     es = EmbeddingSet(args.embeddings)
-    if Path(args.model).exists():
-        m = load_model(args.model, _model_config(args), _limits(args))
+    if Path(args.model).exists():  # read like the explorer's uploads: in a child with bounded memory and time
+        m = load_model_isolated(args.model, _model_config(args), _limits(args))
         print(f"{m.source}: {m.spec.describe()}, {m.spec.n_params} parameters")
         hits = query_model(es, m.spec, m.params, args.k, run_dir=args.run)
     elif args.model in es.row_of:
@@ -170,11 +170,11 @@ def _query(args: argparse.Namespace) -> int:
 
 
 def _zoo_add(args: argparse.Namespace) -> int:
-    from peace.intake.importers import load_model
+    from peace.intake.sandbox import load_model_isolated
     from peace.zoo.store import add_models
 
     cfg = _model_config(args)
-    models = [load_model(p, cfg, _limits(args)) for p in args.models]
+    models = [load_model_isolated(p, cfg, _limits(args)) for p in args.models]  # each in a bounded child process
     zoo = add_models(args.dir, models, task=args.task, group=args.group)
     added = zoo.manifest.iloc[-len(models):]
     cols = [c for c in ["model_id", "task", "arch", "n_params", "test_acc"] if c in added.columns]
