@@ -69,13 +69,18 @@ def flatten(spec: ArchSpec, params: Params) -> Tensor:
     return torch.cat([params[k].reshape(-1).float() for k in spec.param_shapes()])
 
 
-def unflatten(spec: ArchSpec, flat: Tensor) -> Params:
-    out, s = {}, 0
+def _spans(spec: ArchSpec) -> list[tuple[str, tuple[int, ...], slice]]:
+    """Each tensor's name, shape and place in the flat vector (``flatten``'s order)."""
+    out, s = [], 0
     for k, shape in spec.param_shapes().items():
-        n = math.prod(shape)
-        out[k] = flat[s:s + n].reshape(shape).clone()
-        s += n
+        out.append((k, shape, slice(s, s + math.prod(shape))))
+        s += math.prod(shape)
     return out
+
+
+def unflatten(spec: ArchSpec, flat: Tensor) -> Params:
+    """``flatten`` undone; a (..., n_params) tensor gives tensors with the same leading dimensions."""
+    return {k: flat[..., sl].reshape(*flat.shape[:-1], *shape).clone() for k, shape, sl in _spans(spec)}
 
 
 @dataclass(frozen=True)
@@ -135,12 +140,9 @@ class WeightDecoder(nn.Module):
         self.z_mean.copy_(z.mean(0))
         self.z_std.copy_(z.std(0).clamp_min(1e-6) if len(z) > 1 else torch.ones_like(z[0]))
         for i, (spec, y) in enumerate(zip(self.specs, targets)):
-            mean = y.mean(0)
-            scale, s = torch.empty_like(mean), 0
-            for shape in spec.param_shapes().values():
-                n = math.prod(shape)
-                scale[s:s + n] = (y[:, s:s + n] - mean[s:s + n]).pow(2).mean().sqrt().clamp_min(1e-6)
-                s += n
+            mean, scale = y.mean(0), torch.empty(spec.n_params)
+            for _, _, sl in _spans(spec):
+                scale[sl] = (y[:, sl] - mean[sl]).pow(2).mean().sqrt().clamp_min(1e-6)
             getattr(self, f"mean_{i}").copy_(mean)
             getattr(self, f"scale_{i}").copy_(scale)
 
@@ -151,12 +153,8 @@ class WeightDecoder(nn.Module):
     def function_loss(self, z: Tensor, x: Tensor, probs: Tensor, i: int) -> Tensor:
         """KL divergence from the originals' class probabilities ``probs`` (n, samples, classes) on the
         inputs ``x`` to the decoded models': what the decoded network computes, not how its weights look."""
-        spec, flat, params, s = self.specs[i], self.flat(z, i), {}, 0
-        for k, shape in spec.param_shapes().items():
-            n = math.prod(shape)
-            params[k] = flat[:, s:s + n].reshape(len(z), *shape)
-            s += n
-        logp = forward(spec, params, x.reshape(len(x), *spec.input_shape)).log_softmax(-1)
+        spec = self.specs[i]
+        logp = forward(spec, unflatten(spec, self.flat(z, i)), x.reshape(len(x), *spec.input_shape)).log_softmax(-1)
         return (probs * (probs.clamp_min(1e-12).log() - logp)).sum(-1).mean()
 
     def to_units(self, y: Tensor, i: int) -> Tensor:
@@ -165,12 +163,7 @@ class WeightDecoder(nn.Module):
     def loss(self, z: Tensor, y: Tensor, i: int) -> Tensor:
         """Layer-wise normalized MSE: the mean over tensors of each tensor's mean squared error in its units."""
         err = (self.normalized(z, i) - self.to_units(y, i)).pow(2)
-        parts, s = [], 0
-        for shape in self.specs[i].param_shapes().values():
-            n = math.prod(shape)
-            parts.append(err[:, s:s + n].mean())
-            s += n
-        return torch.stack(parts).mean()
+        return torch.stack([err[:, sl].mean() for _, _, sl in _spans(self.specs[i])]).mean()
 
     @torch.no_grad()
     def decode(self, z: Tensor, spec: ArchSpec) -> list[Params]:
