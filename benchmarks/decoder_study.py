@@ -41,7 +41,7 @@ def main() -> None:
     args = ap.parse_args()
     base = DecoderConfig(epochs=args.epochs)
     t0 = time.perf_counter()
-    _, zoo, groups, _, skipped = decoder_groups(args.run, base, progress=True)
+    zoo, groups, skipped = decoder_groups(args.run, base, progress=True)
     print(f"decoder data: {sum(len(g.ids) for g in groups['train'])} training models of {len(groups['train'])} "
           f"architectures in {time.perf_counter() - t0:.0f} s; left out: {skipped or 'none'}", flush=True)
     held = RunDir(args.run).splits().set_index("model_id")["heldout_task"].astype(bool)

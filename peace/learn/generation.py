@@ -35,7 +35,6 @@ from peace.learn.decoder import (
     save_decoder,
     unflatten,
 )
-from peace.learn.encoder import Embedder
 from peace.learn.run import RunDir
 from peace.nets.architectures import ArchSpec, build_module, evaluate, forward, stack_params
 from peace.nets.probes import probe_inputs
@@ -110,9 +109,10 @@ def _split_ids(zoo: Zoo, run: RunDir, config: DecoderConfig) -> tuple[dict[str, 
 
 
 def decoder_groups(run_dir: str | Path, config: DecoderConfig = DecoderConfig(),
-                   progress: bool = False) -> tuple[Embedder, Zoo, dict[str, list[Group]], dict[str, Params], dict]:
-    """What a decoder learns from: per split, one ``Group`` per decodable architecture (the run's
-    encoder's embeddings and the aligned weights), the references, and the architectures left out."""
+                   progress: bool = False) -> tuple[Zoo, dict[str, list[Group]], dict[str, str]]:
+    """What a decoder learns from: the run's zoo; per split, one ``Group`` per decodable architecture (the
+    run's encoder's embeddings and the weights aligned to the architecture's reference); and the
+    architectures left out, with why."""
     run = RunDir(run_dir)
     encoder = run.load_encoder()
     zoo = Zoo(encoder.meta["zoo"])
@@ -121,11 +121,10 @@ def decoder_groups(run_dir: str | Path, config: DecoderConfig = DecoderConfig(),
         raise PeaceError(f"no architecture of {zoo.path} can be decoded: "
                          + "; ".join(f"{a}: {why}" for a, why in skipped.items()))
     groups: dict[str, list[Group]] = {"train": [], "val": [], "test": []}
-    references = {}
     for head, ids in tqdm(chosen.items(), desc="decoder data", unit="arch", disable=not progress, leave=False):
         spec = ArchSpec.from_dict(json.loads(head))
         train_params = zoo.load_many(ids["train"])
-        references[head] = ref = _reference(spec, train_params)
+        ref = _reference(spec, train_params)
         x = _inputs(zoo, ids["train"], spec)
         for split, split_ids in ids.items():
             params = train_params if split == "train" else zoo.load_many(split_ids)
@@ -138,7 +137,7 @@ def decoder_groups(run_dir: str | Path, config: DecoderConfig = DecoderConfig(),
             with torch.no_grad():
                 probs = forward(spec, stack_params(params), x).softmax(-1)
             groups[split].append(Group(spec, list(split_ids), z, y, x, probs))
-    return encoder, zoo, groups, references, skipped
+    return zoo, groups, skipped
 
 
 def train_decoder(run_dir: str | Path, config: DecoderConfig = DecoderConfig(),
@@ -146,7 +145,7 @@ def train_decoder(run_dir: str | Path, config: DecoderConfig = DecoderConfig(),
     """Train the run's decoder on its training split (validation picks the epoch), save it in the
     run directory, and return it with its reconstruction table on the test split."""
     run = RunDir(run_dir)
-    encoder, zoo, groups, references, skipped = decoder_groups(run_dir, config, progress)
+    zoo, groups, skipped = decoder_groups(run_dir, config, progress)
     specs = [g.spec for g in groups["train"]]
     dec, history = fit_decoder(specs, [g.pairs() for g in groups["train"]], [g.pairs() for g in groups["val"]],
                                config, progress)
