@@ -18,6 +18,7 @@ from peace.core.rng import model_seed
 from peace.evaluate.baselines import Models
 from peace.evaluate.transfer import TransferConfig, finetune_curves, io_key
 from peace.learn.decoder import DECODABLE, WeightDecoder, head_spec
+from peace.learn.encoder import Embedder
 from peace.learn.generation import SampleConfig, default_inits, run_decoder, sample_models
 from peace.learn.run import RunDir
 from peace.nets.architectures import ArchSpec
@@ -73,8 +74,9 @@ def resolve_prompt(zoo: Zoo, prompt: str, arch: str | None = None) -> Prompt:
     return Prompt(prompt, list(rows.index), zoo.spec(rows.index[0]), str(rows["task"].iloc[0]))
 
 
-def _embed(run: RunDir, zoo: Zoo, spec: ArchSpec, ids: list[str]) -> torch.Tensor:
-    return run.load_encoder().embed([spec] * len(ids), zoo.load_many(ids))
+def _embed(encoder: Embedder, zoo: Zoo, ids: list[str]) -> torch.Tensor:
+    """The encoder's embeddings of zoo models, each read with its own architecture."""
+    return encoder.embed([zoo.spec(i) for i in ids], zoo.load_many(ids))
 
 
 def sample_zoo(run_dir: str | Path, prompt: str, out: str | Path, config: SampleConfig = SampleConfig(),
@@ -86,7 +88,7 @@ def sample_zoo(run_dir: str | Path, prompt: str, out: str | Path, config: Sample
     zoo = zoo if isinstance(zoo, Zoo) else Zoo(zoo or meta["zoo"])
     p = resolve_prompt(zoo, prompt, arch)
     task = load_task(p.task)
-    models, _ = sample_models(dec, _embed(run, zoo, p.spec, p.ids), p.spec, task, config)
+    models, _ = sample_models(dec, _embed(run.load_encoder(), zoo, p.ids), p.spec, task, config)
     provenance = {"run": str(run.path.resolve()), "encoder_sha256": meta["encoder_sha256"],
                   "decoder_sha256": meta["weights_sha256"], "zoo": str(zoo.path.resolve()), "prompt": prompt,
                   "prompt_models": p.ids[:100], "n_prompt_models": len(p.ids), "sampling": asdict(config)}
@@ -159,13 +161,13 @@ METHODS = ("sampled", "sampled + subsampling", "random init (torch default)", "r
            "retrieved by PEACE")
 
 
-def _retrieved(run: RunDir, zoo: Zoo, p: Prompt, z: torch.Tensor, n: int) -> list[str]:
+def _retrieved(encoder: Embedder, zoo: Zoo, p: Prompt, z: torch.Tensor, n: int) -> list[str]:
     """PEACE's nearest zoo models of the prompt's architecture to the prompt's mean embedding (prompt excluded)."""
     m = zoo.manifest[usable(zoo.manifest) & (zoo.manifest["arch"] == p.spec.describe())]
     pool = [i for i in m.index if i not in set(p.ids)]
     if not pool:
         return p.ids
-    zp = _embed(run, zoo, p.spec, pool)
+    zp = _embed(encoder, zoo, pool)
     sim = torch.nn.functional.normalize(zp, dim=1) @ torch.nn.functional.normalize(z.mean(0), dim=0)
     return [pool[i] for i in sim.argsort(descending=True)[:n].tolist()]
 
@@ -180,8 +182,9 @@ def generative_study(run_dir: str | Path, config: GenerativeConfig = GenerativeC
     zoo = zoo if isinstance(zoo, Zoo) else Zoo(zoo or meta["zoo"])
     p = resolve_prompt(zoo, config.prompt or default_prompt(zoo, run, dec))
     new_task = config.new_task or _new_task(zoo, run, p.spec, p.task)
-    z = _embed(run, zoo, p.spec, p.ids)
-    retrieved = _retrieved(run, zoo, p, z, config.n)
+    encoder = run.load_encoder()
+    z = _embed(encoder, zoo, p.ids)
+    retrieved = _retrieved(encoder, zoo, p, z, config.n)
     tc = TransferConfig(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size, also_at=())
     settings = {"same task": p.task, **({"new task": new_task} if new_task else {})}
     rows = []
