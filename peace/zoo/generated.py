@@ -42,9 +42,7 @@ def _check_out(out: Path) -> None:
 
 def _rows(spec: ArchSpec, task: Task, params: Sequence[dict[str, Tensor]], group: str,
           provenance: dict, columns: Sequence[str]) -> tuple[list[dict], dict[str, Tensor]]:
-    data = task_tensors(task)
-    data = {s: (X.reshape(len(X), *spec.input_shape), y) for s, (X, y) in data.items()}
-    measured = metric_rows(spec, task, stack_params(list(params)), 0, data)
+    measured = metric_rows(spec, task, stack_params(list(params)), 0, task_tensors(task, spec.input_shape))
     rows, tensors = [], {}
     for p, m in zip(params, measured):
         checksum = weights_checksum(p)

@@ -172,9 +172,11 @@ def _dropout_masks(spec: ArchSpec, seeds: Tensor, p: Tensor, step: int, batch: i
     return masks + [None]
 
 
-def task_tensors(task: Task) -> dict[str, tuple[Tensor, Tensor]]:
-    """The task's train / val / test arrays as tensors."""
-    return {s: (torch.from_numpy(task.split(s)[0]), torch.from_numpy(task.split(s)[1])) for s in ("train", "val", "test")}
+def task_tensors(task: Task, input_shape: Sequence[int] | None = None) -> dict[str, tuple[Tensor, Tensor]]:
+    """The task's train / val / test arrays as tensors, the inputs shaped ``input_shape`` when given (a
+    model's: an MLP reads images flattened)."""
+    out = {s: (torch.from_numpy(task.split(s)[0]), torch.from_numpy(task.split(s)[1])) for s in ("train", "val", "test")}
+    return out if input_shape is None else {s: (X.reshape(len(X), *input_shape), y) for s, (X, y) in out.items()}
 
 
 # --- training -----------------------------------------------------------------------------------
@@ -211,13 +213,11 @@ def train_population(task: Task, spec: ArchSpec, hparams: Sequence[HParams], sch
                                torch.tensor([h.weight_decay for h in hparams], dtype=torch.float32))
     drop = torch.tensor([h.dropout for h in hparams], dtype=torch.float32)
     use_dropout = bool((drop > 0).any())
-    data = task_tensors(task)
+    data = task_tensors(task, spec.input_shape)
     X, y = data["train"]
-    X = X.reshape(len(X), *spec.input_shape)
     if targets is not None and tuple(targets.shape) != (len(hparams), len(X)):
         raise PeaceError(f"targets must be shaped (models, training samples) = ({len(hparams)}, {len(X)}), "
                          f"got {tuple(targets.shape)}")
-    data = {s: (Xs.reshape(len(Xs), *spec.input_shape), ys) for s, (Xs, ys) in data.items()}
     N, bs = len(X), schedule.batch_size
     result = PopulationResult({}, [])
 

@@ -461,11 +461,10 @@ def _add(zoo: Zoo, models: list, task: str | None, the_task: Task | None, group:
                     "shard": f"shards/{run_id}.safetensors", "checksum": checksum})
         row.update({k: v for k, v in meta.items() if k not in ("task", "dataset", *SPEC_COLUMNS)})
         if the_task is not None:
-            data = task_tensors(the_task)
             if math.prod(m.spec.input_shape) != the_task.n_features or m.spec.n_classes != the_task.n_classes:
                 raise PeaceError(f"{m.source}: {m.spec.describe()} does not fit task {task!r} "
                                  f"({the_task.n_features} inputs, {the_task.n_classes} classes)")
-            data = {s: (X.reshape(len(X), *m.spec.input_shape), y) for s, (X, y) in data.items()}
+            data = task_tensors(the_task, m.spec.input_shape)
             measured = metric_rows(m.spec, the_task, stack_params([m.params]), 0, data)[0]
             row.update({k: v for k, v in measured.items() if k not in ("model_index", "epoch")})
         rows.append(row)
