@@ -17,6 +17,7 @@ import streamlit as st
 
 from peace.core.errors import PeaceError
 from peace.serve.explore import Explorer, find_embedding_sets, model_label
+from peace.serve.plots import zoom_to
 
 __all__ = ["COLUMNS", "FIX", "MAX_PICKER", "SHOW", "choose", "cols", "current", "highlight", "keep", "labels",
            "model_picker", "open_explorer", "pref", "remembered", "root", "sidebar_set", "table"]
@@ -153,8 +154,6 @@ def highlight(fig: go.Figure, hits: pd.DataFrame, at: tuple[float, float], name:
                     marker=dict(size=14, color="rgba(0,0,0,0)", line=dict(color="black", width=2)),
                     hovertext=hits["model_id"], hoverinfo="text")
     fig.add_scatter(x=[at[0]], y=[at[1]], mode="markers", name=name, marker=dict(symbol="star", size=20, color="black"))
-    xy = np.vstack([hits[["umap_2d_x", "umap_2d_y"]].to_numpy(), [at]])
-    if zoom and np.isfinite(xy).all():
-        pad = np.maximum(1.0, 0.6 * (xy.max(0) - xy.min(0)))
-        fig.update_layout(xaxis_range=[xy[:, 0].min() - pad[0], xy[:, 0].max() + pad[0]],
-                          yaxis_range=[xy[:, 1].min() - pad[1], xy[:, 1].max() + pad[1]])
+    if zoom:
+        zoom_to(fig, np.vstack([hits[["umap_2d_x", "umap_2d_y"]].to_numpy(), [at]]), 1.0, 0.6)
+

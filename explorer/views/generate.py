@@ -7,7 +7,7 @@ import streamlit as st
 from shared import choose, current, model_picker, remembered, table
 
 from peace.serve.explore import typical_model
-from peace.serve.plots import embedding_map
+from peace.serve.plots import embedding_map, zoom_to
 
 
 def _prompt(ex) -> list[str]:
@@ -61,11 +61,7 @@ def page_generate() -> None:
     fig.add_scatter(x=s.map_xy[:, 0], y=s.map_xy[:, 1], mode="markers", name="sampled",
                     marker=dict(symbol="star", size=14, color="black"),
                     hovertext=[f"sampled {j}: acc {a:.3f}" for j, a in enumerate(s.accuracy)], hoverinfo="text")
-    xy = np.vstack([s.map_xy, rows[["umap_2d_x", "umap_2d_y"]].to_numpy()])
-    if np.isfinite(xy).all():
-        pad = np.maximum(1.0, 0.5 * (xy.max(0) - xy.min(0)))
-        fig.update_layout(xaxis_range=[xy[:, 0].min() - pad[0], xy[:, 0].max() + pad[0]],
-                          yaxis_range=[xy[:, 1].min() - pad[1], xy[:, 1].max() + pad[1]])
+    zoom_to(fig, np.vstack([s.map_xy, rows[["umap_2d_x", "umap_2d_y"]].to_numpy()]), 1.0, 0.5)
     st.plotly_chart(fig, width="stretch")
     st.caption("Stars: the sampled models, placed at the mean map position of their 5 nearest zoo models; rings: the "
                "prompt. `peace sample` writes the same as a zoo; the generative study (notebook 07) fine-tunes them.")

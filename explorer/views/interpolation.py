@@ -8,7 +8,7 @@ from shared import cols, current, model_picker, table
 
 from peace.core.errors import PeaceError
 from peace.serve.explore import typical_model
-from peace.serve.plots import embedding_map
+from peace.serve.plots import embedding_map, zoom_to
 
 
 def page_interpolation() -> None:
@@ -47,10 +47,7 @@ def page_interpolation() -> None:
     for (name, p), dash in zip(paths.items(), ("dot", "solid", "dash")):  # black: a path is not a task's colour
         m.add_scatter(x=p["map_xy"][:, 0], y=p["map_xy"][:, 1], mode="lines+markers", name=f"path ({name})",
                       line=dict(color="black", dash=dash, width=2), marker=dict(color="black", size=7))
-    xy = np.concatenate([p["map_xy"] for p in paths.values()])  # zoom to the paths: at full zoom they vanish
-    pad = np.maximum(0.5, 0.5 * (xy.max(0) - xy.min(0)))
-    m.update_layout(xaxis_range=[xy[:, 0].min() - pad[0], xy[:, 0].max() + pad[0]],
-                    yaxis_range=[xy[:, 1].min() - pad[1], xy[:, 1].max() + pad[1]])
+    zoom_to(m, np.concatenate([p["map_xy"] for p in paths.values()]), 0.5, 0.5)  # at full zoom the paths vanish
     st.plotly_chart(m, width="stretch")
     st.caption("Path points are placed at the mean map position of their 5 nearest zoo models; the map is zoomed "
                "to the paths (double-click it to see the whole zoo).")

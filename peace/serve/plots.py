@@ -10,7 +10,7 @@ from plotly.subplots import make_subplots
 __all__ = [
     "MAP_LABELS", "MAX_POINTS", "PALETTE", "ablation_bars", "accuracy_by_task", "accuracy_over_epochs",
     "embedding_map", "generative_curves", "interpolation_figure", "learning_curve", "method_comparison", "training_history",
-    "weight_heatmaps"
+    "weight_heatmaps", "zoom_to"
 ]
 
 
@@ -96,6 +96,15 @@ def generative_curves(summary: pd.DataFrame) -> go.Figure:
     fig.update_yaxes(title_text="test accuracy", col=1)
     fig.update_layout(title="Sampled models against random initialization, the prompt and retrieval")
     return fig
+
+
+def zoom_to(fig: go.Figure, xy: np.ndarray, least: float, share: float) -> None:
+    """Zoom a 2-D map to the points ``xy`` with a margin of ``share`` of their extent (at least ``least``
+    map units); a point without coordinates (off a big set's map sample) leaves the zoom as it is."""
+    if np.isfinite(xy).all():
+        pad = np.maximum(least, share * (xy.max(0) - xy.min(0)))
+        fig.update_layout(xaxis_range=[xy[:, 0].min() - pad[0], xy[:, 0].max() + pad[0]],
+                          yaxis_range=[xy[:, 1].min() - pad[1], xy[:, 1].max() + pad[1]])
 
 
 def training_history(history: pd.DataFrame) -> go.Figure:
