@@ -1,26 +1,34 @@
 """Encoder throughput and training time per epoch: DGL vs pure-torch message passing, side by side.
 
-    python benchmarks/bench_encoder.py artifacts/zoos/demo [--threads 2] [--embed 1024] [--epoch]
+    python benchmarks/bench_encoder.py artifacts/zoos/demo [--run artifacts/runs/demo] [--threads 2] [--epoch]
     python benchmarks/bench_encoder.py ZOO --device cuda --backends torch --epoch    # on a GPU machine
 
 Embedding throughput counts everything `peace embed` does per model (canonical form, graph, batch,
-forward). Training throughput is one optimizer step on two views per model. With ``--epoch`` each
-backend also runs one real training epoch with `peace.learn.trainer.fit` (default config; pruned and
-distilled views off, since they are a one-time cost per run, timed separately with ``--views``).
+probe responses and sketch when the encoder reads them, forward), for the encoder of ``--run`` (default:
+an untrained default-config encoder). Each backend embeds twice: model by model (every graph built
+alone, messages gathered and scattered per edge: how PEACE embedded before issue 27) and as it does
+now (models of one architecture built as one population, dense layers' messages by broadcasting),
+with the largest difference between the two. Training throughput is one optimizer step on two views
+per model. With ``--epoch`` each backend also runs one real training epoch with
+`peace.learn.trainer.fit` (default config; pruned and distilled views off, since they are a one-time
+cost per run, timed separately with ``--views``).
 """
 from __future__ import annotations
 
 import argparse
 import tempfile
 import time
+from dataclasses import replace
 
 import torch
 
 from peace.core.device import resolve_device
 from peace.learn.contrastive import AugmentConfig, build_views
-from peace.learn.encoder import EncoderConfig, PeaceEncoder, dgl_available
+from peace.learn.encoder import EncoderConfig, PeaceEncoder, dgl_available, prepare, to_device
+from peace.learn.run import load_encoder
 from peace.learn.runconfig import load_config
 from peace.learn.trainer import fit
+from peace.nets.graph import batch_graphs
 from peace.zoo.store import Zoo
 
 
@@ -29,13 +37,26 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def embed_rate(enc: PeaceEncoder, specs, weights, batch: int, device) -> float:
-    enc.embed(specs[:batch], weights[:batch], batch)  # warm-up
+@torch.no_grad()
+def embed_model_by_model(enc: PeaceEncoder, specs, weights, batch: int, device) -> torch.Tensor:
+    """Embeddings as before issue 27: each graph built alone, so no population and no dense block."""
+    enc.eval()
+    out = []
+    for s in range(0, len(specs), batch):
+        sp, w = specs[s:s + batch], weights[s:s + batch]
+        full = enc.batch(sp, w, device)
+        alone = batch_graphs([prepare(a, b, enc.config) for a, b in zip(sp, w)])
+        out.append(enc(to_device(replace(full, graphs=alone), device))["embedding"].float().cpu())
+    return torch.cat(out)
+
+
+def embed_rate(embed, specs, weights, batch: int, device) -> tuple[float, torch.Tensor]:
+    embed(specs[:batch], weights[:batch], batch)  # warm-up
     _sync(device)
     t0 = time.perf_counter()
-    enc.embed(specs, weights, batch)
+    out = embed(specs, weights, batch)
     _sync(device)
-    return len(specs) / (time.perf_counter() - t0)
+    return len(specs) / (time.perf_counter() - t0), out
 
 
 def train_rate(enc: PeaceEncoder, specs, weights, batch: int, device, amp: bool) -> float:
@@ -61,6 +82,7 @@ def train_rate(enc: PeaceEncoder, specs, weights, batch: int, device, amp: bool)
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("zoo")
+    ap.add_argument("--run", help="embed with this run's trained encoder (default: an untrained default encoder)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--backends", nargs="+", default=["dgl", "torch"], choices=["dgl", "torch"])
@@ -81,10 +103,13 @@ def main() -> None:
     rows = {}
     for b in backends:
         torch.manual_seed(0)
-        enc = PeaceEncoder(EncoderConfig(backend=b)).to(device)
-        rows[b] = {"embed": embed_rate(enc, specs, weights, 128, device),
-                   "train": train_rate(enc, specs, weights, args.batch, device, amp)}
-        print(f"[{b:5s}] embed {rows[b]['embed']:8.1f} models/s   train {rows[b]['train']:8.1f} graphs/s")
+        enc = (load_encoder(args.run, str(device), backend=b) if args.run else PeaceEncoder(EncoderConfig(backend=b))).to(device)
+        before, e_before = embed_rate(lambda *a: embed_model_by_model(enc, *a, device), specs, weights, 128, device)
+        now, e_now = embed_rate(enc.embed, specs, weights, 128, device)
+        rows[b] = {"embed": now, "train": train_rate(enc, specs, weights, args.batch, device, amp)}
+        print(f"[{b:5s}] embed model by model {before:8.1f} models/s, by population {now:8.1f} models/s "
+              f"({now / before:.1f}x, max |difference| {(e_now - e_before).abs().max():.1e})   "
+              f"train {rows[b]['train']:8.1f} graphs/s")
     if args.epoch:
         for b in backends:
             cfg = load_config("default", [f"encoder.backend={b}", "train.epochs=1", "augment.pruned=false",

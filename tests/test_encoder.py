@@ -5,8 +5,9 @@ import torch.nn.functional as F
 from conftest import MODELS, random_model
 
 from peace.core.errors import PeaceError
-from peace.learn.encoder import EncoderConfig, PeaceEncoder, dgl_available
+from peace.learn.encoder import EncoderConfig, ModelBatch, PeaceEncoder, dgl_available, prepare
 from peace.learn.runconfig import load_config
+from peace.nets.graph import batch_graphs
 from peace.nets.symmetry import RandomSymmetry, allowed, random_symmetry
 
 IDS = [f"{t}-{kw['family']}-{kw['activation']}" for t, kw in MODELS]
@@ -116,16 +117,49 @@ def test_function_tokens_see_the_function_and_batch_independently():
 
 
 def test_one_encoder_mixes_architectures_and_batches_independently():
-    models = _models(n_seeds=1)
+    """Whatever the order and the company (populations of one architecture are built together)."""
+    models = _models(n_seeds=2)
+    models = models[::2] + models[1::2]  # the two models of each architecture far apart
     specs, params = zip(*models)
     for pooling in ("attention", "cls", "mean"):
         enc = _encoder(pooling=pooling)
         together = enc.embed(specs, params)
         alone = torch.cat([enc.embed([s], [p]) for s, p in models])
         assert torch.allclose(together, alone, atol=1e-5)
+        assert torch.allclose(enc.embed(specs, params, batch_size=3), together, atol=1e-5)
         sim = F.cosine_similarity(together.unsqueeze(1), together.unsqueeze(0), dim=-1)
-        assert sim[~torch.eye(len(models), dtype=torch.bool)].max() < 0.99999  # different models differ
+        other = torch.tensor([[a != b for b in specs] for a in specs])
+        assert sim[other].max() < 0.99999  # different architectures differ
     assert together.shape == (len(models), 64)
+
+
+@pytest.mark.parametrize("backend", ["torch", "dgl"])
+def test_populations_take_the_dense_path_with_the_same_outputs_and_gradients(backend):
+    """Models of one architecture in a batch become dense blocks (messages by broadcasting, not per
+    edge): the embeddings and every parameter's gradient equal those of per-edge message passing."""
+    if backend == "dgl" and not dgl_available():
+        pytest.skip("DGL is not installed (GPU machine); CI runs this")
+    models = _models(n_seeds=3)
+    torch.manual_seed(0)
+    enc = PeaceEncoder(EncoderConfig(backend=backend, hidden=32))
+    dense = enc.batch(*zip(*models))
+    plain = ModelBatch(batch_graphs([prepare(s, p, enc.config) for s, p in models]))
+    assert len(dense.graphs.blocks) > 10 and len(dense.graphs.rest) < plain.graphs.graphs.num_edges / 2
+    assert not plain.graphs.blocks and plain.graphs.rest is None
+    weight = torch.randn(len(models), enc.config.output_dim)
+    results = []
+    for batch in (dense, plain):
+        enc.zero_grad()
+        out = enc(batch)["embedding"]
+        (out * weight).sum().backward()
+        results.append((out.detach(), [p.grad.clone() for p in enc.parameters() if p.grad is not None]))
+    (out_d, grads_d), (out_p, grads_p) = results
+    torch.testing.assert_close(out_d, out_p, atol=1e-5, rtol=1e-5)
+    assert len(grads_d) == len(grads_p) > 10
+    for a, b in zip(grads_d, grads_p):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    with torch.no_grad():  # in-place arithmetic without autograd: the same again
+        torch.testing.assert_close(enc(dense)["embedding"], out_p, atol=1e-5, rtol=1e-5)
 
 
 def test_heads_and_shapes():

@@ -1,8 +1,9 @@
 import pytest
 import torch
+from conftest import MODELS, random_model
 
 from peace.core.errors import PeaceError
-from peace.nets.architectures import ArchSpec, PeaceNet
+from peace.nets.architectures import ArchSpec, PeaceNet, stack_params
 from peace.nets.graph import (
     EDGE_KINDS,
     NODE_DIM,
@@ -11,8 +12,10 @@ from peace.nets.graph import (
     edge_dim_needed,
     graph_to_params,
     neural_graph,
+    population_graph,
+    sparse_layers,
 )
-from peace.nets.symmetry import hidden_sizes, transform
+from peace.nets.symmetry import canonicalize, hidden_sizes, transform
 
 SPECS = [
     ArchSpec("mlp", (16,), 4, hidden=(5,), activation="tanh", bias=False),
@@ -78,6 +81,40 @@ def test_batches_agree_between_dgl_and_plain_arrays():
     assert torch.equal(src, b.graphs.src) and torch.equal(dst, b.graphs.dst)
     assert torch.equal(dg.ndata["feat"], b.graphs.node_feat) and torch.equal(dg.edata["feat"], b.graphs.edge_feat)
     assert torch.equal(dg.batch_num_nodes(), torch.bincount(b.node_graph))
+
+
+@pytest.mark.parametrize("case", [m for m in MODELS if m[1]["family"] != "vit"],
+                         ids=lambda m: f"{m[0]}-{m[1]['family']}-{m[1].get('norm', 'none')}")
+def test_a_population_is_built_at_once_exactly_as_model_by_model(case):
+    """Canonical forms and graphs of P models of one architecture, built as one population, equal
+    those built one by one (BatchNorm folding, LayerNorm centring, dead units, pooled edges)."""
+    models = [random_model(*case, seed=s)[1:] for s in range(3)]
+    spec, ps = models[0][0], [p for _, p in models]
+    ps[1] = {k: v * 3 if k.endswith("weight") else v for k, v in ps[1].items()}  # other norms, other factors
+    canon = canonicalize(spec, stack_params(ps), population=True)
+    for i, p in enumerate(ps):
+        for k, v in canonicalize(spec, p).items():
+            assert torch.equal(canon[k][i], v), k
+    one_by_one = batch_graphs([neural_graph(spec, canonicalize(spec, p), 9, oversize="pool") for p in ps])
+    at_once = batch_graphs([population_graph(spec, canon, 9, oversize="pool")])
+    for f in ("src", "dst", "node_feat", "edge_feat", "node_layer", "node_pos", "edge_layer"):
+        assert torch.equal(getattr(at_once.graphs, f), getattr(one_by_one.graphs, f)), f
+    assert torch.equal(at_once.node_graph, one_by_one.node_graph) and torch.equal(at_once.n_layers, one_by_one.n_layers)
+    assert not sparse_layers(spec, 2**15) and sparse_layers(spec, 4)
+    with pytest.raises(PeaceError, match="one leading dimension"):
+        population_graph(spec, {**canon, spec.layers[0].weight_name: canon[spec.layers[0].weight_name][:2]}, 9, "pool")
+
+
+def test_a_batch_keeps_its_callers_order_whatever_order_graphs_are_built_in():
+    graphs = [neural_graph(s, _params(s, i)) for i, s in enumerate(SPECS)]
+    order = [2, 0, 3, 1]
+    shuffled = batch_graphs([graphs[i] for i in order], order)
+    plain = batch_graphs(graphs)
+    assert torch.equal(shuffled.n_layers, plain.n_layers)
+    for i, g in enumerate(graphs):  # graph i's nodes carry label i, whichever block holds them
+        assert torch.equal(shuffled.graphs.node_feat[shuffled.node_graph == i], g.node_feat)
+    with pytest.raises(PeaceError, match="permutation"):
+        batch_graphs(graphs, [0, 0, 1, 2])
 
 
 def test_bad_parameters_are_refused_before_graph_construction():

@@ -253,7 +253,7 @@ def functional_neighbours(rows: pd.DataFrame, responses: Sequence[Tensor], space
     for space in np.unique(sp):
         idx = np.flatnonzero(sp == space)
         n, n_probes = len(idx), responses[idx[0]].shape[0]
-        f = torch.stack([fingerprint(responses[i]) for i in idx])
+        f = fingerprint(torch.stack([responses[i] for i in idx]))
         run = torch.from_numpy(run_codes[idx])
         earlier_first = torch.arange(n - 1, -1, -1, dtype=torch.int64)  # among equal agreements
         for s in range(0, n, block):

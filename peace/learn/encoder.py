@@ -16,6 +16,7 @@ that every weight-space symmetry leaves exactly unchanged.
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -24,7 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from peace.core.errors import PeaceError, unknown
-from peace.nets.architectures import ArchSpec
+from peace.learn.message_passing import MessagePassing, mlp
+from peace.nets.architectures import ArchSpec, stack_params
 from peace.nets.graph import (
     EDGE_KINDS,
     NODE_DIM,
@@ -33,15 +35,17 @@ from peace.nets.graph import (
     NeuralGraph,
     batch_graphs,
     neural_graph,
+    population_graph,
+    sparse_layers,
 )
 from peace.nets.probes import io_space, sketch
 from peace.nets.probes import responses as probe_responses
 from peace.nets.symmetry import canonicalize
 
 __all__ = [
-    "AGGREGATIONS", "BACKENDS", "DGL_MAX_EDGES", "EDGE_CHUNK", "ENCODER_FORMAT", "KINDS", "POOLINGS", "Embedder",
-    "EncoderConfig", "MessagePassing", "ModelBatch", "PeaceEncoder", "dgl_available", "pad_responses", "prepare",
-    "resolve_backend", "sinusoid", "to_device", "upgrade_state"
+    "AGGREGATIONS", "BACKENDS", "DGL_MAX_EDGES", "ENCODER_FORMAT", "KINDS", "POOLINGS", "Embedder",
+    "EncoderConfig", "ModelBatch", "PeaceEncoder", "dgl_available", "pad_responses", "prepare",
+    "prepare_batch", "resolve_backend", "sinusoid", "to_device", "upgrade_state"
 ]
 
 KINDS = ("gnn", "mlp")
@@ -50,7 +54,6 @@ POOLINGS = ("mean", "attention", "cls")
 AGGREGATIONS = ("mean", "sum")
 _POS_FREQS, _POS_SCALE = 10, 512.0  # input/output neuron index: distinct up to 1024 positions
 _DEPTH_FREQS = 6                     # normalized depth in [0, 1]
-EDGE_CHUNK = 2**18     # edges whose messages the pure-torch backend computes at once: memory O(chunk x hidden)
 DGL_MAX_EDGES = 2**20  # bigger graphs (a resnet18 has 1.9M edges) take the chunked pure-torch path on any backend
 
 
@@ -153,6 +156,25 @@ def prepare(spec: ArchSpec, params: dict[str, Tensor], config: EncoderConfig) ->
     return neural_graph(spec, params, config.edge_dim, oversize="pool", max_layer_edges=config.max_layer_edges)
 
 
+def prepare_batch(specs: Sequence[ArchSpec], params: Sequence[dict[str, Tensor]], config: EncoderConfig) -> GraphBatch:
+    """The batched graphs of many models, in order: the graphs ``prepare`` makes, with the models of
+    one architecture built as one population (``graph.population_graph``: one structure for all)."""
+    groups: dict[ArchSpec, list[int]] = defaultdict(list)
+    for i, s in enumerate(specs):
+        groups[s].append(i)
+    graphs, order = [], []
+    for spec, idx in groups.items():
+        if len(idx) > 1 and spec.family != "vit" and not sparse_layers(spec, config.max_layer_edges):
+            group = stack_params([params[i] for i in idx])
+            if config.canonicalize:
+                group = canonicalize(spec, group, population=True)
+            graphs.append(population_graph(spec, group, config.edge_dim, oversize="pool"))
+        else:
+            graphs += [prepare(spec, params[i], config) for i in idx]
+        order += idx
+    return batch_graphs(graphs, order)
+
+
 @dataclass
 class ModelBatch:
     """What the encoder reads for a batch of models: their graphs and, with function tokens, their
@@ -175,89 +197,16 @@ def pad_responses(responses: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
     return out, mask
 
 
-def _mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(d_in, d_hidden), nn.SiLU(), nn.Linear(d_hidden, d_out))
-
-
-class MessagePassing(nn.Module):
-    """One round, both directions: h_i <- LN(h_i + phi(h_i, agg_fwd, agg_bwd)).
-
-    Messages are psi(h_dst, h_src, e) = W2 silu(A h_dst + B h_src + C e). Two exact rewrites keep
-    the work per edge small: A h and B h are computed per node before gathering, and W2 (linear)
-    is applied after aggregating, since it commutes with a sum or mean.
-    """
-
-    def __init__(self, hidden: int, edge_in: int, aggregation: str):
-        super().__init__()
-        self.aggregation = aggregation
-        self.dst_lin = nn.Linear(hidden, 2 * hidden)   # [A | B']: forward-message receiver, backward-message sender
-        self.src_lin = nn.Linear(hidden, 2 * hidden, bias=False)  # [B | A']
-        self.edge_lin = nn.Linear(edge_in, 2 * hidden, bias=False)  # [C | C']
-        self.out_fwd, self.out_bwd = nn.Linear(hidden, hidden), nn.Linear(hidden, hidden)  # W2, W2'
-        self.phi = _mlp(3 * hidden, 2 * hidden, hidden)
-        self.norm = nn.LayerNorm(hidden)
-
-    def _messages(self, h: Tensor, e: Tensor, gather) -> Tensor:
-        """(E, 2H) silu(pre-activations) of forward | backward messages. ``gather(d, s)`` returns
-        d[dst] + s[src] per edge, where d = [A h | B' h] and s = [B h | A' h]."""
-        return F.silu(gather(self.dst_lin(h), self.src_lin(h)) + self.edge_lin(e))
-
-    def _update(self, h: Tensor, agg: Tensor, present_f: Tensor, present_b: Tensor) -> Tensor:
-        """``agg``: (N, 2H) aggregated [forward | backward] activations; W2 applied where a node has messages."""
-        H = h.shape[1]
-        agg = agg.to(h.dtype)
-        m_f = self.out_fwd(agg[:, :H]) * present_f
-        m_b = self.out_bwd(agg[:, H:]) * present_b
-        return self.norm(h + self.phi(torch.cat([h, m_f, m_b], -1)))
-
-    def _scale(self, agg_f: Tensor, agg_b: Tensor, deg_in: Tensor, deg_out: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Mean or sum, and the per-node factor that applies W2's bias once per message (sum) or once (mean)."""
-        if self.aggregation == "mean":
-            return torch.cat([agg_f / deg_in.clamp_min(1), agg_b / deg_out.clamp_min(1)], 1), \
-                (deg_in > 0).float(), (deg_out > 0).float()
-        return torch.cat([agg_f, agg_b], 1), deg_in, deg_out
-
-    def forward_torch(self, h: Tensor, e: Tensor, src: Tensor, dst: Tensor, deg_in: Tensor, deg_out: Tensor) -> Tensor:
-        H = h.shape[1]
-        # float32 accumulators: index_add_ needs one dtype, and sums of bf16 lose precision under AMP
-        agg_f = torch.zeros(h.shape[0], H, device=h.device)
-        agg_b = torch.zeros(h.shape[0], H, device=h.device)
-        d_all, s_all = self.dst_lin(h), self.src_lin(h)
-        for a in range(0, max(len(src), 1), EDGE_CHUNK):  # messages of a chunk of edges at a time: bounded memory
-            b = a + EDGE_CHUNK
-            m = F.silu(d_all[dst[a:b]] + s_all[src[a:b]] + self.edge_lin(e[a:b])).float()
-            agg_f.index_add_(0, dst[a:b], m[:, :H])
-            agg_b.index_add_(0, src[a:b], m[:, H:])
-        return self._update(h, *self._scale(agg_f, agg_b, deg_in, deg_out))
-
-    def forward_dgl(self, h: Tensor, e: Tensor, g, rg, deg_in: Tensor, deg_out: Tensor) -> Tensor:
-        import dgl.function as fn
-
-        H = h.shape[1]
-
-        def gather(d: Tensor, s: Tensor) -> Tensor:
-            g.ndata["d"], g.ndata["s"] = d, s
-            g.apply_edges(fn.v_add_u("d", "s", "t"))
-            del g.ndata["d"], g.ndata["s"]
-            return g.edata.pop("t")
-
-        m = self._messages(h, e, gather).float()
-        g.edata["m"], rg.edata["m"] = m[:, :H], m[:, H:]
-        g.update_all(fn.copy_e("m", "m"), fn.sum("m", "agg"))
-        rg.update_all(fn.copy_e("m", "m"), fn.sum("m", "agg"))
-        return self._update(h, *self._scale(g.ndata.pop("agg"), rg.ndata.pop("agg"), deg_in, deg_out))
-
-
 class Embedder(nn.Module):
     """What every encoder shares: the embedding / projection / auxiliary heads, their buffers and
     ``embed``. Subclasses define ``batch(specs, params, device)`` and ``encode(batch) -> (G, hidden)``."""
 
     def _init_heads(self, c: EncoderConfig) -> None:
         H, n_aux = c.hidden, max(1, len(c.aux_targets))
-        self.to_embedding = _mlp(H, H, c.embedding_dim)
-        self.projection = _mlp(c.embedding_dim, H, c.projection_dim) if c.projection_dim else None
+        self.to_embedding = mlp(H, H, c.embedding_dim)
+        self.projection = mlp(c.embedding_dim, H, c.projection_dim) if c.projection_dim else None
         self.aux_head = nn.Linear(c.embedding_dim, n_aux) if c.aux_linear \
-            else _mlp(c.embedding_dim, H, n_aux)
+            else mlp(c.embedding_dim, H, n_aux)
         self.register_buffer("aux_mean", torch.zeros(n_aux))
         self.register_buffer("aux_std", torch.ones(n_aux))
 
@@ -277,30 +226,35 @@ class Embedder(nn.Module):
         return out
 
     @torch.no_grad()
-    def embed(self, specs: Sequence[ArchSpec], params: Sequence[dict[str, Tensor]], batch_size: int = 128) -> Tensor:
-        """(n, output_dim) embeddings of models, on CPU, computed in eval mode."""
+    def _outputs(self, key: str, specs: Sequence[ArchSpec], params: Sequence[dict[str, Tensor]],
+                 batch_size: int) -> Tensor | None:
+        """``forward(...)[key]`` of every model in eval mode, on CPU, in the given order; computed in
+        batches of models sorted by architecture (each batch's graphs then share a few structures)."""
+        if not len(specs):
+            return None
         was = self.training
         self.eval()
         device = next(self.parameters()).device
-        out = [self(self.batch(specs[i:i + batch_size], params[i:i + batch_size], device))["embedding"].float().cpu()
-               for i in range(0, len(specs), batch_size)]
+        first: dict[ArchSpec, int] = {}
+        order = sorted(range(len(specs)), key=lambda i: (first.setdefault(specs[i], len(first)), i))
+        out = []
+        for s in range(0, len(order), batch_size):
+            part = order[s:s + batch_size]
+            out.append(self(self.batch([specs[i] for i in part], [params[i] for i in part], device))[key].float().cpu())
         self.train(was)
-        return torch.cat(out) if out else torch.zeros(0, self.config.output_dim)
+        res = torch.cat(out)
+        return res[torch.argsort(torch.tensor(order))]
 
+    def embed(self, specs: Sequence[ArchSpec], params: Sequence[dict[str, Tensor]], batch_size: int = 128) -> Tensor:
+        """(n, output_dim) embeddings of models, on CPU, computed in eval mode."""
+        out = self._outputs("embedding", specs, params, batch_size)
+        return torch.zeros(0, self.config.output_dim) if out is None else out
 
-    @torch.no_grad()
     def predict(self, specs: Sequence[ArchSpec], params: Sequence[dict[str, Tensor]], batch_size: int = 128) -> Tensor:
         """(n, len(aux_targets)) the auxiliary head's predictions of the metrics it was trained on
         (``config.aux_targets``, e.g. test accuracy), in their own units."""
-        was = self.training
-        self.eval()
-        device = next(self.parameters()).device
-        out = [self(self.batch(specs[i:i + batch_size], params[i:i + batch_size], device))["aux"].float()
-               for i in range(0, len(specs), batch_size)]
-        self.train(was)
-        if not out:
-            return torch.zeros(0, len(self.aux_mean))
-        return (torch.cat(out) * self.aux_std + self.aux_mean).cpu()
+        out = self._outputs("aux", specs, params, batch_size)
+        return torch.zeros(0, len(self.aux_mean)) if out is None else out * self.aux_std.cpu() + self.aux_mean.cpu()
 
 
 class PeaceEncoder(Embedder):
@@ -317,7 +271,7 @@ class PeaceEncoder(Embedder):
         edge_in = c.edge_dim + len(EDGE_KINDS)
         self.node_in = nn.Linear(NODE_DIM + 2 * _POS_FREQS + 1, H)
         self.rounds = nn.ModuleList(MessagePassing(H, edge_in, c.aggregation) for _ in range(c.rounds))
-        self.readout = _mlp(2 * H, H, H)
+        self.readout = mlp(2 * H, H, H)
         self.depth_in = nn.Linear(2 * _DEPTH_FREQS, H)
         self.transformer = (nn.TransformerEncoder(
             nn.TransformerEncoderLayer(H, c.heads, 2 * H, dropout=0.0, batch_first=True, norm_first=True),
@@ -325,8 +279,8 @@ class PeaceEncoder(Embedder):
         self.cls = nn.Parameter(torch.zeros(1, 1, H)) if c.pooling == "cls" else None
         self.attn = nn.Linear(H, 1) if c.pooling == "attention" else None
         if c.function_tokens:  # one token per network from its per-class response columns
-            self.fn_in = _mlp(c.probes + 2 * _POS_FREQS, H, H)
-            self.fn_readout = _mlp(2 * H, H, H)
+            self.fn_in = mlp(c.probes + 2 * _POS_FREQS, H, H)
+            self.fn_readout = mlp(2 * H, H, H)
             self.fn_type = nn.Parameter(torch.zeros(H))
         self._init_heads(c)
         self.register_buffer("edge_scale", torch.ones(len(EDGE_KINDS)))
@@ -371,7 +325,7 @@ class PeaceEncoder(Embedder):
         h = self.node_in(self._node_inputs(g))
         e = self._edge_inputs(g)
         if self.rounds:
-            h = self._message_passing(h, e, g)
+            h = self._message_passing(h, e, batch.graphs)
         tokens, valid, depth = self._layer_tokens(h, g, batch.graphs)
         x = tokens + self.depth_in(sinusoid(depth, _DEPTH_FREQS))
         if self.config.function_tokens:
@@ -393,7 +347,8 @@ class PeaceEncoder(Embedder):
         mx = h.masked_fill(~m, float("-inf")).amax(1)
         return self.fn_readout(torch.cat([mean, mx], -1))
 
-    def _message_passing(self, h: Tensor, e: Tensor, g: NeuralGraph) -> Tensor:
+    def _message_passing(self, h: Tensor, e: Tensor, batch: GraphBatch) -> Tensor:
+        g, blocks, rest = batch.graphs, batch.blocks, batch.rest
         ones = torch.ones(g.num_edges, device=h.device)
         deg_in = torch.zeros(g.num_nodes, device=h.device).index_add_(0, g.dst, ones).unsqueeze(1)
         deg_out = torch.zeros(g.num_nodes, device=h.device).index_add_(0, g.src, ones).unsqueeze(1)
@@ -402,13 +357,14 @@ class PeaceEncoder(Embedder):
                 raise PeaceError("the DGL backend runs on CPU only here; use backend 'torch' on GPU")
             import dgl
 
-            dg = dgl.graph((g.src, g.dst), num_nodes=g.num_nodes)
-            rg = dgl.graph((g.dst, g.src), num_nodes=g.num_nodes)
+            src, dst = (g.src, g.dst) if rest is None else (g.src[rest], g.dst[rest])
+            dg = dgl.graph((src, dst), num_nodes=g.num_nodes)
+            rg = dgl.graph((dst, src), num_nodes=g.num_nodes)
             for layer in self.rounds:
-                h = layer.forward_dgl(h, e, dg, rg, deg_in, deg_out)
+                h = layer.forward_dgl(h, e, dg, rg, deg_in, deg_out, blocks, rest)
             return h
         for layer in self.rounds:
-            h = layer.forward_torch(h, e, g.src, g.dst, deg_in, deg_out)
+            h = layer.forward_torch(h, e, g.src, g.dst, deg_in, deg_out, blocks, rest)
         return h
 
     def _layer_tokens(self, h: Tensor, g: NeuralGraph, batch: GraphBatch) -> tuple[Tensor, Tensor, Tensor]:
@@ -447,7 +403,7 @@ class PeaceEncoder(Embedder):
         """Prepare and batch models for :meth:`forward`, on ``device``. ``responses`` (from
         :func:`peace.nets.probes.responses` with ``config.probes`` probes) saves recomputing them."""
         c = self.config
-        graphs = batch_graphs([prepare(s, p, c) for s, p in zip(specs, params)])
+        graphs = prepare_batch(specs, params, c)
         r = classes = sk = None
         if (c.function_tokens or c.function_block) and responses is None:
             responses = probe_responses(specs, params, c.probes)
@@ -469,6 +425,7 @@ def to_device(batch: ModelBatch, device: torch.device | str) -> ModelBatch:
     g = gb.graphs
     moved = NeuralGraph(*(getattr(g, f).to(device) for f in ("src", "dst", "node_feat", "edge_feat", "node_layer",
                                                               "node_pos", "edge_layer")), g.n_layers)
-    graphs = GraphBatch(moved, gb.node_graph.to(device), gb.n_layers.to(device), gb.num_graphs)
+    graphs = GraphBatch(moved, gb.node_graph.to(device), gb.n_layers.to(device), gb.num_graphs, gb.blocks,
+                        None if gb.rest is None else gb.rest.to(device))
     move = lambda t: None if t is None else t.to(device)  # noqa: E731
     return ModelBatch(graphs, move(batch.responses), move(batch.classes), move(batch.sketch))

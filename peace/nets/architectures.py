@@ -217,13 +217,13 @@ def fold_batchnorm(w: Tensor, b: Tensor | None, bn: dict[str, Tensor], eps: floa
     """Weight and bias of a Linear / Conv layer with the eval-mode BatchNorm after it folded in: the same
     function at inference. ``bn`` holds running_mean, running_var and, when affine, weight and bias."""
     mean, var = bn["running_mean"].float(), bn["running_var"].float()
-    if mean.shape != (w.shape[0],) or var.shape != mean.shape or (var < 0).any():
+    if mean.dim() < 1 or mean.shape != w.shape[:mean.dim()] or var.shape != mean.shape or (var < 0).any():
         raise PeaceError(f"BatchNorm {name!r}: running statistics shaped {tuple(mean.shape)} / {tuple(var.shape)} "
                          f"(or negative variances) do not fit the {w.shape[0]} outputs of the layer before it")
     gamma, beta = bn.get("weight", torch.ones_like(mean)).float(), bn.get("bias", torch.zeros_like(mean)).float()
     scale = gamma / torch.sqrt(var + eps)
     bias = (b if b is not None else torch.zeros_like(mean)) - mean
-    return w * scale.reshape(-1, *[1] * (w.dim() - 1)), bias * scale + beta
+    return w * scale.reshape(*scale.shape, *[1] * (w.dim() - scale.dim())), bias * scale + beta
 
 
 def folded_spec(spec: ArchSpec) -> ArchSpec:
@@ -236,13 +236,15 @@ def folded_spec(spec: ArchSpec) -> ArchSpec:
 
 def fold_norms(spec: ArchSpec, params: dict[str, Tensor]) -> tuple[ArchSpec, dict[str, Tensor]]:
     """The eval-mode function with every BatchNorm folded into the layer before it: the network PEACE
-    graphs (``fold_batchnorm``). A spec without BatchNorm is returned as it is."""
+    graphs (``fold_batchnorm``). A spec without BatchNorm is returned as it is. Works on one model's
+    parameters and on a population's (tensors with a leading dimension P)."""
     if spec.norm != "batch":
         return spec, params
     out: dict[str, Tensor] = {}
     for layer in spec.layers:
         w = params[layer.weight_name]
-        b = params[layer.bias_name] if layer.bias else torch.zeros(layer.out_features, dtype=w.dtype)
+        lead = w.shape[:w.dim() - len(layer.weight_shape)]
+        b = params[layer.bias_name] if layer.bias else torch.zeros(*lead, layer.out_features, dtype=w.dtype)
         if layer.norm:
             w, b = fold_batchnorm(w, b, {leaf: params[name] for leaf, name in layer.norm_names().items()}, BN_EPS,
                                   layer.norm)
@@ -381,9 +383,15 @@ def hidden_shapes(spec: ArchSpec, batch: int) -> list[tuple[int, ...]]:
     return shapes
 
 
-def check_params(spec: ArchSpec, params: dict[str, Tensor]) -> None:
-    """Refuse parameters that do not fit ``spec`` or hold NaN/Inf, naming the tensor."""
+def check_params(spec: ArchSpec, params: dict[str, Tensor], population: bool = False) -> None:
+    """Refuse parameters that do not fit ``spec`` or hold NaN/Inf, naming the tensor. ``population``:
+    every tensor has a leading dimension P (the same for all)."""
     shapes = spec.param_shapes()
+    if population:
+        p = {t.shape[0] if t.dim() else None for t in params.values()}
+        if len(p) != 1 or None in p:
+            raise PeaceError(f"a population's tensors must share one leading dimension, got sizes {sorted(map(str, p))}")
+        shapes = {k: (*p, *v) for k, v in shapes.items()}
     missing, extra = sorted(set(shapes) - set(params)), sorted(set(params) - set(shapes))
     if missing or extra:
         raise PeaceError(f"parameters do not match {spec.describe()}: missing {missing}, unexpected {extra}")

@@ -21,7 +21,9 @@ A conv kernel is one edge carrying its k (or k x k) values; at a conv -> linear 
 columns that one channel feeds to one output is one edge carrying that block.
 
 ``NeuralGraph`` holds plain arrays (for the pure-torch backend); ``to_dgl`` / ``batch_dgl`` make DGL
-graphs of the same data; ``graph_to_params`` inverts the construction exactly.
+graphs of the same data; ``graph_to_params`` inverts the construction exactly. Models of one
+architecture share their graph's structure: ``population_graph`` builds P of them at once (one
+structure, values with a leading population dimension), which ``batch_graphs`` batches like P graphs.
 """
 from __future__ import annotations
 
@@ -38,9 +40,9 @@ from peace.nets import transformer
 from peace.nets.architectures import ACTIVATIONS, ArchSpec, check_params, fold_norms, folded_spec
 
 __all__ = [
-    "ACTIVATION_NAMES", "DEFAULT_EDGE_DIM", "EDGE_KINDS", "NODE_DIM", "NORM_FEATURES", "ROLES", "GraphBatch",
+    "ACTIVATION_NAMES", "DEFAULT_EDGE_DIM", "EDGE_KINDS", "NODE_DIM", "NORM_FEATURES", "ROLES", "DenseBlock", "GraphBatch",
     "GraphBuilder", "NeuralGraph", "batch_dgl", "batch_graphs", "edge_dim_needed", "graph_to_params", "neural_graph",
-    "to_dgl"
+    "population_graph", "sparse_layers", "to_dgl"
 ]
 
 ROLES = ("input", "hidden", "output")
@@ -53,20 +55,28 @@ DEFAULT_EDGE_DIM = 25  # a 5x5 kernel, or a flatten block of 25 positions
 
 @dataclass
 class NeuralGraph:
-    """One model's graph as tensors. ``node_layer``: 0 for inputs, i + 1 for the units layer i writes."""
+    """One model's graph as tensors. ``node_layer``: 0 for inputs, i + 1 for the units layer i writes.
+    A population graph (``population_graph``) has node and edge features of shape (P, N, .) and
+    (P, E, .): P models sharing every other field."""
 
     src: Tensor          # (E,) int64
     dst: Tensor          # (E,) int64
-    node_feat: Tensor    # (N, NODE_DIM)
-    edge_feat: Tensor    # (E, edge_dim + len(EDGE_KINDS))
+    node_feat: Tensor    # (N, NODE_DIM), or (P, N, NODE_DIM)
+    edge_feat: Tensor    # (E, edge_dim + len(EDGE_KINDS)), or (P, E, ...)
     node_layer: Tensor   # (N,) int64: the activation tensor a node belongs to
     node_pos: Tensor     # (N,) int64, -1 for hidden nodes
     edge_layer: Tensor   # (E,) int64: the weight layer an edge belongs to (-1: a residual identity)
     n_layers: int
+    blocks: tuple[tuple[int, ...], ...] = ()  # dense layers: (first edge, n_out, n_in, src, dst, values, kind)
 
     @property
     def num_nodes(self) -> int:
-        return self.node_feat.shape[0]
+        return self.node_layer.shape[0]
+
+    @property
+    def population(self) -> int | None:
+        """P for a population graph, None for one model's graph."""
+        return self.node_feat.shape[0] if self.node_feat.dim() == 3 else None
 
     @property
     def num_edges(self) -> int:
@@ -84,11 +94,11 @@ def edge_dim_needed(spec: ArchSpec) -> int:
 
 
 def _layer_edges(layer, w: Tensor) -> tuple[Tensor, str]:
-    """(out, in, values) edge values of one weight layer, and its edge kind."""
+    """([P,] out, in, values) edge values of one weight layer, and its edge kind."""
+    lead = w.shape[:w.dim() - len(layer.weight_shape)]
     if layer.flatten_from is not None:
-        c = layer.flatten_from[0]
-        return w.reshape(layer.out_features, c, -1), "flatten"
-    return w.reshape(layer.out_features, layer.in_features, -1), layer.kind
+        return w.reshape(*lead, layer.out_features, layer.flatten_from[0], -1), "flatten"
+    return w.reshape(*lead, layer.out_features, layer.in_features, -1), layer.kind
 
 
 def neural_graph(spec: ArchSpec, params: dict[str, Tensor], edge_dim: int = DEFAULT_EDGE_DIM,
@@ -105,15 +115,43 @@ def neural_graph(spec: ArchSpec, params: dict[str, Tensor], edge_dim: int = DEFA
     aside); such a graph is not invertible.
     """
     check_params(spec, params)
+    _check_edges(spec, edge_dim, oversize)
+    if spec.family == "vit":
+        return transformer.build_graph(spec, params, GraphBuilder(edge_dim, max_layer_edges))
+    return _build(spec, params, GraphBuilder(edge_dim, max_layer_edges))
+
+
+def population_graph(spec: ArchSpec, params: dict[str, Tensor], edge_dim: int = DEFAULT_EDGE_DIM,
+                     oversize: str = "error") -> NeuralGraph:
+    """The neural graphs of P models of one architecture at once (``params``: tensors of shape
+    (P, *shape), as ``architectures.stack_params`` makes them): equal, graph by graph, to
+    ``neural_graph`` of each model, for the cost of one. Vision Transformers and sparsified layers
+    (``sparse_layers``) depend on each model's values for their structure: build those one by one."""
+    check_params(spec, params, population=True)
+    _check_edges(spec, edge_dim, oversize)
+    if spec.family == "vit":
+        raise PeaceError("a Transformer's graph is built model by model: use neural_graph")
+    return _build(spec, params, GraphBuilder(edge_dim, population=next(iter(params.values())).shape[0]))
+
+
+def sparse_layers(spec: ArchSpec, max_layer_edges: int | None) -> bool:
+    """Whether ``max_layer_edges`` thins a layer of this architecture (its graph's structure then
+    depends on each model's weights)."""
+    return max_layer_edges is not None and any(
+        layer.out_features * (layer.flatten_from[0] if layer.flatten_from is not None else layer.in_features)
+        > max_layer_edges for layer in spec.layers)
+
+
+def _check_edges(spec: ArchSpec, edge_dim: int, oversize: str) -> None:
     if oversize not in ("error", "pool"):
         raise PeaceError(f"oversize must be 'error' or 'pool', got {oversize!r}")
     if edge_dim_needed(spec) > edge_dim and oversize == "error":
         raise PeaceError(f"{spec.describe()} has edges carrying {edge_dim_needed(spec)} values but edge_dim is "
                          f"{edge_dim}; raise edge_dim to at least {edge_dim_needed(spec)}")
-    if spec.family == "vit":
-        return transformer.build_graph(spec, params, GraphBuilder(edge_dim, max_layer_edges))
+
+
+def _build(spec: ArchSpec, params: dict[str, Tensor], gb: "GraphBuilder") -> NeuralGraph:
     spec, params = fold_norms(spec, params)
-    gb = GraphBuilder(edge_dim, max_layer_edges)
     last = len(spec.tensor_sizes) - 1
     sets = [gb.nodes(n, i, "input" if i == 0 else "output" if i == last else "hidden",
                      None if i in (0, last) else spec.activation) for i, n in enumerate(spec.tensor_sizes)]
@@ -132,16 +170,28 @@ def neural_graph(spec: ArchSpec, params: dict[str, Tensor], edge_dim: int = DEFA
 
 class GraphBuilder:
     """Assembles a ``NeuralGraph`` from sets of nodes (one activation tensor's units, or any other
-    kind of unit) and blocks of edges between them; node features are filled in ``build``."""
+    kind of unit) and blocks of edges between them; node features are filled in ``build``.
 
-    def __init__(self, edge_dim: int = DEFAULT_EDGE_DIM, max_layer_edges: int | None = None):
-        self.edge_dim, self.max_layer_edges = edge_dim, max_layer_edges
+    With ``population=P`` every value passed in (biases, norm parameters, edge values) has a leading
+    dimension P and ``build`` returns a population graph; one model's values may also come without it.
+    """
+
+    def __init__(self, edge_dim: int = DEFAULT_EDGE_DIM, max_layer_edges: int | None = None,
+                 population: int | None = None):
+        self.edge_dim, self.max_layer_edges, self.population = edge_dim, max_layer_edges, population
+        self.P = population or 1
         self.sets: list[tuple[int, int]] = []  # (offset, size)
         self.layer, self.role, self.act, self.pos = [], [], [], []
-        self.bias: list[Tensor] = []
+        self.bias: list[Tensor] = []  # (P, size) per set
         self.norm: dict[int, tuple[Tensor, Tensor]] = {}
         self.src, self.dst, self.feats, self.elayer = [], [], [], []
-        self.n = 0
+        self.blocks: list[tuple[int, ...]] = []
+        self.n = self.n_edges = 0
+
+    def _values(self, t: Tensor, dims: int) -> Tensor:
+        """``t`` with the population dimension in front (float32)."""
+        t = t.float()
+        return t.expand(self.P, *t.shape) if t.dim() == dims else t
 
     def nodes(self, size: int, layer: int, role: str, activation: str | None = None, first_pos: int = 0) -> int:
         """A set of ``size`` nodes at depth ``layer``; input and output nodes keep their index (plus
@@ -151,38 +201,46 @@ class GraphBuilder:
         self.role.append(torch.full((size,), ROLES.index(role), dtype=torch.long))
         self.act.append(torch.full((size,), -1 if activation is None else ACTIVATION_NAMES.index(activation)))
         self.pos.append(torch.arange(size) + first_pos if role != "hidden" else torch.full((size,), -1, dtype=torch.long))
-        self.bias.append(torch.zeros(size))
+        self.bias.append(torch.zeros(self.P, size))
         self.n += size
         return len(self.sets) - 1
 
     def add_bias(self, node_set: int, bias: Tensor) -> None:
-        self.bias[node_set] = self.bias[node_set] + bias.float()
+        self.bias[node_set] = self.bias[node_set] + self._values(bias, 1)
 
     def layer_norm(self, node_set: int, scale: Tensor, shift: Tensor) -> None:
-        self.norm[node_set] = (scale.float(), shift.float())
+        self.norm[node_set] = (self._values(scale, 1), self._values(shift, 1))
 
     def edges(self, src: Tensor, dst: Tensor, values: Tensor, kind: str, layer: int) -> None:
-        """Edges between global node ids carrying ``values`` (E, k <= edge_dim)."""
-        f = torch.zeros(len(src), self.edge_dim + len(EDGE_KINDS))
-        f[:, :values.shape[1]] = values
-        f[:, self.edge_dim + EDGE_KINDS.index(kind)] = 1.0
+        """Edges between global node ids carrying ``values`` ([P,] E, k <= edge_dim)."""
+        values = self._values(values, 2)
+        f = torch.zeros(self.P, len(src), self.edge_dim + len(EDGE_KINDS))
+        f[..., :values.shape[-1]] = values
+        f[..., self.edge_dim + EDGE_KINDS.index(kind)] = 1.0
         self.src.append(src), self.dst.append(dst), self.feats.append(f)
         self.elayer.append(torch.full((len(src),), layer, dtype=torch.long))
+        self.n_edges += len(src)
 
     def dense(self, src_set: int, dst_set: int, vals: Tensor, kind: str, layer: int) -> None:
-        """Every (input, output) pair of two node sets, ``vals`` (n_out, n_in, k): pooled to edge_dim
+        """Every (input, output) pair of two node sets, ``vals`` ([P,] n_out, n_in, k): pooled to edge_dim
         values, and sparsified beyond ``max_layer_edges`` (see ``neural_graph``)."""
-        n_out, n_in, k = vals.shape
+        vals = self._values(vals, 3)
+        P, n_out, n_in, k = vals.shape
         if k > self.edge_dim:
-            vals = F.adaptive_avg_pool1d(vals.reshape(-1, 1, k), self.edge_dim).reshape(n_out, n_in, self.edge_dim)
+            vals = F.adaptive_avg_pool1d(vals.reshape(-1, 1, k), self.edge_dim).reshape(P, n_out, n_in, self.edge_dim)
             k = self.edge_dim
         s_idx, d_idx = torch.arange(n_in).repeat(n_out), torch.arange(n_out).repeat_interleave(n_in)
-        vals = vals.reshape(-1, k)
+        vals = vals.reshape(P, -1, k)
         if self.max_layer_edges is not None and n_out * n_in > self.max_layer_edges:
+            if self.population is not None:
+                raise PeaceError("a sparsified layer's edges depend on each model: build such graphs one by one")
             keep = -(-self.max_layer_edges // n_out)
-            top = vals.norm(dim=1).reshape(n_out, n_in).topk(keep, dim=1)
+            top = vals[0].norm(dim=1).reshape(n_out, n_in).topk(keep, dim=1)
             flat = (top.indices + torch.arange(n_out).unsqueeze(1) * n_in).reshape(-1)[top.values.reshape(-1) > 0]
-            s_idx, d_idx, vals = s_idx[flat], d_idx[flat], vals[flat]
+            s_idx, d_idx, vals = s_idx[flat], d_idx[flat], vals[:, flat]
+        else:
+            self.blocks.append((self.n_edges, n_out, n_in, self.sets[src_set][0], self.sets[dst_set][0], k,
+                                EDGE_KINDS.index(kind)))
         self.edges(s_idx + self.sets[src_set][0], d_idx + self.sets[dst_set][0], vals, kind, layer)
 
     def identity(self, src_set: int, dst_set: int, kind: str, layer: int = -1, value: float = 1.0) -> None:
@@ -199,18 +257,21 @@ class GraphBuilder:
 
     def build(self, n_layers: int) -> NeuralGraph:
         node_layer, role, act = torch.cat(self.layer), torch.cat(self.role), torch.cat(self.act)
-        feat = torch.zeros(self.n, NODE_DIM)
-        feat[:, 0] = torch.cat(self.bias)
-        feat[:, 1] = node_layer.float() / n_layers
-        feat[torch.arange(self.n), 2 + role] = 1.0
+        feat = torch.zeros(self.P, self.n, NODE_DIM)
+        feat[..., 0] = torch.cat(self.bias, 1)
+        feat[..., 1] = node_layer.float() / n_layers
+        feat[:, torch.arange(self.n), 2 + role] = 1.0
         has_act = act >= 0
-        feat[torch.nonzero(has_act).flatten(), 2 + len(ROLES) + act[has_act]] = 1.0
+        feat[:, torch.nonzero(has_act).flatten(), 2 + len(ROLES) + act[has_act]] = 1.0
         ln = NODE_DIM - len(NORM_FEATURES)
         for i, (scale, shift) in self.norm.items():
             nodes = slice(self.sets[i][0], self.sets[i][0] + self.sets[i][1])
-            feat[nodes, ln], feat[nodes, ln + 1], feat[nodes, ln + 2] = scale, shift, 1.0
-        return NeuralGraph(torch.cat(self.src), torch.cat(self.dst), feat, torch.cat(self.feats), node_layer,
-                           torch.cat(self.pos), torch.cat(self.elayer), n_layers)
+            feat[:, nodes, ln], feat[:, nodes, ln + 1], feat[:, nodes, ln + 2] = scale, shift, 1.0
+        edge_feat = torch.cat(self.feats, 1)
+        if self.population is None:
+            feat, edge_feat = feat[0], edge_feat[0]
+        return NeuralGraph(torch.cat(self.src), torch.cat(self.dst), feat, edge_feat, node_layer,
+                           torch.cat(self.pos), torch.cat(self.elayer), n_layers, tuple(self.blocks))
 
 
 def graph_to_params(spec: ArchSpec, g: NeuralGraph) -> dict[str, Tensor]:
@@ -244,28 +305,92 @@ def graph_to_params(spec: ArchSpec, g: NeuralGraph) -> dict[str, Tensor]:
 
 # --- batching -----------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class DenseBlock:
+    """One dense layer of P models batched together: every (input, output) pair of two node sets, in
+    the same place of each model's graph. Model p's nodes are ``node_start + p * node_stride + ...``,
+    its edges of this block ``edge_start + p * edge_stride + o * n_in + i`` for output o, input i.
+    Message passing treats such a block as (P, n_out, n_in) arrays instead of gathering per edge."""
+
+    P: int
+    node_start: int
+    node_stride: int
+    edge_start: int
+    edge_stride: int
+    first_edge: int  # within one model's edges
+    n_out: int
+    n_in: int
+    src: int  # first input node, within one model's nodes
+    dst: int  # first output node
+    values: int  # values each edge carries (the rest of its edge_dim slots are zero)
+    kind: int  # index in EDGE_KINDS
+
+    def nodes(self, x: Tensor, outputs: bool) -> Tensor:
+        """(P, n, ...) view of per-node rows ``x`` (N_total, ...) for the block's outputs or inputs."""
+        first, n = (self.dst, self.n_out) if outputs else (self.src, self.n_in)
+        rows = x[self.node_start:self.node_start + self.P * self.node_stride]
+        return rows.view(self.P, self.node_stride, *x.shape[1:])[:, first:first + n]
+
+    def edges(self, x: Tensor) -> Tensor:
+        """(P, n_out, n_in, ...) view of per-edge rows ``x`` (E_total, ...)."""
+        rows = x[self.edge_start:self.edge_start + self.P * self.edge_stride].view(self.P, self.edge_stride, *x.shape[1:])
+        return rows[:, self.first_edge:self.first_edge + self.n_out * self.n_in].unflatten(1, (self.n_out, self.n_in))
+
+
 @dataclass
 class GraphBatch:
-    """Many neural graphs concatenated, node ids offset; ``node_graph`` maps nodes to their graph."""
+    """Many neural graphs concatenated, node ids offset; ``node_graph`` maps nodes to their graph.
+    ``blocks``: the dense layers of populations (``DenseBlock``); ``rest``: the ids of all other edges."""
 
     graphs: NeuralGraph
     node_graph: Tensor  # (N_total,) int64
     n_layers: Tensor    # (G,) int64
     num_graphs: int
+    blocks: tuple[DenseBlock, ...] = ()
+    rest: Tensor | None = None  # (E_rest,) int64; None: every edge
 
 
-def batch_graphs(graphs: Sequence[NeuralGraph]) -> GraphBatch:
-    """Concatenate graphs for the pure-torch backend (the equivalent of ``dgl.batch``)."""
+def batch_graphs(graphs: Sequence[NeuralGraph], order: Sequence[int] | None = None) -> GraphBatch:
+    """Concatenate graphs for the pure-torch backend (the equivalent of ``dgl.batch``); a population
+    graph counts as its P graphs, in order. ``order``: the batch position of each of those graphs
+    (default: as given), so that graphs built grouped by architecture keep their caller's order."""
     if not graphs:
         raise PeaceError("cannot batch an empty list of graphs")
-    counts = torch.tensor([g.num_nodes for g in graphs])
-    offs = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)[:-1]])
-    edge_offs = torch.cat([torch.full((g.num_edges,), int(o)) for g, o in zip(graphs, offs)])
-    cat = lambda name: torch.cat([getattr(g, name) for g in graphs])
-    merged = NeuralGraph(cat("src") + edge_offs, cat("dst") + edge_offs, cat("node_feat"), cat("edge_feat"),
-                         cat("node_layer"), cat("node_pos"), cat("edge_layer"), max(g.n_layers for g in graphs))
-    node_graph = torch.arange(len(graphs)).repeat_interleave(counts)
-    return GraphBatch(merged, node_graph, torch.tensor([g.n_layers for g in graphs]), len(graphs))
+    pops = [g.population or 1 for g in graphs]
+    nodes = torch.tensor([g.num_nodes for g in graphs])
+    counts = nodes.repeat_interleave(torch.tensor(pops))  # nodes per graph of the batch
+    offs = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)[:-1]]).split(pops)
+    src, dst = [], []
+    for g, o in zip(graphs, offs):
+        src.append((g.src.unsqueeze(0) + o.unsqueeze(1)).reshape(-1))
+        dst.append((g.dst.unsqueeze(0) + o.unsqueeze(1)).reshape(-1))
+    cat = lambda name: torch.cat([getattr(g, name).repeat(p) for g, p in zip(graphs, pops)])
+    feats = lambda name: torch.cat([getattr(g, name).reshape(-1, getattr(g, name).shape[-1]) for g in graphs])
+    merged = NeuralGraph(torch.cat(src), torch.cat(dst), feats("node_feat"), feats("edge_feat"), cat("node_layer"),
+                         cat("node_pos"), cat("edge_layer"), max(g.n_layers for g in graphs))
+    position = torch.arange(len(counts)) if order is None else torch.as_tensor(order, dtype=torch.long)
+    if sorted(position.tolist()) != list(range(len(counts))):
+        raise PeaceError(f"order must be a permutation of the {len(counts)} graphs' positions")
+    n_layers = torch.empty(len(counts), dtype=torch.long)
+    n_layers[position] = torch.tensor([g.n_layers for g in graphs]).repeat_interleave(torch.tensor(pops))
+    blocks, rest = _dense_blocks(graphs, merged.num_edges)
+    return GraphBatch(merged, position.repeat_interleave(counts), n_layers, len(counts), blocks, rest)
+
+
+def _dense_blocks(graphs: Sequence[NeuralGraph], n_edges: int) -> tuple[tuple[DenseBlock, ...], Tensor | None]:
+    """The dense layers of the population graphs among ``graphs`` (as laid out by ``batch_graphs``),
+    and the ids of the edges they do not cover. Single graphs keep per-edge message passing."""
+    blocks, covered = [], torch.zeros(n_edges, dtype=torch.bool)
+    node_start = edge_start = 0
+    for g in graphs:
+        P = g.population or 1
+        if P > 1:
+            for block in g.blocks:
+                b = DenseBlock(P, node_start, g.num_nodes, edge_start, g.num_edges, *block)
+                blocks.append(b)
+                b.edges(covered).fill_(True)
+        node_start, edge_start = node_start + P * g.num_nodes, edge_start + P * g.num_edges
+    return tuple(blocks), (torch.nonzero(~covered).flatten() if blocks else None)
 
 
 def to_dgl(g: NeuralGraph):

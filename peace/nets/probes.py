@@ -77,9 +77,10 @@ def responses(specs: Sequence[ArchSpec], params: Sequence[dict[str, Tensor]], n:
 
 
 def fingerprint(response: Tensor) -> Tensor:
-    """One-hot predictions over sqrt(K), flattened: unit vectors whose cosine is the agreement."""
+    """One-hot predictions over sqrt(K), flattened: unit vectors whose cosine is the agreement.
+    A (K, C) response gives a (K * C,) vector; a stack (n, K, C) gives (n, K * C)."""
     onehot = torch.zeros_like(response).scatter_(-1, response.argmax(-1, keepdim=True), 1.0)
-    return onehot.reshape(-1) / math.sqrt(response.shape[0])
+    return onehot.flatten(-2) / math.sqrt(response.shape[-2])
 
 
 def agreement(a: Tensor, b: Tensor) -> float:
@@ -99,8 +100,8 @@ def agreement_matrix(responses_a: Sequence[Tensor], spaces_a: Sequence[str],
     out = np.zeros((len(sa), len(sb)), np.float32)
     for space in np.intersect1d(sa, sb):
         ia, ib = np.flatnonzero(sa == space), np.flatnonzero(sb == space)
-        fa = torch.stack([fingerprint(responses_a[i]) for i in ia])
-        fb = torch.stack([fingerprint(responses_b[i]) for i in ib])
+        fa = fingerprint(torch.stack([responses_a[i] for i in ia]))
+        fb = fingerprint(torch.stack([responses_b[i] for i in ib]))
         out[np.ix_(ia, ib)] = (fa @ fb.T).numpy()
     return out
 
@@ -116,7 +117,10 @@ def sketch(responses: Sequence[Tensor], spaces: Sequence[str], dim: int, seed: i
     dot products approximate agreements (Johnson-Lindenstrauss, error about 1/sqrt(dim)), and sketches
     of different spaces are nearly orthogonal. A fixed-size stand-in for the function-space vector."""
     out = torch.zeros(len(responses), dim)
-    for i, (r, space) in enumerate(zip(responses, spaces)):
-        f = fingerprint(r)
-        out[i] = _projection(space, f.numel(), dim, seed) @ f
+    by_space: dict[str, list[int]] = defaultdict(list)
+    for i, space in enumerate(spaces):
+        by_space[space].append(i)
+    for space, idx in by_space.items():
+        f = fingerprint(torch.stack([responses[i] for i in idx]))
+        out[idx] = f @ _projection(space, f.shape[1], dim, seed).T
     return out

@@ -14,7 +14,8 @@ statistics move with the permutation), ``D^-1 P^T`` on the input columns of ever
 At a conv -> linear flatten, a channel owns a block of columns of the linear layer, and the block
 moves and scales with it.
 
-A model here is ``(spec, params)``: an ``ArchSpec`` and a single-model state dict.
+A model here is ``(spec, params)``: an ``ArchSpec`` and a single-model state dict; ``canonicalize``
+also takes a population (tensors with a leading dimension P, as ``architectures.stack_params`` makes).
 """
 from __future__ import annotations
 
@@ -102,9 +103,17 @@ def column_index(next_layer: Layer, perm: Tensor) -> Tensor:
 
 
 def _column_factor(next_layer: Layer, factor: Tensor) -> Tensor:
+    """Per-unit values (..., units) repeated for the columns each unit owns in ``next_layer``."""
     if next_layer.flatten_from is None:
         return factor
-    return factor.repeat_interleave(next_layer.in_features // next_layer.flatten_from[0])
+    return factor.repeat_interleave(next_layer.in_features // next_layer.flatten_from[0], dim=-1)
+
+
+def _per_unit(f: Tensor, t: Tensor, axis: int) -> Tensor:
+    """(P, n) values shaped to broadcast along ``axis`` of a population tensor ``t`` (P, ...), in its
+    dtype (a mask stays boolean)."""
+    f = f if f.dtype == torch.bool else f.to(t.dtype)
+    return f.reshape(f.shape[0], *[1] * (axis - 1), f.shape[1], *[1] * (t.dim() - axis - 1))
 
 
 def unit_rows(layer: Layer) -> tuple[list[str], list[str]]:
@@ -116,16 +125,19 @@ def unit_rows(layer: Layer) -> tuple[list[str], list[str]]:
     return affine + list(n.values()), [n["weight"], n["bias"]]
 
 
-def _apply(out: Params, group: UnitGroup, perm: Tensor, f: Tensor) -> None:
+def _apply(out: Params, group: UnitGroup, perm: Tensor | None, f: Tensor) -> None:
+    """On population tensors (leading dimension P): the group's units reordered by ``perm`` (None:
+    kept) and multiplied by ``f`` (P, units), the inverse pushed into the readers' columns."""
     for layer in group.writers:
         moved, scaled = unit_rows(layer)
-        for name in moved:
-            out[name] = out[name][perm]
+        for name in moved if perm is not None else ():
+            out[name] = out[name][:, perm]
         for name in scaled:
-            out[name] = out[name] * f.to(out[name].dtype).reshape(-1, *[1] * (out[name].dim() - 1))
+            out[name] = out[name] * _per_unit(f, out[name], 1)
     for layer in group.readers:
-        w = out[layer.weight_name][:, column_index(layer, perm)]
-        out[layer.weight_name] = w / _column_factor(layer, f).to(w.dtype).reshape(1, -1, *[1] * (w.dim() - 2))
+        w = out[layer.weight_name]
+        w = w if perm is None else w[:, :, column_index(layer, perm)]
+        out[layer.weight_name] = w / _per_unit(_column_factor(layer, f), w, 2)
 
 
 def check_factor(f: Tensor, units: str, where: str, activation: str, scale: bool, flip: bool) -> None:
@@ -154,14 +166,14 @@ def random_factor(shape: tuple[int, ...], g: torch.Generator, scale: bool, flip:
 
 
 def canonical_factor(incoming: Tensor, scale: bool, flip: bool) -> Tensor:
-    """Per unit (row of ``incoming``): 1 / norm where scaling is a symmetry (zero rows stay), times the
-    sign that makes the entry of largest magnitude positive where flips are."""
-    f = torch.ones(incoming.shape[0], dtype=incoming.dtype)
+    """Per unit (row of ``incoming``, (..., units, values)): 1 / norm where scaling is a symmetry (zero
+    rows stay), times the sign that makes the entry of largest magnitude positive where flips are."""
+    f = torch.ones(incoming.shape[:-1], dtype=incoming.dtype)
     if scale:
-        norm = incoming.norm(dim=1)
+        norm = incoming.norm(dim=-1)
         f = torch.where(norm > 0, 1.0 / norm, f)
     if flip:
-        top = incoming.gather(1, incoming.abs().argmax(1, keepdim=True)).squeeze(1)
+        top = incoming.gather(-1, incoming.abs().argmax(-1, keepdim=True)).squeeze(-1)
         f = f * torch.where(top < 0, -1.0, 1.0)
     return f
 
@@ -190,13 +202,13 @@ def transform(spec: ArchSpec, params: Params, perms: list[Tensor] | None = None,
     for i, f in enumerate(factors):
         if f is not None:
             check_factor(f, "hidden units", f"group {i}", spec.activation, ok["scale"], ok["flip"])
-    out = {k: v.clone() for k, v in params.items()}
+    out = {k: v.unsqueeze(0) for k, v in params.items()}
     for i, (g, perm, f) in enumerate(zip(groups, perms, factors)):
         perm = torch.arange(g.size) if perm is None else perm.long()
         if sorted(perm.tolist()) != list(range(g.size)):
             raise PeaceError(f"perms[{i}] is not a permutation of range({g.size})")
-        _apply(out, g, perm, torch.ones(g.size) if f is None else f)
-    return out
+        _apply(out, g, perm, (torch.ones(g.size) if f is None else f).unsqueeze(0))
+    return {k: v[0].clone() for k, v in out.items()}
 
 
 @dataclass(frozen=True)
@@ -256,23 +268,23 @@ def _incoming(params: Params, group: UnitGroup, settled: set[int]) -> Tensor:
     """(units, values) that a unit's factor multiplies, from the writers whose inputs are settled
     (the network's input, or groups already canonical): for a writer followed by a BatchNorm, the
     BatchNorm's scale and shift; otherwise its incoming weights and bias."""
-    parts = []
+    P, parts = len(next(iter(params.values()))), []
     for layer in group.writers:
         if layer.norm is None and layer.src not in settled:
             continue
-        parts += [params[name].reshape(group.size, -1) for name in unit_rows(layer)[1]]
-    return torch.cat(parts, 1) if parts else torch.zeros(group.size, 0)
+        parts += [params[name].reshape(P, group.size, -1) for name in unit_rows(layer)[1]]
+    return torch.cat(parts, 2) if parts else torch.zeros(P, group.size, 0)
 
 
 def _center(params: Params, layer: Layer) -> None:
     """A LayerNorm subtracts the mean over its units, so adding the same input weights (and bias) to
     every unit of the layer before it changes nothing: the representative has zero mean over units."""
-    params[layer.weight_name] = params[layer.weight_name] - params[layer.weight_name].mean(0, keepdim=True)
+    params[layer.weight_name] = params[layer.weight_name] - params[layer.weight_name].mean(1, keepdim=True)
     if layer.bias:
-        params[layer.bias_name] = params[layer.bias_name] - params[layer.bias_name].mean()
+        params[layer.bias_name] = params[layer.bias_name] - params[layer.bias_name].mean(1, keepdim=True)
 
 
-def canonicalize(spec: ArchSpec, params: Params) -> Params:
+def canonicalize(spec: ArchSpec, params: Params, population: bool = False) -> Params:
     """The representative of the model's scaling / sign orbit; the function is unchanged.
 
     Groups are settled in order. Scaling (relu family): every unit's incoming values (``_incoming``:
@@ -286,30 +298,34 @@ def canonicalize(spec: ArchSpec, params: Params) -> Params:
     LayerNorm's own symmetry: it ignores what every unit shares). Permutations are not removed:
     canonicalize(transform(m)) equals canonicalize(m) up to a permutation of hidden units. One case has no canonical form here: a residual-stream unit of a
     network without BatchNorm whose settled writers (stem, shortcut projection) give it all-zero
-    weights and bias; its scale and sign are left as they are.
+    weights and bias; its scale and sign are left as they are. ``population``: ``params`` holds P
+    models of the architecture (leading dimension P), canonicalized at once.
     """
     if spec.family == "vit":
+        if population:
+            raise PeaceError("Transformers are canonicalized model by model")
         return vit_canonicalize(spec, params)
     ok = allowed(spec)
-    out = {k: v.clone() for k, v in params.items()}
+    out = {k: (v if population else v.unsqueeze(0)).clone() for k, v in params.items()}
     settled = {0}
     for g in unit_groups(spec):
         for m in g.writers:
             if m.norm and m.norm_kind == "layer":
                 _center(out, m)
         inc = _incoming(out, g, settled)
-        if (ok["scale"] or ok["flip"]) and inc.shape[1] == 0:
+        if (ok["scale"] or ok["flip"]) and inc.shape[-1] == 0:
             raise PeaceError(f"{spec.describe()}: the units of tensors {list(g.tensors)} are written only by layers "
                              f"reading unsettled units; PEACE has no canonical form for this network's scaling")
         if ok["scale"] or ok["flip"]:
-            _apply(out, g, torch.arange(g.size), canonical_factor(inc, ok["scale"], ok["flip"]))
+            _apply(out, g, None, canonical_factor(inc, ok["scale"], ok["flip"]))
         if len(g.tensors) == 1 and zero_at_zero(spec.activation):
-            full = torch.cat([out[n].reshape(g.size, -1) for m in g.writers for n in unit_rows(m)[1]], 1)
-            dead = torch.nonzero((full == 0).all(1)).flatten()
-            for m in g.readers:
-                out[m.weight_name][:, column_index(m, dead)] = 0.0
+            rows = [out[n].reshape(len(inc), g.size, -1) for m in g.writers for n in unit_rows(m)[1]]
+            dead = torch.cat(rows, 2).eq(0).all(2)  # (P, units)
+            for m in g.readers if dead.any() else ():
+                w = out[m.weight_name]
+                out[m.weight_name] = w.masked_fill(_per_unit(_column_factor(m, dead), w, 2), 0.0)
         settled.update(g.tensors)
-    return out
+    return out if population else {k: v[0] for k, v in out.items()}
 
 
 # --- Vision Transformers (peace.nets.transformer) ---------------------------------------------------------------------------------
