@@ -117,10 +117,7 @@ def sketch(responses: Sequence[Tensor], spaces: Sequence[str], dim: int, seed: i
     dot products approximate agreements (Johnson-Lindenstrauss, error about 1/sqrt(dim)), and sketches
     of different spaces are nearly orthogonal. A fixed-size stand-in for the function-space vector."""
     out = torch.zeros(len(responses), dim)
-    by_space: dict[str, list[int]] = defaultdict(list)
-    for i, space in enumerate(spaces):
-        by_space[space].append(i)
-    for space, idx in by_space.items():
-        f = fingerprint(torch.stack([responses[i] for i in idx]))
-        out[idx] = f @ _projection(space, f.shape[1], dim, seed).T
+    for i, (r, space) in enumerate(zip(responses, spaces)):  # one product per model: a model's sketch is
+        f = fingerprint(r)                                     # bitwise the same whatever its batch
+        out[i] = _projection(space, f.numel(), dim, seed) @ f
     return out
