@@ -1,10 +1,17 @@
 import os
-import subprocess
-import sys
-from pathlib import Path
 
-import pytest
-import torch
+# xdist workers share the cores: one intra-op thread each, set before torch (and its OpenMP runtime)
+# loads so that every thread and subprocess gets it, since OpenMP threads that outnumber the cores
+# spin against each other and slow small tensor ops severalfold
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) >= (os.cpu_count() or 1):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from peace.nets.architectures import ArchSpec, build_module
 from peace.zoo.tasks import load_task
