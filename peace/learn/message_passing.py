@@ -59,40 +59,38 @@ class MessagePassing(nn.Module):
                 (deg_in > 0).float(), (deg_out > 0).float()
         return torch.cat([agg_f, agg_b], 1), deg_in, deg_out
 
-    def _zeros(self, h: Tensor) -> tuple[Tensor, Tensor]:
-        # float32 accumulators: index_add_ needs one dtype, and sums of bf16 lose precision under AMP
-        return torch.zeros(h.shape[0], h.shape[1], device=h.device), torch.zeros(h.shape[0], h.shape[1], device=h.device)
-
-    def dense(self, d_all: Tensor, s_all: Tensor, e: Tensor, blocks: Sequence[DenseBlock], agg_f: Tensor,
-              agg_b: Tensor) -> None:
-        """Messages of populations' dense layers, added into ``agg_f`` / ``agg_b``: for each block the
-        (P, n_out, n_in) pre-activations by broadcasting, a few models at a time so they stay in cache,
-        instead of gathering and scattering per edge (the same sums in another order)."""
-        H, W = agg_f.shape[1], self.edge_lin.weight
+    def dense(self, d_all: Tensor, s_all: Tensor, e: Tensor, blocks: Sequence[DenseBlock]) -> tuple[Tensor, Tensor]:
+        """(N, H) float32 sums of the forward / backward messages of populations' dense layers: for each
+        block the (P, n_out, n_in) pre-activations by broadcasting, a few models at a time so they stay
+        in cache, instead of gathering and scattering per edge (the same sums in another order)."""
+        H, W, grad = d_all.shape[1] // 2, self.edge_lin.weight, torch.is_grad_enabled()
+        agg_f = torch.zeros(d_all.shape[0], H, device=d_all.device)
+        agg_b = torch.zeros(d_all.shape[0], H, device=d_all.device)
         for b in blocks:
             # an edge's input is [values, 0..., kind one-hot]: C e = C[:, :values] e[:values] + C[:, kind]
             c_values, c_kind = W[:, :b.values], W[:, e.shape[1] - len(EDGE_KINDS) + b.kind]
             D, S, E = b.nodes(d_all, True) + c_kind, b.nodes(s_all, False), b.edges(e[:, :b.values])
-            AF, AB = b.nodes(agg_f, True), b.nodes(agg_b, False)
-            step = max(1, DENSE_CHUNK // (b.n_out * b.n_in))
+            step, fwd, bwd = max(1, DENSE_CHUNK // (b.n_out * b.n_in)), [], []
             for a in range(0, b.P, step):
                 pre = D[a:a + step].unsqueeze(2) + S[a:a + step].unsqueeze(1)
                 if b.values == 1:
-                    pre = pre.addcmul_(E[a:a + step], c_values[:, 0]) if not torch.is_grad_enabled() \
-                        else torch.addcmul(pre, E[a:a + step], c_values[:, 0])
+                    pre = torch.addcmul(pre, E[a:a + step], c_values[:, 0]) if grad \
+                        else pre.addcmul_(E[a:a + step], c_values[:, 0])
                 else:
                     pre = pre + E[a:a + step] @ c_values.T
-                m = F.silu(pre, inplace=not torch.is_grad_enabled())
-                AF[a:a + step] += m[..., :H].sum(2, dtype=torch.float32)
-                AB[a:a + step] += m[..., H:].sum(1, dtype=torch.float32)
+                m = F.silu(pre, inplace=not grad)
+                fwd.append(m[..., :H].sum(2, dtype=torch.float32))
+                bwd.append(m[..., H:].sum(1, dtype=torch.float32))
+            agg_f = agg_f.index_add(0, b.node_ids(True, d_all.device), torch.cat(fwd).reshape(-1, H))
+            agg_b = agg_b.index_add(0, b.node_ids(False, d_all.device), torch.cat(bwd).reshape(-1, H))
+        return agg_f, agg_b
 
     def forward_torch(self, h: Tensor, e: Tensor, src: Tensor, dst: Tensor, deg_in: Tensor, deg_out: Tensor,
                       blocks: Sequence[DenseBlock] = (), rest: Tensor | None = None) -> Tensor:
         """One round over edges ``src -> dst`` (``rest``: only those ids; ``blocks``: dense layers)."""
         H = h.shape[1]
-        agg_f, agg_b = self._zeros(h)
         d_all, s_all = self.dst_lin(h), self.src_lin(h)
-        self.dense(d_all, s_all, e, blocks, agg_f, agg_b)
+        agg_f, agg_b = self.dense(d_all, s_all, e, blocks)
         if rest is not None:
             src, dst, e = src[rest], dst[rest], e[rest]
         for a in range(0, len(src), EDGE_CHUNK):  # messages of a chunk of edges at a time: bounded memory
@@ -108,9 +106,8 @@ class MessagePassing(nn.Module):
         import dgl.function as fn
 
         H = h.shape[1]
-        agg_f, agg_b = self._zeros(h)
         d_all, s_all = self.dst_lin(h), self.src_lin(h)
-        self.dense(d_all, s_all, e, blocks, agg_f, agg_b)
+        agg_f, agg_b = self.dense(d_all, s_all, e, blocks)
         if g.num_edges():
             g.ndata["d"], g.ndata["s"] = d_all, s_all
             g.apply_edges(fn.v_add_u("d", "s", "t"))

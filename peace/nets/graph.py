@@ -331,6 +331,12 @@ class DenseBlock:
         rows = x[self.node_start:self.node_start + self.P * self.node_stride]
         return rows.view(self.P, self.node_stride, *x.shape[1:])[:, first:first + n]
 
+    def node_ids(self, outputs: bool, device: torch.device | str = "cpu") -> Tensor:
+        """(P * n,) batch ids of the block's output (or input) nodes, model by model."""
+        first, n = (self.dst, self.n_out) if outputs else (self.src, self.n_in)
+        per_model = torch.arange(self.P, device=device).unsqueeze(1) * self.node_stride
+        return (self.node_start + first + per_model + torch.arange(n, device=device)).reshape(-1)
+
     def edges(self, x: Tensor) -> Tensor:
         """(P, n_out, n_in, ...) view of per-edge rows ``x`` (E_total, ...)."""
         rows = x[self.edge_start:self.edge_start + self.P * self.edge_stride].view(self.P, self.edge_stride, *x.shape[1:])
