@@ -16,15 +16,16 @@ cost per run, timed separately with ``--views``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
 import time
-from dataclasses import replace
 
 import torch
 
 from peace.core.device import resolve_device
+from peace.learn import encoder
 from peace.learn.contrastive import AugmentConfig, build_views
-from peace.learn.encoder import EncoderConfig, PeaceEncoder, dgl_available, prepare, to_device
+from peace.learn.encoder import EncoderConfig, PeaceEncoder, dgl_available
 from peace.learn.run import load_encoder
 from peace.learn.runconfig import load_config
 from peace.learn.trainer import fit
@@ -37,17 +38,17 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-@torch.no_grad()
-def embed_model_by_model(enc: PeaceEncoder, specs, weights, batch: int, device) -> torch.Tensor:
-    """Embeddings as before issue 27: each graph built alone, so no population and no dense block."""
-    enc.eval()
-    out = []
-    for s in range(0, len(specs), batch):
-        sp, w = specs[s:s + batch], weights[s:s + batch]
-        full = enc.batch(sp, w, device)
-        alone = batch_graphs([prepare(a, b, enc.config) for a, b in zip(sp, w)])
-        out.append(enc(to_device(replace(full, graphs=alone), device))["embedding"].float().cpu())
-    return torch.cat(out)
+@contextlib.contextmanager
+def model_by_model():
+    """``encoder.batch`` as before issue 27 while inside: each graph built alone, so no population and
+    no dense block (the same batches, probe responses and forward otherwise)."""
+    population_batch = encoder.prepare_batch
+    encoder.prepare_batch = lambda specs, params, config: batch_graphs(
+        [encoder.prepare(s, p, config) for s, p in zip(specs, params)])
+    try:
+        yield
+    finally:
+        encoder.prepare_batch = population_batch
 
 
 def embed_rate(embed, specs, weights, batch: int, device) -> tuple[float, torch.Tensor]:
@@ -104,7 +105,8 @@ def main() -> None:
     for b in backends:
         torch.manual_seed(0)
         enc = (load_encoder(args.run, str(device), backend=b) if args.run else PeaceEncoder(EncoderConfig(backend=b))).to(device)
-        before, e_before = embed_rate(lambda *a: embed_model_by_model(enc, *a, device), specs, weights, 128, device)
+        with model_by_model():
+            before, e_before = embed_rate(enc.embed, specs, weights, 128, device)
         now, e_now = embed_rate(enc.embed, specs, weights, 128, device)
         rows[b] = {"embed": now, "train": train_rate(enc, specs, weights, args.batch, device, amp)}
         print(f"[{b:5s}] embed model by model {before:8.1f} models/s, by population {now:8.1f} models/s "

@@ -348,23 +348,25 @@ class PeaceEncoder(Embedder):
         return self.fn_readout(torch.cat([mean, mx], -1))
 
     def _message_passing(self, h: Tensor, e: Tensor, batch: GraphBatch) -> Tensor:
-        g, blocks, rest = batch.graphs, batch.blocks, batch.rest
+        g, blocks = batch.graphs, batch.blocks
         ones = torch.ones(g.num_edges, device=h.device)
         deg_in = torch.zeros(g.num_nodes, device=h.device).index_add_(0, g.dst, ones).unsqueeze(1)
         deg_out = torch.zeros(g.num_nodes, device=h.device).index_add_(0, g.src, ones).unsqueeze(1)
+        # the edges outside dense blocks, gathered once for every round
+        src, dst, e_rest = (g.src, g.dst, e) if batch.rest is None else (g.src[batch.rest], g.dst[batch.rest],
+                                                                          e[batch.rest])
         if self.backend == "dgl" and g.num_edges <= DGL_MAX_EDGES:
             if h.device.type != "cpu":
                 raise PeaceError("the DGL backend runs on CPU only here; use backend 'torch' on GPU")
             import dgl
 
-            src, dst = (g.src, g.dst) if rest is None else (g.src[rest], g.dst[rest])
             dg = dgl.graph((src, dst), num_nodes=g.num_nodes)
             rg = dgl.graph((dst, src), num_nodes=g.num_nodes)
             for layer in self.rounds:
-                h = layer.forward_dgl(h, e, dg, rg, deg_in, deg_out, blocks, rest)
+                h = layer.forward_dgl(h, e_rest, dg, rg, deg_in, deg_out, blocks, e)
             return h
         for layer in self.rounds:
-            h = layer.forward_torch(h, e, g.src, g.dst, deg_in, deg_out, blocks, rest)
+            h = layer.forward_torch(h, e_rest, src, dst, deg_in, deg_out, blocks, e)
         return h
 
     def _layer_tokens(self, h: Tensor, g: NeuralGraph, batch: GraphBatch) -> tuple[Tensor, Tensor, Tensor]:

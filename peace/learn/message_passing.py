@@ -86,13 +86,12 @@ class MessagePassing(nn.Module):
         return agg_f, agg_b
 
     def forward_torch(self, h: Tensor, e: Tensor, src: Tensor, dst: Tensor, deg_in: Tensor, deg_out: Tensor,
-                      blocks: Sequence[DenseBlock] = (), rest: Tensor | None = None) -> Tensor:
-        """One round over edges ``src -> dst`` (``rest``: only those ids; ``blocks``: dense layers)."""
+                      blocks: Sequence[DenseBlock] = (), e_all: Tensor | None = None) -> Tensor:
+        """One round: per-edge messages over ``src -> dst`` carrying ``e``, plus the dense ``blocks``,
+        which read their edges from ``e_all`` (every edge of the batch; default ``e``)."""
         H = h.shape[1]
         d_all, s_all = self.dst_lin(h), self.src_lin(h)
-        agg_f, agg_b = self.dense(d_all, s_all, e, blocks)
-        if rest is not None:
-            src, dst, e = src[rest], dst[rest], e[rest]
+        agg_f, agg_b = self.dense(d_all, s_all, e if e_all is None else e_all, blocks)
         for a in range(0, len(src), EDGE_CHUNK):  # messages of a chunk of edges at a time: bounded memory
             b = a + EDGE_CHUNK
             m = F.silu(d_all[dst[a:b]] + s_all[src[a:b]] + self.edge_lin(e[a:b])).float()
@@ -101,18 +100,18 @@ class MessagePassing(nn.Module):
         return self._update(h, *self._scale(agg_f, agg_b, deg_in, deg_out))
 
     def forward_dgl(self, h: Tensor, e: Tensor, g, rg, deg_in: Tensor, deg_out: Tensor,
-                    blocks: Sequence[DenseBlock] = (), rest: Tensor | None = None) -> Tensor:
-        """The same round with DGL's kernels for the edges of ``g`` / ``rg`` (built from ``rest``)."""
+                    blocks: Sequence[DenseBlock] = (), e_all: Tensor | None = None) -> Tensor:
+        """The same round with DGL's kernels for the edges of ``g`` / ``rg`` (carrying ``e``)."""
         import dgl.function as fn
 
         H = h.shape[1]
         d_all, s_all = self.dst_lin(h), self.src_lin(h)
-        agg_f, agg_b = self.dense(d_all, s_all, e, blocks)
+        agg_f, agg_b = self.dense(d_all, s_all, e if e_all is None else e_all, blocks)
         if g.num_edges():
             g.ndata["d"], g.ndata["s"] = d_all, s_all
             g.apply_edges(fn.v_add_u("d", "s", "t"))
             del g.ndata["d"], g.ndata["s"]
-            m = F.silu(g.edata.pop("t") + self.edge_lin(e if rest is None else e[rest])).float()
+            m = F.silu(g.edata.pop("t") + self.edge_lin(e)).float()
             g.edata["m"], rg.edata["m"] = m[:, :H], m[:, H:]
             g.update_all(fn.copy_e("m", "m"), fn.sum("m", "agg"))
             rg.update_all(fn.copy_e("m", "m"), fn.sum("m", "agg"))

@@ -137,9 +137,13 @@ def population_graph(spec: ArchSpec, params: dict[str, Tensor], edge_dim: int = 
 def sparse_layers(spec: ArchSpec, max_layer_edges: int | None) -> bool:
     """Whether ``max_layer_edges`` thins a layer of this architecture (its graph's structure then
     depends on each model's weights)."""
-    return max_layer_edges is not None and any(
-        layer.out_features * (layer.flatten_from[0] if layer.flatten_from is not None else layer.in_features)
-        > max_layer_edges for layer in spec.layers)
+    return any(_thinned(layer.out_features, layer.flatten_from[0] if layer.flatten_from is not None
+                        else layer.in_features, max_layer_edges) for layer in spec.layers)
+
+
+def _thinned(n_out: int, n_in: int, max_layer_edges: int | None) -> bool:
+    """Whether a dense layer of n_out x n_in edges keeps only each unit's strongest (``neural_graph``)."""
+    return max_layer_edges is not None and n_out * n_in > max_layer_edges
 
 
 def _check_edges(spec: ArchSpec, edge_dim: int, oversize: str) -> None:
@@ -231,7 +235,7 @@ class GraphBuilder:
             k = self.edge_dim
         s_idx, d_idx = torch.arange(n_in).repeat(n_out), torch.arange(n_out).repeat_interleave(n_in)
         vals = vals.reshape(P, -1, k)
-        if self.max_layer_edges is not None and n_out * n_in > self.max_layer_edges:
+        if _thinned(n_out, n_in, self.max_layer_edges):
             if self.population is not None:
                 raise PeaceError("a sparsified layer's edges depend on each model: build such graphs one by one")
             keep = -(-self.max_layer_edges // n_out)
@@ -325,15 +329,19 @@ class DenseBlock:
     values: int  # values each edge carries (the rest of its edge_dim slots are zero)
     kind: int  # index in EDGE_KINDS
 
+    def _span(self, outputs: bool) -> tuple[int, int]:
+        """(first node within a model, count) of the block's outputs or inputs."""
+        return (self.dst, self.n_out) if outputs else (self.src, self.n_in)
+
     def nodes(self, x: Tensor, outputs: bool) -> Tensor:
         """(P, n, ...) view of per-node rows ``x`` (N_total, ...) for the block's outputs or inputs."""
-        first, n = (self.dst, self.n_out) if outputs else (self.src, self.n_in)
+        first, n = self._span(outputs)
         rows = x[self.node_start:self.node_start + self.P * self.node_stride]
         return rows.view(self.P, self.node_stride, *x.shape[1:])[:, first:first + n]
 
     def node_ids(self, outputs: bool, device: torch.device | str = "cpu") -> Tensor:
         """(P * n,) batch ids of the block's output (or input) nodes, model by model."""
-        first, n = (self.dst, self.n_out) if outputs else (self.src, self.n_in)
+        first, n = self._span(outputs)
         per_model = torch.arange(self.P, device=device).unsqueeze(1) * self.node_stride
         return (self.node_start + first + per_model + torch.arange(n, device=device)).reshape(-1)
 

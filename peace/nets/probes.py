@@ -117,7 +117,8 @@ def sketch(responses: Sequence[Tensor], spaces: Sequence[str], dim: int, seed: i
     dot products approximate agreements (Johnson-Lindenstrauss, error about 1/sqrt(dim)), and sketches
     of different spaces are nearly orthogonal. A fixed-size stand-in for the function-space vector."""
     out = torch.zeros(len(responses), dim)
-    for i, (r, space) in enumerate(zip(responses, spaces)):  # one product per model: a model's sketch is
-        f = fingerprint(r)                                     # bitwise the same whatever its batch
+    # one product per model, not one per io-space: a model's sketch is then bitwise the same in any batch
+    for i, (r, space) in enumerate(zip(responses, spaces)):
+        f = fingerprint(r)
         out[i] = _projection(space, f.numel(), dim, seed) @ f
     return out
