@@ -251,3 +251,24 @@ def test_a_failed_rebuild_leaves_the_old_set_as_it_was(embedding_set, tiny_run, 
     with pytest.raises(PeaceError, match=r"holds files that are not part of an embedding set \(notes.txt\)"):
         export_embeddings(tiny_run.path, out, umap=False, progress=False)
     assert (out / "notes.txt").read_text() == "mine" and EmbeddingSet(out)
+
+
+def test_indices_are_reproducible_when_small_and_threaded_when_big(tmp_path, monkeypatch):
+    from annoy import AnnoyIndex
+
+    from peace.serve import index
+
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(60, 16)).astype(np.float32)
+    x = normalize_rows(centers[rng.integers(60, size=3000)] + 0.3 * rng.normal(size=(3000, 16)).astype(np.float32))
+    index.build_annoy(x, tmp_path / "a.ann", trees=10)
+    index.build_annoy(x, tmp_path / "b.ann", trees=10)
+    assert (tmp_path / "a.ann").read_bytes() == (tmp_path / "b.ann").read_bytes()  # one thread: the same file
+    monkeypatch.setattr(index, "PARALLEL_BUILD", 1000)  # as a big set: every core builds trees
+    index.build_annoy(x, tmp_path / "c.ann", trees=10)
+    ann = AnnoyIndex(16, "angular")
+    ann.load(str(tmp_path / "c.ann"))
+    assert ann.get_n_items() == 3000 and ann.get_n_trees() == 10
+    exact = np.argsort(-(x[:50] @ x.T), axis=1)[:, :10]
+    found = [set(ann.get_nns_by_vector(x[i].tolist(), 10, search_k=index.SEARCH_EFFORT * 10 * 11)) for i in range(50)]
+    assert np.mean([len(f & set(e)) / 10 for f, e in zip(found, exact)]) >= 0.99

@@ -185,3 +185,25 @@ def test_zoos_built_before_presets_named_configs_still_resume_and_train_on_defau
     (old / "recipe.json").write_text(json.dumps(recipe))
     assert config_for_zoo(old) == ("default", [], "the zoo's recipe names none")  # trained as before
     assert len(build_zoo(load_recipe("tiny"), old, resume=True, progress=False)) == len(tiny_zoo)  # same zoo
+
+
+def test_plan_scales_reference_times_by_this_machines_calibration(monkeypatch):
+    from types import SimpleNamespace
+
+    from peace.orchestrate import estimate
+
+    steps = [SimpleNamespace(name=n, notebook=f"0{i}.ipynb") for i, n in enumerate(["build zoo", "train encoder"], 1)]
+    reference = {"build zoo": 2, "train encoder": 10}
+    calls = []
+    monkeypatch.setattr(estimate, "_calibration_seconds",
+                        lambda: calls.append(1) or 3 * estimate.REFERENCE_CALIBRATION_S)  # a machine 3x slower
+    said = estimate.plan(steps, [True, True], {}, reference)
+    assert "build zoo (01.ipynb): runs, about 6 min on this machine" in said
+    assert "train encoder (02.ipynb): runs, about 30 min on this machine" in said
+    assert "roughly 36 min in all" in said and "3.0x the time of the 2-core reference" in said
+    assert len(calls) == 3  # calibrated once per plan (best of three), not once per step
+    calls.clear()
+    said = estimate.plan(steps, [False, True], {"train encoder": 125.0}, reference)
+    assert "build zoo: current, skipped" in said and "last took 2 min here" in said and not calls
+    monkeypatch.setattr(estimate, "_calibration_seconds", lambda: 1e6)  # a hung machine: the factor is bounded
+    assert estimate.machine_factor() == 20.0

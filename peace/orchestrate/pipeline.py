@@ -23,6 +23,7 @@ from peace.core.atomic import read_json_or_none, write_json
 from peace.core.errors import PeaceError, unknown
 from peace.core.paths import replacing, safe_name
 from peace.learn.run import RunDir
+from peace.orchestrate.estimate import REFERENCE_MINUTES, TIMINGS, describe, plan
 
 __all__ = [
     "NOTEBOOKS", "STAMP", "Step", "check_parameters_cell", "evaluate_step", "notebook_path", "pipeline_steps",
@@ -169,38 +170,6 @@ def _check_plan(recipe, config: str, cfg) -> None:
                          f"before building it; the preset's own config is {recipe.encoder_config!r})") from None
 
 
-TIMINGS = "timings.json"  # beside the executed notebooks: how long each step last took on this machine
-# Measured on a 2-core machine (docs/benchmarks.md), minutes: the estimate before a first run here.
-REFERENCE_MINUTES = {"demo": {"build zoo": 1.5, "train encoder": 10, "export embeddings": 2, "evaluate": 6},
-                     "tiny": {"build zoo": 0.2, "train encoder": 0.2, "export embeddings": 0.35, "evaluate": 0.2}}
-
-
-def _minutes(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
-
-
-def plan(steps: Sequence[Step], force: bool, timings: dict, reference: dict) -> tuple[list[bool], str]:
-    """Which steps will run, and a few lines saying so with how long each should take here: the time
-    it last took on this machine, else the reference figure from a 2-core machine."""
-    runs = [force or not s.is_current() for s in steps]  # later steps may turn current once earlier ones ran
-    lines, total = [], 0.0
-    for i, (s, run) in enumerate(zip(steps, runs), 1):
-        if not run:
-            lines.append(f"[peace]   {i}/{len(steps)} {s.name}: current" + (", skipped" if not any(runs[:i]) else
-                                                                           ", unless the steps before change its inputs"))
-            continue
-        seen, ref = timings.get(s.name), reference.get(s.name)
-        if seen is not None:
-            how, total = f"last took {_minutes(seen)} here", total + seen
-        elif ref is not None:
-            how, total = f"about {_minutes(60 * ref)} on 2 cores", total + 60 * ref
-        else:
-            how = "no timing yet"
-        lines.append(f"[peace]   {i}/{len(steps)} {s.name} ({s.notebook}): runs, {how}")
-    head = f"[peace] plan: {sum(runs)} of {len(steps)} step(s) to run" + (f", roughly {_minutes(total)} in all" if total else "")
-    return runs, "\n".join([head, *lines])
-
-
 def run_steps(steps: Sequence[Step], notebooks_out: Path, force: bool = False, progress: bool = True,
               notebooks: Path | None = None, reference: dict | None = None, stream: bool | None = None,
               root: Path | None = None) -> list[str]:
@@ -214,8 +183,9 @@ def run_steps(steps: Sequence[Step], notebooks_out: Path, force: bool = False, p
         check_parameters_cell(p, list(s.parameters))
     timings = read_json_or_none(notebooks_out / TIMINGS) or {}
     if progress:
-        print(plan(steps, force, timings, reference or {})[1], flush=True)
-    outcome = []
+        runs = [force or not s.is_current() for s in steps]  # later steps may turn current once earlier ones ran
+        print(plan(steps, runs, timings, reference or {}), flush=True)
+    outcome, start = [], time.perf_counter()
     for i, (s, path) in enumerate(zip(steps, paths), 1):
         if not force and s.is_current():  # checked now: the steps before may have just rewritten its inputs
             outcome.append("current")
@@ -241,8 +211,10 @@ def run_steps(steps: Sequence[Step], notebooks_out: Path, force: bool = False, p
         timings[s.name] = time.perf_counter() - t0
         write_json(notebooks_out / TIMINGS, timings)
         if progress:
-            print(f"[peace] {i}/{len(steps)} {s.name}: done in {_minutes(timings[s.name])}; outputs in "
+            print(f"[peace] {i}/{len(steps)} {s.name}: done in {describe(timings[s.name])}; outputs in "
                   f"{s.outputs[0].parent}", flush=True)
+    if progress and "ran" in outcome:
+        print(f"[peace] {outcome.count('ran')} step(s) done in {describe(time.perf_counter() - start)}", flush=True)
     return outcome
 
 
