@@ -99,7 +99,8 @@ def test_evaluate_compares_every_method(tiny_run, tiny_zoo, tmp_path):
               tmp_path / "mlp", progress=False)
     m = evaluate(tiny_run.path, tmp_path / "eval", mlp_run=mlp.path, progress=False,
                  accuracy=PredictorConfig(channels=4, layers=1, head=8, epochs=3, finetune_epochs=2))
-    assert set(m["methods"]) == {"peace", "peace-learned", "mlp-encoder", "metadata", "raw", "stats", "pca", "function"}
+    assert set(m["methods"]) == {"peace", "peace-learned", "mlp-encoder", "metadata", "raw", "stats", "pca", "function",
+                              "probegen"}
     peace = m["methods"]["peace"]
     assert peace["invariance"]["ratio"] < 0.01  # exact invariance, measured through the whole pipeline
     assert m["methods"]["function"]["invariance"]["ratio"] == 0  # responses do not see weight-space symmetries
@@ -107,12 +108,16 @@ def test_evaluate_compares_every_method(tiny_run, tiny_zoo, tmp_path):
         assert m["methods"][name]["invariance"]["ratio"] > 10 * peace["invariance"]["ratio"], name
     assert 0 < peace["retrieval_task"]["map"] <= 1 and "r2" in peace["probes"]["test_acc"]
     assert "map" in peace["retrieval_task_cross_arch"]
+    sel = m["selection"]  # ranking the held-out tasks' models without their labels
+    assert set(sel["tasks"]) <= set(m["heldout_tasks"]) and sel["n_models"] > 0
+    assert set(sel["methods"]) == set(m["methods"]) | {"confidence (task's unlabelled inputs)"}
+    assert all(np.isnan(t) or -1 <= t <= 1 for t in sel["methods"].values())
     study = m["accuracy_prediction"]  # NFN's setting, on the largest MLP architecture
     assert "skipped" in study or {"nfn-hnp", "nfn-np", "peace + ridge", "peace aux head",
                                   "peace fine-tuned"} <= set(study["methods"])
     report = (tmp_path / "eval" / "report.md").read_text()
     assert "| peace |" in report and "| stats |" in report and "| function |" in report
-    assert "cross-arch mAP" in report and "## Accuracy prediction" in report
+    assert "cross-arch mAP" in report and "## Accuracy prediction" in report and "## Model selection" in report
     skipped = m["transfer"]["skipped"]  # tiny holds out tetris, which no other tiny task's models can read
     assert list(skipped) == m["heldout_tasks"] and "## Transfer learning" in report and "skipped" in report
     assert (tmp_path / "eval" / "retrieval.html").exists()

@@ -66,7 +66,7 @@ def test_accuracy_study_compares_nfn_with_probes_on_one_architecture(tiny_zoo):
                          min_models=3, extra={"constant": lambda m: np.full(len(m), 0.5)})
     assert out["arch"].startswith("mlp") and out["n_train"] >= 3
     assert set(out["methods"]) == {"raw + ridge", "stats + ridge", "stats + gradient boosting", "constant", "nfn-hnp",
-                                   "nfn-np"}
+                                   "nfn-np", "probegen", "probegen, free probes"}
     assert all(np.isfinite(r["r2"]) for r in out["methods"].values())
     assert out["methods"]["constant"]["r2"] <= 0  # a constant predicts nothing
     assert "skipped" in accuracy_study(train, val, test, methods, min_models=10_000)

@@ -1,6 +1,8 @@
 """Evaluation metrics on embeddings (scikit-learn / scipy implementations wherever they exist)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 from scipy.stats import kendalltau, spearmanr
@@ -20,7 +22,7 @@ from peace.core.errors import PeaceError
 
 __all__ = [
     "clustering_scores", "cosine_similarity_matrix", "functional_similarity", "hard_queries", "invariance_ratio",
-    "linear_probe", "normalize_rows", "retrieval_map", "retrieval_scores"
+    "linear_probe", "normalize_rows", "retrieval_map", "retrieval_scores", "ridge", "within_group_tau"
 ]
 
 
@@ -107,22 +109,45 @@ def clustering_scores(emb: np.ndarray, labels: np.ndarray, seed: int = 0) -> dic
             "davies_bouldin": float(davies_bouldin_score(x, labels))}
 
 
+def ridge(X_train: np.ndarray, y_train: np.ndarray):
+    """The regression probe: ridge with cross-validated alpha on standardized features, fit."""
+    return make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 4, 15))).fit(X_train, y_train)
+
+
 def linear_probe(X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, y_test: np.ndarray,
-                 categorical: bool = False, subsets: dict[str, np.ndarray] | None = None) -> dict[str, float]:
+                 categorical: bool = False, subsets: dict[str, np.ndarray] | None = None,
+                 rank_within: np.ndarray | None = None) -> dict[str, float]:
     """Ridge with cross-validated alpha (R^2, Kendall tau) or logistic regression (accuracy), on standardized X.
-    ``subsets`` (name -> boolean mask over the test rows) adds ``r2_<name>`` for regression probes."""
+    ``subsets`` (name -> boolean mask over the test rows) adds ``r2_<name>`` for regression probes;
+    ``rank_within`` (a group per test row, None for rows left out) adds ``within_group_tau``
+    (``peace.evaluate.selection.within_group_tau`` of the predictions)."""
     if categorical:
         model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
         model.fit(X_train, y_train)
         return {"accuracy": float(accuracy_score(y_test, model.predict(X_test)))}
-    model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 4, 15)))
-    model.fit(X_train, y_train)
-    pred = model.predict(X_test)
+    pred = ridge(X_train, y_train).predict(X_test)
     out = {"r2": float(r2_score(y_test, pred)), "kendall_tau": float(kendalltau(y_test, pred).statistic)}
     for name, mask in (subsets or {}).items():
         mask = np.asarray(mask, bool)
         out[f"r2_{name}"] = float(r2_score(y_test[mask], pred[mask])) if mask.sum() > 1 else float("nan")
+    if rank_within is not None:
+        keep = np.array([g is not None for g in rank_within])
+        out["within_group_tau"] = within_group_tau(np.asarray(y_test)[keep], pred[keep], np.asarray(rank_within)[keep])
     return out
+
+
+def within_group_tau(y: Sequence[float], pred: Sequence[float], groups: Sequence, min_size: int = 3) -> float:
+    """Mean over groups (each of ``min_size`` or more models, weighted equally) of the Kendall tau between
+    ``pred`` and ``y`` inside the group: how well ``pred`` orders each task's models. NaN without such a group
+    (and a group whose predictions or targets are all equal counts as tau 0: it orders nothing)."""
+    y, pred, groups = np.asarray(y, float), np.asarray(pred, float), np.asarray(groups)
+    taus = []
+    for g in dict.fromkeys(groups.tolist()):
+        idx = groups == g
+        if idx.sum() >= min_size:
+            tau = kendalltau(y[idx], pred[idx]).statistic
+            taus.append(0.0 if np.isnan(tau) else float(tau))
+    return float(np.mean(taus)) if taus else float("nan")
 
 
 def functional_similarity(emb: np.ndarray, predictions: np.ndarray) -> float:

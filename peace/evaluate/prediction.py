@@ -10,7 +10,8 @@ invariant to the scaling and sign symmetries.
 :func:`accuracy_study` takes the largest single-architecture MLP group of a split and compares,
 on its test models, NFN-HNP and NFN-NP predictors with ridge probes on every method's vectors
 (PEACE, s(W), raw weights, function space), s(W) with gradient boosting, PEACE's own metric head,
-and PEACE's encoder fine-tuned as NFN is trained (supervised, end to end, same data and stopping).
+ProbeGen (``peace.evaluate.probegen``: learned probes, the field's strongest prober) and PEACE's
+encoder fine-tuned as NFN is trained (supervised, end to end, same data and stopping).
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from torch import Tensor, nn
 from peace.core.errors import PeaceError
 from peace.evaluate.baselines import Baseline, Models, WeightStats
 from peace.evaluate.metrics import linear_probe
+from peace.evaluate.probegen import GENERATORS, ProbeGenConfig, ProbeGenRegressor
 from peace.nets.architectures import ArchSpec
 
 __all__ = [
@@ -244,6 +246,13 @@ def accuracy_study(train: Models, val: Models, test: Models, methods: Sequence[B
     for mode in NFN_MODES:
         model = fit_nfn(spec, tr.params, y_tr, va.params, y_va, mode, config, seed)
         out["methods"][f"nfn-{mode}"] = _scores(y_te, predict_regressor(model, te.params))
+    for generator in GENERATORS:  # ProbeGen, and its freely learned probes (the paper's vanilla probing)
+        torch.manual_seed(seed)
+        pg = ProbeGenConfig(generator=generator)
+        model = fit_regressor(ProbeGenRegressor(spec, pg), tr.params, y_tr, va.params, y_va, config.epochs, pg.lr,
+                              config, seed)
+        out["methods"]["probegen" if generator == "deep-linear" else "probegen, free probes"] = _scores(
+            y_te, predict_regressor(model, te.params))
     if encoder is not None:  # the same supervised training for PEACE's encoder, from its contrastive weights
         model = fit_regressor(EncoderRegressor(encoder, spec, config.head), tr.params, y_tr, va.params, y_va,
                               config.finetune_epochs, config.finetune_lr, config, seed)

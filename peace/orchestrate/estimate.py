@@ -2,11 +2,12 @@
 measured on a reference 2-core machine scaled by a half-second calibration of this one.
 
 The calibration is a fixed torch workload shaped like the pipeline's (small matmuls, elementwise ops
-and their backward passes on the default thread count), timed here and on the reference machine; a
-machine that runs it 2x slower (slower cores, fewer of them, or busy) is told every step takes 2x longer.
+and their backward passes, on one thread), timed here and on the reference machine; a machine that runs
+it 2x slower (slower or busy cores) is told every step takes 2x longer, and 2x again on a single core.
 """
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 
@@ -16,30 +17,39 @@ TIMINGS = "timings.json"  # beside the executed notebooks: how long each step la
 # Measured on the reference machine (2 cores, docs/benchmarks.md "Demo pipeline"), minutes.
 REFERENCE_MINUTES = {"demo": {"build zoo": 1.1, "train encoder": 6.5, "export embeddings": 1.15, "evaluate": 3.6},
                      "tiny": {"build zoo": 0.2, "train encoder": 0.2, "export embeddings": 0.35, "evaluate": 0.2}}
-REFERENCE_CALIBRATION_S = 0.19  # best of three ``_calibration_seconds()`` on the reference machine
+REFERENCE_CALIBRATION_S = 0.10  # best of three ``_calibration_seconds()`` on the reference machine
 
 
 def _calibration_seconds() -> float:
-    """Seconds of a fixed workload like the pipeline's: a small MLP's forward and backward passes."""
+    """Seconds of a fixed workload like the pipeline's, on one thread (several threads beside another
+    busy process spin against it and time the contention, not the machine): a small MLP's forward and
+    backward passes."""
     import torch
 
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(256, 128, generator=g)
-    w1 = torch.randn(128, 128, generator=g).requires_grad_()
-    w2 = torch.randn(128, 128, generator=g).requires_grad_()
-    t0 = time.perf_counter()
-    for _ in range(300):
-        h = torch.nn.functional.silu(x @ w1)
-        loss = torch.tanh(h @ w2).square().mean()
-        loss.backward()
-    return time.perf_counter() - t0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(256, 128, generator=g)
+        w1 = torch.randn(128, 128, generator=g).requires_grad_()
+        w2 = torch.randn(128, 128, generator=g).requires_grad_()
+        t0 = time.perf_counter()
+        for _ in range(200):
+            h = torch.nn.functional.silu(x @ w1)
+            loss = torch.tanh(h @ w2).square().mean()
+            loss.backward()
+        return time.perf_counter() - t0
+    finally:
+        torch.set_num_threads(threads)
 
 
 def machine_factor() -> float:
-    """How many times longer this machine takes than the reference one (the best of three calibrations,
-    so that one hiccup does not double an estimate), clamped to [0.1, 20]."""
+    """How many times longer this machine takes than the reference one: the best of three one-thread
+    calibrations (one hiccup does not double an estimate), times 2 on a single core (the reference has
+    two; more than two are not counted, as the pipeline does not use them all), clamped to [0.1, 20]."""
     seconds = min(_calibration_seconds() for _ in range(3))
-    return min(20.0, max(0.1, seconds / REFERENCE_CALIBRATION_S))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(20.0, max(0.1, seconds / REFERENCE_CALIBRATION_S * 2 / min(2, cores)))
 
 
 def describe(seconds: float) -> str:

@@ -25,9 +25,12 @@ from peace.evaluate.metrics import (
     invariance_ratio,
     linear_probe,
     retrieval_scores,
+    within_group_tau,
 )
 from peace.evaluate.prediction import PredictorConfig, accuracy_study
+from peace.evaluate.selection import CONFIDENCE, confidence
 from peace.evaluate.transfer import TransferConfig, transfer_study
+from peace.learn.probegen import ProbeGenEmbedding
 from peace.learn.run import RunDir, load_encoder
 from peace.nets.probes import io_space, responses
 from peace.nets.symmetry import random_symmetry
@@ -106,9 +109,14 @@ def evaluate_method(method: Baseline, train: Models, test: Models, seed: int = 0
             blind = MetadataSearch([c for c in method.columns if c not in REVEALS[t]]).fit(train)
             x_tr, x_te = blind.transform(train), blind.transform(test)
         held = te["heldout_task"].to_numpy(bool) if "heldout_task" in te else np.zeros(len(te), bool)
+        # test_acc also ranks the held-out tasks' models, unlabelled: model selection (peace.evaluate.selection)
+        within = np.where(held, te["task"].to_numpy(object), None) if t == "test_acc" and held.any() else None
         probes[t] = linear_probe(x_tr, tr[t].to_numpy(), x_te, te[t].to_numpy(), categorical=categorical,
-                                 subsets={"seen_tasks": ~held, "heldout_tasks": held} if held.any() else None)
+                                 subsets={"seen_tasks": ~held, "heldout_tasks": held} if held.any() else None,
+                                 rank_within=within)
     out["probes"] = probes
+    if "within_group_tau" in probes["test_acc"]:
+        out["selection_tau"] = probes["test_acc"]["within_group_tau"]
     inv = _sample(rows.reset_index(drop=True).assign(i=range(len(rows))), 100, seed)
     moved = Models(inv.drop(columns="i"), [test.specs[i] for i in inv["i"]],
                    [random_symmetry(test.specs[i], test.params[i], seed=seed + k) for k, i in enumerate(inv["i"])])
@@ -138,13 +146,13 @@ def split_models(run_dir: str | Path, zoo: Zoo, splits: tuple[str, ...] = ("trai
 def evaluate(run_dir: str | Path, out: str | Path, zoo: Zoo | str | Path | None = None,
              mlp_run: str | Path | None = None, seed: int = 0, progress: bool = True,
              transfer: TransferConfig | None = TransferConfig(), accuracy: PredictorConfig | None = PredictorConfig(),
-             engine: Engine | None = None, generative: GenerativeConfig | None = None) -> dict:
+             engine: Engine | None = None, generative: GenerativeConfig | None = None, probegen: int = 100) -> dict:
     """Evaluate the run's encoder and every baseline; write metrics.json, report.md and figures to ``out``.
 
     ``transfer=None`` skips the fine-tuning study (the slowest part; ``engine`` spreads its
     fine-tuning over Ray workers); ``accuracy=None`` the accuracy-prediction study against NFN on
     the largest MLP architecture; ``generative`` adds SANE's study of sampled models (the run needs a
-    decoder: ``peace decoder``)."""
+    decoder: ``peace decoder``); ``probegen`` steps of contrastive ProbeGen training (0: not compared)."""
     run_dir, out = Path(run_dir), Path(out)
     peace = EncoderMethod(run_dir, "peace")
     zoo = zoo if isinstance(zoo, Zoo) else Zoo(zoo or peace.encoder.meta["zoo"])
@@ -155,13 +163,23 @@ def evaluate(run_dir: str | Path, out: str | Path, zoo: Zoo | str | Path | None 
     methods: list[Baseline] = [peace] + ([EncoderMethod(mlp_run, "mlp-encoder")] if mlp_run else []) + weight_baselines()
     if peace.encoder.config.function_block:  # what the learned encoder does without the sketch
         methods.insert(1, EncoderMethod(run_dir, "peace-learned", learned_only=True, encoder=peace.encoder))
-    methods.append(FunctionSpace(spaces=sorted({io_space(s) for s in train.specs + test.specs})))
+    spaces = sorted({io_space(s) for s in train.specs + test.specs})  # held-out tasks may bring their own
+    methods.append(FunctionSpace(spaces=spaces))
+    if probegen:  # the learned prober, trained contrastively as PEACE is (peace.learn.probegen)
+        methods.append(ProbeGenEmbedding(steps=probegen, seed=seed, spaces=spaces))
     results = {}
     for m in tqdm(methods, desc="evaluate", disable=not progress, leave=False):
         m.fit(train)
         results[m.name] = evaluate_method(m, train, test, seed)
     metrics = {"run": str(run_dir), "zoo": str(zoo.path), "n_train": len(train), "n_test": len(test),
                "heldout_tasks": peace.encoder.meta.get("holdout_tasks", []), "methods": results}
+    held = test.rows["heldout_task"].to_numpy(bool)
+    if held.any():
+        idx = np.flatnonzero(held)
+        conf = confidence([test.specs[i] for i in idx], [test.params[i] for i in idx], test.rows["task"].iloc[idx])
+        metrics["selection"] = {"tasks": sorted(set(test.rows["task"].iloc[idx])), "n_models": len(idx), "methods": {
+            **{n: r["selection_tau"] for n, r in results.items()},
+            CONFIDENCE: within_group_tau(test.rows["test_acc"].iloc[idx], conf, test.rows["task"].iloc[idx])}}
     if accuracy is not None:
         aux = peace.encoder.config.aux_targets
         head = {} if "test_acc" not in aux else {
@@ -194,6 +212,7 @@ def summary_table(metrics: dict) -> pd.DataFrame:
                       "R2 test_acc": p["test_acc"]["r2"],
                       "R2 test_acc (seen tasks)": p["test_acc"].get("r2_seen_tasks", p["test_acc"]["r2"]),
                       "R2 gen_gap": p["gen_gap"]["r2"], "R2 epoch": p["epoch"]["r2"],
+                      "selection tau": r.get("selection_tau", math.nan),
                       "func. Spearman": r["functional_spearman"], "invariance ratio": r["invariance"]["ratio"]}
     return pd.DataFrame(rows).T.rename_axis("method")
 
@@ -258,12 +277,28 @@ def report_markdown(metrics: dict, table: pd.DataFrame) -> str:
             "architecture is trained on other tasks too; held-out: queries of tasks never seen in training; "
             "cross-arch: each query ranks only models of other architectures) or same fine-tune lineage. "
             "function: class predictions on shared random probe inputs (training-free; compares models of one "
-            "io-space only). peace-learned: PEACE's learned embedding without its function-space block. R2: ridge "
+            "io-space only). probegen: ProbeGen's learned probes and reader, trained contrastively on PEACE's "
+            "partners. "
+            "peace-learned: PEACE's learned embedding without its function-space block. R2: ridge "
             "probes (seen tasks: the test models of training tasks only). Func. Spearman: rank correlation of "
             "embedding distance with prediction disagreement on shared probe inputs. Invariance ratio: distance to a random symmetry "
             "transform over distance to the nearest other model (lower is better; 0 = exactly invariant).\n\n"
+            f"{selection_markdown(metrics.get('selection'))}"
             f"{accuracy_markdown(metrics.get('accuracy_prediction'))}{transfer_markdown(metrics.get('transfer'))}"
             f"{generative_markdown(metrics.get('generative'))}All numbers: `metrics.json`.\n")
+
+
+def selection_markdown(study: dict | None) -> str:
+    """The report's model-selection table (held-out tasks); empty when the run holds out no task."""
+    if not study:
+        return ""
+    rows = "".join(f"| {m} | {'n/a' if math.isnan(t) else f'{t:.3f}'} |\n" for m, t in study["methods"].items())
+    return (f"## Model selection on tasks nobody labelled\n\nThe {study['n_models']} test models of the held-out "
+            f"tasks {', '.join(study['tasks'])}, ranked by predicted test accuracy (a ridge probe on each method's "
+            f"vectors, fit on the training tasks' models: no label of these tasks is used); Kendall tau against "
+            f"their true test accuracy inside each task, averaged over tasks. {CONFIDENCE}: each model's mean top "
+            f"softmax probability on the task's test inputs (uses the task's data, not its labels).\n\n"
+            f"| method | within-task Kendall tau |\n|---|---|\n{rows}\n")
 
 
 def accuracy_markdown(study: dict | None) -> str:
@@ -277,7 +312,9 @@ def accuracy_markdown(study: dict | None) -> str:
             f"`{study['arch']}` ({study['n_train']} training / {study['n_val']} validation / {study['n_test']} test "
             f"models; tasks {', '.join(study['tasks'])}): predictors of `{study['target']}` fit on its training "
             f"models, scored on its test models. nfn-hnp / nfn-np: Neural Functional Networks (Zhou et al. 2023) "
-            f"trained supervised; `+ ridge`: a ridge probe on the method's vectors; peace aux head: the encoder's "
+            f"trained supervised; probegen: ProbeGen (Kahana et al. 2025), the models' outputs on 64 probes made by "
+            f"a learned deep linear generator, read by an MLP, trained supervised (free probes: the probes learned "
+            f"directly); `+ ridge`: a ridge probe on the method's vectors; peace aux head: the encoder's "
             f"own metric head, not refit.\n\n| predictor | R2 | Kendall tau |\n|---|---|---|\n{rows}\n")
 
 

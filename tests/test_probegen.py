@@ -1,0 +1,86 @@
+"""The ProbeGen peer: learned probes from a shared deep linear generator, read by an MLP head."""
+import numpy as np
+import pytest
+import torch
+from conftest import random_model
+from torch import nn
+
+from peace.core.errors import PeaceError
+from peace.evaluate.prediction import PredictorConfig, fit_regressor, predict_regressor
+from peace.evaluate.probegen import ProbeGenConfig, ProbeGenerator, ProbeGenRegressor
+from peace.nets.architectures import ArchSpec, PeaceNet
+from peace.nets.symmetry import random_symmetry
+
+SMALL = ProbeGenConfig(n_probes=8, latent=8, width=4, head=32, head_layers=3, lr=3e-3)
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8), (3, 5, 7), (2, 12), (1, 9), (16,)])
+@pytest.mark.parametrize("generator", ["deep-linear", "free"])
+def test_probes_take_the_input_shape_and_the_generator_is_linear(shape, generator):
+    torch.manual_seed(0)
+    g = ProbeGenerator(shape, ProbeGenConfig(n_probes=5, generator=generator))
+    probes = g()
+    assert probes.shape == (5, *shape) and probes.requires_grad
+    kinds = {type(m) for m in g.net.modules()} - {nn.Sequential}
+    assert not kinds & {nn.ReLU, nn.GELU, nn.SiLU, nn.Sigmoid}  # deep *linear*: no activation between layers
+    if generator == "deep-linear" and len(shape) > 1:
+        assert isinstance(g.net[-1], nn.Tanh) and len(g.net) == 5  # four transposed convolutions, then tanh
+
+
+@pytest.mark.parametrize("kw", [dict(family="mlp", hidden=(7, 6), activation="relu"),
+                                dict(family="cnn2d", hidden=(3, 4), activation="tanh")])
+def test_a_symmetric_copy_reads_the_same(kw):
+    """Responses are a function of the function: permutations, rescalings and sign flips change nothing."""
+    _, spec, params = random_model("digits", kw, seed=2)
+    torch.manual_seed(0)
+    model = ProbeGenRegressor(spec, SMALL).eval()
+    twin = random_symmetry(spec, params, seed=1)
+    assert not torch.equal(twin[spec.layers[0].weight_name], params[spec.layers[0].weight_name])
+    with torch.no_grad():
+        y, y_twin = model([params, twin])
+    assert abs(float(y - y_twin)) < 1e-4 * max(1.0, abs(float(y)))
+
+
+def test_probegen_learns_a_property_of_the_function():
+    """Target: a shift of class 0's logit, which the responses show on every probe; the weights hide it
+    among the rest of the network's random output."""
+    spec = ArchSpec("mlp", (6,), 3, hidden=(5,), activation="tanh")
+    torch.manual_seed(0)
+    models, y = [], []
+    for _ in range(160):
+        params = {k: v.detach().clone() for k, v in PeaceNet(spec).state_dict().items()}
+        shift = float(torch.empty(()).uniform_(-2, 2))
+        params["layers.1.bias"][0] += shift
+        models.append(params)
+        y.append(shift)
+    y = np.array(y)
+    model = fit_regressor(ProbeGenRegressor(spec, SMALL), models[:100], y[:100], models[100:130], y[100:130],
+                          epochs=60, lr=SMALL.lr, config=PredictorConfig(epochs=60, patience=15))
+    assert np.corrcoef(predict_regressor(model, models[130:]), y[130:])[0, 1] > 0.9  # measured 0.97
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(PeaceError, match="unknown ProbeGen generator 'gan'"):
+        ProbeGenConfig(generator="gan")
+    with pytest.raises(PeaceError, match="positive"):
+        ProbeGenConfig(n_probes=0)
+
+
+def test_contrastive_probegen_embeds_a_zoo_invariantly(tiny_zoo):
+    from peace.evaluate.baselines import Models
+    from peace.learn.probegen import ProbeGenEmbedding
+
+    m = tiny_zoo.manifest
+    ok = m[m["status"] == "ok"]
+    fit_on = Models.from_zoo(tiny_zoo, list(ok.index[ok["task"] != "mnist1d"]))
+    pg = ProbeGenEmbedding(SMALL, dim=8, steps=5, batch_size=16).fit(fit_on)
+    e = pg.transform(fit_on)
+    assert e.shape == (len(fit_on), 8) and np.isfinite(e).all()
+    i = next(j for j, s in enumerate(fit_on.specs) if s.family == "mlp")
+    twin = Models(fit_on.rows.iloc[[i]], [fit_on.specs[i]], [random_symmetry(fit_on.specs[i], fit_on.params[i], seed=3)])
+    np.testing.assert_allclose(pg.transform(twin)[0], e[i], rtol=1e-4, atol=1e-5)  # a function of the function
+    other = Models.from_zoo(tiny_zoo, list(ok.index[ok["task"] == "mnist1d"][:2]))  # a space it never saw
+    with pytest.raises(PeaceError, match="io-space .* was not among the spaces ProbeGen was fit on"):
+        pg.transform(other)
+    told = ProbeGenEmbedding(SMALL, dim=8, steps=5, batch_size=16, spaces=["40->10"]).fit(fit_on)  # told of it
+    assert told.transform(other).shape == (2, 8) and np.allclose(told.transform(fit_on), e)  # the same seed, fit
