@@ -24,12 +24,15 @@ from peace.learn.contrastive import AugmentConfig, Kinship, PairSampler, functio
 from peace.nets.architectures import ArchSpec, forward, stack_params
 from peace.nets.probes import io_space, responses
 
-__all__ = ["ProbeGenEmbedding"]
+__all__ = ["MAX_PASSES", "ProbeGenEmbedding"]
+
+MAX_PASSES = 10  # training steps stop at this many passes over the training models (a small zoo's budget)
 
 
 class ProbeGenEmbedding(Baseline):
     """ProbeGen trained contrastively on the training models (module docstring): ``fit`` learns one
-    generator and head per io-space, ``transform`` embeds any models of those spaces. ``spaces`` adds
+    generator and head per io-space in ``steps`` batches (at most ``MAX_PASSES`` passes over the models),
+    ``transform`` embeds any models of those spaces. ``spaces`` adds
     io-spaces no training model has (a held-out task's, as ``FunctionSpace`` takes them): their probes and
     reader keep their random initialization, still a function of the models' responses only."""
 
@@ -60,7 +63,7 @@ class ProbeGenEmbedding(Baseline):
         kin, row_of = Kinship(rows), {m: i for i, m in enumerate(rows["model_id"])}
         opt = torch.optim.Adam([*self.generators_.parameters(), *self.heads_.parameters()], lr=self.config.lr)
         rng = np.random.default_rng(self.seed)
-        for _ in range(self.steps):
+        for _ in range(min(self.steps, MAX_PASSES * -(-len(rows) // self.batch_size))):
             anchors = list(rng.choice(rows["model_id"].to_numpy(), min(self.batch_size, len(rows)), replace=False))
             partners = [sampler.partner(a, rng)[1] for a in anchors]
             za, zp = (F.normalize(self._embed(models, [row_of[m] for m in ms]), dim=-1) for ms in (anchors, partners))
