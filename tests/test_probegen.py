@@ -64,6 +64,10 @@ def test_bad_settings_are_refused():
         ProbeGenConfig(generator="gan")
     with pytest.raises(PeaceError, match="positive"):
         ProbeGenConfig(n_probes=0)
+    from peace.learn.probegen import ProbeGenEmbedding
+
+    with pytest.raises(PeaceError, match="steps >= 0"):
+        ProbeGenEmbedding(steps=-1)
 
 
 def test_contrastive_probegen_embeds_a_zoo_invariantly(tiny_zoo):

@@ -200,7 +200,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     accuracy = PredictorConfig(epochs=args.accuracy_epochs) if args.accuracy_epochs > 0 else None
     generative = GenerativeConfig(seeds=args.generative_seeds) if args.generative_seeds > 0 else None
     kwargs = dict(zoo=args.zoo, mlp_run=args.mlp_run, seed=args.seed, progress=not args.quiet, transfer=transfer,
-                  accuracy=accuracy, generative=generative)
+                  accuracy=accuracy, generative=generative, probegen=args.probegen_steps)
     with _engine(args) if transfer is not None else contextlib.nullcontext(None) as engine:
         if len(args.run) > 1:
             summary = evaluate_runs(args.run, args.out, engine=engine, **kwargs)
@@ -359,6 +359,9 @@ def _parser_evaluate(sub) -> None:
     v.add_argument("--accuracy-epochs", type=int, default=100, metavar="N",
                    help="budget of the NFN accuracy predictors trained on the largest MLP architecture, beside "
                    "PEACE fine-tuned the same way (0 skips the study)")
+    v.add_argument("--probegen-steps", type=int, default=100, metavar="N",
+                   help="training steps of ProbeGen (learned probes) trained contrastively, a retrieval method "
+                   "compared with the others (0 leaves it out)")
     v.add_argument("--generative-seeds", type=int, default=0, metavar="N",
                    help="add the generative study (models sampled with the run's decoder, see `peace decoder`, "
                    "fine-tuned beside random inits, the prompt and retrieval) over N seeds; default 0 skips it")

@@ -120,7 +120,7 @@ def linear_probe(X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, y
     """Ridge with cross-validated alpha (R^2, Kendall tau) or logistic regression (accuracy), on standardized X.
     ``subsets`` (name -> boolean mask over the test rows) adds ``r2_<name>`` for regression probes;
     ``rank_within`` (a group per test row, None for rows left out) adds ``within_group_tau``
-    (``peace.evaluate.selection.within_group_tau`` of the predictions)."""
+    (:func:`within_group_tau` of the predictions: ranking inside groups, model selection)."""
     if categorical:
         model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
         model.fit(X_train, y_train)

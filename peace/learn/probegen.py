@@ -32,14 +32,17 @@ MAX_PASSES = 10  # training steps stop at this many passes over the training mod
 class ProbeGenEmbedding(Baseline):
     """ProbeGen trained contrastively on the training models (module docstring): ``fit`` learns one
     generator and head per io-space in ``steps`` batches (at most ``MAX_PASSES`` passes over the models),
-    ``transform`` embeds any models of those spaces. ``spaces`` adds
-    io-spaces no training model has (a held-out task's, as ``FunctionSpace`` takes them): their probes and
-    reader keep their random initialization, still a function of the models' responses only."""
+    ``transform`` embeds any models of those spaces. ``spaces`` adds io-spaces no training model has (a
+    held-out task's, as ``FunctionSpace`` takes them): their probes and reader keep their random
+    initialization, still a function of the models' responses only."""
 
     name = "probegen"
 
     def __init__(self, config: ProbeGenConfig = ProbeGenConfig(), dim: int = 64, steps: int = 100,
                  batch_size: int = 64, temperature: float = 0.1, seed: int = 0, spaces: Sequence[str] = ()):
+        if steps < 0 or min(dim, batch_size) < 1 or temperature <= 0:
+            raise PeaceError(f"ProbeGen needs steps >= 0, dim and batch_size >= 1 and temperature > 0; got steps "
+                             f"{steps}, dim {dim}, batch_size {batch_size}, temperature {temperature}")
         self.config, self.dim, self.steps, self.batch_size = config, dim, steps, batch_size
         self.temperature, self.seed, self.spaces = temperature, seed, list(spaces)
 
@@ -87,7 +90,7 @@ class ProbeGenEmbedding(Baseline):
             space = io_space(spec)
             if space not in self.generators_:
                 raise PeaceError(f"io-space {space} was not among the spaces ProbeGen was fit on "
-                                 f"({', '.join(self.generators_)})")
+                                 f"({', '.join(self.generators_)}); pass spaces=[...] listing every space to embed")
             probes = self.generators_[space]().reshape(-1, *spec.input_shape)
             stacked = {k: v.float() for k, v in stack_params([models.params[idx[j]] for j in js]).items()}
             z = self.heads_[space](forward(spec, stacked, probes).softmax(-1).flatten(1))
