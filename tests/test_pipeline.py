@@ -195,7 +195,7 @@ def test_plan_scales_reference_times_by_this_machines_calibration(monkeypatch):
     steps = [SimpleNamespace(name=n, notebook=f"0{i}.ipynb") for i, n in enumerate(["build zoo", "train encoder"], 1)]
     reference = {"build zoo": 2, "train encoder": 10}
     calls = []
-    monkeypatch.setattr(estimate.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)  # 2 cores
+    monkeypatch.setattr(estimate, "local_cores", lambda: 2)  # as the reference machine
     monkeypatch.setattr(estimate, "_calibration_seconds",
                         lambda: calls.append(1) or 3 * estimate.REFERENCE_CALIBRATION_S)  # a machine 3x slower
     said = estimate.plan(steps, [True, True], {}, reference)
@@ -206,7 +206,7 @@ def test_plan_scales_reference_times_by_this_machines_calibration(monkeypatch):
     calls.clear()
     said = estimate.plan(steps, [False, True], {"train encoder": 125.0}, reference)
     assert "build zoo: current, skipped" in said and "last took 2 min here" in said and not calls
-    monkeypatch.setattr(estimate.os, "sched_getaffinity", lambda pid: {0}, raising=False)  # one core: twice as long
+    monkeypatch.setattr(estimate, "local_cores", lambda: 1)  # one core: twice as long
     assert estimate.machine_factor() == pytest.approx(6.0)
     monkeypatch.setattr(estimate, "_calibration_seconds", lambda: 1e6)  # a hung machine: the factor is bounded
     assert estimate.machine_factor() == 20.0

@@ -19,9 +19,14 @@ from typing import Any
 
 from peace.core.errors import PeaceError, unknown
 
-__all__ = ["RAY_MODES", "Engine", "RayEngine", "Serial", "Threads", "chunks", "open_engine"]
+__all__ = ["RAY_MODES", "Engine", "RayEngine", "Serial", "Threads", "chunks", "local_cores", "open_engine"]
 
 RAY_MODES = ("local", "auto")
+
+
+def local_cores() -> int:
+    """The CPU cores this process may run on (its affinity where the OS says, else every core)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:

@@ -118,5 +118,3 @@ class MessagePassing(nn.Module):
             agg_f += g.ndata.pop("agg")
             agg_b += rg.ndata.pop("agg")
         return self._update(h, *self._scale(agg_f, agg_b, deg_in, deg_out))
-
-

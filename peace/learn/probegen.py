@@ -3,10 +3,10 @@
 
 One generator and reader per io-space into one embedding, InfoNCE over the partners PEACE's own
 training draws (another seed of the same configuration, a neighbouring checkpoint, a model of another
-run that predicts alike on the fixed probes), relatives masked as PEACE masks them. Not in the paper (it trains supervised only); no
-hard negatives or soft agreement targets (PEACE has both); the head reads class probabilities rather
-than logits (demo zoo, validation split, 100 steps: task mAP 0.733 against 0.639 for log-probabilities and
-0.596 for logits; 300 steps of logits 0.588).
+run that predicts alike on the fixed probes), relatives masked as PEACE masks them. Not in the paper (it
+trains supervised only); no hard negatives or soft agreement targets (PEACE has both); the reader reads
+class probabilities rather than logits (demo zoo, validation split, 100 steps: task mAP 0.733 against
+0.639 for log-probabilities and 0.596 for logits; 300 steps of logits 0.588).
 """
 from __future__ import annotations
 

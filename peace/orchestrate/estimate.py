@@ -7,9 +7,10 @@ it 2x slower (slower or busy cores) is told every step takes 2x longer, and 2x a
 """
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Sequence
+
+from peace.core.cluster import local_cores
 
 __all__ = ["REFERENCE_MINUTES", "TIMINGS", "describe", "machine_factor", "plan"]
 
@@ -48,8 +49,7 @@ def machine_factor() -> float:
     calibrations (one hiccup does not double an estimate), times 2 on a single core (the reference has
     two; more than two are not counted, as the pipeline does not use them all), clamped to [0.1, 20]."""
     seconds = min(_calibration_seconds() for _ in range(3))
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return min(20.0, max(0.1, seconds / REFERENCE_CALIBRATION_S * 2 / min(2, cores)))
+    return min(20.0, max(0.1, seconds / REFERENCE_CALIBRATION_S * 2 / min(2, local_cores())))
 
 
 def describe(seconds: float) -> str:
@@ -64,8 +64,8 @@ def plan(steps: Sequence, runs: Sequence[bool], timings: dict, reference: dict) 
     factor = None
     for i, (s, run) in enumerate(zip(steps, runs), 1):
         if not run:
-            lines.append(f"[peace]   {i}/{len(steps)} {s.name}: current" + (", skipped" if not any(runs[:i]) else
-                                                                           ", unless the steps before change its inputs"))
+            why = ", skipped" if not any(runs[:i]) else ", unless the steps before change its inputs"
+            lines.append(f"[peace]   {i}/{len(steps)} {s.name}: current{why}")
             continue
         seen, ref = timings.get(s.name), reference.get(s.name)
         if seen is not None:
@@ -76,7 +76,8 @@ def plan(steps: Sequence, runs: Sequence[bool], timings: dict, reference: dict) 
         else:
             how = "no timing yet"
         lines.append(f"[peace]   {i}/{len(steps)} {s.name} ({s.notebook}): runs, {how}")
-    head = f"[peace] plan: {sum(runs)} of {len(steps)} step(s) to run" + (f", roughly {describe(total)} in all" if total else "")
+    head = f"[peace] plan: {sum(runs)} of {len(steps)} step(s) to run"
+    head += f", roughly {describe(total)} in all" if total else ""
     if factor is not None:
         head += f" (this machine ran a calibration {factor:.1f}x the time of the 2-core reference machine)"
     return "\n".join([head, *lines])

@@ -40,8 +40,8 @@ from peace.zoo.store import Zoo, usable
 
 __all__ = [
     "CATEGORY_TARGETS", "REGRESSION_TARGETS", "REVEALS", "EncoderMethod", "accuracy_markdown", "aggregate",
-    "evaluate", "evaluate_method", "evaluate_runs", "report_markdown", "split_models", "summarize_evaluations",
-    "summary_markdown", "summary_table", "transfer_markdown"
+    "evaluate", "evaluate_method", "evaluate_runs", "markdown_table", "report_markdown", "selection_markdown",
+    "split_models", "summarize_evaluations", "summary_markdown", "summary_table", "transfer_markdown"
 ]
 
 REGRESSION_TARGETS = ("test_acc", "gen_gap", "epoch", "log10_lr")
@@ -261,18 +261,21 @@ def summary_markdown(summary: pd.DataFrame) -> str:
     cell = lambda r: "n/a" if math.isnan(r["mean"]) else (  # noqa: E731
         f"{r['mean']:.3f}" + ("" if r["n"] < 2 or math.isnan(r["std"]) else f" ± {r['std']:.3f}"))
     wide = summary.assign(cell=summary.apply(cell, axis=1)).pivot(index="method", columns="metric", values="cell")
-    wide = wide.loc[list(dict.fromkeys(summary["method"])), list(dict.fromkeys(summary["metric"]))]
-    head = "| method | " + " | ".join(wide.columns) + " |\n|---|" + "---|" * len(wide.columns) + "\n"
-    return head + "".join(f"| {m} | " + " | ".join(r) + " |\n" for m, r in wide.iterrows())
+    return markdown_table(wide.loc[list(dict.fromkeys(summary["method"])), list(dict.fromkeys(summary["metric"]))])
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    """``table`` as a markdown table, one row per method (its index): numbers to 3 decimals, missing ones
+    as n/a, text as it is (cells already formatted)."""
+    cell = lambda v: v if isinstance(v, str) else "n/a" if v is None or math.isnan(v) else f"{v:.3f}"  # noqa: E731
+    head = "| method | " + " | ".join(table.columns) + " |\n|---|" + "---|" * len(table.columns) + "\n"
+    return head + "".join(f"| {m} | " + " | ".join(cell(v) for v in r) + " |\n" for m, r in table.iterrows())
 
 
 def report_markdown(metrics: dict, table: pd.DataFrame) -> str:
-    fmt = lambda v: "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"  # noqa: E731
-    head = "| method | " + " | ".join(table.columns) + " |\n|---|" + "---|" * len(table.columns) + "\n"
-    body = "".join(f"| {m} | " + " | ".join(fmt(v) for v in r) + " |\n" for m, r in table.iterrows())
     return (f"# PEACE evaluation\n\nRun `{metrics['run']}` on zoo `{metrics['zoo']}`: {metrics['n_train']} training "
             f"models (baselines and probes fit on them), {metrics['n_test']} test models (every figure below), "
-            f"held-out tasks {', '.join(metrics['heldout_tasks']) or 'none'}.\n\n{head}{body}\n"
+            f"held-out tasks {', '.join(metrics['heldout_tasks']) or 'none'}.\n\n{markdown_table(table)}\n"
             "mAP: leave-one-out cosine retrieval among test models, relevance = same task (hard: queries whose "
             "architecture is trained on other tasks too; held-out: queries of tasks never seen in training; "
             "cross-arch: each query ranks only models of other architectures) or same fine-tune lineage. "
@@ -292,13 +295,12 @@ def selection_markdown(study: dict | None) -> str:
     """The report's model-selection table (held-out tasks); empty when the run holds out no task."""
     if not study:
         return ""
-    rows = "".join(f"| {m} | {'n/a' if math.isnan(t) else f'{t:.3f}'} |\n" for m, t in study["methods"].items())
     return (f"## Model selection on tasks nobody labelled\n\nThe {study['n_models']} test models of the held-out "
             f"tasks {', '.join(study['tasks'])}, ranked by predicted test accuracy (a ridge probe on each method's "
             f"vectors, fit on the training tasks' models: no label of these tasks is used); Kendall tau against "
             f"their true test accuracy inside each task, averaged over tasks. {CONFIDENCE}: each model's mean top "
             f"softmax probability on the task's test inputs (uses the task's data, not its labels).\n\n"
-            f"| method | within-task Kendall tau |\n|---|---|\n{rows}\n")
+            f"{markdown_table(pd.DataFrame({'within-task Kendall tau': study['methods']}))}\n")
 
 
 def accuracy_markdown(study: dict | None) -> str:
@@ -329,11 +331,7 @@ def transfer_markdown(transfer: dict | None) -> str:
     budgets = transfer.get("budgets") or {c["epochs"]: transfer["methods"]}
     tables = ""
     for b, methods in sorted(budgets.items(), key=lambda kv: int(kv[0])):
-        table = pd.DataFrame(methods).T
-        head = "| method | " + " | ".join(table.columns) + " |\n|---|" + "---|" * len(table.columns) + "\n"
-        body = "".join(f"| {m} | " + " | ".join("n/a" if math.isnan(v) else f"{v:.3f}" for v in r) + " |\n"
-                       for m, r in table.iterrows())
-        tables += f"### {b} epochs of fine-tuning\n\n{head}{body}\n"
+        tables += f"### {b} epochs of fine-tuning\n\n{markdown_table(pd.DataFrame(methods).T)}\n"
     return (f"## Transfer learning\n\nHeld-out tasks {', '.join(transfer['tasks'])}: for {c['queries']} query models "
             f"per task, each method's top {c['k']} compatible training models (and {c['k']} random ones) were "
             f"fine-tuned for {c['epochs']} epochs (Adam, lr {c['lr']}), read at each budget below. final_val_acc: "

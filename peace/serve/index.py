@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from annoy import AnnoyIndex
 
 from peace.core.atomic import LOCK_NAME, atomic_path, locked, sha256_file, staged_dir, write_json
+from peace.core.cluster import local_cores
 from peace.core.errors import PeaceError
 
 __all__ = ["METRIC", "EmbeddingSet", "build_annoy", "check_output_dir", "read_embeddings", "write_embedding_set"]
@@ -39,7 +40,7 @@ def build_annoy(emb: np.ndarray, path: str | Path, trees: int = 50, seed: int = 
     if emb.ndim != 2 or len(emb) == 0:
         raise PeaceError(f"need a non-empty (n, d) embedding matrix, got shape {emb.shape}")
     if n_jobs is None:
-        n_jobs = 1 if len(emb) < PARALLEL_BUILD else len(os.sched_getaffinity(0))
+        n_jobs = 1 if len(emb) < PARALLEL_BUILD else local_cores()
     index = AnnoyIndex(emb.shape[1], METRIC)
     index.set_seed(seed)
     for i, v in enumerate(np.asarray(emb, dtype=np.float32)):
