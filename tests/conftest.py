@@ -6,8 +6,10 @@ import os
 if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) >= (os.cpu_count() or 1):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import signal  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -93,6 +95,26 @@ def run_peace(*args, check=True, **kw) -> subprocess.CompletedProcess:
     if check and p.returncode != 0:
         raise AssertionError(f"peace {' '.join(map(str, args))} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
     return p
+
+
+def kill_when(cmd, ready, extra_delay, timeout=300, may_finish=False):
+    """Start ``cmd``; once ``ready()`` holds, wait ``extra_delay`` s more and SIGKILL it (if still running).
+    ``may_finish``: the kill point is a short window that the command may pass between two looks."""
+    proc = subprocess.Popen([sys.executable, "-m", "peace", *map(str, cmd)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + timeout
+    while not ready():
+        if proc.poll() is not None:
+            assert may_finish and proc.returncode == 0, proc.stderr.read().decode()
+            return False
+        assert time.time() < deadline, "the command never reached the kill point"
+        time.sleep(0.005)
+    time.sleep(extra_delay)
+    killed = proc.poll() is None
+    if killed:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return killed
 
 
 @pytest.fixture(scope="session")

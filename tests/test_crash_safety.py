@@ -1,17 +1,12 @@
 """SIGKILL a real `peace train` and `peace embed` at random points: whatever is on disk is either
 complete and valid or refused with a clear error, and resuming gives the uninterrupted result."""
-import os
 import random
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import QUICK, ROOT, run_peace
+from conftest import QUICK, kill_when, run_peace
 from safetensors.torch import load_file
 
 from peace.core.errors import PeaceError
@@ -19,32 +14,12 @@ from peace.learn.run import load_encoder
 from peace.serve.index import EmbeddingSet
 
 
-def _kill_when(cmd, ready, extra_delay, timeout=300, may_finish=False):
-    """Start ``cmd``; once ``ready()`` holds, wait ``extra_delay`` s more and SIGKILL it (if still running).
-    ``may_finish``: the kill point is a short window that the command may pass between two looks."""
-    proc = subprocess.Popen([sys.executable, "-m", "peace", *map(str, cmd)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + timeout
-    while not ready():
-        if proc.poll() is not None:
-            assert may_finish and proc.returncode == 0, proc.stderr.read().decode()
-            return False
-        assert time.time() < deadline, "the command never reached the kill point"
-        time.sleep(0.005)
-    time.sleep(extra_delay)
-    killed = proc.poll() is None
-    if killed:
-        os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    return killed
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("delay", [0.0, random.Random(7).uniform(0.2, 2.0)])
 def test_killed_training_resumes_to_the_uninterrupted_run(tiny_zoo, tiny_run, tmp_path, delay):
     out = tmp_path / "run"
     cmd = ["train", "--zoo", tiny_zoo.path, "--out", out, "--config", "tiny", "--set", *QUICK, "--quiet"]
-    _kill_when(cmd, lambda: (out / "checkpoint.pt").exists(), delay)
+    kill_when(cmd, lambda: (out / "checkpoint.pt").exists(), delay)
     for name in ("checkpoint.pt",):  # what is there is complete
         torch.load(out / name, weights_only=True)
     if (out / "encoder.json").exists():
@@ -67,7 +42,7 @@ def test_killed_export_leaves_the_old_set_or_none_then_rebuilds(tiny_run, tmp_pa
     out = tmp_path / "emb"
     cmd = ["embed", "--run", tiny_run.path, "--out", out, "--trees", "100", "--no-umap", "--quiet"]
     staged = lambda: any(tmp_path.glob(".emb.new-*"))  # noqa: E731 - the new set is being written beside --out
-    _kill_when(cmd, staged, 0, may_finish=True)
+    kill_when(cmd, staged, 0, may_finish=True)
     assert not out.exists() or EmbeddingSet(out)  # never a half-written set under the name
     run_peace(*cmd)
     es = EmbeddingSet(out)
@@ -76,5 +51,5 @@ def test_killed_export_leaves_the_old_set_or_none_then_rebuilds(tiny_run, tmp_pa
     assert ref.returncode == 0
     np.testing.assert_array_equal(es.embeddings, EmbeddingSet(tmp_path / "ref").embeddings)
     for seed in range(2):  # over the complete set: killed anywhere in the rebuild, the old set or the new one
-        _kill_when(cmd, staged, random.Random(seed).uniform(0, 0.05), may_finish=True)
+        kill_when(cmd, staged, random.Random(seed).uniform(0, 0.05), may_finish=True)
         np.testing.assert_array_equal(EmbeddingSet(out).embeddings, es.embeddings)

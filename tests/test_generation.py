@@ -1,5 +1,6 @@
 """The way back from embeddings to weights: aligned forms, the decoder, sampling into a zoo, the study."""
 import json
+import random
 import re
 import shutil
 
@@ -7,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import MODELS, random_model, run_peace
+from conftest import MODELS, kill_when, random_model, run_peace
 
 from peace.core.errors import PeaceError
 from peace.learn.decoder import (
@@ -173,6 +174,24 @@ def test_sample_writes_a_zoo_that_every_command_reads(decoded_run, tmp_path):
     assert len(table) == 4 and set(table["status"]) == {"sampled"}
     q = run_peace("query", m.index[0], "--embeddings", tmp_path / "emb", "-k", 3)
     assert m.index[1] in q.stdout or m.index[2] in q.stdout
+
+
+@pytest.mark.slow
+def test_a_killed_sample_run_leaves_nothing_that_opens_as_a_zoo(decoded_run, tmp_path):
+    prompt = "task == 'synth-1' and arch == 'mlp 16-4-4 relu'"
+    for seed in range(3):  # SIGKILLed at random points while the new zoo is being written beside --out
+        out = tmp_path / f"sampled-{seed}"
+        cmd = ["sample", "--run", decoded_run[0], "--prompt", prompt, "--n", 20000, "--candidates", 1, "--out", out]
+        staged = lambda: any(tmp_path.glob(f".{out.name}.new-*"))  # noqa: E731
+        killed = kill_when(cmd, staged, random.Random(seed).uniform(0, 0.2), may_finish=True)
+        if out.exists():  # it finished before the kill: the whole zoo, checksums and all
+            assert not Zoo(out).verify(weights=True) and len(Zoo(out)) == 20000
+            continue
+        assert killed
+        with pytest.raises(PeaceError):
+            Zoo(out)
+        run_peace(*cmd[:-4], "--n", 3, "--out", out)  # the next run clears the dead writer's stage
+        assert len(Zoo(out)) == 3 and not list(tmp_path.glob(f".{out.name}.new-*"))
 
 
 def test_generative_study_compares_every_starting_point(decoded_run):
