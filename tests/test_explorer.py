@@ -244,6 +244,9 @@ def test_a_wrong_activation_is_caught_on_the_zoo_tasks_data(artifacts, tmp_path)
     check = ex.activation_check(m.spec, m.params)
     assert "tetris" in set(check["task"]) and check.loc[check["chosen"], "activation"].tolist() == ["tanh"] * check["task"].nunique()
     assert activation_advice(check) is None
+    told, _, _ = ex.query_file(tmp_path / "tanh.pt", {}, 3)  # a file that does not say: told by data
+    assert told.spec.activation == "tanh" and told.inferred == {"activation": "tanh"}
+    assert torch.equal(told.params["layers.0.weight"], m.params["layers.0.weight"])
     for wrong in ("relu", "sigmoid"):
         advice = activation_advice(ex.activation_check(dataclasses.replace(m.spec, activation=wrong), m.params))
         assert advice is not None and "tetris" in advice and f"with {wrong}" in advice and "trained with tanh" in advice
@@ -252,6 +255,8 @@ def test_a_wrong_activation_is_caught_on_the_zoo_tasks_data(artifacts, tmp_path)
                .state_dict(), tmp_path / "random.pt")
     m = load_model(tmp_path / "random.pt", {"activation": "sigmoid"})
     assert activation_advice(ex.activation_check(m.spec, m.params)) is None
+    with pytest.raises(PeaceError, match="do not say which activation.*could not tell it from data"):
+        ex.query_file(tmp_path / "random.pt", {})
     torch.save(torch.nn.Sequential(torch.nn.Linear(7, 3)).state_dict(), tmp_path / "other.pt")  # no zoo task's sizes
     m = load_model(tmp_path / "other.pt", {"activation": "relu"})
     assert ex.activation_check(m.spec, m.params).empty

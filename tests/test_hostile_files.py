@@ -233,6 +233,27 @@ def test_a_reader_started_ahead_reads_one_file_under_the_limits(tmp_path):
         load_model_isolated(tmp_path / "ok.pt", {"activation": "relu"}, memory_mib=0)
 
 
+def test_a_chain_without_its_activation_comes_back_read_as_identity_from_one_child(tmp_path):
+    """The explorer tells a plain chain's activation by data: the one child that found it missing hands
+    the chain back read with the identity (a second child would cost the user another second)."""
+    import peace.intake.sandbox as sandbox
+    from peace.intake.importers import NO_ACTIVATION, MissingActivation
+
+    net = nn.Sequential(nn.Linear(64, 16), nn.Tanh(), nn.Linear(16, 4))
+    torch.save(net.state_dict(), tmp_path / "chain.pt")
+    sandbox.prepare_reader()
+    spare = sandbox._spare
+    with pytest.raises(MissingActivation, match=NO_ACTIVATION) as caught:
+        load_model_isolated(tmp_path / "chain.pt", {})
+    m = caught.value.model
+    assert m.spec.describe() == "mlp 64-16-4 identity" and spare.poll() is not None and sandbox._spare is None
+    assert torch.equal(m.params["layers.0.weight"], net[0].weight.detach())
+    torch.save({"0.weight": torch.ones(2, 2, dtype=torch.int64)}, tmp_path / "bad.pt")
+    with pytest.raises(PeaceError, match="dtype torch.int64") as caught:  # a fault of the file is not a question
+        load_model_isolated(tmp_path / "bad.pt", {})
+    assert not isinstance(caught.value, MissingActivation)
+
+
 @pytest.mark.slow
 def test_the_command_line_refuses_hostile_files_and_stores_nothing(corpus, tiny_zoo, artifacts, tmp_path):
     import shutil

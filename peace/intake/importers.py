@@ -47,9 +47,20 @@ from peace.intake.model import (
 from peace.intake.torchfile import read_torch_file
 from peace.nets.architectures import ACTIVATIONS, BN_EPS, ArchSpec, check_params, fold_batchnorm
 
-__all__ = ["NO_ACTIVATION", "WEIGHT_FILES", "from_state_dict", "load_model", "read_config", "read_tensors"]
+__all__ = ["NO_ACTIVATION", "WEIGHT_FILES", "MissingActivation", "from_state_dict", "load_model", "read_config",
+           "read_tensors"]
 
 NO_ACTIVATION = "the weights do not say which activation the network uses"  # a plain chain must be told
+
+
+class MissingActivation(PeaceError):
+    """A plain chain read without its activation: the error a user sees, and ``model``, the file read with
+    the identity in its place, from which a caller can tell the activation by data (the weights are the
+    same whatever the activation; only the spec's ``activation`` is a placeholder)."""
+
+    def __init__(self, message: str, model: ImportedModel):
+        super().__init__(message)
+        self.model = model
 
 WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth")
 

@@ -25,7 +25,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from peace.core.errors import PeaceError
-from peace.intake.importers import from_state_dict
+from peace.intake.importers import NO_ACTIVATION, MissingActivation, from_state_dict
 from peace.intake.model import ImportedModel, Limits
 
 __all__ = ["load_model_isolated", "prepare_reader"]
@@ -66,7 +66,9 @@ def _drop_spare() -> None:
 def load_model_isolated(path: str | Path, config: dict | None = None, limits: Limits = Limits(),
                         memory_mib: int = 2048, cpu_s: int = 60, timeout_s: float = 120) -> ImportedModel:
     """``importers.load_model(path, config, limits)`` in a child process limited to ``memory_mib`` of
-    extra address space, ``cpu_s`` of CPU time and ``timeout_s`` of wall time."""
+    extra address space, ``cpu_s`` of CPU time and ``timeout_s`` of wall time. A plain chain whose
+    activation the config does not give raises ``MissingActivation`` carrying the chain read with the
+    identity, so that a caller can tell the activation by data without a second child (~1 s)."""
     from safetensors.torch import load_file
 
     path = Path(path).resolve()
@@ -95,7 +97,10 @@ def load_model_isolated(path: str | Path, config: dict | None = None, limits: Li
         if "error" in reply:
             raise PeaceError(reply["error"])
         params = load_file(str(out))
-        return from_state_dict(params, {**reply["spec"], "metadata": reply["metadata"]}, reply["source"], limits)
+        m = from_state_dict(params, {**reply["spec"], "metadata": reply["metadata"]}, reply["source"], limits)
+        if "missing_activation" in reply:
+            raise MissingActivation(reply["missing_activation"], m)
+        return m
 
 
 def _child() -> None:
@@ -119,10 +124,17 @@ def _child() -> None:
     cpu = math.ceil(usage.ru_utime + usage.ru_stime) + req["cpu_s"]
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 5))
     resource.setrlimit(resource.RLIMIT_FSIZE, (2 * req["limits"]["max_bytes"] + 2**20,) * 2)
+    reply: dict = {}
     try:
-        m = load_model(req["path"], req["config"], Limits(**req["limits"]))
+        try:
+            m = load_model(req["path"], req["config"], Limits(**req["limits"]))
+        except PeaceError as e:  # a chain without its activation: read it as identity for the caller to tell
+            if NO_ACTIVATION not in str(e) or "activation" in req["config"]:
+                raise
+            m = load_model(req["path"], {**req["config"], "activation": "identity"}, Limits(**req["limits"]))
+            reply["missing_activation"] = str(e)
         save_file({k: v.contiguous() for k, v in m.params.items()}, req["out"])
-        reply = {"spec": m.spec.to_dict(), "metadata": m.metadata, "source": m.source}
+        reply.update(spec=m.spec.to_dict(), metadata=m.metadata, source=m.source)
     except PeaceError as e:
         reply = {"error": str(e)}
     except MemoryError:

@@ -440,21 +440,21 @@ class Explorer:
         The file is parsed in a resource-limited child process, never in the server's own. A plain
         chain whose activation is not given is read with the activation that fits it best on the zoo
         tasks' data (``infer_activation``; ``m.inferred`` says so)."""
+        import dataclasses
+
         from peace.core.errors import PeaceError
-        from peace.intake.importers import NO_ACTIVATION
+        from peace.intake.importers import MissingActivation
         from peace.intake.sandbox import load_model_isolated
 
         try:
             m = load_model_isolated(path, config)
-        except PeaceError as e:
-            if NO_ACTIVATION not in str(e) or "activation" in config:
-                raise
-            best = self.infer_activation(load_model_isolated(path, {**config, "activation": "identity"}))
+        except MissingActivation as e:  # e.model: the chain read with the identity, from the same child
+            best = self.infer_activation(e.model)
             if best is None:
                 raise PeaceError(f"{e} (PEACE could not tell it from data: no activation makes the network clearly "
                                  f"better than chance on a zoo task with its inputs and classes)") from None
-            m = load_model_isolated(path, {**config, "activation": best})
-            m.inferred["activation"] = best
+            m = dataclasses.replace(e.model, spec=dataclasses.replace(e.model.spec, activation=best),
+                                    inferred={**e.model.inferred, "activation": best})
         vector = self.encoder.embed([m.spec], [m.params]).numpy()[0]  # __post_init__ checked it made this set
         hits = self.es.query(vector, k)
         return m, hits, self.map_position(vector)
