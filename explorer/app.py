@@ -11,6 +11,8 @@ from __future__ import annotations
 import streamlit as st
 from shared import sidebar_set
 
+from peace.serve.explore import warm_up
+
 PAGES = {"Map": "views/map.py", "Neighbours": "views/neighbours.py", "Interpolation": "views/interpolation.py",
          "Generate": "views/generate.py",
          "Ablations": "views/ablations.py", "Symmetry lab": "views/symmetry_lab.py",
@@ -21,3 +23,4 @@ page = st.navigation([st.Page(path, title=title, default=title == "Map") for tit
 st.sidebar.title("PEACE explorer")
 sidebar_set()
 page.run()
+st.cache_resource(show_spinner=False)(warm_up)()  # once per server: the other pages' imports, in the background

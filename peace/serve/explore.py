@@ -5,12 +5,15 @@ neighbours next to the ones s(W), raw weights and function space would return, p
 in embedding and weight space, symmetry-lab comparisons, and queries for uploaded model files.
 
 The map needs only the set (its table, coordinates and Annoy index): torch and scikit-learn are
-imported by the methods that need them, so the explorer's first page opens without them (~2 s).
+imported by the methods that need them, so the explorer's first page opens without them (~2 s);
+``warm_up`` imports them in the background once that page has gone out.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import re
+import threading
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -26,8 +29,22 @@ if TYPE_CHECKING:
     from peace.serve.baseline_vectors import BaselineVectors
     from peace.zoo.store import Zoo
 
-__all__ = ["Explorer", "Sample", "activation_advice", "filter_table", "folder_config", "find_ablation_summaries", "find_embedding_sets", "find_evaluations",
-           "find_models", "model_label", "parse_search", "search_reading", "typical_model"]
+__all__ = ["WARM_MODULES", "Explorer", "Sample", "activation_advice", "filter_table", "folder_config",
+           "find_ablation_summaries", "find_embedding_sets", "find_evaluations", "find_models", "model_label",
+           "parse_search", "search_reading", "typical_model", "warm_up"]
+
+# what the pages after the first import (torch, scikit-learn, scipy: ~1.5 s on 2 cores, cold)
+WARM_MODULES = ("peace.serve.baseline_vectors", "peace.serve.teaching", "peace.learn.run", "peace.intake.sandbox")
+
+
+def warm_up(delay: float = 1.0) -> threading.Timer:
+    """Import ``WARM_MODULES`` in a background thread ``delay`` s from now (once the first page's bytes
+    are out), so that no page's first visit waits for them; a page that needs one sooner waits only for
+    the rest of that import (Python's import lock)."""
+    timer = threading.Timer(delay, lambda: [importlib.import_module(m) for m in WARM_MODULES])
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 def find_embedding_sets(root: str | Path) -> list[Path]:
