@@ -48,6 +48,7 @@ DRAWN = PLOT + "return n > 10;"  # the map's points (the placeholder drawn while
 
 
 THINK = 3.0  # seconds a user takes to pick a file; the page starts the next file's isolated reader meanwhile
+LOOK = 2.0  # seconds a user looks at the first map before the first click; the server imports the other pages' modules
 
 
 def text(s: str) -> str:
@@ -78,8 +79,10 @@ def main() -> None:
     ap.add_argument("--artifacts", type=Path, default=ROOT / "artifacts")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", type=Path, help="also write every repeat's times (seconds) to this file")
+    ap.add_argument("--look", type=float, default=LOOK, help="seconds a user looks at the first map before the "
+                    "first click (default %(default)s; 0: a robot that clicks as soon as the points are drawn)")
     args = ap.parse_args()
-    runs = [run_once(args.artifacts) for _ in range(args.repeats)]
+    runs = [run_once(args.artifacts, args.look) for _ in range(args.repeats)]
     print(f"\n{'':60s} median  (range over {len(runs)} runs, seconds)")
     for label in runs[0]:
         t = sorted(r[label] for r in runs)
@@ -88,7 +91,7 @@ def main() -> None:
         args.json.write_text(json.dumps(runs, indent=1))
 
 
-def run_once(artifacts: Path) -> dict[str, float]:
+def run_once(artifacts: Path, look: float = LOOK) -> dict[str, float]:
     """One pass over every page and interaction: a new server, a new browser profile."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -157,6 +160,7 @@ def run_once(artifacts: Path) -> dict[str, float]:
     other, found = table["model_id"].iat[7], table["model_id"].iat[11]
     try:
         timed("first Map, fresh browser (its points drawn)", lambda: driver.get(url), DRAWN, first_visit=True)
+        time.sleep(look)
         timed("Map: colour by test accuracy", choose("Colour by", "test_acc"),
               PLOT + "return n > 10 && (p.querySelector('.gtitle') || {}).textContent.includes('test accuracy');")
         timed("Map: find a model (starred, its neighbours ringed)", search(found),

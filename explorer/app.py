@@ -11,7 +11,7 @@ from __future__ import annotations
 import streamlit as st
 from shared import sidebar_set
 
-from peace.serve.explore import warm_up
+from peace.serve.warm import WarmUp
 
 PAGES = {"Map": "views/map.py", "Neighbours": "views/neighbours.py", "Interpolation": "views/interpolation.py",
          "Generate": "views/generate.py",
@@ -19,8 +19,13 @@ PAGES = {"Map": "views/map.py", "Neighbours": "views/neighbours.py", "Interpolat
          "Query your model": "views/query.py"}
 
 st.set_page_config(page_title="PEACE explorer", layout="wide")
+warm = st.cache_resource(show_spinner=False)(WarmUp)()  # one per server: the other pages' imports, when idle
+warm.hold()
 page = st.navigation([st.Page(path, title=title, default=title == "Map") for title, path in PAGES.items()])
 st.sidebar.title("PEACE explorer")
 sidebar_set()
-page.run()
-st.cache_resource(show_spinner=False)(warm_up)()  # once per server: the other pages' imports, in the background
+try:
+    page.run()
+finally:  # idle from here until the user's next input: the work the other pages' first visits need, done ahead
+    opened = st.session_state.get("opened")
+    warm.arm(**({f"prefetch {opened.path}": opened.prefetch} if opened is not None else {}))

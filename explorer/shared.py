@@ -100,6 +100,7 @@ def current(check: bool = True) -> Explorer | None:
         st.info(FIX)
         return None
     st.sidebar.caption(f"{len(ex.table)} models · zoo {ex.es.source('zoo').name} · run {ex.run.name}")
+    st.session_state["opened"] = ex  # the app prefetches for its other pages while the user looks at this one
     return ex
 
 

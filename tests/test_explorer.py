@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -177,6 +178,38 @@ def test_the_map_opens_without_torch_or_scikit_learn_then_imports_them_for_the_o
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-2:] == ["[]", "['scipy', 'sklearn', 'torch']"], out.stdout  # then warmed
+
+
+def test_the_warm_up_works_once_the_server_is_idle_stops_when_a_run_starts_and_does_each_item_once():
+    from peace.serve.warm import WarmUp
+
+    module, calls = "colorsys", []  # a standard module nothing here imports
+    sys.modules.pop(module, None)
+    warm = WarmUp((module,), idle_s=0.3)
+    warm.arm(first=lambda: calls.append("first"))  # a run ended ...
+    time.sleep(0.1)
+    warm.hold()  # ... and the next began before the server was idle long enough
+    time.sleep(0.5)
+    assert module not in sys.modules and not warm.done and not calls
+
+    def slow():
+        calls.append("slow")
+        time.sleep(0.3)
+
+    warm.arm(first=lambda: calls.append("again"), slow=slow, last=lambda: calls.append("last"))
+    time.sleep(0.5)  # idle: the import, then the items in order; a run starts during "slow"
+    warm.hold()
+    time.sleep(0.5)
+    assert module in sys.modules and calls == ["first", "slow"] and warm.done == [f"import {module}", "first", "slow"]
+    warm.arm(slow=slow)  # done items are not done twice; the rest resumes
+    time.sleep(0.6)
+    assert calls == ["first", "slow", "last"] and not warm.todo
+
+
+def test_the_explorer_prefetches_what_its_pages_first_compute(artifacts):
+    ex = Explorer(artifacts / "embeddings" / "tiny")
+    ex.prefetch()
+    assert {"baselines", "encoder", "_path_cache"} <= set(vars(ex)) and len(ex._path_cache) == 1
 
 
 def test_a_stale_set_keeps_its_map_and_is_refused_where_its_zoo_or_encoder_is_used(artifacts, tmp_path, monkeypatch):

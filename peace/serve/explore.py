@@ -6,14 +6,13 @@ in embedding and weight space, symmetry-lab comparisons, and queries for uploade
 
 The map needs only the set (its table, coordinates and Annoy index): torch and scikit-learn are
 imported by the methods that need them, so the explorer's first page opens without them (~2 s);
-``warm_up`` imports them in the background once that page has gone out.
+``peace.serve.warm`` imports them in the background while a user looks at that page.
 """
 from __future__ import annotations
 
-import importlib
+import contextlib
 import json
 import re
-import threading
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -29,22 +28,9 @@ if TYPE_CHECKING:
     from peace.serve.baseline_vectors import BaselineVectors
     from peace.zoo.store import Zoo
 
-__all__ = ["WARM_MODULES", "Explorer", "Sample", "activation_advice", "filter_table", "folder_config",
+__all__ = ["Explorer", "Sample", "activation_advice", "filter_table", "folder_config",
            "find_ablation_summaries", "find_embedding_sets", "find_evaluations", "find_models", "model_label",
-           "parse_search", "search_reading", "typical_model", "warm_up"]
-
-# what the pages after the first import (torch, scikit-learn, scipy: ~1.5 s on 2 cores, cold)
-WARM_MODULES = ("peace.serve.baseline_vectors", "peace.serve.teaching", "peace.learn.run", "peace.intake.sandbox")
-
-
-def warm_up(delay: float = 1.0) -> threading.Timer:
-    """Import ``WARM_MODULES`` in a background thread ``delay`` s from now (once the first page's bytes
-    are out), so that no page's first visit waits for them; a page that needs one sooner waits only for
-    the rest of that import (Python's import lock)."""
-    timer = threading.Timer(delay, lambda: [importlib.import_module(m) for m in WARM_MODULES])
-    timer.daemon = True
-    timer.start()
-    return timer
+           "parse_search", "search_reading", "typical_model"]
 
 
 def find_embedding_sets(root: str | Path) -> list[Path]:
@@ -250,6 +236,17 @@ class Explorer:
         """The k nearest models by cosine of s(W) (``stats``), raw weights (``raw``) or predictions on
         shared probe inputs (``function``: the share of equal predictions), exact search."""
         return self.baselines.neighbours(method, self.es.row_of[model_id], k, self.table)
+
+    def prefetch(self) -> None:
+        """What the pages' first visits compute (baseline vectors, the encoder, the default interpolation),
+        done ahead: ``peace.serve.warm`` calls it while a user looks at a page."""
+        from peace.core.errors import PeaceError
+        from peace.serve.teaching import partner
+
+        self.baselines, self.encoder  # noqa: B018  (cached)
+        a = typical_model(self.table)
+        with contextlib.suppress(PeaceError):  # no partner, or a family weight matching does not read
+            self.weight_path(a, partner(self.zoo, a))
 
     def agreement(self, model_id: str, others: list[str]) -> list[float]:
         """Share of shared probe inputs on which each other model predicts what the query does
