@@ -1,6 +1,7 @@
 """Same-task retrieval (mAP) per query architecture family, for trained runs on one zoo.
 
     python benchmarks/family_retrieval.py --zoo artifacts/zoos/residual --run artifacts/runs/residual-lineage-s{0,1,2}
+    python benchmarks/family_retrieval.py --zoo artifacts/zoos/vision --run artifacts/runs/vision-s{0,1,2} --final
 
 Each run's test split; every test model of a family queries all other test models (and, for
 "X -> other families", only models of other families); PEACE beside raw weights, s(W), the
@@ -23,6 +24,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--zoo", required=True)
     ap.add_argument("--run", nargs="+", required=True)
+    ap.add_argument("--final", action="store_true", help="only the runs' final checkpoints, as queries and as "
+                    "candidates (the models a user picks from; early checkpoints are near chance on every task)")
     args = ap.parse_args()
     zoo = Zoo(args.zoo)
     scores: dict[tuple[str, str], list[float]] = {}
@@ -33,14 +36,16 @@ def main() -> None:
                     "s(W)": WeightStats().fit(train).transform(test),
                     "function space": FunctionSpace().fit(train).transform(test),
                     "random": np.random.default_rng(i).normal(size=(len(test.specs), 64))}
-        family, task = test.rows["family"].to_numpy(), test.rows["task"].to_numpy()
+        keep = (test.rows["epoch"] == test.rows["epochs"]).to_numpy() if args.final else np.ones(len(test.rows), bool)
+        family, task = test.rows["family"].to_numpy()[keep], test.rows["task"].to_numpy()[keep]
         for name, X in features.items():
+            X = X[keep]
             for f in sorted(set(family)):
                 scores.setdefault((name, f), []).append(retrieval_scores(X, task, query_mask=family == f)["map"])
                 scores.setdefault((name, f"{f} -> other families"), []).append(retrieval_scores(
                     X, task, query_mask=family == f, other_than=np.where(family == f, 0, 1))["map"])
     columns = sorted({c for _, c in scores})
-    print(f"task mAP by query family, mean ± std over {len(args.run)} runs")
+    print(f"task mAP by query family{', final checkpoints' if args.final else ''}, mean ± std over {len(args.run)} runs")
     print(f"| method | {' | '.join(columns)} |\n|---|{'---|' * len(columns)}")
     for name in dict.fromkeys(n for n, _ in scores):
         cells = [f"{np.mean(v):.3f} ± {np.std(v, ddof=1) if len(v) > 1 else 0:.3f}" for v in

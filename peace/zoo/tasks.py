@@ -1,7 +1,7 @@
 """Offline classification tasks with fixed train/val/test splits.
 
-Nothing is downloaded: data are generated (Tetris, synthetic, teacher, MNIST-1D via ``mnist1d``)
-or ship with scikit-learn (digits, wine, breast cancer). Several tasks share an input/output shape
+Nothing is downloaded: data are generated (Tetris, synthetic, teacher, MNIST-1D via ``mnist1d``, 16 x 16
+images in ``peace.zoo.images``) or ship with scikit-learn (digits, wine, breast cancer). Several tasks share an input/output shape
 but compute different functions (``digits`` vs ``digits-rot90`` vs ``digits-labelperm``;
 ``tetris`` vs ``synth-K`` vs ``teacher-K``): the same architecture trained on them gives the hard
 retrieval cases.
@@ -210,6 +210,12 @@ def _sklearn_tabular(loader: str) -> Task:
                  len(np.unique(d.target)), _standardize(_split(d.data, d.target)))
 
 
+def _images(name: str) -> Task:
+    from peace.zoo.images import IMAGE_TASKS, make_images
+
+    return _make(name, "images", IMAGE_TASKS[name], (1, 16, 16), 4, _split(*make_images(name)))
+
+
 _FIXED: dict[str, Callable[[], Task]] = {
     "tetris": tetris_task,
     "tetris-canonical": lambda: tetris_task(per_class=600, noise=0.3, placements="canonical"),
@@ -220,6 +226,7 @@ _FIXED: dict[str, Callable[[], Task]] = {
     "mnist1d": _mnist1d,
     "wine": lambda: _sklearn_tabular("wine"),
     "breast-cancer": lambda: _sklearn_tabular("breast_cancer"),
+    **{name: functools.partial(_images, name) for name in ("shapes", "gratings", "bands", "textures")},
 }
 _SEEDED: dict[str, Callable[[int], Task]] = {"synth": _synth, "teacher": _teacher, "moons": _moons}
 
