@@ -46,7 +46,7 @@ def test_unknown_task_lists_valid_names():
 
 def test_image_tasks_are_learnable_by_a_small_resnet_and_not_by_a_linear_reading():
     """The 16x16 tasks ResNets and ViTs learn (issue 26): a small ResNet reaches high test accuracy on
-    each in a few epochs, while a linear classifier of the pixels stays far below it on the ones made
+    each in 4 epochs, while a linear classifier of the pixels stays far below it on the ones made
     of translated or phase-shifted patterns (what a convolution, not a pixel template, reads)."""
     from sklearn.linear_model import LogisticRegression
 
@@ -57,9 +57,9 @@ def test_image_tasks_are_learnable_by_a_small_resnet_and_not_by_a_linear_reading
         task = load_task(name)
         assert task.input_shape == (1, 16, 16) and task.n_classes == 4 and task.family == "images"
         assert np.bincount(task.y_test).min() >= 100  # balanced
-        spec = ArchSpec("resnet", task.input_shape, 4, hidden=(8, 16), blocks=(1, 1), norm="batch", bias=False)
-        res = train_population(task, spec, [HParams(seed=0, lr=0.01)], Schedule(8, batch_size=64))
-        acc = next(r["test_acc"] for r in res.metrics if r["epoch"] == 8)
+        spec = ArchSpec("resnet", task.input_shape, 4, hidden=(4, 8), blocks=(1, 1), norm="batch", bias=False)
+        res = train_population(task, spec, [HParams(seed=0, lr=0.01)], Schedule(4, batch_size=64))
+        acc = next(r["test_acc"] for r in res.metrics if r["epoch"] == 4)  # 0.95-1.0 (seeds 0 and 1)
         linear = LogisticRegression(max_iter=200).fit(task.X_train.reshape(len(task.X_train), -1), task.y_train)
         linear_acc = linear.score(task.X_test.reshape(len(task.X_test), -1), task.y_test)
         assert acc >= 0.9, (name, acc)
