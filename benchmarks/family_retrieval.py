@@ -5,7 +5,9 @@
 
 Each run's test split; every test model of a family queries all other test models (and, for
 "X -> other families", only models of other families); PEACE beside raw weights, s(W), the
-function-space baseline and random vectors (the chance level of this split). Mean ± std over runs.
+function-space baseline, contrastive ProbeGen (learned probes) and the function space read on its
+learned probes instead of Gaussian ones, PEACE's learned part alone and random vectors (the chance
+level of this split). Mean ± std over runs.
 """
 from __future__ import annotations
 
@@ -15,7 +17,9 @@ import numpy as np
 
 from peace.evaluate.baselines import FunctionSpace, RawWeights, WeightStats
 from peace.evaluate.metrics import retrieval_scores
+from peace.learn.probegen import ProbeGenEmbedding
 from peace.learn.run import load_encoder
+from peace.nets.probes import io_space
 from peace.orchestrate.evaluation import split_models
 from peace.zoo.store import Zoo
 
@@ -26,15 +30,22 @@ def main() -> None:
     ap.add_argument("--run", nargs="+", required=True)
     ap.add_argument("--final", action="store_true", help="only the runs' final checkpoints, as queries and as "
                     "candidates (the models a user picks from; early checkpoints are near chance on every task)")
+    ap.add_argument("--probegen-steps", type=int, default=100, help="ProbeGen's contrastive training steps")
     args = ap.parse_args()
     zoo = Zoo(args.zoo)
     scores: dict[tuple[str, str], list[float]] = {}
     for i, run in enumerate(args.run):
         train, test = split_models(run, zoo)
-        features = {"PEACE": load_encoder(run).embed(test.specs, test.params).numpy(),
+        encoder = load_encoder(run)
+        peace = encoder.embed(test.specs, test.params).numpy()
+        spaces = sorted({io_space(s) for s in train.specs + test.specs})
+        probegen = ProbeGenEmbedding(steps=args.probegen_steps, seed=i, spaces=spaces).fit(train)
+        features = {"PEACE": peace, "PEACE, learned part": peace[:, :encoder.config.embedding_dim],
+                    "ProbeGen (contrastive)": probegen.transform(test),
+                    "function space on ProbeGen's learned probes": probegen.fingerprints(test),
                     "raw weights": RawWeights().fit(train).transform(test),
                     "s(W)": WeightStats().fit(train).transform(test),
-                    "function space": FunctionSpace().fit(train).transform(test),
+                    "function space": FunctionSpace(spaces=spaces).fit(train).transform(test),
                     "random": np.random.default_rng(i).normal(size=(len(test.specs), 64))}
         keep = (test.rows["epoch"] == test.rows["epochs"]).to_numpy() if args.final else np.ones(len(test.rows), bool)
         family, task = test.rows["family"].to_numpy()[keep], test.rows["task"].to_numpy()[keep]

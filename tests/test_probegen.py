@@ -73,6 +73,7 @@ def test_bad_settings_are_refused():
 def test_contrastive_probegen_embeds_a_zoo_invariantly(tiny_zoo):
     from peace.evaluate.baselines import Models
     from peace.learn.probegen import ProbeGenEmbedding
+    from peace.nets.probes import io_space
 
     m = tiny_zoo.manifest
     ok = m[m["status"] == "ok"]
@@ -83,6 +84,13 @@ def test_contrastive_probegen_embeds_a_zoo_invariantly(tiny_zoo):
     i = next(j for j, s in enumerate(fit_on.specs) if s.family == "mlp")
     twin = Models(fit_on.rows.iloc[[i]], [fit_on.specs[i]], [random_symmetry(fit_on.specs[i], fit_on.params[i], seed=3)])
     np.testing.assert_allclose(pg.transform(twin)[0], e[i], rtol=1e-4, atol=1e-5)  # a function of the function
+    fp = pg.fingerprints(fit_on)  # the function space on the learned probes: cosine = prediction agreement
+    assert np.allclose(np.linalg.norm(fp, axis=1), 1) and np.array_equal(pg.fingerprints(twin)[0], fp[i])
+    j = next(j for j, s in enumerate(fit_on.specs) if s == fit_on.specs[i] and j != i)
+    agree = fp[i] @ fp[j] * SMALL.n_probes  # the number of probes on which the two predict the same class
+    assert np.isclose(agree, round(agree), atol=1e-4) and 0 <= agree <= SMALL.n_probes
+    other = next(j for j, s in enumerate(fit_on.specs) if io_space(s) != io_space(fit_on.specs[i]))
+    assert fp[i] @ fp[other] == 0  # no shared inputs, no agreement
     other = Models.from_zoo(tiny_zoo, list(ok.index[ok["task"] == "mnist1d"][:2]))  # a space it never saw
     with pytest.raises(PeaceError, match="io-space .* was not among the spaces ProbeGen was fit on"):
         pg.transform(other)

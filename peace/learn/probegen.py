@@ -10,7 +10,7 @@ class probabilities rather than logits (demo zoo, validation split, 100 steps: t
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from peace.evaluate.baselines import Baseline, Models
 from peace.evaluate.probegen import ProbeGenConfig, ProbeGenerator, probe_reader
 from peace.learn.contrastive import AugmentConfig, Kinship, PairSampler, functional_neighbours
 from peace.nets.architectures import ArchSpec, forward, stack_params
-from peace.nets.probes import io_space, responses
+from peace.nets.probes import fingerprint, io_space, responses
 
 __all__ = ["MAX_PASSES", "ProbeGenEmbedding"]
 
@@ -80,9 +80,9 @@ class ProbeGenEmbedding(Baseline):
             opt.step()
         return self
 
-    def _embed(self, models: Models, idx: Sequence[int]) -> Tensor:
-        """(len(idx), dim): models of one architecture go through their space's probes together."""
-        out = [None] * len(idx)
+    def _responses(self, models: Models, idx: Sequence[int]) -> Iterator[tuple[str, list[int], Tensor]]:
+        """(io-space, positions in ``idx``, class probabilities (P, n_probes, C)) per architecture: models of
+        one architecture go through their space's probes together."""
         groups: dict[ArchSpec, list[int]] = {}
         for j, i in enumerate(idx):
             groups.setdefault(models.specs[i], []).append(j)
@@ -93,10 +93,33 @@ class ProbeGenEmbedding(Baseline):
                                  f"({', '.join(self.generators_)}); pass spaces=[...] listing every space to embed")
             probes = self.generators_[space]().reshape(-1, *spec.input_shape)
             stacked = {k: v.float() for k, v in stack_params([models.params[idx[j]] for j in js]).items()}
-            z = self.heads_[space](forward(spec, stacked, probes).softmax(-1).flatten(1))
-            for j, row in zip(js, z):
+            yield space, js, forward(spec, stacked, probes).softmax(-1)
+
+    def _embed(self, models: Models, idx: Sequence[int]) -> Tensor:
+        """(len(idx), dim): the responses read by their space's head."""
+        out = [None] * len(idx)
+        for space, js, probs in self._responses(models, idx):
+            for j, row in zip(js, self.heads_[space](probs.flatten(1))):
                 out[j] = row
         return torch.stack(out)
+
+    @torch.no_grad()
+    def fingerprints(self, models: Models) -> np.ndarray:
+        """The function space read on the learned probes instead of Gaussian ones, without the reader:
+        ``probes.fingerprint`` (cosine = prediction agreement), each io-space in its own block as in
+        ``FunctionSpace``. Probes generated to tell models apart are what a probe-based embedding
+        (PEACE's function tokens and sketch) would read."""
+        blocks, start = {}, 0
+        for space, gen in self.generators_.items():
+            width = self.config.n_probes * int(space.split("->")[1])
+            blocks[space], start = (start, start + width), start + width
+        out = np.zeros((len(models), start), np.float32)
+        for s in range(0, len(models), 512):
+            idx = range(s, min(s + 512, len(models)))
+            for space, js, probs in self._responses(models, idx):
+                a, b = blocks[space]
+                out[[idx[j] for j in js], a:b] = fingerprint(probs).numpy()
+        return out
 
     @torch.no_grad()
     def transform(self, models: Models) -> np.ndarray:
