@@ -28,4 +28,5 @@ try:
     page.run()
 finally:  # idle from here until the user's next input: the work the other pages' first visits need, done ahead
     opened = st.session_state.get("opened")
-    warm.arm(**({f"prefetch {opened.path}": opened.prefetch} if opened is not None else {}))
+    work = {f"prefetch {opened.path} {id(opened)}": opened.prefetch} if opened is not None else {}  # a rebuilt set too
+    warm.arm(**work)
