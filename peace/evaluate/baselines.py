@@ -16,7 +16,7 @@ vectors compared by cosine similarity:
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,7 +34,7 @@ from peace.nets.probes import N_PROBES, PROBE_SEED, fingerprint, io_space, respo
 
 __all__ = [
     "CARD_COLUMNS", "QUANTILES", "Baseline", "FunctionSpace", "MetadataSearch", "Models", "RawWeights", "WeightPCA",
-    "WeightStats", "flatten_weights", "weight_baselines", "weight_stats"
+    "WeightStats", "flatten_weights", "space_blocks", "weight_baselines", "weight_stats"
 ]
 
 QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -168,6 +168,17 @@ class WeightPCA(Baseline):
         return self.pca_.transform(self.raw_.transform(models))
 
 
+def space_blocks(spaces: Iterable[str], n_probes: int) -> tuple[dict[str, tuple[int, int]], int]:
+    """Where each io-space's fingerprints (``n_probes`` x its classes) sit in one vector, spaces in sorted
+    order, and the vector's width: models of different spaces share no inputs, so their blocks do not
+    overlap and their cosine is 0."""
+    blocks, start = {}, 0
+    for sp in sorted(set(spaces)):
+        width = n_probes * int(sp.split("->")[1])
+        blocks[sp], start = (start, start + width), start + width
+    return blocks, start
+
+
 class FunctionSpace(Baseline):
     """Fingerprints of the responses to shared Gaussian probes, each io-space in its own block of
     the vector (models of different spaces are orthogonal: they share no inputs).
@@ -182,13 +193,7 @@ class FunctionSpace(Baseline):
         self.n_probes, self.seed, self.spaces = n_probes, seed, list(spaces)
 
     def fit(self, models: Models) -> FunctionSpace:
-        found = {io_space(s): s.n_classes for s in models.specs}
-        known = {sp: int(sp.split("->")[1]) for sp in self.spaces} | found
-        self.offsets_, start = {}, 0
-        for sp in sorted(known):
-            self.offsets_[sp] = (start, start + self.n_probes * known[sp])
-            start += self.n_probes * known[sp]
-        self.width_ = start
+        self.offsets_, self.width_ = space_blocks({*self.spaces, *(io_space(s) for s in models.specs)}, self.n_probes)
         return self
 
     def transform(self, models: Models) -> np.ndarray:

@@ -62,6 +62,7 @@ class MissingActivation(PeaceError):
         super().__init__(message)
         self.model = model
 
+
 WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth")
 
 

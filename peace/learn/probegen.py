@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from peace.core.errors import PeaceError
-from peace.evaluate.baselines import Baseline, Models
+from peace.evaluate.baselines import Baseline, Models, space_blocks
 from peace.evaluate.probegen import ProbeGenConfig, ProbeGenerator, probe_reader
 from peace.learn.contrastive import AugmentConfig, Kinship, PairSampler, functional_neighbours
 from peace.nets.architectures import ArchSpec, forward, stack_params
@@ -109,11 +109,8 @@ class ProbeGenEmbedding(Baseline):
         ``probes.fingerprint`` (cosine = prediction agreement), each io-space in its own block as in
         ``FunctionSpace``. Probes generated to tell models apart are what a probe-based embedding
         (PEACE's function tokens and sketch) would read."""
-        blocks, start = {}, 0
-        for space, gen in self.generators_.items():
-            width = self.config.n_probes * int(space.split("->")[1])
-            blocks[space], start = (start, start + width), start + width
-        out = np.zeros((len(models), start), np.float32)
+        blocks, width = space_blocks(self.generators_, self.config.n_probes)
+        out = np.zeros((len(models), width), np.float32)
         for s in range(0, len(models), 512):
             idx = range(s, min(s + 512, len(models)))
             for space, js, probs in self._responses(models, idx):

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from peace.core.errors import PeaceError, unknown
+from peace.zoo.images import IMAGE_TASKS, make_images
 
 SPLIT_SEED = 20240601  # fixed: every task always has the same splits
 
@@ -211,8 +212,6 @@ def _sklearn_tabular(loader: str) -> Task:
 
 
 def _images(name: str) -> Task:
-    from peace.zoo.images import IMAGE_TASKS, make_images
-
     return _make(name, "images", IMAGE_TASKS[name], (1, 16, 16), 4, _split(*make_images(name)))
 
 
@@ -226,7 +225,7 @@ _FIXED: dict[str, Callable[[], Task]] = {
     "mnist1d": _mnist1d,
     "wine": lambda: _sklearn_tabular("wine"),
     "breast-cancer": lambda: _sklearn_tabular("breast_cancer"),
-    **{name: functools.partial(_images, name) for name in ("shapes", "gratings", "bands", "textures")},
+    **{name: functools.partial(_images, name) for name in IMAGE_TASKS},
 }
 _SEEDED: dict[str, Callable[[int], Task]] = {"synth": _synth, "teacher": _teacher, "moons": _moons}
 
