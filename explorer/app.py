@@ -21,10 +21,10 @@ PAGES = {"Map": "views/map.py", "Neighbours": "views/neighbours.py", "Interpolat
 st.set_page_config(page_title="PEACE explorer", layout="wide")
 warm = st.cache_resource(show_spinner=False)(WarmUp)()  # one per server: the other pages' imports, when idle
 warm.hold()
-page = st.navigation([st.Page(path, title=title, default=title == "Map") for title, path in PAGES.items()])
-st.sidebar.title("PEACE explorer")
-sidebar_set()
-try:
+try:  # whatever ends the run (a rerun, st.stop, an error), arm below releases the hold
+    page = st.navigation([st.Page(path, title=title, default=title == "Map") for title, path in PAGES.items()])
+    st.sidebar.title("PEACE explorer")
+    sidebar_set()
     page.run()
 finally:  # idle from here until the user's next input: the work the other pages' first visits need, done ahead
     opened = st.session_state.get("opened")

@@ -201,7 +201,11 @@ def test_the_warm_up_works_once_the_server_is_idle_stops_when_a_run_starts_and_d
     warm.hold()
     time.sleep(0.5)
     assert module in sys.modules and calls == ["first", "slow"] and warm.done == [f"import {module}", "first", "slow"]
-    warm.arm(slow=slow)  # done items are not done twice; the rest resumes
+    warm.hold()  # two users' runs overlap: the end of one does not start the work while the other runs
+    warm.arm(slow=slow)
+    time.sleep(0.6)
+    assert calls == ["first", "slow"]
+    warm.arm(slow=slow)  # both ended; done items are not done twice, the rest resumes
     time.sleep(0.6)
     assert calls == ["first", "slow", "last"] and not warm.todo
 

@@ -21,31 +21,31 @@ WARM_MODULES = ("peace.serve.baseline_vectors", "peace.serve.teaching", "peace.l
 
 
 class WarmUp:
-    """One per server: the app calls ``hold`` when a script run starts and ``arm`` when it ends. Once
-    the server has been idle ``idle_s`` s, the imports of ``modules`` run, then each ``work`` item given
-    to ``arm`` (by name, each once)."""
+    """One per server: the app calls ``hold`` when a script run starts and ``arm`` when it ends (every
+    session's runs: several users' runs may overlap). Once no run has been in progress for ``idle_s`` s,
+    the imports of ``modules`` run, then each ``work`` item given to ``arm`` (by name, each once)."""
 
     def __init__(self, modules: tuple[str, ...] = WARM_MODULES, idle_s: float = 1.5):
         self.idle_s = idle_s
         self.todo: dict[str, Callable[[], object]] = {f"import {m}": partial(importlib.import_module, m) for m in modules}
         self.done: list[str] = []
-        self._lock, self._timer, self._busy, self._running = threading.Lock(), None, False, False
+        self._lock, self._timer, self._runs, self._running = threading.Lock(), None, 0, False
 
     def hold(self) -> None:
         with self._lock:
-            self._busy = True
+            self._runs += 1
             if self._timer is not None:
                 self._timer.cancel()
 
     def arm(self, **work: Callable[[], object]) -> None:
         with self._lock:
-            self._busy = False
+            self._runs = max(0, self._runs - 1)
             for name, fn in work.items():
                 if name not in self.done:
                     self.todo.setdefault(name, fn)
             if self._timer is not None:
                 self._timer.cancel()
-            if self.todo:
+            if self.todo and not self._runs:
                 self._timer = threading.Timer(self.idle_s, self._run)
                 self._timer.daemon = True
                 self._timer.start()
@@ -58,7 +58,7 @@ class WarmUp:
         try:
             while True:
                 with self._lock:
-                    if self._busy or not self.todo:
+                    if self._runs or not self.todo:
                         return
                     name = next(iter(self.todo))
                     fn = self.todo.pop(name)
