@@ -96,3 +96,34 @@ def test_contrastive_probegen_embeds_a_zoo_invariantly(tiny_zoo):
         pg.transform(other)
     told = ProbeGenEmbedding(SMALL, dim=8, steps=5, batch_size=16, spaces=["40->10"]).fit(fit_on)  # told of it
     assert told.transform(other).shape == (2, 8) and np.allclose(told.transform(fit_on), e)  # the same seed, fit
+
+
+def test_peace_with_learned_probes_trains_reloads_and_stays_invariant(tiny_zoo, tmp_path):
+    from conftest import QUICK
+
+    from peace.learn.run import RunDir
+    from peace.learn.runconfig import load_config
+    from peace.learn.trainer import fit
+    from peace.nets.probes import io_space, responses
+
+    cfg = load_config("tiny", QUICK + ["encoder.probe_source=learned", "train.probe_steps=10",
+                                       "train.holdout_tasks=[mnist1d]"])
+    res = fit(tiny_zoo, cfg, tmp_path / "run", progress=False)
+    assert np.isfinite(res.history["val_map"]).all()
+    enc = RunDir(tmp_path / "run").load_encoder()
+    m = tiny_zoo.manifest
+    ok = m[m["status"] == "ok"]
+    ids = list(ok.index)
+    specs, params = [tiny_zoo.spec(i) for i in ids], tiny_zoo.load_many(ids)
+    trained = {io_space(s) for s, t in zip(specs, ok["task"]) if t != "mnist1d"}
+    learned = enc.probe_bank.inputs()
+    assert set(learned) == trained and "40->10" not in learned  # the held-out task's space keeps Gaussian probes
+    assert all(x.shape == (cfg.encoder.probes, int(sp.split("->")[0])) for sp, x in learned.items())
+    i = next(j for j, s in enumerate(specs) if s.family == "mlp")
+    assert not torch.allclose(enc.responses([specs[i]], [params[i]])[0],
+                              responses([specs[i]], [params[i]], cfg.encoder.probes)[0])  # the learned probes are read
+    e = enc.embed(specs, params)
+    twin = random_symmetry(specs[i], params[i], seed=5)
+    np.testing.assert_allclose(enc.embed([specs[i]], [twin])[0], e[i], atol=1e-5)
+    with pytest.raises(PeaceError, match="unknown probe source 'random'"):
+        load_config("tiny", ["encoder.probe_source=random"])

@@ -92,3 +92,24 @@ def test_sketches_approximate_agreement_and_keep_spaces_apart():
     assert torch.equal(sketch(r, spaces, 64), sketch(r, spaces, 64))  # fixed projections
     other = sketch(r[:1], ["64->4"], 4096)  # the same vector read as another space: nearly orthogonal
     assert abs(float(other[0] @ sk[0])) < 0.08
+
+
+def test_own_probe_inputs_replace_the_gaussian_ones_of_their_space_only():
+    from peace.nets.probes import ProbeBank
+
+    spec, a = _linear([[1.0, 0.0], [-1.0, 0.0]])  # class 0 where x0 > 0
+    other = ArchSpec("mlp", (3,), 2, hidden=(), bias=False)
+    b = {"layers.0.weight": torch.randn(2, 3)}
+    x = torch.tensor([[1.0, 5.0], [2.0, -1.0], [-3.0, 0.0], [0.5, 0.5]])  # predictions 0, 0, 1, 0
+    mine, theirs = responses([spec, other], [a, b], 4, inputs={"2->2": x})
+    assert mine.argmax(-1).tolist() == [0, 0, 1, 0]
+    assert torch.equal(theirs, responses([other], [b], 4)[0])  # 3->2 was not named: Gaussian probes
+    with pytest.raises(PeaceError, match="probe set of io-space 2->2 holds 4 probes, not 8"):
+        responses([spec], [a], 8, inputs={"2->2": x})
+    bank = ProbeBank()
+    bank.set({"2->2": x})
+    fresh = ProbeBank()  # knows its spaces only from the saved state, as a reloaded encoder does
+    fresh.load_state_dict(bank.state_dict())
+    assert list(fresh.inputs()) == ["2->2"] and torch.equal(fresh.inputs()["2->2"], x.double())
+    fresh.load_state_dict(ProbeBank().state_dict())  # an encoder without learned probes empties it
+    assert fresh.inputs() == {}

@@ -11,7 +11,9 @@ on a batched graph; CPU, torch <= 2.2) and pure torch (gather + ``index_add_``; 
 
 With ``function_tokens`` the Transformer also reads a token made from the network's class
 probabilities on fixed probe inputs of its io-space (``peace.nets.probes``): a function-space view
-that every weight-space symmetry leaves exactly unchanged.
+that every weight-space symmetry leaves exactly unchanged. The probes are Gaussian, or
+(``probe_source="learned"``) generated the ProbeGen way for the training io-spaces before training
+(``peace.learn.probegen.learn_probes``) and then held fixed in the encoder's ``probe_bank``.
 """
 from __future__ import annotations
 
@@ -38,12 +40,12 @@ from peace.nets.graph import (
     population_graph,
     sparse_layers,
 )
-from peace.nets.probes import io_space, sketch
+from peace.nets.probes import ProbeBank, io_space, sketch
 from peace.nets.probes import responses as probe_responses
 from peace.nets.symmetry import canonicalize
 
 __all__ = [
-    "AGGREGATIONS", "BACKENDS", "DGL_MAX_EDGES", "ENCODER_FORMAT", "KINDS", "POOLINGS", "Embedder",
+    "AGGREGATIONS", "BACKENDS", "DGL_MAX_EDGES", "ENCODER_FORMAT", "KINDS", "POOLINGS", "PROBE_SOURCES", "Embedder",
     "EncoderConfig", "ModelBatch", "PeaceEncoder", "dgl_available", "pad_responses", "prepare",
     "prepare_batch", "resolve_backend", "sinusoid", "to_device", "upgrade_state"
 ]
@@ -52,6 +54,7 @@ KINDS = ("gnn", "mlp")
 BACKENDS = ("auto", "dgl", "torch")
 POOLINGS = ("mean", "attention", "cls")
 AGGREGATIONS = ("mean", "sum")
+PROBE_SOURCES = ("gaussian", "learned")
 _POS_FREQS, _POS_SCALE = 10, 512.0  # input/output neuron index: distinct up to 1024 positions
 _DEPTH_FREQS = 6                     # normalized depth in [0, 1]
 DGL_MAX_EDGES = 2**20  # bigger graphs (a resnet18 has 1.9M edges) take the chunked pure-torch path on any backend
@@ -79,6 +82,7 @@ class EncoderConfig:
     max_params: int = 4096        # mlp kind only: flattened weights are padded / truncated to this
     function_tokens: bool = False  # add a token of the class probabilities on fixed probe inputs
     probes: int = 128             # probe inputs per io-space (function tokens, sketch, the trainer's functional targets)
+    probe_source: str = "gaussian"  # gaussian, or learned: ProbeGen probes fit on the training io-spaces, then fixed
     function_block: int = 0       # append a fixed function-space sketch of this size to the embedding (0: off)
     function_block_weight: float = 0.75  # its share of the embedding's cosine similarity
 
@@ -96,6 +100,8 @@ class EncoderConfig:
             raise unknown("pooling", self.pooling, POOLINGS)
         if self.aggregation not in AGGREGATIONS:
             raise unknown("aggregation", self.aggregation, AGGREGATIONS)
+        if self.probe_source not in PROBE_SOURCES:
+            raise unknown("probe source", self.probe_source, PROBE_SOURCES)
         if min(self.hidden, self.rounds + 1, self.embedding_dim, self.projection_dim + 1, self.heads, self.edge_dim,
                self.probes, self.max_layer_edges) < 1:
             raise PeaceError("hidden, embedding_dim, heads, edge_dim, probes and max_layer_edges must be >= 1, rounds "
@@ -209,6 +215,12 @@ class Embedder(nn.Module):
             else mlp(c.embedding_dim, H, n_aux)
         self.register_buffer("aux_mean", torch.zeros(n_aux))
         self.register_buffer("aux_std", torch.ones(n_aux))
+        self.probe_bank = ProbeBank()  # learned probe inputs per io-space (empty: Gaussian probes everywhere)
+
+    def responses(self, specs: Sequence[ArchSpec], params: Sequence[dict[str, Tensor]]) -> list[Tensor]:
+        """Class probabilities of the models on the probes this encoder reads (``config.probes`` per
+        io-space: its probe bank's where it holds some, Gaussian ones elsewhere)."""
+        return probe_responses(specs, params, self.config.probes, inputs=self.probe_bank.inputs())
 
     def forward(self, batch) -> dict[str, Tensor]:
         """``embedding`` (G, output_dim): the learned embedding, followed by the function-space sketch
@@ -403,12 +415,12 @@ class PeaceEncoder(Embedder):
     def batch(self, specs: Sequence[ArchSpec], params: Sequence[dict[str, Tensor]],
               device: torch.device | str = "cpu", responses: Sequence[Tensor] | None = None) -> ModelBatch:
         """Prepare and batch models for :meth:`forward`, on ``device``. ``responses`` (from
-        :func:`peace.nets.probes.responses` with ``config.probes`` probes) saves recomputing them."""
+        :meth:`responses`) saves recomputing them."""
         c = self.config
         graphs = prepare_batch(specs, params, c)
         r = classes = sk = None
         if (c.function_tokens or c.function_block) and responses is None:
-            responses = probe_responses(specs, params, c.probes)
+            responses = self.responses(specs, params)
         if c.function_tokens:
             r, classes = pad_responses(responses)
         if c.function_block:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from peace.core.errors import PeaceError
 from peace.evaluate.baselines import Baseline, Models, space_blocks
@@ -24,7 +25,7 @@ from peace.learn.contrastive import AugmentConfig, Kinship, PairSampler, functio
 from peace.nets.architectures import ArchSpec, forward, stack_params
 from peace.nets.probes import fingerprint, io_space, responses
 
-__all__ = ["MAX_PASSES", "ProbeGenEmbedding"]
+__all__ = ["MAX_PASSES", "ProbeGenEmbedding", "learn_probes"]
 
 MAX_PASSES = 10  # training steps stop at this many passes over the training models (a small zoo's budget)
 
@@ -39,12 +40,13 @@ class ProbeGenEmbedding(Baseline):
     name = "probegen"
 
     def __init__(self, config: ProbeGenConfig = ProbeGenConfig(), dim: int = 64, steps: int = 100,
-                 batch_size: int = 64, temperature: float = 0.1, seed: int = 0, spaces: Sequence[str] = ()):
+                 batch_size: int = 64, temperature: float = 0.1, seed: int = 0, spaces: Sequence[str] = (),
+                 progress: bool = False):
         if steps < 0 or min(dim, batch_size) < 1 or temperature <= 0:
             raise PeaceError(f"ProbeGen needs steps >= 0, dim and batch_size >= 1 and temperature > 0; got steps "
                              f"{steps}, dim {dim}, batch_size {batch_size}, temperature {temperature}")
         self.config, self.dim, self.steps, self.batch_size = config, dim, steps, batch_size
-        self.temperature, self.seed, self.spaces = temperature, seed, list(spaces)
+        self.temperature, self.seed, self.spaces, self.progress = temperature, seed, list(spaces), progress
 
     def fit(self, models: Models) -> ProbeGenEmbedding:
         torch.manual_seed(self.seed)
@@ -66,7 +68,8 @@ class ProbeGenEmbedding(Baseline):
         kin, row_of = Kinship(rows), {m: i for i, m in enumerate(rows["model_id"])}
         opt = torch.optim.Adam([*self.generators_.parameters(), *self.heads_.parameters()], lr=self.config.lr)
         rng = np.random.default_rng(self.seed)
-        for _ in range(min(self.steps, MAX_PASSES * -(-len(rows) // self.batch_size))):
+        n_steps = min(self.steps, MAX_PASSES * -(-len(rows) // self.batch_size))
+        for _ in tqdm(range(n_steps), desc="learn probes", unit="step", disable=not self.progress, leave=False):
             anchors = list(rng.choice(rows["model_id"].to_numpy(), min(self.batch_size, len(rows)), replace=False))
             partners = [sampler.partner(a, rng)[1] for a in anchors]
             za, zp = (F.normalize(self._embed(models, [row_of[m] for m in ms]), dim=-1) for ms in (anchors, partners))
@@ -104,6 +107,11 @@ class ProbeGenEmbedding(Baseline):
         return torch.stack(out)
 
     @torch.no_grad()
+    def probes(self) -> dict[str, Tensor]:
+        """io-space -> its learned probe inputs, (n_probes, n_features) float64."""
+        return {space: g().detach().double().flatten(1) for space, g in self.generators_.items()}
+
+    @torch.no_grad()
     def fingerprints(self, models: Models) -> np.ndarray:
         """The function space read on the learned probes instead of Gaussian ones, without the reader:
         ``probes.fingerprint`` (cosine = prediction agreement), each io-space in its own block as in
@@ -122,3 +130,14 @@ class ProbeGenEmbedding(Baseline):
     def transform(self, models: Models) -> np.ndarray:
         return torch.cat([self._embed(models, range(s, min(s + 512, len(models))))
                           for s in range(0, len(models), 512)]).numpy()
+
+
+def learn_probes(models: Models, n_probes: int, steps: int = 100, seed: int = 0,
+                 progress: bool = False) -> dict[str, Tensor]:
+    """``n_probes`` probe inputs per io-space of ``models``, generated the ProbeGen way and trained
+    contrastively to tell those models apart (``ProbeGenEmbedding``; its reader is dropped). Only the
+    spaces that have models get probes: a space nobody trained on keeps Gaussian ones."""
+    if not len(models):
+        raise PeaceError("learning probes needs at least one model")
+    return ProbeGenEmbedding(ProbeGenConfig(n_probes=n_probes), steps=steps, seed=seed, progress=progress
+                             ).fit(models).probes()

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from peace.core.device import resolve_device
 from peace.core.errors import PeaceError, unknown
 from peace.core.rng import model_seed
+from peace.evaluate.baselines import Models
 from peace.evaluate.metrics import retrieval_map
 from peace.learn.contrastive import (
     Kinship,
@@ -37,11 +38,11 @@ from peace.learn.contrastive import (
 )
 from peace.learn.distributed import current, first_rank_first, gather_rows, with_own_rows
 from peace.learn.encoder import Embedder
+from peace.learn.probegen import learn_probes
 from peace.learn.run import RunDir, TrainResult, build_encoder
 from peace.learn.runconfig import RunConfig
 from peace.nets.architectures import ArchSpec
 from peace.nets.probes import agreement_matrix, io_space
-from peace.nets.probes import responses as probe_responses
 from peace.zoo.splits import split_zoo
 from peace.zoo.store import Zoo, usable
 
@@ -118,7 +119,7 @@ def _split_rows(rows: pd.DataFrame, cfg: RunConfig) -> _Data:
     return _Data(rows, splits, train, val, label, relevance, held)
 
 
-def _new_encoder(cfg: RunConfig, data: _Data, dev: torch.device) -> tuple[Embedder, Tensor]:
+def _new_encoder(cfg: RunConfig, data: _Data, dev: torch.device, progress: bool) -> tuple[Embedder, Tensor]:
     """The encoder, seeded, standardized on up to 1,000 training models, its auxiliary targets
     normalized; returns it (on ``dev``) and the training models' targets."""
     torch.manual_seed(cfg.seed)
@@ -128,6 +129,10 @@ def _new_encoder(cfg: RunConfig, data: _Data, dev: torch.device) -> tuple[Embedd
     train, specs, weights = data.train, data.specs, data.weights
     sample = np.random.default_rng(cfg.seed).choice(len(train), size=min(len(train), 1000), replace=False)
     encoder.fit_standardization([specs[m] for m in train.model_id[sample]], [weights[m] for m in train.model_id[sample]])
+    if cfg.encoder.probe_source == "learned":  # fixed before training (a resumed run loads the same ones)
+        ids = list(train.model_id)
+        models = Models(train.reset_index(drop=True), [specs[m] for m in ids], [weights[m] for m in ids])
+        encoder.probe_bank.set(learn_probes(models, cfg.encoder.probes, cfg.train.probe_steps, cfg.seed, progress))
     tgt = _targets(train, cfg.encoder.aux_targets)
     encoder.aux_mean.copy_(torch.from_numpy(np.nanmean(tgt, 0)))
     encoder.aux_std.copy_(torch.from_numpy(np.nanstd(tgt, 0)).clamp_min(1e-6))
@@ -190,7 +195,7 @@ def _losses(model: torch.nn.Module, encoder: Embedder, b: _Batch, cfg: RunConfig
     """(loss, InfoNCE, auxiliary MSE) of one batch; this process encodes its share of it."""
     tc, B = cfg.train, len(b.anchors)
     need_responses = cfg.encoder.function_tokens or cfg.encoder.function_block or tc.functional_weight > 0
-    resp = probe_responses(b.specs, b.params, cfg.encoder.probes) if need_responses else None
+    resp = encoder.responses(b.specs, b.params) if need_responses else None
     own = current().share(len(b.specs))
     batch = encoder.batch(b.specs[own], b.params[own], dev, responses=None if resp is None else resp[own])
     amp = dev.type == "cuda" and tc.amp
@@ -222,7 +227,7 @@ def _validate(encoder: Embedder, data: _Data, dev: torch.device) -> dict:
     return {"val_map": retrieval_map(emb.numpy(), data.val[data.label].to_numpy())}
 
 
-def _sampler(data: _Data, cfg: RunConfig, run: RunDir, progress: bool) -> tuple[PairSampler, dict]:
+def _sampler(data: _Data, cfg: RunConfig, run: RunDir, encoder: Embedder, progress: bool) -> tuple[PairSampler, dict]:
     """Positive views (cached in the run; rank 0 writes them) and the partner sampler."""
     train = data.train
     with first_rank_first():
@@ -230,7 +235,7 @@ def _sampler(data: _Data, cfg: RunConfig, run: RunDir, progress: bool) -> tuple[
     neighbours = None
     if cfg.augment.functional:
         specs = [data.specs[m] for m in train.model_id]
-        answers = probe_responses(specs, [data.weights[m] for m in train.model_id], cfg.encoder.probes)
+        answers = encoder.responses(specs, [data.weights[m] for m in train.model_id])
         neighbours = functional_neighbours(train, answers, [io_space(s) for s in specs], cfg.augment.functional_k)
     return PairSampler(train, cfg.augment, views, neighbours), views
 
@@ -261,12 +266,12 @@ def fit(zoo: Zoo | str | Path, config: RunConfig, out: str | Path, device: str =
                                          "device": str(dev), "torch": torch.__version__})
     ids = list(data.train.model_id) + list(data.val.model_id)
     data.specs, data.weights = {m: zoo.spec(m) for m in ids}, dict(zip(ids, zoo.load_many(ids)))
-    encoder, tgt = _new_encoder(cfg, data, dev)
+    encoder, tgt = _new_encoder(cfg, data, dev, progress)
     opt = torch.optim.AdamW(encoder.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     model = encoder if rank.size == 1 else torch.nn.parallel.DistributedDataParallel(
         encoder, device_ids=[dev.index] if dev.type == "cuda" else None)
     history, best, bad, start_epoch = _resume(run, encoder, opt) if resume else ([], -math.inf, 0, 1)
-    sampler, views = _sampler(data, cfg, run, progress)
+    sampler, views = _sampler(data, cfg, run, encoder, progress)
     kin, aux_t = Kinship(data.rows), dict(zip(data.train.model_id, tgt))
     n_steps = min(len(data.train), tc.max_models_per_epoch or len(data.train)) // tc.batch_size
     meta = {"zoo": str(zoo.path.resolve()), "zoo_manifest_sha256": zoo.info["manifest_sha256"], "holdout_tasks": data.held,

@@ -17,19 +17,19 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from peace.core.errors import PeaceError
 from peace.nets.architectures import ArchSpec, forward, stack_params
 
 __all__ = [
-    "N_PROBES", "PROBE_SEED", "agreement", "agreement_matrix", "fingerprint", "io_space", "probe_inputs",
-    "responses", "sketch"
+    "N_PROBES", "PROBE_SEED", "ProbeBank", "agreement", "agreement_matrix", "fingerprint", "io_space",
+    "probe_inputs", "responses", "sketch"
 ]
 
 N_PROBES = 256
@@ -53,11 +53,12 @@ def probe_inputs(input_shape: Sequence[int], n: int = N_PROBES, seed: int = PROB
 
 @torch.no_grad()
 def responses(specs: Sequence[ArchSpec], params: Sequence[dict[str, Tensor]], n: int = N_PROBES,
-              seed: int = PROBE_SEED, chunk: int = 512) -> list[Tensor]:
+              seed: int = PROBE_SEED, chunk: int = 512, inputs: Mapping[str, Tensor] | None = None) -> list[Tensor]:
     """Class probabilities of each model on its space's probes: a list of (n, n_classes) float32.
 
-    Models of one architecture run together as a population (one batched forward pass, float64 so
-    that symmetric copies of a model agree to rounding)."""
+    ``inputs`` replaces the Gaussian probes of the io-spaces it names by its own (n, n_features) ones
+    (learned probes, ``ProbeBank``). Models of one architecture run together as a population (one
+    batched forward pass, float64 so that symmetric copies of a model agree to rounding)."""
     if len(specs) != len(params):
         raise PeaceError(f"got {len(specs)} architectures but {len(params)} parameter sets")
     by_spec: dict[ArchSpec, list[int]] = defaultdict(list)
@@ -65,7 +66,10 @@ def responses(specs: Sequence[ArchSpec], params: Sequence[dict[str, Tensor]], n:
         by_spec[s].append(i)
     out: list[Tensor | None] = [None] * len(specs)
     for spec, idx in by_spec.items():
-        x = probe_inputs(spec.input_shape, n, seed)
+        own = (inputs or {}).get(io_space(spec))
+        if own is not None and len(own) != n:
+            raise PeaceError(f"the probe set of io-space {io_space(spec)} holds {len(own)} probes, not {n}")
+        x = probe_inputs(spec.input_shape, n, seed) if own is None else own.double().cpu().reshape(n, *spec.input_shape)
         for s in range(0, len(idx), chunk):
             part = idx[s:s + chunk]
             stacked = {k: v.double() for k, v in stack_params([params[i] for i in part]).items()}
@@ -74,6 +78,31 @@ def responses(specs: Sequence[ArchSpec], params: Sequence[dict[str, Tensor]], n:
             for j, i in enumerate(part):
                 out[i] = probs[j]
     return out  # type: ignore[return-value]
+
+
+class ProbeBank(nn.Module):
+    """Probe inputs of their own for some io-spaces (learned ones), held as buffers so that they are
+    saved and loaded with the encoder that reads them; every other space keeps the Gaussian probes."""
+
+    def set(self, inputs: Mapping[str, Tensor]) -> None:
+        """Hold ``inputs`` (io-space -> (n, n_features)) in place of whatever was held."""
+        for name in list(self._buffers):
+            del self._buffers[name]
+        for space, x in sorted(inputs.items()):
+            self.register_buffer(_buffer_name(space), x.detach().double().reshape(len(x), -1).contiguous())
+
+    def inputs(self) -> dict[str, Tensor]:
+        """io-space -> (n, n_features) probe inputs held."""
+        return {name[1:].replace("_to_", "->"): x for name, x in self._buffers.items()}
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # the spaces are known only from the saved state: make room for them before loading
+        self.set({k[len(prefix) + 1:].replace("_to_", "->"): v for k, v in state_dict.items() if k.startswith(prefix)})
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def _buffer_name(space: str) -> str:
+    return "s" + space.replace("->", "_to_")
 
 
 def fingerprint(response: Tensor) -> Tensor:
