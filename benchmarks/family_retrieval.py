@@ -2,12 +2,15 @@
 
     python benchmarks/family_retrieval.py --zoo artifacts/zoos/residual --run artifacts/runs/residual-lineage-s{0,1,2}
     python benchmarks/family_retrieval.py --zoo artifacts/zoos/vision --run artifacts/runs/vision-s{0,1,2} --final
+    python benchmarks/family_retrieval.py --zoo artifacts/zoos/vision --run artifacts/runs/vision-s{0,1,2} \
+        --variant artifacts/runs/vision-lp-s{0,1,2}     # PEACE with learned probes beside, on the same splits
 
 Each run's test split; every test model of a family queries all other test models (and, for
 "X -> other families", only models of other families); PEACE beside raw weights, s(W), the
 function-space baseline, contrastive ProbeGen (learned probes) and the function space read on its
 learned probes instead of Gaussian ones, PEACE's learned part alone and random vectors (the chance
-level of this split). Mean ± std over runs.
+level of this split). ``--variant`` adds PEACE runs of another config, one per ``--run`` and on the
+same split (e.g. ``encoder.probe_source=learned``). Mean ± std over runs.
 """
 from __future__ import annotations
 
@@ -30,9 +33,13 @@ def main() -> None:
     ap.add_argument("--run", nargs="+", required=True)
     ap.add_argument("--final", action="store_true", help="only the runs' final checkpoints, as queries and as "
                     "candidates (the models a user picks from; early checkpoints are near chance on every task)")
+    ap.add_argument("--variant", nargs="*", default=[], help="PEACE runs of another config, one per --run, "
+                    "trained on the same split (compared side by side)")
     ap.add_argument("--probegen-steps", type=int, default=100, help="ProbeGen's contrastive training steps")
     args = ap.parse_args()
     zoo = Zoo(args.zoo)
+    if args.variant and len(args.variant) != len(args.run):
+        ap.error(f"--variant needs one run per --run ({len(args.run)}), got {len(args.variant)}")
     scores: dict[tuple[str, str], list[float]] = {}
     for i, run in enumerate(args.run):
         train, test = split_models(run, zoo)
@@ -47,6 +54,12 @@ def main() -> None:
                     "s(W)": WeightStats().fit(train).transform(test),
                     "function space": FunctionSpace(spaces=spaces).fit(train).transform(test),
                     "random": np.random.default_rng(i).normal(size=(len(test.specs), 64))}
+        if args.variant:
+            variant = load_encoder(args.variant[i])
+            if not split_models(args.variant[i], zoo)[1].rows["model_id"].equals(test.rows["model_id"]):
+                ap.error(f"{args.variant[i]} was not trained on the split of {run}")
+            tag = f"{variant.config.probe_source} probes"
+            features = {f"PEACE, {tag}": variant.embed(test.specs, test.params).numpy(), **features}
         keep = (test.rows["epoch"] == test.rows["epochs"]).to_numpy() if args.final else np.ones(len(test.rows), bool)
         family, task = test.rows["family"].to_numpy()[keep], test.rows["task"].to_numpy()[keep]
         for name, X in features.items():
