@@ -29,4 +29,4 @@ try:  # whatever ends the run (a rerun, st.stop, an error), arm below releases t
 finally:  # idle from here until the user's next input: the work the other pages' first visits need, done ahead
     opened = st.session_state.get("opened")
     work = {f"prefetch {opened.path} {id(opened)}": opened.prefetch} if opened is not None else {}  # a rebuilt set too
-    warm.arm(**work)
+    warm.arm(**work, **st.session_state.pop("ahead", {}))  # and what the page asked for (the map's other view)

@@ -2,6 +2,8 @@
 search stars a model and rings its neighbours. Drawn from the set alone: no torch, no scikit-learn."""
 from __future__ import annotations
 
+from functools import partial
+
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
@@ -69,8 +71,12 @@ def _map(ex: Explorer, controls, slot) -> None:
     t = ex.table
     with controls:
         color, symbol, dims, filters, search = _map_controls(t)
-    shown, fig = map_figure(ex, ex.es.info["embeddings_sha256"], color, symbol, dims, filters)
-    names = labels(ex, ex.es.info["embeddings_sha256"])  # once: each cached call returns a fresh copy
+    sha = ex.es.info["embeddings_sha256"]
+    shown, fig = map_figure(ex, sha, color, symbol, dims, filters)
+    other = "3-D" if dims == "2-D" else "2-D"  # the other view of these choices, built while the user looks
+    st.session_state["ahead"] = {f"{other} map {sha} {color} {symbol} {filters}":
+                                 partial(map_figure, ex, sha, color, symbol, other, filters)}
+    names = labels(ex, sha)  # once: each cached call returns a fresh copy
     find = _find(search, shown, names)
     shown_note = (f"{len(shown)} of {len(t)} models shown. "
                   + ("Click a point (or draw a box / lasso) to see its nearest neighbours highlighted." if dims == "2-D"
