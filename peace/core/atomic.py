@@ -14,7 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LOCK_NAME", "atomic_path", "locked", "read_json_or_none", "sha256_file", "staged_dir", "write_json"]
+__all__ = ["LOCK_NAME", "atomic_path", "locked", "read_json_or_none", "remove_temporaries", "sha256_file", "staged_dir",
+           "write_json"]
 
 
 @contextlib.contextmanager
@@ -35,6 +36,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def remove_temporaries(directory: str | os.PathLike) -> int:
+    """Delete the temporary files that writers killed inside ``atomic_path`` left under ``directory``
+    (a shard half-written can be hundreds of MB); how many. Call it holding the directory's lock, when
+    no live writer has one open."""
+    stale = [p for p in Path(directory).rglob(".*.tmp-*") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return len(stale)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -34,7 +34,15 @@ from safetensors.torch import safe_open, save_file
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from peace.core.atomic import LOCK_NAME, atomic_path, locked, read_json_or_none, sha256_file, write_json
+from peace.core.atomic import (
+    LOCK_NAME,
+    atomic_path,
+    locked,
+    read_json_or_none,
+    remove_temporaries,
+    sha256_file,
+    write_json,
+)
 from peace.core.cluster import Engine, Serial
 from peace.core.errors import PeaceError
 from peace.core.paths import SAFE_NAME, contained
@@ -176,6 +184,8 @@ def _write_population(out: Path, pop: list[RunSpec], pop_id: str, res: Populatio
 
 
 def _build(recipe: Recipe, runs: list[RunSpec], out: Path, resume: bool, progress: bool, engine: Engine) -> Zoo:
+    if resume:  # under the zoo's lock: what a killed build was writing is litter
+        remove_temporaries(out)
     (out / "parts").mkdir(parents=True, exist_ok=True)
     (out / "shards").mkdir(parents=True, exist_ok=True)
     write_json(out / "recipe.json", recipe.to_dict())
