@@ -303,7 +303,7 @@ def _parser_train(sub) -> None:
                    help=f"a built-in config ({', '.join(config_names())}) or a YAML file (default: the one the zoo's "
                    "recipe names, else default)")
     t.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="override config keys, e.g. train.epochs=5 "
-                   "encoder.pooling=mean augment.distilled=false")
+                   "encoder.pooling=mean augment.distilled=false encoder.probe_source=learned (ProbeGen probes)")
     t.add_argument("--seed", type=int, help="seed (overrides the config's)")
     t.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
