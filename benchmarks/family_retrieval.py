@@ -21,7 +21,7 @@ import numpy as np
 from peace.evaluate.baselines import FunctionSpace, RawWeights, WeightStats
 from peace.evaluate.metrics import retrieval_scores
 from peace.learn.probegen import ProbeGenEmbedding
-from peace.learn.run import load_encoder
+from peace.learn.run import RunDir, load_encoder
 from peace.nets.probes import io_space
 from peace.orchestrate.evaluation import split_models
 from peace.zoo.store import Zoo
@@ -56,7 +56,7 @@ def main() -> None:
                     "random": np.random.default_rng(i).normal(size=(len(test.specs), 64))}
         if args.variant:
             variant = load_encoder(args.variant[i])
-            if not split_models(args.variant[i], zoo)[1].rows["model_id"].equals(test.rows["model_id"]):
+            if not RunDir(args.variant[i]).splits().equals(RunDir(run).splits()):
                 ap.error(f"{args.variant[i]} was not trained on the split of {run}")
             tag = f"{variant.config.probe_source} probes"
             features = {f"PEACE, {tag}": variant.embed(test.specs, test.params).numpy(), **features}

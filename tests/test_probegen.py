@@ -127,3 +127,23 @@ def test_peace_with_learned_probes_trains_reloads_and_stays_invariant(tiny_zoo, 
     np.testing.assert_allclose(enc.embed([specs[i]], [twin])[0], e[i], atol=1e-5)
     with pytest.raises(PeaceError, match="unknown probe source 'random'"):
         load_config("tiny", ["encoder.probe_source=random"])
+
+
+def test_a_resumed_run_takes_its_learned_probes_from_the_checkpoint(tiny_zoo, tmp_path, monkeypatch):
+    from conftest import QUICK
+
+    from peace.learn import trainer
+    from peace.learn.run import RunDir
+    from peace.learn.runconfig import load_config
+
+    cfg = load_config("tiny", QUICK + ["encoder.probe_source=learned", "train.probe_steps=5"])
+    trainer.fit(tiny_zoo, cfg, tmp_path / "run", progress=False)
+    before = RunDir(tmp_path / "run").load_encoder().probe_bank.inputs()
+
+    def refuse(*a, **k):
+        raise AssertionError("a resumed run learned its probes again")
+
+    monkeypatch.setattr(trainer, "learn_probes", refuse)
+    trainer.fit(tiny_zoo, cfg, tmp_path / "run", resume=True, progress=False)
+    after = RunDir(tmp_path / "run").load_encoder().probe_bank.inputs()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)

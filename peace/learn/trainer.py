@@ -119,9 +119,11 @@ def _split_rows(rows: pd.DataFrame, cfg: RunConfig) -> _Data:
     return _Data(rows, splits, train, val, label, relevance, held)
 
 
-def _new_encoder(cfg: RunConfig, data: _Data, dev: torch.device, progress: bool) -> tuple[Embedder, Tensor]:
+def _new_encoder(cfg: RunConfig, data: _Data, dev: torch.device, progress: bool,
+                 learn: bool = True) -> tuple[Embedder, Tensor]:
     """The encoder, seeded, standardized on up to 1,000 training models, its auxiliary targets
-    normalized; returns it (on ``dev``) and the training models' targets."""
+    normalized, its probes learned (``encoder.probe_source=learned``; not when ``learn`` is false: a
+    checkpoint will load them); returns it (on ``dev``) and the training models' targets."""
     torch.manual_seed(cfg.seed)
     if dev.type != "cpu" and cfg.encoder.backend == "auto":
         cfg.encoder.backend = "torch"
@@ -129,7 +131,7 @@ def _new_encoder(cfg: RunConfig, data: _Data, dev: torch.device, progress: bool)
     train, specs, weights = data.train, data.specs, data.weights
     sample = np.random.default_rng(cfg.seed).choice(len(train), size=min(len(train), 1000), replace=False)
     encoder.fit_standardization([specs[m] for m in train.model_id[sample]], [weights[m] for m in train.model_id[sample]])
-    if cfg.encoder.probe_source == "learned":  # fixed before training (a resumed run loads the same ones)
+    if cfg.encoder.probe_source == "learned" and learn:  # fixed before training
         ids = list(train.model_id)
         models = Models(train.reset_index(drop=True), [specs[m] for m in ids], [weights[m] for m in ids])
         encoder.probe_bank.set(learn_probes(models, cfg.encoder.probes, cfg.train.probe_steps, cfg.seed, progress))
@@ -266,7 +268,7 @@ def fit(zoo: Zoo | str | Path, config: RunConfig, out: str | Path, device: str =
                                          "device": str(dev), "torch": torch.__version__})
     ids = list(data.train.model_id) + list(data.val.model_id)
     data.specs, data.weights = {m: zoo.spec(m) for m in ids}, dict(zip(ids, zoo.load_many(ids)))
-    encoder, tgt = _new_encoder(cfg, data, dev, progress)
+    encoder, tgt = _new_encoder(cfg, data, dev, progress, learn=not (resume and (run / run.CHECKPOINT).exists()))
     opt = torch.optim.AdamW(encoder.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     model = encoder if rank.size == 1 else torch.nn.parallel.DistributedDataParallel(
         encoder, device_ids=[dev.index] if dev.type == "cuda" else None)

@@ -93,16 +93,20 @@ class ProbeBank(nn.Module):
 
     def inputs(self) -> dict[str, Tensor]:
         """io-space -> (n, n_features) probe inputs held."""
-        return {name[1:].replace("_to_", "->"): x for name, x in self._buffers.items()}
+        return {_space_of(name): x for name, x in self._buffers.items()}
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         # the spaces are known only from the saved state: make room for them before loading
-        self.set({k[len(prefix) + 1:].replace("_to_", "->"): v for k, v in state_dict.items() if k.startswith(prefix)})
+        self.set({_space_of(k[len(prefix):]): v for k, v in state_dict.items() if k.startswith(prefix)})
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
-def _buffer_name(space: str) -> str:
+def _buffer_name(space: str) -> str:  # "64->10" -> "s64_to_10": a buffer name holds no "." and reads as one
     return "s" + space.replace("->", "_to_")
+
+
+def _space_of(buffer_name: str) -> str:
+    return buffer_name[1:].replace("_to_", "->")
 
 
 def fingerprint(response: Tensor) -> Tensor:
