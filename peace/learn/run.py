@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from peace import __version__
 from peace.core.atomic import atomic_path, sha256_file, write_json
+from peace.core.config import read_yaml
 from peace.core.device import resolve_device
 from peace.core.errors import PeaceError
 from peace.learn.encoder import ENCODER_FORMAT, Embedder, EncoderConfig, PeaceEncoder, upgrade_state
@@ -30,6 +31,24 @@ from peace.learn.flat_encoder import FlatMLPEncoder
 from peace.learn.runconfig import RunConfig, config_from_dict
 
 __all__ = ["RunDir", "TrainResult", "build_encoder", "load_encoder"]
+
+
+def _saved_config(path: Path) -> RunConfig:
+    """A run's config.yaml with the defaults of keys added since it was written filled in, so that a run
+    interrupted under an older PEACE resumes under this one."""
+    return config_from_dict(read_yaml(path, "run config"))
+
+
+def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted names of the keys whose values differ between two nested config dicts."""
+    out = []
+    for k in sorted(set(a) | set(b)):
+        x, y = a.get(k), b.get(k)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += _differences(x, y, f"{prefix}{k}.")
+        elif json.loads(json.dumps(x)) != json.loads(json.dumps(y)):
+            out.append(f"{prefix}{k}")
+    return out
 
 
 def build_encoder(config: EncoderConfig) -> Embedder:
@@ -78,9 +97,10 @@ class RunDir:
             return
         if not saved.exists():
             raise PeaceError(f"nothing to resume in {out} (no config.yaml); start a new run without --resume")
-        if yaml.safe_load(saved.read_text()) != json.loads(json.dumps(cfg.to_dict())):
-            raise PeaceError(f"{out} was trained with a different config; resume needs the same one "
-                             f"(see {saved}), or start a new --out")
+        differ = _differences(_saved_config(saved).to_dict(), cfg.to_dict())
+        if differ:
+            raise PeaceError(f"{out} was trained with a different config ({', '.join(differ[:5])} differ); resume "
+                             f"needs the same one (see {saved}), or start a new --out")
         if self.info()["zoo_manifest_sha256"] != zoo_sha256:
             raise PeaceError(f"{out} was trained on another zoo (manifest checksum differs); resume needs the same zoo")
 
