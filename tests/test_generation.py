@@ -306,3 +306,63 @@ def test_peace_evaluate_reports_the_generative_study(decoded_run, tmp_path):
     assert {r["method"] for r in metrics["generative"]["summary"]} >= {"sampled", "prompt models"}
     report = (tmp_path / "eval" / "report.md").read_text()
     assert "## Generation: sampled models (SANE's protocol)" in report and "| random init (zoo's) |" in report
+
+
+def test_the_reconstruction_term_targets_aligned_weights_and_skips_families_it_cannot_write():
+    """E.D's term: a symmetric copy has the same target, a decoder on it learns, ResNets add nothing."""
+    from peace.learn.autoencoder import Reconstruction
+
+    task, kw = next((t, kw) for t, kw in MODELS if kw["family"] == "mlp" and kw.get("norm", "none") == "none")
+    models = {f"m{i}": random_model(task, kw, seed=i)[1:] for i in range(12)}
+    models["copy"] = (models["m0"][0], random_symmetry(models["m0"][0], models["m0"][1], 5))
+    rtask, rkw = next((t, kw) for t, kw in MODELS if kw["family"] == "resnet")
+    models["res"] = random_model(rtask, rkw)[1:]
+    specs, weights = {m: s for m, (s, _) in models.items()}, {m: p for m, (_, p) in models.items()}
+    rec = Reconstruction(list(models), specs, weights, in_dim=6)
+    torch.testing.assert_close(rec.target("copy"), rec.target("m0"), atol=1e-5, rtol=1e-4)
+    ids = [f"m{i}" for i in range(12)]
+    z = torch.randn(len(ids), 6, generator=torch.Generator().manual_seed(0))
+    opt = torch.optim.Adam(rec.decoder.parameters(), lr=1e-2)
+    first = rec.loss(z, ids).item()
+    for _ in range(200):
+        opt.zero_grad()
+        rec.loss(z, ids).backward()
+        opt.step()
+    assert rec.loss(z, ids).item() < 0.1 * first  # 12 distinct inputs are memorized
+    assert rec.loss(z[:1], ["res"]).item() == 0.0  # a ResNet adds nothing
+    with pytest.raises(PeaceError, match="train.reconstruction=0"):
+        Reconstruction(["res"], specs, weights, in_dim=6)
+
+
+def test_joint_training_moves_the_encoder_and_resumes_with_its_decoder(tiny_zoo, tmp_path, monkeypatch):
+    """``train.reconstruction`` trains the encoder with a decoder (the E.D recipe): the encoder differs from
+    the contrastive-only one, the error falls, and an interrupted run resumes to the uninterrupted one."""
+    from conftest import QUICK as QUICK_RUN
+    from safetensors.torch import load_file
+
+    from peace.learn import trainer
+    from peace.learn.run import RunDir
+    from peace.learn.runconfig import load_config
+
+    cfg = QUICK_RUN + ["train.reconstruction=10"]
+    plain = trainer.fit(tiny_zoo, load_config("tiny", QUICK_RUN), tmp_path / "plain", progress=False)
+    joint = trainer.fit(tiny_zoo, load_config("tiny", cfg), tmp_path / "joint", progress=False)
+    rec = joint.history["train_reconstruction"].to_numpy()
+    assert np.isfinite(rec).all() and rec[-1] < rec[0]
+    a, b = load_file(str(plain.path / "encoder.safetensors")), load_file(str(joint.path / "encoder.safetensors"))
+    assert not all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+    assert "decoder" in RunDir(joint.path).read_checkpoint()
+    real, calls = trainer._validate, {"n": 0}
+
+    def crash_at_third_epoch(*args, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(trainer, "_validate", crash_at_third_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit(tiny_zoo, load_config("tiny", cfg), tmp_path / "resumed", progress=False)
+    monkeypatch.setattr(trainer, "_validate", real)
+    resumed = trainer.fit(tiny_zoo, load_config("tiny", cfg), tmp_path / "resumed", resume=True, progress=False)
+    np.testing.assert_allclose(resumed.history["train_reconstruction"], rec, rtol=1e-4, atol=1e-4)

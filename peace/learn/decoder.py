@@ -33,7 +33,7 @@ from peace.nets.symmetry import canonicalize
 
 __all__ = [
     "DECODABLE", "DecoderConfig", "Pairs", "WeightDecoder", "aligned_form", "check_decodable", "fit_decoder", "flatten", "head_spec",
-    "load_decoder", "save_decoder", "unflatten"
+    "load_decoder", "reference_form", "save_decoder", "unflatten"
 ]
 
 DECODABLE = ("mlp", "cnn1d", "cnn2d")
@@ -62,6 +62,14 @@ def aligned_form(spec: ArchSpec, params: Params, reference: Params) -> Params:
     """The model's representative for the decoder: canonical scales / signs, units matched to ``reference``."""
     check_decodable(spec)
     return align(spec, reference, canonicalize(spec, params))[0]
+
+
+def reference_form(spec: ArchSpec, params: Sequence[Params]) -> Params:
+    """An architecture's alignment target: the mean of its (training) models aligned to the first one
+    (a barycenter is smoother to decode towards than any single model)."""
+    first = canonicalize(spec, params[0])
+    aligned = [aligned_form(spec, p, first) for p in params]
+    return {k: torch.stack([a[k] for a in aligned]).mean(0) for k in first}
 
 
 def flatten(spec: ArchSpec, params: Params) -> Tensor:

@@ -225,11 +225,12 @@ class Embedder(nn.Module):
     def forward(self, batch) -> dict[str, Tensor]:
         """``embedding`` (G, output_dim): the learned embedding, followed by the function-space sketch
         when the config has a function block (both unit norm, weighted so that the sketch carries
-        ``function_block_weight`` of the cosine); ``projection`` (G, projection_dim, unit norm: what
-        the contrastive loss reads; the normalized learned embedding without a head); ``aux`` (G, n_aux)."""
+        ``function_block_weight`` of the cosine); ``learned`` (G, embedding_dim): the learned part alone;
+        ``projection`` (G, projection_dim, unit norm: what the contrastive loss reads; the normalized
+        learned embedding without a head); ``aux`` (G, n_aux)."""
         emb = self.to_embedding(self.encode(batch))
         proj = emb if self.projection is None else self.projection(emb)
-        out = {"embedding": emb, "projection": F.normalize(proj.float(), dim=-1), "aux": self.aux_head(emb)}
+        out = {"embedding": emb, "learned": emb, "projection": F.normalize(proj.float(), dim=-1), "aux": self.aux_head(emb)}
         c = self.config
         if c.function_block:
             a = c.function_block_weight

@@ -32,13 +32,13 @@ from peace.learn.decoder import (
     flatten,
     head_spec,
     load_decoder,
+    reference_form,
     save_decoder,
     unflatten,
 )
 from peace.learn.run import RunDir
 from peace.nets.architectures import ArchSpec, build_module, evaluate, forward, stack_params
 from peace.nets.probes import probe_inputs
-from peace.nets.symmetry import canonicalize
 from peace.zoo.store import Zoo, usable
 from peace.zoo.tasks import Task, load_task
 
@@ -76,14 +76,6 @@ def _inputs(zoo: Zoo, ids: Sequence[str], spec: ArchSpec) -> Tensor:
     per = max(1, min(INPUTS_PER_TASK, MAX_INPUTS // len(tasks)))
     x = torch.cat([torch.from_numpy(load_task(t).split("train")[0][:per]).reshape(-1, *spec.input_shape) for t in tasks])
     return x.float()
-
-
-def _reference(spec: ArchSpec, params: Sequence[Params]) -> Params:
-    """The architecture's alignment target: the mean of its training models aligned to the first one
-    (a barycenter is smoother to decode towards than any single model)."""
-    first = canonicalize(spec, params[0])
-    aligned = [aligned_form(spec, p, first) for p in params]
-    return {k: torch.stack([a[k] for a in aligned]).mean(0) for k in first}
 
 
 def _split_ids(zoo: Zoo, run: RunDir, config: DecoderConfig) -> tuple[dict[str, dict[str, list[str]]], dict[str, str]]:
@@ -124,7 +116,7 @@ def decoder_groups(run_dir: str | Path, config: DecoderConfig = DecoderConfig(),
     for head, ids in tqdm(chosen.items(), desc="decoder data", unit="arch", disable=not progress, leave=False):
         spec = ArchSpec.from_dict(json.loads(head))
         train_params = zoo.load_many(ids["train"])
-        ref = _reference(spec, train_params)
+        ref = reference_form(spec, train_params)
         x = _inputs(zoo, ids["train"], spec)
         for split, split_ids in ids.items():
             params = train_params if split == "train" else zoo.load_many(split_ids)

@@ -135,8 +135,9 @@ class RunDir:
                                               "config": cfg.to_dict(), "weights_sha256": self.encoder_sha256(), **meta})
 
     def save_epoch(self, encoder: Embedder, opt: torch.optim.Optimizer, cfg: RunConfig, meta: dict,
-                   history: list[dict], improved: bool, best: float, bad: int) -> None:
-        """The best encoder (when it improved), the history and the checkpoint."""
+                   history: list[dict], improved: bool, best: float, bad: int, extra: dict | None = None) -> None:
+        """The best encoder (when it improved), the history and the checkpoint (with ``extra``'s entries:
+        other modules' states that training resumes from, such as E.D's decoder)."""
         row = history[-1]
         if improved:
             self.save_encoder(encoder, cfg, meta | {"epoch": row["epoch"], "val_map": row["val_map"]})
@@ -144,7 +145,7 @@ class RunDir:
             pd.DataFrame(history).to_parquet(tmp)
         with atomic_path(self / self.CHECKPOINT) as tmp:
             torch.save({"model": encoder.state_dict(), "optimizer": opt.state_dict(), "epoch": row["epoch"],
-                        "history": history, "best": best, "bad_epochs": bad}, tmp)
+                        "history": history, "best": best, "bad_epochs": bad, **(extra or {})}, tmp)
 
     def finish(self, history: pd.DataFrame, stopped: bool, processes: int) -> None:
         best = history.loc[history["val_map"].idxmax()]

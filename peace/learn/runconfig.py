@@ -41,13 +41,15 @@ class TrainConfig:
     functional_weight: float = 0.0  # soft InfoNCE: share of the target graded by prediction agreement; 0 = plain
     functional_temperature: float = 0.05  # of the agreement softmax (agreements lie in [0, 1])
     probe_steps: int = 100        # ProbeGen steps that learn the probes (encoder.probe_source=learned)
+    reconstruction: float = 0.0   # E.D: weight of decoding each anchor's aligned weights from its embedding; 0 = off
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 2 or self.patience < 1 or self.probe_steps < 1:
             raise PeaceError(f"need epochs >= 1, batch_size >= 2, patience >= 1, probe_steps >= 1; got {self.epochs}, "
                              f"{self.batch_size}, {self.patience}, {self.probe_steps}")
-        if not (self.temperature > 0 and self.lr > 0 and self.aux_weight >= 0 and self.functional_temperature > 0):
-            raise PeaceError("temperature, functional_temperature and lr must be > 0 and aux_weight >= 0")
+        if not (self.temperature > 0 and self.lr > 0 and self.aux_weight >= 0 and self.functional_temperature > 0
+                and self.reconstruction >= 0):
+            raise PeaceError("temperature, functional_temperature and lr must be > 0, aux_weight and reconstruction >= 0")
         if not 0 <= self.functional_weight <= 1:
             raise PeaceError(f"functional_weight must be in [0, 1], got {self.functional_weight}")
         if self.val_relevance not in VAL_RELEVANCE:

@@ -26,6 +26,7 @@ from peace.core.errors import PeaceError, unknown
 from peace.core.rng import model_seed
 from peace.evaluate.baselines import Models
 from peace.evaluate.metrics import retrieval_map
+from peace.learn.autoencoder import Reconstruction
 from peace.learn.contrastive import (
     Kinship,
     PairSampler,
@@ -141,7 +142,18 @@ def _new_encoder(cfg: RunConfig, data: _Data, dev: torch.device, progress: bool,
     return encoder.to(dev), torch.tensor(tgt)
 
 
-def _resume(run: RunDir, encoder: Embedder, opt: torch.optim.Optimizer) -> tuple[list[dict], float, int, int]:
+def _reconstruction(cfg: RunConfig, data: _Data, processes: int) -> Reconstruction | None:
+    """E.D's reconstruction term (``train.reconstruction > 0``), or None."""
+    if not cfg.train.reconstruction:
+        return None
+    if processes > 1:
+        raise PeaceError("train.reconstruction trains its decoder in one process only; run without --processes "
+                         "(or with --set train.reconstruction=0)")
+    return Reconstruction(list(data.train.model_id), data.specs, data.weights, cfg.encoder.embedding_dim, cfg.seed)
+
+
+def _resume(run: RunDir, encoder: Embedder, opt: torch.optim.Optimizer,
+            rec: Reconstruction | None) -> tuple[list[dict], float, int, int]:
     """History, best validation mAP, epochs without improvement and the next epoch (fresh: [], -inf, 0, 1)."""
     ckpt = run.read_checkpoint()
     if ckpt is None:
@@ -152,6 +164,8 @@ def _resume(run: RunDir, encoder: Embedder, opt: torch.optim.Optimizer) -> tuple
                          f"node features); finish that run with the PEACE that started it, or train it again "
                          f"without --resume")
     encoder.load_state_dict(ckpt["model"])
+    if rec is not None:
+        rec.decoder.load_state_dict(ckpt["decoder"])
     opt.load_state_dict(ckpt["optimizer"])
     return ckpt["history"], ckpt["best"], ckpt["bad_epochs"], ckpt["epoch"] + 1
 
@@ -193,8 +207,8 @@ def _draw_batch(anchors: list[str], data: _Data, sampler: PairSampler, views: di
 
 
 def _losses(model: torch.nn.Module, encoder: Embedder, b: _Batch, cfg: RunConfig, kin: Kinship, aux_t: dict,
-            dev: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-    """(loss, InfoNCE, auxiliary MSE) of one batch; this process encodes its share of it."""
+            dev: torch.device, rec: Reconstruction | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(loss, InfoNCE, auxiliary MSE, reconstruction error) of one batch; this process encodes its share of it."""
     tc, B = cfg.train, len(b.anchors)
     need_responses = cfg.encoder.function_tokens or cfg.encoder.function_block or tc.functional_weight > 0
     resp = encoder.responses(b.specs, b.params) if need_responses else None
@@ -218,7 +232,8 @@ def _losses(model: torch.nn.Module, encoder: Embedder, b: _Batch, cfg: RunConfig
         nce = info_nce(proj[:B], proj[B:2 * B], tc.temperature, same, extra, extra_same)
     y = (torch.stack([aux_t[m] for m in b.anchors]).to(dev) - encoder.aux_mean) / encoder.aux_std
     aux = torch.nn.functional.mse_loss(aux_pred[:B], y)
-    return nce + tc.aux_weight * aux, nce, aux
+    recon = rec.loss(with_own_rows(res["learned"].float())[:B], b.anchors) if rec is not None else torch.zeros((), device=dev)
+    return nce + tc.aux_weight * aux + tc.reconstruction * recon, nce, aux, recon
 
 
 @torch.no_grad()
@@ -269,10 +284,12 @@ def fit(zoo: Zoo | str | Path, config: RunConfig, out: str | Path, device: str =
     ids = list(data.train.model_id) + list(data.val.model_id)
     data.specs, data.weights = {m: zoo.spec(m) for m in ids}, dict(zip(ids, zoo.load_many(ids)))
     encoder, tgt = _new_encoder(cfg, data, dev, progress, learn=not (resume and (run / run.CHECKPOINT).exists()))
-    opt = torch.optim.AdamW(encoder.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    rec = _reconstruction(cfg, data, rank.size)
+    params = list(encoder.parameters()) + (list(rec.decoder.to(dev).parameters()) if rec else [])
+    opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
     model = encoder if rank.size == 1 else torch.nn.parallel.DistributedDataParallel(
         encoder, device_ids=[dev.index] if dev.type == "cuda" else None)
-    history, best, bad, start_epoch = _resume(run, encoder, opt) if resume else ([], -math.inf, 0, 1)
+    history, best, bad, start_epoch = _resume(run, encoder, opt, rec) if resume else ([], -math.inf, 0, 1)
     sampler, views = _sampler(data, cfg, run, encoder, progress)
     kin, aux_t = Kinship(data.rows), dict(zip(data.train.model_id, tgt))
     n_steps = min(len(data.train), tc.max_models_per_epoch or len(data.train)) // tc.batch_size
@@ -285,23 +302,25 @@ def fit(zoo: Zoo | str | Path, config: RunConfig, out: str | Path, device: str =
         erng = np.random.default_rng([cfg.seed, epoch])
         order = erng.permutation(data.train.model_id.to_numpy())[:n_steps * tc.batch_size]
         encoder.train()
-        sums = np.zeros(3)
+        sums = np.zeros(4)
         for step in tqdm(range(n_steps), desc=f"epoch {epoch}", unit="batch", leave=False, disable=not progress):
             b = _draw_batch(list(order[step * tc.batch_size:(step + 1) * tc.batch_size]), data, sampler, views, cfg,
                             erng, f"{epoch}/{step}")
-            losses = _losses(model, encoder, b, cfg, kin, aux_t, dev)
+            losses = _losses(model, encoder, b, cfg, kin, aux_t, dev, rec)
             opt.zero_grad(set_to_none=True)
             (losses[0] * rank.size).backward()  # DDP averages: the ranks' shares then sum to the batch's gradient
-            torch.nn.utils.clip_grad_norm_(encoder.parameters(), tc.grad_clip)
+            torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
             opt.step()
             sums += [v.item() / n_steps for v in losses]
         row = {"epoch": epoch, "train_loss": float(sums[0]), "train_nce": float(sums[1]), "train_aux": float(sums[2]),
+               **({"train_reconstruction": float(sums[3])} if rec else {}),
                **_validate(encoder, data, dev), "seconds": time.perf_counter() - t0}
         improved = row["val_map"] > best
         best, bad = (row["val_map"], 0) if improved else (best, bad + 1)
         history.append(row | {"best": improved})
         if rank.main:
-            run.save_epoch(encoder, opt, cfg, meta, history, improved, best, bad)
+            run.save_epoch(encoder, opt, cfg, meta, history, improved, best, bad,
+                           extra={"decoder": rec.decoder.state_dict()} if rec else None)
         bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_map=f"{row['val_map']:.3f}")
         if bad >= tc.patience:
             stopped = True
