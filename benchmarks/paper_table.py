@@ -6,8 +6,10 @@ weight statistics s(W), the function-space baseline and each trained PEACE run.
     peace zoo build --preset tetris-seed --out artifacts/zoos/tetris-seed
     peace train --zoo artifacts/zoos/tetris-seed --config tetris-seed --out artifacts/runs/tetris-seed
     peace train --zoo artifacts/zoos/tetris-seed --config paper-probe --out artifacts/runs/tetris-seed-probe
+    peace train --zoo artifacts/zoos/tetris-seed --config paper-probe --set train.reconstruction=0.1 \
+        --out artifacts/runs/tetris-seed-ed        # E.D: trained jointly with a weight decoder (row "PEACE E.D")
     python benchmarks/paper_table.py --zoo artifacts/zoos/tetris-seed \
-        --run artifacts/runs/tetris-seed artifacts/runs/tetris-seed-probe
+        --run artifacts/runs/tetris-seed artifacts/runs/tetris-seed-probe artifacts/runs/tetris-seed-ed
 
 Splits are the runs' own (by lineage, i.e. by seed; every run must share one split): probes are
 fitted on the training models (ridge, alpha by cross-validation; logistic regression for the
@@ -27,7 +29,7 @@ import pandas as pd
 from peace.core.errors import PeaceError
 from peace.evaluate.baselines import FunctionSpace, Models, RawWeights, WeightStats
 from peace.evaluate.metrics import linear_probe
-from peace.learn.run import load_encoder
+from peace.learn.run import RunDir, load_encoder
 from peace.serve.export import embed_zoo
 from peace.zoo.splits import split_zoo
 from peace.zoo.store import open_zoo
@@ -53,6 +55,12 @@ def scores(X: np.ndarray, rows: pd.DataFrame, fit: np.ndarray, on: np.ndarray, c
         r = linear_probe(X[fit], y[fit], X[on], y[on], categorical=cat)
         out[c] = 100 * (r["accuracy"] if cat else r["r2"])
     return out
+
+
+def _label(run: Path) -> str:
+    """A run's row: ``PEACE E.D`` when it was trained with a decoder (``train.reconstruction``), else ``PEACE``."""
+    joint = "train_reconstruction" in RunDir(run).history().columns
+    return f"PEACE{' E.D' if joint else ''} {run.name}"
 
 
 def paper_table(zoo_dir: Path, runs: list[Path], max_models: int | None = None, seed: int = 0,
@@ -86,7 +94,7 @@ def paper_table(zoo_dir: Path, runs: list[Path], max_models: int | None = None, 
     features = {"W": RawWeights().fit(fit_on).transform(models), "s(W)": WeightStats().fit(fit_on).transform(models),
                 "function space": FunctionSpace().fit(fit_on).transform(models)}
     for r in runs:
-        features[f"PEACE {r.name}"] = embed_zoo(load_encoder(r), zoo, ids, batch_size=512, progress=progress)
+        features[_label(r)] = embed_zoo(load_encoder(r), zoo, ids, batch_size=512, progress=progress)
     if progress:
         print(f"{len(ids)} checkpoints ({tr.sum()} train / {va.sum()} val / {te.sum()} test) featurized "
               f"in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
@@ -94,6 +102,8 @@ def paper_table(zoo_dir: Path, runs: list[Path], max_models: int | None = None, 
     val = {name: np.mean(list(scores(X, rows, tr, va, cols).values())) for name, X in features.items()
            if name.startswith("PEACE")}
     chosen = max(val, key=val.get) if val else "none (no run given)"
+    if progress and val:
+        print("validation mean score (%): " + ", ".join(f"{k} {v:.1f}" for k, v in val.items()), file=sys.stderr)
     for name, ref in PAPER.get(zoo.name, {}).items():
         table.loc[name] = pd.Series(ref)
     table.index.name = f"{zoo.name} (test, {te.sum()} checkpoints)"

@@ -80,7 +80,7 @@ def _train(args: argparse.Namespace) -> int:
         return 0
     h = res.history
     print(h.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    print(f"best epoch {res.best_epoch}: validation same-task mAP {res.best_val_map:.4f}"
+    print(f"best epoch {res.best_epoch}: validation same-{res.relevance} mAP {res.best_val_map:.4f}"
           f"{' (stopped early)' if res.stopped_early else ''}; encoder written to {res.path / 'encoder.safetensors'}")
     return 0
 

@@ -4,7 +4,7 @@
     splits.parquet       model_id -> train / val / test, heldout_task
     views/               cached pruned and distilled positive views (safetensors)
     checkpoint.pt        last epoch: weights, optimizer, history (read back with peace.intake.torchfile, not torch.load)
-    encoder.safetensors  best encoder weights (by validation same-task mAP)
+    encoder.safetensors  best encoder weights (by validation same-task, or same-lineage, mAP)
     encoder.json         its config, standardization and provenance, and the weights' checksum
     history.parquet      one row per epoch
     run.json             zoo, device, status and, when finished, the best epoch
@@ -63,6 +63,7 @@ class TrainResult:
     best_epoch: int
     best_val_map: float
     stopped_early: bool
+    relevance: str = "task"  # what validation mAP counted as relevant: task or lineage
 
 
 class RunDir:
@@ -177,8 +178,9 @@ class RunDir:
     def result(self) -> TrainResult:
         """A finished run's result (e.g. after training in several processes)."""
         info = self.info()
+        relevance = json.loads((self / self.ENCODER_META).read_text()).get("val_relevance", "task")
         return TrainResult(self.path, self.history(), int(info["best_epoch"]), float(info["best_val_map"]),
-                           info["status"] == "early-stopped")
+                           info["status"] == "early-stopped", relevance)
 
     def load_encoder(self, device: str = "cpu", backend: str | None = None) -> Embedder:
         """The best encoder of a finished (or running) run, in eval mode, checked against its checksum."""

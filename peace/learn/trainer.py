@@ -330,4 +330,4 @@ def fit(zoo: Zoo | str | Path, config: RunConfig, out: str | Path, device: str =
     if rank.main:
         run.finish(hist, stopped, rank.size)
     best_row = hist.loc[hist["val_map"].idxmax()]
-    return TrainResult(run.path, hist, int(best_row.epoch), float(best_row.val_map), stopped)
+    return TrainResult(run.path, hist, int(best_row.epoch), float(best_row.val_map), stopped, data.relevance)

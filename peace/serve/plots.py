@@ -108,9 +108,12 @@ def zoom_to(fig: go.Figure, xy: np.ndarray, least: float, share: float) -> None:
 
 
 def training_history(history: pd.DataFrame) -> go.Figure:
-    """Encoder training curves: losses (left) and validation same-task mAP (right), best epoch marked."""
-    fig = make_subplots(rows=1, cols=2, subplot_titles=["training losses", "validation same-task mAP"])
-    for col, name in (("train_loss", "total"), ("train_nce", "InfoNCE"), ("train_aux", "auxiliary MSE")):
+    """Encoder training curves: losses (left) and validation mAP (right), best epoch marked."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["training losses", "validation mAP"])
+    for col, name in (("train_loss", "total"), ("train_nce", "InfoNCE"), ("train_aux", "auxiliary MSE"),
+                      ("train_reconstruction", "reconstruction (E.D)")):
+        if col not in history:
+            continue
         fig.add_trace(go.Scatter(x=history["epoch"], y=history[col], name=name, mode="lines+markers"), row=1, col=1)
     fig.add_trace(go.Scatter(x=history["epoch"], y=history["val_map"], name="val mAP", mode="lines+markers"),
                   row=1, col=2)
