@@ -61,6 +61,13 @@ class Reconstruction:
         # means and spreads come from the reference samples, so every tensor weighs the same
         self.decoder.set_statistics(torch.zeros(1, in_dim), [torch.stack([self.target(m) for m in p]) for p in picked])
 
+    def checkpoint(self) -> dict[str, dict[str, Tensor]]:
+        """What a training checkpoint keeps of the term (its decoder's state), for ``restore``."""
+        return {"decoder": self.decoder.state_dict()}
+
+    def restore(self, checkpoint: dict) -> None:
+        self.decoder.load_state_dict(checkpoint["decoder"])
+
     def target(self, m: str) -> Tensor:
         """Model ``m``'s flat aligned weights."""
         if m not in self._cache:

@@ -152,6 +152,17 @@ def _reconstruction(cfg: RunConfig, data: _Data, processes: int) -> Reconstructi
     return Reconstruction(list(data.train.model_id), data.specs, data.weights, cfg.encoder.embedding_dim, cfg.seed)
 
 
+def _optimizer(encoder: Embedder, rec: Reconstruction | None, cfg: RunConfig,
+               dev: torch.device) -> tuple[list[Tensor], torch.optim.Optimizer, torch.nn.Module]:
+    """What trains (the encoder's parameters, and E.D's decoder's), its optimizer, and the module that
+    encodes batches (the encoder, wrapped for data parallelism across processes)."""
+    params = list(encoder.parameters()) + (list(rec.decoder.to(dev).parameters()) if rec else [])
+    opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    model = encoder if current().size == 1 else torch.nn.parallel.DistributedDataParallel(
+        encoder, device_ids=[dev.index] if dev.type == "cuda" else None)
+    return params, opt, model
+
+
 def _resume(run: RunDir, encoder: Embedder, opt: torch.optim.Optimizer,
             rec: Reconstruction | None) -> tuple[list[dict], float, int, int]:
     """History, best validation mAP, epochs without improvement and the next epoch (fresh: [], -inf, 0, 1)."""
@@ -165,7 +176,7 @@ def _resume(run: RunDir, encoder: Embedder, opt: torch.optim.Optimizer,
                          f"without --resume")
     encoder.load_state_dict(ckpt["model"])
     if rec is not None:
-        rec.decoder.load_state_dict(ckpt["decoder"])
+        rec.restore(ckpt)
     opt.load_state_dict(ckpt["optimizer"])
     return ckpt["history"], ckpt["best"], ckpt["bad_epochs"], ckpt["epoch"] + 1
 
@@ -285,10 +296,7 @@ def fit(zoo: Zoo | str | Path, config: RunConfig, out: str | Path, device: str =
     data.specs, data.weights = {m: zoo.spec(m) for m in ids}, dict(zip(ids, zoo.load_many(ids)))
     encoder, tgt = _new_encoder(cfg, data, dev, progress, learn=not (resume and (run / run.CHECKPOINT).exists()))
     rec = _reconstruction(cfg, data, rank.size)
-    params = list(encoder.parameters()) + (list(rec.decoder.to(dev).parameters()) if rec else [])
-    opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
-    model = encoder if rank.size == 1 else torch.nn.parallel.DistributedDataParallel(
-        encoder, device_ids=[dev.index] if dev.type == "cuda" else None)
+    params, opt, model = _optimizer(encoder, rec, cfg, dev)
     history, best, bad, start_epoch = _resume(run, encoder, opt, rec) if resume else ([], -math.inf, 0, 1)
     sampler, views = _sampler(data, cfg, run, encoder, progress)
     kin, aux_t = Kinship(data.rows), dict(zip(data.train.model_id, tgt))
@@ -319,8 +327,7 @@ def fit(zoo: Zoo | str | Path, config: RunConfig, out: str | Path, device: str =
         best, bad = (row["val_map"], 0) if improved else (best, bad + 1)
         history.append(row | {"best": improved})
         if rank.main:
-            run.save_epoch(encoder, opt, cfg, meta, history, improved, best, bad,
-                           extra={"decoder": rec.decoder.state_dict()} if rec else None)
+            run.save_epoch(encoder, opt, cfg, meta, history, improved, best, bad, rec.checkpoint() if rec else None)
         bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_map=f"{row['val_map']:.3f}")
         if bad >= tc.patience:
             stopped = True
