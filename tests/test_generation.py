@@ -332,6 +332,13 @@ def test_the_reconstruction_term_targets_aligned_weights_and_skips_families_it_c
     assert rec.loss(z[:1], ["res"]).item() == 0.0  # a ResNet adds nothing
     with pytest.raises(PeaceError, match="train.reconstruction=0"):
         Reconstruction(["res"], specs, weights, in_dim=6)
+    from peace.learn.runconfig import load_config
+    from peace.learn.trainer import _reconstruction
+
+    with pytest.raises(PeaceError, match="one process only"):  # its decoder is not data-parallel
+        _reconstruction(load_config("tiny", ["train.reconstruction=1"]), None, processes=2)
+    with pytest.raises(PeaceError, match="reconstruction >= 0"):
+        load_config("tiny", ["train.reconstruction=-1"])
 
 
 def test_joint_training_moves_the_encoder_and_resumes_with_its_decoder(tiny_zoo, tmp_path, monkeypatch):
