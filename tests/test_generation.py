@@ -308,9 +308,13 @@ def test_peace_evaluate_reports_the_generative_study(decoded_run, tmp_path):
     assert "## Generation: sampled models (SANE's protocol)" in report and "| random init (zoo's) |" in report
 
 
-def test_the_reconstruction_term_targets_aligned_weights_and_skips_families_it_cannot_write():
-    """E.D's term: a symmetric copy has the same target, a decoder on it learns, ResNets add nothing."""
+def test_the_reconstruction_term_targets_aligned_weights_and_skips_families_it_cannot_write(monkeypatch):
+    """E.D's term: a symmetric copy has the same target, a decoder on it learns (with no target kept
+    between steps: the cache's limit at 0), ResNets add nothing."""
+    from peace.learn import autoencoder
     from peace.learn.autoencoder import Reconstruction
+
+    monkeypatch.setattr(autoencoder, "CACHE_BYTES", 0)
 
     task, kw = next((t, kw) for t, kw in MODELS if kw["family"] == "mlp" and kw.get("norm", "none") == "none")
     models = {f"m{i}": random_model(task, kw, seed=i)[1:] for i in range(12)}
@@ -329,6 +333,7 @@ def test_the_reconstruction_term_targets_aligned_weights_and_skips_families_it_c
         rec.loss(z, ids).backward()
         opt.step()
     assert rec.loss(z, ids).item() < 0.1 * first  # 12 distinct inputs are memorized
+    assert not rec._cache
     assert rec.loss(z[:1], ["res"]).item() == 0.0  # a ResNet adds nothing
     with pytest.raises(PeaceError, match="train.reconstruction=0"):
         Reconstruction(["res"], specs, weights, in_dim=6)

@@ -32,6 +32,7 @@ __all__ = ["Reconstruction"]
 
 Params = dict[str, Tensor]
 REFERENCE_MODELS = 256  # training models per architecture averaged into its alignment reference
+CACHE_BYTES = 512 * 2**20  # aligned targets kept between epochs (beyond, they are aligned again when drawn)
 
 
 class Reconstruction:
@@ -48,7 +49,7 @@ class Reconstruction:
             raise PeaceError(f"train.reconstruction needs models the decoder writes ({', '.join(DECODABLE)}); the "
                              f"training split has none. Train without it (--set train.reconstruction=0)")
         self.heads = sorted(by_head, key=lambda s: s.describe())
-        self.specs, self.weights, self._cache = specs, weights, {}
+        self.specs, self.weights, self._cache, self._cached_bytes = specs, weights, {}, 0
         rng = np.random.default_rng(seed)
         self.refs, picked = [], []
         for h in self.heads:
@@ -70,11 +71,13 @@ class Reconstruction:
 
     def target(self, m: str) -> Tensor:
         """Model ``m``'s flat aligned weights."""
-        if m not in self._cache:
-            spec = self.specs[m]
-            ref = self.refs[self.heads.index(head_spec(spec))]
-            self._cache[m] = flatten(spec, aligned_form(spec, self.weights[m], ref))
-        return self._cache[m]
+        if m in self._cache:
+            return self._cache[m]
+        spec = self.specs[m]
+        y = flatten(spec, aligned_form(spec, self.weights[m], self.refs[self.heads.index(head_spec(spec))]))
+        if self._cached_bytes + 4 * y.numel() <= CACHE_BYTES:
+            self._cache[m], self._cached_bytes = y, self._cached_bytes + 4 * y.numel()
+        return y
 
     def loss(self, z: Tensor, ids: Sequence[str]) -> Tensor:
         """Mean layer-wise normalized error over the decodable models among ``ids`` (rows of ``z``)."""

@@ -147,7 +147,7 @@ def _reconstruction(cfg: RunConfig, data: _Data, processes: int) -> Reconstructi
     if not cfg.train.reconstruction:
         return None
     if processes > 1:
-        raise PeaceError("train.reconstruction trains its decoder in one process only; run without --processes "
+        raise PeaceError("train.reconstruction trains its decoder in one process only; run without --nproc "
                          "(or with --set train.reconstruction=0)")
     return Reconstruction(list(data.train.model_id), data.specs, data.weights, cfg.encoder.embedding_dim, cfg.seed)
 
