@@ -29,7 +29,7 @@ import pandas as pd
 from peace.core.errors import PeaceError
 from peace.evaluate.baselines import FunctionSpace, Models, RawWeights, WeightStats
 from peace.evaluate.metrics import linear_probe
-from peace.learn.run import RunDir, load_encoder
+from peace.learn.run import load_encoder
 from peace.serve.export import embed_zoo
 from peace.zoo.splits import split_zoo
 from peace.zoo.store import open_zoo
@@ -57,10 +57,9 @@ def scores(X: np.ndarray, rows: pd.DataFrame, fit: np.ndarray, on: np.ndarray, c
     return out
 
 
-def _label(run: Path) -> str:
-    """A run's row: ``PEACE E.D`` when it was trained with a decoder (``train.reconstruction``), else ``PEACE``."""
-    joint = "train_reconstruction" in RunDir(run).history().columns
-    return f"PEACE{' E.D' if joint else ''} {run.name}"
+def _label(run: Path, config: dict) -> str:
+    """A run's row: ``PEACE E.D`` when its config trained it with a decoder (``train.reconstruction``)."""
+    return f"PEACE{' E.D' if config['train'].get('reconstruction') else ''} {run.name}"
 
 
 def paper_table(zoo_dir: Path, runs: list[Path], max_models: int | None = None, seed: int = 0,
@@ -94,7 +93,8 @@ def paper_table(zoo_dir: Path, runs: list[Path], max_models: int | None = None, 
     features = {"W": RawWeights().fit(fit_on).transform(models), "s(W)": WeightStats().fit(fit_on).transform(models),
                 "function space": FunctionSpace().fit(fit_on).transform(models)}
     for r in runs:
-        features[_label(r)] = embed_zoo(load_encoder(r), zoo, ids, batch_size=512, progress=progress)
+        enc = load_encoder(r)
+        features[_label(r, enc.meta["config"])] = embed_zoo(enc, zoo, ids, batch_size=512, progress=progress)
     if progress:
         print(f"{len(ids)} checkpoints ({tr.sum()} train / {va.sum()} val / {te.sum()} test) featurized "
               f"in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)

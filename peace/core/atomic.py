@@ -14,8 +14,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LOCK_NAME", "atomic_path", "locked", "read_json_or_none", "remove_temporaries", "sha256_file", "staged_dir",
-           "write_json"]
+__all__ = ["LOCK_NAME", "atomic_path", "is_temporary", "locked", "read_json_or_none", "remove_temporaries", "sha256_file",
+           "staged_dir", "write_json"]
+
+_TMP = ".tmp-"  # what marks a writer's temporary file: ".NAME.tmp-PID-RANDOM"
+
+
+def is_temporary(name: str) -> bool:
+    """Whether a file name is one of ``atomic_path``'s temporary files (an interrupted write's, if it stays)."""
+    return name.startswith(".") and _TMP in name
 
 
 @contextlib.contextmanager
@@ -23,7 +30,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success fsync it and rename it over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")  # unique per writer and call
+    tmp = path.with_name(f".{path.name}{_TMP}{os.getpid()}-{secrets.token_hex(4)}")  # unique per writer and call
     try:
         yield tmp
         with open(tmp, "rb+") as f:
@@ -42,7 +49,7 @@ def remove_temporaries(directory: str | os.PathLike) -> int:
     """Delete the temporary files that writers killed inside ``atomic_path`` left under ``directory``
     (a shard half-written can be hundreds of MB); how many. Call it holding the directory's lock, when
     no live writer has one open."""
-    stale = [p for p in Path(directory).rglob(".*.tmp-*") if p.is_file()]
+    stale = [p for p in Path(directory).rglob(f"*{_TMP}*") if p.is_file() and is_temporary(p.name)]
     for p in stale:
         p.unlink(missing_ok=True)
     return len(stale)

@@ -49,6 +49,7 @@ class Reconstruction:
             raise PeaceError(f"train.reconstruction needs models the decoder writes ({', '.join(DECODABLE)}); the "
                              f"training split has none. Train without it (--set train.reconstruction=0)")
         self.heads = sorted(by_head, key=lambda s: s.describe())
+        self._index = {h: i for i, h in enumerate(self.heads)}  # head spec -> its decoder head
         self.specs, self.weights, self._cache, self._cached_bytes = specs, weights, {}, 0
         rng = np.random.default_rng(seed)
         self.refs, picked = [], []
@@ -74,7 +75,7 @@ class Reconstruction:
         if m in self._cache:
             return self._cache[m]
         spec = self.specs[m]
-        y = flatten(spec, aligned_form(spec, self.weights[m], self.refs[self.heads.index(head_spec(spec))]))
+        y = flatten(spec, aligned_form(spec, self.weights[m], self.refs[self._index[head_spec(spec)]]))
         if self._cached_bytes + 4 * y.numel() <= CACHE_BYTES:
             self._cache[m], self._cached_bytes = y, self._cached_bytes + 4 * y.numel()
         return y
@@ -83,8 +84,9 @@ class Reconstruction:
         """Mean layer-wise normalized error over the decodable models among ``ids`` (rows of ``z``)."""
         rows: dict[int, list[int]] = {}
         for r, m in enumerate(ids):
-            if self.specs[m].family in DECODABLE and head_spec(self.specs[m]) in self.heads:
-                rows.setdefault(self.heads.index(head_spec(self.specs[m])), []).append(r)
+            i = self._index.get(head_spec(self.specs[m]))  # None: a family or architecture it does not write
+            if i is not None:
+                rows.setdefault(i, []).append(r)
         if not rows:
             return z.sum() * 0.0
         dec = self.decoder.to(z.device)

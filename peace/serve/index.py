@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from annoy import AnnoyIndex
 
-from peace.core.atomic import LOCK_NAME, atomic_path, locked, sha256_file, staged_dir, write_json
+from peace.core.atomic import LOCK_NAME, atomic_path, is_temporary, locked, sha256_file, staged_dir, write_json
 from peace.core.cluster import local_cores
 from peace.core.errors import PeaceError
 
@@ -157,7 +157,7 @@ SET_FILES = {"embeddings.parquet", "index.ann", "index.json", BASELINES, LOCK_NA
 
 def _set_file(name: str) -> bool:
     """A file an embedding set directory may hold: its own, or a temporary file of an interrupted write."""
-    return name in SET_FILES or (name.startswith(".") and ".tmp-" in name)
+    return name in SET_FILES or is_temporary(name)
 
 
 def read_embeddings(path: Path, dim: int) -> tuple[pd.DataFrame, np.ndarray]:
