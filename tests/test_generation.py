@@ -21,7 +21,7 @@ from peace.learn.decoder import (
     load_decoder,
     unflatten,
 )
-from peace.learn.generation import kde_draws, run_decoder, train_decoder
+from peace.learn.generation import SampleConfig, accuracy, kde_draws, run_decoder, sample_models, train_decoder
 from peace.nets.architectures import ArchSpec, evaluate, forward, stack_params
 from peace.nets.symmetry import canonicalize, random_symmetry
 from peace.orchestrate.generation import GenerativeConfig, generative_markdown, generative_study, resolve_prompt
@@ -156,13 +156,14 @@ def test_sample_writes_a_zoo_that_every_command_reads(decoded_run, tmp_path):
     run = decoded_run[0]
     out = tmp_path / "sampled"
     p = run_peace("sample", "--run", run, "--prompt", "task == 'synth-1' and arch == 'mlp 16-4-4 relu'", "--n", 4,
-                  "--candidates", 3, "--out", out)
+                  "--candidates", 3, "--rounds", 2, "--out", out)
     assert "sampled 4 mlp 16-4-4 relu models for task 'synth-1'" in p.stdout
     zoo = Zoo(out)
     m = zoo.manifest
     assert len(m) == 4 and set(m["status"]) == {"sampled"} and set(m["task"]) == {"synth-1"}
     prov = json.loads(m["provenance"].iloc[0])
     assert prov["prompt"].startswith("task == 'synth-1'") and prov["sampling"]["candidates"] == 3
+    assert prov["sampling"]["rounds"] == 2
     assert m["test_acc"].between(0, 1).all() and not zoo.verify(weights=True)
     again = run_peace("sample", "--run", run, "--prompt", "task == 'synth-1' and arch == 'mlp 16-4-4 relu'",
                       "--out", out, check=False)
@@ -174,6 +175,29 @@ def test_sample_writes_a_zoo_that_every_command_reads(decoded_run, tmp_path):
     assert len(table) == 4 and set(table["status"]) == {"sampled"}
     q = run_peace("query", m.index[0], "--embeddings", tmp_path / "emb", "-k", 3)
     assert m.index[1] in q.stdout or m.index[2] in q.stdout
+
+
+def test_bootstrapping_keeps_the_best_draws_so_far_and_samples_around_them(decoded_run):
+    from peace.learn.run import RunDir
+    from peace.zoo.tasks import load_task
+
+    run, dec, _ = decoded_run
+    zoo = Zoo(json.loads((run / "decoder.json").read_text())["zoo"])
+    p = resolve_prompt(zoo, "task == 'synth-1' and arch == 'mlp 16-4-4 relu'")
+    z = RunDir(run).load_encoder().embed([p.spec] * len(p.ids), zoo.load_many(p.ids))
+    task = load_task(p.task)
+    plain, plain_acc = sample_models(dec, z, p.spec, task, SampleConfig(n=4, seed=3))
+    one, one_acc = sample_models(dec, z, p.spec, task, SampleConfig(n=4, candidates=5, seed=3))
+    boot, boot_acc = sample_models(dec, z, p.spec, task, SampleConfig(n=4, candidates=5, rounds=3, seed=3))
+    assert list(one_acc) == sorted(one_acc, reverse=True) and one_acc.min() >= np.sort(plain_acc)[0]
+    # its first round is the one-round draw, and it keeps the best so far: never worse, model by model
+    assert (boot_acc >= one_acc).all() and np.allclose(accuracy(p.spec, boot, task, "train"), boot_acc)
+    from_first = [any(all(m[k].equal(o[k]) for k in m) for o in one) for m in boot]
+    assert not all(from_first) or boot_acc.max() == 1.0, "later rounds never beat the first: no climbing happened"
+    for bad, message in ((dict(rounds=3), "pass candidates >= 2"), (dict(n=10, candidates=100, rounds=200), "100,000"),
+                         (dict(rounds=0, candidates=2), "rounds >= 1")):
+        with pytest.raises(PeaceError, match=message):
+            SampleConfig(**bad)
 
 
 @pytest.mark.slow
@@ -195,12 +219,13 @@ def test_a_killed_sample_run_leaves_nothing_that_opens_as_a_zoo(decoded_run, tmp
 
 
 def test_generative_study_compares_every_starting_point(decoded_run):
-    cfg = GenerativeConfig(n=2, candidates=2, epochs=1, seeds=2, prompt="task == 'synth-1' and arch == 'mlp 16-4-4 relu'")
+    cfg = GenerativeConfig(n=2, candidates=2, rounds=2, epochs=1, seeds=2,
+                           prompt="task == 'synth-1' and arch == 'mlp 16-4-4 relu'")
     study = generative_study(decoded_run[0], cfg, progress=False)
     s = pd.DataFrame(study["summary"])
     assert study["new_task"] not in (None, "synth-1")
     assert set(s["setting"]) == {"same task", "new task"} and set(s["epoch"]) == {0, 1}
-    assert set(s["method"]) == {"sampled", "sampled + subsampling", "random init (torch default)",
+    assert set(s["method"]) == {"sampled", "sampled + subsampling", "sampled + bootstrapping", "random init (torch default)",
                                 "random init (zoo's)", "prompt models", "retrieved by PEACE"}
     assert s["mean"].between(0, 1).all() and s["std"].notna().all()
     assert len(pd.DataFrame(study["per_seed"])) == 2 * len(s)
@@ -288,7 +313,7 @@ def test_the_generate_page_samples_compares_and_downloads_model_folders(artifact
     ex = Explorer(artifacts / "embeddings" / "tiny")
     arch = ex.decodable_archs()[0]
     prompt = list(ex.table.loc[ex.table["arch"] == arch, "model_id"][:3])
-    s = ex.sample(prompt, n=3, candidates=2, seed=1)
+    s = ex.sample(prompt, SampleConfig(n=3, candidates=2, seed=1))
     assert len(s.models) == 3 and s.map_xy.shape == (3, 2) and s.task == ex.table.set_index("model_id").at[prompt[0], "task"]
     with zipfile.ZipFile(io.BytesIO(s.archive())) as z:
         z.extractall(tmp_path)
@@ -301,9 +326,12 @@ def test_the_generate_page_samples_compares_and_downloads_model_folders(artifact
 def test_peace_evaluate_reports_the_generative_study(decoded_run, tmp_path):
     from peace.orchestrate.evaluation import evaluate
 
-    cfg = GenerativeConfig(n=2, candidates=1, epochs=1, seeds=1)
+    with pytest.raises(PeaceError, match="pass candidates >= 2"):
+        GenerativeConfig(candidates=1)  # bootstrapping (5 rounds by default) picks the best of several draws
+    cfg = GenerativeConfig(n=2, candidates=1, rounds=1, epochs=1, seeds=1)
     metrics = evaluate(decoded_run[0], tmp_path / "eval", transfer=None, accuracy=None, generative=cfg, progress=False)
-    assert {r["method"] for r in metrics["generative"]["summary"]} >= {"sampled", "prompt models"}
+    methods = {r["method"] for r in metrics["generative"]["summary"]}
+    assert methods >= {"sampled", "prompt models"} and "sampled + bootstrapping" not in methods  # rounds=1: no such row
     report = (tmp_path / "eval" / "report.md").read_text()
     assert "## Generation: sampled models (SANE's protocol)" in report and "| random init (zoo's) |" in report
 

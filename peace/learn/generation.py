@@ -243,18 +243,28 @@ MAX_SAMPLES = 100_000  # models one sampling call draws (decoded in memory at on
 
 @dataclass(frozen=True)
 class SampleConfig:
-    """How ``peace sample`` draws: ``n`` models from a Gaussian KDE over the prompt embeddings."""
+    """How ``peace sample`` draws: ``n`` models from a Gaussian KDE over the prompt embeddings.
+
+    ``candidates > 1`` keeps the ``n`` most accurate of ``n * candidates`` draws on the task's training
+    split (SANE's subsampling); ``rounds > 1`` then refits the KDE on the embeddings of the ``n`` best
+    draws so far and draws again (SANE's bootstrapping), climbing towards better models of the region."""
 
     n: int = 10
-    candidates: int = 1  # draw n * candidates and keep the n most accurate on the task's training split
+    candidates: int = 1  # draw n * candidates per round and keep the n most accurate on the task's training split
     bandwidth: float = 1.0  # multiplies Scott's rule
     seed: int = 0
+    rounds: int = 1  # bootstrapping: each further round samples around the best n draws so far
 
     def __post_init__(self) -> None:
-        if not 1 <= self.n <= MAX_SAMPLES or not 1 <= self.candidates <= MAX_SAMPLES // self.n or not 0 < self.bandwidth < math.inf:
-            raise PeaceError(f"sampling needs 1 <= n <= {MAX_SAMPLES:,}, candidates >= 1 with n * candidates <= "
-                             f"{MAX_SAMPLES:,}, and bandwidth > 0; got n={self.n}, candidates={self.candidates}, "
-                             f"bandwidth={self.bandwidth}")
+        budget = self.n * self.candidates * self.rounds
+        if (not 1 <= self.n <= MAX_SAMPLES or self.candidates < 1 or self.rounds < 1 or budget > MAX_SAMPLES
+                or not 0 < self.bandwidth < math.inf):
+            raise PeaceError(f"sampling needs 1 <= n <= {MAX_SAMPLES:,}, candidates >= 1, rounds >= 1 with "
+                             f"n * candidates * rounds <= {MAX_SAMPLES:,}, and bandwidth > 0; got n={self.n}, "
+                             f"candidates={self.candidates}, rounds={self.rounds}, bandwidth={self.bandwidth}")
+        if self.rounds > 1 and self.candidates == 1:
+            raise PeaceError(f"bootstrapping (rounds={self.rounds}) picks the best of more draws than it keeps: "
+                             f"pass candidates >= 2 (e.g. --candidates 20)")
 
 
 def kde_draws(z: Tensor, n: int, bandwidth: float, seed: int, floor: Tensor) -> Tensor:
@@ -281,15 +291,22 @@ def default_inits(spec: ArchSpec, n: int, seed: int) -> list[Params]:
 
 def sample_models(dec: WeightDecoder, z_prompt: Tensor, spec: ArchSpec, task: Task,
                   config: SampleConfig = SampleConfig()) -> tuple[list[Params], np.ndarray]:
-    """New models of ``spec`` decoded from KDE draws around the prompt embeddings; with
-    ``candidates > 1``, the ``n`` best of ``n * candidates`` draws by accuracy on the task's
-    training split (SANE's subsampling). Returns the models and those training accuracies."""
+    """New models of ``spec`` decoded from KDE draws around the prompt embeddings, the best by accuracy
+    on the task's training split when ``config`` asks for subsampling or bootstrapping (see
+    ``SampleConfig``). Returns the models and those training accuracies."""
     check_decodable(spec)
     if len(z_prompt) == 0:
         raise PeaceError("no prompt models to sample around")
-    floor = 0.05 * dec.z_std
-    z = kde_draws(z_prompt.float(), config.n * config.candidates, config.bandwidth, config.seed, floor)
-    models = dec.decode(z, spec)
-    train_acc = accuracy(spec, models, task, "train")
-    keep = np.argsort(-train_acc, kind="stable")[:config.n] if config.candidates > 1 else np.arange(config.n)
+    floor, around = 0.05 * dec.z_std, z_prompt.float()
+    drawn: list[Tensor] = []
+    models: list[Params] = []
+    train_acc = np.zeros(0)
+    for r in range(config.rounds):
+        z = kde_draws(around, config.n * config.candidates, config.bandwidth,
+                      config.seed if r == 0 else model_seed(config.seed, f"bootstrap-{r}"), floor)
+        drawn.append(z)
+        models += dec.decode(z, spec)
+        train_acc = np.concatenate([train_acc, accuracy(spec, models[len(train_acc):], task, "train")])
+        keep = np.argsort(-train_acc, kind="stable")[:config.n] if config.candidates > 1 else np.arange(config.n)
+        around = torch.cat(drawn)[torch.as_tensor(keep)]
     return [models[i] for i in keep], train_acc[keep]

@@ -97,13 +97,20 @@ def sample_zoo(run_dir: str | Path, prompt: str, out: str | Path, config: Sample
 
 # --- the generative study ---------------------------------------------------------------------------
 
+METHODS = ("sampled", "sampled + subsampling", "sampled + bootstrapping", "random init (torch default)",
+           "random init (zoo's)", "prompt models", "retrieved by PEACE")
+
+
 @dataclass(frozen=True)
 class GenerativeConfig:
     """SANE's protocol at PEACE's scale: ``n`` models per method and seed, fine-tuned ``epochs`` epochs
-    (read at 0, 1 and ``epochs``) on the prompt's task and on ``new_task``."""
+    (read at 0, 1 and ``epochs``) on the prompt's task and on ``new_task``. ``rounds=1`` leaves out the
+    bootstrapping row."""
 
     n: int = 10
-    candidates: int = 5  # SANE's subsampling: the best n of n * candidates draws by training accuracy
+    candidates: int = 20  # SANE's subsampling: the best n of n * candidates draws by training accuracy
+    rounds: int = 5  # SANE's bootstrapping row: rounds of subsampling, each around the best n so far ...
+    bandwidth: float = 0.5  # ... with this KDE bandwidth (chosen on validation, docs/generation.md)
     epochs: int = 5
     seeds: int = 3
     lr: float = 1e-3
@@ -112,8 +119,16 @@ class GenerativeConfig:
     new_task: str | None = None  # default: another task of the same inputs and classes, held-out ones first
 
     def __post_init__(self) -> None:
-        if min(self.n, self.candidates, self.epochs, self.seeds, self.batch_size) < 1 or not self.lr > 0:
-            raise PeaceError(f"generative study: n, candidates, epochs, seeds and batch_size must be >= 1, lr > 0; got {self}")
+        if min(self.n, self.candidates, self.rounds, self.epochs, self.seeds, self.batch_size) < 1 or not self.lr > 0:
+            raise PeaceError(f"generative study: n, candidates, rounds, epochs, seeds and batch_size must be >= 1, "
+                             f"lr > 0; got {self}")
+        if self.rounds > 1:
+            SampleConfig(self.n, self.candidates, self.bandwidth, rounds=self.rounds)  # its refusals, by name
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The starting points compared, in table order."""
+        return tuple(m for m in METHODS if self.rounds > 1 or m != "sampled + bootstrapping")
 
 
 def default_prompt(zoo: Zoo, run: RunDir, dec: WeightDecoder) -> str:
@@ -145,8 +160,9 @@ def _starts(method: str, dec: WeightDecoder, z: torch.Tensor, p: Prompt, zoo: Zo
     """The ``n`` starting models of one method for one seed."""
     task, n, rng = load_task(p.task), cfg.n, np.random.default_rng([seed, 11])
     if method.startswith("sampled"):
-        k = cfg.candidates if method == "sampled + subsampling" else 1
-        return sample_models(dec, z, p.spec, task, SampleConfig(n, k, seed=seed))[0]
+        recipe = {"sampled": {}, "sampled + subsampling": dict(candidates=cfg.candidates),
+                  "sampled + bootstrapping": dict(candidates=cfg.candidates, rounds=cfg.rounds, bandwidth=cfg.bandwidth)}
+        return sample_models(dec, z, p.spec, task, SampleConfig(n, seed=seed, **recipe[method]))[0]
     if method == "random init (torch default)":
         return default_inits(p.spec, n, seed)
     if method == "random init (zoo's)":
@@ -155,10 +171,6 @@ def _starts(method: str, dec: WeightDecoder, z: torch.Tensor, p: Prompt, zoo: Zo
         return [{k: v[j] for k, v in stacked.items()} for j in range(n)]
     ids = p.ids if method == "prompt models" else retrieved
     return zoo.load_many(list(rng.choice(ids, min(n, len(ids)), replace=False)))
-
-
-METHODS = ("sampled", "sampled + subsampling", "random init (torch default)", "random init (zoo's)", "prompt models",
-           "retrieved by PEACE")
 
 
 def _retrieved(encoder: Embedder, zoo: Zoo, p: Prompt, z: torch.Tensor, n: int) -> list[str]:
@@ -189,7 +201,7 @@ def generative_study(run_dir: str | Path, config: GenerativeConfig = GenerativeC
     settings = {"same task": p.task, **({"new task": new_task} if new_task else {})}
     rows = []
     for seed in tqdm(range(config.seeds), desc="generative study", disable=not progress, leave=False):
-        starts = {m: _starts(m, dec, z, p, zoo, config, seed, retrieved) for m in METHODS}
+        starts = {m: _starts(m, dec, z, p, zoo, config, seed, retrieved) for m in config.methods}
         for setting, task_name in settings.items():
             task = load_task(task_name)
             for method, params in starts.items():

@@ -24,6 +24,7 @@ import pandas as pd
 from peace.serve.index import BASELINES, EmbeddingSet
 
 if TYPE_CHECKING:
+    from peace.learn.generation import SampleConfig
     from peace.nets.architectures import ArchSpec
     from peace.serve.baseline_vectors import BaselineVectors
     from peace.zoo.store import Zoo
@@ -308,17 +309,18 @@ class Explorer:
         counts = self.table.groupby(["arch", "arch_spec"]).size().sort_values(ascending=False)
         return list(dict.fromkeys(a for a, js in counts.index if head_spec(ArchSpec.from_dict(json.loads(js))) in heads))
 
-    def sample(self, prompt: list[str], n: int = 10, candidates: int = 5, seed: int = 0) -> Sample:
+    def sample(self, prompt: list[str], config: SampleConfig) -> Sample:
         """New models decoded from a kernel density estimate around the prompt models' embeddings (one
-        architecture and task), measured on the task beside random initialization and the prompt, and
-        placed on the map (mean position of their 5 nearest zoo models)."""
+        architecture and task; ``config`` as ``peace sample``'s), measured on the task beside random
+        initialization and the prompt, and placed on the map (mean position of their 5 nearest zoo models)."""
         import torch
 
-        from peace.learn.generation import SampleConfig, accuracy, default_inits, sample_models
+        from peace.learn.generation import accuracy, default_inits, sample_models
 
         spec, task = self.zoo.spec(prompt[0]), self.zoo.task(prompt[0])
         z = torch.from_numpy(self.embeddings[[self.es.row_of[m] for m in prompt]]).float()
-        models, _ = sample_models(self.decoder, z, spec, task, SampleConfig(n, candidates, seed=seed))
+        n, seed = config.n, config.seed
+        models, _ = sample_models(self.decoder, z, spec, task, config)
         acc = accuracy(spec, models, task)
         rows = self.table.iloc[[self.es.row_of[m] for m in prompt]]
         groups = {"sampled": acc, "random init (torch default)": accuracy(spec, default_inits(spec, n, seed), task),
