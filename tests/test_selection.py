@@ -1,11 +1,16 @@
-"""Model selection on tasks nobody labelled: the within-task ranking score and the confidence signal."""
+"""Model selection on tasks nobody labelled: the within-task ranking score, the confidence and the
+consensus signals."""
+import re
+
 import numpy as np
 import pytest
 import torch
 from conftest import random_model
 
+from peace.core.errors import PeaceError
 from peace.evaluate.metrics import within_group_tau
-from peace.evaluate.selection import confidence
+from peace.evaluate.selection import agreement_scores, confidence, consensus
+from peace.nets.symmetry import random_symmetry
 
 
 def test_within_group_tau_scores_the_order_inside_each_task_only():
@@ -34,3 +39,110 @@ def test_confidence_reads_inputs_not_labels():
         from peace.nets.architectures import forward
         ref = forward(spec, {k: v[None] for k, v in params.items()}, x)[0].softmax(-1).amax(-1).mean()
     assert got[0] == pytest.approx(float(ref), rel=1e-5)
+
+
+def _voters(accuracies, n_inputs=2000, n_classes=10, seed=0):
+    """Predicted classes of models that are right on a random share ``accuracy`` of the inputs and wrong
+    at random otherwise: independent errors, the case the consensus signals assume."""
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, n_classes, n_inputs)
+    out = []
+    for a in accuracies:
+        wrong = (truth + rng.integers(1, n_classes, n_inputs)) % n_classes
+        out.append(np.where(rng.random(n_inputs) < a, truth, wrong))
+    return np.stack(out), truth
+
+
+@pytest.mark.parametrize("how", ["majority", "spectral"])
+def test_agreement_scores_rank_independent_voters_by_their_unseen_accuracy(how):
+    acc = [0.15, 0.25, 0.35, 0.5, 0.6, 0.7, 0.8, 0.9]
+    P, _ = _voters(acc[::-1])  # the order given must not matter
+    s = agreement_scores(P, how)
+    assert list(np.argsort(-s)) == list(range(len(acc)))  # the most accurate first, exactly
+    constant = np.vstack([P, np.zeros((1, P.shape[1]), int)])  # a model stuck on one class agrees with few
+    assert agreement_scores(constant, how)[-1] < np.median(agreement_scores(constant, how))
+    with pytest.raises(PeaceError, match="shape"):
+        agreement_scores(P[0], how)
+
+
+def test_two_models_that_err_alike_do_not_outrank_accurate_ones():
+    """Two poor models that copy each other's mistakes back each other up; neither score lets them pass an
+    accurate model."""
+    P, truth = _voters([0.9, 0.85, 0.8, 0.75, 0.7, 0.2, 0.2])
+    P[6] = P[5]
+    for how in ("majority", "spectral"):
+        s = agreement_scores(P, how)
+        assert s[:5].min() > s[5:].max(), how
+    with pytest.raises(PeaceError, match="unknown agreement score"):
+        agreement_scores(P, "vote")
+
+
+def test_consensus_scores_inside_each_task_and_ignores_symmetries():
+    task, spec, base = random_model("digits", dict(family="mlp", hidden=(16,), activation="relu"))
+    rng = torch.Generator().manual_seed(0)
+    noisy = [{k: v + s * torch.randn(v.shape, generator=rng) for k, v in base.items()} for s in (0.05, 0.1, 0.2, 2.0)]
+    crowd = [base, *noisy]  # the first four stay near one function, the last is far from them
+    for inputs in ("probes", "data"):
+        s = consensus([spec] * 5, crowd, ["digits"] * 5, inputs)
+        assert s.argmin() == 4, inputs
+        # another task's models do not change a task's scores; a permuted, rescaled copy scores the same
+        other_task, other_spec, other = random_model("wine", dict(family="mlp", hidden=(4,), activation="relu"))
+        both = consensus([spec] * 5 + [other_spec] * 3, crowd + [other] * 3, ["digits"] * 5 + ["wine"] * 3, inputs)
+        np.testing.assert_allclose(both[:5], s)
+        moved = consensus([spec] * 5, [random_symmetry(spec, base, seed=3), *noisy], ["digits"] * 5, inputs)
+        np.testing.assert_allclose(moved, s, atol=1e-12)
+    own = torch.as_tensor(task.X_test)  # the user's own unlabelled inputs, here the task's: the same scores
+    np.testing.assert_allclose(consensus([spec] * 5, crowd, ["mine"] * 5, own), consensus([spec] * 5, crowd, ["digits"] * 5))
+    with pytest.raises(PeaceError, match="'data'.*'probes'"):
+        consensus([spec], [base], ["digits"], "labels")
+
+
+def test_peace_rank_orders_a_tasks_models_without_labels(tiny_zoo, tmp_path):
+    import pandas as pd
+    from conftest import run_peace
+
+    from peace.orchestrate.selection import rank_models
+    from peace.zoo.tasks import load_task
+
+    chosen = "task == 'synth-1'"
+    p = run_peace("rank", "--zoo", tiny_zoo.path, "--models", chosen, "--top", 5, "--csv", tmp_path / "r.csv")
+    table = pd.read_csv(tmp_path / "r.csv")
+    ids = set(tiny_zoo.manifest.query(chosen).index)
+    assert set(table["model_id"]) == ids and list(table["rank"]) == list(range(1, len(ids) + 1))
+    assert table["consensus"].is_monotonic_decreasing and "Gaussian probe inputs (weights only" in p.stdout
+    assert "Kendall tau between the two" in p.stdout and p.stdout.count(" synth-1 ") == 5  # --top 5 rows
+    np.save(tmp_path / "x.npy", load_task("synth-1").X_test)  # the user's own inputs, here the task's
+    own, read = rank_models(tiny_zoo, chosen, inputs=tmp_path / "x.npy")
+    assert own.equals(rank_models(tiny_zoo, chosen, task="synth-1")[0]) and "unlabelled inputs of" in read
+    mixed, _ = rank_models(tiny_zoo, "task == 'digits'", task="digits")  # CNNs, ResNets and ViTs read one space
+    assert set(mixed["arch"].str.split().str[0]) == {"cnn2d", "resnet", "vit"}
+
+
+def test_bad_ranking_requests_get_one_line_and_touch_no_file(tiny_zoo, tmp_path, capsys):
+    from peace.cli import main
+
+    x = tmp_path / "x.npy"
+    np.save(x, np.zeros((10, 16), np.float32))
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object))  # a pickle inside: never unpickled
+    np.save(tmp_path / "nan.npy", np.full((4, 16), np.nan))
+    np.save(tmp_path / "shape.npy", np.zeros((4, 7)))
+    (tmp_path / "kept.csv").write_text("the user's file\n")
+    ok = ["--zoo", str(tiny_zoo.path), "--models", "task == 'synth-1'"]
+    cases = [
+        (ok + ["--inputs", str(x), "--task", "synth-1"], "not both"),
+        (["--zoo", str(tiny_zoo.path), "--models", "task == 'synth-1' or task == 'digits'"], "2 input -> class spaces"),
+        (["--zoo", str(tiny_zoo.path), "--models", "task == 'nothing'"], "picks 0 usable models"),
+        (["--zoo", str(tiny_zoo.path), "--models", "task =="], "neither model ids"),
+        (ok + ["--inputs", str(tmp_path / "objects.npy")], "not a readable .npy array of numbers"),
+        (ok + ["--inputs", str(tmp_path / "missing.npy")], "not a readable .npy array of numbers"),
+        (ok + ["--inputs", str(tmp_path / "nan.npy")], "NaN or infinite"),
+        (ok + ["--inputs", str(tmp_path / "shape.npy")], r"shape \(4, 7\).*16 features"),
+        (ok + ["--task", "digits"], "task 'digits' has inputs"),
+        (ok + ["--task", "no-such-task"], "unknown task"),
+        (ok + ["--csv", str(tmp_path / "kept.csv")], "exists; name a new file"),
+    ]
+    for args, message in cases:
+        assert main(["rank", *args]) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("peace: error: ") and err.count("\n") == 1 and re.search(message, err), err
+    assert (tmp_path / "kept.csv").read_text() == "the user's file\n"

@@ -1,5 +1,5 @@
 """The ``peace`` command line: zoo build / info / add, train, embed, query, evaluate, pipeline, ablate;
-decoder and sample live in ``peace.cli.generate``."""
+decoder and sample live in ``peace.cli.generate``, rank in ``peace.cli.rank``."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +8,7 @@ import errno
 import sys
 from pathlib import Path
 
-from peace.cli import generate
+from peace.cli import generate, rank
 from peace.core.errors import PeaceError
 
 __all__ = ["build_parser", "main", "run"]
@@ -422,6 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     _parser_pipeline(sub)
     _parser_ablate(sub)
     generate.add_parsers(sub)
+    rank.add_parser(sub)
     return p
 
 

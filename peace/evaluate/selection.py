@@ -1,11 +1,20 @@
-"""Model selection on a task nobody labelled: which of a task's models is best, read from weights alone?
+"""Model selection on a task nobody labelled: which of a task's models is best, read without its labels?
 
 The user's question of a zoo: "which of these models should I use for my new task". On the held-out
 tasks of a run (tasks no training model comes from), each method ranks the task's test models by
 predicted test accuracy (a ridge probe fit on the training tasks' models: no label of the held-out task
 is used) and is scored by the Kendall tau of that ranking inside each task, averaged over tasks.
-Beside the weight-space methods, a label-free function-space signal that does use the task's data:
-each model's mean confidence (top softmax probability) on the task's unlabelled test inputs.
+
+Beside them, signals that read no trained probe at all:
+
+- **confidence**: each model's mean top softmax probability on the task's unlabelled inputs (uses data);
+- **consensus**: models that solve a task agree with each other, models that do not err each their own
+  way, so a model's agreement with the others ranks it. On the task's unlabelled inputs (uses data) the
+  spectral meta-learner (Parisi, Strino, Nadler, Kluger, PNAS 2014): each model's weight in the leading
+  eigenvector of the models' centred prediction covariance, which discounts voters nobody agrees with;
+  on PEACE's Gaussian probe inputs (weights only: no data of the task) each model's agreement with the
+  majority vote. Both were chosen on the validation split (``docs/benchmarks.md``).
+
 The score is ``peace.evaluate.metrics.within_group_tau`` (``linear_probe(..., rank_within=...)`` for probes).
 """
 from __future__ import annotations
@@ -15,25 +24,90 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from scipy.sparse.linalg import svds
 
+from peace.core.errors import PeaceError
 from peace.nets.architectures import ArchSpec, forward, stack_params
+from peace.nets.probes import io_space, probe_inputs
 from peace.zoo.tasks import load_task
 
-__all__ = ["CONFIDENCE", "confidence"]
+__all__ = ["CONFIDENCE", "DATA_CONSENSUS", "MAX_INPUTS", "PROBE_CONSENSUS", "agreement_scores", "confidence", "consensus"]
 
 CONFIDENCE = "confidence (task's unlabelled inputs)"
+DATA_CONSENSUS = "consensus (task's unlabelled inputs)"
+PROBE_CONSENSUS = "consensus (Gaussian probes, weights only)"
+MAX_INPUTS = 512  # inputs a consensus reads per task: agreement estimates settle long before, memory stays n x 512 x C
+
+
+def _by(specs: Sequence[ArchSpec], tasks: Sequence[str]) -> dict[tuple[ArchSpec, str], list[int]]:
+    groups: dict[tuple[ArchSpec, str], list[int]] = defaultdict(list)
+    for i, (s, t) in enumerate(zip(specs, tasks)):
+        groups[(s, t)].append(i)
+    return groups
 
 
 @torch.no_grad()
+def _outputs(spec: ArchSpec, params: Sequence[dict[str, torch.Tensor]], x: torch.Tensor) -> torch.Tensor:
+    """(models, inputs, classes) softmax outputs of one architecture's models, run as one population."""
+    stacked = {k: v.float() for k, v in stack_params(list(params)).items()}
+    return forward(spec, stacked, x.float().reshape(-1, *spec.input_shape)).softmax(-1)
+
+
 def confidence(specs: Sequence[ArchSpec], params: Sequence[dict[str, torch.Tensor]], tasks: Sequence[str],
                split: str = "test") -> np.ndarray:
     """Each model's mean top softmax probability on its task's ``split`` inputs (the labels are not read)."""
     out = np.zeros(len(specs))
-    groups: dict[tuple[ArchSpec, str], list[int]] = defaultdict(list)
+    for (spec, task), idx in _by(specs, tasks).items():
+        x = torch.as_tensor(load_task(task).split(split)[0])
+        out[idx] = _outputs(spec, [params[i] for i in idx], x).amax(-1).mean(-1).numpy()
+    return out
+
+
+def agreement_scores(predictions: np.ndarray, how: str = "majority") -> np.ndarray:
+    """Label-free quality scores of ``n`` models from their predicted classes (n, K) on K shared inputs,
+    higher for models that agree with the others: ``majority``, the share of inputs where a model predicts
+    the majority vote; ``spectral``, its entry in the leading singular vector of the centred one-hot
+    predictions (the spectral meta-learner), signed to agree with the majority score."""
+    P = np.asarray(predictions)
+    if P.ndim != 2 or len(P) == 0:
+        raise PeaceError(f"agreement scores need (models, inputs) predicted classes, got shape {P.shape}")
+    onehot = np.eye(int(P.max()) + 1, dtype=np.float32)[P]  # (n, K, C)
+    majority = (P == onehot.sum(0).argmax(-1)).mean(1)
+    if how == "majority" or len(P) < 3:
+        return majority
+    if how != "spectral":
+        raise PeaceError(f"unknown agreement score {how!r}; choose 'majority' or 'spectral'")
+    Q = onehot.reshape(len(P), -1)
+    Q -= Q.mean(0)
+    if not np.abs(Q).max() > 0:  # every model predicts alike: nothing to rank
+        return majority
+    v0 = np.random.default_rng(0).standard_normal(min(Q.shape))  # fixed: the same scores on every call
+    u = svds(Q.astype(np.float64), k=1, v0=v0)[0][:, 0]
+    return u if np.dot(u - u.mean(), majority - majority.mean()) >= 0 else -u
+
+
+def consensus(specs: Sequence[ArchSpec], params: Sequence[dict[str, torch.Tensor]], tasks: Sequence[str],
+              inputs: str | torch.Tensor = "data", split: str = "test", how: str | None = None) -> np.ndarray:
+    """Each model's consensus score among the models of its task (see the module docstring), read on
+    ``inputs``: ``"data"``, the task's unlabelled ``split`` inputs; ``"probes"``, PEACE's Gaussian probes of
+    the models' io-space (weights only, so ``tasks`` may be any grouping of models); or a tensor of
+    unlabelled inputs that every model reads. ``how``: ``agreement_scores``' method; by default the one
+    validation chose (majority on Gaussian probes, spectral on data)."""
+    if isinstance(inputs, str) and inputs not in ("data", "probes"):
+        raise PeaceError(f"consensus reads 'data' (the task's unlabelled inputs), 'probes' or an input tensor, "
+                         f"not {inputs!r}")
+    how = how or ("majority" if isinstance(inputs, str) and inputs == "probes" else "spectral")
+    predictions = [np.zeros(0, np.int64)] * len(specs)
+    for (spec, task), idx in _by(specs, tasks).items():
+        x = (inputs if not isinstance(inputs, str) else probe_inputs(spec.input_shape) if inputs == "probes"
+             else torch.as_tensor(load_task(task).split(split)[0]))
+        pred = _outputs(spec, [params[i] for i in idx], x[:MAX_INPUTS]).argmax(-1).numpy()
+        for j, i in enumerate(idx):
+            predictions[i] = pred[j]
+    out = np.zeros(len(specs))
+    groups: dict[tuple[str, str], list[int]] = defaultdict(list)
     for i, (s, t) in enumerate(zip(specs, tasks)):
-        groups[(s, t)].append(i)
-    for (spec, task), idx in groups.items():
-        x = torch.as_tensor(load_task(task).split(split)[0], dtype=torch.float32).reshape(-1, *spec.input_shape)
-        stacked = {k: v.float() for k, v in stack_params([params[i] for i in idx]).items()}
-        out[idx] = forward(spec, stacked, x).softmax(-1).amax(-1).mean(-1).numpy()
+        groups[(t, io_space(s))].append(i)
+    for idx in groups.values():
+        out[idx] = agreement_scores(np.stack([predictions[i] for i in idx]), how)
     return out

@@ -28,7 +28,7 @@ from peace.evaluate.metrics import (
     within_group_tau,
 )
 from peace.evaluate.prediction import PredictorConfig, accuracy_study
-from peace.evaluate.selection import CONFIDENCE, confidence
+from peace.evaluate.selection import CONFIDENCE, DATA_CONSENSUS, PROBE_CONSENSUS, confidence, consensus
 from peace.evaluate.transfer import TransferConfig, transfer_study
 from peace.learn.probegen import ProbeGenEmbedding
 from peace.learn.run import RunDir, load_encoder
@@ -176,10 +176,12 @@ def evaluate(run_dir: str | Path, out: str | Path, zoo: Zoo | str | Path | None 
     held = test.rows["heldout_task"].to_numpy(bool)
     if held.any():
         idx = np.flatnonzero(held)
-        conf = confidence([test.specs[i] for i in idx], [test.params[i] for i in idx], test.rows["task"].iloc[idx])
-        metrics["selection"] = {"tasks": sorted(set(test.rows["task"].iloc[idx])), "n_models": len(idx), "methods": {
+        specs, params, tasks = [test.specs[i] for i in idx], [test.params[i] for i in idx], test.rows["task"].iloc[idx]
+        label_free = {PROBE_CONSENSUS: consensus(specs, params, tasks, "probes"), CONFIDENCE: confidence(specs, params, tasks),
+                      DATA_CONSENSUS: consensus(specs, params, tasks, "data")}
+        metrics["selection"] = {"tasks": sorted(set(tasks)), "n_models": len(idx), "methods": {
             **{n: r["selection_tau"] for n, r in results.items()},
-            CONFIDENCE: within_group_tau(test.rows["test_acc"].iloc[idx], conf, test.rows["task"].iloc[idx])}}
+            **{n: within_group_tau(test.rows["test_acc"].iloc[idx], v, tasks) for n, v in label_free.items()}}}
     if accuracy is not None:
         aux = peace.encoder.config.aux_targets
         head = {} if "test_acc" not in aux else {
@@ -299,7 +301,9 @@ def selection_markdown(study: dict | None) -> str:
             f"tasks {', '.join(study['tasks'])}, ranked by predicted test accuracy (a ridge probe on each method's "
             f"vectors, fit on the training tasks' models: no label of these tasks is used); Kendall tau against "
             f"their true test accuracy inside each task, averaged over tasks. {CONFIDENCE}: each model's mean top "
-            f"softmax probability on the task's test inputs (uses the task's data, not its labels).\n\n"
+            f"softmax probability on the task's test inputs (uses the task's data, not its labels). Consensus: how "
+            f"much a model agrees with the task's other models, on the task's unlabelled inputs (spectral) or on "
+            f"Gaussian probes (majority vote; weights only), `peace.evaluate.selection`.\n\n"
             f"{markdown_table(pd.DataFrame({'within-task Kendall tau': study['methods']}))}\n")
 
 

@@ -4,7 +4,6 @@ prompt's task and on a new one, beside random initialization, the prompt models 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from peace.learn.run import RunDir
 from peace.nets.architectures import ArchSpec
 from peace.zoo.generated import write_generated_zoo
 from peace.zoo.population import HParams, init_params
+from peace.zoo.query import select_ids
 from peace.zoo.store import Zoo, usable
 from peace.zoo.tasks import load_task
 
@@ -42,24 +42,11 @@ class Prompt:
     task: str
 
 
-def _prompt_ids(manifest: pd.DataFrame, prompt: str) -> list[str]:
-    tokens = [t for t in re.split(r"[\s,]+", prompt.strip()) if t]
-    if tokens and all(t in manifest.index for t in tokens):
-        return tokens
-    try:
-        chosen = manifest.query(prompt, engine="python")
-    except Exception as e:  # pandas raises many kinds for a malformed expression
-        raise PeaceError(f"the prompt {prompt!r} is neither model ids of the zoo nor a manifest query ({type(e).__name__}: "
-                         f"{str(e)[:200]}); write e.g. \"task == 'digits' and test_acc > 0.9\" (columns: "
-                         f"{', '.join(c for c in manifest.columns if c != 'arch_spec')})") from None
-    return list(chosen.index)
-
-
 def resolve_prompt(zoo: Zoo, prompt: str, arch: str | None = None) -> Prompt:
     """The zoo's usable models that ``prompt`` selects (model ids, or a query over the manifest),
     refused unless they share one architecture and one task (the error lists them)."""
     m = zoo.manifest[usable(zoo.manifest)]
-    rows = m.loc[[i for i in _prompt_ids(m, prompt) if i in m.index]]
+    rows = m.loc[[i for i in select_ids(m, prompt, "prompt") if i in m.index]]
     if arch is not None:
         rows = rows[rows["arch"] == arch]
     if rows.empty:

@@ -1,0 +1,88 @@
+"""``peace rank``: order a zoo's models for a task nobody labelled, by how much each agrees with the others
+(``peace.evaluate.selection.consensus``), on the user's unlabelled inputs, a task's, or Gaussian probes."""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.stats import kendalltau
+
+from peace.core.errors import PeaceError
+from peace.evaluate.selection import MAX_INPUTS, consensus
+from peace.nets.architectures import ArchSpec
+from peace.nets.probes import io_space
+from peace.zoo.query import select_ids
+from peace.zoo.store import Zoo, usable
+from peace.zoo.tasks import load_task
+
+__all__ = ["MAX_RANKED", "agreement_with_record", "rank_models", "read_inputs"]
+
+MAX_RANKED = 20_000  # models one ranking holds in memory (weights and predictions on up to 512 inputs each)
+
+
+def read_inputs(path: str | Path, spec: ArchSpec) -> torch.Tensor:
+    """Up to ``MAX_INPUTS`` unlabelled inputs from a ``.npy`` file (numbers only, never pickles; memory-mapped,
+    so a huge or lying file costs its first rows), refused unless each row fits ``spec``'s inputs."""
+    path = Path(path)
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise PeaceError(f"{path} is not a readable .npy array of numbers ({e}); save your inputs with "
+                         f"numpy.save(path, array) as an (n, features) or (n, *input_shape) float array") from None
+    want = int(np.prod(spec.input_shape))
+    if arr.dtype.kind not in "fiu" or arr.ndim < 2 or len(arr) == 0 or int(np.prod(arr.shape[1:])) != want:
+        raise PeaceError(f"{path} holds a {arr.dtype} array of shape {arr.shape}; the models read {want} features "
+                         f"per input ({tuple(spec.input_shape)}): save an (n, {want}) float array")
+    x = torch.from_numpy(np.array(arr[:MAX_INPUTS], dtype=np.float32)).reshape(-1, *spec.input_shape)
+    if not torch.isfinite(x).all():
+        raise PeaceError(f"{path} holds NaN or infinite values in its first {len(x)} rows; drop or impute them")
+    return x
+
+
+def rank_models(zoo: Zoo, selection: str, inputs: str | Path | None = None,
+                task: str | None = None) -> tuple[pd.DataFrame, str]:
+    """The usable models ``selection`` picks (ids or a manifest query; one input/output space), best first by
+    consensus on unlabelled inputs: ``inputs``, a ``.npy`` file of them; ``task``, a PEACE task's test inputs;
+    neither, Gaussian probes (weights only). Returns the table and a line saying what was read."""
+    if inputs is not None and task is not None:
+        raise PeaceError("rank on your inputs (--inputs FILE.npy) or on a task's (--task NAME), not both")
+    m = zoo.manifest[usable(zoo.manifest)]
+    ids = [i for i in select_ids(m, selection) if i in m.index]
+    if not 3 <= len(ids) <= MAX_RANKED:
+        raise PeaceError(f"the selection {selection!r} picks {len(ids)} usable models of {zoo.path}; a ranking by "
+                         f"consensus needs 3 to {MAX_RANKED:,} (check it with `peace zoo info {zoo.path}`)")
+    specs = [zoo.spec(i) for i in ids]
+    spaces = Counter(io_space(s) for s in specs)
+    if len(spaces) > 1:
+        shown = ", ".join(f"{k} ({v})" for k, v in spaces.most_common(6))
+        raise PeaceError(f"the selection holds models of {len(spaces)} input -> class spaces ({shown}); models are "
+                         f"compared on the same inputs: narrow it to one, e.g. add \"and task == 'NAME'\"")
+    spec, params, group = specs[0], zoo.load_many(ids), ["selection"] * len(ids)
+    if inputs is not None:
+        x = read_inputs(inputs, spec)
+        scores, read = consensus(specs, params, group, x), f"{len(x)} unlabelled inputs of {inputs}"
+    elif task is not None:
+        t = load_task(task)
+        if int(np.prod(t.input_shape)) != int(np.prod(spec.input_shape)) or t.n_classes != spec.n_classes:
+            raise PeaceError(f"task {task!r} has inputs {t.input_shape} and {t.n_classes} classes; the selected models "
+                             f"read {tuple(spec.input_shape)} into {spec.n_classes} classes")
+        x = torch.as_tensor(t.split("test")[0])
+        scores, read = consensus(specs, params, group, x), \
+            f"{min(len(x), MAX_INPUTS)} unlabelled test inputs of task {task!r} (its labels are not read)"
+    else:
+        scores, read = consensus(specs, params, group, "probes"), "Gaussian probe inputs (weights only: no data read)"
+    cols = [c for c in ("task", "arch", "epoch", "test_acc") if c in m.columns]
+    table = m.loc[ids, cols].assign(consensus=scores).sort_values("consensus", ascending=False, kind="stable")
+    table.insert(0, "rank", np.arange(1, len(table) + 1))
+    return table.rename_axis("model_id").reset_index(), read
+
+
+def agreement_with_record(table: pd.DataFrame) -> float | None:
+    """Kendall tau between the ranking and the test accuracy the manifest records, where it records one."""
+    known = table["test_acc"].notna() if "test_acc" in table else pd.Series(False, index=table.index)
+    if known.sum() < 3 or table.loc[known, "test_acc"].nunique() < 2:
+        return None
+    return float(kendalltau(table.loc[known, "consensus"], table.loc[known, "test_acc"]).statistic)
