@@ -16,9 +16,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = ["Map", "Neighbours", "Interpolation", "Generate", "Symmetry lab", "Ablations", "Query your model"]
+PAGES = ["Map", "Neighbours", "Interpolation", "Generate", "Best for a task", "Symmetry lab", "Ablations",
+         "Query your model"]
 VIEWS = {"Map": "views/map.py", "Neighbours": "views/neighbours.py", "Interpolation": "views/interpolation.py",
-         "Generate": "views/generate.py",
+         "Generate": "views/generate.py", "Best for a task": "views/rank.py",
          "Symmetry lab": "views/symmetry_lab.py", "Ablations": "views/ablations.py", "Query your model": "views/query.py"}
 PICKERS = {"Neighbours": "query", "Symmetry lab": "sym_model", "Interpolation": "interp_b"}
 

@@ -7,6 +7,11 @@ trained on these models, but the ridge probe has seen most of their tasks). Kend
 task, averaged over tasks (``within_group_tau``); then mean ± std over runs.
 
     python benchmarks/selection_signals.py --split val artifacts/runs/demo artifacts/runs/demo-s1 artifacts/runs/demo-s2
+
+With ``--zoo`` instead: ``peace rank`` on every task of a zoo (all its models, every epoch), on Gaussian
+probes and on the task's unlabelled inputs: its Kendall tau against the recorded test accuracy and its time.
+
+    python benchmarks/selection_signals.py --zoo artifacts/zoos/demo
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ from peace.evaluate.metrics import ridge, within_group_tau
 from peace.evaluate.selection import confidence, consensus
 from peace.learn.run import RunDir
 from peace.orchestrate.evaluation import split_models
+from peace.orchestrate.selection import agreement_with_record, rank_models
 from peace.zoo.store import Zoo
 
 
@@ -56,11 +62,30 @@ def signals(run_dir: str, split: str) -> dict[str, float]:
     return {k: within_group_tau(y, v, tasks) for k, v in scores.items()}
 
 
+def whole_zoo(path: str) -> None:
+    """``peace rank`` per task of the zoo, both kinds of input: tau against the record, and seconds."""
+    zoo, rows = Zoo(path), []
+    for task in sorted(zoo.manifest["task"].unique()):
+        row = {"task": task}
+        for name, kind in (("probes", None), ("unlabelled inputs", task)):
+            t = time.perf_counter()
+            ranked, _ = rank_models(zoo, f"task == '{task}'", task=kind)
+            row |= {"models": len(ranked), f"tau, {name}": agreement_with_record(ranked),
+                    f"s, {name}": time.perf_counter() - t}
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    print(df.round(3).to_string(index=False))
+    print(df.drop(columns=["task", "models"]).mean().round(3).to_string())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("runs", nargs="+")
+    ap.add_argument("runs", nargs="*")
     ap.add_argument("--split", choices=["val", "test"], default="test")
+    ap.add_argument("--zoo", help="rank every task of this zoo instead (peace rank)")
     args = ap.parse_args()
+    if args.zoo:
+        return whole_zoo(args.zoo)
     table = {}
     for r in args.runs:
         t = time.perf_counter()

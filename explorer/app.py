@@ -14,7 +14,7 @@ from shared import sidebar_set
 from peace.serve.warm import WarmUp
 
 PAGES = {"Map": "views/map.py", "Neighbours": "views/neighbours.py", "Interpolation": "views/interpolation.py",
-         "Generate": "views/generate.py",
+         "Generate": "views/generate.py", "Best for a task": "views/rank.py",
          "Ablations": "views/ablations.py", "Symmetry lab": "views/symmetry_lab.py",
          "Query your model": "views/query.py"}
 

@@ -18,9 +18,10 @@ from peace.core.errors import PeaceError
 from peace.serve.explore import Explorer
 
 APP = str(ROOT / "explorer" / "app.py")
-PAGES = ["Map", "Neighbours", "Interpolation", "Generate", "Ablations", "Symmetry lab", "Query your model"]
+PAGES = ["Map", "Neighbours", "Interpolation", "Generate", "Best for a task", "Ablations", "Symmetry lab",
+         "Query your model"]
 VIEWS = dict(zip(PAGES, ["views/map.py", "views/neighbours.py", "views/interpolation.py", "views/generate.py",
-                         "views/ablations.py",
+                         "views/rank.py", "views/ablations.py",
                          "views/symmetry_lab.py", "views/query.py"]))  # each page's own URL: /map, /neighbours, ...
 
 
@@ -41,7 +42,7 @@ def test_every_page_renders(artifacts, monkeypatch, page):
     assert not at.error, [e.value for e in at.error]
     assert at.sidebar.selectbox[0].value.name == "tiny"
     expected = {"Map": "Colour by", "Neighbours": "Query model (type to search)", "Interpolation": "Model A",
-                "Generate": "Models to sample",
+                "Generate": "Models to sample", "Best for a task": "Architecture",
                 "Ablations": "Metric", "Symmetry lab": "Seed", "Query your model": "Activation"}[page]
     labels = [w.label for kind in ("selectbox", "number_input", "slider") for w in getattr(at, kind)]
     assert expected in labels, labels
@@ -399,3 +400,24 @@ def test_the_ablations_page_shows_the_evaluation_when_there_is_no_grid(artifacts
     assert comparison.options == ["evaluation tiny: PEACE and the baselines"]
     assert at.get("plotly_chart") and "peace" in at.dataframe[0].value.index
     assert any("No ablation grid yet" in c.value for c in at.caption)
+
+
+def test_the_best_for_a_task_page_ranks_without_labels_and_compares_with_the_record(artifacts, monkeypatch):
+    from peace.orchestrate.selection import rank_models
+
+    at = _app(artifacts, monkeypatch, "Best for a task")
+    at.selectbox(key="pref_rank_task").set_value("synth-1").run()
+    assert not at.exception, [e.message for e in at.exception]
+    shown = at.dataframe[0].value
+    assert list(shown["rank"]) == list(range(1, len(shown) + 1)) and shown["consensus"].is_monotonic_decreasing
+    info = at.info[0].value
+    assert "ranked by consensus on Gaussian probe inputs" in info and "Kendall tau" in info
+    ex = Explorer(artifacts / "embeddings" / "tiny")
+    ids = " ".join(ex.table.loc[ex.table["task"] == "synth-1", "model_id"])
+    assert list(shown["model_id"]) == list(rank_models(ex.zoo, ids)[0]["model_id"][:20])  # what `peace rank` says
+    at.radio(key="pref_rank_read").set_value("the task's unlabelled inputs").run()
+    assert "unlabelled test inputs of task 'synth-1'" in at.info[0].value
+    assert len(at.get("plotly_chart")) == 1
+    archs = at.selectbox(key="pref_rank_arch").options
+    at.selectbox(key="pref_rank_arch").set_value(archs[1]).run()  # one architecture: fewer models, still ranked
+    assert not at.exception and len(at.dataframe[0].value) <= len(shown)

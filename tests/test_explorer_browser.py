@@ -127,7 +127,7 @@ def test_every_page_in_a_real_browser(server, browser, artifacts):
     _wait_text(browser, "PEACE explorer")
     es = EmbeddingSet(artifacts / "embeddings" / "tiny")
     expect = {"Map": "Colour by", "Neighbours": "Same task among the top", "Interpolation": "In embedding space",
-              "Generate": "Download as model folders",
+              "Generate": "Download as model folders", "Best for a task": "models ranked by consensus",
               "Ablations": "Best configuration per metric", "Symmetry lab": "PEACE cosine distance",
               "Query your model": "Upload a safetensors file"}
     for page in PAGES:
@@ -142,7 +142,7 @@ def test_every_page_in_a_real_browser(server, browser, artifacts):
                                           "return [p.querySelector('.xtick') ? p.querySelector('.xtick')"
                                           ".getBoundingClientRect().bottom : 1e9, window.innerHeight];")
             assert fold[0] <= fold[1], f"the map's x axis ends at {fold[0]} px, below the window's {fold[1]} px"
-        if page in ("Interpolation", "Generate", "Symmetry lab", "Ablations"):
+        if page in ("Interpolation", "Generate", "Best for a task", "Symmetry lab", "Ablations"):
             _plot(browser)
         if page != "Map":  # every page its own URL (the Map is the default page, at /)
             assert browser.current_url.split("?")[0].rstrip("/").endswith("/" + Path(VIEWS[page]).stem), browser.current_url

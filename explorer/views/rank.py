@@ -1,0 +1,54 @@
+"""The Best-for-a-task page: a task's models ranked without its labels, by how much each agrees with the
+others (``peace rank``), beside the accuracy the zoo records, so a user sees how far to trust it."""
+from __future__ import annotations
+
+import plotly.express as px
+import streamlit as st
+from shared import choose, cols, current, table
+
+from peace.core.errors import PeaceError
+from peace.orchestrate.selection import agreement_with_record, rank_models
+
+READS = {"Gaussian probes (weights only)": False, "the task's unlabelled inputs": True}
+
+
+@st.cache_data(max_entries=16, show_spinner="Running the models on shared inputs ...")
+def ranking(_ex, set_sha: str, task: str, arch: str, data: bool):
+    """The set's models of ``task`` (and ``arch``) ranked by consensus, and what was read."""
+    t = _ex.table[(_ex.table["task"] == task) & ((_ex.table["arch"] == arch) | (arch == "all"))]
+    return rank_models(_ex.zoo, " ".join(t["model_id"]), task=task if data else None)
+
+
+def page_rank() -> None:
+    ex = current()
+    if ex is None:
+        return
+    st.write("Which of a task's models to use, when nobody labelled the task? Models that solve it agree with each "
+             "other; models that do not err each their own way. Each model is scored by its agreement with the "
+             "others: no label and no accuracy is read.")
+    c1, c2, c3 = st.columns([1, 1, 1.2])
+    task = choose(c1.selectbox, "Task", sorted(ex.table["task"].unique()), "rank_task")
+    archs = ["all"] + sorted(ex.table.loc[ex.table["task"] == task, "arch"].unique())
+    arch = choose(c2.selectbox, "Architecture", archs, "rank_arch")
+    read = choose(c3.radio, "Agreement on", list(READS), "rank_read")
+    try:
+        ranked, what = ranking(ex, ex.es.info["embeddings_sha256"], task, arch, READS[read])
+    except PeaceError as e:  # fewer than 3 models, say
+        st.info(str(e))
+        return
+    tau = agreement_with_record(ranked)
+    st.info(f"{len(ranked)} models ranked by consensus on {what}. "
+            + (f"Kendall tau against the test accuracy the zoo records (not read by the ranking): {tau:.2f}."
+               if tau is not None else "The zoo records no test accuracy for them to compare with."))
+    table(cols(ranked.head(20).round({"consensus": 3}), ("rank", "consensus")), key="ranked")
+    if tau is not None:
+        fig = px.scatter(ranked, x="consensus", y="test_acc", color="arch", hover_name="model_id", height=420,
+                         labels={"consensus": "consensus (no labels read)", "test_acc": "recorded test accuracy"})
+        st.plotly_chart(fig, width="stretch")
+    st.caption("On Gaussian probes the score is the share of probes on which a model predicts the majority vote; on the "
+               "task's inputs, its weight in the leading singular vector of the models' centred predictions (the "
+               "spectral meta-learner). Measured on held-out tasks in docs/benchmarks.md (model selection); the same "
+               "ranking from the command line: `peace rank`.")
+
+
+page_rank()
