@@ -1,7 +1,7 @@
 """What a user waits for in a real browser (Debian's headless chromium via selenium), on the demo set:
 the first Map (a fresh browser profile, then a returning user's cached browser), its interactions
 (colour, 3-D, find a model), Neighbours (first visit, another query, k), later visits, the
-interpolation and symmetry pages, and Query your model (the example, and uploads parsed in the
+interpolation, generate, best-for-a-task and symmetry pages, and Query your model (the example, and uploads parsed in the
 isolated reader).
 
 Each time is measured inside the page, from the user's input event (key, click, file chosen; the
@@ -155,7 +155,7 @@ def run_once(artifacts: Path, look: float = LOOK) -> dict[str, float]:
 
     goto = lambda page: lambda: browser_test._goto(driver, page)  # noqa: E731
     radio = lambda label: lambda: driver.find_element(  # noqa: E731
-        "xpath", f"//div[@data-testid='stRadio']//label[normalize-space()='{label}']").click()
+        "xpath", f"//div[@data-testid='stRadio']//label[normalize-space()=\"{label}\"]").click()
     table = EmbeddingSet(find_embedding_sets(artifacts)[0]).table
     other, found = table["model_id"].iat[7], table["model_id"].iat[11]
     try:
@@ -177,6 +177,9 @@ def run_once(artifacts: Path, look: float = LOOK) -> dict[str, float]:
               "return ['Download as model folders', 'has no decoder'].some(s => document.body.innerText.includes(s));")
         if "has no decoder" in driver.find_element("tag name", "body").text:  # a run without `peace decoder`
             times["first Generate (sample, decode, measure, place on the map)"] = float("nan")
+        timed("first Best for a task (consensus on probes)", goto("Best for a task"), text("models ranked by consensus"))
+        timed("Best for a task: on the task's unlabelled inputs", radio("the task's unlabelled inputs"),
+              text("unlabelled test inputs of task"))
         timed("first Symmetry lab", goto("Symmetry lab"), text("PEACE cosine distance"))
         with tempfile.TemporaryDirectory() as d:
             up, vit = Path(d) / "upload.pt", Path(d) / "vit.pt"
