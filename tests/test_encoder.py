@@ -94,6 +94,24 @@ def test_input_neurons_keep_their_identity():
     assert moved_inputs > 1e-6 and moved_inputs > 20 * float_noise  # an untrained encoder: small but real
 
 
+def test_node_states_move_with_the_neurons_they_belong_to():
+    """The per-neuron states before pooling are equivariant: permuting hidden units permutes their
+    states (each layer's set of states is the same), inputs and outputs keep theirs."""
+    _, spec, params = random_model(*MODELS[1])
+    moved = random_symmetry(spec, params, seed=2, kind=RandomSymmetry(scale=False, flip=False))
+    enc = _encoder(canonicalize=False)
+    (a, ga), (b, gb) = [(enc.node_states(batch_graphs([prepare(spec, p, enc.config)])), prepare(spec, p, enc.config))
+                        for p in (params, moved)]
+    assert torch.equal(ga.node_layer, gb.node_layer)
+    fixed = ga.node_pos >= 0
+    torch.testing.assert_close(a[fixed], b[fixed], atol=1e-5, rtol=1e-5)
+    hidden = ~fixed
+    assert not torch.allclose(a[hidden], b[hidden], atol=1e-3)  # the permutation moved them ...
+    for layer in ga.node_layer[hidden].unique():  # ... within their layer, as a set
+        sa, sb = (x[(ga.node_layer == layer) & hidden] for x in (a, b))
+        torch.testing.assert_close(sa[sa[:, 0].argsort()], sb[sb[:, 0].argsort()], atol=1e-5, rtol=1e-5)
+
+
 def test_function_tokens_see_the_function_and_batch_independently():
     """Relabelling the classes (the last layer's rows) is another function: the function token moves
     the embedding far more than float noise; responses passed in equal those computed inside."""

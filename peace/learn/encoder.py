@@ -331,15 +331,17 @@ class PeaceEncoder(Embedder):
 
     # --- forward --------------------------------------------------------------------------------
 
+    def node_states(self, graphs: GraphBatch) -> Tensor:
+        """(N, hidden): every neuron's state after message passing, before any pooling (equivariant)."""
+        g = graphs.graphs
+        h = self.node_in(self._node_inputs(g))
+        return self._message_passing(h, self._edge_inputs(g), graphs) if self.rounds else h
+
     def encode(self, batch: ModelBatch) -> Tensor:
         """(G, hidden): message passing, per-layer readout, Transformer across layers (and the
         function token), pooling."""
-        g = batch.graphs.graphs
-        h = self.node_in(self._node_inputs(g))
-        e = self._edge_inputs(g)
-        if self.rounds:
-            h = self._message_passing(h, e, batch.graphs)
-        tokens, valid, depth = self._layer_tokens(h, g, batch.graphs)
+        h = self.node_states(batch.graphs)
+        tokens, valid, depth = self._layer_tokens(h, batch.graphs.graphs, batch.graphs)
         x = tokens + self.depth_in(sinusoid(depth, _DEPTH_FREQS))
         if self.config.function_tokens:
             if batch.responses is None:
