@@ -3,6 +3,7 @@ consensus signals."""
 import re
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import random_model
@@ -98,7 +99,6 @@ def test_consensus_scores_inside_each_task_and_ignores_symmetries():
 
 
 def test_peace_rank_orders_a_tasks_models_without_labels(tiny_zoo, tmp_path):
-    import pandas as pd
     from conftest import run_peace
 
     from peace.orchestrate.selection import rank_models
@@ -146,3 +146,25 @@ def test_bad_ranking_requests_get_one_line_and_touch_no_file(tiny_zoo, tmp_path,
         err = capsys.readouterr().err
         assert err.startswith("peace: error: ") and err.count("\n") == 1 and re.search(message, err), err
     assert (tmp_path / "kept.csv").read_text() == "the user's file\n"
+
+
+def test_peace_rank_reads_model_files_in_the_isolated_reader(tmp_path):
+    from conftest import run_peace
+    from torch import nn
+
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)).state_dict()
+    files = []
+    for i, noise in enumerate((0.01, 0.02, 0.03, 3.0)):  # three near one function, one far from it
+        torch.save({k: v + noise * torch.randn(v.shape) for k, v in base.items()}, tmp_path / f"m{i}.pt")
+        files.append(tmp_path / f"m{i}.pt")
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(300, 64)).astype(np.float32))
+    p = run_peace("rank", *files, "--activation", "relu", "--inputs", tmp_path / "x.npy", "--csv", tmp_path / "r.csv")
+    table = pd.read_csv(tmp_path / "r.csv")
+    assert "4 models ranked by consensus on 300 unlabelled inputs" in p.stdout
+    assert table["model_id"].iloc[-1].endswith("m3.pt") and set(table["arch"]) == {"mlp 64-32-10 relu"}
+    torch.save(nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4)).state_dict(), tmp_path / "other.pt")
+    bad = run_peace("rank", *files[:2], tmp_path / "other.pt", "--activation", "relu", check=False)
+    assert bad.returncode == 2 and "2 input -> class spaces" in bad.stderr
+    both = run_peace("rank", *files, "--zoo", tmp_path, "--models", "x", check=False)
+    assert both.returncode == 2 and "one of the two" in both.stderr

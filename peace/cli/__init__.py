@@ -422,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     _parser_pipeline(sub)
     _parser_ablate(sub)
     generate.add_parsers(sub)
-    rank.add_parser(sub)
+    rank.add_parser(sub, _add_import_options)
     return p
 
 

@@ -10,17 +10,29 @@ __all__ = ["add_parser"]
 def _rank(args: argparse.Namespace) -> int:
     import pandas as pd
 
+    from peace.cli import _limits, _model_config
     from peace.core.atomic import atomic_path
     from peace.core.errors import PeaceError
-    from peace.orchestrate.selection import agreement_with_record, rank_models
+    from peace.intake.sandbox import load_model_isolated
+    from peace.orchestrate.selection import agreement_with_record, rank, rank_models
     from peace.zoo.store import Zoo
 
     if args.csv and args.csv.exists():
         raise PeaceError(f"{args.csv} exists; name a new file for --csv (nothing of yours is overwritten)")
-    zoo = Zoo(args.zoo)
-    table, read = rank_models(zoo, args.models, inputs=args.inputs, task=args.task)
+    if bool(args.files) == bool(args.zoo or args.models):
+        raise PeaceError("rank model files (peace rank FILE ...) or a zoo's models (--zoo DIR --models SELECTION), "
+                         "one of the two")
+    if args.files:
+        cfg, limits = _model_config(args), _limits(args)
+        models = [load_model_isolated(f, cfg, limits) for f in args.files]  # each in a bounded child process
+        rows = pd.DataFrame({"model_id": [str(f) for f in args.files], "arch": [m.spec.describe() for m in models]})
+        table, read = rank([m.spec for m in models], [m.params for m in models], rows, args.inputs, args.task)
+    elif not (args.zoo and args.models):
+        raise PeaceError("--zoo DIR and --models SELECTION go together")
+    else:
+        table, read = rank_models(Zoo(args.zoo), args.models, inputs=args.inputs, task=args.task)
     print(f"{len(table)} models ranked by consensus on {read}; best first:")
-    with pd.option_context("display.width", 200):
+    with pd.option_context("display.width", 200, "display.max_colwidth", 60):
         print(table.head(args.top).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     tau = agreement_with_record(table)
     if tau is not None:
@@ -32,19 +44,24 @@ def _rank(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(sub) -> None:
-    """Add ``rank`` to the ``peace`` command's subcommands."""
-    r = sub.add_parser("rank", help="rank a zoo's models for a task nobody labelled",
-                       description="Order the selected models (one input -> class space) best first without any "
-                       "label: models that solve a task agree with each other, models that do not err each their "
-                       "own way. Reads your unlabelled inputs (--inputs), a PEACE task's (--task) or, with neither, "
-                       "Gaussian probes (weights only). Measured in docs/benchmarks.md (model selection).")
-    r.add_argument("--zoo", type=Path, required=True, metavar="DIR", help="the zoo that holds the models")
-    r.add_argument("--models", required=True, metavar="SELECTION", help="model ids, or a manifest query such as "
+def add_parser(sub, import_options) -> None:
+    """Add ``rank`` to the ``peace`` command's subcommands (``import_options``: the model-file flags)."""
+    r = sub.add_parser("rank", help="rank models for a task nobody labelled (a zoo's, or model files)",
+                       description="Order models best first without any label: models that solve a task agree "
+                       "with each other, models that do not err each their own way. Ranks model files (read "
+                       "in an isolated child, as peace query does) or a zoo's models (--zoo and --models), of one "
+                       "input -> class space, on your unlabelled inputs (--inputs), a PEACE task's (--task) or, "
+                       "with neither, Gaussian probes (weights only). Measured in docs/benchmarks.md (model "
+                       "selection).")
+    r.add_argument("files", nargs="*", type=Path, metavar="FILE", help="model files or directories (safetensors or "
+                   "PyTorch state dicts, optionally beside a config.json), at least 3")
+    r.add_argument("--zoo", type=Path, metavar="DIR", help="the zoo that holds the models")
+    r.add_argument("--models", metavar="SELECTION", help="model ids, or a manifest query such as "
                    "\"task == 'synth-2' and arch == 'mlp 16-32-4 relu'\"")
     r.add_argument("--inputs", type=Path, metavar="FILE.npy", help="unlabelled inputs, an (n, features) float array "
                    "(numpy.save); the first 512 rows are read")
     r.add_argument("--task", metavar="NAME", help="use this PEACE task's unlabelled test inputs instead")
     r.add_argument("--top", type=int, default=20, help="rows to print (default 20)")
     r.add_argument("--csv", type=Path, metavar="FILE", help="write the whole ranking as CSV")
+    import_options(r)
     r.set_defaults(func=_rank)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from peace.zoo.query import select_ids
 from peace.zoo.store import Zoo, usable
 from peace.zoo.tasks import load_task
 
-__all__ = ["MAX_RANKED", "agreement_with_record", "rank_models", "read_inputs"]
+__all__ = ["MAX_RANKED", "agreement_with_record", "rank", "rank_models", "read_inputs"]
 
 MAX_RANKED = 20_000  # models one ranking holds in memory (weights and predictions on up to 512 inputs each)
 
@@ -42,42 +43,60 @@ def read_inputs(path: str | Path, spec: ArchSpec) -> torch.Tensor:
     return x
 
 
-def rank_models(zoo: Zoo, selection: str, inputs: str | Path | None = None,
-                task: str | None = None) -> tuple[pd.DataFrame, str]:
-    """The usable models ``selection`` picks (ids or a manifest query; one input/output space), best first by
-    consensus on unlabelled inputs: ``inputs``, a ``.npy`` file of them; ``task``, a PEACE task's test inputs;
-    neither, Gaussian probes (weights only). Returns the table and a line saying what was read."""
+def _one_source(inputs: str | Path | None, task: str | None) -> None:
     if inputs is not None and task is not None:
         raise PeaceError("rank on your inputs (--inputs FILE.npy) or on a task's (--task NAME), not both")
-    m = zoo.manifest[usable(zoo.manifest)]
-    ids = [i for i in select_ids(m, selection) if i in m.index]
-    if not 3 <= len(ids) <= MAX_RANKED:
-        raise PeaceError(f"the selection {selection!r} picks {len(ids)} usable models of {zoo.path}; a ranking by "
-                         f"consensus needs 3 to {MAX_RANKED:,} (check it with `peace zoo info {zoo.path}`)")
-    specs = [zoo.spec(i) for i in ids]
+
+
+def _one_space(specs: Sequence[ArchSpec]) -> None:
     spaces = Counter(io_space(s) for s in specs)
     if len(spaces) > 1:
         shown = ", ".join(f"{k} ({v})" for k, v in spaces.most_common(6))
-        raise PeaceError(f"the selection holds models of {len(spaces)} input -> class spaces ({shown}); models are "
-                         f"compared on the same inputs: narrow it to one, e.g. add \"and task == 'NAME'\"")
-    spec, params, group = specs[0], zoo.load_many(ids), ["selection"] * len(ids)
+        raise PeaceError(f"the models read {len(spaces)} input -> class spaces ({shown}); models are compared on the "
+                         f"same inputs: rank one space at a time (e.g. add \"and task == 'NAME'\" to a selection)")
+
+
+def rank(specs: Sequence[ArchSpec], params: Sequence[dict[str, torch.Tensor]], rows: pd.DataFrame,
+         inputs: str | Path | None = None, task: str | None = None) -> tuple[pd.DataFrame, str]:
+    """``rows`` (one per model, ``model_id`` first) ordered best first by consensus on unlabelled inputs:
+    ``inputs``, a ``.npy`` file of them; ``task``, a PEACE task's test inputs; neither, Gaussian probes
+    (weights only). The models must read one input -> class space. Returns the table and what was read."""
+    _one_source(inputs, task)
+    if not 3 <= len(specs) <= MAX_RANKED:
+        raise PeaceError(f"a ranking by consensus needs 3 to {MAX_RANKED:,} models, got {len(specs)}")
+    _one_space(specs)
+    spec, group = specs[0], ["selection"] * len(specs)
     if inputs is not None:
         x = read_inputs(inputs, spec)
         scores, read = consensus(specs, params, group, x), f"{len(x)} unlabelled inputs of {inputs}"
     elif task is not None:
         t = load_task(task)
         if int(np.prod(t.input_shape)) != int(np.prod(spec.input_shape)) or t.n_classes != spec.n_classes:
-            raise PeaceError(f"task {task!r} has inputs {t.input_shape} and {t.n_classes} classes; the selected models "
-                             f"read {tuple(spec.input_shape)} into {spec.n_classes} classes")
+            raise PeaceError(f"task {task!r} has inputs {t.input_shape} and {t.n_classes} classes; the models read "
+                             f"{tuple(spec.input_shape)} into {spec.n_classes} classes")
         x = torch.as_tensor(t.split("test")[0])
         scores, read = consensus(specs, params, group, x), \
             f"{min(len(x), MAX_INPUTS)} unlabelled test inputs of task {task!r} (its labels are not read)"
     else:
         scores, read = consensus(specs, params, group, "probes"), "Gaussian probe inputs (weights only: no data read)"
-    cols = [c for c in ("task", "arch", "epoch", "test_acc") if c in m.columns]
-    table = m.loc[ids, cols].assign(consensus=scores).sort_values("consensus", ascending=False, kind="stable")
+    table = rows.assign(consensus=scores).sort_values("consensus", ascending=False, kind="stable")
     table.insert(0, "rank", np.arange(1, len(table) + 1))
-    return table.rename_axis("model_id").reset_index(), read
+    return table.reset_index(drop=True), read
+
+
+def rank_models(zoo: Zoo, selection: str, inputs: str | Path | None = None,
+                task: str | None = None) -> tuple[pd.DataFrame, str]:
+    """``rank`` for the usable models of a zoo that ``selection`` picks (ids or a manifest query)."""
+    _one_source(inputs, task)
+    m = zoo.manifest[usable(zoo.manifest)]
+    ids = [i for i in select_ids(m, selection) if i in m.index]
+    if not 3 <= len(ids) <= MAX_RANKED:
+        raise PeaceError(f"the selection {selection!r} picks {len(ids)} usable models of {zoo.path}; a ranking by "
+                         f"consensus needs 3 to {MAX_RANKED:,} (check it with `peace zoo info {zoo.path}`)")
+    cols = [c for c in ("task", "arch", "epoch", "test_acc") if c in m.columns]
+    specs = [zoo.spec(i) for i in ids]
+    _one_space(specs)  # before reading any weights
+    return rank(specs, zoo.load_many(ids), m.loc[ids, cols].rename_axis("model_id").reset_index(), inputs, task)
 
 
 def agreement_with_record(table: pd.DataFrame) -> float | None:
