@@ -29,14 +29,14 @@ from peace.zoo.store import Zoo
 from peace.zoo.tasks import load_task
 
 
-@torch.no_grad()
-def _states(enc, spec, params):
+def _states(enc, spec, params, grad: bool = False):
     graphs = [prepare(spec, p, enc.config) for p in params]
     gb = batch_graphs(graphs)
-    return enc.node_states(gb).float(), gb.graphs, graphs
+    with torch.set_grad_enabled(grad):
+        return enc.node_states(gb).float(), gb.graphs, graphs
 
 
-def study(run_dir: str, arch: str, epochs: int, seed: int) -> dict:
+def study(run_dir: str, arch: str, epochs: int, seed: int, train_encoder: bool = False) -> dict:
     torch.manual_seed(seed)
     run = RunDir(run_dir)
     enc = run.load_encoder()
@@ -46,6 +46,8 @@ def study(run_dir: str, arch: str, epochs: int, seed: int) -> dict:
     ids = {s: list(rows.loc[rows["split"] == s, "model_id"]) for s in ("train", "val", "test")}
     spec = zoo.spec(ids["train"][0])
     params = {s: zoo.load_many(v) for s, v in ids.items()}
+    dec, _ = run_decoder(run.path)  # the baseline: the run's pooled decoder on the run's own encoder
+    pooled = dec.decode(enc.embed([spec] * len(params["test"]), params["test"]), spec)
     data = {s: _states(enc, spec, p) for s, p in params.items()}
     h, g, _ = data["train"]
     L = int(g.edge_layer.max()) + 1
@@ -70,19 +72,35 @@ def study(run_dir: str, arch: str, epochs: int, seed: int) -> dict:
             return float(((edge_mlp(xe).squeeze(1) - targets(data[split][1])[0]) ** 2).mean())
 
     (xe, xn), (te, tb), hidden = inputs(h, g), targets(g), torch.nonzero(g.node_layer > 0).squeeze(1)
-    opt = torch.optim.Adam([*edge_mlp.parameters(), *bias_mlp.parameters()], lr=1e-3)
+    trained = [*edge_mlp.parameters(), *bias_mlp.parameters()] + (list(enc.parameters()) if train_encoder else [])
+    opt = torch.optim.Adam(trained, lr=1e-3)
     best = (np.inf, None)
     for _ in range(epochs):
-        for idx in torch.randperm(len(xe)).split(4096):
-            nodes = hidden[torch.randint(len(hidden), (512,))]
-            loss = F.mse_loss(edge_mlp(xe[idx]).squeeze(1), te[idx]) + F.mse_loss(bias_mlp(xn[nodes]).squeeze(1), tb[nodes])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        if train_encoder:  # the states trained for reconstruction too: 16 models a step
+            enc.train()
+            for chunk in torch.randperm(len(params["train"])).split(16):
+                hb, gb_, _ = _states(enc, spec, [params["train"][i] for i in chunk], grad=True)
+                (xe_b, xn_b), (te_b, tb_b) = inputs(hb, gb_), targets(gb_)
+                hid = gb_.node_layer > 0
+                loss = F.mse_loss(edge_mlp(xe_b).squeeze(1), te_b) + F.mse_loss(bias_mlp(xn_b[hid]).squeeze(1), tb_b[hid])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            enc.eval()
+            data = {k: (*_states(enc, spec, params[k])[:2], v[2]) for k, v in data.items()}
+        else:
+            for idx in torch.randperm(len(xe)).split(4096):
+                nodes = hidden[torch.randint(len(hidden), (512,))]
+                loss = F.mse_loss(edge_mlp(xe[idx]).squeeze(1), te[idx]) + F.mse_loss(bias_mlp(xn[nodes]).squeeze(1),
+                                                                                       tb[nodes])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
         if error("val") < best[0]:
-            best = (error("val"), copy.deepcopy((edge_mlp.state_dict(), bias_mlp.state_dict())))
+            best = (error("val"), copy.deepcopy((edge_mlp.state_dict(), bias_mlp.state_dict())), data["test"])
     edge_mlp.load_state_dict(best[1][0])
     bias_mlp.load_state_dict(best[1][1])
+    data["test"] = best[2]
     h, g, graphs = data["test"]
     xe, xn = inputs(h, g)
     with torch.no_grad():
@@ -96,8 +114,6 @@ def study(run_dir: str, arch: str, epochs: int, seed: int) -> dict:
         gk.edge_feat[:, 0] = edges[k * ne:(k + 1) * ne]
         gk.node_feat[gk.node_layer > 0, 0] = bias[k * nn_:(k + 1) * nn_][gk.node_layer > 0]
         rebuilt.append(graph_to_params(spec, gk))
-    dec, _ = run_decoder(run.path)
-    pooled = dec.decode(enc.embed([spec] * len(params["test"]), params["test"]), spec)
     tasks = zoo.manifest.loc[ids["test"], "task"].to_numpy()
     acc = {k: np.zeros(len(tasks)) for k in ("original", "per-neuron", "pooled")}
     for t in set(tasks):
@@ -117,10 +133,12 @@ def main() -> None:
     ap.add_argument("--arch", nargs="+", required=True, help="MLP architectures (the manifest's arch column)")
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--train-encoder", action="store_true", help="train the message passing for reconstruction too "
+                    "(from the run's weights): can the states hold the weights at all?")
     args = ap.parse_args()
     torch.set_num_threads(2)
     for arch in args.arch:
-        r = study(args.run, arch, args.epochs, args.seed)
+        r = study(args.run, arch, args.epochs, args.seed, args.train_encoder)
         print("  ".join(f"{k}: {v:.3f}" if isinstance(v, float) else f"{k}: {v}" for k, v in r.items()), flush=True)
 
 
