@@ -81,8 +81,8 @@ def agreement_scores(predictions: np.ndarray, how: str = "majority") -> np.ndarr
     Q -= Q.mean(0)
     if not np.abs(Q).max() > 0:  # every model predicts alike: nothing to rank
         return majority
-    v0 = np.random.default_rng(0).standard_normal(min(Q.shape))  # fixed: the same scores on every call
-    u = svds(Q.astype(np.float64), k=1, v0=v0)[0][:, 0]
+    v0 = np.random.default_rng(0).standard_normal(min(Q.shape)).astype(np.float32)  # fixed: the same scores each call
+    u = svds(Q, k=1, v0=v0)[0][:, 0]  # float32: 20,000 models x 512 inputs x 10 classes stay 400 MB
     return u if np.dot(u - u.mean(), majority - majority.mean()) >= 0 else -u
 
 
