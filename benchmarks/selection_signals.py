@@ -8,10 +8,12 @@ task, averaged over tasks (``within_group_tau``); then mean ± std over runs.
 
     python benchmarks/selection_signals.py --split val artifacts/runs/demo artifacts/runs/demo-s1 artifacts/runs/demo-s2
 
-With ``--zoo`` instead: ``peace rank`` on every task of a zoo (all its models, every epoch), on Gaussian
-probes and on the task's unlabelled inputs: its Kendall tau against the recorded test accuracy and its time.
+With ``--zoo`` instead: consensus (``peace rank``'s centrality, and the majority and spectral alternatives) on every
+task of a zoo (all its models, every epoch, or those ``--query`` picks), on Gaussian probes and on the
+task's unlabelled inputs: Kendall tau against the recorded test accuracy, and seconds per task.
 
     python benchmarks/selection_signals.py --zoo artifacts/zoos/demo
+    python benchmarks/selection_signals.py --zoo artifacts/zoos/tetris-seed --query "epoch == 75"
 """
 from __future__ import annotations
 
@@ -20,13 +22,13 @@ import time
 
 import numpy as np
 import pandas as pd
+from scipy.stats import kendalltau
 
 from peace.evaluate.baselines import Models
 from peace.evaluate.metrics import ridge, within_group_tau
 from peace.evaluate.selection import confidence, consensus
 from peace.learn.run import RunDir
 from peace.orchestrate.evaluation import split_models
-from peace.orchestrate.selection import agreement_with_record, rank_models
 from peace.zoo.store import Zoo
 
 
@@ -52,7 +54,7 @@ def signals(run_dir: str, split: str) -> dict[str, float]:
     tasks, y = models.rows["task"].to_numpy(object), models.rows["test_acc"].to_numpy()
     scores: dict[str, np.ndarray] = {}
     for inputs, name in (("data", "task's unlabelled inputs"), ("probes", "Gaussian probes")):
-        for how in ("majority", "spectral"):
+        for how in ("centrality", "majority", "spectral"):
             scores[f"consensus, {how}, {name}"] = consensus(models.specs, models.params, tasks, inputs, split, how)
     scores["confidence, task's unlabelled inputs"] = confidence(models.specs, models.params, tasks, split)
     z = encoder.embed(models.specs, models.params).numpy()
@@ -62,17 +64,20 @@ def signals(run_dir: str, split: str) -> dict[str, float]:
     return {k: within_group_tau(y, v, tasks) for k, v in scores.items()}
 
 
-def whole_zoo(path: str) -> None:
-    """``peace rank`` per task of the zoo, both kinds of input: tau against the record, and seconds."""
+def whole_zoo(path: str, query: str | None) -> None:
+    """Consensus per task of the zoo (or of the models ``query`` picks), majority vote and spectral, on
+    Gaussian probes and on the task's unlabelled inputs: tau against the recorded accuracy."""
     zoo, rows = Zoo(path), []
-    for task in sorted(zoo.manifest["task"].unique()):
-        row = {"task": task}
-        for name, kind in (("probes", None), ("unlabelled inputs", task)):
-            t = time.perf_counter()
-            ranked, _ = rank_models(zoo, f"task == '{task}'", task=kind)
-            row |= {"models": len(ranked), f"tau, {name}": agreement_with_record(ranked),
-                    f"s, {name}": time.perf_counter() - t}
-        rows.append(row)
+    m = zoo.manifest if query is None else zoo.manifest.query(query)
+    for task in sorted(m["task"].unique()):
+        ids = list(m.index[m["task"] == task])
+        specs, params, y = [zoo.spec(i) for i in ids], zoo.load_many(ids), m.loc[ids, "test_acc"].to_numpy()
+        row, t0 = {"task": task, "models": len(ids)}, time.perf_counter()
+        for inputs, name in (("probes", "probes"), ("data", "unlabelled inputs")):
+            for how in ("centrality", "majority", "spectral"):
+                s = consensus(specs, params, [task] * len(ids), inputs, how=how)
+                row[f"{how}, {name}"] = kendalltau(y, s).statistic
+        rows.append(row | {"s": time.perf_counter() - t0})
     df = pd.DataFrame(rows)
     print(df.round(3).to_string(index=False))
     print(df.drop(columns=["task", "models"]).mean().round(3).to_string())
@@ -82,10 +87,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="*")
     ap.add_argument("--split", choices=["val", "test"], default="test")
-    ap.add_argument("--zoo", help="rank every task of this zoo instead (peace rank)")
+    ap.add_argument("--zoo", help="rank every task of this zoo instead (all its models, or --query's)")
+    ap.add_argument("--query", help="with --zoo: a manifest query picking the models (e.g. \"epoch == 75\")")
     args = ap.parse_args()
     if args.zoo:
-        return whole_zoo(args.zoo)
+        return whole_zoo(args.zoo, args.query)
     table = {}
     for r in args.runs:
         t = time.perf_counter()

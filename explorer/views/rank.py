@@ -40,15 +40,14 @@ def page_rank() -> None:
     st.info(f"{len(ranked)} models ranked by consensus on {what}. "
             + (f"Kendall tau against the test accuracy the zoo records (not read by the ranking): {tau:.2f}."
                if tau is not None else "The zoo records no test accuracy for them to compare with."))
-    shown = ranked.head(20).round({"consensus": 3, "agrees_with_majority": 3})
-    table(cols(shown, ("rank", "consensus", "agrees_with_majority")), key="ranked")
+    table(cols(ranked.head(20).round({"consensus": 3}), ("rank", "consensus")), key="ranked")
     if tau is not None:
         fig = px.scatter(ranked, x="consensus", y="test_acc", color="arch", hover_name="model_id", height=420,
                          labels={"consensus": "consensus (no labels read)", "test_acc": "recorded test accuracy"})
         st.plotly_chart(fig, width="stretch")
-    st.caption("On Gaussian probes the score is the share of probes on which a model predicts the majority vote; on the "
-               "task's inputs, its weight in the leading singular vector of the models' centred predictions (the "
-               "spectral meta-learner; agrees_with_majority gives the readable share beside it). Measured on held-out tasks in docs/benchmarks.md (model selection); the same "
+    st.caption("Consensus: the share of inputs on which a model predicts what the others do, each other model weighted "
+               "by how much the rest agree with it. "
+               "Measured on held-out tasks in docs/benchmarks.md (model selection); the same "
                "ranking from the command line: `peace rank`.")
 
 

@@ -9,11 +9,12 @@ Beside them, signals that read no trained probe at all:
 
 - **confidence**: each model's mean top softmax probability on the task's unlabelled inputs (uses data);
 - **consensus**: models that solve a task agree with each other, models that do not err each their own
-  way, so a model's agreement with the others ranks it. On the task's unlabelled inputs (uses data) the
-  spectral meta-learner (Parisi, Strino, Nadler, Kluger, PNAS 2014): each model's weight in the leading
-  eigenvector of the models' centred prediction covariance, which discounts voters nobody agrees with;
-  on PEACE's Gaussian probe inputs (weights only: no data of the task) each model's agreement with the
-  majority vote. Both were chosen on the validation split (``docs/benchmarks.md``).
+  way, so a model's agreement with the others ranks it, on the task's unlabelled inputs (uses data) or on
+  PEACE's Gaussian probe inputs (weights only: no data of the task). The default weighs each other model
+  by its own centrality (the Perron eigenvector of the pairwise agreement matrix). Chosen on the demo
+  zoo's validation split and checked on a zoo made elsewhere (TETRIS-SEED): the spectral meta-learner
+  (Parisi, Strino, Nadler, Kluger, PNAS 2014) ties it on validation but ranks TETRIS-SEED's models at
+  random, the plain majority vote fails where fine-tunes agree by their parents (``docs/benchmarks.md``).
 
 The score is ``peace.evaluate.metrics.within_group_tau`` (``linear_probe(..., rank_within=...)`` for probes).
 """
@@ -63,21 +64,33 @@ def confidence(specs: Sequence[ArchSpec], params: Sequence[dict[str, torch.Tenso
     return out
 
 
-def agreement_scores(predictions: np.ndarray, how: str = "majority") -> np.ndarray:
+def agreement_scores(predictions: np.ndarray, how: str = "centrality") -> np.ndarray:
     """Label-free quality scores of ``n`` models from their predicted classes (n, K) on K shared inputs,
-    higher for models that agree with the others: ``majority``, the share of inputs where a model predicts
-    the majority vote; ``spectral``, its entry in the leading singular vector of the centred one-hot
-    predictions (the spectral meta-learner), signed to agree with the majority score."""
+    higher for models that agree with the others. ``centrality`` (the default): agreement with the others
+    weighted by how central each of them is, the Perron eigenvector v of the pairwise agreement matrix A
+    (A_ij: share of inputs on which i and j predict alike), reported as (A v)_i / sum(v), a share in
+    [0, 1]; ``majority``: the share of inputs on which a model predicts the majority vote; ``spectral``:
+    its entry in the leading singular vector of the centred one-hot predictions (Parisi et al. 2014),
+    signed to agree with the majority score."""
     P = np.asarray(predictions)
     if P.ndim != 2 or len(P) == 0:
         raise PeaceError(f"agreement scores need (models, inputs) predicted classes, got shape {P.shape}")
+    if how not in ("centrality", "majority", "spectral"):
+        raise PeaceError(f"unknown agreement score {how!r}; choose 'centrality', 'majority' or 'spectral'")
     onehot = np.eye(int(P.max()) + 1, dtype=np.float32)[P]  # (n, K, C)
     majority = (P == onehot.sum(0).argmax(-1)).mean(1)
     if how == "majority" or len(P) < 3:
         return majority
-    if how != "spectral":
-        raise PeaceError(f"unknown agreement score {how!r}; choose 'majority' or 'spectral'")
     Q = onehot.reshape(len(P), -1)
+    if how == "centrality":  # power iteration on A = Q Q^T / K without forming the n x n matrix
+        v = np.ones(len(P), np.float64)
+        for _ in range(200):
+            w = Q @ (Q.T @ v) / P.shape[1]
+            w /= np.linalg.norm(w)
+            done, v = np.abs(w - v).max() < 1e-10, w
+            if done:
+                break
+        return (Q @ (Q.T @ v) / P.shape[1]) / v.sum()
     Q -= Q.mean(0)
     if not np.abs(Q).max() > 0:  # every model predicts alike: nothing to rank
         return majority
@@ -87,16 +100,14 @@ def agreement_scores(predictions: np.ndarray, how: str = "majority") -> np.ndarr
 
 
 def consensus(specs: Sequence[ArchSpec], params: Sequence[dict[str, torch.Tensor]], tasks: Sequence[str],
-              inputs: str | torch.Tensor = "data", split: str = "test", how: str | None = None) -> np.ndarray:
+              inputs: str | torch.Tensor = "data", split: str = "test", how: str = "centrality") -> np.ndarray:
     """Each model's consensus score among the models of its task (see the module docstring), read on
     ``inputs``: ``"data"``, the task's unlabelled ``split`` inputs; ``"probes"``, PEACE's Gaussian probes of
     the models' io-space (weights only, so ``tasks`` may be any grouping of models); or a tensor of
-    unlabelled inputs that every model reads. ``how``: ``agreement_scores``' method; by default the one
-    validation chose (majority on Gaussian probes, spectral on data)."""
+    unlabelled inputs that every model reads. ``how``: ``agreement_scores``' method (centrality by default)."""
     if isinstance(inputs, str) and inputs not in ("data", "probes"):
         raise PeaceError(f"consensus reads 'data' (the task's unlabelled inputs), 'probes' or an input tensor, "
                          f"not {inputs!r}")
-    how = how or ("majority" if isinstance(inputs, str) and inputs == "probes" else "spectral")
     predictions = [np.zeros(0, np.int64)] * len(specs)
     for (spec, task), idx in _by(specs, tasks).items():
         x = (inputs if not isinstance(inputs, str) else probe_inputs(spec.input_shape) if inputs == "probes"

@@ -302,8 +302,8 @@ def selection_markdown(study: dict | None) -> str:
             f"vectors, fit on the training tasks' models: no label of these tasks is used); Kendall tau against "
             f"their true test accuracy inside each task, averaged over tasks. {CONFIDENCE}: each model's mean top "
             f"softmax probability on the task's test inputs (uses the task's data, not its labels). Consensus: how "
-            f"much a model agrees with the task's other models, on the task's unlabelled inputs (spectral) or on "
-            f"Gaussian probes (majority vote; weights only), `peace.evaluate.selection`.\n\n"
+            f"much a model agrees with the task's other models (each weighted by its own centrality), on the task's "
+            f"unlabelled inputs or on Gaussian probes (weights only), `peace.evaluate.selection`.\n\n"
             f"{markdown_table(pd.DataFrame({'within-task Kendall tau': study['methods']}))}\n")
 
 

@@ -58,7 +58,8 @@ def _one_space(specs: Sequence[ArchSpec]) -> None:
 
 def rank(specs: Sequence[ArchSpec], params: Sequence[dict[str, torch.Tensor]], rows: pd.DataFrame,
          inputs: str | Path | None = None, task: str | None = None) -> tuple[pd.DataFrame, str]:
-    """``rows`` (one per model, ``model_id`` first) ordered best first by consensus on unlabelled inputs:
+    """``rows`` (one per model, ``model_id`` first) ordered best first by consensus (a model's agreement with the
+    others, each weighted by its own centrality: ``agreement_scores``) on unlabelled inputs:
     ``inputs``, a ``.npy`` file of them; ``task``, a PEACE task's test inputs; neither, Gaussian probes
     (weights only). The models must read one input -> class space. Returns the table and what was read."""
     _one_source(inputs, task)
@@ -78,9 +79,8 @@ def rank(specs: Sequence[ArchSpec], params: Sequence[dict[str, torch.Tensor]], r
     else:
         x, read = "probes", "Gaussian probe inputs (weights only: no data read)"
     read = read if isinstance(x, str) else f"{len(x)} {read}"
-    table = rows.assign(consensus=consensus(specs, params, group, x),  # the ranking, and a share one can read
-                        agrees_with_majority=consensus(specs, params, group, x, how="majority"))
-    table = table.sort_values("consensus", ascending=False, kind="stable")
+    table = rows.assign(consensus=consensus(specs, params, group, x)).sort_values("consensus", ascending=False,
+                                                                                  kind="stable")
     table.insert(0, "rank", np.arange(1, len(table) + 1))
     return table.reset_index(drop=True), read
 
