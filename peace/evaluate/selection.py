@@ -28,8 +28,8 @@ import torch
 from scipy.sparse.linalg import svds
 
 from peace.core.errors import PeaceError
-from peace.nets.architectures import ArchSpec, forward, stack_params
-from peace.nets.probes import io_space, probe_inputs
+from peace.nets.architectures import ArchSpec, predict
+from peace.nets.probes import io_space, responses
 from peace.zoo.tasks import load_task
 
 __all__ = ["CONFIDENCE", "DATA_CONSENSUS", "MAX_INPUTS", "PROBE_CONSENSUS", "agreement_scores", "confidence", "consensus"]
@@ -47,20 +47,13 @@ def _by(specs: Sequence[ArchSpec], tasks: Sequence[str]) -> dict[tuple[ArchSpec,
     return groups
 
 
-@torch.no_grad()
-def _outputs(spec: ArchSpec, params: Sequence[dict[str, torch.Tensor]], x: torch.Tensor) -> torch.Tensor:
-    """(models, inputs, classes) softmax outputs of one architecture's models, run as one population."""
-    stacked = {k: v.float() for k, v in stack_params(list(params)).items()}
-    return forward(spec, stacked, x.float().reshape(-1, *spec.input_shape)).softmax(-1)
-
-
 def confidence(specs: Sequence[ArchSpec], params: Sequence[dict[str, torch.Tensor]], tasks: Sequence[str],
                split: str = "test") -> np.ndarray:
     """Each model's mean top softmax probability on its task's ``split`` inputs (the labels are not read)."""
     out = np.zeros(len(specs))
     for (spec, task), idx in _by(specs, tasks).items():
         x = torch.as_tensor(load_task(task).split(split)[0])
-        out[idx] = _outputs(spec, [params[i] for i in idx], x).amax(-1).mean(-1).numpy()
+        out[idx] = predict(spec, [params[i] for i in idx], x).softmax(-1).amax(-1).mean(-1).numpy()
     return out
 
 
@@ -83,14 +76,13 @@ def agreement_scores(predictions: np.ndarray, how: str = "centrality") -> np.nda
         return majority
     Q = onehot.reshape(len(P), -1)
     if how == "centrality":  # power iteration on A = Q Q^T / K without forming the n x n matrix
-        v = np.ones(len(P), np.float64)
+        v = np.ones(len(P), np.float64) / np.sqrt(len(P))
         for _ in range(200):
-            w = Q @ (Q.T @ v) / P.shape[1]
-            w /= np.linalg.norm(w)
-            done, v = np.abs(w - v).max() < 1e-10, w
-            if done:
+            av = Q @ (Q.T @ v) / P.shape[1]
+            v, last = av / np.linalg.norm(av), v
+            if np.abs(v - last).max() < 1e-10:
                 break
-        return (Q @ (Q.T @ v) / P.shape[1]) / v.sum()
+        return av / last.sum()  # (A v)_i / sum(v) for the v that av was computed from
     Q -= Q.mean(0)
     if not np.abs(Q).max() > 0:  # every model predicts alike: nothing to rank
         return majority
@@ -108,13 +100,14 @@ def consensus(specs: Sequence[ArchSpec], params: Sequence[dict[str, torch.Tensor
     if isinstance(inputs, str) and inputs not in ("data", "probes"):
         raise PeaceError(f"consensus reads 'data' (the task's unlabelled inputs), 'probes' or an input tensor, "
                          f"not {inputs!r}")
-    predictions = [np.zeros(0, np.int64)] * len(specs)
-    for (spec, task), idx in _by(specs, tasks).items():
-        x = (inputs if not isinstance(inputs, str) else probe_inputs(spec.input_shape) if inputs == "probes"
-             else torch.as_tensor(load_task(task).split(split)[0]))
-        pred = _outputs(spec, [params[i] for i in idx], x[:MAX_INPUTS]).argmax(-1).numpy()
-        for j, i in enumerate(idx):
-            predictions[i] = pred[j]
+    if isinstance(inputs, str) and inputs == "probes":  # the function-space baseline's probe responses
+        predictions = [r.argmax(-1).numpy() for r in responses(specs, params)]
+    else:
+        predictions = [np.zeros(0, np.int64)] * len(specs)
+        for (spec, task), idx in _by(specs, tasks).items():
+            x = inputs if not isinstance(inputs, str) else torch.as_tensor(load_task(task).split(split)[0])
+            for i, p in zip(idx, predict(spec, [params[i] for i in idx], x[:MAX_INPUTS]).argmax(-1).numpy()):
+                predictions[i] = p
     out = np.zeros(len(specs))
     groups: dict[tuple[str, str], list[int]] = defaultdict(list)
     for i, (s, t) in enumerate(zip(specs, tasks)):

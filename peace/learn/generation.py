@@ -37,13 +37,13 @@ from peace.learn.decoder import (
     unflatten,
 )
 from peace.learn.run import RunDir
-from peace.nets.architectures import ArchSpec, build_module, evaluate, forward, stack_params
+from peace.nets.architectures import ArchSpec, build_module, evaluate, forward, predict, stack_params
 from peace.nets.probes import probe_inputs
 from peace.zoo.store import Zoo, usable
 from peace.zoo.tasks import Task, load_task
 
 __all__ = [
-    "Group", "SampleConfig", "accuracy", "decoder_groups", "default_inits", "kde_draws", "predictions", "reconstruction", "reconstruction_summary",
+    "Group", "SampleConfig", "accuracy", "decoder_groups", "default_inits", "kde_draws", "reconstruction", "reconstruction_summary",
     "run_decoder",
     "sample_models", "train_decoder"
 ]
@@ -166,12 +166,6 @@ def run_decoder(run_dir: str | Path) -> tuple[WeightDecoder, dict]:
 
 # --- judging reconstructions by function ------------------------------------------------------------
 
-@torch.no_grad()
-def predictions(spec: ArchSpec, params: Sequence[Params], X: Tensor) -> Tensor:
-    """(models, samples) predicted classes of each model on ``X``."""
-    return forward(spec, stack_params(list(params)), X.reshape(len(X), *spec.input_shape)).argmax(-1)
-
-
 def accuracy(spec: ArchSpec, params: Sequence[Params], task: Task, split: str = "test") -> np.ndarray:
     """Each model's accuracy on the task's ``split``."""
     X, y = task.split(split)
@@ -208,14 +202,15 @@ def reconstruction(dec: WeightDecoder, zoo: Zoo, test: Sequence[Group], train: S
             task = load_task(task_name)
             X = torch.from_numpy(task.split("test")[0])
             orig = [originals[j] for j in idx]
-            ref_pred, ref_probe = predictions(g.spec, orig, X), predictions(g.spec, orig, probes)
+            ref_pred, ref_probe = predict(g.spec, orig, X).argmax(-1), predict(g.spec, orig, probes).argmax(-1)
             rec = {"model_id": [g.ids[j] for j in idx], "arch": g.spec.describe(), "family": g.spec.family,
                    "task": task_name, "original_acc": accuracy(g.spec, orig, task)}
             for name, models in candidates.items():
                 picked = [models[j] for j in idx]
                 rec[f"{name}_acc"] = accuracy(g.spec, picked, task)
-                rec[f"{name}_agreement"] = (predictions(g.spec, picked, X) == ref_pred).float().mean(1).numpy()
-                rec[f"{name}_probe_agreement"] = (predictions(g.spec, picked, probes) == ref_probe).float().mean(1).numpy()
+                rec[f"{name}_agreement"] = (predict(g.spec, picked, X).argmax(-1) == ref_pred).float().mean(1).numpy()
+                rec[f"{name}_probe_agreement"] = (predict(g.spec, picked, probes).argmax(-1)
+                                                  == ref_probe).float().mean(1).numpy()
             rows.append(pd.DataFrame(rec))
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
 

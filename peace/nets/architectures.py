@@ -34,7 +34,7 @@ __all__ = [
     "ArchSpec", "ChannelLayerNorm", "Layer", "PeaceNet", "build_module", "check_params", "conv", "evaluate",
     "fold_batchnorm",
     "fold_norms", "folded_spec", "forward", "hidden_shapes", "is_buffer", "load_weights", "nll", "normalize",
-    "stack_params", "unstack_params"
+    "predict", "stack_params", "unstack_params"
 ]
 
 FAMILIES = ("mlp", "cnn1d", "cnn2d", "resnet", "vit")
@@ -419,6 +419,14 @@ def unstack_params(params: dict[str, Tensor], i: int) -> dict[str, Tensor]:
 
 
 # --- evaluation -------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def predict(spec: ArchSpec, models: Sequence[dict[str, Tensor]], x: Tensor) -> Tensor:
+    """(models, inputs, classes) float32 logits of single-model state dicts of one architecture on ``x``
+    (rows of the spec's inputs, any shape that reshapes to them), run as one population."""
+    stacked = {k: v.float() for k, v in stack_params(list(models)).items()}
+    return forward(spec, stacked, x.float().reshape(-1, *spec.input_shape))
+
 
 def nll(logits: Tensor, y: Tensor) -> Tensor:
     """Per-sample cross-entropy for (..., C) logits; faster than F.cross_entropy on many tiny models."""

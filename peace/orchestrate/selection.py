@@ -66,21 +66,21 @@ def rank(specs: Sequence[ArchSpec], params: Sequence[dict[str, torch.Tensor]], r
     if not 3 <= len(specs) <= MAX_RANKED:
         raise PeaceError(f"a ranking by consensus needs 3 to {MAX_RANKED:,} models, got {len(specs)}")
     _one_space(specs)
-    spec, group = specs[0], ["selection"] * len(specs)
+    spec = specs[0]
     if inputs is not None:
-        x, read = read_inputs(inputs, spec), f"unlabelled inputs of {inputs}"
+        x = read_inputs(inputs, spec)
+        scores, read = consensus(specs, params, ["selection"] * len(specs), x), f"{len(x)} unlabelled inputs of {inputs}"
     elif task is not None:
         t = load_task(task)
         if int(np.prod(t.input_shape)) != int(np.prod(spec.input_shape)) or t.n_classes != spec.n_classes:
             raise PeaceError(f"task {task!r} has inputs {t.input_shape} and {t.n_classes} classes; the models read "
                              f"{tuple(spec.input_shape)} into {spec.n_classes} classes")
-        x, read = torch.as_tensor(t.split("test")[0][:MAX_INPUTS]), f"unlabelled test inputs of task {task!r} (its " \
-                                                                      f"labels are not read)"
+        scores = consensus(specs, params, [task] * len(specs), "data")
+        read = f"{min(len(t.X_test), MAX_INPUTS)} unlabelled test inputs of task {task!r} (its labels are not read)"
     else:
-        x, read = "probes", "Gaussian probe inputs (weights only: no data read)"
-    read = read if isinstance(x, str) else f"{len(x)} {read}"
-    table = rows.assign(consensus=consensus(specs, params, group, x)).sort_values("consensus", ascending=False,
-                                                                                  kind="stable")
+        scores = consensus(specs, params, ["selection"] * len(specs), "probes")
+        read = "Gaussian probe inputs (weights only: no data read)"
+    table = rows.assign(consensus=scores).sort_values("consensus", ascending=False, kind="stable")
     table.insert(0, "rank", np.arange(1, len(table) + 1))
     return table.reset_index(drop=True), read
 
