@@ -29,7 +29,7 @@ def _models(n_seeds=2):
 
 @pytest.mark.skipif(not dgl_available(), reason="DGL is not installed (GPU machine); CI runs this")
 @pytest.mark.parametrize("kw", [{}, {"aggregation": "sum", "pooling": "cls"}, {"pooling": "mean", "canonicalize": False},
-                                {"function_tokens": True, "probes": 16, "projection_dim": 0}])
+                                {"function_tokens": True, "probes": 16, "projection_dim": 0}, {"message": "gated"}])
 def test_dgl_and_torch_backends_agree(kw):
     models = _models()
     torch_enc = _encoder(**kw)
@@ -50,10 +50,11 @@ def test_dgl_and_torch_backends_agree(kw):
 
 
 @pytest.mark.parametrize("case", range(len(MODELS)), ids=IDS)
-@pytest.mark.parametrize("tokens", [False, True], ids=["graph", "graph+function"])
-def test_embedding_is_exactly_invariant_to_every_allowed_symmetry(case, tokens):
+@pytest.mark.parametrize("tokens,message", [(False, "mlp"), (True, "mlp"), (False, "gated")],
+                         ids=["graph", "graph+function", "gated-graph"])
+def test_embedding_is_exactly_invariant_to_every_allowed_symmetry(case, tokens, message):
     _, spec, params = random_model(*MODELS[case], seed=case)
-    enc = _encoder(function_tokens=tokens, probes=32, function_block=16 if tokens else 0)
+    enc = _encoder(function_tokens=tokens, probes=32, function_block=16 if tokens else 0, message=message)
     base = enc.embed([spec], [params])
     moved = [random_symmetry(spec, params, seed=s) for s in range(4)]  # permutation + scaling / flips allowed
     emb = enc.embed([spec] * 4, moved)
@@ -151,15 +152,16 @@ def test_one_encoder_mixes_architectures_and_batches_independently():
     assert together.shape == (len(models), 64)
 
 
+@pytest.mark.parametrize("message", ["mlp", "gated"])
 @pytest.mark.parametrize("backend", ["torch", "dgl"])
-def test_populations_take_the_dense_path_with_the_same_outputs_and_gradients(backend):
+def test_populations_take_the_dense_path_with_the_same_outputs_and_gradients(backend, message):
     """Models of one architecture in a batch become dense blocks (messages by broadcasting, not per
     edge): the embeddings and every parameter's gradient equal those of per-edge message passing."""
     if backend == "dgl" and not dgl_available():
         pytest.skip("DGL is not installed (GPU machine); CI runs this")
     models = _models(n_seeds=3)
     torch.manual_seed(0)
-    enc = PeaceEncoder(EncoderConfig(backend=backend, hidden=32))
+    enc = PeaceEncoder(EncoderConfig(backend=backend, hidden=32, message=message))
     dense = enc.batch(*zip(*models))
     plain = ModelBatch(batch_graphs([prepare(s, p, enc.config) for s, p in models]))
     assert len(dense.graphs.blocks) > 10 and len(dense.graphs.rest) < plain.graphs.graphs.num_edges / 2
@@ -203,6 +205,8 @@ def test_heads_and_shapes():
 def test_bad_encoder_configs_are_named():
     with pytest.raises(PeaceError, match="unknown pooling 'max'; valid: attention, cls, mean"):
         EncoderConfig(pooling="max")
+    with pytest.raises(PeaceError, match="unknown message function 'attention'; valid: gated, mlp"):
+        EncoderConfig(message="attention")
     with pytest.raises(PeaceError, match="divisible by heads"):
         EncoderConfig(hidden=30, heads=4)
     with pytest.raises(PeaceError, match="unknown config key in override 'encoder.colour'.*hidden"):

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from peace.core.errors import PeaceError, unknown
-from peace.learn.message_passing import MessagePassing, mlp
+from peace.learn.message_passing import GatedMessagePassing, MessagePassing, mlp
 from peace.nets.architectures import ArchSpec, stack_params
 from peace.nets.graph import (
     EDGE_KINDS,
@@ -54,6 +54,7 @@ KINDS = ("gnn", "mlp")
 BACKENDS = ("auto", "dgl", "torch")
 POOLINGS = ("mean", "attention", "cls")
 AGGREGATIONS = ("mean", "sum")
+MESSAGES = {"mlp": MessagePassing, "gated": GatedMessagePassing}
 PROBE_SOURCES = ("gaussian", "learned")
 _POS_FREQS, _POS_SCALE = 10, 512.0  # input/output neuron index: distinct up to 1024 positions
 _DEPTH_FREQS = 6                     # normalized depth in [0, 1]
@@ -68,6 +69,7 @@ class EncoderConfig:
     hidden: int = 64              # node / token width
     rounds: int = 3               # message-passing rounds
     aggregation: str = "mean"     # of incoming messages: mean (width-robust) or sum
+    message: str = "mlp"          # message function: mlp of both ends and the edge, or gated (edge-gated, linear)
     transformer_layers: int = 2   # across the layer sequence; 0 skips the Transformer
     heads: int = 4
     pooling: str = "attention"    # over layer tokens: mean, attention or cls
@@ -100,6 +102,8 @@ class EncoderConfig:
             raise unknown("pooling", self.pooling, POOLINGS)
         if self.aggregation not in AGGREGATIONS:
             raise unknown("aggregation", self.aggregation, AGGREGATIONS)
+        if self.message not in MESSAGES:
+            raise unknown("message function", self.message, tuple(MESSAGES))
         if self.probe_source not in PROBE_SOURCES:
             raise unknown("probe source", self.probe_source, PROBE_SOURCES)
         if min(self.hidden, self.rounds + 1, self.embedding_dim, self.projection_dim + 1, self.heads, self.edge_dim,
@@ -283,7 +287,7 @@ class PeaceEncoder(Embedder):
         H = c.hidden
         edge_in = c.edge_dim + len(EDGE_KINDS)
         self.node_in = nn.Linear(NODE_DIM + 2 * _POS_FREQS + 1, H)
-        self.rounds = nn.ModuleList(MessagePassing(H, edge_in, c.aggregation) for _ in range(c.rounds))
+        self.rounds = nn.ModuleList(MESSAGES[c.message](H, edge_in, c.aggregation) for _ in range(c.rounds))
         self.readout = mlp(2 * H, H, H)
         self.depth_in = nn.Linear(2 * _DEPTH_FREQS, H)
         self.transformer = (nn.TransformerEncoder(

@@ -4,6 +4,10 @@ Per-edge messages gather node states and scatter sums (pure torch, any device; o
 CPU). Models of one architecture batched as a population (``graph.DenseBlock``) take a third way for
 their dense layers: the (P, n_out, n_in) messages by broadcasting, a few models at a time, which is
 the same arithmetic without per-edge indexing.
+
+Two message functions: ``MessagePassing`` (an MLP of both ends and the edge, the default) and
+``GatedMessagePassing`` (the sender's state gated by the edge, linear in both: a dense layer's messages
+are then matrix products, with no work per edge and channel).
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from torch import Tensor, nn
 
 from peace.nets.graph import EDGE_KINDS, DenseBlock
 
-__all__ = ["DENSE_CHUNK", "EDGE_CHUNK", "MessagePassing", "mlp"]
+__all__ = ["DENSE_CHUNK", "EDGE_CHUNK", "GatedMessagePassing", "MessagePassing", "mlp"]
 
 EDGE_CHUNK = 2**18     # edges whose messages the pure-torch backend computes at once: memory O(chunk x hidden)
 DENSE_CHUNK = 2**12    # edges of a population's dense layer computed at once (their messages fit in L2 cache)
@@ -94,10 +98,14 @@ class MessagePassing(nn.Module):
         agg_f, agg_b = self.dense(d_all, s_all, e if e_all is None else e_all, blocks)
         for a in range(0, len(src), EDGE_CHUNK):  # messages of a chunk of edges at a time: bounded memory
             b = a + EDGE_CHUNK
-            m = F.silu(d_all[dst[a:b]] + s_all[src[a:b]] + self.edge_lin(e[a:b])).float()
+            m = self.messages(d_all, s_all, e[a:b], src[a:b], dst[a:b]).float()
             agg_f.index_add_(0, dst[a:b], m[:, :H])
             agg_b.index_add_(0, src[a:b], m[:, H:])
         return self._update(h, *self._scale(agg_f, agg_b, deg_in, deg_out))
+
+    def messages(self, d_all: Tensor, s_all: Tensor, e: Tensor, src: Tensor, dst: Tensor) -> Tensor:
+        """(E, 2H) [forward | backward] messages of the edges ``src -> dst`` carrying ``e``."""
+        return F.silu(d_all[dst] + s_all[src] + self.edge_lin(e))
 
     def forward_dgl(self, h: Tensor, e: Tensor, g, rg, deg_in: Tensor, deg_out: Tensor,
                     blocks: Sequence[DenseBlock] = (), e_all: Tensor | None = None) -> Tensor:
@@ -117,4 +125,67 @@ class MessagePassing(nn.Module):
             rg.update_all(fn.copy_e("m", "m"), fn.sum("m", "agg"))
             agg_f += g.ndata.pop("agg")
             agg_b += rg.ndata.pop("agg")
+        return self._update(h, *self._scale(agg_f, agg_b, deg_in, deg_out))
+
+
+class GatedMessagePassing(MessagePassing):
+    """A round whose messages are the sender's state gated channel by channel by the edge:
+    m_ij = (C e_ij + C' |w_ij|) * B h_j forward (and the same with the receiver's state backward).
+
+    Linear in the sender and in the weights (|w| gives the gate a kink), so a dense layer's messages
+    sum to matrix products, W @ (B h) per model (the network's own forward pass, on feature vectors): no
+    work per edge and channel, where ``MessagePassing`` evaluates a SiLU on every one. The nonlinearity is the update's.
+    """
+
+    def __init__(self, hidden: int, edge_in: int, aggregation: str):
+        super().__init__(hidden, edge_in, aggregation)
+        self.dst_lin = nn.Linear(hidden, hidden)                    # backward messages' sender state
+        self.src_lin = nn.Linear(hidden, hidden, bias=False)        # forward messages' sender state
+        self.abs_lin = nn.Linear(edge_in - len(EDGE_KINDS), 2 * hidden, bias=False)  # the gate's |w| term
+
+    def gates(self, e: Tensor) -> Tensor:
+        """(E, 2H) [forward | backward] gates of edges with inputs ``e`` (values, then kind one-hot)."""
+        return self.edge_lin(e) + self.abs_lin(e[:, :self.abs_lin.in_features].abs())
+
+    def messages(self, d_all: Tensor, s_all: Tensor, e: Tensor, src: Tensor, dst: Tensor) -> Tensor:
+        g = self.gates(e)
+        H = s_all.shape[1]
+        return torch.cat([g[:, :H] * s_all[src], g[:, H:] * d_all[dst]], 1)
+
+    def dense(self, d_all: Tensor, s_all: Tensor, e: Tensor, blocks: Sequence[DenseBlock]) -> tuple[Tensor, Tensor]:
+        """(N, H) float32 sums of the blocks' forward / backward messages: per block and direction one
+        batched matrix product of [W, |W|] (P, n_out, n_in * 2V) with the sender states scaled by the
+        gates' coefficients, added in place to the receivers' rows (a block's nodes are a strided view)."""
+        H, kinds = s_all.shape[1], e.shape[1] - len(EDGE_KINDS)
+        agg_f = torch.zeros(d_all.shape[0], H, device=d_all.device, dtype=torch.float32)
+        agg_b = torch.zeros(d_all.shape[0], H, device=d_all.device, dtype=torch.float32)
+        for b in blocks:
+            coef = torch.cat([self.edge_lin.weight[:, :b.values], self.abs_lin.weight[:, :b.values]], 1).T  # (2V, 2H)
+            c_kind = self.edge_lin.weight[:, kinds + b.kind]
+            D, S, E = b.nodes(d_all, True), b.nodes(s_all, False), b.edges(e[:, :b.values])
+            E = torch.cat([E, E.abs()], -1).flatten(2)                          # (P, n_out, n_in * 2V)
+            S2 = (S.unsqueeze(2) * coef[:, :H]).flatten(1, 2)                    # (P, n_in * 2V, H)
+            fwd = torch.bmm(E, S2) + S.sum(1, keepdim=True) * c_kind[:H]
+            bwd = torch.bmm(E.transpose(1, 2), D).unflatten(1, (b.n_in, -1))     # (P, n_in, 2V, H)
+            bwd = (bwd * coef[:, H:]).sum(2) + D.sum(1, keepdim=True) * c_kind[H:]
+            b.nodes(agg_f, True).add_(fwd)
+            b.nodes(agg_b, False).add_(bwd)
+        return agg_f, agg_b
+
+    def forward_dgl(self, h: Tensor, e: Tensor, g, rg, deg_in: Tensor, deg_out: Tensor,
+                    blocks: Sequence[DenseBlock] = (), e_all: Tensor | None = None) -> Tensor:
+        """The same round with DGL's fused gather-multiply-sum for the edges of ``g`` / ``rg``."""
+        import dgl.function as fn
+
+        H = h.shape[1]
+        d_all, s_all = self.dst_lin(h), self.src_lin(h)
+        agg_f, agg_b = self.dense(d_all, s_all, e if e_all is None else e_all, blocks)
+        if g.num_edges():
+            gate = self.gates(e)
+            g.ndata["x"], g.edata["g"] = s_all, gate[:, :H]
+            rg.ndata["x"], rg.edata["g"] = d_all, gate[:, H:]
+            for graph, agg in ((g, agg_f), (rg, agg_b)):
+                graph.update_all(fn.u_mul_e("x", "g", "m"), fn.sum("m", "agg"))
+                agg += graph.ndata.pop("agg").float()
+                del graph.ndata["x"], graph.edata["g"]
         return self._update(h, *self._scale(agg_f, agg_b, deg_in, deg_out))
