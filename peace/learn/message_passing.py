@@ -110,22 +110,26 @@ class MessagePassing(nn.Module):
     def forward_dgl(self, h: Tensor, e: Tensor, g, rg, deg_in: Tensor, deg_out: Tensor,
                     blocks: Sequence[DenseBlock] = (), e_all: Tensor | None = None) -> Tensor:
         """The same round with DGL's kernels for the edges of ``g`` / ``rg`` (carrying ``e``)."""
-        import dgl.function as fn
-
-        H = h.shape[1]
         d_all, s_all = self.dst_lin(h), self.src_lin(h)
         agg_f, agg_b = self.dense(d_all, s_all, e if e_all is None else e_all, blocks)
         if g.num_edges():
-            g.ndata["d"], g.ndata["s"] = d_all, s_all
-            g.apply_edges(fn.v_add_u("d", "s", "t"))
-            del g.ndata["d"], g.ndata["s"]
-            m = F.silu(g.edata.pop("t") + self.edge_lin(e)).float()
-            g.edata["m"], rg.edata["m"] = m[:, :H], m[:, H:]
-            g.update_all(fn.copy_e("m", "m"), fn.sum("m", "agg"))
-            rg.update_all(fn.copy_e("m", "m"), fn.sum("m", "agg"))
-            agg_f += g.ndata.pop("agg")
-            agg_b += rg.ndata.pop("agg")
+            self.dgl_messages(d_all, s_all, e, g, rg, agg_f, agg_b)
         return self._update(h, *self._scale(agg_f, agg_b, deg_in, deg_out))
+
+    def dgl_messages(self, d_all: Tensor, s_all: Tensor, e: Tensor, g, rg, agg_f: Tensor, agg_b: Tensor) -> None:
+        """Add the messages of ``g``'s edges (carrying ``e``) to ``agg_f`` / ``agg_b``, with DGL's kernels."""
+        import dgl.function as fn
+
+        H = agg_f.shape[1]
+        g.ndata["d"], g.ndata["s"] = d_all, s_all
+        g.apply_edges(fn.v_add_u("d", "s", "t"))
+        del g.ndata["d"], g.ndata["s"]
+        m = F.silu(g.edata.pop("t") + self.edge_lin(e)).float()
+        g.edata["m"], rg.edata["m"] = m[:, :H], m[:, H:]
+        g.update_all(fn.copy_e("m", "m"), fn.sum("m", "agg"))
+        rg.update_all(fn.copy_e("m", "m"), fn.sum("m", "agg"))
+        agg_f += g.ndata.pop("agg")
+        agg_b += rg.ndata.pop("agg")
 
 
 class GatedMessagePassing(MessagePassing):
@@ -172,20 +176,14 @@ class GatedMessagePassing(MessagePassing):
             b.nodes(agg_b, False).add_(bwd)
         return agg_f, agg_b
 
-    def forward_dgl(self, h: Tensor, e: Tensor, g, rg, deg_in: Tensor, deg_out: Tensor,
-                    blocks: Sequence[DenseBlock] = (), e_all: Tensor | None = None) -> Tensor:
-        """The same round with DGL's fused gather-multiply-sum for the edges of ``g`` / ``rg``."""
+    def dgl_messages(self, d_all: Tensor, s_all: Tensor, e: Tensor, g, rg, agg_f: Tensor, agg_b: Tensor) -> None:
+        """The same with DGL's fused gather-multiply-sum (no message is materialized)."""
         import dgl.function as fn
 
-        H = h.shape[1]
-        d_all, s_all = self.dst_lin(h), self.src_lin(h)
-        agg_f, agg_b = self.dense(d_all, s_all, e if e_all is None else e_all, blocks)
-        if g.num_edges():
-            gate = self.gates(e)
-            g.ndata["x"], g.edata["g"] = s_all, gate[:, :H]
-            rg.ndata["x"], rg.edata["g"] = d_all, gate[:, H:]
-            for graph, agg in ((g, agg_f), (rg, agg_b)):
-                graph.update_all(fn.u_mul_e("x", "g", "m"), fn.sum("m", "agg"))
-                agg += graph.ndata.pop("agg").float()
-                del graph.ndata["x"], graph.edata["g"]
-        return self._update(h, *self._scale(agg_f, agg_b, deg_in, deg_out))
+        H, gate = agg_f.shape[1], self.gates(e)
+        g.ndata["x"], g.edata["g"] = s_all, gate[:, :H]
+        rg.ndata["x"], rg.edata["g"] = d_all, gate[:, H:]
+        for graph, agg in ((g, agg_f), (rg, agg_b)):
+            graph.update_all(fn.u_mul_e("x", "g", "m"), fn.sum("m", "agg"))
+            agg += graph.ndata.pop("agg").float()
+            del graph.ndata["x"], graph.edata["g"]
