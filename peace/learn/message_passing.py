@@ -38,11 +38,14 @@ class MessagePassing(nn.Module):
     is applied after aggregating, since it commutes with a sum or mean.
     """
 
+    SENDER_MAPS = 2  # per-node maps of each end: [A | B'] and [B | A'] (the gated message needs only B', B)
+
     def __init__(self, hidden: int, edge_in: int, aggregation: str):
         super().__init__()
         self.aggregation = aggregation
-        self.dst_lin = nn.Linear(hidden, 2 * hidden)   # [A | B']: forward-message receiver, backward-message sender
-        self.src_lin = nn.Linear(hidden, 2 * hidden, bias=False)  # [B | A']
+        k = self.SENDER_MAPS
+        self.dst_lin = nn.Linear(hidden, k * hidden)   # [A | B']: forward-message receiver, backward-message sender
+        self.src_lin = nn.Linear(hidden, k * hidden, bias=False)  # [B | A']
         self.edge_lin = nn.Linear(edge_in, 2 * hidden, bias=False)  # [C | C']
         self.out_fwd, self.out_bwd = nn.Linear(hidden, hidden), nn.Linear(hidden, hidden)  # W2, W2'
         self.phi = mlp(3 * hidden, 2 * hidden, hidden)
@@ -141,10 +144,10 @@ class GatedMessagePassing(MessagePassing):
     work per edge and channel, where ``MessagePassing`` evaluates a SiLU on every one. The nonlinearity is the update's.
     """
 
+    SENDER_MAPS = 1  # dst_lin: the backward messages' sender state; src_lin: the forward messages'
+
     def __init__(self, hidden: int, edge_in: int, aggregation: str):
         super().__init__(hidden, edge_in, aggregation)
-        self.dst_lin = nn.Linear(hidden, hidden)                    # backward messages' sender state
-        self.src_lin = nn.Linear(hidden, hidden, bias=False)        # forward messages' sender state
         self.abs_lin = nn.Linear(edge_in - len(EDGE_KINDS), 2 * hidden, bias=False)  # the gate's |w| term
 
     def gates(self, e: Tensor) -> Tensor:
