@@ -1,6 +1,8 @@
 """peace embed / query / evaluate on the tiny zoo: real UMAP, a real Annoy index, stale detection."""
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -93,6 +95,7 @@ def test_a_set_knows_its_run_and_zoo_from_any_directory(embedding_set, tiny_run,
     assert not (tiny_zoo.path / "emb").exists()
 
 
+@pytest.mark.slow
 def test_evaluate_compares_every_method(tiny_run, tiny_zoo, tmp_path):
     mlp = fit(tiny_zoo, load_config("tiny", QUICK + ["encoder.kind=mlp", "encoder.max_params=512",
                                                      "encoder.function_tokens=false", "encoder.function_block=0"]),
@@ -125,12 +128,14 @@ def test_evaluate_compares_every_method(tiny_run, tiny_zoo, tmp_path):
     assert (tmp_path / "eval" / "retrieval.html").exists()
 
 
+@pytest.mark.slow
 def test_several_runs_give_mean_and_spread(tiny_run, tmp_path):
     from peace.orchestrate.evaluation import evaluate_runs
 
     copy = tmp_path / "b" / tiny_run.path.name  # the same run twice: zero spread, names kept apart
     shutil.copytree(tiny_run.path, copy)
-    summary = evaluate_runs([tiny_run.path, copy], tmp_path / "eval", transfer=None, accuracy=None, progress=False)
+    summary = evaluate_runs([tiny_run.path, copy], tmp_path / "eval", transfer=None, accuracy=None, probegen=0,
+                            progress=False)
     assert (tmp_path / "eval" / "tiny-0" / "metrics.json").exists() and (tmp_path / "eval" / "tiny-1" / "report.md").exists()
     peace = summary[(summary.method == "peace") & (summary.metric == "task mAP")].iloc[0]
     assert peace["n"] == 2 and peace["std"] == pytest.approx(0, abs=1e-9)
@@ -279,3 +284,14 @@ def test_indices_are_reproducible_when_small_and_threaded_when_big(tmp_path, mon
     exact = np.argsort(-(x[:50] @ x.T), axis=1)[:, :10]
     found = [set(ann.get_nns_by_vector(x[i].tolist(), 10, search_k=index.SEARCH_EFFORT * 10 * 11)) for i in range(50)]
     assert np.mean([len(f & set(e)) / 10 for f, e in zip(found, exact)]) >= 0.99
+
+
+@pytest.mark.slow
+def test_umaps_kernels_are_compiled_once_per_machine_not_once_per_process():
+    """umap-learn does not cache its numba kernels: each process compiled them (15-35 s on 2 cores)."""
+    script = ("import numpy as np; from peace.serve.export import _umap, umap_coordinates; "
+              "umap_coordinates(np.random.default_rng(0).normal(size=(40, 8)).astype('float32'), 2); "
+              "k = _umap().umap_.smooth_knn_dist; print(sum(k.stats.cache_hits.values()), sum(k.stats.cache_misses.values()))")
+    runs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True) for _ in range(2)]
+    hits, misses = map(int, runs[1].stdout.split())
+    assert (hits, misses) == (1, 0), [r.stdout for r in runs]  # the second process loaded what the first compiled

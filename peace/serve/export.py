@@ -1,9 +1,11 @@
 """``peace embed``: embed every model of a zoo with a trained encoder, add UMAP maps, build the index."""
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +26,32 @@ __all__ = [
 ]
 
 
+@functools.cache
+def _umap():
+    """umap-learn, with numba's on-disk cache turned on for its kernels. umap-learn does not ask for it,
+    so every process compiled them again: 15-35 s on 2 cores, most of a small set's export. Now once per
+    machine (numba keys the cache to the source files and its own version). A kernel whose Python
+    function another kernel shares (the parallel twin of the layout epoch) stays uncached: numba would
+    give both one cache entry."""
+    import umap  # imported lazily: it imports numba
+    from numba.core.caching import NullCache
+    from numba.core.registry import CPUDispatcher
+
+    kernels = list({id(obj): obj for name, mod in list(sys.modules.items()) if name.split(".")[0] == "umap"
+                    for obj in vars(mod).values() if isinstance(obj, CPUDispatcher)}.values())  # once, if imported twice
+    shared = Counter(id(k.py_func) for k in kernels)
+    for k in kernels:
+        if isinstance(k._cache, NullCache) and (shared[id(k.py_func)] == 1 or not k.targetoptions.get("parallel")):
+            try:
+                k.enable_caching()
+            except RuntimeError:  # no writable cache directory: compiled in each process, as before
+                break
+    return umap
+
+
 def umap_coordinates(emb: np.ndarray, n_components: int, seed: int = 0) -> np.ndarray:
     """UMAP (cosine metric, fixed seed) of the embeddings; tiny sets fall back to fewer neighbours."""
-    import umap  # imported lazily: numba compilation costs seconds
-
+    umap = _umap()
     n = len(emb)
     if n <= n_components + 1:
         return np.zeros((n, n_components), dtype=np.float32)
