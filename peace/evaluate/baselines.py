@@ -23,9 +23,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from sklearn.decomposition import PCA
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.preprocessing import StandardScaler
 from torch import Tensor
 
 from peace.core.errors import PeaceError
@@ -106,6 +103,8 @@ class MetadataSearch(Baseline):
 
     def __init__(self, columns: Sequence[str] = CARD_COLUMNS):
         self.columns = [c for c in columns if c not in ("task", "dataset", "group", "run_id", "lineage_id")]
+        from sklearn.feature_extraction.text import TfidfVectorizer  # here: scikit-learn costs the CLI 1.5 s to import
+
         self.vectorizer = TfidfVectorizer(token_pattern=r"[^\s]+")
 
     def cards(self, rows: pd.DataFrame) -> list[str]:
@@ -140,6 +139,8 @@ class WeightStats(Baseline):
 
     def fit(self, models: Models) -> WeightStats:
         self.depth_ = max(s.depth for s in models.specs)
+        from sklearn.preprocessing import StandardScaler
+
         self.scaler_ = StandardScaler().fit(self._raw(models))
         return self
 
@@ -159,6 +160,8 @@ class WeightPCA(Baseline):
         self.n_components = n_components
 
     def fit(self, models: Models) -> WeightPCA:
+        from sklearn.decomposition import PCA
+
         self.raw_ = RawWeights().fit(models)
         X = self.raw_.transform(models)
         self.pca_ = PCA(n_components=min(self.n_components, *X.shape), random_state=0).fit(X)
