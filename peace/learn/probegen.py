@@ -72,7 +72,8 @@ class ProbeGenEmbedding(Baseline):
         for _ in tqdm(range(n_steps), desc="learn probes", unit="step", disable=not self.progress, leave=False):
             anchors = list(rng.choice(rows["model_id"].to_numpy(), min(self.batch_size, len(rows)), replace=False))
             partners = [sampler.partner(a, rng)[1] for a in anchors]
-            za, zp = (F.normalize(self._embed(models, [row_of[m] for m in ms]), dim=-1) for ms in (anchors, partners))
+            z = F.normalize(self._embed(models, [row_of[m] for m in anchors + partners]), dim=-1)  # one pass
+            za, zp = z[:len(anchors)], z[len(anchors):]
             logits = za @ zp.T / self.temperature
             related = torch.from_numpy(kin.related(anchors, partners))
             logits = logits.masked_fill(related & ~torch.eye(len(anchors), dtype=torch.bool), float("-inf"))
@@ -89,12 +90,15 @@ class ProbeGenEmbedding(Baseline):
         groups: dict[ArchSpec, list[int]] = {}
         for j, i in enumerate(idx):
             groups.setdefault(models.specs[i], []).append(j)
+        generated: dict[str, Tensor] = {}  # each space's probes generated once, for all its architectures
         for spec, js in groups.items():
             space = io_space(spec)
             if space not in self.generators_:
                 raise PeaceError(f"io-space {space} was not among the spaces ProbeGen was fit on "
                                  f"({', '.join(self.generators_)}); pass spaces=[...] listing every space to embed")
-            probes = self.generators_[space]().reshape(-1, *spec.input_shape)
+            if space not in generated:
+                generated[space] = self.generators_[space]()
+            probes = generated[space].reshape(-1, *spec.input_shape)
             stacked = {k: v.float() for k, v in stack_params([models.params[idx[j]] for j in js]).items()}
             yield space, js, forward(spec, stacked, probes).softmax(-1)
 
