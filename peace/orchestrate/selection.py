@@ -66,10 +66,10 @@ def rank(specs: Sequence[ArchSpec], params: Sequence[dict[str, torch.Tensor]], r
     if not 3 <= len(specs) <= MAX_RANKED:
         raise PeaceError(f"a ranking by consensus needs 3 to {MAX_RANKED:,} models, got {len(specs)}")
     _one_space(specs)
-    spec = specs[0]
+    spec, group = specs[0], ["selection"] * len(specs)  # one group: every model is compared with every other
     if inputs is not None:
         x = read_inputs(inputs, spec)
-        scores, read = consensus(specs, params, ["selection"] * len(specs), x), f"{len(x)} unlabelled inputs of {inputs}"
+        scores, read = consensus(specs, params, group, x), f"{len(x)} unlabelled inputs of {inputs}"
     elif task is not None:
         t = load_task(task)
         if int(np.prod(t.input_shape)) != int(np.prod(spec.input_shape)) or t.n_classes != spec.n_classes:
@@ -78,7 +78,7 @@ def rank(specs: Sequence[ArchSpec], params: Sequence[dict[str, torch.Tensor]], r
         scores = consensus(specs, params, [task] * len(specs), "data")
         read = f"{min(len(t.X_test), MAX_INPUTS)} unlabelled test inputs of task {task!r} (its labels are not read)"
     else:
-        scores = consensus(specs, params, ["selection"] * len(specs), "probes")
+        scores = consensus(specs, params, group, "probes")
         read = "Gaussian probe inputs (weights only: no data read)"
     table = rows.assign(consensus=scores).sort_values("consensus", ascending=False, kind="stable")
     table.insert(0, "rank", np.arange(1, len(table) + 1))
