@@ -111,6 +111,7 @@ def test_property_recipes_validate_or_fail_clearly(field, value, top, top_value)
         pass
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(opts=st.lists(st.tuples(st.sampled_from(["--activation", "--input-shape", "--pool", "--max-size", "--task",
                                                 "--group"]), st.text("abc01,.-x ", min_size=1, max_size=6)),

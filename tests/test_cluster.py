@@ -53,6 +53,7 @@ def test_engines_refuse_what_they_cannot_do():
         assert [f.result() for f in [t.submit(abs, x) for x in (-1, 2, -3)]] == [1, 2, 3] and t.slots == 2
 
 
+@pytest.mark.slow
 def test_zoo_build_with_ray_equals_the_serial_build_and_resumes(serial_zoo, tmp_path):
     out = tmp_path / "tiny"
     p = run_peace("zoo", "build", "--preset", "tiny", "--out", out, "--ray", "local", "--ray-cpus", "2", "--quiet")

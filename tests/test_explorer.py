@@ -393,7 +393,7 @@ def test_the_ablations_page_shows_the_evaluation_when_there_is_no_grid(artifacts
 
     (tmp_path / "embeddings").symlink_to(artifacts / "embeddings", target_is_directory=True)
     evaluate(artifacts / "runs" / "tiny", tmp_path / "evaluation" / "tiny", transfer=None, accuracy=None,
-             progress=False)
+             probegen=0, progress=False)
     at = _app(tmp_path, monkeypatch, "Ablations")
     assert not at.exception and not at.info, [i.value for i in at.info]
     comparison = next(b for b in at.selectbox if b.label == "Comparison")

@@ -323,13 +323,15 @@ def test_the_generate_page_samples_compares_and_downloads_model_folders(artifact
         torch.testing.assert_close(back.params[k], v)
 
 
+@pytest.mark.slow
 def test_peace_evaluate_reports_the_generative_study(decoded_run, tmp_path):
     from peace.orchestrate.evaluation import evaluate
 
     with pytest.raises(PeaceError, match="pass candidates >= 2"):
         GenerativeConfig(candidates=1)  # bootstrapping (5 rounds by default) picks the best of several draws
     cfg = GenerativeConfig(n=2, candidates=1, rounds=1, epochs=1, seeds=1)
-    metrics = evaluate(decoded_run[0], tmp_path / "eval", transfer=None, accuracy=None, generative=cfg, progress=False)
+    metrics = evaluate(decoded_run[0], tmp_path / "eval", transfer=None, accuracy=None, generative=cfg, probegen=0,
+                       progress=False)
     methods = {r["method"] for r in metrics["generative"]["summary"]}
     assert methods >= {"sampled", "prompt models"} and "sampled + bootstrapping" not in methods  # rounds=1: no such row
     report = (tmp_path / "eval" / "report.md").read_text()
@@ -374,6 +376,7 @@ def test_the_reconstruction_term_targets_aligned_weights_and_skips_families_it_c
         load_config("tiny", ["train.reconstruction=-1"])
 
 
+@pytest.mark.slow
 def test_joint_training_moves_the_encoder_and_resumes_with_its_decoder(tiny_zoo, tmp_path, monkeypatch):
     """``train.reconstruction`` trains the encoder with a decoder (the E.D recipe): the encoder differs from
     the contrastive-only one, the error falls, and an interrupted run resumes to the uninterrupted one."""

@@ -202,6 +202,7 @@ def test_the_whole_corpus_costs_bounded_memory_and_time(corpus):
     assert r["peak_mib"] - r["base_mib"] < 1024 and r["seconds"] < 120, r
 
 
+@pytest.mark.slow
 def test_the_explorers_isolated_reader_refuses_the_corpus(corpus):
     for name, path in corpus.items():
         with pytest.raises(PeaceError, match=HOSTILE[name][1]):

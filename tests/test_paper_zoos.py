@@ -59,6 +59,7 @@ def test_uniform_and_normal_inits_are_torchs_defaults():
     assert not torch.equal(u[0], u[1])  # each seed its own draw
 
 
+@pytest.mark.slow
 def test_tiny_tetris_seed_learns_with_a_spread(tmp_path):
     """20 seeds of the real recipe: accuracy rises over the 75 epochs, well above chance, seeds differ."""
     zoo = build_zoo(recipe_from_dict(shrunk("tetris-seed", seeds=20)), tmp_path / "z", progress=False)
@@ -71,6 +72,7 @@ def test_tiny_tetris_seed_learns_with_a_spread(tmp_path):
     assert (bands.q10 <= curve).all() and (curve <= bands.q90).all() and (bands.runs == 20).all()
 
 
+@pytest.mark.slow
 def test_tiny_tetris_hyp_and_digits_seed_build_and_learn(tmp_path):
     hyp = build_zoo(recipe_from_dict(shrunk("tetris-hyp", seeds=1, epochs=10)), tmp_path / "hyp", progress=False)
     m = hyp.manifest

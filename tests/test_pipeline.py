@@ -25,29 +25,6 @@ def _root_with_zoo(tiny_zoo, tmp_path):
 
 
 @pytest.mark.slow
-def test_pipeline_runs_every_step_then_only_stale_ones(tiny_zoo, tmp_path, capsys):
-    root = _root_with_zoo(tiny_zoo, tmp_path)
-    kw = dict(preset="tiny", config="tiny", overrides=QUICK, device="cpu", root=root, transfer_epochs=0, progress=False)
-    assert run_pipeline(**kw) == ["ran"] * 4
-    for path in ("zoos/tiny/zoo.json", "runs/tiny/encoder.safetensors", "embeddings/tiny/index.json",
-                 "evaluation/tiny/metrics.json", "notebooks/tiny/04_evaluate.ipynb"):
-        assert (root / path).exists(), path
-    assert run_pipeline(**kw) == ["current"] * 4
-    (root / "evaluation/tiny/metrics.json").unlink()  # a missing output: only that step runs
-    capsys.readouterr()
-    assert run_pipeline(**{**kw, "progress": True}) == ["current"] * 3 + ["ran"]
-    said = capsys.readouterr()  # the plan with this machine's timings, then the notebook's progress (its stderr)
-    assert "[peace] plan: 1 of 4 step(s) to run" in said.out and "evaluate (04_evaluate.ipynb): runs, last took" in said.out
-    assert "evaluate:" in said.err and "[peace] 4/4 evaluate: done in" in said.out
-    assert set(json.loads((root / "notebooks/tiny/timings.json").read_text())) == {
-        "build zoo", "train encoder", "export embeddings", "evaluate"}
-    shutil.rmtree(root / "runs/tiny")  # retrained bit for bit (deterministic): embeddings stay current
-    assert run_pipeline(**kw) == ["current", "ran", "current", "current"]
-    assert run_pipeline(**{**kw, "seed": 1}) == ["current"] + ["ran"] * 3  # another encoder: all downstream reruns
-    assert json.loads((root / "runs/tiny/.pipeline-step.json").read_text())["parameters"]["seed"] == 1
-
-
-@pytest.mark.slow
 def test_a_failing_step_names_notebook_and_cell_and_keeps_earlier_outputs(tiny_zoo, tmp_path):
     root = _root_with_zoo(tiny_zoo, tmp_path)
     steps = pipeline_steps("tiny", "tiny", QUICK, "cpu", root=root, transfer_epochs=0)
@@ -142,18 +119,36 @@ def test_tiny_ablation_grid_end_to_end_with_resume(tiny_zoo, tmp_path):
 
 
 @pytest.mark.slow
-def test_the_tiny_preset_runs_as_a_user_types_it(tmp_path):
-    """`peace pipeline --preset tiny`, no other flag (issue 30: it used to stop at step 2 on the default config)."""
+def test_the_tiny_preset_runs_as_a_user_types_it_then_reruns_only_stale_steps(tmp_path, capsys):
+    """`peace pipeline --preset tiny`, no other flag (issue 30: it used to stop at step 2 on the default config);
+    then the same pipeline again: only what is missing or stale runs."""
     p = subprocess.run([sys.executable, "-m", "peace", "pipeline", "--preset", "tiny"], cwd=tmp_path,
                        capture_output=True, text=True)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "[peace] encoder config tiny: preset tiny's own" in p.stdout
+    root = tmp_path / "artifacts"
     for path in ("zoos/tiny/zoo.json", "runs/tiny/encoder.safetensors", "embeddings/tiny/index.json",
-                 "evaluation/tiny/metrics.json"):
-        assert (tmp_path / "artifacts" / path).exists(), path
-    saved = yaml.safe_load((tmp_path / "artifacts/runs/tiny/config.yaml").read_text())
+                 "evaluation/tiny/metrics.json", "notebooks/tiny/04_evaluate.ipynb"):
+        assert (root / path).exists(), path
+    saved = yaml.safe_load((root / "runs/tiny/config.yaml").read_text())
     assert saved["encoder"]["hidden"] == load_config("tiny").encoder.hidden != load_config("default").encoder.hidden
-    t = run_peace("train", "--zoo", tmp_path / "artifacts/zoos/tiny", "--out", tmp_path / "again", "--set",
+    assert set(json.loads((root / "notebooks/tiny/timings.json").read_text())) == {
+        "build zoo", "train encoder", "export embeddings", "evaluate"}
+
+    kw = dict(preset="tiny", root=root, progress=False)  # what the command line ran, from Python
+    assert run_pipeline(**kw) == ["current"] * 4
+    (root / "evaluation/tiny/metrics.json").unlink()  # a missing output: only that step runs
+    capsys.readouterr()
+    assert run_pipeline(**{**kw, "progress": True}) == ["current"] * 3 + ["ran"]
+    said = capsys.readouterr()  # the plan with this machine's timings, then the notebook's progress (its stderr)
+    assert "[peace] plan: 1 of 4 step(s) to run" in said.out and "evaluate (04_evaluate.ipynb): runs, last took" in said.out
+    assert "evaluate:" in said.err and "[peace] 4/4 evaluate: done in" in said.out
+    shutil.rmtree(root / "runs/tiny")  # retrained bit for bit (deterministic): embeddings stay current
+    assert run_pipeline(**kw) == ["current", "ran", "current", "current"]
+    assert run_pipeline(**{**kw, "seed": 1}, steps=["train encoder"]) == ["ran"]  # another encoder: everything
+    assert json.loads((root / "runs/tiny/.pipeline-step.json").read_text())["parameters"]["seed"] == 1
+    assert [s.is_current() for s in pipeline_steps("tiny", root=root, seed=1)] == [True, True, False, False]  # downstream
+    t = run_peace("train", "--zoo", root / "zoos/tiny", "--out", tmp_path / "again", "--set",
                   "train.epochs=1", "augment.distill_epochs=1")  # `peace train` on a preset's zoo: the same choice
     assert "[peace] encoder config tiny: named by the zoo's recipe" in t.stderr
 

@@ -35,6 +35,7 @@ def test_nfn_reads_mlps_only():
         NFNPredictor(ArchSpec("mlp", (16,), 4, hidden=(5,)), mode="xyz")
 
 
+@pytest.mark.slow
 def test_fit_nfn_learns_a_property_of_the_weights():
     """Target: the Frobenius norm of the first layer, which a permutation-invariant network can read."""
     spec = ArchSpec("mlp", (6,), 3, hidden=(5,), activation="tanh")

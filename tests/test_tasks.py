@@ -44,6 +44,7 @@ def test_unknown_task_lists_valid_names():
     assert "tetris" in task_names()
 
 
+@pytest.mark.slow
 def test_image_tasks_are_learnable_by_a_small_resnet_and_not_by_a_linear_reading():
     """The 16x16 tasks ResNets and ViTs learn (issue 26): a small ResNet reaches high test accuracy on
     each in 4 epochs, while a linear classifier of the pixels stays far below it on the ones made

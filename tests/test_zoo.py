@@ -117,6 +117,7 @@ def test_cli_info_and_help(tiny_zoo):
     assert missing.returncode == 2 and "peace zoo build" in missing.stderr
 
 
+@pytest.mark.slow
 def test_a_full_disk_during_a_build_is_one_line_and_resumes(tiny_zoo, tmp_path, monkeypatch, capsys):
     """safetensors reports a failed write as its own SafetensorError (ENOSPC seen on a full disk), not OSError."""
     from safetensors import SafetensorError
