@@ -5,6 +5,7 @@ import functools
 import json
 import sys
 import time
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -50,14 +51,24 @@ def _umap():
 
 
 def umap_coordinates(emb: np.ndarray, n_components: int, seed: int = 0) -> np.ndarray:
-    """UMAP (cosine metric, fixed seed) of the embeddings; tiny sets fall back to fewer neighbours."""
+    """UMAP (cosine metric, fixed seed) of the embeddings; tiny sets fall back to fewer neighbours.
+    UMAP gets the exact cosine neighbours (scikit-learn, brute force): from 4,096 points on it would
+    run NNDescent, whose numba kernels no cache keeps, about a minute of compiling per process on 2
+    cores, longer than the exact search of a map's at most ``MAP_SAMPLE`` points."""
+    from sklearn.neighbors import NearestNeighbors
+
     umap = _umap()
     n = len(emb)
     if n <= n_components + 1:
         return np.zeros((n, n_components), dtype=np.float32)
-    reducer = umap.UMAP(n_components=n_components, n_neighbors=min(15, n - 1), metric="cosine", random_state=seed, n_jobs=1,
-                        init="random" if n < 4 * n_components + 4 else "spectral")
-    return reducer.fit_transform(emb).astype(np.float32)
+    k = min(15, n - 1)
+    dist, idx = NearestNeighbors(n_neighbors=k, metric="cosine", algorithm="brute").fit(emb).kneighbors(emb)  # self first
+    reducer = umap.UMAP(n_components=n_components, n_neighbors=k, metric="cosine", random_state=seed, n_jobs=1,
+                        init="random" if n < 4 * n_components + 4 else "spectral",
+                        precomputed_knn=(idx.astype(np.int32), dist.astype(np.float32)))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="precomputed_knn")  # no search index: we never transform
+        return reducer.fit_transform(emb).astype(np.float32)
 
 
 MAP_SAMPLE = 50_000  # models placed on the UMAP maps; bigger sets get a sample (UMAP's cost, the browser's points)

@@ -1,0 +1,62 @@
+"""What a fresh process pays before its first useful work, side by side: UMAP's numba kernels and the CLI.
+
+    python benchmarks/bench_startup.py [--points 60 5292] [--repeats 3]
+
+Each figure is the median over ``--repeats`` fresh interpreters (the cost is per process):
+- UMAP: the 2-D map of N random 32-d points (the `peace embed` / export step's map), timed inside the
+  child around the call only (imports excluded): umap-learn as PEACE called it before (its kernels
+  compiled in every process; from 4,096 points NNDescent, whose kernels no cache keeps) against
+  ``peace.serve.export.umap_coordinates`` (numba's on-disk cache turned on for umap-learn's kernels:
+  compiled by the first process on the machine, loaded by every later one; exact neighbours from
+  scikit-learn instead of NNDescent).
+- ``peace --help``: the whole command, interpreter start included (every `peace` command pays it), against
+  the same with the scikit-learn modules imported first that ``peace.evaluate.baselines`` imported at the
+  top before (every command's parser reached them; now imported where a baseline is fit).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+
+BEFORE = ("import umap; import numpy as np; import time; x = np.random.default_rng(0).normal(size=({n}, 32))"
+          ".astype('float32'); t = time.perf_counter(); umap.UMAP(n_components=2, n_neighbors=15, metric='cosine', "
+          "random_state=0, n_jobs=1).fit_transform(x); print(time.perf_counter() - t)")
+AFTER = ("from peace.serve.export import umap_coordinates; import numpy as np; import time; "
+         "x = np.random.default_rng(0).normal(size=({n}, 32)).astype('float32'); t = time.perf_counter(); "
+         "umap_coordinates(x, 2); print(time.perf_counter() - t)")
+
+
+def child_seconds(code: str) -> float:
+    return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+
+
+def wall_seconds(argv: list[str]) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(argv, capture_output=True, check=True)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--points", type=int, nargs="+", default=[60, 5292])
+    ap.add_argument("--repeats", type=int, default=3)
+    a = ap.parse_args()
+    child_seconds(AFTER.format(n=60))  # the machine's one compilation, so that every timed run below is a later one
+    print(f"{'what':<40} {'before s':>9} {'after s':>9} {'ratio':>7}")
+    for n in a.points:
+        before = statistics.median(child_seconds(BEFORE.format(n=n)) for _ in range(a.repeats))
+        after = statistics.median(child_seconds(AFTER.format(n=n)) for _ in range(a.repeats))
+        print(f"{f'2-D UMAP of {n:,} points, fresh process':<40} {before:>9.2f} {after:>9.2f} {before / after:>6.1f}x",
+              flush=True)
+    old = ("import sklearn.decomposition, sklearn.feature_extraction.text, sklearn.preprocessing, runpy, sys; "
+           "sys.argv = ['peace', '--help']; runpy.run_module('peace', run_name='__main__')")
+    before = statistics.median(wall_seconds([sys.executable, "-c", old]) for _ in range(a.repeats))
+    after = statistics.median(wall_seconds([sys.executable, "-m", "peace", "--help"]) for _ in range(a.repeats))
+    print(f"{'peace --help (whole command)':<40} {before:>9.2f} {after:>9.2f} {before / after:>6.1f}x")
+
+
+if __name__ == "__main__":
+    main()
