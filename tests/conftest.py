@@ -68,14 +68,6 @@ def random_model(task_name, kw, seed=0):
     return task, spec, params
 
 
-def pytest_collection_modifyitems(items):
-    """The files that hold long tests (marked slow) first, each file's tests together and in order (its
-    module fixtures are built once): xdist's two workers then share the long tests from the start and
-    finish together, instead of one worker waiting out a 4-minute test that started last."""
-    heavy = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.module.__name__ not in heavy)
-
-
 @pytest.fixture(scope="session")
 def tiny_zoo(tmp_path_factory):
     """The tiny preset, built once per test session (per xdist worker)."""
