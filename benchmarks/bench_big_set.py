@@ -24,7 +24,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_index import synthetic  # noqa: E402
 
-from peace.serve.export import MAP_SAMPLE, map_sample, umap_coordinates  # noqa: E402
+from peace.serve.export import MAP_SAMPLE, cosine_neighbours, map_sample, umap_coordinates  # noqa: E402
 from peace.serve.index import EmbeddingSet, read_embeddings, write_embedding_set  # noqa: E402
 from peace.serve.plots import embedding_map  # noqa: E402
 
@@ -66,9 +66,10 @@ def main() -> None:
     if not args.no_umap:
         t0 = time.perf_counter()
         on_map = map_sample(table["task"], MAP_SAMPLE)
+        neighbours = cosine_neighbours(emb[on_map])  # as export_embeddings: one search for both maps
         for d in (2, 3):
             xy = np.full((args.n, d), np.nan, np.float32)
-            xy[on_map] = umap_coordinates(emb[on_map], d)
+            xy[on_map] = umap_coordinates(emb[on_map], d, neighbours=neighbours)
             for j, axis in enumerate("xyz"[:d]):
                 table[f"umap_{d}d_{axis}"] = xy[:, j]
         step("map sample + UMAP 2-D and 3-D", t0, f"{on_map.sum():,} models on the maps")

@@ -22,8 +22,8 @@ from peace.serve.index import EmbeddingSet, write_embedding_set
 from peace.zoo.store import Zoo, usable
 
 __all__ = [
-    "MAP_SAMPLE", "SHARD", "embed_models", "embed_zoo", "export_embeddings", "map_sample", "query_model",
-    "umap_coordinates"
+    "MAP_SAMPLE", "SHARD", "cosine_neighbours", "embed_models", "embed_zoo", "export_embeddings", "map_sample",
+    "query_model", "umap_coordinates"
 ]
 
 
@@ -50,22 +50,31 @@ def _umap():
     return umap
 
 
-def umap_coordinates(emb: np.ndarray, n_components: int, seed: int = 0) -> np.ndarray:
-    """UMAP (cosine metric, fixed seed) of the embeddings; tiny sets fall back to fewer neighbours.
-    UMAP gets the exact cosine neighbours (scikit-learn, brute force): from 4,096 points on it would
-    run NNDescent, whose numba kernels no cache keeps, about a minute of compiling per process on 2
-    cores, longer than the exact search of a map's at most ``MAP_SAMPLE`` points."""
+def cosine_neighbours(emb: np.ndarray, k: int = 15) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, cosine distances) of each row's min(k, n - 1) nearest rows, itself among them: the exact
+    graph UMAP builds on (scikit-learn, brute force). From 4,096 points UMAP would run NNDescent, whose
+    numba kernels no cache keeps: about a minute of compiling per process on 2 cores, longer than the
+    exact search of a map's at most ``MAP_SAMPLE`` points. Computed once, it serves both maps."""
     from sklearn.neighbors import NearestNeighbors
 
+    k = min(k, len(emb) - 1)
+    if k < 1:
+        return np.zeros((len(emb), 0), np.int32), np.zeros((len(emb), 0), np.float32)
+    dist, idx = NearestNeighbors(n_neighbors=k, metric="cosine", algorithm="brute").fit(emb).kneighbors(emb)
+    return idx.astype(np.int32), dist.astype(np.float32)
+
+
+def umap_coordinates(emb: np.ndarray, n_components: int, seed: int = 0,
+                     neighbours: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """UMAP (cosine metric, fixed seed) of the embeddings on their exact neighbours (``cosine_neighbours``,
+    computed here unless given); tiny sets fall back to fewer neighbours."""
     umap = _umap()
     n = len(emb)
     if n <= n_components + 1:
         return np.zeros((n, n_components), dtype=np.float32)
-    k = min(15, n - 1)
-    dist, idx = NearestNeighbors(n_neighbors=k, metric="cosine", algorithm="brute").fit(emb).kneighbors(emb)  # self first
-    reducer = umap.UMAP(n_components=n_components, n_neighbors=k, metric="cosine", random_state=seed, n_jobs=1,
-                        init="random" if n < 4 * n_components + 4 else "spectral",
-                        precomputed_knn=(idx.astype(np.int32), dist.astype(np.float32)))
+    idx, dist = cosine_neighbours(emb) if neighbours is None else neighbours
+    reducer = umap.UMAP(n_components=n_components, n_neighbors=idx.shape[1], metric="cosine", random_state=seed,
+                        n_jobs=1, init="random" if n < 4 * n_components + 4 else "spectral", precomputed_knn=(idx, dist))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="precomputed_knn")  # no search index: we never transform
         return reducer.fit_transform(emb).astype(np.float32)
@@ -152,10 +161,11 @@ def export_embeddings(run_dir: str | Path, out: str | Path, zoo: Zoo | str | Pat
         table = table.assign(split="unseen", heldout_task=False)
     if umap:
         on_map = map_sample(table["task"], MAP_SAMPLE, seed)
+        neighbours = cosine_neighbours(emb[on_map])  # one search for both maps
         for d in (2, 3):
             t0 = time.perf_counter()
             xy = np.full((len(table), d), np.nan, np.float32)
-            xy[on_map] = umap_coordinates(emb[on_map], d, seed)
+            xy[on_map] = umap_coordinates(emb[on_map], d, seed, neighbours)
             if progress:
                 print(f"UMAP {d}-D map of {on_map.sum()} models: {time.perf_counter() - t0:.0f} s", file=sys.stderr,
                       flush=True)
