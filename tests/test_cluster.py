@@ -71,6 +71,27 @@ def test_zoo_build_with_ray_equals_the_serial_build_and_resumes(serial_zoo, tmp_
     _same_zoo(serial_zoo, Zoo(out))
 
 
+def test_threads_share_the_cores_between_the_subprocesses_of_their_pieces(monkeypatch):
+    """Two notebook kernels at once on 2 cores must not each take both (OpenMP threads spin against each other)."""
+    import subprocess
+    import sys
+
+    from peace.core.cluster import local_cores
+
+    def child(code: str) -> str:  # what a kernel started by a piece sees
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    with Threads(2) as t:
+        threads = [t.submit(child, "import torch; print(torch.get_num_threads())") for _ in range(2)]
+        assert [f.result() for f in threads] == [str(max(1, local_cores() // 2))] * 2
+    assert "OMP_NUM_THREADS" not in os.environ  # given back with the pool
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's choice stands
+    with Threads(2) as t:
+        assert t.submit(child, "import os; print(os.environ['OMP_NUM_THREADS'])").result() == "3"
+    assert os.environ["OMP_NUM_THREADS"] == "3"
+
+
 def test_ray_auto_with_a_cluster_address_nothing_answers_at_fails_fast(tmp_path):
     # "fast" is timed around the check itself (its own 5 s budget), against the minutes Ray's reconnection
     # takes; a wall-clock limit on the whole subprocess (interpreter start, torch and Ray imports) measured
