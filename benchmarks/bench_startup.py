@@ -1,6 +1,6 @@
 """What a fresh process pays before its first useful work, side by side: UMAP's numba kernels and the CLI.
 
-    python benchmarks/bench_startup.py [--points 60 5292] [--repeats 3]
+    python benchmarks/bench_startup.py [--points 60 5292] [--files 20] [--repeats 3]
 
 Each figure is the median over ``--repeats`` fresh interpreters (the cost is per process):
 - UMAP: the 2-D map of N random 32-d points (the `peace embed` / export step's map), timed inside the
@@ -9,6 +9,10 @@ Each figure is the median over ``--repeats`` fresh interpreters (the cost is per
   ``peace.serve.export.umap_coordinates`` (numba's on-disk cache turned on for umap-learn's kernels:
   compiled by the first process on the machine, loaded by every later one; exact neighbours from
   scikit-learn instead of NNDescent).
+- Isolated reads of ``--files`` small model files (`peace zoo add`, `peace rank`, the explorer's uploads):
+  one fresh interpreter per file importing the reader, as ``peace.intake.sandbox`` started before,
+  against ``load_model_isolated`` now (one process imports the reader, then forks a child per file),
+  timed from the first read to the last in a fresh process, the forking process's start included.
 - ``peace --help``: the whole command, interpreter start included (every `peace` command pays it), against
   the same with the scikit-learn modules imported first that ``peace.evaluate.baselines`` imported at the
   top before (every command's parser reached them; now imported where a baseline is fit).
@@ -39,13 +43,37 @@ def wall_seconds(argv: list[str]) -> float:
     return time.perf_counter() - t0
 
 
+def isolated_reads(n: int, repeats: int) -> tuple[float, float]:
+    """Seconds to read ``n`` model files in isolation: a fresh interpreter each, against forks of one."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        files = [f"{tmp}/m{i}.pt" for i in range(n)]
+        save = "import torch, sys; torch.manual_seed(0); [torch.save(torch.nn.Sequential(torch.nn.Linear(16, 32), " \
+               "torch.nn.ReLU(), torch.nn.Linear(32, 4)).state_dict(), f) for f in sys.argv[1:]]"
+        subprocess.run([sys.executable, "-c", save, *files], check=True)
+        old = "from peace.intake.importers import load_model; import sys; load_model(sys.argv[1], {'activation': 'relu'})"
+        before = statistics.median(sum(wall_seconds([sys.executable, "-c", old, f]) for f in files)
+                                   for _ in range(repeats))
+        now = ("from peace.intake.sandbox import load_model_isolated; import sys, time; t = time.perf_counter(); "
+               "[load_model_isolated(f, {'activation': 'relu'}) for f in sys.argv[1:]]; print(time.perf_counter() - t)")
+        after = statistics.median(float(subprocess.run([sys.executable, "-c", now, *files], capture_output=True,
+                                                       text=True, check=True).stdout) for _ in range(repeats))
+    return before, after
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--points", type=int, nargs="+", default=[60, 5292])
+    ap.add_argument("--points", type=int, nargs="*", default=[60, 5292])
+    ap.add_argument("--files", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args()
-    child_seconds(AFTER.format(n=60))  # the machine's one compilation, so that every timed run below is a later one
     print(f"{'what':<40} {'before s':>9} {'after s':>9} {'ratio':>7}")
+    if a.files:
+        before, after = isolated_reads(a.files, a.repeats)
+        print(f"{f'isolated reads of {a.files} model files':<40} {before:>9.2f} {after:>9.2f} {before / after:>6.1f}x",
+              flush=True)
+    child_seconds(AFTER.format(n=60))  # the machine's one compilation, so that every timed run below is a later one
     for n in a.points:
         before = statistics.median(child_seconds(BEFORE.format(n=n)) for _ in range(a.repeats))
         after = statistics.median(child_seconds(AFTER.format(n=n)) for _ in range(a.repeats))

@@ -3,10 +3,12 @@ the explorer's isolated reader, within bounded memory and time, with nothing sto
 import collections
 import io
 import json
+import os
 import pickle
 import struct
 import subprocess
 import sys
+import time
 import zipfile
 
 import pytest
@@ -213,41 +215,53 @@ def test_the_isolated_reader_enforces_its_limits(tmp_path):
     torch.save(nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 4)).state_dict(), tmp_path / "ok.pt")
     m = load_model_isolated(tmp_path / "ok.pt", {"activation": "relu"})
     assert m.spec.describe() == "mlp 64-256-4 relu" and m.params["layers.0.weight"].shape == (256, 64)
-    with pytest.raises(PeaceError, match="took over 0 s and was stopped"):
-        load_model_isolated(tmp_path / "ok.pt", {"activation": "relu"}, timeout_s=0.05)
+    with pytest.raises(PeaceError, match="took over 0 s and was stopped"):  # stopped, whatever it was doing
+        load_model_isolated(tmp_path / "ok.pt", {"activation": "relu"}, timeout_s=0)
+    os.mkfifo(tmp_path / "pipe.pt")  # a read would wait for a writer forever
+    with pytest.raises(PeaceError, match="pipe.pt: not a regular file"):
+        load_model_isolated(tmp_path / "pipe.pt", {"activation": "relu"})
     with pytest.raises(PeaceError, match="ok.pt"):  # no room to read it: refused, the caller lives on
         load_model_isolated(tmp_path / "ok.pt", {"activation": "relu"}, memory_mib=0)
 
 
-def test_a_reader_started_ahead_reads_one_file_under_the_limits(tmp_path):
-    """``prepare_reader`` starts the next file's child early (the explorer does while a user picks a
-    file): it reads exactly one file, and the limits still hold from the request on."""
+def test_readers_fork_from_one_process_started_ahead_and_a_crash_takes_nothing_with_it(tmp_path):
+    """``prepare_reader`` starts the process that forks the readers early (the explorer does while a user
+    picks a file). Every file then gets its own forked child under the limits: a file that kills its
+    reader or runs out of time leaves the next file's read unharmed, from the same process, and a
+    process that died is replaced."""
     import peace.intake.sandbox as sandbox
 
     torch.save(nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 4)).state_dict(), tmp_path / "ok.pt")
     sandbox.prepare_reader()
-    spare = sandbox._spare
+    zygote = sandbox._zygote
     assert load_model_isolated(tmp_path / "ok.pt", {"activation": "relu"}).spec.describe() == "mlp 64-16-4 relu"
-    assert spare.poll() is not None and sandbox._spare is None  # used once, then gone
-    sandbox.prepare_reader()
-    with pytest.raises(PeaceError, match="ok.pt"):  # no room to read it, though its imports were done before
+    with pytest.raises(PeaceError, match="ok.pt"):  # no room to read it, though the imports were done before
         load_model_isolated(tmp_path / "ok.pt", {"activation": "relu"}, memory_mib=0)
+    with pytest.raises(PeaceError, match="took over 0 s and was stopped"):
+        load_model_isolated(tmp_path / "ok.pt", {"activation": "relu"}, timeout_s=0)
+    t0 = time.perf_counter()
+    for _ in range(5):  # forks, not interpreters: no import per file
+        assert load_model_isolated(tmp_path / "ok.pt", {"activation": "relu"}).spec.describe() == "mlp 64-16-4 relu"
+    assert sandbox._zygote is zygote and zygote.poll() is None and time.perf_counter() - t0 < 10
+    zygote.kill()
+    zygote.wait()
+    assert load_model_isolated(tmp_path / "ok.pt", {"activation": "relu"}).spec.describe() == "mlp 64-16-4 relu"
+    assert sandbox._zygote is not zygote and sandbox._zygote.poll() is None
 
 
 def test_a_chain_without_its_activation_comes_back_read_as_identity_from_one_child(tmp_path):
     """The explorer tells a plain chain's activation by data: the one child that found it missing hands
-    the chain back read with the identity (a second child would cost the user another second)."""
+    the chain back read with the identity (no second read of an untrusted file)."""
     import peace.intake.sandbox as sandbox
     from peace.intake.importers import NO_ACTIVATION, MissingActivation
 
     net = nn.Sequential(nn.Linear(64, 16), nn.Tanh(), nn.Linear(16, 4))
     torch.save(net.state_dict(), tmp_path / "chain.pt")
     sandbox.prepare_reader()
-    spare = sandbox._spare
     with pytest.raises(MissingActivation, match=NO_ACTIVATION) as caught:
         load_model_isolated(tmp_path / "chain.pt", {})
     m = caught.value.model
-    assert m.spec.describe() == "mlp 64-16-4 identity" and spare.poll() is not None and sandbox._spare is None
+    assert m.spec.describe() == "mlp 64-16-4 identity"
     assert torch.equal(m.params["layers.0.weight"], net[0].weight.detach())
     torch.save({"0.weight": torch.ones(2, 2, dtype=torch.int64)}, tmp_path / "bad.pt")
     with pytest.raises(PeaceError, match="dtype torch.int64") as caught:  # a fault of the file is not a question

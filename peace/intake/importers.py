@@ -82,7 +82,8 @@ def read_tensors(path: str | Path, max_bytes: int = MAX_BYTES) -> dict[str, Tens
     extension says; never executes code stored in the file."""
     path = Path(path)
     if not path.is_file():
-        raise PeaceError(f"{path}: no such file")
+        raise PeaceError(f"{path}: not a regular file (a pipe, device or socket is never read)" if path.exists()
+                         else f"{path}: no such file")
     size = path.stat().st_size
     if size == 0:
         raise PeaceError(f"{path}: the file is empty")

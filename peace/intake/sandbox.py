@@ -7,9 +7,13 @@ are limited. The child hands the checked weights back as a safetensors file; the
 with safetensors and checks the model again with ``from_state_dict``. A crash, a limit hit or a
 timeout becomes a ``PeaceError`` naming the file; nothing the file says runs in the parent.
 
-Each child reads one file and exits. Its interpreter and imports take ~1 s, so a server can start
-the next file's child ahead (``prepare_reader``, e.g. while a user picks a file): it imports, then
-waits for its one request, and its limits count from that request.
+Each file gets its own child, forked from a *zygote*: a process started once that imported the
+reader (torch and all, 2-7 s) and then only forks, never reading a file itself. A fork costs
+milliseconds, so reading a hundred files no longer costs a hundred interpreters; a child that a
+file crashes or exhausts takes nothing with it. ``prepare_reader`` starts the zygote ahead (the
+explorer does while a user picks a file). Requests are JSON lines on the zygote's stdin; each
+names a fresh directory where its child writes the weights, its reply and its stderr, and where
+the zygote writes the child's exit status once it has reaped it.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -30,37 +35,73 @@ from peace.intake.model import ImportedModel, Limits
 
 __all__ = ["load_model_isolated", "prepare_reader"]
 
-_spare: subprocess.Popen | None = None  # a started child waiting for its file
-_spare_lock = threading.Lock()
+_zygote: subprocess.Popen | None = None
+_zygote_owner = 0  # the pid that started it: a process forked from ours starts its own
+_zygote_lock = threading.Lock()
 
 
-def _start_reader() -> subprocess.Popen:
+def _reset_lock_in_child() -> None:  # a fork may copy the lock held by another thread of the parent
+    global _zygote_lock
+    _zygote_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_lock_in_child)
+
+
+def _start_zygote() -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]),
                                                         os.environ.get("PYTHONPATH", "")])}
-    return subprocess.Popen([sys.executable, "-m", "peace.intake.sandbox"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen([sys.executable, "-m", "peace.intake.sandbox"], stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, env=env)  # its stderr: a failed import shows
 
 
 def prepare_reader() -> None:
-    """Start the child that will read the next file, if none is waiting (returns at once)."""
-    global _spare
-    with _spare_lock:
-        if _spare is None or _spare.poll() is not None:
-            _spare = _start_reader()
+    """Start the process that forks the readers, if it is not running (returns at once)."""
+    global _zygote, _zygote_owner
+    with _zygote_lock:
+        if _zygote is None or _zygote_owner != os.getpid() or _zygote.poll() is not None:
+            _zygote, _zygote_owner = _start_zygote(), os.getpid()
 
 
-def _take_reader() -> subprocess.Popen:
-    global _spare
-    with _spare_lock:
-        proc, _spare = _spare, None
-    return proc if proc is not None and proc.poll() is None else _start_reader()
+def _send(request: dict) -> subprocess.Popen:
+    """Hand ``request`` to the zygote (started if needed); the zygote it went to."""
+    prepare_reader()
+    with _zygote_lock:
+        zygote = _zygote
+        assert zygote is not None and zygote.stdin is not None
+        try:
+            zygote.stdin.write((json.dumps(request) + "\n").encode())
+            zygote.stdin.flush()
+        except BrokenPipeError:  # it died between the check and the write: the caller sees it exited
+            pass
+    return zygote
 
 
 @atexit.register
-def _drop_spare() -> None:
-    if _spare is not None and _spare.poll() is None:
-        _spare.kill()
-        _spare.wait()
+def _drop_zygote() -> None:
+    if _zygote is not None and _zygote_owner == os.getpid() and _zygote.poll() is None:
+        _zygote.kill()
+        _zygote.wait()
+
+
+def _exit_status(folder: Path, zygote: subprocess.Popen, path: Path, timeout_s: float) -> int:
+    """Wait for the reader of ``path`` to exit (its status, as ``Popen.returncode`` gives it)."""
+    deadline = time.monotonic() + timeout_s
+    status = folder / "status"
+    while not status.exists():
+        if zygote.poll() is not None:
+            raise PeaceError(f"{path}: the isolated reader's parent process stopped (exit {zygote.returncode}) "
+                             f"before answering; nothing was loaded. Try again (a fresh one starts)")
+        if time.monotonic() > deadline:
+            _send({"kill": str(folder)})
+            for _ in range(1000):  # the zygote reaps it within milliseconds; then nothing writes in the folder
+                if status.exists() or zygote.poll() is not None:
+                    break
+                time.sleep(0.005)
+            raise PeaceError(f"{path}: reading the file took over {timeout_s:.0f} s and was stopped (a file made to "
+                             f"exhaust the reader?)")
+        time.sleep(0.005)
+    return int(status.read_text())
 
 
 def load_model_isolated(path: str | Path, config: dict | None = None, limits: Limits = Limits(),
@@ -68,59 +109,53 @@ def load_model_isolated(path: str | Path, config: dict | None = None, limits: Li
     """``importers.load_model(path, config, limits)`` in a child process limited to ``memory_mib`` of
     extra address space, ``cpu_s`` of CPU time and ``timeout_s`` of wall time. A plain chain whose
     activation the config does not give raises ``MissingActivation`` carrying the chain read with the
-    identity, so that a caller can tell the activation by data without a second child (~1 s)."""
+    identity, so that a caller can tell the activation by data without a second child."""
     from safetensors.torch import load_file
 
     path = Path(path).resolve()
     with tempfile.TemporaryDirectory(prefix="peace-sandbox-") as tmp:
-        out = Path(tmp) / "model.safetensors"
-        request = {"path": str(path), "config": config or {}, "limits": asdict(limits), "out": str(out),
+        folder = Path(tmp)
+        request = {"path": str(path), "config": config or {}, "limits": asdict(limits), "dir": tmp,
                    "memory_mib": memory_mib, "cpu_s": cpu_s}
-        proc = _take_reader()
-        try:
-            stdout, stderr = proc.communicate(json.dumps(request), timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-            raise PeaceError(f"{path}: reading the file took over {timeout_s:.0f} s and was stopped (a file made to "
-                             f"exhaust the reader?)") from None
-        if proc.returncode < 0:
-            name = signal.Signals(-proc.returncode).name
+        code = _exit_status(folder, _send(request), path, timeout_s)
+        if code < 0:
+            name = signal.Signals(-code).name
             why = " (CPU time limit)" if name == "SIGXCPU" else ""
             raise PeaceError(f"{path}: the isolated reader was killed by {name}{why}; the file is malformed or made "
                              f"to attack the reader. Nothing was loaded.")
         try:
-            reply = json.loads(stdout.strip().splitlines()[-1])
-        except (IndexError, ValueError):
-            tail = stderr.strip().splitlines()[-1:] or ["no output"]
-            raise PeaceError(f"{path}: the isolated reader failed (exit {proc.returncode}: {tail[0][:200]})") from None
+            reply = json.loads((folder / "reply.json").read_text())
+        except (OSError, ValueError):
+            tail = (folder / "stderr").read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+            raise PeaceError(f"{path}: the isolated reader failed (exit {code}: {tail[0][:200]})") from None
         if "error" in reply:
             raise PeaceError(reply["error"])
-        params = load_file(str(out))
+        params = load_file(str(folder / "model.safetensors"))
         m = from_state_dict(params, {**reply["spec"], "metadata": reply["metadata"]}, reply["source"], limits)
         if "missing_activation" in reply:
             raise MissingActivation(reply["missing_activation"], m)
         return m
 
 
-def _child() -> None:
-    """The child side: wait for the request, set the limits, read the file, write the weights, print
-    one JSON line."""
+def _read(req: dict) -> None:
+    """In a forked child: set the limits, read the file, write the weights and one JSON reply."""
     import math
     import resource
 
+    import torch
     from safetensors.torch import save_file
 
     from peace.intake.importers import load_model
 
-    raw = sys.stdin.read()
-    if not raw:  # the parent went away before sending a file
-        return
-    req = json.loads(raw)
+    folder = Path(req["dir"])
+    err = os.open(folder / "stderr", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.dup2(err, 1)
+    os.dup2(err, 2)
+    torch.set_num_threads(1)  # a file read needs no thread pool (whose stacks would count against the limit)
     with open("/proc/self/statm") as f:  # address space the imports already take (pages)
         used = int(f.read().split()[0]) * resource.getpagesize()
     resource.setrlimit(resource.RLIMIT_AS, (used + req["memory_mib"] * 2**20,) * 2)
-    usage = resource.getrusage(resource.RUSAGE_SELF)  # CPU the imports took does not count
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # a forked child starts from zero; counted to be sure
     cpu = math.ceil(usage.ru_utime + usage.ru_stime) + req["cpu_s"]
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 5))
     resource.setrlimit(resource.RLIMIT_FSIZE, (2 * req["limits"]["max_bytes"] + 2**20,) * 2)
@@ -133,16 +168,73 @@ def _child() -> None:
                 raise
             m = load_model(req["path"], {**req["config"], "activation": "identity"}, Limits(**req["limits"]))
             reply["missing_activation"] = str(e)
-        save_file({k: v.contiguous() for k, v in m.params.items()}, req["out"])
+        save_file({k: v.contiguous() for k, v in m.params.items()}, str(folder / "model.safetensors"))
         reply.update(spec=m.spec.to_dict(), metadata=m.metadata, source=m.source)
     except PeaceError as e:
         reply = {"error": str(e)}
     except MemoryError:
         reply = {"error": f"{req['path']}: reading it needs more than {req['memory_mib']} MiB; refused (raise the "
                           f"limit only for a file you trust)"}
-    print(json.dumps(reply, default=str), flush=True)
+    (folder / "reply.json").write_text(json.dumps(reply, default=str))
+
+
+def _fork_reader(req: dict) -> int:
+    """Fork the child that reads ``req``'s file; its pid (in the zygote)."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            _read(req)
+            code = 0
+        except BaseException:  # noqa: BLE001 - reported through the exit status and the stderr file
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            os._exit(code)  # never back into the zygote's loop; no interpreter teardown
+    return pid
+
+
+def _zygote_loop() -> None:
+    """The zygote: import the reader once, then fork one child per request line until stdin closes;
+    reap the children and write each one's exit status beside its reply."""
+    import importlib
+    import select
+
+    for module in ("torch", "safetensors.torch", "peace.intake.importers"):  # once here, inherited by every fork
+        importlib.import_module(module)
+
+    children: dict[int, Path] = {}
+    buffered = b""
+    while True:
+        ready, _, _ = select.select([0], [], [], 0.005 if children else None)
+        if ready:
+            chunk = os.read(0, 1 << 16)
+            if not chunk:  # the parent went away: nobody will read what the children write
+                for pid in children:
+                    os.kill(pid, signal.SIGKILL)
+                return
+            buffered += chunk
+            *lines, buffered = buffered.split(b"\n")
+            for line in lines:
+                req = json.loads(line)
+                if "kill" in req:  # a timeout: the child is unreaped, so its pid is still its own
+                    for pid in [p for p, d in children.items() if str(d) == req["kill"]]:
+                        os.kill(pid, signal.SIGKILL)
+                elif os.path.isdir(req["dir"]):  # else its caller gave up before it was forked
+                    children[_fork_reader(req)] = Path(req["dir"])
+        while children:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                break
+            folder = children.pop(pid)
+            try:
+                (folder / "status.new").write_text(str(os.waitstatus_to_exitcode(status)))
+                os.replace(folder / "status.new", folder / "status")
+            except OSError:  # the caller gave up and removed the folder
+                pass
 
 
 if __name__ == "__main__":
-    _child()
-    os._exit(0)  # the reply is written and flushed; skipping the interpreter's teardown (torch's) saves ~0.3 s
+    _zygote_loop()
+    os._exit(0)

@@ -444,8 +444,9 @@ class Explorer:
         return pd.DataFrame(rows, columns=["task", "activation", "accuracy", "chance", "chosen"])
 
     def prepare_query(self) -> None:
-        """Make the next ``query_file`` quick: start the isolated reader that will parse the file (its
-        interpreter and imports take ~1 s) and load the encoder, e.g. while a user picks a file."""
+        """Make the next ``query_file`` quick: start the process that forks the isolated readers (its
+        interpreter and imports take seconds, once per server) and load the encoder, e.g. while a user
+        picks a file."""
         from peace.intake.sandbox import prepare_reader
 
         prepare_reader()
