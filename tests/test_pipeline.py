@@ -126,6 +126,7 @@ def test_the_tiny_preset_runs_as_a_user_types_it_then_reruns_only_stale_steps(tm
                        capture_output=True, text=True)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "[peace] encoder config tiny: preset tiny's own" in p.stdout
+    assert "IPKernelApp" not in p.stderr  # the kernels' start-up log is not the user's business
     root = tmp_path / "artifacts"
     for path in ("zoos/tiny/zoo.json", "runs/tiny/encoder.safetensors", "embeddings/tiny/index.json",
                  "evaluation/tiny/metrics.json", "notebooks/tiny/04_evaluate.ipynb"):
