@@ -47,7 +47,8 @@ def main() -> None:
         grid = load_grid(args.grid)
         grid.zoo = args.zoo or str(build_zoo(load_recipe("tiny"), Path(tmp) / "zoo", progress=False).path)
         cores = local_cores()
-        runs = {"1 worker": (1, None), f"{args.workers} workers, every core each (before)": (args.workers, str(cores)),
+        runs = {"1 worker": (1, None),
+                f"{args.workers} workers, every core each (before)": (args.workers, str(cores)),
                 f"{args.workers} workers, cores shared (now)": (args.workers, None)}
         seconds = {}
         print(f"grid {args.grid}: {len(grid.configurations)} configurations x {len(grid.seeds)} seeds, {cores} cores")
