@@ -1,4 +1,5 @@
 """The way back from embeddings to weights: aligned forms, the decoder, sampling into a zoo, the study."""
+import dataclasses
 import json
 import random
 import re
@@ -231,6 +232,30 @@ def test_generative_study_compares_every_starting_point(decoded_run):
     assert len(pd.DataFrame(study["per_seed"])) == 2 * len(s)
     text = generative_markdown(study)
     assert "| sampled + subsampling |" in text and "**new task**" in text
+    fresh = generative_study(decoded_run[0], dataclasses.replace(cfg, new_head=True, seeds=1), progress=False)
+    f = pd.DataFrame(fresh["summary"]).set_index(["setting", "method", "epoch"])["mean"]
+    same = pd.DataFrame(study["per_seed"]).query("seed == 0").set_index(["setting", "method", "epoch"])["test_acc"]
+    for key in f.index:  # the same task, and random inits on the new one, do not change; the transferred do
+        if key[0] == "same task" or key[1].startswith("random init"):
+            assert f[key] == pytest.approx(same[key]), key
+    moved = [k for k in f.index if k[0] == "new task" and not k[1].startswith("random init")]
+    assert moved and any(f[k] != pytest.approx(same[k]) for k in moved)
+    assert "fresh output layer" in generative_markdown(fresh)
+
+
+def test_a_new_head_replaces_only_the_output_layer_with_torchs_init():
+    from peace.learn.generation import default_inits
+    from peace.orchestrate.generation import _with_new_head
+
+    for kw in ({"hidden": (7, 6)}, {"hidden": (5,), "bias": False}):
+        spec = ArchSpec("mlp", (16,), 4, activation="relu", **kw)
+        trained = [{k: torch.full(v, float(j)) for k, v in spec.param_shapes().items()} for j in range(3)]
+        fresh, new = default_inits(spec, 3, seed=5), _with_new_head(spec, trained, seed=5)
+        out = f"layers.{len(kw['hidden'])}."
+        for j in range(3):
+            assert new[j].keys() == trained[j].keys() and any(k.startswith(out) for k in new[j])
+            for k in new[j]:
+                assert torch.equal(new[j][k], fresh[j][k] if k.startswith(out) else trained[j][k]), k
 
 
 def test_the_explorer_decodes_the_interpolation_line(decoded_run, tmp_path, monkeypatch):

@@ -104,11 +104,15 @@ class GenerativeConfig:
     batch_size: int = 32
     prompt: str | None = None  # default: the final models of the largest decodable (architecture, task) in training
     new_task: str | None = None  # default: another task of the same inputs and classes, held-out ones first
+    new_head: bool = False  # on the new task, transferred models start with torch's fresh output layer (other classes)
+    split: str = "test"  # where accuracy is read: choose settings on "val", report on "test"
 
     def __post_init__(self) -> None:
         if min(self.n, self.candidates, self.rounds, self.epochs, self.seeds, self.batch_size) < 1 or not self.lr > 0:
             raise PeaceError(f"generative study: n, candidates, rounds, epochs, seeds and batch_size must be >= 1, "
                              f"lr > 0; got {self}")
+        if self.split not in ("val", "test"):
+            raise PeaceError(f"generative study: split must be 'val' or 'test', not {self.split!r}")
         if self.rounds > 1:
             SampleConfig(self.n, self.candidates, self.bandwidth, rounds=self.rounds)  # its refusals, by name
 
@@ -160,6 +164,14 @@ def _starts(method: str, dec: WeightDecoder, z: torch.Tensor, p: Prompt, zoo: Zo
     return zoo.load_many(list(rng.choice(ids, min(n, len(ids)), replace=False)))
 
 
+def _with_new_head(spec: ArchSpec, params: list[Params], seed: int) -> list[Params]:
+    """``params`` with the output layer of torch's initialization instead of their own (the same layer
+    as the torch-init row's models of this seed), for a new task whose classes mean other things."""
+    last = max(int(k.split(".")[1]) for k in params[0])  # decodable families: layers.K.weight / .bias, output last
+    fresh = default_inits(spec, len(params), seed)
+    return [{**q, **{k: f[k] for k in q if k.startswith(f"layers.{last}.")}} for q, f in zip(params, fresh)]
+
+
 def _retrieved(encoder: Embedder, zoo: Zoo, p: Prompt, z: torch.Tensor, n: int) -> list[str]:
     """PEACE's nearest zoo models of the prompt's architecture to the prompt's mean embedding (prompt excluded)."""
     m = zoo.manifest[usable(zoo.manifest) & (zoo.manifest["arch"] == p.spec.describe())]
@@ -192,13 +204,17 @@ def generative_study(run_dir: str | Path, config: GenerativeConfig = GenerativeC
         for setting, task_name in settings.items():
             task = load_task(task_name)
             for method, params in starts.items():
+                if setting == "new task" and config.new_head and not method.startswith("random init"):
+                    params = _with_new_head(p.spec, params, seed)
                 ids = pd.DataFrame({"model_id": [f"{method}-{seed}-{j}" for j in range(len(params))]})
-                curves = finetune_curves(task, Models(ids, [p.spec] * len(params), params), tc, seed, split="test")
+                models = Models(ids, [p.spec] * len(params), params)
+                curves = finetune_curves(task, models, tc, seed, split=config.split)
                 for epoch in sorted({0, 1, config.epochs}):
                     rows.append({"setting": setting, "task": task_name, "method": method, "seed": seed, "epoch": epoch,
-                                 "test_acc": float(np.nanmean(curves[:, epoch]))})
+                                 f"{config.split}_acc": float(np.nanmean(curves[:, epoch]))})
     table = pd.DataFrame(rows)
-    summary = (table.groupby(["setting", "method", "epoch"], sort=False)["test_acc"].agg(["mean", "std"]).reset_index())
+    summary = table.groupby(["setting", "method", "epoch"], sort=False)[f"{config.split}_acc"].agg(["mean", "std"])
+    summary = summary.reset_index()
     return {"prompt": {"text": p.text[:500], "models": len(p.ids), "arch": p.spec.describe(), "task": p.task},
             "new_task": new_task, "config": asdict(config), "per_seed": table.to_dict("records"),
             "summary": summary.to_dict("records")}
@@ -210,11 +226,14 @@ def generative_markdown(study: dict | None) -> str:
         return ""
     s = pd.DataFrame(study["summary"])
     p = study["prompt"]
+    split = "validation" if study["config"].get("split") == "val" else "test"
     lines = ["## Generation: sampled models (SANE's protocol)", "",
              f"Prompt: {p['models']} {p['arch']} models of {p['task']!r}; {study['config']['n']} models per method and "
-             f"seed, {study['config']['seeds']} seeds; test accuracy, mean ± std over seeds.", ""]
+             f"seed, {study['config']['seeds']} seeds; {split} accuracy, mean ± std over seeds.", ""]
     for setting, g in s.groupby("setting", sort=False):
         task = p["task"] if setting == "same task" else study["new_task"]
+        if setting == "new task" and study["config"].get("new_head"):
+            task += "; transferred models with a fresh output layer"
         epochs = sorted(g["epoch"].unique())
         lines += [f"**{setting}** ({task}):", "", "| method | " + " | ".join(f"epoch {e}" for e in epochs) + " |",
                   "|---|" + "---|" * len(epochs)]
