@@ -373,10 +373,12 @@ class Explorer:
                                                                       groups=groups))
         spec, p, q = self.zoo.spec(model_id), demo.before, demo.after
         m = Models(pd.DataFrame({"model_id": [model_id, model_id + "*"]}), [spec, spec], [p, q])
-        cos = lambda v: float(1 - normalize_rows(v)[0] @ normalize_rows(v)[1])  # noqa: E731
+        # 1 - cos as |a - b|^2 / 2 of the unit rows: exactly 0 for identical vectors (1 - a.b leaves rounding)
+        cos = lambda v: float(np.square(np.subtract(*normalize_rows(v)[:2])).sum() / 2)  # noqa: E731
         return {"original": p, "transformed": q, "max_output_change": demo.max_output_change,
                 "raw": cos(RawWeights().fit(m).transform(m)), "stats": cos(self.baselines.weight_stats().transform(m)),
-                "peace": cos(self.encoder.embed([spec, spec], [p, q]).numpy())}
+                # one model per call: on several threads a batch's float sums depend on a model's place in it
+                "peace": cos(np.concatenate([self.encoder.embed([spec], [w]).numpy() for w in (p, q)]))}
 
     def example_file(self, folder: str | Path) -> tuple[Path, str]:
         """A model folder to try the query page with (``model.safetensors`` + ``config.json``): a zoo
