@@ -250,7 +250,8 @@ def test_a_new_head_replaces_only_the_output_layer_with_torchs_init():
     for kw in ({"hidden": (7, 6)}, {"hidden": (5,), "bias": False}):
         spec = ArchSpec("mlp", (16,), 4, activation="relu", **kw)
         trained = [{k: torch.full(v, float(j)) for k, v in spec.param_shapes().items()} for j in range(3)]
-        fresh, new = default_inits(spec, 3, seed=5), _with_new_head(spec, trained, seed=5)
+        fresh = default_inits(spec, 3, seed=5)
+        new = _with_new_head(spec, trained, fresh)
         out = f"layers.{len(kw['hidden'])}."
         for j in range(3):
             assert new[j].keys() == trained[j].keys() and any(k.startswith(out) for k in new[j])

@@ -164,12 +164,12 @@ def _starts(method: str, dec: WeightDecoder, z: torch.Tensor, p: Prompt, zoo: Zo
     return zoo.load_many(list(rng.choice(ids, min(n, len(ids)), replace=False)))
 
 
-def _with_new_head(spec: ArchSpec, params: list[Params], seed: int) -> list[Params]:
-    """``params`` with the output layer of torch's initialization instead of their own (the same layer
-    as the torch-init row's models of this seed), for a new task whose classes mean other things."""
-    last = max(int(k.split(".")[1]) for k in params[0])  # decodable families: layers.K.weight / .bias, output last
-    fresh = default_inits(spec, len(params), seed)
-    return [{**q, **{k: f[k] for k in q if k.startswith(f"layers.{last}.")}} for q, f in zip(params, fresh)]
+def _with_new_head(spec: ArchSpec, params: list[Params], fresh: list[Params]) -> list[Params]:
+    """``params`` with the output layer of ``fresh`` (the torch-init row's models) instead of their own,
+    for a new task whose classes mean other things."""
+    out = spec.layers[-1]
+    head = [out.weight_name, *([out.bias_name] if out.bias else [])]
+    return [{**q, **{k: f[k] for k in head}} for q, f in zip(params, fresh)]
 
 
 def _retrieved(encoder: Embedder, zoo: Zoo, p: Prompt, z: torch.Tensor, n: int) -> list[str]:
@@ -205,7 +205,7 @@ def generative_study(run_dir: str | Path, config: GenerativeConfig = GenerativeC
             task = load_task(task_name)
             for method, params in starts.items():
                 if setting == "new task" and config.new_head and not method.startswith("random init"):
-                    params = _with_new_head(p.spec, params, seed)
+                    params = _with_new_head(p.spec, params, starts["random init (torch default)"])
                 ids = pd.DataFrame({"model_id": [f"{method}-{seed}-{j}" for j in range(len(params))]})
                 models = Models(ids, [p.spec] * len(params), params)
                 curves = finetune_curves(task, models, tc, seed, split=config.split)
