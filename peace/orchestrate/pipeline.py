@@ -70,11 +70,13 @@ def run_notebook(path: Path, out_nb: Path, parameters: dict, stream: bool = Fals
         quiet = "ignore:IProgress not found"
         if quiet not in os.environ.get("PYTHONWARNINGS", ""):
             os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), quiet]))
-        # the kernel's own log said at every start that it talks over local TCP unencrypted: noise in every
-        # step's output; its errors still show
+        # the kernel's own log is not the user's business: at every start it said that it talks over local TCP
+        # unencrypted, and at shutdown jupyter_client interrupts the kernel, which logs "KeyboardInterrupt caught
+        # in kernel" at ERROR when the signal lands while it finishes its last reply. A cell's error still
+        # arrives through papermill (PapermillExecutionError) and a dead kernel through nbclient.
         pm.execute_notebook(str(path), str(out_nb), parameters=parameters, kernel_name="python3",
-                            cwd=str(path.parent), progress_bar=False, extra_arguments=["--IPKernelApp.log_level=ERROR"],
-                            **streams)
+                            cwd=str(path.parent), progress_bar=False,
+                            extra_arguments=["--IPKernelApp.log_level=CRITICAL"], **streams)
     except PapermillExecutionError as e:
         raise PeaceError(f"{path.name} failed in cell {e.exec_count} ({e.ename}: {e.evalue}); the executed notebook "
                          f"with the full traceback is {out_nb}. Outputs of earlier steps are kept.") from None
