@@ -2,9 +2,11 @@ import os
 
 # xdist workers share the cores: one intra-op thread each, set before torch (and its OpenMP runtime)
 # loads so that every thread and subprocess gets it, since OpenMP threads that outnumber the cores
-# spin against each other and slow small tensor ops severalfold
+# spin against each other and slow small tensor ops severalfold; numba (UMAP) too, whose OpenMP layer
+# runs on torch's libgomp
 if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) >= (os.cpu_count() or 1):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("NUMBA_NUM_THREADS", "1")
 
 import signal  # noqa: E402
 import subprocess  # noqa: E402

@@ -1,5 +1,6 @@
 """peace embed / query / evaluate on the tiny zoo: real UMAP, a real Annoy index, stale detection."""
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -287,6 +288,17 @@ def test_indices_are_reproducible_when_small_and_threaded_when_big(tmp_path, mon
 
 
 @pytest.mark.slow
+def test_a_map_leaves_torchs_thread_count_as_it_was():
+    """numba's OpenMP layer runs on torch's libgomp: after a UMAP, a process that gave torch one thread
+    ran every torch op on NUMBA_NUM_THREADS threads (the test suite's workers then spun 10x slower)."""
+    script = ("import numpy as np, torch; from peace.serve.export import umap_coordinates; "
+              "umap_coordinates(np.random.default_rng(0).normal(size=(60, 8)).astype('float32'), 2); "
+              "print(torch.get_num_threads())")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "2"}  # as the suite's workers (but numba's)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    assert out.returncode == 0 and out.stdout.split() == ["1"], out.stderr[-2000:]
+
+
 def test_umaps_kernels_are_compiled_once_per_machine_not_once_per_process():
     """umap-learn does not cache its numba kernels: each process compiled them (15-35 s on 2 cores)."""
     script = ("import numpy as np; from peace.serve.export import _umap, umap_coordinates; "

@@ -75,9 +75,18 @@ def umap_coordinates(emb: np.ndarray, n_components: int, seed: int = 0,
     idx, dist = cosine_neighbours(emb) if neighbours is None else neighbours
     reducer = umap.UMAP(n_components=n_components, n_neighbors=idx.shape[1], metric="cosine", random_state=seed,
                         n_jobs=1, init="random" if n < 4 * n_components + 4 else "spectral", precomputed_knn=(idx, dist))
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="precomputed_knn")  # no search index: we never transform
-        return reducer.fit_transform(emb).astype(np.float32)
+    # numba's OpenMP layer runs on torch's libgomp and leaves the calling thread's OpenMP thread count at
+    # NUMBA_NUM_THREADS (every core): a process that gave torch fewer threads (a test worker, a Ray task, a
+    # user's choice) then ran every later torch op on all cores, spinning against its neighbours (10x slower)
+    torch = sys.modules.get("torch")
+    threads = torch.get_num_threads() if torch is not None else None
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="precomputed_knn")  # no search index: we never transform
+            return reducer.fit_transform(emb).astype(np.float32)
+    finally:
+        if threads is not None:
+            torch.set_num_threads(threads)
 
 
 MAP_SAMPLE = 50_000  # models placed on the UMAP maps; bigger sets get a sample (UMAP's cost, the browser's points)
