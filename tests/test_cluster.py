@@ -54,7 +54,7 @@ def test_engines_refuse_what_they_cannot_do():
 
 
 @pytest.mark.slow
-def test_zoo_build_with_ray_equals_the_serial_build_and_resumes(serial_zoo, tmp_path):
+def test_zoo_build_with_ray_equals_the_serial_build_and_resumes(serial_zoo, tmp_path, ray_engine):
     out = tmp_path / "tiny"
     p = run_peace("zoo", "build", "--preset", "tiny", "--out", out, "--ray", "local", "--ray-cpus", "2", "--quiet")
     assert "built Zoo(" in p.stdout
@@ -66,8 +66,7 @@ def test_zoo_build_with_ray_equals_the_serial_build_and_resumes(serial_zoo, tmp_
         (out / row["shard"]).unlink()
         (out / "parts" / f"{row['population_id']}.parquet").unlink()
     (out / "zoo.json").unlink()
-    p = run_peace("zoo", "build", "--preset", "tiny", "--out", out, "--resume", "--ray", "local", "--ray-cpus", "2",
-                  "--quiet")
+    build_zoo(load_recipe("tiny"), out, resume=True, progress=False, engine=ray_engine)  # the Ray already up
     _same_zoo(serial_zoo, Zoo(out))
 
 

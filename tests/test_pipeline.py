@@ -149,9 +149,6 @@ def test_the_tiny_preset_runs_as_a_user_types_it_then_reruns_only_stale_steps(tm
     assert run_pipeline(**{**kw, "seed": 1}, steps=["train encoder"]) == ["ran"]  # another encoder: everything
     assert json.loads((root / "runs/tiny/.pipeline-step.json").read_text())["parameters"]["seed"] == 1
     assert [s.is_current() for s in pipeline_steps("tiny", root=root, seed=1)] == [True, True, False, False]  # downstream
-    t = run_peace("train", "--zoo", root / "zoos/tiny", "--out", tmp_path / "again", "--set",
-                  "train.epochs=1", "augment.distill_epochs=1")  # `peace train` on a preset's zoo: the same choice
-    assert "[peace] encoder config tiny: named by the zoo's recipe" in t.stderr
 
 
 def test_every_preset_names_a_config_its_planned_zoo_can_train(tmp_path):

@@ -158,3 +158,5 @@ def test_peace_train_command(tiny_zoo, tmp_path):
     assert json.loads((tmp_path / "run" / "encoder.json").read_text())["config"]["seed"] == 1
     bad = run_peace("train", "--zoo", tiny_zoo.path, "--out", tmp_path / "r2", "--device", "cuda:99", check=False)
     assert bad.returncode == 2 and "cuda" in bad.stderr and "Traceback" not in bad.stderr
+    # without --config, on a preset's zoo: the config the preset names, said before anything runs
+    assert "[peace] encoder config tiny: named by the zoo's recipe" in bad.stderr
