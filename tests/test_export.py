@@ -299,6 +299,7 @@ def test_a_map_leaves_torchs_thread_count_as_it_was():
     assert out.returncode == 0 and out.stdout.split() == ["1"], out.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_umaps_kernels_are_compiled_once_per_machine_not_once_per_process():
     """umap-learn does not cache its numba kernels: each process compiled them (15-35 s on 2 cores)."""
     script = ("import numpy as np; from peace.serve.export import _umap, umap_coordinates; "
