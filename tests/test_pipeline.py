@@ -53,6 +53,16 @@ def test_notebooks_without_parameters_cell_are_refused_before_anything_runs(tmp_
     with pytest.raises(PeaceError, match="03_export_embeddings.ipynb has no cell tagged 'parameters'"):
         run_steps(steps, tmp_path / "out", notebooks=nbs, progress=False)
     assert not (tmp_path / "artifacts").exists()
+    (nbs / "03_export_embeddings.ipynb").write_text('{"cells": [')  # cut short
+    with pytest.raises(PeaceError, match=r"03_export_embeddings.ipynb is not a Jupyter notebook.*git checkout"):
+        run_steps(steps, tmp_path / "out", notebooks=nbs, progress=False)
+    nb = nbformat.read(str(NOTEBOOKS / "02_train_encoder.ipynb"), as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    cell.source = "\n".join(line for line in cell.source.splitlines() if not line.startswith("seed"))
+    nbformat.write(nb, str(nbs / "02_train_encoder.ipynb"))  # written with its source as a list of lines
+    with pytest.raises(PeaceError, match=r"the parameters cell of .*02_train_encoder.ipynb does not define \['seed'\]"):
+        run_steps(steps, tmp_path / "out", notebooks=nbs, progress=False)
+    assert not (tmp_path / "artifacts").exists()
     with pytest.raises(PeaceError, match="unknown preset 'nope'"):
         pipeline_steps("nope")
     with pytest.raises(PeaceError, match="unknown pipeline step 'train'"):

@@ -66,3 +66,30 @@ def test_image_tasks_are_learnable_by_a_small_resnet_and_not_by_a_linear_reading
         assert acc >= 0.9, (name, acc)
         if name in ("shapes", "gratings"):
             assert linear_acc < 0.5, (name, linear_acc)
+
+
+@pytest.mark.slow
+def test_mnist1d_is_generated_once_per_machine_and_a_damaged_cache_is_made_again(tmp_path, monkeypatch):
+    """Its generator takes ~6 s per process; the arrays are kept in PEACE_CACHE and read back equal."""
+    import mnist1d.data
+
+    monkeypatch.setenv("PEACE_CACHE", str(tmp_path))
+    load_task.cache_clear()
+    try:
+        fresh = load_task("mnist1d")
+        (cached,) = tmp_path.glob("mnist1d-*.npz")
+        generate = mnist1d.data.make_dataset
+        monkeypatch.setattr(mnist1d.data, "make_dataset", lambda *a: pytest.fail("generated again"))
+        load_task.cache_clear()
+        again = load_task("mnist1d")  # read back, not generated
+        for name in ("X_train", "y_train", "X_val", "y_val", "X_test", "y_test"):
+            assert np.array_equal(getattr(again, name), getattr(fresh, name)), name
+        monkeypatch.setattr(mnist1d.data, "make_dataset", generate)
+        for damage in (lambda: cached.write_bytes(b"cut short"), lambda: np.savez(cached, X=np.zeros((3, 3)))):
+            damage()
+            load_task.cache_clear()
+            assert np.array_equal(load_task("mnist1d").X_test, fresh.X_test)  # made again ...
+            with np.load(cached) as f:
+                assert sorted(f.files) == ["X", "y"]  # ... and written again
+    finally:
+        load_task.cache_clear()

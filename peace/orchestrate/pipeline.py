@@ -43,14 +43,18 @@ def notebook_path(name: str, notebooks: Path | None = None) -> Path:
 
 def check_parameters_cell(path: Path, needed: Sequence[str]) -> None:
     """Refuse a notebook without a papermill ``parameters`` cell defining every ``needed`` name."""
-    import nbformat  # 1.4 s to import (jsonschema): not for the callers that never read a notebook
-
-    nb = nbformat.read(str(path), as_version=4)
-    cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    # the notebook's JSON as it is: nbformat would cost 2.7 s of imports (jsonschema) on 2 cores, every time
+    # the pipeline is run to find its steps current
+    try:
+        nb = json.loads(path.read_text())
+        cells = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise PeaceError(f"{path} is not a Jupyter notebook ({type(e).__name__}: {e}); restore it from the "
+                         f"PEACE checkout (git checkout -- {path.name})") from None
     if not cells:
         raise PeaceError(f"{path} has no cell tagged 'parameters'; papermill needs one (add the tag to the cell that "
                          f"sets {', '.join(needed)})")
-    src = "\n".join(c.source for c in cells)
+    src = "\n".join("".join(c["source"]) if isinstance(c["source"], list) else c["source"] for c in cells)
     missing = [n for n in needed if not any(line.split("=")[0].strip() == n for line in src.splitlines())]
     if missing:
         raise PeaceError(f"the parameters cell of {path} does not define {missing}")

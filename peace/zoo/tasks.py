@@ -11,12 +11,17 @@ Task names are ``family`` or ``family-K`` where ``K`` is an integer seed (``synt
 from __future__ import annotations
 
 import functools
+import importlib.metadata
+import os
 import re
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from peace.core.atomic import atomic_path
 from peace.core.errors import PeaceError, unknown
 from peace.zoo.images import IMAGE_TASKS, make_images
 
@@ -158,14 +163,54 @@ def _digits(variant: str) -> Task:
 
 # --- MNIST-1D -----------------------------------------------------------------------------------
 
-def _mnist1d() -> Task:
-    from mnist1d.data import get_dataset_args, make_dataset
+def cache_dir() -> Path:
+    """Where generated data that take seconds to make are kept between processes: ``$PEACE_CACHE``, else
+    ``$XDG_CACHE_HOME/peace``, else ``~/.cache/peace``."""
+    if os.environ.get("PEACE_CACHE"):
+        return Path(os.environ["PEACE_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "peace"
 
-    args = get_dataset_args()
-    args.seed = 42
-    data = make_dataset(args)  # generated locally; never downloaded
-    X = np.concatenate([data["x"], data["x_test"]]).astype(np.float32)
-    y = np.concatenate([data["y"], data["y_test"]])
+
+def _cached_arrays(key: str, build: Callable[[], dict[str, np.ndarray]],
+                   valid: Callable[[dict[str, np.ndarray]], bool]) -> dict[str, np.ndarray]:
+    """``build()``'s arrays, kept in ``cache_dir()/key.npz`` (``key`` names the generator and its arguments):
+    generated once per machine instead of once per process. A missing, unreadable or not ``valid`` file is
+    built and written again; one that cannot be written (read-only home) only costs the time."""
+    path = cache_dir() / f"{key}.npz"
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+        if valid(arrays):
+            return arrays
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError):
+        pass
+    arrays = build()
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+    except OSError:
+        pass
+    return arrays
+
+
+def _mnist1d() -> Task:
+    """MNIST-1D's default dataset (seed 42). Its generator (and importing it: matplotlib, requests) takes
+    ~6 s on 2 cores, paid by every process that built a zoo, trained, evaluated or expanded a recipe with
+    it, so the arrays are cached on disk, keyed by the installed mnist1d's version (its defaults)."""
+
+    def build() -> dict[str, np.ndarray]:
+        from mnist1d.data import get_dataset_args, make_dataset
+
+        args = get_dataset_args()
+        args.seed = 42
+        data = make_dataset(args)  # generated locally; never downloaded
+        return {"X": np.concatenate([data["x"], data["x_test"]]).astype(np.float32),
+                "y": np.concatenate([data["y"], data["y_test"]]).astype(np.int64)}
+
+    arrays = _cached_arrays(f"mnist1d-{importlib.metadata.version('mnist1d')}-seed42", build,
+                            lambda a: a.keys() == {"X", "y"} and a["X"].ndim == 2 and a["X"].dtype == np.float32
+                            and a["y"].shape == (len(a["X"]),) and a["y"].dtype == np.int64)
+    X, y = arrays["X"], arrays["y"]
     return _make("mnist1d", "mnist1d", "MNIST-1D (Greydanus 2020) generated locally, 40-sample signals",
                  (1, X.shape[1]), 10, _split(X, y))
 
@@ -253,4 +298,4 @@ def load_task(name: str) -> Task:
     return _SEEDED[family](int(k))
 
 
-__all__ = ["PeaceError", "Task", "check_task_name", "load_task", "task_names"]
+__all__ = ["PeaceError", "Task", "cache_dir", "check_task_name", "load_task", "task_names"]
