@@ -19,7 +19,7 @@ __all__ = ["REFERENCE_MINUTES", "TIMINGS", "describe", "machine_factor", "plan"]
 TIMINGS = "timings.json"  # beside the executed notebooks: how long each step last took on this machine
 # Minutes on the reference machine (2-core AMD EPYC, idle; docs/benchmarks.md "Demo pipeline").
 REFERENCE_MINUTES = {"demo": {"build zoo": 2.8, "train encoder": 18.3, "export embeddings": 1.1, "evaluate": 9.0},
-                     "tiny": {"build zoo": 0.3, "train encoder": 0.35, "export embeddings": 0.25, "evaluate": 0.3},
+                     "tiny": {"build zoo": 0.3, "train encoder": 0.25, "export embeddings": 0.25, "evaluate": 0.3},
                      # the vision zoo: 3.4 and 11.8 min on an earlier reference machine, which took 1/2.6 of this
                      # one's time for the demo zoo and 1/2.8 for its training (docs/benchmarks.md)
                      "vision": {"build zoo": 8.8, "train encoder": 33.0}}
