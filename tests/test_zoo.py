@@ -90,7 +90,8 @@ def test_killed_build_resumes_to_the_same_zoo(tiny_zoo, tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     n_parts = len(list((out / "parts").glob("*.parquet")))
-    assert 3 <= n_parts < 12 and not (out / "manifest.parquet").exists()
+    # killed part-way: at least one population left to train (a starved poll may see more than 3 parts)
+    assert 3 <= n_parts < tiny_zoo.manifest["population_id"].nunique() and not (out / "manifest.parquet").exists()
     with pytest.raises(PeaceError, match="not a finished zoo"):
         Zoo(out)
     # what a kill inside a shard's write leaves (the kill above lands there only sometimes): the resume clears it
