@@ -19,10 +19,13 @@ from peace.learn.decoder import (
     aligned_form,
     fit_decoder,
     flatten,
+    head_spec,
     load_decoder,
     unflatten,
 )
 from peace.learn.generation import SampleConfig, accuracy, kde_draws, run_decoder, sample_models, train_decoder
+from peace.learn.refine import RefineConfig, SketchFit, sketch_fit
+from peace.learn.run import RunDir
 from peace.nets.architectures import ArchSpec, evaluate, forward, stack_params
 from peace.nets.symmetry import canonicalize, random_symmetry
 from peace.orchestrate.generation import GenerativeConfig, generative_markdown, generative_study, resolve_prompt
@@ -125,6 +128,34 @@ def test_decoder_on_a_run_reconstructs_judged_by_function(decoded_run):
         torch.testing.assert_close(v, dec.decode(z, dec.specs[0])[0][k])
 
 
+def test_refined_models_compute_more_of_what_their_embeddings_say(decoded_run):
+    run, dec, table = decoded_run
+    encoder = RunDir(run).load_encoder()
+    zoo = Zoo(json.loads((run / "decoder.json").read_text())["zoo"])
+    fit = sketch_fit(encoder, RefineConfig(steps=100, lr=0.03))
+    spec = next(s for s in dec.specs if fit.reads(s))  # a 4-class space: 16 probes x 4 classes in a 16-number sketch
+    ids = [i for i in zoo.manifest.index if head_spec(zoo.spec(i)) == spec][:24]
+    z = encoder.embed([spec] * len(ids), zoo.load_many(ids))
+    decoded, refined = dec.decode(z, spec), dec.decode(z, spec, fit)
+
+    def said(models):  # cosine of the models' own function blocks with the embeddings'
+        return (fit.target(encoder.embed([spec] * len(models), models)) * fit.target(z)).sum(-1)
+
+    assert said(refined).mean() > max(0.8, said(decoded).mean() + 0.3), (said(decoded), said(refined))
+    wide = dataclasses.replace(spec, n_classes=spec.n_classes * 8)  # 8x the answers: too compressed to read back
+    flat = torch.randn(2, wide.n_params)
+    assert not fit.reads(wide) and torch.equal(fit.refine(wide, flat, z[:2]), flat)
+    assert sketch_fit(encoder, RefineConfig(steps=0)) is None
+    assert {"refined_acc", "refined_agreement", "refined_probe_agreement"} <= set(table.columns)
+    assert "refined_kept" in json.loads((run / "decoder.json").read_text())["reconstruction"][-1]
+    encoder.config.function_block = 0
+    with pytest.raises(PeaceError, match="no function block.*--refine-steps 0"):
+        SketchFit(encoder)
+    assert sketch_fit(encoder) is None
+    with pytest.raises(PeaceError, match="steps >= 0 and lr"):
+        RefineConfig(steps=-1)
+
+
 def test_a_decoder_for_another_encoder_is_refused(decoded_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(decoded_run[0], run)
@@ -157,14 +188,14 @@ def test_sample_writes_a_zoo_that_every_command_reads(decoded_run, tmp_path):
     run = decoded_run[0]
     out = tmp_path / "sampled"
     p = run_peace("sample", "--run", run, "--prompt", "task == 'synth-1' and arch == 'mlp 16-4-4 relu'", "--n", 4,
-                  "--candidates", 3, "--rounds", 2, "--out", out)
+                  "--candidates", 3, "--rounds", 2, "--refine-steps", 5, "--out", out)
     assert "sampled 4 mlp 16-4-4 relu models for task 'synth-1'" in p.stdout
     zoo = Zoo(out)
     m = zoo.manifest
     assert len(m) == 4 and set(m["status"]) == {"sampled"} and set(m["task"]) == {"synth-1"}
     prov = json.loads(m["provenance"].iloc[0])
     assert prov["prompt"].startswith("task == 'synth-1'") and prov["sampling"]["candidates"] == 3
-    assert prov["sampling"]["rounds"] == 2
+    assert prov["sampling"]["rounds"] == 2 and prov["refinement"]["steps"] == 5
     assert m["test_acc"].between(0, 1).all() and not zoo.verify(weights=True)
     again = run_peace("sample", "--run", run, "--prompt", "task == 'synth-1' and arch == 'mlp 16-4-4 relu'",
                       "--out", out, check=False)
@@ -179,7 +210,6 @@ def test_sample_writes_a_zoo_that_every_command_reads(decoded_run, tmp_path):
 
 
 def test_bootstrapping_keeps_the_best_draws_so_far_and_samples_around_them(decoded_run):
-    from peace.learn.run import RunDir
     from peace.zoo.tasks import load_task
 
     run, dec, _ = decoded_run
@@ -296,6 +326,7 @@ def test_bad_sampling_requests_get_one_line_and_leave_no_zoo(decoded_run, tiny_r
         (["--run", run, "--prompt", ok_prompt, "--n", "0"], "1 <= n <= 100,000"),
         (["--run", run, "--prompt", ok_prompt, "--n", "200000"], "1 <= n <= 100,000"),
         (["--run", run, "--prompt", ok_prompt, "--bandwidth", "inf"], "bandwidth"),
+        (["--run", run, "--prompt", ok_prompt, "--refine-steps", "-1"], "refinement needs steps >= 0"),
         (["--run", run, "--prompt", "test_acc > 2"], "selects no usable model"),
         (["--run", run, "--prompt", "family == 'resnet'"], "does not decode resnet models"),
         (["--run", tiny_run.path, "--prompt", ok_prompt], "has no decoder.*peace decoder --run"),
@@ -410,7 +441,6 @@ def test_joint_training_moves_the_encoder_and_resumes_with_its_decoder(tiny_zoo,
     from safetensors.torch import load_file
 
     from peace.learn import trainer
-    from peace.learn.run import RunDir
     from peace.learn.runconfig import load_config
 
     cfg = QUICK_RUN + ["train.reconstruction=10"]

@@ -7,7 +7,16 @@ from conftest import MODELS, random_model
 from peace.core.errors import PeaceError
 from peace.evaluate.baselines import FunctionSpace, Models
 from peace.nets.architectures import ArchSpec
-from peace.nets.probes import agreement, agreement_matrix, fingerprint, io_space, probe_inputs, responses, sketch
+from peace.nets.probes import (
+    agreement,
+    agreement_matrix,
+    fingerprint,
+    io_space,
+    probe_inputs,
+    responses,
+    sketch,
+    soft_sketch,
+)
 from peace.nets.symmetry import random_symmetry
 
 
@@ -92,6 +101,19 @@ def test_sketches_approximate_agreement_and_keep_spaces_apart():
     assert torch.equal(sketch(r, spaces, 64), sketch(r, spaces, 64))  # fixed projections
     other = sketch(r[:1], ["64->4"], 4096)  # the same vector read as another space: nearly orthogonal
     assert abs(float(other[0] @ sk[0])) < 0.08
+
+
+def test_the_soft_sketch_is_the_sketch_where_predictions_are_sure_and_has_a_gradient():
+    cases = [random_model(*MODELS[1], seed=s) for s in range(3)]
+    r = responses([c[1] for c in cases], [c[2] for c in cases], 64)
+    space = io_space(cases[0][1])
+    onehot = torch.stack([fingerprint(x).reshape(x.shape) * 8 for x in r])  # one-hot predictions (sqrt(64) = 8)
+    torch.testing.assert_close(soft_sketch(onehot, space, 32), sketch(r, [space] * 3, 32))
+    probs = torch.stack(r).requires_grad_()
+    soft = soft_sketch(probs, space, 32)
+    assert not torch.allclose(soft, sketch(r, [space] * 3, 32))  # unsure predictions give another point
+    soft.sum().backward()
+    assert probs.grad is not None and probs.grad.abs().sum() > 0
 
 
 def test_own_probe_inputs_replace_the_gaussian_ones_of_their_space_only():

@@ -11,10 +11,12 @@ __all__ = ["add_parsers"]
 def _decoder(args: argparse.Namespace) -> int:
     from peace.learn.decoder import DecoderConfig
     from peace.learn.generation import reconstruction_summary, train_decoder
+    from peace.learn.refine import RefineConfig
 
     config = DecoderConfig(hidden=args.hidden, epochs=args.epochs, min_models=args.min_models, seed=args.seed,
                            function_weight=args.function_weight)
-    dec, table = train_decoder(args.run, config, progress=not args.quiet)
+    refine = RefineConfig() if args.refine_steps is None else RefineConfig(args.refine_steps)
+    dec, table = train_decoder(args.run, config, progress=not args.quiet, refine=refine)
     print(f"decoder for {len(dec.specs)} architecture(s) saved in {args.run} (decoder.safetensors, decoder.json)")
     if table.empty:
         print("no test-split models of a decoded architecture: reconstruction not measured")
@@ -22,18 +24,21 @@ def _decoder(args: argparse.Namespace) -> int:
     print("reconstruction on the run's test split, judged by function (mean over models; agreement = share of "
           "inputs where the model predicts what the original predicts):")
     print(reconstruction_summary(table).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    print("kept: share of models whose decoded (mean, nearest) model keeps >= 90 % of the original's test accuracy; "
-          "heldout_task: the task was held out of encoder training")
+    print("kept: share of models whose decoded (refined, mean, nearest) model keeps >= 90 % of the original's test "
+          "accuracy; refined: decoded, then refined towards the embedding's function block; heldout_task: the task "
+          "was held out of encoder training")
     return 0
 
 
 def _sample(args: argparse.Namespace) -> int:
     from peace.learn.generation import SampleConfig
+    from peace.learn.refine import RefineConfig
     from peace.orchestrate.generation import sample_zoo
 
     config = SampleConfig(n=args.n, candidates=args.candidates, bandwidth=args.bandwidth, seed=args.seed,
                           rounds=args.rounds)
-    zoo = sample_zoo(args.run, args.prompt, args.out, config, zoo=args.zoo, arch=args.arch, name=args.name)
+    zoo = sample_zoo(args.run, args.prompt, args.out, config, zoo=args.zoo, arch=args.arch, name=args.name,
+                     refine=RefineConfig(args.refine_steps))
     m = zoo.manifest
     print(f"sampled {len(m)} {m['arch'].iloc[0]} models for task {m['task'].iloc[0]!r} into {zoo.path}: test accuracy "
           f"mean {m['test_acc'].mean():.3f}, min {m['test_acc'].min():.3f}, max {m['test_acc'].max():.3f}")
@@ -55,6 +60,9 @@ def add_parsers(sub) -> None:
                    "alone, as Hyper-representations' E.D and SANE do (default 10, chosen on validation)")
     d.add_argument("--min-models", type=int, default=8, metavar="N",
                    help="training models an architecture needs to be decoded (default 8)")
+    d.add_argument("--refine-steps", type=int, metavar="N",
+                   help="also judge the decoded models refined N steps towards the embedding's function block "
+                   "(default: peace.learn.refine.RefineConfig's 100, chosen on validation; 0: the decoder alone)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=_decoder)
@@ -76,6 +84,8 @@ def add_parsers(sub) -> None:
                    "the n best draws so far (SANE's bootstrapping; needs --candidates >= 2; --candidates 20 --rounds 5 "
                    "--bandwidth 0.5 was best on validation, docs/generation.md)")
     s.add_argument("--bandwidth", type=float, default=1.0, help="kernel width as a multiple of Scott's rule")
+    s.add_argument("--refine-steps", type=int, default=0, metavar="N",
+                   help="refine each decoded draw N steps towards its embedding's function block (default 0: none)")
     s.add_argument("--name", default="sampled", help="the new zoo's name")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=_sample)

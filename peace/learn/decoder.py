@@ -18,6 +18,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -30,6 +31,9 @@ from peace.core.errors import PeaceError
 from peace.nets.alignment import align
 from peace.nets.architectures import ArchSpec, forward
 from peace.nets.symmetry import canonicalize
+
+if TYPE_CHECKING:
+    from peace.learn.refine import SketchFit
 
 __all__ = [
     "DECODABLE", "DecoderConfig", "Pairs", "WeightDecoder", "aligned_form", "check_decodable", "fit_decoder", "flatten", "head_spec",
@@ -173,14 +177,17 @@ class WeightDecoder(nn.Module):
         err = (self.normalized(z, i) - self.to_units(y, i)).pow(2)
         return torch.stack([err[:, sl].mean() for _, _, sl in _spans(self.specs[i])]).mean()
 
-    @torch.no_grad()
-    def decode(self, z: Tensor, spec: ArchSpec) -> list[Params]:
-        """Weights of ``spec`` for each row of ``z`` (n, in_dim)."""
+    def decode(self, z: Tensor, spec: ArchSpec, fit: SketchFit | None = None) -> list[Params]:
+        """Weights of ``spec`` for each row of ``z`` (n, in_dim); with ``fit``, refined until they compute
+        what the embeddings' function block says (``peace.learn.refine``)."""
         i = self.index(spec)
         was = self.training
         self.eval()
-        flat = self.flat(z.float(), i)
+        with torch.no_grad():
+            flat = self.flat(z.float(), i)
         self.train(was)
+        if fit is not None:
+            flat = fit.refine(self.specs[i], flat, z, getattr(self, f"scale_{i}"))
         return [unflatten(spec, f) for f in flat]
 
 

@@ -36,6 +36,7 @@ from peace.learn.decoder import (
     save_decoder,
     unflatten,
 )
+from peace.learn.refine import RefineConfig, SketchFit, sketch_fit
 from peace.learn.run import RunDir
 from peace.nets.architectures import ArchSpec, build_module, evaluate, forward, predict, stack_params
 from peace.nets.probes import probe_inputs
@@ -132,16 +133,17 @@ def decoder_groups(run_dir: str | Path, config: DecoderConfig = DecoderConfig(),
     return zoo, groups, skipped
 
 
-def train_decoder(run_dir: str | Path, config: DecoderConfig = DecoderConfig(),
-                  progress: bool = False) -> tuple[WeightDecoder, pd.DataFrame]:
+def train_decoder(run_dir: str | Path, config: DecoderConfig = DecoderConfig(), progress: bool = False,
+                  refine: RefineConfig = RefineConfig()) -> tuple[WeightDecoder, pd.DataFrame]:
     """Train the run's decoder on its training split (validation picks the epoch), save it in the
-    run directory, and return it with its reconstruction table on the test split."""
+    run directory, and return it with its reconstruction table on the test split (with ``refine``'s
+    refined reconstructions beside the decoder's own where the run's embedding has a function block)."""
     run = RunDir(run_dir)
     zoo, groups, skipped = decoder_groups(run_dir, config, progress)
     specs = [g.spec for g in groups["train"]]
     dec, history = fit_decoder(specs, [g.pairs() for g in groups["train"]], [g.pairs() for g in groups["val"]],
                                config, progress)
-    table = reconstruction(dec, zoo, groups["test"], groups["train"])
+    table = reconstruction(dec, zoo, groups["test"], groups["train"], sketch_fit(run.load_encoder(), refine))
     if len(table):
         held = run.splits().set_index("model_id")["heldout_task"].astype(bool)
         table["heldout_task"] = table["model_id"].map(held).fillna(False).astype(bool)
@@ -178,11 +180,12 @@ def _nearest(z: Tensor, library: Tensor) -> Tensor:
     return (a @ b.T).argmax(1)
 
 
-def reconstruction(dec: WeightDecoder, zoo: Zoo, test: Sequence[Group], train: Sequence[Group]) -> pd.DataFrame:
-    """One row per test model: the original's test accuracy, and for the decoded model and two
-    references (the architecture's mean model; the training model nearest in the embedding, i.e.
-    retrieval instead of decoding): test accuracy and agreement with the original's predictions on
-    the task's test inputs and on the probe inputs."""
+def reconstruction(dec: WeightDecoder, zoo: Zoo, test: Sequence[Group], train: Sequence[Group],
+                   fit: SketchFit | None = None) -> pd.DataFrame:
+    """One row per test model: the original's test accuracy, and for the decoded model, the decoded
+    model refined by ``fit`` (``refined_*``, when given) and two references (the architecture's mean
+    model; the training model nearest in the embedding, i.e. retrieval instead of decoding): test
+    accuracy and agreement with the original's predictions on the task's test inputs and on the probe inputs."""
     rows = []
     library = {g.spec: g for g in train}
     for g in test:
@@ -196,6 +199,8 @@ def reconstruction(dec: WeightDecoder, zoo: Zoo, test: Sequence[Group], train: S
             "mean": [unflatten(g.spec, getattr(dec, f"mean_{i}"))] * len(g.ids),
             "nearest": zoo.load_many([near[j] for j in _nearest(g.z, library[g.spec].z).tolist()]),
         }
+        if fit is not None:
+            candidates["refined"] = dec.decode(g.z, g.spec, fit)
         tasks = pd.Series(zoo.manifest.loc[g.ids, "task"].to_numpy())
         probes = probe_inputs(g.spec.input_shape).float()
         for task_name, idx in tasks.groupby(tasks).indices.items():
@@ -220,10 +225,10 @@ def reconstruction_summary(table: pd.DataFrame, by: str = "family") -> pd.DataFr
     over all models too, with the model count and ``*_kept``: the share of models whose decoded (or
     mean, or nearest) model keeps at least 90 % of the original's test accuracy."""
     table = table.copy()
-    for m in ("decoded", "mean", "nearest"):
+    made = [m for m in ("decoded", "refined", "mean", "nearest") if f"{m}_acc" in table]
+    for m in made:
         table[f"{m}_kept"] = (table[f"{m}_acc"] >= 0.9 * table["original_acc"]).astype(float)
-    cols = ["original_acc"] + [f"{m}_{c}" for m in ("decoded", "mean", "nearest")
-                               for c in ("acc", "kept", "agreement", "probe_agreement")]
+    cols = ["original_acc"] + [f"{m}_{c}" for m in made for c in ("acc", "kept", "agreement", "probe_agreement")]
     keys = [k for k in (by, "heldout_task") if k in table]
     out = table.groupby(keys)[cols].mean().reset_index()
     out.insert(len(keys), "models", table.groupby(keys).size().to_numpy())
@@ -285,10 +290,11 @@ def default_inits(spec: ArchSpec, n: int, seed: int) -> list[Params]:
 
 
 def sample_models(dec: WeightDecoder, z_prompt: Tensor, spec: ArchSpec, task: Task,
-                  config: SampleConfig = SampleConfig()) -> tuple[list[Params], np.ndarray]:
-    """New models of ``spec`` decoded from KDE draws around the prompt embeddings, the best by accuracy
-    on the task's training split when ``config`` asks for subsampling or bootstrapping (see
-    ``SampleConfig``). Returns the models and those training accuracies."""
+                  config: SampleConfig = SampleConfig(),
+                  fit: SketchFit | None = None) -> tuple[list[Params], np.ndarray]:
+    """New models of ``spec`` decoded from KDE draws around the prompt embeddings (refined by ``fit``
+    when given), the best by accuracy on the task's training split when ``config`` asks for subsampling
+    or bootstrapping (see ``SampleConfig``). Returns the models and those training accuracies."""
     check_decodable(spec)
     if len(z_prompt) == 0:
         raise PeaceError("no prompt models to sample around")
@@ -300,7 +306,7 @@ def sample_models(dec: WeightDecoder, z_prompt: Tensor, spec: ArchSpec, task: Ta
         z = kde_draws(around, config.n * config.candidates, config.bandwidth,
                       config.seed if r == 0 else model_seed(config.seed, f"bootstrap-{r}"), floor)
         drawn.append(z)
-        models += dec.decode(z, spec)
+        models += dec.decode(z, spec, fit)
         train_acc = np.concatenate([train_acc, accuracy(spec, models[len(train_acc):], task, "train")])
         keep = np.argsort(-train_acc, kind="stable")[:config.n] if config.candidates > 1 else np.arange(config.n)
         around = torch.cat(drawn)[torch.as_tensor(keep)]

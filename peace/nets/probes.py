@@ -29,7 +29,7 @@ from peace.nets.architectures import ArchSpec, forward, stack_params
 
 __all__ = [
     "N_PROBES", "PROBE_SEED", "ProbeBank", "agreement", "agreement_matrix", "fingerprint", "io_space",
-    "probe_inputs", "responses", "sketch"
+    "probe_inputs", "responses", "sketch", "soft_sketch"
 ]
 
 N_PROBES = 256
@@ -155,3 +155,11 @@ def sketch(responses: Sequence[Tensor], spaces: Sequence[str], dim: int, seed: i
         f = fingerprint(r)
         out[i] = _projection(space, f.numel(), dim, seed) @ f
     return out
+
+
+def soft_sketch(probs: Tensor, space: str, dim: int, seed: int = PROBE_SEED) -> Tensor:
+    """``sketch`` with class probabilities (n, K, C) in place of one-hot predictions: differentiable,
+    and ``sketch`` itself where the probabilities are one-hot. What refines decoded models towards an
+    embedding's function block (``peace.learn.refine``)."""
+    f = probs.flatten(-2) / math.sqrt(probs.shape[-2])
+    return f @ _projection(space, f.shape[-1], dim, seed).to(f).T

@@ -19,6 +19,7 @@ from peace.evaluate.transfer import TransferConfig, finetune_curves, io_key
 from peace.learn.decoder import DECODABLE, WeightDecoder, head_spec
 from peace.learn.encoder import Embedder
 from peace.learn.generation import SampleConfig, default_inits, run_decoder, sample_models
+from peace.learn.refine import RefineConfig, sketch_fit
 from peace.learn.run import RunDir
 from peace.nets.architectures import ArchSpec
 from peace.zoo.generated import write_generated_zoo
@@ -67,18 +68,23 @@ def _embed(encoder: Embedder, zoo: Zoo, ids: list[str]) -> torch.Tensor:
 
 
 def sample_zoo(run_dir: str | Path, prompt: str, out: str | Path, config: SampleConfig = SampleConfig(),
-               zoo: Zoo | str | Path | None = None, arch: str | None = None, name: str = "sampled") -> Zoo:
-    """``peace sample``: decode ``config.n`` models sampled around the prompt models' embeddings and write
-    them as a new zoo at ``out`` (status ``sampled``, the prompt in each row's provenance)."""
+               zoo: Zoo | str | Path | None = None, arch: str | None = None, name: str = "sampled",
+               refine: RefineConfig = RefineConfig(steps=0)) -> Zoo:
+    """``peace sample``: decode ``config.n`` models sampled around the prompt models' embeddings (refined
+    towards their function block as ``refine`` says) and write them as a new zoo at ``out`` (status
+    ``sampled``, the prompt in each row's provenance)."""
     run = RunDir(run_dir)
     dec, meta = run_decoder(run.path)
     zoo = zoo if isinstance(zoo, Zoo) else Zoo(zoo or meta["zoo"])
     p = resolve_prompt(zoo, prompt, arch)
     task = load_task(p.task)
-    models, _ = sample_models(dec, _embed(run.load_encoder(), zoo, p.ids), p.spec, task, config)
+    encoder = run.load_encoder()
+    fit = sketch_fit(encoder, refine)
+    models, _ = sample_models(dec, _embed(encoder, zoo, p.ids), p.spec, task, config, fit)
     provenance = {"run": str(run.path.resolve()), "encoder_sha256": meta["encoder_sha256"],
                   "decoder_sha256": meta["weights_sha256"], "zoo": str(zoo.path.resolve()), "prompt": prompt,
-                  "prompt_models": p.ids[:100], "n_prompt_models": len(p.ids), "sampling": asdict(config)}
+                  "prompt_models": p.ids[:100], "n_prompt_models": len(p.ids), "sampling": asdict(config),
+                  "refinement": asdict(refine) if fit is not None and fit.reads(p.spec) else None}
     return write_generated_zoo(out, name, p.spec, task, models, provenance, like=zoo)
 
 
