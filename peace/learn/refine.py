@@ -3,7 +3,7 @@
 A PEACE embedding ends in its function block: a fixed random projection of the model's predictions on
 the probe inputs of its io-space (``peace.nets.probes.sketch``). That part of a point of the space is
 a description of a function, not of weights, and it can be read back: starting from the decoder's
-weights, a few hundred Adam steps on the weights (in the decoder's layer-normalized units) raise the
+weights, a hundred Adam steps on the weights (in the decoder's layer-normalized units) raise the
 cosine between the decoded model's sketch (class probabilities instead of one-hot predictions, so it
 has a gradient) and the target's. Nothing but the embedding is read: the probes and projections are
 the encoder's own, fixed ones. On the demo run this is what lets a decoded model of a task that the
@@ -96,7 +96,6 @@ class SketchFit:
             raise PeaceError(f"refining decoded {spec.describe()} models diverged (non-finite weights); lower the "
                              f"refinement's lr (now {self.config.lr}) or decode without it (--refine-steps 0)")
         return out
-
 
 
 def sketch_fit(encoder: Embedder, config: RefineConfig = RefineConfig()) -> SketchFit | None:
