@@ -71,9 +71,10 @@ class SketchFit:
         """Whether the sketch of the spec's io-space is fine enough to refine towards (``max_compression``)."""
         return self.n_probes * spec.n_classes <= self.config.max_compression * self.dim
 
-    def similarity(self, spec: ArchSpec, flat: Tensor, target: Tensor) -> Tensor:
-        """(n,) cosine between the soft sketches of flat weights ``flat`` (n, n_params) and ``target``."""
-        probs = forward(spec, unflatten(spec, flat), self.inputs(spec)).div(self.config.temperature).softmax(-1)
+    def similarity(self, spec: ArchSpec, flat: Tensor, target: Tensor, x: Tensor) -> Tensor:
+        """(n,) cosine between the soft sketches of flat weights ``flat`` (n, n_params) on the probe inputs
+        ``x`` (``inputs(spec)``) and ``target``."""
+        probs = forward(spec, unflatten(spec, flat), x).div(self.config.temperature).softmax(-1)
         return (F.normalize(soft_sketch(probs, io_space(spec), self.dim), dim=-1) * target).sum(-1)
 
     def refine(self, spec: ArchSpec, flat: Tensor, z: Tensor, scale: Tensor | float = 1.0) -> Tensor:
@@ -82,12 +83,12 @@ class SketchFit:
         Returned unchanged where the io-space's sketch is too compressed to read (``reads``)."""
         if self.config.steps == 0 or not len(flat) or not self.reads(spec):
             return flat
-        target, flat = self.target(z), flat.detach().float()
+        target, flat, x = self.target(z), flat.detach().float(), self.inputs(spec)
         u = torch.zeros_like(flat, requires_grad=True)
         opt = torch.optim.Adam([u], lr=self.config.lr)
         with torch.enable_grad():
             for _ in range(self.config.steps):
-                loss = -self.similarity(spec, flat + scale * u, target).sum()
+                loss = -self.similarity(spec, flat + scale * u, target, x).sum()
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
