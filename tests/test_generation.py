@@ -28,7 +28,13 @@ from peace.learn.refine import RefineConfig, SketchFit, sketch_fit
 from peace.learn.run import RunDir
 from peace.nets.architectures import ArchSpec, evaluate, forward, stack_params
 from peace.nets.symmetry import canonicalize, random_symmetry
-from peace.orchestrate.generation import GenerativeConfig, generative_markdown, generative_study, resolve_prompt
+from peace.orchestrate.generation import (
+    GenerativeConfig,
+    generative_markdown,
+    generative_study,
+    resolve_prompt,
+    sample_zoo,
+)
 from peace.zoo.store import Zoo
 
 QUICK = DecoderConfig(min_models=2, epochs=40, hidden=64, patience=10)
@@ -236,16 +242,16 @@ def test_a_killed_sample_run_leaves_nothing_that_opens_as_a_zoo(decoded_run, tmp
     prompt = "task == 'synth-1' and arch == 'mlp 16-4-4 relu'"
     for seed in range(3):  # SIGKILLed at random points while the new zoo is being written beside --out
         out = tmp_path / f"sampled-{seed}"
-        cmd = ["sample", "--run", decoded_run[0], "--prompt", prompt, "--n", 20000, "--candidates", 1, "--out", out]
+        cmd = ["sample", "--run", decoded_run[0], "--prompt", prompt, "--n", 5000, "--candidates", 1, "--out", out]
         staged = lambda: any(tmp_path.glob(f".{out.name}.new-*"))  # noqa: E731
         killed = kill_when(cmd, staged, random.Random(seed).uniform(0, 0.2), may_finish=True)
         if out.exists():  # it finished before the kill: the whole zoo, checksums and all
-            assert not Zoo(out).verify(weights=True) and len(Zoo(out)) == 20000
+            assert not Zoo(out).verify(weights=True) and len(Zoo(out)) == 5000
             continue
         assert killed
         with pytest.raises(PeaceError):
             Zoo(out)
-        run_peace(*cmd[:-4], "--n", 3, "--out", out)  # the next run clears the dead writer's stage
+        sample_zoo(decoded_run[0], prompt, out, SampleConfig(n=3))  # the next run clears the dead writer's stage
         assert len(Zoo(out)) == 3 and not list(tmp_path.glob(f".{out.name}.new-*"))
 
 

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from peace.core.atomic import atomic_path, sha256_file, write_json
 from peace.core.errors import PeaceError
 from peace.nets.alignment import align
-from peace.nets.architectures import ArchSpec, forward
+from peace.nets.architectures import ArchSpec, forward, unstack_params
 from peace.nets.symmetry import canonicalize
 
 if TYPE_CHECKING:
@@ -188,7 +188,8 @@ class WeightDecoder(nn.Module):
         self.train(was)
         if fit is not None:
             flat = fit.refine(self.specs[i], flat, z, getattr(self, f"scale_{i}"))
-        return [unflatten(spec, f) for f in flat]
+        models = unflatten(spec, flat)
+        return [unstack_params(models, j) for j in range(len(flat))]  # views of one batch
 
 
 @dataclass

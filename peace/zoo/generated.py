@@ -40,9 +40,12 @@ def _check_out(out: Path) -> None:
             raise PeaceError(f"--out {out} is inside the zoo {d}; write the generated zoo to its own directory")
 
 
-def _rows(spec: ArchSpec, task: Task, params: Sequence[dict[str, Tensor]], group: str,
+def _rows(spec: ArchSpec, task: Task, params: Sequence[dict[str, Tensor]], stacked: dict[str, Tensor], group: str,
           provenance: dict, columns: Sequence[str]) -> tuple[list[dict], dict[str, Tensor]]:
-    measured = metric_rows(spec, task, stack_params(list(params)), 0, task_tensors(task, spec.input_shape))
+    measured = metric_rows(spec, task, stacked, 0, task_tensors(task, spec.input_shape))
+    common = {**{c: None for c in columns}, "population_id": group, "group": group, "task": task.name,
+              "dataset": task.family, **spec_columns(spec), "epoch": 0, "epochs": 0,
+              "shard": f"shards/{group}.safetensors", "provenance": json.dumps(provenance, sort_keys=True)}
     rows, tensors = [], {}
     for p, m in zip(params, measured):
         checksum = weights_checksum(p)
@@ -50,12 +53,8 @@ def _rows(spec: ArchSpec, task: Task, params: Sequence[dict[str, Tensor]], group
         mid = model_id(run_id, 0)
         if mid in tensors:
             continue  # the same weights drawn twice: one model
-        row = {c: None for c in columns}
-        row.update({"model_id": mid, "run_id": run_id, "population_id": group, "group": group, "task": task.name,
-                    "dataset": task.family, **spec_columns(spec), "epoch": 0, "epochs": 0, "lineage_id": run_id,
-                    "shard": f"shards/{group}.safetensors", "checksum": checksum,
-                    "provenance": json.dumps(provenance, sort_keys=True),
-                    **{k: v for k, v in m.items() if k not in ("model_index", "epoch")}})
+        row = {**common, "model_id": mid, "run_id": run_id, "lineage_id": run_id, "checksum": checksum,
+               **{k: v for k, v in m.items() if k not in ("model_index", "epoch")}}
         row["status"] = "sampled" if m["status"] == "ok" else m["status"]
         rows.append(row)
         tensors[mid] = p
@@ -73,10 +72,16 @@ def write_generated_zoo(out: str | Path, name: str, spec: ArchSpec, task: Task, 
         raise PeaceError(f"zoo name {name!r} and group {group!r} must be plain names (letters, digits, '.', '_', '-')")
     if not params:
         raise PeaceError("no generated models to write")
-    for p in params:
-        check_params(spec, p)
+    try:
+        stacked = stack_params(list(params))
+        fits = all(p.keys() == stacked.keys() for p in params)
+    except (KeyError, RuntimeError):  # a model lacks a tensor, or shapes differ
+        fits = False
+    for p in params if not fits else ():
+        check_params(spec, p)  # names the tensor that does not fit
+    check_params(spec, stacked, population=True)  # shapes, dtypes and NaN of all at once
     columns = list(like.manifest.columns) if like is not None else []
-    rows, shard = _rows(spec, task, params, group, provenance, columns)
+    rows, shard = _rows(spec, task, params, stacked, group, provenance, columns)
     manifest = pd.DataFrame(rows).astype({"epoch": "int64", "epochs": "int64"})
     _check_out(out)
     with locked(out, "zoo", beside=True), staged_dir(out) as stage:

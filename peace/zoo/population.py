@@ -146,17 +146,18 @@ def metric_rows(spec: ArchSpec, task: Task, params: dict[str, Tensor], epoch: in
     """One manifest row per stacked model: loss and accuracy per split, gap, per-class F1, status."""
     finite = torch.stack([torch.isfinite(v.reshape(v.shape[0], -1)).all(1) for v in params.values()]).all(0)
     res = {split: evaluate(spec, params, X, y, task.n_classes) for split, (X, y) in data.items()}
-    macro_f1 = res["test"]["f1"].mean(1)
+    macro_f1, f1 = res["test"]["f1"].mean(1).tolist(), res["test"]["f1"].tolist()
+    res = {split: {k: v.tolist() for k, v in r.items() if k != "f1"} for split, r in res.items()}  # floats, once
     rows = []
-    for i in range(len(finite)):
+    for i, fin in enumerate(finite.tolist()):
         r = {"epoch": epoch, "model_index": i}
         for split in data:
-            r[f"{split}_loss"] = float(res[split]["loss"][i])
-            r[f"{split}_acc"] = float(res[split]["acc"][i])
+            r[f"{split}_loss"] = res[split]["loss"][i]
+            r[f"{split}_acc"] = res[split]["acc"][i]
         r["gen_gap"] = r["train_acc"] - r["test_acc"]
-        r["test_f1_per_class"] = [float(v) for v in res["test"]["f1"][i]]
-        r["test_macro_f1"] = float(macro_f1[i])
-        ok = bool(finite[i]) and math.isfinite(r["train_loss"])
+        r["test_f1_per_class"] = f1[i]
+        r["test_macro_f1"] = macro_f1[i]
+        ok = fin and math.isfinite(r["train_loss"])
         r["status"] = "ok" if ok else "diverged"
         rows.append(r)
     return rows
