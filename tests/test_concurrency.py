@@ -28,7 +28,7 @@ def _models(tmp_path, n, first_seed=100):
 
 
 def _add(zoo, model, conn):
-    from peace.zoo.store import add_models
+    from peace.zoo.imported import add_models
 
     try:
         add_models(zoo, [model])

@@ -171,7 +171,7 @@ def _query(args: argparse.Namespace) -> int:
 
 def _zoo_add(args: argparse.Namespace) -> int:
     from peace.intake.sandbox import load_model_isolated
-    from peace.zoo.store import add_models
+    from peace.zoo.imported import add_models
 
     cfg = _model_config(args)
     models = [load_model_isolated(p, cfg, _limits(args)) for p in args.models]  # each in a bounded child process

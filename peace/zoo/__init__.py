@@ -1,7 +1,8 @@
 """Model zoos: offline tasks (``tasks``), recipes (``recipe``), training many small models at once
 (``population``), the store that builds and reads a zoo directory (``store.Zoo``), zoos written
-from generated weights (``generated``), splits by lineage (``splits``) and choosing models by ids or
-a manifest query (``query``).
+from generated weights (``generated``), models made elsewhere added to a zoo (``imported``, what
+``peace zoo add`` writes once ``peace.intake`` has read them), splits by lineage (``splits``) and
+choosing models by ids or a manifest query (``query``).
 
 Imports: ``peace.core``, ``peace.nets``. ``from peace.zoo import Zoo`` is the store's class.
 """
