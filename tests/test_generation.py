@@ -308,8 +308,10 @@ def test_the_explorer_decodes_the_interpolation_line(decoded_run, tmp_path, monk
     a, b = t.loc[t["arch"] == "mlp 16-4-4 relu", "model_id"].iloc[[0, -1]]
     path = ex.decoded_path(a, b, steps=5)
     assert list(path["t"]) == [0, 0.25, 0.5, 0.75, 1]
-    assert list(path.columns[1:]) == list(dict.fromkeys(f"accuracy on {ex.zoo.task(m).name}" for m in (a, b)))
-    assert path.iloc[:, 1:].stack().between(0, 1).all() and path.shape[1] >= 2
+    assert sketch_fit(ex.encoder).reads(ex.zoo.spec(a))  # so the same line refined is there too
+    assert list(path.columns[1:]) == [f"accuracy on {ex.zoo.task(m).name}{s}" for m in dict.fromkeys((a, b))
+                                      for s in ("", ", refined")]
+    assert path.iloc[:, 1:].stack().between(0, 1).all() and path.shape[1] >= 3
     resnet = t.loc[t["family"] == "resnet", "model_id"].iloc[0]
     assert ex.decoded_path(resnet, a) is None  # no aligned form for ResNets: the page says so instead
 

@@ -63,7 +63,8 @@ def _decoded(ex, a: str, b: str) -> None:
         return
     fig = go.Figure()
     for column in decoded.columns[1:]:
-        fig.add_scatter(x=decoded["t"], y=decoded[column], name=column, mode="lines+markers")
+        fig.add_scatter(x=decoded["t"], y=decoded[column], name=column, mode="lines+markers",
+                        line_dash="dash" if column.endswith(", refined") else "solid")
     ends = ex.table.iloc[[ex.es.row_of[a], ex.es.row_of[b]]]
     fig.add_scatter(x=[0, 1], y=ends["test_acc"], mode="markers", name="A and B themselves",
                     marker=dict(symbol="diamond", size=12, color="black"),
@@ -73,7 +74,9 @@ def _decoded(ex, a: str, b: str) -> None:
                       title="Models decoded along the line (the run's decoder, A's architecture)")
     st.plotly_chart(fig, width="stretch")
     st.caption("Decoded models come close to A and B only where the decoder was trained on models of their architecture "
-               "and task; elsewhere they stay near chance (docs/generation.md).")
+               "and task; elsewhere they stay near chance. Refined (dashed, where the embedding's function block can be "
+               "read back): the decoded weights moved until they compute what that point of the line says "
+               "(docs/generation.md).")
 
 
 def _path_figure(paths: dict) -> go.Figure:

@@ -26,6 +26,7 @@ from peace.core.errors import PeaceError
 from peace.learn.decoder import unflatten
 from peace.learn.encoder import Embedder
 from peace.nets.architectures import ArchSpec, forward
+from peace.nets.optim import PopulationOptimizer
 from peace.nets.probes import io_space, probe_inputs, soft_sketch
 
 __all__ = ["RefineConfig", "SketchFit", "sketch_fit"]
@@ -85,12 +86,10 @@ class SketchFit:
             return flat
         target, flat, x = self.target(z), flat.detach().float(), self.inputs(spec)
         u = torch.zeros_like(flat, requires_grad=True)
-        opt = torch.optim.Adam([u], lr=self.config.lr)
+        opt = PopulationOptimizer({"u": u}, "adam", torch.full((len(flat),), self.config.lr), torch.zeros(len(flat)))
         with torch.enable_grad():
             for _ in range(self.config.steps):
-                loss = -self.similarity(spec, flat + scale * u, target, x).sum()
-                opt.zero_grad()
-                loss.backward()
+                (-self.similarity(spec, flat + scale * u, target, x).sum()).backward()
                 opt.step()
         out = (flat + scale * u).detach()
         if not torch.isfinite(out).all():

@@ -277,25 +277,33 @@ class Explorer:
 
     def decoded_path(self, a: str, b: str, steps: int = 9) -> pd.DataFrame | None:
         """Models decoded into A's architecture at points of the straight line from A's embedding to B's:
-        their test accuracy on A's task and on B's. None without a decoder for A's architecture."""
+        their test accuracy on A's task and on B's, as decoded and, where the encoder's sketch of A's
+        io-space can be read back, refined towards each point's function block (``peace.learn.refine``;
+        columns ending in ", refined"). None without a decoder for A's architecture."""
         import math
 
         import torch
 
         from peace.learn.decoder import head_spec
         from peace.learn.generation import accuracy
+        from peace.learn.refine import sketch_fit
 
         spec = self.zoo.spec(a)
         if self.decoder is None or head_spec(spec) not in self.decoder.specs:
             return None
         ea, eb = self.embeddings[self.es.row_of[a]], self.embeddings[self.es.row_of[b]]
         ts = np.linspace(0, 1, steps)
-        models = self.decoder.decode(torch.from_numpy(np.stack([(1 - t) * ea + t * eb for t in ts])).float(), spec)
+        z = torch.from_numpy(np.stack([(1 - t) * ea + t * eb for t in ts])).float()
+        made = {"": self.decoder.decode(z, spec)}
+        fit = sketch_fit(self.encoder)
+        if fit is not None and fit.reads(spec):
+            made[", refined"] = self.decoder.decode(z, spec, fit)
         out = pd.DataFrame({"t": ts})
         for model_id in dict.fromkeys((a, b)):
             task = self.zoo.task(model_id)
             if task.n_features == math.prod(spec.input_shape) and task.n_classes == spec.n_classes:
-                out[f"accuracy on {task.name}"] = accuracy(spec, models, task)
+                for suffix, models in made.items():
+                    out[f"accuracy on {task.name}{suffix}"] = accuracy(spec, models, task)
         return out
 
     def decodable_archs(self) -> list[str]:

@@ -29,6 +29,7 @@ from peace.nets.architectures import (
     load_weights,
     nll,
 )
+from peace.nets.optim import ADAM_BETAS, ADAM_EPS, PopulationOptimizer
 from peace.zoo.tasks import Task
 
 __all__ = [
@@ -38,9 +39,6 @@ __all__ = [
 
 INITS = ("uniform", "normal", "kaiming_uniform", "kaiming_normal", "xavier_uniform", "xavier_normal")
 OPTIMIZERS = ("adam", "sgd")
-_ADAM_BETAS, _ADAM_EPS = (0.9, 0.999), 1e-8
-
-
 @dataclass(frozen=True)
 class HParams:
     """Per-model hyperparameters (may differ inside one population)."""
@@ -111,36 +109,6 @@ def init_params(spec: ArchSpec, hparams: Sequence[HParams]) -> dict[str, Tensor]
     return params
 
 
-# --- the optimizer, batched with per-model lr and weight decay ----------------------------------
-
-class _PopulationOptimizer:
-    """Adam or SGD (momentum 0.9) with the update rules of ``torch.optim``, per-model lr/decay."""
-
-    def __init__(self, params: dict[str, Tensor], kind: str, lr: Tensor, wd: Tensor):
-        self.params, self.kind, self.t = params, kind, 0
-        self.lr = {k: lr.reshape(-1, *[1] * (v.dim() - 1)) for k, v in params.items()}
-        self.wd = {k: wd.reshape(-1, *[1] * (v.dim() - 1)) for k, v in params.items()}
-        self.m = {k: torch.zeros_like(v) for k, v in params.items()}
-        self.v = {k: torch.zeros_like(v) for k, v in params.items()} if kind == "adam" else None
-
-    @torch.no_grad()
-    def step(self) -> None:
-        self.t += 1
-        b1, b2 = _ADAM_BETAS
-        for k, p in self.params.items():
-            g = p.grad + self.wd[k] * p
-            if self.kind == "sgd":
-                self.m[k] = g.clone() if self.t == 1 else self.m[k].mul_(0.9).add_(g)
-                p.sub_(self.lr[k] * self.m[k])
-            else:
-                self.m[k].lerp_(g, 1 - b1)
-                self.v[k].mul_(b2).addcmul_(g, g, value=1 - b2)
-                bc1, bc2 = 1 - b1 ** self.t, 1 - b2 ** self.t
-                denom = (self.v[k].sqrt() / math.sqrt(bc2)).add_(_ADAM_EPS)
-                p.sub_((self.lr[k] / bc1) * self.m[k] / denom)
-            p.grad = None
-
-
 def metric_rows(spec: ArchSpec, task: Task, params: dict[str, Tensor], epoch: int,
                 data: dict[str, tuple[Tensor, Tensor]]) -> list[dict]:
     """One manifest row per stacked model: loss and accuracy per split, gap, per-class F1, status."""
@@ -209,7 +177,7 @@ def train_population(task: Task, spec: ArchSpec, hparams: Sequence[HParams], sch
     seeds = torch.tensor([h.seed for h in hparams], dtype=torch.int64)
     params = {k: v.clone() for k, v in (start if start is not None else init_params(spec, hparams)).items()}
     trainable = {k: v.requires_grad_(True) for k, v in params.items() if not is_buffer(k)}
-    opt = _PopulationOptimizer(trainable, schedule.optimizer,
+    opt = PopulationOptimizer(trainable, schedule.optimizer,
                                torch.tensor([h.lr for h in hparams], dtype=torch.float32),
                                torch.tensor([h.weight_decay for h in hparams], dtype=torch.float32))
     drop = torch.tensor([h.dropout for h in hparams], dtype=torch.float32)
@@ -262,7 +230,7 @@ def train_single(task: Task, spec: ArchSpec, hp: HParams, schedule: Schedule,
     load_weights(net, init)
     state = lambda: {k: v.detach().clone() for k, v in net.state_dict().items() if k in init}
     if schedule.optimizer == "adam":
-        opt = torch.optim.Adam(net.parameters(), lr=hp.lr, betas=_ADAM_BETAS, eps=_ADAM_EPS, weight_decay=hp.weight_decay)
+        opt = torch.optim.Adam(net.parameters(), lr=hp.lr, betas=ADAM_BETAS, eps=ADAM_EPS, weight_decay=hp.weight_decay)
     else:
         opt = torch.optim.SGD(net.parameters(), lr=hp.lr, momentum=0.9, weight_decay=hp.weight_decay)
     X = torch.from_numpy(task.X_train).reshape(-1, *spec.input_shape)
