@@ -39,6 +39,8 @@ __all__ = [
 
 INITS = ("uniform", "normal", "kaiming_uniform", "kaiming_normal", "xavier_uniform", "xavier_normal")
 OPTIMIZERS = ("adam", "sgd")
+
+
 @dataclass(frozen=True)
 class HParams:
     """Per-model hyperparameters (may differ inside one population)."""
