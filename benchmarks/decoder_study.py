@@ -64,7 +64,7 @@ def main() -> None:
             grid = [(s, lr, t) for s in args.refine_steps for lr in (args.lrs if s else [0.0])
                     for t in (args.temperatures if s else [1.0])]
             for steps, lr, temp in grid:
-                fit = sketch_fit(encoder, RefineConfig(steps, lr or 0.01, temp))
+                fit = sketch_fit(encoder, RefineConfig(steps, lr, temp)) if steps else None  # unrefined rows: lr 0
                 for split in ("val", "test"):
                     t1 = time.perf_counter()
                     table = reconstruction(dec, zoo, groups[split], groups["train"], fit)
