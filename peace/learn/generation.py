@@ -310,4 +310,6 @@ def sample_models(dec: WeightDecoder, z_prompt: Tensor, spec: ArchSpec, task: Ta
         train_acc = np.concatenate([train_acc, accuracy(spec, models[len(train_acc):], task, "train")])
         keep = np.argsort(-train_acc, kind="stable")[:config.n] if config.candidates > 1 else np.arange(config.n)
         around = torch.cat(drawn)[torch.as_tensor(keep)]
-    return [models[i] for i in keep], train_acc[keep]
+    if config.candidates > 1:  # copies: views would keep every candidate's batch alive
+        return [{k: v.clone() for k, v in models[i].items()} for i in keep], train_acc[keep]
+    return models, train_acc
