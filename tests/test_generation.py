@@ -354,6 +354,19 @@ def test_bad_sampling_requests_get_one_line_and_leave_no_zoo(decoded_run, tiny_r
     assert not out.exists() and not list(tmp_path.glob(".out.new-*"))  # nothing half-written that opens as a zoo
 
 
+def test_the_decoder_command_trains_saves_and_reports_by_function(tiny_run, tmp_path, capsys):
+    from peace.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run.path, run)
+    assert main(["decoder", "--run", str(run), "--epochs", "3", "--min-models", "2", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert f"saved in {run}" in out and (run / "decoder.safetensors").exists()
+    header = next(line for line in out.splitlines() if line.lstrip().startswith("family"))
+    assert {"decoded_kept", "refined_kept", "refined_agreement", "nearest_kept"} <= set(header.split())
+    assert "left as decoded where probes x classes exceed 4 x the block" in out
+
+
 def test_the_generate_page_samples_compares_and_downloads_model_folders(artifacts, tmp_path, monkeypatch):
     import io
     import zipfile

@@ -25,8 +25,9 @@ def _decoder(args: argparse.Namespace) -> int:
           "inputs where the model predicts what the original predicts):")
     print(reconstruction_summary(table).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print("kept: share of models whose decoded (refined, mean, nearest) model keeps >= 90 % of the original's test "
-          "accuracy; refined: decoded, then refined towards the embedding's function block; heldout_task: the task "
-          "was held out of encoder training")
+          "accuracy; refined: decoded, then refined towards the embedding's function block (left as decoded where "
+          f"probes x classes exceed {refine.max_compression:g} x the block, e.g. 10 classes under the default encoder, "
+          "too compressed to read back); heldout_task: the task was held out of encoder training")
     return 0
 
 
