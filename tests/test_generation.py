@@ -354,6 +354,22 @@ def test_bad_sampling_requests_get_one_line_and_leave_no_zoo(decoded_run, tiny_r
     assert not out.exists() and not list(tmp_path.glob(".out.new-*"))  # nothing half-written that opens as a zoo
 
 
+def test_generated_weights_that_do_not_fit_are_refused_by_name_and_write_nothing(tmp_path):
+    from peace.zoo.generated import write_generated_zoo
+    from peace.zoo.tasks import load_task
+
+    spec = ArchSpec("mlp", (16,), 4, hidden=(4,), activation="relu")
+    good = {k: torch.randn(v) for k, v in spec.param_shapes().items()}
+    cases = [({**good, "layers.0.weight": torch.randn(3, 16)}, r"layers.0.weight has shape \(3, 16\)"),
+             ({k: v for k, v in good.items() if k != "layers.0.weight"}, r"missing \['layers.0.weight'\]"),
+             ({**good, "extra": torch.zeros(1)}, r"unexpected \['extra'\]"),
+             ({**good, "layers.0.bias": torch.full((4,), float("nan"))}, "layers.0.bias contains NaN")]
+    for bad, message in cases:
+        with pytest.raises(PeaceError, match=message):
+            write_generated_zoo(tmp_path / "z", "z", spec, load_task("synth-1"), [good, bad], {})
+        assert not (tmp_path / "z").exists()
+
+
 def test_the_decoder_command_trains_saves_and_reports_by_function(tiny_run, tmp_path, capsys):
     from peace.cli import main
 

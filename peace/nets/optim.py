@@ -2,8 +2,8 @@
 
 Many small models trained (or refined) at once are a few big tensors; ``torch.optim`` would give
 them one learning rate and, on torch 2.2, costs a 3 s import of torch._dynamo on first use (what
-the explorer's first decoded path paid). The update rules are ``torch.optim``'s own
-(``peace.zoo.population.train_single`` checks the match).
+the explorer's first decoded path paid). The update rules are ``torch.optim``'s own: the tests
+compare population training with ``peace.zoo.population.train_single``, which uses ``torch.optim``.
 """
 from __future__ import annotations
 

@@ -77,8 +77,9 @@ def write_generated_zoo(out: str | Path, name: str, spec: ArchSpec, task: Task, 
         fits = all(p.keys() == stacked.keys() for p in params)
     except (KeyError, RuntimeError):  # a model lacks a tensor, or shapes differ
         fits = False
-    for p in params if not fits else ():
-        check_params(spec, p)  # names the tensor that does not fit
+    if not fits:
+        for p in params:
+            check_params(spec, p)  # names the model's tensor that does not fit
     check_params(spec, stacked, population=True)  # shapes, dtypes and NaN of all at once
     columns = list(like.manifest.columns) if like is not None else []
     rows, shard = _rows(spec, task, params, stacked, group, provenance, columns)
