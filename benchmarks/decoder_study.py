@@ -9,6 +9,8 @@ models refined towards the embeddings' function block (``peace.learn.refine``; 0
     python benchmarks/decoder_study.py --run artifacts/runs/demo --weights 0 0.3 1 3 --seeds 0 1 2
     python benchmarks/decoder_study.py --run artifacts/runs/demo --weights 10 --noise 0.3 --seeds 0 \
         --refine-steps 0 100 200 --lrs 0.01 0.03 --temperatures 1 0.5
+    python benchmarks/decoder_study.py --run artifacts/runs/demo --weights 10 --noise 0.3 --seeds 0 \
+        --hidden 256 512 1024 --layers 2 3 --refine-steps 100 --temperatures 0.1    # the decoder's size
 """
 from __future__ import annotations
 
@@ -41,9 +43,13 @@ def main() -> None:
     ap.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.3, 1.0, 3.0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=300)
+    ap.add_argument("--hidden", type=int, nargs="+", default=[DecoderConfig.hidden], help="trunk widths to compare")
+    ap.add_argument("--layers", type=int, nargs="+", default=[DecoderConfig.layers], help="trunk depths to compare")
     ap.add_argument("--noise", type=float, nargs="+", default=[0.0], help="embedding jitter levels to compare too")
     ap.add_argument("--refine-steps", type=int, nargs="+", default=[0], help="refinement steps to compare (0: none)")
     ap.add_argument("--lrs", type=float, nargs="+", default=[0.01], help="refinement step sizes to compare")
+    ap.add_argument("--retrieve", type=int, nargs="+", default=[1], choices=[0, 1],
+                    help="refine from the retrieved training model too (1) or from the decoded weights only (0)")
     ap.add_argument("--temperatures", type=float, nargs="+", default=[1.0], help="refinement temperatures to compare")
     args = ap.parse_args()
     base = DecoderConfig(epochs=args.epochs)
@@ -54,33 +60,37 @@ def main() -> None:
     held = RunDir(args.run).splits().set_index("model_id")["heldout_task"].astype(bool)
     encoder = RunDir(args.run).load_encoder()
     rows = []
-    for w, noise in [(w, n) for w in args.weights for n in args.noise]:
+    sizes = [(h, k) for h in args.hidden for k in args.layers]
+    for w, noise, (hidden, layers) in [(w, n, s) for w in args.weights for n in args.noise for s in sizes]:
         for seed in args.seeds:
-            cfg = dataclasses.replace(base, function_weight=w, noise=noise, seed=seed)
+            cfg = dataclasses.replace(base, function_weight=w, noise=noise, hidden=hidden, layers=layers, seed=seed)
             t0 = time.perf_counter()
             dec, history = fit_decoder([g.spec for g in groups["train"]], [g.pairs() for g in groups["train"]],
                                        [g.pairs() for g in groups["val"]], cfg)
             took = time.perf_counter() - t0
-            grid = [(s, lr, t) for s in args.refine_steps for lr in (args.lrs if s else [0.0])
-                    for t in (args.temperatures if s else [1.0])]
-            for steps, lr, temp in grid:
-                fit = sketch_fit(encoder, RefineConfig(steps, lr, temp)) if steps else None  # unrefined rows: lr 0
+            grid = [(s, lr, t, r) for s in args.refine_steps for lr in (args.lrs if s else [0.0])
+                    for t in (args.temperatures if s else [1.0]) for r in (args.retrieve if s else [0])]
+            for steps, lr, temp, retrieve in grid:  # unrefined rows: lr 0, no retrieval
+                fit = sketch_fit(encoder, RefineConfig(steps, lr, temp, retrieve=bool(retrieve))) if steps else None
                 for split in ("val", "test"):
                     t1 = time.perf_counter()
                     table = reconstruction(dec, zoo, groups[split], groups["train"], fit)
                     if fit is not None:  # judge the refined models in the decoded models' columns
                         table = table.drop(columns=[c for c in table if c.startswith("decoded_")])
                         table = table.rename(columns=lambda c: c.replace("refined_", "decoded_"))
-                    rows.append({"function_weight": w, "noise": noise, "refine_steps": steps, "lr": lr,
-                                 "temperature": temp, "seed": seed, "split": split, "epochs": len(history), "fit_s": took,
+                    rows.append({"function_weight": w, "noise": noise, "hidden": hidden, "layers": layers,
+                                 "refine_steps": steps, "lr": lr, "temperature": temp, "retrieve": retrieve,
+                                 "seed": seed, "split": split, "epochs": len(history), "fit_s": took,
                                  "judge_s": time.perf_counter() - t1, **_figures(table, held)})
-                print(f"weight {w} noise {noise} seed {seed} refine {steps} x lr {lr} x T {temp}: {len(history)} "
-                      f"epochs in {took:.0f} s, val agreement {rows[-2]['decoded_agreement']:.3f} (kept "
-                      f"{rows[-2]['decoded_kept']:.3f}), test agreement {rows[-1]['decoded_agreement']:.3f} (kept "
-                      f"{rows[-1]['decoded_kept']:.3f})", flush=True)
+                v, t = rows[-2], rows[-1]
+                print(f"weight {w} noise {noise} trunk {layers} x {hidden} seed {seed} refine {steps} x lr {lr} x T "
+                      f"{temp}, retrieve {retrieve}: {len(history)} epochs in {took:.0f} s; agreement / kept / seen "
+                      f"kept: val {v['decoded_agreement']:.3f} / {v['decoded_kept']:.3f} / "
+                      f"{v['seen_decoded_kept']:.3f}, test {t['decoded_agreement']:.3f} / {t['decoded_kept']:.3f} / {t['seen_decoded_kept']:.3f}",
+                      flush=True)
     df = pd.DataFrame(rows)
     pd.set_option("display.width", 250)
-    keys = ["split", "function_weight", "noise", "refine_steps", "lr", "temperature"]
+    keys = ["split", "function_weight", "noise", "hidden", "layers", "refine_steps", "lr", "temperature", "retrieve"]
     for cols in (COLUMNS[:5] + ["fit_s", "judge_s"], COLUMNS[5:], [f"seen_{c}" for c in COLUMNS[:5]]):
         print(df.groupby(keys)[cols].agg(["mean", "std"]).round(3).to_string(), "\n")
     val = df[df["split"] == "val"].groupby(keys[1:])["decoded_agreement"].mean()

@@ -10,7 +10,9 @@ import pandas as pd
 import pytest
 import torch
 from conftest import MODELS, kill_when, random_model, run_peace
+from safetensors.torch import load_file, save_file
 
+from peace.core.atomic import sha256_file
 from peace.core.errors import PeaceError
 from peace.learn.decoder import (
     DecoderConfig,
@@ -160,6 +162,47 @@ def test_refined_models_compute_more_of_what_their_embeddings_say(decoded_run):
     assert sketch_fit(encoder) is None
     with pytest.raises(PeaceError, match="steps >= 0 and lr"):
         RefineConfig(steps=-1)
+
+
+def test_refinement_also_starts_from_the_retrieved_training_model_and_keeps_the_closer_sketch(decoded_run, tmp_path):
+    run, dec, _ = decoded_run
+    encoder = RunDir(run).load_encoder()
+    fit = sketch_fit(encoder, RefineConfig(steps=30, lr=0.03))
+    i, spec = next((i, s) for i, s in enumerate(dec.specs) if fit.reads(s))
+    meta = json.loads((run / "decoder.json").read_text())
+    library_z, library_y = getattr(dec, f"memory_z_{i}"), getattr(dec, f"memory_y_{i}")
+    assert meta["memory"][i] == len(library_z) == len(library_y) >= 2  # the decoder keeps its training models
+    assert dec.retrieve(library_z[[1, 0]], i).equal(library_y[[1, 0]])  # a training embedding retrieves its own model
+    jitter = torch.randn(6, library_z.shape[1], generator=torch.Generator().manual_seed(0))
+    z = library_z[torch.arange(6) % len(library_z)] + 0.3 * library_z.std(0) * jitter
+    with torch.no_grad():
+        decoded, scale = dec.flat(z, i), getattr(dec, f"scale_{i}")
+    retrieved = dec.retrieve(z, i)
+    alone = [fit.refine(spec, start, z, scale) for start in (decoded, retrieved)]
+    both = fit.refine(spec, decoded, z, scale, retrieved)
+    target, x = fit.target(z), fit.inputs(spec)
+    with torch.no_grad():
+        sims = torch.stack([fit.similarity(spec, a, target, x) for a in alone])
+    want = torch.stack(alone)[sims.argmax(0), torch.arange(len(z))]
+    torch.testing.assert_close(both, want, atol=1e-4, rtol=1e-4)  # each row: the start whose sketch ends closer
+
+    def flat(models):
+        return torch.stack([flatten(spec, m) for m in models])
+
+    torch.testing.assert_close(flat(dec.decode(z, spec, fit)), both, atol=1e-4, rtol=1e-4)
+    only = fit.decoded_only()
+    assert not only.config.retrieve and fit.config.retrieve
+    torch.testing.assert_close(flat(dec.decode(z, spec, only)), alone[0], atol=1e-4, rtol=1e-4)
+    # a decoder saved before it kept its training models still loads, and refines from the decoded start alone
+    old = tmp_path / "old"
+    shutil.copytree(run, old)
+    state = {k: v for k, v in load_file(str(old / "decoder.safetensors")).items() if not k.startswith("memory_")}
+    save_file(state, str(old / "decoder.safetensors"))
+    meta.pop("memory")
+    (old / "decoder.json").write_text(json.dumps({**meta, "weights_sha256": sha256_file(old / "decoder.safetensors")}))
+    legacy, _ = load_decoder(old)
+    assert legacy.retrieve(z, i) is None
+    torch.testing.assert_close(flat(legacy.decode(z, spec, fit)), alone[0], atol=1e-4, rtol=1e-4)
 
 
 def test_a_decoder_for_another_encoder_is_refused(decoded_run, tmp_path):
@@ -381,6 +424,11 @@ def test_the_decoder_command_trains_saves_and_reports_by_function(tiny_run, tmp_
     header = next(line for line in out.splitlines() if line.lstrip().startswith("family"))
     assert {"decoded_kept", "refined_kept", "refined_agreement", "nearest_kept"} <= set(header.split())
     assert "left as decoded where probes x classes exceed 4 x the block" in out
+    assert "from the decoded weights and from the retrieved training model, the closer sketch kept" in out
+    assert main(["decoder", "--run", str(run), "--epochs", "3", "--min-models", "2", "--quiet",
+                 "--refine-from", "decoded"]) == 0
+    out = capsys.readouterr().out
+    assert "from the decoded weights (left as decoded" in out and "retrieved" not in out
 
 
 def test_the_generate_page_samples_compares_and_downloads_model_folders(artifacts, tmp_path, monkeypatch):

@@ -15,7 +15,8 @@ def _decoder(args: argparse.Namespace) -> int:
 
     config = DecoderConfig(hidden=args.hidden, epochs=args.epochs, min_models=args.min_models, seed=args.seed,
                            function_weight=args.function_weight)
-    refine = RefineConfig() if args.refine_steps is None else RefineConfig(args.refine_steps)
+    refine = RefineConfig(**({} if args.refine_steps is None else {"steps": args.refine_steps}),
+                          retrieve=args.refine_from == "both")
     dec, table = train_decoder(args.run, config, progress=not args.quiet, refine=refine)
     print(f"decoder for {len(dec.specs)} architecture(s) saved in {args.run} (decoder.safetensors, decoder.json)")
     if table.empty:
@@ -25,7 +26,9 @@ def _decoder(args: argparse.Namespace) -> int:
           "inputs where the model predicts what the original predicts):")
     print(reconstruction_summary(table).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print("kept: share of models whose decoded (refined, mean, nearest) model keeps >= 90 % of the original's test "
-          "accuracy; refined: decoded, then refined towards the embedding's function block (left as decoded where "
+          "accuracy; refined: refined towards the embedding's function block from the decoded weights"
+          + (" and from the retrieved training model, the closer sketch kept" if refine.retrieve else "")
+          + " (left as decoded where "
           f"probes x classes exceed {refine.max_compression:g} x the block, e.g. 10 classes under the default encoder, "
           "too compressed to read back); heldout_task: the task was held out of encoder training")
     return 0
@@ -64,6 +67,10 @@ def add_parsers(sub) -> None:
     d.add_argument("--refine-steps", type=int, metavar="N",
                    help="also judge the decoded models refined N steps towards the embedding's function block "
                    "(default: peace.learn.refine.RefineConfig's 100, chosen on validation; 0: the decoder alone)")
+    d.add_argument("--refine-from", choices=["both", "decoded"], default="both",
+                   help="refine from the decoded weights and from the training model the embedding retrieves, "
+                   "keeping the closer sketch (both, the default: chosen on validation), or from the decoded weights "
+                   "alone")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=_decoder)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+from torch.nn import functional as F
 from tqdm import tqdm
 
 from peace.core.atomic import atomic_path, sha256_file, write_json
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DECODABLE", "DecoderConfig", "Pairs", "WeightDecoder", "aligned_form", "check_decodable", "fit_decoder", "flatten", "head_spec",
-    "load_decoder", "reference_form", "save_decoder", "unflatten"
+    "load_decoder", "nearest", "reference_form", "save_decoder", "unflatten"
 ]
 
 DECODABLE = ("mlp", "cnn1d", "cnn2d")
@@ -79,6 +80,11 @@ def reference_form(spec: ArchSpec, params: Sequence[Params]) -> Params:
 def flatten(spec: ArchSpec, params: Params) -> Tensor:
     """One model's tensors as one vector, in ``spec.param_shapes()`` order."""
     return torch.cat([params[k].reshape(-1).float() for k in spec.param_shapes()])
+
+
+def nearest(z: Tensor, library: Tensor) -> Tensor:
+    """Index of the row of ``library`` nearest to each row of ``z`` by cosine."""
+    return (F.normalize(z, dim=1) @ F.normalize(library, dim=1).T).argmax(1)
 
 
 def _spans(spec: ArchSpec) -> list[tuple[str, tuple[int, ...], slice]]:
@@ -124,7 +130,8 @@ class WeightDecoder(nn.Module):
     writes the aligned weights in layer-normalized units: ``weights = mean + scale * head(trunk(z))``,
     with each tensor's training mean and one spread per tensor (the layer-wise normalization)."""
 
-    def __init__(self, in_dim: int, specs: Sequence[ArchSpec], config: DecoderConfig = DecoderConfig()):
+    def __init__(self, in_dim: int, specs: Sequence[ArchSpec], config: DecoderConfig = DecoderConfig(),
+                 memory: Sequence[int] = ()):
         super().__init__()
         self.config, self.specs = config, [head_spec(s) for s in specs]
         dims = [in_dim] + [config.hidden] * config.layers
@@ -135,6 +142,9 @@ class WeightDecoder(nn.Module):
         for i, s in enumerate(self.specs):
             self.register_buffer(f"mean_{i}", torch.zeros(s.n_params))
             self.register_buffer(f"scale_{i}", torch.ones(s.n_params))
+        for i, (s, n) in enumerate(zip(self.specs, memory)):  # the training models: embeddings, aligned weights
+            self.register_buffer(f"memory_z_{i}", torch.zeros(n, in_dim))
+            self.register_buffer(f"memory_y_{i}", torch.zeros(n, s.n_params))
 
     def index(self, spec: ArchSpec) -> int:
         if head_spec(spec) not in self.specs:
@@ -158,6 +168,20 @@ class WeightDecoder(nn.Module):
             getattr(self, f"mean_{i}").copy_(mean)
             getattr(self, f"scale_{i}").copy_(scale)
 
+    def remember(self, zs: Sequence[Tensor], ys: Sequence[Tensor]) -> None:
+        """Keep each head's training models (embeddings, flat aligned weights): ``retrieve``'s library."""
+        for i, (z, y) in enumerate(zip(zs, ys)):
+            getattr(self, f"memory_z_{i}").copy_(z)
+            getattr(self, f"memory_y_{i}").copy_(y)
+
+    def retrieve(self, z: Tensor, i: int) -> Tensor | None:
+        """(n, n_params) aligned weights of the training model nearest to each row of ``z`` (cosine);
+        None for a decoder saved without its training models."""
+        library = getattr(self, f"memory_z_{i}", None)
+        if library is None or not len(library):
+            return None
+        return getattr(self, f"memory_y_{i}")[nearest(z.float(), library)]
+
     def flat(self, z: Tensor, i: int) -> Tensor:
         """(n, n_params) weights of head ``i``, differentiable."""
         return getattr(self, f"mean_{i}") + getattr(self, f"scale_{i}") * self.normalized(z, i)
@@ -179,7 +203,8 @@ class WeightDecoder(nn.Module):
 
     def decode(self, z: Tensor, spec: ArchSpec, fit: SketchFit | None = None) -> list[Params]:
         """Weights of ``spec`` for each row of ``z`` (n, in_dim); with ``fit``, refined until they compute
-        what the embeddings' function block says (``peace.learn.refine``)."""
+        what the embeddings' function block says (``peace.learn.refine``), from the decoded weights and,
+        where ``fit`` asks, from the training model each row retrieves too (the closer sketch kept)."""
         i = self.index(spec)
         was = self.training
         self.eval()
@@ -187,7 +212,8 @@ class WeightDecoder(nn.Module):
             flat = self.flat(z.float(), i)
         self.train(was)
         if fit is not None:
-            flat = fit.refine(self.specs[i], flat, z, getattr(self, f"scale_{i}"))
+            retrieved = self.retrieve(z, i) if fit.config.retrieve else None
+            flat = fit.refine(self.specs[i], flat, z, getattr(self, f"scale_{i}"), retrieved)
         models = unflatten(spec, flat)
         return [unstack_params(models, j) for j in range(len(flat))]  # views of one batch
 
@@ -238,8 +264,9 @@ def fit_decoder(specs: Sequence[ArchSpec], train: Sequence[Pairs], val: Sequence
     (``_val_loss``; the training loss where there is no validation data) is kept. Returns it and the history."""
     torch.manual_seed(config.seed)
     g = torch.Generator().manual_seed(config.seed)
-    dec = WeightDecoder(train[0].z.shape[1], specs, config)
+    dec = WeightDecoder(train[0].z.shape[1], specs, config, memory=[len(p.z) for p in train])
     dec.set_statistics(torch.cat([p.z for p in train]), [p.y for p in train])
+    dec.remember([p.z for p in train], [p.y for p in train])
     opt = torch.optim.AdamW(dec.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     best, best_state, history, waited = math.inf, None, [], 0
     for epoch in tqdm(range(1, config.epochs + 1), desc="decoder", disable=not progress, leave=False):
@@ -275,7 +302,9 @@ def save_decoder(dec: WeightDecoder, directory: str | Path, meta: dict) -> None:
         save_file({k: v.contiguous() for k, v in dec.state_dict().items()}, str(tmp))
     write_json(directory / FILES[1], {
         **meta, "config": asdict(dec.config), "in_dim": int(dec.z_mean.shape[0]),
-        "specs": [s.to_dict() for s in dec.specs], "weights_sha256": sha256_file(directory / FILES[0])})
+        "specs": [s.to_dict() for s in dec.specs],
+        "memory": [len(getattr(dec, f"memory_z_{i}", ())) for i in range(len(dec.specs))],
+        "weights_sha256": sha256_file(directory / FILES[0])})
 
 
 def load_decoder(directory: str | Path) -> tuple[WeightDecoder, dict]:
@@ -288,7 +317,7 @@ def load_decoder(directory: str | Path) -> tuple[WeightDecoder, dict]:
     try:
         meta = json.loads(meta_path.read_text())
         dec = WeightDecoder(int(meta["in_dim"]), [ArchSpec.from_dict(s) for s in meta["specs"]],
-                            DecoderConfig(**meta["config"]))
+                            DecoderConfig(**meta["config"]), memory=[int(n) for n in meta.get("memory", ())])
     except (ValueError, KeyError, TypeError) as e:
         raise PeaceError(f"{meta_path} is corrupted ({e}); retrain with `peace decoder --run {directory}`") from None
     if sha256_file(weights) != meta.get("weights_sha256"):

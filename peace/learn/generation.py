@@ -32,6 +32,7 @@ from peace.learn.decoder import (
     flatten,
     head_spec,
     load_decoder,
+    nearest,
     reference_form,
     save_decoder,
     unflatten,
@@ -175,11 +176,6 @@ def accuracy(spec: ArchSpec, params: Sequence[Params], task: Task, split: str = 
     return evaluate(spec, stack_params(list(params)), X, torch.from_numpy(y), task.n_classes)["acc"]
 
 
-def _nearest(z: Tensor, library: Tensor) -> Tensor:
-    a, b = torch.nn.functional.normalize(z, dim=1), torch.nn.functional.normalize(library, dim=1)
-    return (a @ b.T).argmax(1)
-
-
 def reconstruction(dec: WeightDecoder, zoo: Zoo, test: Sequence[Group], train: Sequence[Group],
                    fit: SketchFit | None = None) -> pd.DataFrame:
     """One row per test model: the original's test accuracy, and for the decoded model, the decoded
@@ -197,7 +193,7 @@ def reconstruction(dec: WeightDecoder, zoo: Zoo, test: Sequence[Group], train: S
         candidates = {
             "decoded": dec.decode(g.z, g.spec),
             "mean": [unflatten(g.spec, getattr(dec, f"mean_{i}"))] * len(g.ids),
-            "nearest": zoo.load_many([near[j] for j in _nearest(g.z, library[g.spec].z).tolist()]),
+            "nearest": zoo.load_many([near[j] for j in nearest(g.z, library[g.spec].z).tolist()]),
         }
         if fit is not None:
             candidates["refined"] = dec.decode(g.z, g.spec, fit)
@@ -293,12 +289,14 @@ def sample_models(dec: WeightDecoder, z_prompt: Tensor, spec: ArchSpec, task: Ta
                   config: SampleConfig = SampleConfig(),
                   fit: SketchFit | None = None) -> tuple[list[Params], np.ndarray]:
     """New models of ``spec`` decoded from KDE draws around the prompt embeddings (refined by ``fit``
-    when given), the best by accuracy on the task's training split when ``config`` asks for subsampling
-    or bootstrapping (see ``SampleConfig``). Returns the models and those training accuracies."""
+    when given, from the decoded draws only: no retrieved zoo model), the best by accuracy on the task's
+    training split when ``config`` asks for subsampling or bootstrapping (see ``SampleConfig``). Returns
+    the models and those training accuracies."""
     check_decodable(spec)
     if len(z_prompt) == 0:
         raise PeaceError("no prompt models to sample around")
     floor, around = 0.05 * dec.z_std, z_prompt.float()
+    fit = fit.decoded_only() if fit is not None else None
     drawn: list[Tensor] = []
     models: list[Params] = []
     train_acc = np.zeros(0)

@@ -7,7 +7,10 @@ weights, a hundred Adam steps on the weights (in the decoder's layer-normalized 
 cosine between the decoded model's sketch (class probabilities instead of one-hot predictions, so it
 has a gradient) and the target's. Nothing but the embedding is read: the probes and projections are
 the encoder's own, fixed ones. On the demo run this is what lets a decoded model of a task that the
-encoder never saw compute that task (docs/generation.md).
+encoder never saw compute that task (docs/generation.md). A second start is refined beside the decoded
+one, the training model the embedding retrieves (the decoder keeps its training models), and each model
+keeps the start whose sketch ends closer: a real network of a nearby function is often a better place to
+start than the decoder's average of several (the sketch sees Gaussian probes, not the task's data).
 
 A sketch can only be read back where it is not compressed too far: K probes x C classes of one-hot
 answers projected to ``dim`` numbers. Where K * C exceeds ``max_compression`` * dim (10-class spaces
@@ -16,6 +19,9 @@ and refining moved decoded models away from their originals on validation, so th
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +46,7 @@ class RefineConfig:
     lr: float = 0.01  # Adam's step, in units of each tensor's training spread
     temperature: float = 0.1  # of the class probabilities that stand in for one-hot predictions
     max_compression: float = 4.0  # refine io-spaces whose probes x classes are at most this many times the sketch
+    retrieve: bool = True  # also refine the training model the embedding retrieves; keep the closer sketch
 
     def __post_init__(self) -> None:
         if self.steps < 0 or not self.lr > 0 or not self.temperature > 0 or not self.max_compression > 0:
@@ -57,6 +64,12 @@ class SketchFit:
                              "(--refine-steps 0)")
         self.config, self.start, self.dim, self.n_probes = config, c.embedding_dim, c.function_block, c.probes
         self.bank = encoder.probe_bank.inputs()
+
+    def decoded_only(self) -> SketchFit:
+        """This refinement without the retrieved start (sampling writes new models, not refined zoo models)."""
+        out = copy.copy(self)
+        out.config = dataclasses.replace(self.config, retrieve=False)
+        return out
 
     def target(self, z: Tensor) -> Tensor:
         """The unit function-space sketches held in embeddings ``z`` (n, output_dim)."""
@@ -78,20 +91,29 @@ class SketchFit:
         probs = forward(spec, unflatten(spec, flat), x).div(self.config.temperature).softmax(-1)
         return (F.normalize(soft_sketch(probs, io_space(spec), self.dim), dim=-1) * target).sum(-1)
 
-    def refine(self, spec: ArchSpec, flat: Tensor, z: Tensor, scale: Tensor | float = 1.0) -> Tensor:
+    def refine(self, spec: ArchSpec, flat: Tensor, z: Tensor, scale: Tensor | float = 1.0,
+               retrieved: Tensor | None = None) -> Tensor:
         """Flat weights ``flat`` (n, n_params) of ``spec`` moved towards the sketches of embeddings ``z``;
         ``scale`` (n_params,) is the size of a unit step per weight (the decoder's per-tensor spread).
+        With ``retrieved`` (n, n_params), a second start per row: both are refined (one batch) and each
+        row keeps the one whose sketch ends closer to its target, a choice that reads only the embedding.
         Returned unchanged where the io-space's sketch is too compressed to read (``reads``)."""
         if self.config.steps == 0 or not len(flat) or not self.reads(spec):
             return flat
-        target, flat, x = self.target(z), flat.detach().float(), self.inputs(spec)
-        u = torch.zeros_like(flat, requires_grad=True)
-        opt = PopulationOptimizer({"u": u}, "adam", torch.full((len(flat),), self.config.lr), torch.zeros(len(flat)))
+        starts = flat.detach().float()[None] if retrieved is None else torch.stack([flat.detach(), retrieved]).float()
+        k, n = starts.shape[:2]
+        start, target, x = starts.reshape(k * n, -1), self.target(z).repeat(k, 1), self.inputs(spec)
+        u = torch.zeros_like(start, requires_grad=True)
+        opt = PopulationOptimizer({"u": u}, "adam", torch.full((k * n,), self.config.lr), torch.zeros(k * n))
         with torch.enable_grad():
             for _ in range(self.config.steps):
-                (-self.similarity(spec, flat + scale * u, target, x).sum()).backward()
+                (-self.similarity(spec, start + scale * u, target, x).sum()).backward()
                 opt.step()
-        out = (flat + scale * u).detach()
+        with torch.no_grad():
+            out = start + scale * u
+            sim = self.similarity(spec, out, target, x).reshape(k, n).nan_to_num(nan=-math.inf)
+            best = sim.argmax(0)  # ties keep the decoded start
+            out = out.reshape(k, n, -1)[best, torch.arange(n)]
         if not torch.isfinite(out).all():
             raise PeaceError(f"refining decoded {spec.describe()} models diverged (non-finite weights); lower the "
                              f"refinement's lr (now {self.config.lr}) or decode without it (--refine-steps 0)")
