@@ -38,6 +38,7 @@ from peace.orchestrate.generation import (
     sample_zoo,
 )
 from peace.zoo.store import Zoo
+from peace.zoo.tasks import load_task
 
 QUICK = DecoderConfig(min_models=2, epochs=40, hidden=64, patience=10)
 
@@ -193,6 +194,10 @@ def test_refinement_also_starts_from_the_retrieved_training_model_and_keeps_the_
     only = fit.decoded_only()
     assert not only.config.retrieve and fit.config.retrieve
     torch.testing.assert_close(flat(dec.decode(z, spec, only)), alone[0], atol=1e-4, rtol=1e-4)
+    zoo = Zoo(meta["zoo"])
+    task = load_task(zoo.manifest.loc[next(m for m in zoo.manifest.index if head_spec(zoo.spec(m)) == spec), "task"])
+    sampled = [sample_models(dec, z, spec, task, SampleConfig(n=3, seed=1), f)[0] for f in (fit, only)]
+    torch.testing.assert_close(flat(sampled[0]), flat(sampled[1]))  # sampling never starts from a zoo model
     # a decoder saved before it kept its training models still loads, and refines from the decoded start alone
     old = tmp_path / "old"
     shutil.copytree(run, old)
@@ -245,6 +250,7 @@ def test_sample_writes_a_zoo_that_every_command_reads(decoded_run, tmp_path):
     prov = json.loads(m["provenance"].iloc[0])
     assert prov["prompt"].startswith("task == 'synth-1'") and prov["sampling"]["candidates"] == 3
     assert prov["sampling"]["rounds"] == 2 and prov["refinement"]["steps"] == 5
+    assert prov["refinement"]["retrieve"] is False  # a sample is refined from its own draw, not a zoo model
     assert m["test_acc"].between(0, 1).all() and not zoo.verify(weights=True)
     again = run_peace("sample", "--run", run, "--prompt", "task == 'synth-1' and arch == 'mlp 16-4-4 relu'",
                       "--out", out, check=False)
