@@ -217,6 +217,12 @@ def test_a_decoder_for_another_encoder_is_refused(decoded_run, tmp_path):
     (run / "decoder.json").write_text(json.dumps({**meta, "encoder_sha256": "0" * 64}))
     with pytest.raises(PeaceError, match="another encoder.*peace decoder --run"):
         run_decoder(run)
+    (run / "decoder.json").write_text(json.dumps({**meta, "memory": [10 ** 12] * len(meta["memory"])}))
+    with pytest.raises(PeaceError, match="corrupted .*outside 0..max_models.*peace decoder --run"):
+        load_decoder(run)  # refused before allocating
+    (run / "decoder.json").write_text(json.dumps({**meta, "memory": [n + 1 for n in meta["memory"]]}))
+    with pytest.raises(PeaceError, match="does not fit the description.*peace decoder --run"):
+        load_decoder(run)
     (run / "decoder.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(PeaceError, match="checksum"):
         load_decoder(run)

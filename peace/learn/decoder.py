@@ -316,13 +316,19 @@ def load_decoder(directory: str | Path) -> tuple[WeightDecoder, dict]:
                          f"`peace decoder --run {directory}`")
     try:
         meta = json.loads(meta_path.read_text())
-        dec = WeightDecoder(int(meta["in_dim"]), [ArchSpec.from_dict(s) for s in meta["specs"]],
-                            DecoderConfig(**meta["config"]), memory=[int(n) for n in meta.get("memory", ())])
+        config, memory = DecoderConfig(**meta["config"]), [int(n) for n in meta.get("memory", ())]
+        if not all(0 <= n <= config.max_models for n in memory):  # checked before allocating
+            raise ValueError(f"training models kept {memory}, outside 0..max_models={config.max_models}")
+        dec = WeightDecoder(int(meta["in_dim"]), [ArchSpec.from_dict(s) for s in meta["specs"]], config, memory)
     except (ValueError, KeyError, TypeError) as e:
         raise PeaceError(f"{meta_path} is corrupted ({e}); retrain with `peace decoder --run {directory}`") from None
     if sha256_file(weights) != meta.get("weights_sha256"):
         raise PeaceError(f"{weights} does not match the checksum in {meta_path}; retrain with "
                          f"`peace decoder --run {directory}`")
-    dec.load_state_dict(load_file(str(weights)))
+    try:
+        dec.load_state_dict(load_file(str(weights)))
+    except RuntimeError as e:
+        raise PeaceError(f"{weights} does not fit the description in {meta_path} ({str(e).splitlines()[0]}); "
+                         f"retrain with `peace decoder --run {directory}`") from None
     dec.eval()
     return dec, meta
