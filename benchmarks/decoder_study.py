@@ -37,6 +37,10 @@ def _figures(table: pd.DataFrame, held: pd.Series) -> dict:
     return {**table[COLUMNS].mean().to_dict(), **{f"seen_{c}": v for c, v in seen[COLUMNS].mean().items()}}
 
 
+def _brief(row: dict) -> str:
+    return f"{row['decoded_agreement']:.3f} / {row['decoded_kept']:.3f} / {row['seen_decoded_kept']:.3f}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", required=True)
@@ -82,12 +86,9 @@ def main() -> None:
                                  "refine_steps": steps, "lr": lr, "temperature": temp, "retrieve": retrieve,
                                  "seed": seed, "split": split, "epochs": len(history), "fit_s": took,
                                  "judge_s": time.perf_counter() - t1, **_figures(table, held)})
-                v, t = rows[-2], rows[-1]
                 print(f"weight {w} noise {noise} trunk {layers} x {hidden} seed {seed} refine {steps} x lr {lr} x T "
                       f"{temp}, retrieve {retrieve}: {len(history)} epochs in {took:.0f} s; agreement / kept / seen "
-                      f"kept: val {v['decoded_agreement']:.3f} / {v['decoded_kept']:.3f} / "
-                      f"{v['seen_decoded_kept']:.3f}, test {t['decoded_agreement']:.3f} / {t['decoded_kept']:.3f} / {t['seen_decoded_kept']:.3f}",
-                      flush=True)
+                      f"kept: val {_brief(rows[-2])}, test {_brief(rows[-1])}", flush=True)
     df = pd.DataFrame(rows)
     pd.set_option("display.width", 250)
     keys = ["split", "function_weight", "noise", "hidden", "layers", "refine_steps", "lr", "temperature", "retrieve"]

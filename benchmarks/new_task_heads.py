@@ -41,5 +41,6 @@ def main() -> None:
         print(f"\n{task}: chosen on validation: {'fresh' if chosen else 'own'} output layer (sampled, last epoch: "
               f"own {scores[False]:.3f}, fresh {scores[True]:.3f}); test:\n{generative_markdown(study)}", flush=True)
 
+
 if __name__ == "__main__":
     main()
