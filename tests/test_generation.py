@@ -25,7 +25,15 @@ from peace.learn.decoder import (
     load_decoder,
     unflatten,
 )
-from peace.learn.generation import SampleConfig, accuracy, kde_draws, run_decoder, sample_models, train_decoder
+from peace.learn.generation import (
+    SampleConfig,
+    accuracy,
+    judge_zoo,
+    kde_draws,
+    run_decoder,
+    sample_models,
+    train_decoder,
+)
 from peace.learn.refine import RefineConfig, SketchFit, sketch_fit
 from peace.learn.run import RunDir
 from peace.nets.architectures import ArchSpec, evaluate, forward, stack_params
@@ -135,6 +143,25 @@ def test_decoder_on_a_run_reconstructs_judged_by_function(decoded_run):
     z = torch.randn(3, loaded.z_mean.shape[0])
     for k, v in loaded.decode(z, dec.specs[0])[0].items():
         torch.testing.assert_close(v, dec.decode(z, dec.specs[0])[0][k])
+
+
+def test_a_saved_decoder_judges_another_zoos_models_as_it_judged_the_runs_test_split(decoded_run, tiny_zoo):
+    run, dec, table = decoded_run
+    judged, skipped = judge_zoo(run, tiny_zoo.path, max_models=10**6)
+    assert skipped and all(w == "the decoder does not write this architecture" for w in skipped.values())
+    assert any("resnet" in a or "vit" in a for a in skipped)
+    same = judged.set_index("model_id").loc[table["model_id"]]  # the run's test models, judged from outside
+    assert len(judged) > len(table) and same["task"].tolist() == table["task"].tolist()
+    for c in ("original_acc", "decoded_acc", "mean_acc", "nearest_acc", "refined_acc"):
+        np.testing.assert_allclose(same[c].to_numpy(), table[c].to_numpy(), atol=0.05, err_msg=c)
+    held = RunDir(run).splits().set_index("model_id")["heldout_task"]
+    assert judged["heldout_task"].dtype == bool and judged.loc[judged["model_id"].map(held).eq(True), "heldout_task"].all()
+    assert not judged.loc[judged["model_id"].isin(RunDir(run).splits().query("split == 'train'")["model_id"]),
+                          "heldout_task"].any()
+    two, _ = judge_zoo(run, tiny_zoo.path, RefineConfig(steps=0), max_models=2)
+    assert "refined_acc" not in two and two.groupby("arch").size().max() <= 2
+    with pytest.raises(PeaceError, match="models judged per architecture must be >= 1"):
+        judge_zoo(run, tiny_zoo.path, max_models=0)
 
 
 def test_refined_models_compute_more_of_what_their_embeddings_say(decoded_run):
@@ -425,7 +452,7 @@ def test_generated_weights_that_do_not_fit_are_refused_by_name_and_write_nothing
         assert not (tmp_path / "z").exists()
 
 
-def test_the_decoder_command_trains_saves_and_reports_by_function(tiny_run, tmp_path, capsys):
+def test_the_decoder_command_trains_saves_and_reports_by_function(tiny_run, tiny_zoo, tmp_path, capsys):
     from peace.cli import main
 
     run = tmp_path / "run"
@@ -441,6 +468,12 @@ def test_the_decoder_command_trains_saves_and_reports_by_function(tiny_run, tmp_
                  "--refine-from", "decoded"]) == 0
     out = capsys.readouterr().out
     assert "from the decoded weights (left as decoded" in out and "retrieved" not in out
+    assert main(["decoder", "--run", str(run), "--judge", str(tiny_zoo.path), "--max-models", "3", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "models (at most 3 per architecture), judged by function" in out and "saved in" not in out
+    assert re.search(r"left out: \S*(resnet|vit).*: the decoder does not write this architecture", out)
+    done = run_peace("decoder", "--run", str(run), "--judge", str(tmp_path / "nowhere"), check=False)
+    assert done.returncode != 0 and done.stderr.strip().startswith("peace: error:") and "nowhere" in done.stderr
 
 
 def test_the_generate_page_samples_compares_and_downloads_model_folders(artifacts, tmp_path, monkeypatch):

@@ -10,19 +10,26 @@ __all__ = ["add_parsers"]
 
 def _decoder(args: argparse.Namespace) -> int:
     from peace.learn.decoder import DecoderConfig
-    from peace.learn.generation import reconstruction_summary, train_decoder
+    from peace.learn.generation import judge_zoo, reconstruction_summary, train_decoder
     from peace.learn.refine import RefineConfig
 
-    config = DecoderConfig(hidden=args.hidden, epochs=args.epochs, min_models=args.min_models, seed=args.seed,
-                           function_weight=args.function_weight)
     refine = RefineConfig(**({} if args.refine_steps is None else {"steps": args.refine_steps}),
                           retrieve=args.refine_from == "both")
-    dec, table = train_decoder(args.run, config, progress=not args.quiet, refine=refine)
-    print(f"decoder for {len(dec.specs)} architecture(s) saved in {args.run} (decoder.safetensors, decoder.json)")
-    if table.empty:
-        print("no test-split models of a decoded architecture: reconstruction not measured")
-        return 0
-    print("reconstruction on the run's test split, judged by function (mean over models; agreement = share of "
+    if args.judge is not None:
+        table, skipped = judge_zoo(args.run, args.judge, refine, args.max_models, args.seed)
+        for arch, why in skipped.items():
+            print(f"left out: {arch}: {why}")
+        where = f"{args.judge}'s models (at most {args.max_models} per architecture)"
+    else:
+        config = DecoderConfig(hidden=args.hidden, epochs=args.epochs, min_models=args.min_models, seed=args.seed,
+                               function_weight=args.function_weight)
+        dec, table = train_decoder(args.run, config, progress=not args.quiet, refine=refine)
+        print(f"decoder for {len(dec.specs)} architecture(s) saved in {args.run} (decoder.safetensors, decoder.json)")
+        where = "the run's test split"
+        if table.empty:
+            print("no test-split models of a decoded architecture: reconstruction not measured")
+            return 0
+    print(f"reconstruction of {where}, judged by function (mean over models; agreement = share of "
           "inputs where the model predicts what the original predicts):")
     print(reconstruction_summary(table).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print("kept: share of models whose decoded (refined, mean, nearest) model keeps >= 90 % of the original's test "
@@ -30,7 +37,7 @@ def _decoder(args: argparse.Namespace) -> int:
           + (" and from the retrieved training model, the closer sketch kept" if refine.retrieve else "")
           + " (left as decoded where "
           f"probes x classes exceed {refine.max_compression:g} x the block, e.g. 10 classes under the default encoder, "
-          "too compressed to read back); heldout_task: the task was held out of encoder training")
+          "too compressed to read back); heldout_task: the encoder was not trained on the task")
     return 0
 
 
@@ -55,7 +62,8 @@ def add_parsers(sub) -> None:
     d = sub.add_parser("decoder", help="train a run's decoder (embedding -> weights) and judge its reconstructions",
                        description="Train a decoder on the run's frozen encoder (training split; validation picks the "
                        "epoch), save it in the run directory, and report its reconstructions of the test split by "
-                       "test accuracy and prediction agreement, beside the mean model and the nearest training model.")
+                       "test accuracy and prediction agreement, beside the mean model and the nearest training model. With "
+                       "--judge ZOO, judge the saved decoder on another zoo's models instead.")
     d.add_argument("--run", type=Path, required=True, metavar="DIR", help="a training run (peace train --out)")
     d.add_argument("--epochs", type=int, default=300, help="most decoder epochs (early stopping on validation)")
     d.add_argument("--hidden", type=int, default=256, help="width of the decoder's trunk")
@@ -71,6 +79,11 @@ def add_parsers(sub) -> None:
                    help="refine from the decoded weights and from the training model the embedding retrieves, "
                    "keeping the closer sketch (both, the default: chosen on validation), or from the decoded weights "
                    "alone")
+    d.add_argument("--judge", type=Path, metavar="ZOO",
+                   help="judge the run's saved decoder on another zoo's models instead of training one (models of "
+                   "architectures it writes; a task the encoder never trained on counts as held out)")
+    d.add_argument("--max-models", type=int, default=500, metavar="N",
+                   help="with --judge: models judged per architecture, drawn at random with --seed (default 500)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=_decoder)

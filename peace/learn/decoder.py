@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DECODABLE", "DecoderConfig", "Pairs", "WeightDecoder", "aligned_form", "check_decodable", "fit_decoder", "flatten", "head_spec",
-    "load_decoder", "nearest", "reference_form", "save_decoder", "unflatten"
+    "load_decoder", "models", "nearest", "reference_form", "save_decoder", "unflatten"
 ]
 
 DECODABLE = ("mlp", "cnn1d", "cnn2d")
@@ -99,6 +99,12 @@ def _spans(spec: ArchSpec) -> list[tuple[str, tuple[int, ...], slice]]:
 def unflatten(spec: ArchSpec, flat: Tensor) -> Params:
     """``flatten`` undone; a (..., n_params) tensor gives tensors with the same leading dimensions."""
     return {k: flat[..., sl].reshape(*flat.shape[:-1], *shape).clone() for k, shape, sl in _spans(spec)}
+
+
+def models(spec: ArchSpec, flat: Tensor) -> list[Params]:
+    """One parameter dict per row of flat weights ``flat`` (n, n_params) (views of one batch)."""
+    stacked = unflatten(spec, flat)
+    return [unstack_params(stacked, j) for j in range(len(flat))]
 
 
 @dataclass(frozen=True)
@@ -214,8 +220,7 @@ class WeightDecoder(nn.Module):
         if fit is not None:
             retrieved = self.retrieve(z, i) if fit.config.retrieve else None
             flat = fit.refine(self.specs[i], flat, z, getattr(self, f"scale_{i}"), retrieved)
-        models = unflatten(spec, flat)
-        return [unstack_params(models, j) for j in range(len(flat))]  # views of one batch
+        return models(spec, flat)
 
 
 @dataclass

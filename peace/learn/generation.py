@@ -32,11 +32,12 @@ from peace.learn.decoder import (
     flatten,
     head_spec,
     load_decoder,
-    nearest,
+    models,
     reference_form,
     save_decoder,
     unflatten,
 )
+from peace.learn.encoder import Embedder
 from peace.learn.refine import RefineConfig, SketchFit, sketch_fit
 from peace.learn.run import RunDir
 from peace.nets.architectures import ArchSpec, build_module, evaluate, forward, predict, stack_params
@@ -45,8 +46,8 @@ from peace.zoo.store import Zoo, usable
 from peace.zoo.tasks import Task, load_task
 
 __all__ = [
-    "Group", "SampleConfig", "accuracy", "decoder_groups", "default_inits", "kde_draws", "reconstruction", "reconstruction_summary",
-    "run_decoder",
+    "Group", "SampleConfig", "accuracy", "decoder_groups", "default_inits", "kde_draws", "judge_zoo", "reconstruction",
+    "reconstruction_summary", "run_decoder", "zoo_groups",
     "sample_models", "train_decoder"
 ]
 
@@ -55,15 +56,16 @@ Params = dict[str, Tensor]
 
 @dataclass
 class Group:
-    """One architecture's models of a split: ids, embeddings, aligned weights (flat) and the originals'
-    class probabilities on the architecture's inputs ``x`` (what the functional term matches)."""
+    """One architecture's models of a split: ids, embeddings and, to train on (``pairs``), aligned weights
+    (flat) and the originals' class probabilities on the architecture's inputs ``x`` (what the functional
+    term matches); a group that is only judged (``reconstruction``) needs the first three."""
 
     spec: ArchSpec
     ids: list[str]
     z: Tensor
-    y: Tensor
-    x: Tensor
-    probs: Tensor
+    y: Tensor | None = None
+    x: Tensor | None = None
+    probs: Tensor | None = None
 
     def pairs(self) -> Pairs:
         return Pairs(self.z, self.y, self.x, self.probs)
@@ -144,7 +146,7 @@ def train_decoder(run_dir: str | Path, config: DecoderConfig = DecoderConfig(), 
     specs = [g.spec for g in groups["train"]]
     dec, history = fit_decoder(specs, [g.pairs() for g in groups["train"]], [g.pairs() for g in groups["val"]],
                                config, progress)
-    table = reconstruction(dec, zoo, groups["test"], groups["train"], sketch_fit(run.load_encoder(), refine))
+    table = reconstruction(dec, zoo, groups["test"], sketch_fit(run.load_encoder(), refine))
     if len(table):
         held = run.splits().set_index("model_id")["heldout_task"].astype(bool)
         table["heldout_task"] = table["model_id"].map(held).fillna(False).astype(bool)
@@ -176,25 +178,23 @@ def accuracy(spec: ArchSpec, params: Sequence[Params], task: Task, split: str = 
     return evaluate(spec, stack_params(list(params)), X, torch.from_numpy(y), task.n_classes)["acc"]
 
 
-def reconstruction(dec: WeightDecoder, zoo: Zoo, test: Sequence[Group], train: Sequence[Group],
-                   fit: SketchFit | None = None) -> pd.DataFrame:
-    """One row per test model: the original's test accuracy, and for the decoded model, the decoded
-    model refined by ``fit`` (``refined_*``, when given) and two references (the architecture's mean
-    model; the training model nearest in the embedding, i.e. retrieval instead of decoding): test
-    accuracy and agreement with the original's predictions on the task's test inputs and on the probe inputs."""
+def reconstruction(dec: WeightDecoder, zoo: Zoo, groups: Sequence[Group], fit: SketchFit | None = None) -> pd.DataFrame:
+    """One row per model of ``groups`` (models of ``zoo``): the original's test accuracy, and for the decoded
+    model, the decoded model refined by ``fit`` (``refined_*``, when given) and two references (the
+    architecture's mean model; the decoder's training model nearest in the embedding, i.e. retrieval instead
+    of decoding, where the decoder kept them): test accuracy and agreement with the original's predictions
+    on the task's test inputs and on the probe inputs."""
     rows = []
-    library = {g.spec: g for g in train}
-    for g in test:
+    for g in groups:
         if not g.ids:
             continue
         i = dec.index(g.spec)
         originals = zoo.load_many(g.ids)
-        near = library[g.spec].ids
-        candidates = {
-            "decoded": dec.decode(g.z, g.spec),
-            "mean": [unflatten(g.spec, getattr(dec, f"mean_{i}"))] * len(g.ids),
-            "nearest": zoo.load_many([near[j] for j in nearest(g.z, library[g.spec].z).tolist()]),
-        }
+        mean = unflatten(g.spec, getattr(dec, f"mean_{i}"))
+        candidates = {"decoded": dec.decode(g.z, g.spec), "mean": [mean] * len(g.ids)}
+        retrieved = dec.retrieve(g.z, i)
+        if retrieved is not None:
+            candidates["nearest"] = models(g.spec, retrieved)
         if fit is not None:
             candidates["refined"] = dec.decode(g.z, g.spec, fit)
         tasks = pd.Series(zoo.manifest.loc[g.ids, "task"].to_numpy())
@@ -206,8 +206,8 @@ def reconstruction(dec: WeightDecoder, zoo: Zoo, test: Sequence[Group], train: S
             ref_pred, ref_probe = predict(g.spec, orig, X).argmax(-1), predict(g.spec, orig, probes).argmax(-1)
             rec = {"model_id": [g.ids[j] for j in idx], "arch": g.spec.describe(), "family": g.spec.family,
                    "task": task_name, "original_acc": accuracy(g.spec, orig, task)}
-            for name, models in candidates.items():
-                picked = [models[j] for j in idx]
+            for name, made in candidates.items():
+                picked = [made[j] for j in idx]
                 rec[f"{name}_acc"] = accuracy(g.spec, picked, task)
                 rec[f"{name}_agreement"] = (predict(g.spec, picked, X).argmax(-1) == ref_pred).float().mean(1).numpy()
                 rec[f"{name}_probe_agreement"] = (predict(g.spec, picked, probes).argmax(-1)
@@ -230,6 +230,47 @@ def reconstruction_summary(table: pd.DataFrame, by: str = "family") -> pd.DataFr
     out.insert(len(keys), "models", table.groupby(keys).size().to_numpy())
     total = {**{k: "all" for k in keys}, "models": len(table), **table[cols].mean().to_dict()}
     return pd.concat([out, pd.DataFrame([total])], ignore_index=True)
+
+
+def zoo_groups(zoo: Zoo, encoder: Embedder, specs: Sequence[ArchSpec], max_models: int = 500,
+               seed: int = 0) -> tuple[list[Group], dict[str, str]]:
+    """Groups to judge of a zoo's usable models whose architecture is one of ``specs`` (a decoder's heads),
+    at most ``max_models`` per architecture (drawn with ``seed``), embedded by ``encoder``; and the zoo's
+    other architectures, with why they are left out."""
+    if max_models < 1:
+        raise PeaceError(f"models judged per architecture must be >= 1; got {max_models}")
+    m = zoo.manifest[usable(zoo.manifest)]
+    heads = {json.dumps(s.to_dict(), sort_keys=True): s for s in specs}
+    key = m["arch_spec"].map(lambda a: json.dumps(head_spec(ArchSpec.from_dict(json.loads(a))).to_dict(), sort_keys=True))
+    rng, groups, skipped = np.random.default_rng(seed), [], {}
+    for head, g in m.groupby(key, sort=True):
+        if head not in heads:
+            skipped[g["arch"].iloc[0]] = "the decoder does not write this architecture"
+            continue
+        ids = sorted(g.index)
+        ids = sorted(rng.choice(ids, max_models, replace=False)) if len(ids) > max_models else ids
+        z = encoder.embed([zoo.spec(i) for i in ids], zoo.load_many(ids))
+        groups.append(Group(heads[head], list(ids), z))
+    return groups, skipped
+
+
+def judge_zoo(run_dir: str | Path, zoo_path: str | Path, refine: RefineConfig = RefineConfig(),
+              max_models: int = 500, seed: int = 0) -> tuple[pd.DataFrame, dict[str, str]]:
+    """The run's saved decoder judged on another zoo's models (``reconstruction``, ``heldout_task``: the
+    task is none the encoder trained on), and the zoo's architectures it cannot judge, with why."""
+    run = RunDir(run_dir)
+    dec, _ = run_decoder(run.path)
+    encoder = run.load_encoder()
+    zoo = Zoo(zoo_path)
+    groups, skipped = zoo_groups(zoo, encoder, dec.specs, max_models, seed)
+    if not groups:
+        raise PeaceError(f"no usable model of {zoo.path} has an architecture the decoder of {run.path} writes "
+                         f"({'; '.join(s.describe() for s in dec.specs)}); train a run on a zoo that has them")
+    table = reconstruction(dec, zoo, groups, sketch_fit(encoder, refine))
+    splits = run.splits()
+    trained = Zoo(encoder.meta["zoo"]).manifest.loc[splits.loc[splits["split"] == "train", "model_id"], "task"]
+    table["heldout_task"] = ~table["task"].isin(set(trained))
+    return table, skipped
 
 
 # --- sampling ---------------------------------------------------------------------------------------
