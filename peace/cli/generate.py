@@ -74,7 +74,7 @@ def add_parsers(sub) -> None:
                    help="training models an architecture needs to be decoded (default 8)")
     d.add_argument("--refine-steps", type=int, metavar="N",
                    help="also judge the decoded models refined N steps towards the embedding's function block "
-                   "(default: peace.learn.refine.RefineConfig's 100, chosen on validation; 0: the decoder alone)")
+                   "(default: peace.learn.refine.RefineConfig's 200, chosen on validation; 0: the decoder alone)")
     d.add_argument("--refine-from", choices=["both", "decoded"], default="both",
                    help="refine from the decoded weights and from the training model the embedding retrieves, "
                    "keeping the closer sketch (both, the default: chosen on validation), or from the decoded weights "
