@@ -16,8 +16,9 @@ models refined towards the embeddings' function block (``peace.learn.refine``; 0
 the demo run, ``peace zoo build --config benchmarks/newtask_val.yaml``), where refinement for tasks the
 encoder never saw can be chosen (the run's own validation split holds out one 10-class task, not refined):
 
+    peace zoo build --config benchmarks/newtask_val.yaml --out /tmp/newval
     python benchmarks/decoder_study.py --run artifacts/runs/demo --val-zoo /tmp/newval --weights 10 --noise 0.3 \
-        --seeds 0 1 2 --refine-steps 100 200 --temperatures 0.1 0.25
+        --seeds 0 1 2 --refine-steps 0 100 200 --temperatures 0.1 0.25
 """
 from __future__ import annotations
 
