@@ -148,6 +148,12 @@ def test_the_tiny_preset_runs_as_a_user_types_it_then_reruns_only_stale_steps(tm
 
     kw = dict(preset="tiny", root=root, progress=False)  # what the command line ran, from Python
     assert run_pipeline(**kw) == ["current"] * 4
+    built = json.loads((root / "notebooks/tiny/timings.json").read_text())["build zoo"]
+    capsys.readouterr()
+    assert run_pipeline(**{**kw, "progress": True, "force": True}, steps=["build zoo"]) == ["ran"]
+    said = capsys.readouterr().out  # a forced zoo step opens the built zoo (zoos are never rebuilt)
+    assert "build zoo (01_build_zoo.ipynb): runs, opens its current output (seconds)" in said
+    assert json.loads((root / "notebooks/tiny/timings.json").read_text())["build zoo"] == built  # not its build time
     (root / "evaluation/tiny/metrics.json").unlink()  # a missing output: only that step runs
     capsys.readouterr()
     assert run_pipeline(**{**kw, "progress": True}) == ["current"] * 3 + ["ran"]
@@ -209,6 +215,9 @@ def test_plan_scales_reference_times_by_this_machines_calibration(monkeypatch):
     calls.clear()
     said = estimate.plan(steps, [False, True], {"train encoder": 125.0}, reference)
     assert "build zoo: current, skipped" in said and "last took 2 min here" in said and not calls
+    said = estimate.plan(steps, [True, True], {"build zoo": 540.0, "train encoder": 125.0}, reference, [True, False])
+    assert "build zoo (01.ipynb): runs, opens its current output (seconds)" in said and "9 min" not in said
+    assert "roughly 2 min in all" in said and not calls
     monkeypatch.setattr(estimate, "local_cores", lambda: 1)  # one core: without the reference's second thread
     assert estimate.machine_factor() == pytest.approx(3 * estimate.SINGLE_CORE)
     monkeypatch.setattr(estimate, "_calibration_seconds", lambda: 1e6)  # a hung machine: the factor is bounded

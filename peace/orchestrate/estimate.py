@@ -75,15 +75,20 @@ def describe(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
-def plan(steps: Sequence, runs: Sequence[bool], timings: dict, reference: dict) -> str:
+def plan(steps: Sequence, runs: Sequence[bool], timings: dict, reference: dict, opens: Sequence[bool] = ()) -> str:
     """A few lines saying which steps run and how long each should take here: the time it last took on
-    this machine, else the reference minutes scaled by ``machine_factor()`` (measured only then)."""
+    this machine, else the reference minutes scaled by ``machine_factor()`` (measured only then); a step
+    in ``opens`` runs but only opens its current output (a forced zoo step: zoos are never rebuilt)."""
     lines, total = [], 0.0
     factor = None
     for i, (s, run) in enumerate(zip(steps, runs), 1):
         if not run:
             why = ", skipped" if not any(runs[:i]) else ", unless the steps before change its inputs"
             lines.append(f"[peace]   {i}/{len(steps)} {s.name}: current{why}")
+            continue
+        if i <= len(opens) and opens[i - 1]:
+            lines.append(f"[peace]   {i}/{len(steps)} {s.name} ({s.notebook}): runs, opens its current output "
+                         f"(seconds)")
             continue
         seen, ref = timings.get(s.name), reference.get(s.name)
         if seen is not None:

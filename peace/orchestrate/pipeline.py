@@ -193,7 +193,8 @@ def run_steps(steps: Sequence[Step], notebooks_out: Path, force: bool = False, p
     timings = read_json_or_none(notebooks_out / TIMINGS) or {}
     if progress:
         runs = [force or not s.is_current() for s in steps]  # later steps may turn current once earlier ones ran
-        print(plan(steps, runs, timings, reference or {}), flush=True)
+        opens = [force and not s.owns_dir and s.is_current() for s in steps]
+        print(plan(steps, runs, timings, reference or {}, opens), flush=True)
     outcome, start = [], time.perf_counter()
     for i, (s, path) in enumerate(zip(steps, paths), 1):
         if not force and s.is_current():  # checked now: the steps before may have just rewritten its inputs
@@ -217,10 +218,12 @@ def run_steps(steps: Sequence[Step], notebooks_out: Path, force: bool = False, p
                 raise PeaceError(f"step {s.name}: {s.notebook} ran but did not write {missing}")
         write_json(s.stamp, s.record())
         outcome.append("ran")
-        timings[s.name] = time.perf_counter() - t0
-        write_json(notebooks_out / TIMINGS, timings)
+        took = time.perf_counter() - t0
+        if not reopens:
+            timings[s.name] = took
+            write_json(notebooks_out / TIMINGS, timings)
         if progress:
-            print(f"[peace] {i}/{len(steps)} {s.name}: done in {describe(timings[s.name])}; outputs in "
+            print(f"[peace] {i}/{len(steps)} {s.name}: done in {describe(took)}; outputs in "
                   f"{s.outputs[0].parent}", flush=True)
     if progress and "ran" in outcome:
         print(f"[peace] {outcome.count('ran')} step(s) done in {describe(time.perf_counter() - start)}", flush=True)
