@@ -203,6 +203,7 @@ def run_steps(steps: Sequence[Step], notebooks_out: Path, force: bool = False, p
         if progress:
             print(f"[peace] {i}/{len(steps)} {s.name}: running {s.notebook} ...", flush=True)
         t0 = time.perf_counter()
+        reopens = not s.owns_dir and s.is_current()  # forced, it opens its output: not the step's build time
         stale = s.owns_dir and read_json_or_none(s.stamp) is not None
         if stale and progress:  # made by an earlier run with other parameters or inputs: replace, do not resume it
             print(f"[peace]     {s.stamp.parent} is stale (parameters or inputs changed); rebuilding it (the old "
