@@ -12,6 +12,7 @@ import yaml
 from conftest import QUICK, ROOT, run_peace
 
 from peace.core.errors import PeaceError
+from peace.learn.run import RunDir
 from peace.learn.runconfig import load_config
 from peace.orchestrate.ablation import best_per_metric, compare, load_grid, run_ablation
 from peace.orchestrate.pipeline import NOTEBOOKS, pipeline_steps, run_pipeline, run_steps
@@ -162,7 +163,10 @@ def test_the_tiny_preset_runs_as_a_user_types_it_then_reruns_only_stale_steps(tm
     assert "evaluate:" in said.err and "[peace] 4/4 evaluate: done in" in said.out
     shutil.rmtree(root / "runs/tiny")  # retrained bit for bit (deterministic): embeddings stay current
     assert run_pipeline(**kw) == ["current", "ran", "current", "current"]
+    for name in RunDir.DECODER:  # a decoder the user trained in the run: carried into the rebuilt run, never lost
+        (root / "runs/tiny" / name).write_text(f"the user's {name}")
     assert run_pipeline(**{**kw, "seed": 1}, steps=["train encoder"]) == ["ran"]  # another encoder: everything
+    assert all((root / "runs/tiny" / n).read_text() == f"the user's {n}" for n in RunDir.DECODER)
     assert json.loads((root / "runs/tiny/.pipeline-step.json").read_text())["parameters"]["seed"] == 1
     assert [s.is_current() for s in pipeline_steps("tiny", root=root, seed=1)] == [True, True, False, False]  # downstream
 

@@ -44,17 +44,18 @@ def _owned(path: str | Path, owner: str | Path, verb: str) -> Path:
 
 
 @contextlib.contextmanager
-def replacing(path: str | Path, owner: str | Path) -> Iterator[None]:
-    """Rebuild the directory ``path`` (inside ``owner``) in the block: the old one waits beside it, comes
-    back when the block fails, and is deleted once it succeeds, so a failed rebuild loses nothing."""
+def replacing(path: str | Path, owner: str | Path) -> Iterator[Path | None]:
+    """Rebuild the directory ``path`` (inside ``owner``) in the block: the old one waits beside it (the
+    block gets its path, None when there was none), comes back when the block fails, and is deleted once
+    it succeeds, so a failed rebuild loses nothing."""
     if not Path(path).exists():
-        yield
+        yield None
         return
     path = _owned(path, owner, "replace")
     aside = path.with_name(f".{path.name}.old-{secrets.token_hex(4)}")
     os.rename(path, aside)
     try:
-        yield
+        yield aside
     except BaseException:
         if path.exists():
             shutil.rmtree(path)

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from peace.core.atomic import atomic_path, sha256_file, write_json
 from peace.core.errors import PeaceError
+from peace.learn.run import RunDir
 from peace.nets.alignment import align
 from peace.nets.architectures import ArchSpec, forward, unstack_params
 from peace.nets.symmetry import canonicalize
@@ -297,7 +298,7 @@ def fit_decoder(specs: Sequence[ArchSpec], train: Sequence[Pairs], val: Sequence
     return dec, history
 
 
-FILES = ("decoder.safetensors", "decoder.json")
+FILES = RunDir.DECODER
 
 
 def save_decoder(dec: WeightDecoder, directory: str | Path, meta: dict) -> None:

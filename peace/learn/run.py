@@ -71,6 +71,7 @@ class RunDir:
 
     CONFIG, SPLITS, VIEWS, CHECKPOINT = "config.yaml", "splits.parquet", "views", "checkpoint.pt"
     ENCODER, ENCODER_META, HISTORY, INFO = "encoder.safetensors", "encoder.json", "history.parquet", "run.json"
+    DECODER = ("decoder.safetensors", "decoder.json")  # written by ``peace decoder`` (peace.learn.decoder)
 
     def __init__(self, path: str | Path):
         self.path = Path(path)

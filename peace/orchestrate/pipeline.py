@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -96,6 +97,7 @@ class Step:
     outputs: list[Path]  # all must exist; the stamp lives beside the first
     inputs: Callable[[], dict[str, str]] = field(default=lambda: {})  # checksums of what it reads, taken at run time
     owns_dir: bool = True  # a stale output directory that this step made is replaced (never a zoo)
+    keeps: tuple[str, ...] = ()  # files other commands put in its directory, carried over when it is replaced
 
     @property
     def stamp(self) -> Path:
@@ -127,7 +129,7 @@ def train_step(zoo: Path, config: str, overrides: Sequence[str], device: str, se
     return Step("train encoder", "02_train_encoder.ipynb",
                 {"zoo_dir": str(zoo), "config": config, "overrides": list(overrides), "device": device, "seed": seed,
                  "out": str(run), "resume": True},
-                [run / RunDir.ENCODER, run / RunDir.HISTORY], lambda: _zoo_sha(zoo))
+                [run / RunDir.ENCODER, run / RunDir.HISTORY], lambda: _zoo_sha(zoo), keeps=RunDir.DECODER)
 
 
 def evaluate_step(zoo: Path, run: Path, out: Path, seed: int, transfer_epochs: int, accuracy_epochs: int = 100) -> Step:
@@ -179,6 +181,17 @@ def _check_plan(recipe, config: str, cfg) -> None:
                          f"before building it; the preset's own config is {recipe.encoder_config!r})") from None
 
 
+def _carry(s: Step, old: Path | None, progress: bool) -> None:
+    """Copy the files of ``s.keeps`` from the replaced directory ``old`` into the rebuilt one (a run's
+    decoder: minutes of work; one trained on another encoder is refused by name when used, never lost)."""
+    kept = [n for n in s.keeps if old is not None and (old / n).exists() and not (s.stamp.parent / n).exists()]
+    for name in kept:
+        shutil.copy2(old / name, s.stamp.parent / name)
+    if kept and progress:
+        print(f"[peace]     kept {', '.join(kept)} from the replaced {s.stamp.parent.name} (refused if it no longer "
+              f"matches the new outputs; rebuild it then)", flush=True)
+
+
 def run_steps(steps: Sequence[Step], notebooks_out: Path, force: bool = False, progress: bool = True,
               notebooks: Path | None = None, reference: dict | None = None, stream: bool | None = None,
               root: Path | None = None) -> list[str]:
@@ -208,7 +221,7 @@ def run_steps(steps: Sequence[Step], notebooks_out: Path, force: bool = False, p
         if stale and progress:  # made by an earlier run with other parameters or inputs: replace, do not resume it
             print(f"[peace]     {s.stamp.parent} is stale (parameters or inputs changed); rebuilding it (the old "
                   f"one is kept until the new one is complete)", flush=True)
-        with replacing(s.stamp.parent, root) if stale else contextlib.nullcontext():
+        with replacing(s.stamp.parent, root) if stale else contextlib.nullcontext() as old:
             s.stamp.unlink(missing_ok=True)
             try:
                 run_notebook(path, notebooks_out / s.notebook, s.parameters, progress if stream is None else stream)
@@ -217,6 +230,7 @@ def run_steps(steps: Sequence[Step], notebooks_out: Path, force: bool = False, p
             missing = [str(p) for p in s.outputs if not p.exists()]
             if missing:
                 raise PeaceError(f"step {s.name}: {s.notebook} ran but did not write {missing}")
+            _carry(s, old, progress)
         write_json(s.stamp, s.record())
         outcome.append("ran")
         took = time.perf_counter() - t0
