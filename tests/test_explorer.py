@@ -214,7 +214,7 @@ def test_the_warm_up_works_once_the_server_is_idle_stops_when_a_run_starts_and_d
 def test_the_explorer_prefetches_what_its_pages_first_compute(artifacts):
     ex = Explorer(artifacts / "embeddings" / "tiny")
     ex.prefetch()
-    assert {"baselines", "encoder", "decoder", "_path_cache"} <= set(vars(ex)) and len(ex._path_cache) == 1
+    assert {"baselines", "encoder", "_path_cache"} <= set(vars(ex)) and len(ex._path_cache) == 1
 
 
 def test_a_stale_set_keeps_its_map_and_is_refused_where_its_zoo_or_encoder_is_used(artifacts, tmp_path, monkeypatch):

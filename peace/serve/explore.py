@@ -239,12 +239,12 @@ class Explorer:
         return self.baselines.neighbours(method, self.es.row_of[model_id], k, self.table)
 
     def prefetch(self) -> None:
-        """What the pages' first visits compute (baseline vectors, the encoder, the decoder, the default
-        interpolation), done ahead: ``peace.serve.warm`` calls it while a user looks at a page."""
+        """What the pages' first visits compute (baseline vectors, the encoder, the default interpolation),
+        done ahead: ``peace.serve.warm`` calls it while a user looks at a page."""
         from peace.core.errors import PeaceError
         from peace.serve.teaching import partner
 
-        self.baselines, self.encoder, self.decoder  # noqa: B018  (cached)
+        self.baselines, self.encoder  # noqa: B018  (cached)
         a = typical_model(self.table)
         with contextlib.suppress(PeaceError):  # no partner, or a family weight matching does not read
             self.weight_path(a, partner(self.zoo, a))
