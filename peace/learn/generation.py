@@ -82,15 +82,28 @@ def _inputs(zoo: Zoo, ids: Sequence[str], spec: ArchSpec) -> Tensor:
     return x.float()
 
 
+def _spec_key(spec: ArchSpec) -> str:
+    return json.dumps(spec.to_dict(), sort_keys=True)
+
+
+def _head_keys(arch_specs: pd.Series) -> pd.Series:
+    """Each manifest row's decoder head (``head_spec``, as ``_spec_key``), parsed once per architecture."""
+    key = {a: _spec_key(head_spec(ArchSpec.from_dict(json.loads(a)))) for a in arch_specs.unique()}
+    return arch_specs.map(key)
+
+
+def _draw(ids: list[str], n: int, rng: np.random.Generator) -> list[str]:
+    """``ids``, or ``n`` of them drawn without replacement (sorted) where there are more."""
+    return sorted(rng.choice(ids, n, replace=False)) if len(ids) > n else ids
+
+
 def _split_ids(zoo: Zoo, run: RunDir, config: DecoderConfig) -> tuple[dict[str, dict[str, list[str]]], dict[str, str]]:
     """{head spec json: {split: ids}} of the decodable architectures with enough training models,
     and {architecture: why it is left out} for the others."""
     rows = zoo.manifest[usable(zoo.manifest)].reset_index(drop=True).merge(run.splits(), on="model_id", how="inner")
-    key = {a: json.dumps(head_spec(ArchSpec.from_dict(json.loads(a))).to_dict(), sort_keys=True)
-           for a in rows["arch_spec"].unique()}
     out, skipped = {}, {}
     rng = np.random.default_rng(config.seed)
-    for head, g in rows.groupby(rows["arch_spec"].map(key), sort=True):
+    for head, g in rows.groupby(_head_keys(rows["arch_spec"]), sort=True):
         arch = g["arch"].iloc[0]
         if g["family"].iloc[0] not in DECODABLE:
             skipped[arch] = f"{g['family'].iloc[0]} models are not decoded"
@@ -100,7 +113,7 @@ def _split_ids(zoo: Zoo, run: RunDir, config: DecoderConfig) -> tuple[dict[str, 
             skipped[arch] = f"{len(ids['train'])} training models, fewer than min_models={config.min_models}"
             continue
         cap = {"train": config.max_models, "val": max(1, config.max_models // 4), "test": max(1, config.max_models // 4)}
-        out[head] = {s: sorted(rng.choice(v, cap[s], replace=False)) if len(v) > cap[s] else v for s, v in ids.items()}
+        out[head] = {s: _draw(v, cap[s], rng) for s, v in ids.items()}
     return out, skipped
 
 
@@ -240,15 +253,13 @@ def zoo_groups(zoo: Zoo, encoder: Embedder, specs: Sequence[ArchSpec], max_model
     if max_models < 1:
         raise PeaceError(f"models judged per architecture must be >= 1; got {max_models}")
     m = zoo.manifest[usable(zoo.manifest)]
-    heads = {json.dumps(s.to_dict(), sort_keys=True): s for s in specs}
-    key = m["arch_spec"].map(lambda a: json.dumps(head_spec(ArchSpec.from_dict(json.loads(a))).to_dict(), sort_keys=True))
+    heads = {_spec_key(s): s for s in specs}
     rng, groups, skipped = np.random.default_rng(seed), [], {}
-    for head, g in m.groupby(key, sort=True):
+    for head, g in m.groupby(_head_keys(m["arch_spec"]), sort=True):
         if head not in heads:
             skipped[g["arch"].iloc[0]] = "the decoder does not write this architecture"
             continue
-        ids = sorted(g.index)
-        ids = sorted(rng.choice(ids, max_models, replace=False)) if len(ids) > max_models else ids
+        ids = _draw(sorted(g.index), max_models, rng)
         z = encoder.embed([zoo.spec(i) for i in ids], zoo.load_many(ids))
         groups.append(Group(heads[head], list(ids), z))
     return groups, skipped

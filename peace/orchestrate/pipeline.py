@@ -106,6 +106,10 @@ class Step:
     def record(self) -> dict:
         return {"step": self.name, "parameters": self.parameters, "inputs": self.inputs()}
 
+    def only_opens(self) -> bool:
+        """Whether running it (forced) would only open its output: it never replaces it (a zoo) and it is current."""
+        return not self.owns_dir and self.is_current()
+
     def is_current(self) -> bool:
         if not all(p.exists() for p in self.outputs):
             return False
@@ -206,7 +210,7 @@ def run_steps(steps: Sequence[Step], notebooks_out: Path, force: bool = False, p
     timings = read_json_or_none(notebooks_out / TIMINGS) or {}
     if progress:
         runs = [force or not s.is_current() for s in steps]  # later steps may turn current once earlier ones ran
-        opens = [force and not s.owns_dir and s.is_current() for s in steps]
+        opens = [force and s.only_opens() for s in steps]
         print(plan(steps, runs, timings, reference or {}, opens), flush=True)
     outcome, start = [], time.perf_counter()
     for i, (s, path) in enumerate(zip(steps, paths), 1):
@@ -216,7 +220,7 @@ def run_steps(steps: Sequence[Step], notebooks_out: Path, force: bool = False, p
         if progress:
             print(f"[peace] {i}/{len(steps)} {s.name}: running {s.notebook} ...", flush=True)
         t0 = time.perf_counter()
-        reopens = not s.owns_dir and s.is_current()  # forced, it opens its output: not the step's build time
+        reopens = s.only_opens()  # forced, it opens its output: not the step's build time
         stale = s.owns_dir and read_json_or_none(s.stamp) is not None
         if stale and progress:  # made by an earlier run with other parameters or inputs: replace, do not resume it
             print(f"[peace]     {s.stamp.parent} is stale (parameters or inputs changed); rebuilding it (the old "
