@@ -476,6 +476,23 @@ def test_the_decoder_command_trains_saves_and_reports_by_function(tiny_run, tiny
     assert done.returncode != 0 and done.stderr.strip().startswith("peace: error:") and "nowhere" in done.stderr
 
 
+def test_the_decoder_command_says_why_nothing_is_refined_when_the_encoder_has_no_function_block(tiny_run, tmp_path,
+                                                                                                  capsys):
+    from peace.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run.path, run)
+    meta = json.loads((run / "encoder.json").read_text())
+    meta["config"]["encoder"]["function_block"] = 0  # the block is fixed, not trained: the same encoder without it
+    (run / "encoder.json").write_text(json.dumps(meta))
+    assert main(["decoder", "--run", str(run), "--epochs", "2", "--min-models", "2", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if line.lstrip().startswith("family"))
+    assert "decoded_kept" in header.split() and not any(c.startswith("refined") for c in header.split())
+    assert "not refined: the run's encoder has no function block" in out and "encoder.function_block=256" in out
+    assert "refined: refined towards" not in out
+
+
 def test_the_generate_page_samples_compares_and_downloads_model_folders(artifacts, tmp_path, monkeypatch):
     import io
     import zipfile
