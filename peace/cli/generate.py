@@ -33,13 +33,12 @@ def _decoder(args: argparse.Namespace) -> int:
           "inputs where the model predicts what the original predicts):")
     print(reconstruction_summary(table).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     refined = "refined_acc" in table
+    how = ("refined: refined towards the embedding's function block from the decoded weights"
+           + (" and from the retrieved training model, the closer sketch kept" if refine.retrieve else "")
+           + f" (left as decoded where probes x classes exceed {refine.max_compression:g} x the block, e.g. 10 "
+           "classes under the default encoder, too compressed to read back); ")
     print("kept: share of models whose decoded (refined, mean, nearest) model keeps >= 90 % of the original's test "
-          "accuracy; " + ("refined: refined towards the embedding's function block from the decoded weights"
-                          + (" and from the retrieved training model, the closer sketch kept" if refine.retrieve else "")
-                          + " (left as decoded where "
-                          f"probes x classes exceed {refine.max_compression:g} x the block, e.g. 10 classes under the "
-                          "default encoder, too compressed to read back); " if refined else "")
-          + "heldout_task: the encoder was not trained on the task")
+          "accuracy; " + (how if refined else "") + "heldout_task: the encoder was not trained on the task")
     if not refined and refine.steps:
         print("not refined: the run's encoder has no function block to refine towards (encoder.function_block=0). "
               "Its decoded models follow their originals far better when the embedding holds one: train the run "
