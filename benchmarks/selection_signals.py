@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 import pandas as pd
-from scipy.stats import kendalltau
+from scipy.stats import kendalltau, rankdata
 
 from peace.evaluate.baselines import Models
 from peace.evaluate.metrics import ridge, within_group_tau
@@ -61,7 +61,20 @@ def signals(run_dir: str, split: str) -> dict[str, float]:
     scores["peace centrality"] = _centrality(z, tasks)
     scores["peace + ridge"] = ridge(encoder.embed(train.specs, train.params).numpy(),
                                     train.rows["test_acc"].to_numpy()).predict(z)
+    probes = scores["consensus, centrality, Gaussian probes"]  # weights only, beside PEACE's two readings
+    scores["consensus (Gaussian probes) and peace + ridge, mean rank"] = _mean_rank(tasks, probes, scores["peace + ridge"])
+    scores["consensus (Gaussian probes) and peace centrality, mean rank"] = _mean_rank(tasks, probes,
+                                                                                        scores["peace centrality"])
     return {k: within_group_tau(y, v, tasks) for k, v in scores.items()}
+
+
+def _mean_rank(tasks: np.ndarray, *scores: np.ndarray) -> np.ndarray:
+    """Two signals joined without a fit: each model's rank inside its task, as a share, averaged over them."""
+    out = np.zeros(len(tasks))
+    for t in np.unique(tasks):
+        i = tasks == t
+        out[i] = np.mean([rankdata(s[i]) / i.sum() for s in scores], axis=0)
+    return out
 
 
 def whole_zoo(path: str, query: str | None) -> None:
