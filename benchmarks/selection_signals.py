@@ -62,9 +62,8 @@ def signals(run_dir: str, split: str) -> dict[str, float]:
     scores["peace + ridge"] = ridge(encoder.embed(train.specs, train.params).numpy(),
                                     train.rows["test_acc"].to_numpy()).predict(z)
     probes = scores["consensus, centrality, Gaussian probes"]  # weights only, beside PEACE's two readings
-    scores["consensus (Gaussian probes) and peace + ridge, mean rank"] = _mean_rank(tasks, probes, scores["peace + ridge"])
-    scores["consensus (Gaussian probes) and peace centrality, mean rank"] = _mean_rank(tasks, probes,
-                                                                                        scores["peace centrality"])
+    for reading in ("peace + ridge", "peace centrality"):
+        scores[f"consensus (Gaussian probes) and {reading}, mean rank"] = _mean_rank(tasks, probes, scores[reading])
     return {k: within_group_tau(y, v, tasks) for k, v in scores.items()}
 
 
