@@ -298,27 +298,27 @@ def fit_decoder(specs: Sequence[ArchSpec], train: Sequence[Pairs], val: Sequence
     return dec, history
 
 
-FILES = RunDir.DECODER
+WEIGHTS, META = RunDir.DECODER  # the run directory's names for them
 
 
 def save_decoder(dec: WeightDecoder, directory: str | Path, meta: dict) -> None:
     """Write the decoder's weights and description (``meta``: provenance, history) atomically."""
     directory = Path(directory)
-    with atomic_path(directory / FILES[0]) as tmp:
+    with atomic_path(directory / WEIGHTS) as tmp:
         save_file({k: v.contiguous() for k, v in dec.state_dict().items()}, str(tmp))
-    write_json(directory / FILES[1], {
+    write_json(directory / META, {
         **meta, "config": asdict(dec.config), "in_dim": int(dec.z_mean.shape[0]),
         "specs": [s.to_dict() for s in dec.specs],
         "memory": [len(getattr(dec, f"memory_z_{i}", ())) for i in range(len(dec.specs))],
-        "weights_sha256": sha256_file(directory / FILES[0])})
+        "weights_sha256": sha256_file(directory / WEIGHTS)})
 
 
 def load_decoder(directory: str | Path) -> tuple[WeightDecoder, dict]:
     """The decoder saved in ``directory`` and its description; a clear error when missing or changed."""
     directory = Path(directory)
-    weights, meta_path = directory / FILES[0], directory / FILES[1]
+    weights, meta_path = directory / WEIGHTS, directory / META
     if not weights.is_file() or not meta_path.is_file():
-        raise PeaceError(f"{directory} has no decoder ({FILES[0]} / {FILES[1]}); train one with "
+        raise PeaceError(f"{directory} has no decoder ({WEIGHTS} / {META}); train one with "
                          f"`peace decoder --run {directory}`")
     try:
         meta = json.loads(meta_path.read_text())
