@@ -15,14 +15,17 @@ from safetensors.torch import load_file, save_file
 from peace.core.atomic import sha256_file
 from peace.core.errors import PeaceError
 from peace.learn.decoder import (
+    DECODABLE,
     DecoderConfig,
     Pairs,
     WeightDecoder,
     aligned_form,
     fit_decoder,
     flatten,
+    head_form,
     head_spec,
     load_decoder,
+    models,
     unflatten,
 )
 from peace.learn.generation import (
@@ -52,25 +55,32 @@ QUICK = DecoderConfig(min_models=2, epochs=40, hidden=64, patience=10)
 
 
 @pytest.mark.parametrize("task,kw", [(t, kw) for t, kw in MODELS
-                                     if kw["family"] in ("mlp", "cnn1d", "cnn2d") and kw.get("norm", "none") == "none"])
+                                     if kw["family"] in DECODABLE and kw.get("norm", "none") in ("none", "batch")])
 def test_aligned_form_is_the_same_for_every_symmetric_copy(task, kw):
     _, spec, params = random_model(task, kw, seed=1)
-    reference = canonicalize(spec, random_model(task, kw, seed=2)[2])
-    want = aligned_form(spec, params, reference)
+    head = head_spec(spec)  # BatchNorm folded: the eval-mode function the embedding describes
+    reference = canonicalize(head, head_form(spec, random_model(task, kw, seed=2)[2]))
+    want = aligned_form(head, head_form(spec, params), reference)
     for seed in range(3):
-        got = aligned_form(spec, random_symmetry(spec, params, seed), reference)
+        got = aligned_form(head, head_form(spec, random_symmetry(spec, params, seed)), reference)
         for k in want:
             torch.testing.assert_close(got[k], want[k], atol=1e-5, rtol=1e-4, msg=f"{spec.describe()} {k}")
     X = torch.randn(20, *spec.input_shape)
-    same = evaluate(spec, stack_params([params, want]), X, torch.zeros(20, dtype=torch.long), spec.n_classes)
-    assert same["loss"][0] == pytest.approx(same["loss"][1], rel=1e-4)  # the aligned form computes the same function
+    same = evaluate(spec, stack_params([params]), X, torch.zeros(20, dtype=torch.long), spec.n_classes)["loss"]
+    aligned = evaluate(head, stack_params([want]), X.reshape(20, *head.input_shape), torch.zeros(20, dtype=torch.long),
+                       spec.n_classes)["loss"]
+    assert aligned[0] == pytest.approx(same[0], rel=1e-4)  # the aligned form computes the same function
+    written = models(spec, flatten(head, want)[None])[0]  # and written back in the model's own architecture
+    assert set(written) == set(params)
+    again = evaluate(spec, stack_params([written]), X, torch.zeros(20, dtype=torch.long), spec.n_classes)["loss"]
+    assert again[0] == pytest.approx(same[0], rel=1e-4)
+    assert all(torch.equal(v, want[k]) for k, v in head_form(spec, written).items())  # folding it gives it back exactly
 
 
-@pytest.mark.parametrize("family", ["resnet", "vit"])
-def test_families_without_an_aligned_form_are_refused_by_name(family):
-    task, kw = next((t, kw) for t, kw in MODELS if kw["family"] == family)
+def test_vision_transformers_are_refused_by_name():
+    task, kw = next((t, kw) for t, kw in MODELS if kw["family"] == "vit")
     _, spec, params = random_model(task, kw)
-    with pytest.raises(PeaceError, match=f"does not decode {family} models .*decodable families: mlp, cnn1d, cnn2d"):
+    with pytest.raises(PeaceError, match="does not decode vit models .*decodable families: mlp, cnn1d, cnn2d, resnet"):
         aligned_form(spec, params, params)
 
 
@@ -131,9 +141,10 @@ def decoded_run(tiny_run, tmp_path_factory):
 
 def test_decoder_on_a_run_reconstructs_judged_by_function(decoded_run):
     run, dec, table = decoded_run
-    assert {s.family for s in dec.specs} <= {"mlp", "cnn1d", "cnn2d"} and len(dec.specs) >= 2
+    assert {s.family for s in dec.specs} <= {"mlp", "cnn1d", "cnn2d", "resnet"} and len(dec.specs) >= 2
+    assert all(s.norm != "batch" for s in dec.specs)  # heads write the eval-mode function, BatchNorm folded
     meta = json.loads((run / "decoder.json").read_text())
-    assert meta["skipped"] and all("resnet" in a or "vit" in a or "fewer than" in w for a, w in meta["skipped"].items())
+    assert meta["skipped"] and all("vit" in a or "fewer than" in w for a, w in meta["skipped"].items())
     assert len(table) == meta["models"]["test"] > 0
     for c in ("decoded_acc", "decoded_agreement", "decoded_probe_agreement", "mean_acc", "nearest_agreement"):
         assert table[c].between(0, 1).all(), c
@@ -149,7 +160,7 @@ def test_a_saved_decoder_judges_another_zoos_models_as_it_judged_the_runs_test_s
     run, dec, table = decoded_run
     judged, skipped = judge_zoo(run, tiny_zoo.path, max_models=10**6)
     assert skipped and all(w == "the decoder does not write this architecture" for w in skipped.values())
-    assert any("resnet" in a or "vit" in a for a in skipped)
+    assert any("vit" in a for a in skipped) and not any("resnet" in a for a in skipped)
     same = judged.set_index("model_id").loc[table["model_id"]]  # the run's test models, judged from outside
     assert len(judged) > len(table) and same["task"].tolist() == table["task"].tolist()
     for c in ("original_acc", "decoded_acc", "mean_acc", "nearest_acc", "refined_acc"):
@@ -297,6 +308,26 @@ def test_sample_writes_a_zoo_that_every_command_reads(decoded_run, tmp_path):
     assert m.index[1] in q.stdout or m.index[2] in q.stdout
 
 
+def test_resnets_are_decoded_with_batchnorm_folded_and_written_in_their_own_architecture(decoded_run, tmp_path):
+    run, dec, _ = decoded_run
+    zoo = Zoo(json.loads((run / "decoder.json").read_text())["zoo"])
+    ids = [i for i in zoo.manifest.index if zoo.spec(i).family == "resnet"]
+    spec = zoo.spec(ids[0])
+    assert spec.norm == "batch" and head_spec(spec) in dec.specs and head_spec(spec).norm == "none"
+    z = RunDir(run).load_encoder().embed([spec] * len(ids), zoo.load_many(ids))
+    made = dec.decode(z, spec)
+    assert all(set(m) == set(spec.param_shapes()) for m in made)  # BatchNorms (statistics included) and all
+    x = torch.from_numpy(load_task("digits").split("test")[0][:64]).reshape(-1, *spec.input_shape)
+    own = forward(spec, stack_params(made), x)  # eval mode: the neutral BatchNorms compute the folded layers
+    torch.testing.assert_close(own, forward(head_spec(spec), stack_params([head_form(spec, m) for m in made]), x),
+                               atol=1e-5, rtol=1e-4)
+    out = tmp_path / "resnets"
+    sample_zoo(run, f"arch == {spec.describe()!r}", out, SampleConfig(n=3))
+    sampled = Zoo(out)
+    assert len(sampled) == 3 and all(sampled.spec(i) == spec for i in sampled.manifest.index)
+    assert not sampled.verify(weights=True) and sampled.manifest["test_acc"].between(0, 1).all()
+
+
 def test_bootstrapping_keeps_the_best_draws_so_far_and_samples_around_them(decoded_run):
     from peace.zoo.tasks import load_task
 
@@ -394,8 +425,8 @@ def test_the_explorer_decodes_the_interpolation_line(decoded_run, tmp_path, monk
     assert list(path.columns[1:]) == [f"accuracy on {ex.zoo.task(m).name}{s}" for m in dict.fromkeys((a, b))
                                       for s in ("", ", refined")]
     assert path.iloc[:, 1:].stack().between(0, 1).all() and path.shape[1] >= 3
-    resnet = t.loc[t["family"] == "resnet", "model_id"].iloc[0]
-    assert ex.decoded_path(resnet, a) is None  # no aligned form for ResNets: the page says so instead
+    vit = t.loc[t["family"] == "vit", "model_id"].iloc[0]
+    assert ex.decoded_path(vit, a) is None  # no aligned form for ViTs: the page says so instead
 
     monkeypatch.setenv("PEACE_ARTIFACTS", str(tmp_path))
     at = AppTest.from_file(str(ROOT / "explorer" / "app.py"), default_timeout=180).run()
@@ -418,7 +449,7 @@ def test_bad_sampling_requests_get_one_line_and_leave_no_zoo(decoded_run, tiny_r
         (["--run", run, "--prompt", ok_prompt, "--bandwidth", "inf"], "bandwidth"),
         (["--run", run, "--prompt", ok_prompt, "--refine-steps", "-1"], "refinement needs steps >= 0"),
         (["--run", run, "--prompt", "test_acc > 2"], "selects no usable model"),
-        (["--run", run, "--prompt", "family == 'resnet'"], "does not decode resnet models"),
+        (["--run", run, "--prompt", "family == 'vit' and task == 'digits'"], "does not decode vit models"),
         (["--run", tiny_run.path, "--prompt", ok_prompt], "has no decoder.*peace decoder --run"),
     ]
     for args, message in cases:
@@ -471,7 +502,7 @@ def test_the_decoder_command_trains_saves_and_reports_by_function(tiny_run, tiny
     assert main(["decoder", "--run", str(run), "--judge", str(tiny_zoo.path), "--max-models", "3", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "models (at most 3 per architecture), judged by function" in out and "saved in" not in out
-    assert re.search(r"left out: \S*(resnet|vit).*: the decoder does not write this architecture", out)
+    assert re.search(r"left out: \S*vit.*: the decoder does not write this architecture", out)
     done = run_peace("decoder", "--run", str(run), "--judge", str(tmp_path / "nowhere"), check=False)
     assert done.returncode != 0 and done.stderr.strip().startswith("peace: error:") and "nowhere" in done.stderr
 
@@ -543,8 +574,8 @@ def test_peace_evaluate_reports_the_generative_study(decoded_run, tmp_path):
 
 
 def test_the_reconstruction_term_targets_aligned_weights_and_skips_families_it_cannot_write(monkeypatch):
-    """E.D's term: a symmetric copy has the same target, a decoder on it learns (with no target kept
-    between steps: the cache's limit at 0), ResNets add nothing."""
+    """E.D's term: a symmetric copy has the same target (a BatchNorm ResNet's too), a decoder on it learns
+    (with no target kept between steps: the cache's limit at 0), ViTs add nothing."""
     from peace.learn import autoencoder
     from peace.learn.autoencoder import Reconstruction
 
@@ -553,11 +584,15 @@ def test_the_reconstruction_term_targets_aligned_weights_and_skips_families_it_c
     task, kw = next((t, kw) for t, kw in MODELS if kw["family"] == "mlp" and kw.get("norm", "none") == "none")
     models = {f"m{i}": random_model(task, kw, seed=i)[1:] for i in range(12)}
     models["copy"] = (models["m0"][0], random_symmetry(models["m0"][0], models["m0"][1], 5))
-    rtask, rkw = next((t, kw) for t, kw in MODELS if kw["family"] == "resnet")
+    rtask, rkw = next((t, kw) for t, kw in MODELS if kw["family"] == "resnet" and kw.get("norm") == "batch")
     models["res"] = random_model(rtask, rkw)[1:]
+    models["res-copy"] = (models["res"][0], random_symmetry(models["res"][0], models["res"][1], 3))
+    vtask, vkw = next((t, kw) for t, kw in MODELS if kw["family"] == "vit")
+    models["vit"] = random_model(vtask, vkw)[1:]
     specs, weights = {m: s for m, (s, _) in models.items()}, {m: p for m, (_, p) in models.items()}
     rec = Reconstruction(list(models), specs, weights, in_dim=6)
     torch.testing.assert_close(rec.target("copy"), rec.target("m0"), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(rec.target("res-copy"), rec.target("res"), atol=1e-5, rtol=1e-4)  # BatchNorm folded
     ids = [f"m{i}" for i in range(12)]
     z = torch.randn(len(ids), 6, generator=torch.Generator().manual_seed(0))
     opt = torch.optim.Adam(rec.decoder.parameters(), lr=1e-2)
@@ -568,9 +603,9 @@ def test_the_reconstruction_term_targets_aligned_weights_and_skips_families_it_c
         opt.step()
     assert rec.loss(z, ids).item() < 0.1 * first  # 12 distinct inputs are memorized
     assert not rec._cache
-    assert rec.loss(z[:1], ["res"]).item() == 0.0  # a ResNet adds nothing
+    assert rec.loss(z[:1], ["vit"]).item() == 0.0  # a ViT adds nothing
     with pytest.raises(PeaceError, match="train.reconstruction=0"):
-        Reconstruction(["res"], specs, weights, in_dim=6)
+        Reconstruction(["vit"], specs, weights, in_dim=6)
     from peace.learn.runconfig import load_config
     from peace.learn.trainer import _reconstruction
 

@@ -23,6 +23,7 @@ from peace.learn.decoder import (
     WeightDecoder,
     aligned_form,
     flatten,
+    head_form,
     head_spec,
     reference_form,
 )
@@ -56,7 +57,7 @@ class Reconstruction:
         for h in self.heads:
             members = by_head[h]
             picked.append([members[i] for i in rng.choice(len(members), min(len(members), REFERENCE_MODELS), replace=False)])
-            self.refs.append(reference_form(specs[picked[-1][0]], [weights[m] for m in picked[-1]]))
+            self.refs.append(reference_form(h, [head_form(specs[m], weights[m]) for m in picked[-1]]))
         torch.manual_seed(seed)
         self.decoder = WeightDecoder(in_dim, self.heads, DecoderConfig(function_weight=0.0, noise=0.0, seed=seed))
         # no input standardization: the embedding moves while the encoder trains; the heads' per-tensor
@@ -74,8 +75,8 @@ class Reconstruction:
         """Model ``m``'s flat aligned weights."""
         if m in self._cache:
             return self._cache[m]
-        spec = self.specs[m]
-        y = flatten(spec, aligned_form(spec, self.weights[m], self.refs[self._index[head_spec(spec)]]))
+        spec, head = self.specs[m], head_spec(self.specs[m])
+        y = flatten(head, aligned_form(head, head_form(spec, self.weights[m]), self.refs[self._index[head]]))
         if self._cached_bytes + 4 * y.numel() <= CACHE_BYTES:
             self._cache[m], self._cached_bytes = y, self._cached_bytes + 4 * y.numel()
         return y

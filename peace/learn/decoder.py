@@ -2,7 +2,8 @@
 
 Hyper-representations' E.D and SANE pair their encoders with a decoder; PEACE trains one on a run's
 frozen encoder (``peace decoder``; docs/generation.md says why frozen). What it writes is the
-*aligned form* of a model: scales and signs canonical (``peace.nets.symmetry.canonicalize``), hidden
+*aligned form* of a model's eval-mode function (BatchNorm folded into the layer before it, as the
+encoder's graphs fold it): scales and signs canonical (``peace.nets.symmetry.canonicalize``), hidden
 units permuted to match the architecture's reference (``peace.nets.alignment.align``). Every
 permuted or rescaled copy of a model has the same embedding and the same aligned form, so the
 decoder is never asked for two different outputs from one input. The loss is normalized layer by
@@ -31,20 +32,19 @@ from peace.core.atomic import atomic_path, sha256_file, write_json
 from peace.core.errors import PeaceError
 from peace.learn.run import RunDir
 from peace.nets.alignment import align
-from peace.nets.architectures import ArchSpec, forward, unstack_params
+from peace.nets.architectures import ArchSpec, fold_norms, folded_spec, forward, unfold_norms, unstack_params
 from peace.nets.symmetry import canonicalize
 
 if TYPE_CHECKING:
     from peace.learn.refine import SketchFit
 
 __all__ = [
-    "DECODABLE", "DecoderConfig", "Pairs", "WeightDecoder", "aligned_form", "check_decodable", "fit_decoder", "flatten", "head_spec",
-    "load_decoder", "models", "nearest", "reference_form", "save_decoder", "unflatten"
+    "DECODABLE", "DecoderConfig", "Pairs", "WeightDecoder", "aligned_form", "check_decodable", "fit_decoder", "flatten",
+    "head_form", "head_spec", "load_decoder", "models", "nearest", "reference_form", "save_decoder", "unflatten"
 ]
 
-DECODABLE = ("mlp", "cnn1d", "cnn2d")
+DECODABLE = ("mlp", "cnn1d", "cnn2d", "resnet")
 _NOT_YET = {
-    "resnet": "ResNets carry BatchNorm running statistics that no embedding describes",
     "vit": "weight matching (peace.nets.alignment) does not read attention heads yet, so there is no aligned form",
 }
 Params = dict[str, Tensor]
@@ -59,13 +59,21 @@ def check_decodable(spec: ArchSpec) -> None:
 
 
 def head_spec(spec: ArchSpec) -> ArchSpec:
-    """The spec a decoder head is keyed by: an MLP reads its input flattened, so MLPs on 4x4 images and on
-    16 features have the same weights and share a head."""
+    """The spec a decoder head is keyed by and writes: BatchNorm folded (``folded_spec``: the eval-mode
+    function, which is what the embedding describes), and an MLP's input flattened, so MLPs on 4x4 images
+    and on 16 features have the same weights and share a head."""
+    spec = folded_spec(spec)
     return dataclasses.replace(spec, input_shape=(math.prod(spec.input_shape),)) if spec.family == "mlp" else spec
 
 
+def head_form(spec: ArchSpec, params: Params) -> Params:
+    """A model of ``spec`` as its decoder head reads and writes it: BatchNorm folded (``fold_norms``)."""
+    return fold_norms(spec, params)[1]
+
+
 def aligned_form(spec: ArchSpec, params: Params, reference: Params) -> Params:
-    """The model's representative for the decoder: canonical scales / signs, units matched to ``reference``."""
+    """The model's representative for the decoder: canonical scales / signs, units matched to ``reference``
+    (``spec`` a head spec and ``params`` in head form: ``head_spec``, ``head_form``)."""
     check_decodable(spec)
     return align(spec, reference, canonicalize(spec, params))[0]
 
@@ -103,8 +111,9 @@ def unflatten(spec: ArchSpec, flat: Tensor) -> Params:
 
 
 def models(spec: ArchSpec, flat: Tensor) -> list[Params]:
-    """One parameter dict per row of flat weights ``flat`` (n, n_params) (views of one batch)."""
-    stacked = unflatten(spec, flat)
+    """One parameter dict of ``spec`` per row of a head's flat weights ``flat`` (n, n_params) (views of one
+    batch); a BatchNorm spec gets neutral BatchNorms that compute the same (``unfold_norms``)."""
+    stacked = unfold_norms(spec, unflatten(folded_spec(spec), flat))
     return [unstack_params(stacked, j) for j in range(len(flat))]
 
 

@@ -30,6 +30,7 @@ from peace.learn.decoder import (
     check_decodable,
     fit_decoder,
     flatten,
+    head_form,
     head_spec,
     load_decoder,
     models,
@@ -92,6 +93,12 @@ def _head_keys(arch_specs: pd.Series) -> pd.Series:
     return arch_specs.map(key)
 
 
+def _head_forms(zoo: Zoo, ids: Sequence[str], params: Sequence[Params] | None = None) -> list[Params]:
+    """Zoo models (``params``, or read) as decoder heads read them (``head_form``: BatchNorm folded)."""
+    params = zoo.load_many(list(ids)) if params is None else params
+    return [head_form(zoo.spec(i), p) for i, p in zip(ids, params)]
+
+
 def _draw(ids: list[str], n: int, rng: np.random.Generator) -> list[str]:
     """``ids``, or ``n`` of them drawn without replacement (sorted) where there are more."""
     return sorted(rng.choice(ids, n, replace=False)) if len(ids) > n else ids
@@ -132,16 +139,18 @@ def decoder_groups(run_dir: str | Path, config: DecoderConfig = DecoderConfig(),
     groups: dict[str, list[Group]] = {"train": [], "val": [], "test": []}
     for head, ids in tqdm(chosen.items(), desc="decoder data", unit="arch", disable=not progress, leave=False):
         spec = ArchSpec.from_dict(json.loads(head))
-        train_params = zoo.load_many(ids["train"])
+        train_raw = zoo.load_many(ids["train"])
+        train_params = _head_forms(zoo, ids["train"], train_raw)
         ref = reference_form(spec, train_params)
         x = _inputs(zoo, ids["train"], spec)
         for split, split_ids in ids.items():
-            params = train_params if split == "train" else zoo.load_many(split_ids)
+            raw = train_raw if split == "train" else zoo.load_many(split_ids)
+            params = train_params if split == "train" else _head_forms(zoo, split_ids, raw)
             if not params:
                 groups[split].append(Group(spec, [], torch.zeros(0, encoder.config.output_dim),
                                            torch.zeros(0, spec.n_params), x, torch.zeros(0, len(x), spec.n_classes)))
                 continue
-            z = encoder.embed([zoo.spec(i) for i in split_ids], params)
+            z = encoder.embed([zoo.spec(i) for i in split_ids], raw)
             y = torch.stack([flatten(spec, aligned_form(spec, p, ref)) for p in params])
             with torch.no_grad():
                 probs = forward(spec, stack_params(params), x).softmax(-1)
@@ -202,7 +211,7 @@ def reconstruction(dec: WeightDecoder, zoo: Zoo, groups: Sequence[Group], fit: S
         if not g.ids:
             continue
         i = dec.index(g.spec)
-        originals = zoo.load_many(g.ids)
+        originals = _head_forms(zoo, g.ids)
         mean = unflatten(g.spec, getattr(dec, f"mean_{i}"))
         candidates = {"decoded": dec.decode(g.z, g.spec), "mean": [mean] * len(g.ids)}
         retrieved = dec.retrieve(g.z, i)

@@ -34,7 +34,7 @@ __all__ = [
     "ArchSpec", "ChannelLayerNorm", "Layer", "PeaceNet", "build_module", "check_params", "conv", "evaluate",
     "fold_batchnorm",
     "fold_norms", "folded_spec", "forward", "hidden_shapes", "is_buffer", "load_weights", "nll", "normalize",
-    "predict", "stack_params", "unstack_params"
+    "predict", "stack_params", "unfold_norms", "unstack_params"
 ]
 
 FAMILIES = ("mlp", "cnn1d", "cnn2d", "resnet", "vit")
@@ -250,6 +250,30 @@ def fold_norms(spec: ArchSpec, params: dict[str, Tensor]) -> tuple[ArchSpec, dic
                                   layer.norm)
         out[layer.weight_name], out[layer.bias_name] = w, b
     return folded_spec(spec), out
+
+
+def unfold_norms(spec: ArchSpec, folded: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Parameters of ``spec`` (with its BatchNorms) computing, in eval mode, what ``folded`` (parameters of
+    ``folded_spec(spec)``) computes: each BatchNorm neutral (running mean 0, variance 1, scale sqrt(1 + eps),
+    so that ``fold_norms`` gives ``folded`` back exactly) and shifted by the folded bias. Training renormalizes
+    by batch statistics, as it does for any BatchNorm model. One model's parameters or a population's."""
+    if spec.norm != "batch":
+        return folded
+    out: dict[str, Tensor] = {}
+    for layer in spec.layers:
+        w, b = folded[layer.weight_name], folded[layer.bias_name]
+        out[layer.weight_name] = w
+        if not layer.norm:
+            if layer.bias:  # else zero in every folded model of ``spec``
+                out[layer.bias_name] = b
+            continue
+        if layer.bias:
+            out[layer.bias_name] = torch.zeros_like(b)
+        names = layer.norm_names()
+        out[names["running_mean"]], out[names["running_var"]] = torch.zeros_like(b), torch.ones_like(b)
+        scale = torch.sqrt(torch.ones_like(b) + BN_EPS)  # fold_norms' own arithmetic: it divides back to 1 exactly
+        out[names["weight"]], out[names["bias"]] = scale, b
+    return out
 
 
 def forward(spec: ArchSpec, params: dict[str, Tensor], x: Tensor,
