@@ -6,7 +6,7 @@ import time
 
 import pytest
 import torch
-from conftest import random_model
+from conftest import MODELS, random_model
 from safetensors.torch import save_file
 from torch import nn
 
@@ -15,7 +15,8 @@ from peace.intake.importers import from_state_dict, load_model
 from peace.intake.modules import from_module
 from peace.learn.encoder import EncoderConfig, PeaceEncoder, prepare
 from peace.nets.alignment import align
-from peace.nets.architectures import ArchSpec, fold_norms, folded_spec, forward
+from peace.nets.architectures import ArchSpec, forward
+from peace.nets.batchnorm import calibrate_norms, fold_norms, folded_spec, unfold_norms
 from peace.nets.graph import graph_to_params, neural_graph
 from peace.nets.symmetry import RandomSymmetry, group_labels, random_symmetry, transform, unit_groups
 from peace.zoo.population import HParams, Schedule, train_population, train_single
@@ -161,6 +162,21 @@ def test_graph_folds_batchnorm_and_inverts_to_the_folded_network(norm):
     back = graph_to_params(spec, g)
     torch.testing.assert_close(_out(folded_spec(spec), back, X), _out(spec, p, X), atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(_out(*fold_norms(spec, p), X), _out(spec, p, X), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("task,kw", [(t, kw) for t, kw in MODELS if kw.get("norm") == "batch"])
+def test_calibrated_batchnorms_compute_the_same_and_train_from_it(task, kw):
+    """``calibrate_norms``: evaluation unchanged, and a training-mode pass on the calibration inputs (batch
+    statistics) computes what evaluation does, which neutral statistics do not."""
+    task, spec, p = random_model(task, kw)
+    X = torch.from_numpy(task.X_test[:128]).reshape(-1, *spec.input_shape)
+    stacked = {k: v[None] for k, v in unfold_norms(spec, fold_norms(spec, p)[1]).items()}  # neutral, as decoded
+    cal = calibrate_norms(spec, stacked, X)
+    evaluated = forward(spec, stacked, X)
+    torch.testing.assert_close(forward(spec, cal, X), evaluated, atol=1e-4, rtol=1e-4)
+    trained = lambda q: forward(spec, {k: v.clone() for k, v in q.items()}, X, train=True)  # noqa: E731
+    torch.testing.assert_close(trained(cal), evaluated, atol=1e-3, rtol=1e-3)
+    assert not torch.allclose(trained(stacked), evaluated, atol=1e-2)
 
 
 def test_weight_matching_undoes_a_residual_network_permutation():

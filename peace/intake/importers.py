@@ -45,7 +45,8 @@ from peace.intake.model import (
     spec_from,
 )
 from peace.intake.torchfile import read_torch_file
-from peace.nets.architectures import ACTIVATIONS, BN_EPS, ArchSpec, check_params, fold_batchnorm
+from peace.nets.architectures import ACTIVATIONS, BN_EPS, ArchSpec, check_params
+from peace.nets.batchnorm import fold_batchnorm
 
 __all__ = ["NO_ACTIVATION", "WEIGHT_FILES", "MissingActivation", "from_state_dict", "load_model", "read_config",
            "read_tensors"]

@@ -13,7 +13,8 @@ from peace.core.errors import PeaceError, unknown
 from peace.intake.importers import from_state_dict
 from peace.intake.layouts import is_resnet_layout, is_vit_layout
 from peace.intake.model import SUPPORTED_MODULES, ImportedModel, one_bias_setting
-from peace.nets.architectures import ArchSpec, fold_batchnorm, forward
+from peace.nets.architectures import ArchSpec, forward
+from peace.nets.batchnorm import fold_batchnorm
 
 __all__ = ["from_module", "from_sklearn"]
 

@@ -32,7 +32,8 @@ from peace.core.atomic import atomic_path, sha256_file, write_json
 from peace.core.errors import PeaceError
 from peace.learn.run import RunDir
 from peace.nets.alignment import align
-from peace.nets.architectures import ArchSpec, fold_norms, folded_spec, forward, unfold_norms, unstack_params
+from peace.nets.architectures import ArchSpec, forward, unstack_params
+from peace.nets.batchnorm import fold_norms, folded_spec, unfold_norms
 from peace.nets.symmetry import canonicalize
 
 if TYPE_CHECKING:

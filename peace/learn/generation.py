@@ -41,7 +41,8 @@ from peace.learn.decoder import (
 from peace.learn.encoder import Embedder
 from peace.learn.refine import RefineConfig, SketchFit, sketch_fit
 from peace.learn.run import RunDir
-from peace.nets.architectures import ArchSpec, build_module, evaluate, forward, predict, stack_params
+from peace.nets.architectures import ArchSpec, build_module, evaluate, forward, predict, stack_params, unstack_params
+from peace.nets.batchnorm import calibrate_norms
 from peace.nets.probes import probe_inputs
 from peace.zoo.store import Zoo, usable
 from peace.zoo.tasks import Task, load_task
@@ -49,7 +50,7 @@ from peace.zoo.tasks import Task, load_task
 __all__ = [
     "Group", "SampleConfig", "accuracy", "decoder_groups", "default_inits", "kde_draws", "judge_zoo", "reconstruction",
     "reconstruction_summary", "run_decoder", "zoo_groups",
-    "sample_models", "train_decoder"
+    "sample_models", "train_decoder", "written_by"
 ]
 
 Params = dict[str, Tensor]
@@ -91,6 +92,11 @@ def _head_keys(arch_specs: pd.Series) -> pd.Series:
     """Each manifest row's decoder head (``head_spec``, as ``_spec_key``), parsed once per architecture."""
     key = {a: _spec_key(head_spec(ArchSpec.from_dict(json.loads(a)))) for a in arch_specs.unique()}
     return arch_specs.map(key)
+
+
+def written_by(dec: WeightDecoder, arch_specs: pd.Series) -> pd.Series:
+    """Which rows of a manifest's ``arch_spec`` column the decoder writes (a head for their ``head_spec``)."""
+    return _head_keys(arch_specs).isin({_spec_key(s) for s in dec.specs})
 
 
 def _head_forms(zoo: Zoo, ids: Sequence[str], params: Sequence[Params] | None = None) -> list[Params]:
@@ -346,13 +352,27 @@ def default_inits(spec: ArchSpec, n: int, seed: int) -> list[Params]:
     return out
 
 
+def _calibrated(spec: ArchSpec, params: list[Params], task: Task, inputs: int = 512, chunk: int = 256) -> list[Params]:
+    """Decoded models with BatchNorm statistics of the task's first ``inputs`` training inputs
+    (``calibrate_norms``: the same eval-mode function, and fine-tuning starts from it); others as they are."""
+    if spec.norm != "batch":
+        return params
+    x = torch.from_numpy(task.split("train")[0][:inputs]).reshape(-1, *spec.input_shape).float()
+    out = []
+    for a in range(0, len(params), chunk):
+        stacked = calibrate_norms(spec, stack_params(params[a:a + chunk]), x)
+        out += [unstack_params(stacked, j) for j in range(len(params[a:a + chunk]))]
+    return out
+
+
 def sample_models(dec: WeightDecoder, z_prompt: Tensor, spec: ArchSpec, task: Task,
                   config: SampleConfig = SampleConfig(),
                   fit: SketchFit | None = None) -> tuple[list[Params], np.ndarray]:
     """New models of ``spec`` decoded from KDE draws around the prompt embeddings (refined by ``fit``
     when given, from the decoded draws only: no retrieved zoo model), the best by accuracy on the task's
-    training split when ``config`` asks for subsampling or bootstrapping (see ``SampleConfig``). Returns
-    the models and those training accuracies."""
+    training split when ``config`` asks for subsampling or bootstrapping (see ``SampleConfig``); BatchNorm
+    models get statistics of the task's training inputs (``_calibrated``). Returns the models and those
+    training accuracies."""
     check_decodable(spec)
     if len(z_prompt) == 0:
         raise PeaceError("no prompt models to sample around")
@@ -365,7 +385,7 @@ def sample_models(dec: WeightDecoder, z_prompt: Tensor, spec: ArchSpec, task: Ta
         z = kde_draws(around, config.n * config.candidates, config.bandwidth,
                       config.seed if r == 0 else model_seed(config.seed, f"bootstrap-{r}"), floor)
         drawn.append(z)
-        models += dec.decode(z, spec, fit)
+        models += _calibrated(spec, dec.decode(z, spec, fit), task)
         train_acc = np.concatenate([train_acc, accuracy(spec, models[len(train_acc):], task, "train")])
         keep = np.argsort(-train_acc, kind="stable")[:config.n] if config.candidates > 1 else np.arange(config.n)
         around = torch.cat(drawn)[torch.as_tensor(keep)]

@@ -31,10 +31,8 @@ from peace.nets.layers import ACTIVATIONS, BN_EPS, BN_MOMENTUM, LN_EPS, NORM_STA
 
 __all__ = [
     "ACTIVATIONS", "BN_EPS", "BN_MOMENTUM", "FAMILIES", "FAMILY_KEYS", "LN_EPS", "NORMS", "NORM_STATS", "POOLS",
-    "ArchSpec", "ChannelLayerNorm", "Layer", "PeaceNet", "build_module", "check_params", "conv", "evaluate",
-    "fold_batchnorm",
-    "fold_norms", "folded_spec", "forward", "hidden_shapes", "is_buffer", "load_weights", "nll", "normalize",
-    "predict", "stack_params", "unfold_norms", "unstack_params"
+    "ArchSpec", "ChannelLayerNorm", "Layer", "PeaceNet", "build_module", "check_params", "conv", "evaluate", "forward",
+    "hidden_shapes", "is_buffer", "load_weights", "nll", "normalize", "predict", "stack_params", "unstack_params"
 ]
 
 FAMILIES = ("mlp", "cnn1d", "cnn2d", "resnet", "vit")
@@ -213,76 +211,15 @@ def _pool(h: Tensor, kind: str, ndim: int) -> Tensor:
     return fn[(kind, ndim)](h, 2)
 
 
-def fold_batchnorm(w: Tensor, b: Tensor | None, bn: dict[str, Tensor], eps: float, name: str) -> tuple[Tensor, Tensor]:
-    """Weight and bias of a Linear / Conv layer with the eval-mode BatchNorm after it folded in: the same
-    function at inference. ``bn`` holds running_mean, running_var and, when affine, weight and bias."""
-    mean, var = bn["running_mean"].float(), bn["running_var"].float()
-    if mean.dim() < 1 or mean.shape != w.shape[:mean.dim()] or var.shape != mean.shape or (var < 0).any():
-        raise PeaceError(f"BatchNorm {name!r}: running statistics shaped {tuple(mean.shape)} / {tuple(var.shape)} "
-                         f"(or negative variances) do not fit the {w.shape[0]} outputs of the layer before it")
-    gamma, beta = bn.get("weight", torch.ones_like(mean)).float(), bn.get("bias", torch.zeros_like(mean)).float()
-    scale = gamma / torch.sqrt(var + eps)
-    bias = (b if b is not None else torch.zeros_like(mean)) - mean
-    return w * scale.reshape(*scale.shape, *[1] * (w.dim() - scale.dim())), bias * scale + beta
-
-
-def folded_spec(spec: ArchSpec) -> ArchSpec:
-    """The same architecture without BatchNorm and with biases: what ``fold_norms`` returns (a
-    LayerNorm, which depends on each sample, stays)."""
-    if spec.norm != "batch":
-        return spec
-    return ArchSpec.from_dict({**spec.to_dict(), "norm": "none", "bias": True})
-
-
-def fold_norms(spec: ArchSpec, params: dict[str, Tensor]) -> tuple[ArchSpec, dict[str, Tensor]]:
-    """The eval-mode function with every BatchNorm folded into the layer before it: the network PEACE
-    graphs (``fold_batchnorm``). A spec without BatchNorm is returned as it is. Works on one model's
-    parameters and on a population's (tensors with a leading dimension P)."""
-    if spec.norm != "batch":
-        return spec, params
-    out: dict[str, Tensor] = {}
-    for layer in spec.layers:
-        w = params[layer.weight_name]
-        lead = w.shape[:w.dim() - len(layer.weight_shape)]
-        b = params[layer.bias_name] if layer.bias else torch.zeros(*lead, layer.out_features, dtype=w.dtype)
-        if layer.norm:
-            w, b = fold_batchnorm(w, b, {leaf: params[name] for leaf, name in layer.norm_names().items()}, BN_EPS,
-                                  layer.norm)
-        out[layer.weight_name], out[layer.bias_name] = w, b
-    return folded_spec(spec), out
-
-
-def unfold_norms(spec: ArchSpec, folded: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Parameters of ``spec`` (with its BatchNorms) computing, in eval mode, what ``folded`` (parameters of
-    ``folded_spec(spec)``) computes: each BatchNorm neutral (running mean 0, variance 1, scale sqrt(1 + eps),
-    so that ``fold_norms`` gives ``folded`` back exactly) and shifted by the folded bias. Training renormalizes
-    by batch statistics, as it does for any BatchNorm model. One model's parameters or a population's."""
-    if spec.norm != "batch":
-        return folded
-    out: dict[str, Tensor] = {}
-    for layer in spec.layers:
-        w, b = folded[layer.weight_name], folded[layer.bias_name]
-        out[layer.weight_name] = w
-        if not layer.norm:
-            if layer.bias:  # else zero in every folded model of ``spec``
-                out[layer.bias_name] = b
-            continue
-        if layer.bias:
-            out[layer.bias_name] = torch.zeros_like(b)
-        names = layer.norm_names()
-        out[names["running_mean"]], out[names["running_var"]] = torch.zeros_like(b), torch.ones_like(b)
-        scale = torch.sqrt(torch.ones_like(b) + BN_EPS)  # fold_norms' own arithmetic: it divides back to 1 exactly
-        out[names["weight"]], out[names["bias"]] = scale, b
-    return out
-
-
 def forward(spec: ArchSpec, params: dict[str, Tensor], x: Tensor,
-            dropout_masks: Sequence[Tensor | None] | None = None, train: bool = False) -> Tensor:
+            dropout_masks: Sequence[Tensor | None] | None = None, train: bool = False,
+            seen: dict[int, Tensor] | None = None) -> Tensor:
     """Logits of P models at once.
 
     ``params[name]`` has shape (P, *shape); ``x`` is (P, B, *input_shape) or (B, *input_shape)
     (shared by all models). ``dropout_masks[i]``, if given, multiplies the activations after layer
     i (already scaled by 1/(1-p)). ``train``: BatchNorm layers use and update batch statistics.
+    ``seen``, when given, receives each normalization's input under its layer's index.
     Returns (P, B, n_classes).
     """
     P = params[spec.layers[0].weight_name].shape[0]
@@ -293,7 +230,7 @@ def forward(spec: ArchSpec, params: dict[str, Tensor], x: Tensor,
             raise PeaceError(f"dropout is not supported in a {spec.family}; train it with dropout 0")
         if spec.family == "vit":
             return transformer.forward(spec, params, x)
-        return resnet.forward(spec, params, x, train)
+        return resnet.forward(spec, params, x, train, seen)
     B = x.shape[1]
     act = ACTIVATIONS[spec.activation]
     h = x
@@ -307,7 +244,7 @@ def forward(spec: ArchSpec, params: dict[str, Tensor], x: Tensor,
         else:
             h = conv(h, w, b)
         if layer.norm:
-            h = normalize(h, params, layer, train)
+            h = normalize(h, params, layer, train, seen)
         if layer.index < n - 1:
             h = act(h)
             if layer.kind != "linear":

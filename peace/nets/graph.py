@@ -7,7 +7,7 @@ exactly the network's permutation symmetry. Input and output nodes keep their id
 (``node_pos``: their index; -1 for hidden nodes).
 
 In the spirit of Kofinas et al. (ICLR 2024): a BatchNorm is folded into the layer before it (the
-eval-mode function: ``architectures.fold_norms``), and a ResNet's identity shortcut ``x -> x + f(x)``
+eval-mode function: ``batchnorm.fold_norms``), and a ResNet's identity shortcut ``x -> x + f(x)``
 is what it computes, a 1x1 convolution with weight 1 from each input channel to the same output
 channel: one edge per channel carrying 1.0 (``edge_layer`` -1, since no weight layer holds it).
 A node's bias is the sum of the biases its writers add (conv2's and the shortcut projection's).
@@ -37,7 +37,8 @@ from torch import Tensor
 
 from peace.core.errors import PeaceError
 from peace.nets import transformer
-from peace.nets.architectures import ACTIVATIONS, ArchSpec, check_params, fold_norms, folded_spec
+from peace.nets.architectures import ACTIVATIONS, ArchSpec, check_params
+from peace.nets.batchnorm import fold_norms, folded_spec
 
 __all__ = [
     "ACTIVATION_NAMES", "DEFAULT_EDGE_DIM", "EDGE_KINDS", "NODE_DIM", "NORM_FEATURES", "ROLES", "DenseBlock", "GraphBatch",
@@ -280,7 +281,7 @@ class GraphBuilder:
 
 def graph_to_params(spec: ArchSpec, g: NeuralGraph) -> dict[str, Tensor]:
     """The state dict a neural graph encodes (exact inverse of ``neural_graph``). For a network with
-    BatchNorm these are the weights of its folded form (``architectures.folded_spec(spec)``); a tensor
+    BatchNorm these are the weights of its folded form (``batchnorm.folded_spec(spec)``); a tensor
     written by two layers (conv2 and a shortcut projection) gives its summed bias to the first.
     A Transformer's graph folds its LayerNorms into the layers after them: it has no inverse here."""
     if spec.family == "vit":

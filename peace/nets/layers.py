@@ -97,11 +97,14 @@ def conv(h: Tensor, w: Tensor, b: Tensor | None, stride: int = 1, padding: int |
     return out.reshape(B, P, w.shape[1], *out.shape[2:]).transpose(0, 1)
 
 
-def normalize(h: Tensor, params: dict[str, Tensor], layer: Layer, train: bool) -> Tensor:
+def normalize(h: Tensor, params: dict[str, Tensor], layer: Layer, train: bool,
+              seen: dict[int, Tensor] | None = None) -> Tensor:
     """The normalization after ``layer`` on h (P, B, C, *spatial), per model. BatchNorm: training
     normalizes with the batch's statistics and updates the running ones in place (momentum,
     unbiased variance: torch's rule), evaluation uses the running ones. LayerNorm: over the channels
-    of each sample and position."""
+    of each sample and position. ``seen``, when given, keeps h under the layer's index."""
+    if seen is not None:
+        seen[layer.index] = h
     n = layer.norm_names()
     shape = (h.shape[0], 1, h.shape[2], *[1] * (h.dim() - 3))
     if layer.norm_kind == "layer":

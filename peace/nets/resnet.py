@@ -88,13 +88,14 @@ def build_layers(spec: ArchSpec) -> tuple[tuple[Layer, ...], list[int], list[tup
     return tuple(layers), sizes, residuals
 
 
-def forward(spec: ArchSpec, params: dict[str, Tensor], x: Tensor, train: bool = False) -> Tensor:
+def forward(spec: ArchSpec, params: dict[str, Tensor], x: Tensor, train: bool = False,
+            seen: dict[int, Tensor] | None = None) -> Tensor:
     """Logits (P, B, n_classes) of P ResNets on x (P, B, C, H, W); see ``architectures.forward``."""
     act = ACTIVATIONS[spec.activation]
 
     def apply(layer: Layer, h: Tensor) -> Tensor:
         h = conv(h, params[layer.weight_name], params[layer.bias_name] if layer.bias else None, layer.stride)
-        return normalize(h, params, layer, train) if layer.norm else h
+        return normalize(h, params, layer, train, seen) if layer.norm else h
 
     layers = spec.layers
     h = act(apply(layers[0], x))

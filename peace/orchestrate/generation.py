@@ -16,9 +16,9 @@ from peace.core.errors import PeaceError
 from peace.core.rng import model_seed
 from peace.evaluate.baselines import Models
 from peace.evaluate.transfer import TransferConfig, finetune_curves, io_key
-from peace.learn.decoder import DECODABLE, WeightDecoder, head_spec
+from peace.learn.decoder import WeightDecoder, head_spec
 from peace.learn.encoder import Embedder
-from peace.learn.generation import SampleConfig, default_inits, run_decoder, sample_models
+from peace.learn.generation import SampleConfig, default_inits, run_decoder, sample_models, written_by
 from peace.learn.refine import RefineConfig, sketch_fit
 from peace.learn.run import RunDir
 from peace.nets.architectures import ArchSpec
@@ -131,9 +131,8 @@ class GenerativeConfig:
 def default_prompt(zoo: Zoo, run: RunDir, dec: WeightDecoder) -> str:
     """The final training models of the largest decoded (architecture, task) group: a prompt that always exists."""
     m = zoo.manifest[usable(zoo.manifest)].reset_index(drop=True).merge(run.splits(), on="model_id")
-    archs = {s.describe() for s in dec.specs}
-    final = m[(m["epoch"] == m["epochs"]) & (m["split"] == "train") & m["arch"].isin(archs) & m["parent_id"].isna()
-              & m["family"].isin(DECODABLE)]
+    final = m[(m["epoch"] == m["epochs"]) & (m["split"] == "train") & written_by(dec, m["arch_spec"])
+              & m["parent_id"].isna()]
     if final.empty:
         raise PeaceError(f"no final-epoch training models of a decoded architecture in {zoo.path} to prompt with; "
                          f"pass a prompt (model ids or a manifest query)")
