@@ -360,8 +360,9 @@ def _calibrated(spec: ArchSpec, params: list[Params], task: Task, inputs: int = 
     x = torch.from_numpy(task.split("train")[0][:inputs]).reshape(-1, *spec.input_shape).float()
     out = []
     for a in range(0, len(params), chunk):
-        stacked = calibrate_norms(spec, stack_params(params[a:a + chunk]), x)
-        out += [unstack_params(stacked, j) for j in range(len(params[a:a + chunk]))]
+        part = params[a:a + chunk]
+        stacked = calibrate_norms(spec, stack_params(part), x)
+        out += [unstack_params(stacked, j) for j in range(len(part))]
     return out
 
 
@@ -385,10 +386,10 @@ def sample_models(dec: WeightDecoder, z_prompt: Tensor, spec: ArchSpec, task: Ta
         z = kde_draws(around, config.n * config.candidates, config.bandwidth,
                       config.seed if r == 0 else model_seed(config.seed, f"bootstrap-{r}"), floor)
         drawn.append(z)
-        models += _calibrated(spec, dec.decode(z, spec, fit), task)
+        models += dec.decode(z, spec, fit)
         train_acc = np.concatenate([train_acc, accuracy(spec, models[len(train_acc):], task, "train")])
         keep = np.argsort(-train_acc, kind="stable")[:config.n] if config.candidates > 1 else np.arange(config.n)
         around = torch.cat(drawn)[torch.as_tensor(keep)]
     if config.candidates > 1:  # copies: views would keep every candidate's batch alive
-        return [{k: v.clone() for k, v in models[i].items()} for i in keep], train_acc[keep]
-    return models, train_acc
+        models, train_acc = [{k: v.clone() for k, v in models[i].items()} for i in keep], train_acc[keep]
+    return _calibrated(spec, models, task), train_acc  # the kept ones only: evaluation, so train_acc, is unchanged

@@ -310,12 +310,11 @@ class Explorer:
         """Architectures of the set that the run's decoder writes, most models first."""
         if self.decoder is None:
             return []
-        from peace.learn.decoder import head_spec
-        from peace.nets.architectures import ArchSpec
+        from peace.learn.generation import written_by
 
-        heads = set(self.decoder.specs)
-        counts = self.table.groupby(["arch", "arch_spec"]).size().sort_values(ascending=False)
-        return list(dict.fromkeys(a for a, js in counts.index if head_spec(ArchSpec.from_dict(json.loads(js))) in heads))
+        written = self.table[written_by(self.decoder, self.table["arch_spec"])]
+        counts = written.groupby(["arch", "arch_spec"]).size().sort_values(ascending=False)
+        return list(dict.fromkeys(a for a, _ in counts.index))
 
     def sample(self, prompt: list[str], config: SampleConfig) -> Sample:
         """New models decoded from a kernel density estimate around the prompt models' embeddings (one
