@@ -121,6 +121,22 @@ def test_the_functional_term_is_zero_exactly_when_the_decoded_models_compute_the
         assert dec.function_loss(z, x, own.flip(-1), 0).item() > 1e-3
 
 
+def test_a_subsample_of_the_inputs_estimates_the_functional_term_without_bias():
+    spec = ArchSpec(input_shape=(5,), n_classes=3, family="mlp", hidden=(4,), activation="tanh")
+    z, x = torch.randn(4, 6), torch.randn(40, 5)
+    pairs = Pairs(z, torch.randn(4, spec.n_params), x, torch.softmax(torch.randn(4, 40, 3), -1))
+    every = WeightDecoder(6, [spec], DecoderConfig(hidden=16))
+    some = WeightDecoder(6, [spec], DecoderConfig(hidden=16, function_inputs=8))
+    some.load_state_dict(every.state_dict())
+    with torch.no_grad():
+        full = pairs.loss(every, 0).item()
+        draws = torch.tensor([pairs.loss(some, 0).item() for _ in range(600)])
+    assert pairs.loss(every, 0).item() == full and draws.std() > 1e-3  # all inputs: exact; 8 of 40: a new draw each step
+    assert draws.mean().item() == pytest.approx(full, rel=0.03)
+    with pytest.raises(PeaceError, match="function_inputs"):
+        DecoderConfig(function_inputs=-1)
+
+
 def test_kde_draws_sit_around_the_prompt_and_repeat_with_the_seed():
     z = torch.randn(12, 8) * 0.1 + 5.0
     a, b = kde_draws(z, 500, 1.0, 0, torch.full((8,), 0.01)), kde_draws(z, 500, 1.0, 0, torch.full((8,), 0.01))

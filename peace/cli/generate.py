@@ -22,7 +22,7 @@ def _decoder(args: argparse.Namespace) -> int:
         where = f"{args.judge}'s models (at most {args.max_models} per architecture)"
     else:
         config = DecoderConfig(hidden=args.hidden, epochs=args.epochs, min_models=args.min_models, seed=args.seed,
-                               function_weight=args.function_weight)
+                               function_weight=args.function_weight, function_inputs=args.function_inputs)
         dec, table = train_decoder(args.run, config, progress=not args.quiet, refine=refine)
         print(f"decoder for {len(dec.specs)} architecture(s) saved in {args.run} (decoder.safetensors, decoder.json)")
         where = "the run's test split"
@@ -76,6 +76,9 @@ def add_parsers(sub) -> None:
     d.add_argument("--function-weight", type=float, default=10.0, metavar="W",
                    help="weight of the functional term (match the originals' predictions); 0 trains on weights "
                    "alone, as Hyper-representations' E.D and SANE do (default 10, chosen on validation)")
+    d.add_argument("--function-inputs", type=int, default=0, metavar="K",
+                   help="inputs the functional term reads per step, drawn afresh each step (default 0: all of the "
+                   "architecture's, up to 512; fewer make image zoos' decoders several times faster to train)")
     d.add_argument("--min-models", type=int, default=8, metavar="N",
                    help="training models an architecture needs to be decoded (default 8)")
     d.add_argument("--refine-steps", type=int, metavar="N",

@@ -131,15 +131,17 @@ class DecoderConfig:
     patience: int = 40  # epochs without a better validation loss before stopping
     function_weight: float = 10.0  # weight of the functional term (0: weights only, as E.D and SANE)
     noise: float = 0.3  # training inputs jittered by this many standard deviations (a smooth decoder for sampling)
+    function_inputs: int = 0  # inputs the functional term reads per step, drawn afresh each step (0: all of them)
     min_models: int = 8  # training models an architecture needs to be decoded
     max_models: int = 2000  # training models per architecture (alignment costs a few ms each)
     seed: int = 0
 
     def __post_init__(self) -> None:
         if min(self.hidden, self.layers, self.epochs, self.batch_size, self.patience, self.min_models) < 1 \
-                or self.max_models < self.min_models or not self.lr > 0 or self.weight_decay < 0 or self.function_weight < 0 or self.noise < 0:
+                or self.max_models < self.min_models or not self.lr > 0 or self.weight_decay < 0 or self.function_weight < 0 or self.noise < 0 \
+                or self.function_inputs < 0:
             raise PeaceError(f"decoder config: sizes, epochs and patience must be >= 1, max_models >= min_models, "
-                             f"lr > 0, weight_decay >= 0 and function_weight, noise >= 0; got {self}")
+                             f"lr > 0, weight_decay >= 0 and function_weight, noise, function_inputs >= 0; got {self}")
 
 
 class WeightDecoder(nn.Module):
@@ -253,7 +255,11 @@ class Pairs:
             z = z + noise * dec.z_std * torch.randn_like(z)
         loss = dec.loss(z, self.y[rows], i)
         if dec.config.function_weight > 0 and self.x is not None:
-            loss = loss + dec.config.function_weight * dec.function_loss(z, self.x, self.probs[rows], i)
+            x, probs, k = self.x, self.probs[rows], dec.config.function_inputs
+            if 0 < k < len(x):  # an unbiased estimate of the term at k/len(x) of its cost (images, ResNets)
+                pick = torch.randperm(len(x))[:k]
+                x, probs = x[pick], probs[:, pick]
+            loss = loss + dec.config.function_weight * dec.function_loss(z, x, probs, i)
         return loss
 
 
