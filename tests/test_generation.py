@@ -1,4 +1,5 @@
 """The way back from embeddings to weights: aligned forms, the decoder, sampling into a zoo, the study."""
+import copy
 import dataclasses
 import json
 import random
@@ -31,6 +32,8 @@ from peace.learn.decoder import (
 from peace.learn.generation import (
     SampleConfig,
     accuracy,
+    choose_refinement,
+    decoder_groups,
     judge_zoo,
     kde_draws,
     run_decoder,
@@ -155,6 +158,13 @@ def decoded_run(tiny_run, tmp_path_factory):
     return run, dec, table
 
 
+def _refining(dec: WeightDecoder) -> WeightDecoder:
+    """``dec`` refining every head, whatever its validation chose (the tests of refinement itself)."""
+    out = copy.copy(dec)
+    out.refines = [True] * len(dec.specs)
+    return out
+
+
 def test_decoder_on_a_run_reconstructs_judged_by_function(decoded_run):
     run, dec, table = decoded_run
     assert {s.family for s in dec.specs} <= {"mlp", "cnn1d", "cnn2d", "resnet"} and len(dec.specs) >= 2
@@ -199,7 +209,7 @@ def test_refined_models_compute_more_of_what_their_embeddings_say(decoded_run):
     spec = next(s for s in dec.specs if fit.reads(s))  # a 4-class space: 16 probes x 4 classes in a 16-number sketch
     ids = [i for i in zoo.manifest.index if head_spec(zoo.spec(i)) == spec][:24]
     z = encoder.embed([spec] * len(ids), zoo.load_many(ids))
-    decoded, refined = dec.decode(z, spec), dec.decode(z, spec, fit)
+    decoded, refined = dec.decode(z, spec), _refining(dec).decode(z, spec, fit)
 
     def said(models):  # cosine of the models' own function blocks with the embeddings'
         return (fit.target(encoder.embed([spec] * len(models), models)) * fit.target(z)).sum(-1)
@@ -221,6 +231,7 @@ def test_refined_models_compute_more_of_what_their_embeddings_say(decoded_run):
 
 def test_refinement_also_starts_from_the_retrieved_training_model_and_keeps_the_closer_sketch(decoded_run, tmp_path):
     run, dec, _ = decoded_run
+    dec = _refining(dec)
     encoder = RunDir(run).load_encoder()
     fit = sketch_fit(encoder, RefineConfig(steps=30, lr=0.03))
     i, spec = next((i, s) for i, s in enumerate(dec.specs) if fit.reads(s))
@@ -252,16 +263,36 @@ def test_refinement_also_starts_from_the_retrieved_training_model_and_keeps_the_
     task = load_task(zoo.manifest.loc[next(m for m in zoo.manifest.index if head_spec(zoo.spec(m)) == spec), "task"])
     sampled = [sample_models(dec, z, spec, task, SampleConfig(n=3, seed=1), f)[0] for f in (fit, only)]
     torch.testing.assert_close(flat(sampled[0]), flat(sampled[1]))  # sampling never starts from a zoo model
-    # a decoder saved before it kept its training models still loads, and refines from the decoded start alone
+    # a decoder saved before it kept its training models (or chose refinement) still loads, and refines from the
+    # decoded start alone
     old = tmp_path / "old"
     shutil.copytree(run, old)
     state = {k: v for k, v in load_file(str(old / "decoder.safetensors")).items() if not k.startswith("memory_")}
     save_file(state, str(old / "decoder.safetensors"))
-    meta.pop("memory")
+    meta.pop("memory"), meta.pop("refines")
     (old / "decoder.json").write_text(json.dumps({**meta, "weights_sha256": sha256_file(old / "decoder.safetensors")}))
     legacy, _ = load_decoder(old)
     assert legacy.retrieve(z, i) is None
     torch.testing.assert_close(flat(legacy.decode(z, spec, fit)), alone[0], atol=1e-4, rtol=1e-4)
+
+
+def test_refinement_is_chosen_per_architecture_on_validation_and_saved(decoded_run):
+    run, dec, _ = decoded_run
+    meta = json.loads((run / "decoder.json").read_text())
+    assert meta["refines"] == dec.refines == load_decoder(run)[0].refines and len(dec.refines) == len(dec.specs)
+    zoo, groups, _ = decoder_groups(run, QUICK)
+    encoder = RunDir(run).load_encoder()
+    wrecking = sketch_fit(encoder, RefineConfig(steps=30, lr=5.0))  # steps of 5 spreads: what the models computed is lost
+    read = [g for g in groups["val"] if g.ids and wrecking.reads(g.spec)]
+    chosen = _refining(dec)
+    choose_refinement(chosen, zoo, groups["val"], wrecking)
+    assert read and not any(chosen.refines[chosen.index(g.spec)] for g in read)
+    assert all(chosen.refines[i] for i, s in enumerate(chosen.specs) if not wrecking.reads(s))
+    g = read[0]
+    for a, b in zip(chosen.decode(g.z, g.spec, wrecking), dec.decode(g.z, g.spec)):
+        assert all(a[k].equal(b[k]) for k in a)  # left as decoded, not refined
+    choose_refinement(chosen, zoo, groups["val"], None)  # nothing to refine towards: the default, all
+    assert all(chosen.refines)
 
 
 def test_a_decoder_for_another_encoder_is_refused(decoded_run, tmp_path):
@@ -435,6 +466,11 @@ def test_the_explorer_decodes_the_interpolation_line(decoded_run, tmp_path, monk
     ex = Explorer(tmp_path / "embeddings" / "tiny")
     t = ex.table
     a, b = t.loc[t["arch"] == "mlp 16-4-4 relu", "model_id"].iloc[[0, -1]]
+    head = ex.decoder.index(ex.zoo.spec(a))
+    ex.decoder.refines[head] = False  # validation chose to leave the architecture as decoded: one line per task
+    assert list(ex.decoded_path(a, b, steps=3).columns[1:]) == [f"accuracy on {ex.zoo.task(m).name}"
+                                                                 for m in dict.fromkeys((a, b))]
+    ex.decoder.refines[head] = True
     path = ex.decoded_path(a, b, steps=5)
     assert list(path["t"]) == [0, 0.25, 0.5, 0.75, 1]
     assert sketch_fit(ex.encoder).reads(ex.zoo.spec(a))  # so the same line refined is there too

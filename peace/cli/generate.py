@@ -25,6 +25,9 @@ def _decoder(args: argparse.Namespace) -> int:
                                function_weight=args.function_weight, function_inputs=args.function_inputs)
         dec, table = train_decoder(args.run, config, progress=not args.quiet, refine=refine)
         print(f"decoder for {len(dec.specs)} architecture(s) saved in {args.run} (decoder.safetensors, decoder.json)")
+        plain = [s.describe() for s, r in zip(dec.specs, dec.refines) if not r]
+        if plain and refine.steps:
+            print(f"left as decoded (refinement cost their validation models accuracy): {'; '.join(plain)}")
         where = "the run's test split"
         if table.empty:
             print("no test-split models of a decoded architecture: reconstruction not measured")
@@ -33,7 +36,8 @@ def _decoder(args: argparse.Namespace) -> int:
           "inputs where the model predicts what the original predicts):")
     print(reconstruction_summary(table).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     refined = "refined_acc" in table
-    how = ("refined: refined towards the embedding's function block from the decoded weights"
+    how = ("refined: refined towards the embedding's function block (where validation chose it) from the "
+           "decoded weights"
            + (" and from the retrieved training model, the closer sketch kept" if refine.retrieve else "")
            + f" (left as decoded where probes x classes exceed {refine.max_compression:g} x the block, e.g. 10 "
            "classes under the default encoder, too compressed to read back); ")

@@ -156,6 +156,7 @@ class WeightDecoder(nn.Module):
         dims = [in_dim] + [config.hidden] * config.layers
         self.trunk = nn.Sequential(*[m for a, b in zip(dims, dims[1:]) for m in (nn.Linear(a, b), nn.GELU())])
         self.heads = nn.ModuleList(nn.Linear(config.hidden, s.n_params) for s in self.specs)
+        self.refines = [True] * len(self.specs)  # per head: does ``decode`` refine (chosen on validation)
         self.register_buffer("z_mean", torch.zeros(in_dim))
         self.register_buffer("z_std", torch.ones(in_dim))
         for i, s in enumerate(self.specs):
@@ -223,14 +224,15 @@ class WeightDecoder(nn.Module):
     def decode(self, z: Tensor, spec: ArchSpec, fit: SketchFit | None = None) -> list[Params]:
         """Weights of ``spec`` for each row of ``z`` (n, in_dim); with ``fit``, refined until they compute
         what the embeddings' function block says (``peace.learn.refine``), from the decoded weights and,
-        where ``fit`` asks, from the training model each row retrieves too (the closer sketch kept)."""
+        where ``fit`` asks, from the training model each row retrieves too (the closer sketch kept); heads whose
+        validation models lost accuracy to refinement (``refines``) are left as decoded."""
         i = self.index(spec)
         was = self.training
         self.eval()
         with torch.no_grad():
             flat = self.flat(z.float(), i)
         self.train(was)
-        if fit is not None:
+        if fit is not None and self.refines[i]:
             retrieved = self.retrieve(z, i) if fit.config.retrieve else None
             flat = fit.refine(self.specs[i], flat, z, getattr(self, f"scale_{i}"), retrieved)
         return models(spec, flat)
@@ -325,7 +327,7 @@ def save_decoder(dec: WeightDecoder, directory: str | Path, meta: dict) -> None:
     write_json(directory / META, {
         **meta, "config": asdict(dec.config), "in_dim": int(dec.z_mean.shape[0]),
         "specs": [s.to_dict() for s in dec.specs],
-        "memory": [len(getattr(dec, f"memory_z_{i}", ())) for i in range(len(dec.specs))],
+        "memory": [len(getattr(dec, f"memory_z_{i}", ())) for i in range(len(dec.specs))], "refines": dec.refines,
         "weights_sha256": sha256_file(directory / WEIGHTS)})
 
 
@@ -342,6 +344,9 @@ def load_decoder(directory: str | Path) -> tuple[WeightDecoder, dict]:
         if not all(0 <= n <= config.max_models for n in memory):  # checked before allocating
             raise ValueError(f"training models kept {memory}, outside 0..max_models={config.max_models}")
         dec = WeightDecoder(int(meta["in_dim"]), [ArchSpec.from_dict(s) for s in meta["specs"]], config, memory)
+        dec.refines = [bool(r) for r in meta.get("refines", dec.refines)]  # decoders saved before the choice: all
+        if len(dec.refines) != len(dec.specs):
+            raise ValueError(f"{len(dec.refines)} refinement choices for {len(dec.specs)} heads")
     except (ValueError, KeyError, TypeError) as e:
         raise PeaceError(f"{meta_path} is corrupted ({e}); retrain with `peace decoder --run {directory}`") from None
     if sha256_file(weights) != meta.get("weights_sha256"):

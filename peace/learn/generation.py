@@ -48,9 +48,9 @@ from peace.zoo.store import Zoo, usable
 from peace.zoo.tasks import Task, load_task
 
 __all__ = [
-    "Group", "SampleConfig", "accuracy", "decoder_groups", "default_inits", "kde_draws", "judge_zoo", "reconstruction",
-    "reconstruction_summary", "run_decoder", "zoo_groups",
-    "sample_models", "train_decoder", "written_by"
+    "Group", "SampleConfig", "accuracy", "choose_refinement", "decoder_groups", "default_inits", "kde_draws",
+    "judge_zoo", "reconstruction", "reconstruction_summary", "run_decoder", "zoo_groups", "sample_models",
+    "train_decoder", "written_by"
 ]
 
 Params = dict[str, Tensor]
@@ -174,7 +174,9 @@ def train_decoder(run_dir: str | Path, config: DecoderConfig = DecoderConfig(), 
     specs = [g.spec for g in groups["train"]]
     dec, history = fit_decoder(specs, [g.pairs() for g in groups["train"]], [g.pairs() for g in groups["val"]],
                                config, progress)
-    table = reconstruction(dec, zoo, groups["test"], sketch_fit(run.load_encoder(), refine))
+    fit = sketch_fit(run.load_encoder(), refine)
+    choose_refinement(dec, zoo, groups["val"], fit)
+    table = reconstruction(dec, zoo, groups["test"], fit)
     if len(table):
         held = run.splits().set_index("model_id")["heldout_task"].astype(bool)
         table["heldout_task"] = table["model_id"].map(held).fillna(False).astype(bool)
@@ -185,6 +187,21 @@ def train_decoder(run_dir: str | Path, config: DecoderConfig = DecoderConfig(), 
         "models": {s: sum(len(g.ids) for g in gs) for s, gs in groups.items()},
         "reconstruction": reconstruction_summary(table).to_dict("records") if len(table) else []})
     return dec, table
+
+
+def choose_refinement(dec: WeightDecoder, zoo: Zoo, val: Sequence[Group], fit: SketchFit | None) -> None:
+    """Set ``dec.refines``: a head refines unless its validation models, refined, keep 90 % of their
+    originals' accuracy for fewer models than decoded (or as many, less accurate on average). Refinement
+    helps MLPs, of seen tasks and of tasks the encoder never saw, and can cost deeper networks much of what
+    they compute (the sketch sees a few probes, not the task). Heads without validation models refine."""
+    dec.refines = [True] * len(dec.specs)
+    if fit is None:
+        return
+    for g in val:
+        if not g.ids or not fit.reads(g.spec):
+            continue
+        t = reconstruction_summary(reconstruction(dec, zoo, [g], fit)).iloc[-1]
+        dec.refines[dec.index(g.spec)] = bool((t["refined_kept"], t["refined_acc"]) >= (t["decoded_kept"], t["decoded_acc"]))
 
 
 def run_decoder(run_dir: str | Path) -> tuple[WeightDecoder, dict]:
