@@ -128,7 +128,7 @@ def test_a_subsample_of_the_inputs_estimates_the_functional_term_without_bias():
     spec = ArchSpec(input_shape=(5,), n_classes=3, family="mlp", hidden=(4,), activation="tanh")
     z, x = torch.randn(4, 6), torch.randn(40, 5)
     pairs = Pairs(z, torch.randn(4, spec.n_params), x, torch.softmax(torch.randn(4, 40, 3), -1))
-    every = WeightDecoder(6, [spec], DecoderConfig(hidden=16))
+    every = WeightDecoder(6, [spec], DecoderConfig(hidden=16, function_inputs=0))
     some = WeightDecoder(6, [spec], DecoderConfig(hidden=16, function_inputs=8))
     some.load_state_dict(every.state_dict())
     with torch.no_grad():

@@ -131,7 +131,8 @@ class DecoderConfig:
     patience: int = 40  # epochs without a better validation loss before stopping
     function_weight: float = 10.0  # weight of the functional term (0: weights only, as E.D and SANE)
     noise: float = 0.3  # training inputs jittered by this many standard deviations (a smooth decoder for sampling)
-    function_inputs: int = 0  # inputs the functional term reads per step, drawn afresh each step (0: all of them)
+    function_inputs: int = 64  # inputs the functional term reads per step, drawn afresh (0: all; 64 chosen on
+    # validation: as good on the demo zoo, better per minute on 16x16 images, docs/generation.md)
     min_models: int = 8  # training models an architecture needs to be decoded
     max_models: int = 2000  # training models per architecture (alignment costs a few ms each)
     seed: int = 0
