@@ -329,8 +329,16 @@ def test_prompts_select_one_architecture_and_task(decoded_run):
     assert p.ids == ids and p.spec.describe() == "mlp 16-4-4 relu"
 
 
+def _set_refines(run, value: bool) -> None:
+    """The saved decoder's per-architecture refinement choice, set for every head."""
+    meta = json.loads((run / "decoder.json").read_text())
+    (run / "decoder.json").write_text(json.dumps({**meta, "refines": [value] * len(meta["refines"])}))
+
+
 def test_sample_writes_a_zoo_that_every_command_reads(decoded_run, tmp_path):
-    run = decoded_run[0]
+    run = tmp_path / "run"
+    shutil.copytree(decoded_run[0], run)
+    _set_refines(run, True)
     out = tmp_path / "sampled"
     p = run_peace("sample", "--run", run, "--prompt", "task == 'synth-1' and arch == 'mlp 16-4-4 relu'", "--n", 4,
                   "--candidates", 3, "--rounds", 2, "--refine-steps", 5, "--out", out)
@@ -346,6 +354,10 @@ def test_sample_writes_a_zoo_that_every_command_reads(decoded_run, tmp_path):
     again = run_peace("sample", "--run", run, "--prompt", "task == 'synth-1' and arch == 'mlp 16-4-4 relu'",
                       "--out", out, check=False)
     assert again.returncode == 2 and "not empty" in again.stderr and len(Zoo(out)) == 4  # nothing overwritten
+    _set_refines(run, False)  # validation left the architecture as decoded: the provenance says so
+    plain = run_peace("sample", "--run", run, "--prompt", "task == 'synth-1' and arch == 'mlp 16-4-4 relu'", "--n", 2,
+                      "--refine-steps", 5, "--out", tmp_path / "plain")
+    assert json.loads(Zoo(tmp_path / "plain").manifest["provenance"].iloc[0])["refinement"] is None, plain.stdout
     info = run_peace("zoo", "info", out, "--verify")
     assert "status: {'sampled': 4}" in info.stdout
     run_peace("embed", "--run", run, "--zoo", out, "--out", tmp_path / "emb", "--no-umap", "--trees", 5, "--quiet")

@@ -222,6 +222,11 @@ class WeightDecoder(nn.Module):
         err = (self.normalized(z, i) - self.to_units(y, i)).pow(2)
         return torch.stack([err[:, sl].mean() for _, _, sl in _spans(self.specs[i])]).mean()
 
+    def will_refine(self, spec: ArchSpec, fit: SketchFit | None) -> bool:
+        """Whether ``decode`` with ``fit`` refines models of ``spec``: the sketch of its io-space can be read
+        back, and validation chose refinement for its head (``refines``)."""
+        return fit is not None and fit.reads(spec) and self.refines[self.index(spec)]
+
     def decode(self, z: Tensor, spec: ArchSpec, fit: SketchFit | None = None) -> list[Params]:
         """Weights of ``spec`` for each row of ``z`` (n, in_dim); with ``fit``, refined until they compute
         what the embeddings' function block says (``peace.learn.refine``), from the decoded weights and,
@@ -233,7 +238,7 @@ class WeightDecoder(nn.Module):
         with torch.no_grad():
             flat = self.flat(z.float(), i)
         self.train(was)
-        if fit is not None and self.refines[i]:
+        if self.will_refine(spec, fit):
             retrieved = self.retrieve(z, i) if fit.config.retrieve else None
             flat = fit.refine(self.specs[i], flat, z, getattr(self, f"scale_{i}"), retrieved)
         return models(spec, flat)

@@ -84,7 +84,7 @@ def sample_zoo(run_dir: str | Path, prompt: str, out: str | Path, config: Sample
     provenance = {"run": str(run.path.resolve()), "encoder_sha256": meta["encoder_sha256"],
                   "decoder_sha256": meta["weights_sha256"], "zoo": str(zoo.path.resolve()), "prompt": prompt,
                   "prompt_models": p.ids[:100], "n_prompt_models": len(p.ids), "sampling": asdict(config),
-                  "refinement": asdict(fit.decoded_only().config) if fit is not None and fit.reads(p.spec) else None}
+                  "refinement": asdict(fit.decoded_only().config) if dec.will_refine(p.spec, fit) else None}
     return write_generated_zoo(out, name, p.spec, task, models, provenance, like=zoo)
 
 

@@ -296,7 +296,7 @@ class Explorer:
         z = torch.from_numpy(np.stack([(1 - t) * ea + t * eb for t in ts])).float()
         made = {"": self.decoder.decode(z, spec)}
         fit = sketch_fit(self.encoder)
-        if fit is not None and fit.reads(spec) and self.decoder.refines[self.decoder.index(spec)]:
+        if self.decoder.will_refine(spec, fit):
             made[", refined"] = self.decoder.decode(z, spec, fit)
         out = pd.DataFrame({"t": ts})
         for model_id in dict.fromkeys((a, b)):
