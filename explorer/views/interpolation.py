@@ -75,8 +75,9 @@ def _decoded(ex, a: str, b: str) -> None:
     st.plotly_chart(fig, width="stretch")
     st.caption("Decoded models come close to A and B only where the decoder was trained on models of their architecture "
                "and task; elsewhere they stay near chance. Refined (dashed, where the embedding's function block can be "
-               "read back and the decoder's validation chose it for the architecture): the decoded weights, or the training model nearest to that point if its function ends "
-               "closer, moved until they compute what that point of the line says (docs/generation.md).")
+               "read back and the decoder's validation chose it for the architecture): the decoded weights, or the "
+               "training model nearest to that point if its function ends closer, moved until they compute what that "
+               "point of the line says (docs/generation.md).")
 
 
 def _path_figure(paths: dict) -> go.Figure:

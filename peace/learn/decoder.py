@@ -139,8 +139,8 @@ class DecoderConfig:
 
     def __post_init__(self) -> None:
         if min(self.hidden, self.layers, self.epochs, self.batch_size, self.patience, self.min_models) < 1 \
-                or self.max_models < self.min_models or not self.lr > 0 or self.weight_decay < 0 or self.function_weight < 0 or self.noise < 0 \
-                or self.function_inputs < 0:
+                or self.max_models < self.min_models or not self.lr > 0 or self.weight_decay < 0 \
+                or min(self.function_weight, self.noise, self.function_inputs) < 0:
             raise PeaceError(f"decoder config: sizes, epochs and patience must be >= 1, max_models >= min_models, "
                              f"lr > 0, weight_decay >= 0 and function_weight, noise, function_inputs >= 0; got {self}")
 

@@ -201,7 +201,8 @@ def choose_refinement(dec: WeightDecoder, zoo: Zoo, val: Sequence[Group], fit: S
         if not g.ids or not fit.reads(g.spec):
             continue
         t = reconstruction_summary(reconstruction(dec, zoo, [g], fit)).iloc[-1]
-        dec.refines[dec.index(g.spec)] = bool((t["refined_kept"], t["refined_acc"]) >= (t["decoded_kept"], t["decoded_acc"]))
+        refined, decoded = (t["refined_kept"], t["refined_acc"]), (t["decoded_kept"], t["decoded_acc"])
+        dec.refines[dec.index(g.spec)] = bool(refined >= decoded)
 
 
 def run_decoder(run_dir: str | Path) -> tuple[WeightDecoder, dict]:
