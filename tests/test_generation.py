@@ -140,6 +140,33 @@ def test_a_subsample_of_the_inputs_estimates_the_functional_term_without_bias():
         DecoderConfig(function_inputs=-1)
 
 
+def test_the_functional_term_can_weigh_each_models_own_task_inputs_more():
+    """``other_tasks``: a model's own task's inputs count 1, the others' ``other_tasks``; a task none of the
+    inputs come from counts every input alike; 1 is the plain mean (no weights at all)."""
+    from peace.learn.generation import _input_weights
+
+    inputs = np.array(["a", "a", "b", "b", "b", "c"])
+    w = _input_weights(np.array(["a", "b", "z"]), inputs, 0.25)
+    np.testing.assert_allclose(w.sum(1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(w[0], np.array([1, 1, 0.25, 0.25, 0.25, 0.25]) / 3.0, rtol=1e-6)
+    np.testing.assert_allclose(w[2], np.full(6, 1 / 6), rtol=1e-6)
+    assert _input_weights(np.array(["a"]), inputs, 1.0) is None
+    own = _input_weights(np.array(["a", "b"]), inputs, 0.0)
+    assert own[0, 2:].sum() == 0 and own[1, :2].sum() == 0 and own[1, 5] == 0
+
+    spec = ArchSpec(input_shape=(5,), n_classes=3, family="mlp", hidden=(4,), activation="tanh")
+    dec = WeightDecoder(6, [spec], DecoderConfig(hidden=16, function_inputs=0))
+    z, x = torch.randn(2, 6), torch.randn(6, 5)
+    with torch.no_grad():
+        probs = forward(spec, stack_params([unflatten(spec, f) for f in dec.flat(z, 0)]), x).softmax(-1)
+        wrong = torch.where((own == 0)[..., None], probs.flip(-1), probs)  # right on each model's own task only
+        assert dec.function_loss(z, x, wrong, 0, own).item() < 1e-5 < dec.function_loss(z, x, wrong, 0).item()
+        y = torch.randn(2, spec.n_params)
+        assert Pairs(z, y, x, wrong, own).loss(dec, 0) < Pairs(z, y, x, wrong).loss(dec, 0)
+    with pytest.raises(PeaceError, match="other_tasks"):
+        DecoderConfig(other_tasks=1.5)
+
+
 def test_kde_draws_sit_around_the_prompt_and_repeat_with_the_seed():
     z = torch.randn(12, 8) * 0.1 + 5.0
     a, b = kde_draws(z, 500, 1.0, 0, torch.full((8,), 0.01)), kde_draws(z, 500, 1.0, 0, torch.full((8,), 0.01))

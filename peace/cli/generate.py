@@ -22,7 +22,8 @@ def _decoder(args: argparse.Namespace) -> int:
         where = f"{args.judge}'s models (at most {args.max_models} per architecture)"
     else:
         config = DecoderConfig(hidden=args.hidden, epochs=args.epochs, min_models=args.min_models, seed=args.seed,
-                               function_weight=args.function_weight, function_inputs=args.function_inputs)
+                               function_weight=args.function_weight, function_inputs=args.function_inputs,
+                               other_tasks=args.other_tasks)
         dec, table = train_decoder(args.run, config, progress=not args.quiet, refine=refine)
         print(f"decoder for {len(dec.specs)} architecture(s) saved in {args.run} (decoder.safetensors, decoder.json)")
         plain = [s.describe() for s, r in zip(dec.specs, dec.refines) if not r]
@@ -83,6 +84,9 @@ def add_parsers(sub) -> None:
     d.add_argument("--function-inputs", type=int, default=64, metavar="K",
                    help="inputs the functional term reads per step, drawn afresh each step from the architecture's "
                    "up to 512 (default 64, chosen on validation; 0: all of them, 8x slower on image zoos)")
+    d.add_argument("--other-tasks", type=float, default=1.0, metavar="W",
+                   help="weight of other tasks' inputs against the model's own task's in the functional term "
+                   "(1, the default: every input alike; 0: only the task the model solves)")
     d.add_argument("--min-models", type=int, default=8, metavar="N",
                    help="training models an architecture needs to be decoded (default 8)")
     d.add_argument("--refine-steps", type=int, metavar="N",

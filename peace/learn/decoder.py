@@ -133,6 +133,8 @@ class DecoderConfig:
     noise: float = 0.3  # training inputs jittered by this many standard deviations (a smooth decoder for sampling)
     function_inputs: int = 64  # inputs the functional term reads per step, drawn afresh (0: all; 64 chosen on
     # validation: as good on the demo zoo, better per minute on 16x16 images, docs/generation.md)
+    other_tasks: float = 1.0  # weight of other tasks' inputs against the model's own task's in the functional
+    # term (1: every input alike; 0: only the inputs of the task the model solves)
     min_models: int = 8  # training models an architecture needs to be decoded
     max_models: int = 2000  # training models per architecture (alignment costs a few ms each)
     seed: int = 0
@@ -140,9 +142,10 @@ class DecoderConfig:
     def __post_init__(self) -> None:
         if min(self.hidden, self.layers, self.epochs, self.batch_size, self.patience, self.min_models) < 1 \
                 or self.max_models < self.min_models or not self.lr > 0 or self.weight_decay < 0 \
-                or min(self.function_weight, self.noise, self.function_inputs) < 0:
+                or min(self.function_weight, self.noise, self.function_inputs) < 0 or not 0 <= self.other_tasks <= 1:
             raise PeaceError(f"decoder config: sizes, epochs and patience must be >= 1, max_models >= min_models, "
-                             f"lr > 0, weight_decay >= 0 and function_weight, noise, function_inputs >= 0; got {self}")
+                             f"lr > 0, weight_decay >= 0, function_weight, noise, function_inputs >= 0 and "
+                             f"other_tasks in [0, 1]; got {self}")
 
 
 class WeightDecoder(nn.Module):
@@ -207,12 +210,14 @@ class WeightDecoder(nn.Module):
         """(n, n_params) weights of head ``i``, differentiable."""
         return getattr(self, f"mean_{i}") + getattr(self, f"scale_{i}") * self.normalized(z, i)
 
-    def function_loss(self, z: Tensor, x: Tensor, probs: Tensor, i: int) -> Tensor:
+    def function_loss(self, z: Tensor, x: Tensor, probs: Tensor, i: int, weights: Tensor | None = None) -> Tensor:
         """KL divergence from the originals' class probabilities ``probs`` (n, samples, classes) on the
-        inputs ``x`` to the decoded models': what the decoded network computes, not how its weights look."""
+        inputs ``x`` to the decoded models': what the decoded network computes, not how its weights look.
+        ``weights`` (n, samples), rows summing to 1: how much each input counts for each model (None: alike)."""
         spec = self.specs[i]
         logp = forward(spec, unflatten(spec, self.flat(z, i)), x.reshape(len(x), *spec.input_shape)).log_softmax(-1)
-        return (probs * (probs.clamp_min(1e-12).log() - logp)).sum(-1).mean()
+        kl = (probs * (probs.clamp_min(1e-12).log() - logp)).sum(-1)
+        return kl.mean() if weights is None else (kl * weights).sum(1).mean()
 
     def to_units(self, y: Tensor, i: int) -> Tensor:
         return (y - getattr(self, f"mean_{i}")) / getattr(self, f"scale_{i}")
@@ -248,12 +253,14 @@ class WeightDecoder(nn.Module):
 class Pairs:
     """One architecture's training (or validation) data: embeddings ``z`` (n, d), flat aligned weights
     ``y`` (n, n_params) and, for the functional term, the originals' class probabilities ``probs``
-    (n, samples, classes) on the architecture's inputs ``x`` (samples, *input)."""
+    (n, samples, classes) on the architecture's inputs ``x`` (samples, *input), with how much each input
+    counts for each model (``weights``, (n, samples), rows summing to 1; None: every input alike)."""
 
     z: Tensor
     y: Tensor
     x: Tensor | None = None
     probs: Tensor | None = None
+    weights: Tensor | None = None
 
     def loss(self, dec: WeightDecoder, i: int, rows: Tensor | slice = slice(None), noise: float = 0.0) -> Tensor:
         """Layer-wise normalized weight loss, plus ``function_weight`` times the functional term; with
@@ -264,10 +271,12 @@ class Pairs:
         loss = dec.loss(z, self.y[rows], i)
         if dec.config.function_weight > 0 and self.x is not None:
             x, probs, k = self.x, self.probs[rows], dec.config.function_inputs
+            w = None if self.weights is None else self.weights[rows]
             if 0 < k < len(x):  # an unbiased estimate of the term at k/len(x) of its cost (images, ResNets)
                 pick = torch.randperm(len(x))[:k]
                 x, probs = x[pick], probs[:, pick]
-            loss = loss + dec.config.function_weight * dec.function_loss(z, x, probs, i)
+                w = None if w is None else w[:, pick] / w[:, pick].sum(1, keepdim=True).clamp_min(1e-12)
+            loss = loss + dec.config.function_weight * dec.function_loss(z, x, probs, i, w)
         return loss
 
 
@@ -281,7 +290,7 @@ def _val_loss(dec: WeightDecoder, val: Sequence[Pairs]) -> float:
     what counts), otherwise the weight loss."""
     functional = dec.config.function_weight > 0 and all(p.x is not None for p in val)
     with torch.no_grad():
-        losses = [(dec.function_loss(p.z, p.x, p.probs, i) if functional else dec.loss(p.z, p.y, i)).item()
+        losses = [(dec.function_loss(p.z, p.x, p.probs, i, p.weights) if functional else dec.loss(p.z, p.y, i)).item()
                   for i, p in enumerate(val) if len(p.z)]
     return float(np.mean(losses)) if losses else math.nan
 

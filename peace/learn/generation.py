@@ -68,20 +68,32 @@ class Group:
     y: Tensor | None = None
     x: Tensor | None = None
     probs: Tensor | None = None
+    weights: Tensor | None = None
 
     def pairs(self) -> Pairs:
-        return Pairs(self.z, self.y, self.x, self.probs)
+        return Pairs(self.z, self.y, self.x, self.probs, self.weights)
 
 
 INPUTS_PER_TASK, MAX_INPUTS = 128, 512  # inputs the functional term reads, per task of the architecture
 
 
-def _inputs(zoo: Zoo, ids: Sequence[str], spec: ArchSpec) -> Tensor:
-    """The first training inputs of every task the architecture's training models solve, shaped for ``spec``."""
+def _inputs(zoo: Zoo, ids: Sequence[str], spec: ArchSpec) -> tuple[Tensor, np.ndarray]:
+    """The first training inputs of every task the architecture's training models solve, shaped for ``spec``,
+    and the task each input comes from."""
     tasks = sorted(zoo.manifest.loc[list(ids), "task"].unique())
     per = max(1, min(INPUTS_PER_TASK, MAX_INPUTS // len(tasks)))
-    x = torch.cat([torch.from_numpy(load_task(t).split("train")[0][:per]).reshape(-1, *spec.input_shape) for t in tasks])
-    return x.float()
+    xs = [torch.from_numpy(load_task(t).split("train")[0][:per]).reshape(-1, *spec.input_shape) for t in tasks]
+    return torch.cat(xs).float(), np.repeat(tasks, [len(x) for x in xs])
+
+
+def _input_weights(model_tasks: np.ndarray, input_tasks: np.ndarray, other: float) -> Tensor | None:
+    """(models, inputs) weights of the functional term, rows summing to 1: a model's own task's inputs count
+    1, the others ``other`` (None where every input counts alike)."""
+    if other == 1:
+        return None
+    w = np.where(model_tasks[:, None] == input_tasks[None, :], 1.0, other)
+    w[w.sum(1) == 0] = 1.0  # a task none of the inputs come from (held out): every input alike
+    return torch.from_numpy(w / w.sum(1, keepdims=True)).float()
 
 
 def _spec_key(spec: ArchSpec) -> str:
@@ -148,7 +160,7 @@ def decoder_groups(run_dir: str | Path, config: DecoderConfig = DecoderConfig(),
         train_raw = zoo.load_many(ids["train"])
         train_params = _head_forms(zoo, ids["train"], train_raw)
         ref = reference_form(spec, train_params)
-        x = _inputs(zoo, ids["train"], spec)
+        x, input_tasks = _inputs(zoo, ids["train"], spec)
         for split, split_ids in ids.items():
             raw = train_raw if split == "train" else zoo.load_many(split_ids)
             params = train_params if split == "train" else _head_forms(zoo, split_ids, raw)
@@ -160,7 +172,8 @@ def decoder_groups(run_dir: str | Path, config: DecoderConfig = DecoderConfig(),
             y = torch.stack([flatten(spec, aligned_form(spec, p, ref)) for p in params])
             with torch.no_grad():
                 probs = forward(spec, stack_params(params), x).softmax(-1)
-            groups[split].append(Group(spec, list(split_ids), z, y, x, probs))
+            weights = _input_weights(zoo.manifest.loc[split_ids, "task"].to_numpy(), input_tasks, config.other_tasks)
+            groups[split].append(Group(spec, list(split_ids), z, y, x, probs, weights))
     return zoo, groups, skipped
 
 
