@@ -112,22 +112,6 @@ def test_training_is_deterministic_and_resume_continues_exactly(tiny_zoo, tmp_pa
         pd.testing.assert_frame_equal(tiny_run.history[cols], resumed.history[cols], atol=1e-4)
 
 
-@pytest.mark.parametrize("contrast", ["learned", "embedding"])
-def test_the_contrastive_loss_reads_the_part_of_the_embedding_it_is_told_to(tiny_zoo, tmp_path, monkeypatch,
-                                                                             contrast):
-    """``train.contrast``: InfoNCE reads the learned part (the default) or the whole embedding, its fixed
-    function block included, as retrieval reads it; the learned part then learns what the block misses."""
-    from peace.learn import trainer
-
-    seen, real = [], trainer.info_nce
-    monkeypatch.setattr(trainer, "info_nce", lambda u, *a, **kw: seen.append(u.detach()) or real(u, *a, **kw))
-    cfg = load_config("tiny", QUICK + ["train.epochs=1", f"train.contrast={contrast}"])
-    fit(tiny_zoo, cfg, tmp_path / contrast, progress=False)
-    width = cfg.encoder.embedding_dim + (cfg.encoder.function_block if contrast == "embedding" else 0)
-    assert seen and all(u.shape[1] == width for u in seen)
-    assert all(torch.allclose(u.norm(dim=1), torch.ones(len(u)), atol=1e-5) for u in seen)
-
-
 def test_bad_input_is_named(tiny_zoo, tmp_path):
     one_task = build_zoo(recipe_from_dict({"name": "one", "groups": [
         {"name": "g", "tasks": ["tetris"], "architecture": {"family": "mlp", "hidden": [3]}, "seeds": 4, "epochs": 1}]}),
@@ -141,8 +125,6 @@ def test_bad_input_is_named(tiny_zoo, tmp_path):
         fit(tiny_zoo, load_config("tiny", ["train.batch_size=500"]), tmp_path / "r2", progress=False)
     with pytest.raises(PeaceError, match="max_models_per_epoch"):
         load_config("tiny", ["train.max_models_per_epoch=2"])
-    with pytest.raises(PeaceError, match="unknown contrast 'everything'; valid: embedding, learned"):
-        load_config("tiny", ["train.contrast=everything"])
     with pytest.raises(PeaceError, match="cuda"):
         resolve_device("cuda:99")
     with pytest.raises(PeaceError, match="unknown device 'tpu'"):

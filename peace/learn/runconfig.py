@@ -11,12 +11,11 @@ from peace.core.errors import PeaceError, unknown
 from peace.learn.contrastive import AugmentConfig
 from peace.learn.encoder import EncoderConfig
 
-__all__ = ["CONFIG_DIR", "CONTRAST", "VAL_RELEVANCE", "RunConfig", "TrainConfig", "config_for_zoo", "config_from_dict", "config_names",
+__all__ = ["CONFIG_DIR", "VAL_RELEVANCE", "RunConfig", "TrainConfig", "config_for_zoo", "config_from_dict", "config_names",
            "load_config"]
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "presets" / "encoder"
 VAL_RELEVANCE = ("auto", "task", "lineage")
-CONTRAST = ("learned", "embedding")  # what InfoNCE reads: the learned part, or the whole embedding (with its block)
 
 
 @dataclass
@@ -43,8 +42,6 @@ class TrainConfig:
     functional_temperature: float = 0.05  # of the agreement softmax (agreements lie in [0, 1])
     probe_steps: int = 100        # ProbeGen steps that learn the probes (encoder.probe_source=learned)
     reconstruction: float = 0.0   # E.D: weight of decoding each anchor's aligned weights from its embedding; 0 = off
-    contrast: str = "learned"     # InfoNCE on the learned part, or on the whole embedding: the learned part then
-    # learns what the fixed function block gets wrong (a residual) instead of repeating it
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 2 or self.patience < 1 or self.probe_steps < 1:
@@ -57,8 +54,6 @@ class TrainConfig:
             raise PeaceError(f"functional_weight must be in [0, 1], got {self.functional_weight}")
         if self.val_relevance not in VAL_RELEVANCE:
             raise unknown("val_relevance", self.val_relevance, VAL_RELEVANCE)
-        if self.contrast not in CONTRAST:
-            raise unknown("contrast", self.contrast, CONTRAST)
         if self.max_val_models is not None and self.max_val_models < 4:
             raise PeaceError(f"max_val_models must be at least 4 (or null for all), got {self.max_val_models}")
         if self.max_models_per_epoch is not None and self.max_models_per_epoch < self.batch_size:

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
@@ -229,8 +228,7 @@ def _losses(model: torch.nn.Module, encoder: Embedder, b: _Batch, cfg: RunConfig
     amp = dev.type == "cuda" and tc.amp
     with torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext():
         res = model(batch)
-    seen = res["projection"] if tc.contrast == "learned" else F.normalize(res["embedding"].float(), dim=-1)
-    proj, aux_pred = with_own_rows(seen.float()), with_own_rows(res["aux"].float())
+    proj, aux_pred = with_own_rows(res["projection"].float()), with_own_rows(res["aux"].float())
     extra = proj[2 * B:] if len(b.specs) > 2 * B else None
     if tc.functional_weight > 0:  # graded by function instead of masking relatives
         spaces = np.array([io_space(s) for s in b.specs])
