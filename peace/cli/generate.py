@@ -84,9 +84,9 @@ def add_parsers(sub) -> None:
     d.add_argument("--function-inputs", type=int, default=64, metavar="K",
                    help="inputs the functional term reads per step, drawn afresh each step from the architecture's "
                    "up to 512 (default 64, chosen on validation; 0: all of them, 8x slower on image zoos)")
-    d.add_argument("--other-tasks", type=float, default=1.0, metavar="W",
+    d.add_argument("--other-tasks", type=float, default=0.25, metavar="W",
                    help="weight of other tasks' inputs against the model's own task's in the functional term "
-                   "(1, the default: every input alike; 0: only the task the model solves)")
+                   "(default 0.25, chosen on validation; 1: every input alike; 0: only the task the model solves)")
     d.add_argument("--min-models", type=int, default=8, metavar="N",
                    help="training models an architecture needs to be decoded (default 8)")
     d.add_argument("--refine-steps", type=int, metavar="N",

@@ -133,8 +133,8 @@ class DecoderConfig:
     noise: float = 0.3  # training inputs jittered by this many standard deviations (a smooth decoder for sampling)
     function_inputs: int = 64  # inputs the functional term reads per step, drawn afresh (0: all; 64 chosen on
     # validation: as good on the demo zoo, better per minute on 16x16 images, docs/generation.md)
-    other_tasks: float = 1.0  # weight of other tasks' inputs against the model's own task's in the functional
-    # term (1: every input alike; 0: only the inputs of the task the model solves)
+    other_tasks: float = 0.25  # weight of other tasks' inputs against the model's own task's in the functional
+    # term (1: every input alike; 0: only the task the model solves; 0.25 chosen on validation, docs/generation.md)
     min_models: int = 8  # training models an architecture needs to be decoded
     max_models: int = 2000  # training models per architecture (alignment costs a few ms each)
     seed: int = 0
