@@ -12,7 +12,7 @@ import argparse
 
 import pandas as pd
 
-from peace.learn.generation import decoder_groups, reconstruction, reconstruction_summary, run_decoder
+from peace.learn.generation import decoder_groups, mark_heldout, reconstruction, reconstruction_summary, run_decoder
 from peace.learn.refine import sketch_fit
 from peace.learn.run import RunDir
 
@@ -24,11 +24,9 @@ def judged(run: str) -> pd.DataFrame:
     dec, _ = run_decoder(run)
     zoo, groups, _ = decoder_groups(run)
     fit = sketch_fit(RunDir(run).load_encoder())
-    held = RunDir(run).splits().set_index("model_id")["heldout_task"].astype(bool)
     parts = []
     for split in ("val", "test"):
-        table = reconstruction(dec, zoo, groups[split], fit)
-        table["heldout_task"] = table["model_id"].map(held).fillna(False).astype(bool)
+        table = mark_heldout(reconstruction(dec, zoo, groups[split], fit), RunDir(run))
         parts.append(reconstruction_summary(table).assign(run=run, split=split))
     return pd.concat(parts, ignore_index=True)
 

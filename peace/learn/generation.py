@@ -49,7 +49,7 @@ from peace.zoo.tasks import Task, load_task
 
 __all__ = [
     "Group", "SampleConfig", "accuracy", "choose_refinement", "decoder_groups", "default_inits", "kde_draws",
-    "judge_zoo", "reconstruction", "reconstruction_summary", "run_decoder", "zoo_groups", "sample_models",
+    "judge_zoo", "mark_heldout", "reconstruction", "reconstruction_summary", "run_decoder", "zoo_groups", "sample_models",
     "train_decoder", "written_by"
 ]
 
@@ -189,10 +189,7 @@ def train_decoder(run_dir: str | Path, config: DecoderConfig = DecoderConfig(), 
                                config, progress)
     fit = sketch_fit(run.load_encoder(), refine)
     choose_refinement(dec, zoo, groups["val"], fit)
-    table = reconstruction(dec, zoo, groups["test"], fit)
-    if len(table):
-        held = run.splits().set_index("model_id")["heldout_task"].astype(bool)
-        table["heldout_task"] = table["model_id"].map(held).fillna(False).astype(bool)
+    table = mark_heldout(reconstruction(dec, zoo, groups["test"], fit), run)
     save_decoder(dec, run.path, {
         "encoder_sha256": run.encoder_sha256(), "zoo": str(zoo.path.resolve()),
         "zoo_manifest_sha256": zoo.info["manifest_sha256"], "skipped": skipped, "history": history,
@@ -200,6 +197,15 @@ def train_decoder(run_dir: str | Path, config: DecoderConfig = DecoderConfig(), 
         "models": {s: sum(len(g.ids) for g in gs) for s, gs in groups.items()},
         "reconstruction": reconstruction_summary(table).to_dict("records") if len(table) else []})
     return dec, table
+
+
+def mark_heldout(table: pd.DataFrame, run: RunDir) -> pd.DataFrame:
+    """``table`` (one row per ``model_id`` of the run's zoo) with ``heldout_task``: the run's encoder never
+    saw the model's task (reconstruction summaries split by it)."""
+    if len(table):
+        held = run.splits().set_index("model_id")["heldout_task"].astype(bool)
+        table["heldout_task"] = table["model_id"].map(held).fillna(False).astype(bool)
+    return table
 
 
 def choose_refinement(dec: WeightDecoder, zoo: Zoo, val: Sequence[Group], fit: SketchFit | None) -> None:
