@@ -19,6 +19,33 @@ def test_alignment_recovers_an_exact_permutation():
         torch.testing.assert_close(aligned[k], a[k])
 
 
+def test_alignment_finds_a_transformers_permutations():
+    """Stream, heads, query/key and value channels inside each head, MLP units: every permutation of a
+    ViT's weights is undone, and the permutations returned are the ones applied."""
+    from conftest import MODELS, random_model
+
+    from peace.nets.symmetry import ViTSymmetry, vit_transform
+
+    for task_name, kw in [(t, kw) for t, kw in MODELS if kw["family"] == "vit"]:
+        _, spec, a = random_model(task_name, kw)
+        d, m, heads, depth = spec.hidden[0], spec.fc_hidden[0], spec.heads, spec.blocks[0]
+        g = torch.Generator().manual_seed(3)
+        stream, mlp = torch.randperm(d, generator=g), [torch.randperm(m, generator=g) for _ in range(depth)]
+        ph = [torch.randperm(heads, generator=g) for _ in range(depth)]
+        qk = [torch.stack([torch.randperm(d // heads, generator=g) for _ in range(heads)]) for _ in range(depth)]
+        b = vit_transform(spec, a, ViTSymmetry(stream=stream, mlp=mlp, heads=ph, qk=qk))
+        aligned, found = align(spec, a, b)
+        for k in a:
+            torch.testing.assert_close(aligned[k], a[k], msg=f"{spec.describe()} {k}")
+        assert torch.equal(stream[found[0]], torch.arange(d))  # B's channel found[i] is A's channel i
+        for blk in range(depth):
+            rows = (ph[blk].unsqueeze(1) * (d // heads) + qk[blk]).reshape(-1)
+            assert torch.equal(rows[found[1 + 3 * blk]], torch.arange(d))
+            values = ph[blk].unsqueeze(1) * (d // heads) + torch.arange(d // heads)  # whole heads moved, no v perm
+            assert torch.equal(values.reshape(-1)[found[2 + 3 * blk]], torch.arange(d))
+            assert torch.equal(mlp[blk][found[3 + 3 * blk]], torch.arange(m))
+
+
 def test_loss_barrier_between_independent_models_drops_after_alignment():
     task = load_task("digits")
     spec = ArchSpec("mlp", task.input_shape, 10, hidden=(32, 32), activation="relu")

@@ -31,10 +31,6 @@ def test_canonical_form_is_orbit_invariant_and_function_preserving(task_name, kw
     cp = canonicalize(spec, p)
     torch.testing.assert_close(_out(spec, cp, X), _out(spec, p, X), atol=1e-4, rtol=1e-4)
     for seed in range(3):
-        if spec.family == "vit":  # no weight matching for Transformers: scales and signs alone must vanish
-            cq = canonicalize(spec, random_symmetry(spec, p, seed, RandomSymmetry(permute=False)))
-            assert all(torch.allclose(cq[k], cp[k], atol=1e-5, rtol=1e-4) for k in cp)
-            continue
         cq = canonicalize(spec, random_symmetry(spec, p, seed))
         aligned, _ = align(spec, cp, cq)  # remove the permutation; scale and sign must already agree
         for k in cp:

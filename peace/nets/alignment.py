@@ -3,7 +3,9 @@
 ``align(spec, a, b)`` permutes the hidden units of B to match A (Ainsworth et al. 2023, "Git
 Re-Basin", weight matching): for each group of hidden units (a layer's, or a residual stream's),
 a linear assignment (scipy) maximising the similarity of incoming and outgoing weights, repeated
-over groups until no permutation changes.
+over groups until no permutation changes. Transformers the same way over their own groups: the
+residual stream, and per block the heads (with the query/key and value channels inside each), and
+the MLP's units.
 B's function is unchanged, so interpolating A and aligned B compares like with like.
 """
 from __future__ import annotations
@@ -15,7 +17,19 @@ from torch import Tensor
 
 from peace.core.errors import PeaceError
 from peace.nets.architectures import ArchSpec, check_params, evaluate, stack_params
-from peace.nets.symmetry import Params, UnitGroup, column_index, transform, unit_groups, unit_rows
+from peace.nets.symmetry import (
+    Params,
+    UnitGroup,
+    ViTSymmetry,
+    _with_bias,
+    column_index,
+    transform,
+    unit_groups,
+    unit_rows,
+    vit_stream_axis,
+    vit_transform,
+)
+from peace.nets.transformer import geometry
 
 __all__ = ["align", "interpolate", "interpolation_path", "loss_barrier"]
 
@@ -62,8 +76,7 @@ def align(spec: ArchSpec, a: Params, b: Params, max_iter: int = 50) -> tuple[Par
     """Return B with hidden units permuted to best match A (same function as B), and the permutations."""
     _check_same(spec, a, b)
     if spec.family == "vit":
-        raise PeaceError("weight matching (align) reads MLPs, CNNs and ResNets; Transformers (heads, query/key "
-                         "pairs) are not supported yet")
+        return _align_vit(spec, a, b, max_iter)
     groups = unit_groups(spec)
     identity = [torch.arange(g.size) for g in groups]
     perms = list(identity)
@@ -86,6 +99,88 @@ def align(spec: ArchSpec, a: Params, b: Params, max_iter: int = 50) -> tuple[Par
         if not changed:
             break
     return transform(spec, b, perms, None), perms
+
+
+# --- Transformers -----------------------------------------------------------------------------------------
+
+_INTERNAL = ("attn.qkv.weight", "attn.proj.weight", "mlp.fc1.weight", "mlp.fc2.weight")  # other axis: hidden units
+
+
+def _stream_features(p: Params, names: list[str], d: int, first: bool) -> Tensor:
+    """Each residual-stream channel as one vector: every tensor the stream indexes, along its other axes;
+    on the ``first`` pass the axes that hidden units index (qkv, proj, fc1, fc2) are sorted, so that the
+    heads' and MLPs' own permutations, not found yet, do not matter."""
+    parts = []
+    for name in names:
+        axis = vit_stream_axis(name)
+        if axis is not None:
+            t = p[name].movedim(axis % p[name].dim(), 0).reshape(d, -1)
+            parts.append(t.sort(1).values if first and name.endswith(_INTERNAL) else t)
+    return torch.cat(parts, 1)
+
+
+def _head_units(p: Params, pre: str, bias: bool, heads: int) -> tuple[Tensor, Tensor]:
+    """Per head, its query/key channels (query and key rows side by side) and its value channels (value
+    row and the proj column it feeds), each (heads, channels per head, features)."""
+    q, k, v = _with_bias(p, f"{pre}.attn.qkv", bias).split(len(p[f"{pre}.attn.proj.weight"]))
+    qk, vo = torch.cat([q, k], 1), torch.cat([v, p[f"{pre}.attn.proj.weight"].T], 1)
+    return qk.reshape(heads, -1, qk.shape[1]), vo.reshape(heads, -1, vo.shape[1])
+
+
+def _match_heads(a: Params, b: Params, pre: str, bias: bool, heads: int) -> tuple[Tensor, Tensor, Tensor, float, float]:
+    """Heads of B matched to A's, each pair scored by its best query/key and value channel matchings:
+    (head permutation, query/key and value permutations inside each head, score found, score as B is)."""
+    (qa, va), (qb, vb) = _head_units(a, pre, bias, heads), _head_units(b, pre, bias, heads)
+    inner = [[[_match(fa[i], fb[j]) for fa, fb in ((qa, qb), (va, vb))] for j in range(heads)] for i in range(heads)]
+    score = lambda perm, cost: float(cost[np.arange(len(perm)), perm.numpy()].sum())  # noqa: E731
+    pair = np.array([[sum(score(*m) for m in row) for row in inner[i]] for i in range(heads)])
+    ph = torch.as_tensor(linear_sum_assignment(pair, maximize=True)[1], dtype=torch.long)
+    same = sum(score(torch.arange(len(c)), c) for i in range(heads) for _, c in inner[i][i])
+    qk = torch.stack([inner[h][int(ph[h])][0][0] for h in range(heads)])
+    vp = torch.stack([inner[h][int(ph[h])][1][0] for h in range(heads)])
+    return ph, qk, vp, float(pair[np.arange(heads), ph.numpy()].sum()), same
+
+
+def _mlp_units(p: Params, pre: str, bias: bool) -> Tensor:
+    """A block's MLP units: fc1 rows (with bias) and the fc2 columns they feed."""
+    return torch.cat([_with_bias(p, f"{pre}.mlp.fc1", bias), p[f"{pre}.mlp.fc2.weight"].T], 1)
+
+
+def _gain(perm: Tensor, cost: np.ndarray) -> float:
+    """How much ``perm`` raises the matched similarity over leaving B's units where they are."""
+    rows = np.arange(len(perm))
+    return float(cost[rows, perm.numpy()].sum() - cost[rows, rows].sum())
+
+
+def _align_vit(spec: ArchSpec, a: Params, b: Params, max_iter: int) -> tuple[Params, list[Tensor]]:
+    """``align`` for Transformers: coordinate ascent over the stream, then per block the heads (with the
+    channels inside them) and the MLP's units, each step kept only when it raises the matched
+    similarity. The permutations returned: the stream's, then per block the query/key rows, the value
+    rows (both as flat indices into qkv's head-major D rows) and the MLP's units."""
+    _, _, _, d, m = geometry(spec)
+    heads, depth, names = spec.heads, spec.blocks[0], list(a)
+    only = lambda blk, x: [x if j == blk else None for j in range(depth)]  # noqa: E731  (one block's part)
+    found = [torch.arange(d)] + [torch.arange(n) for _ in range(depth) for n in (d, d, m)]
+    for sweep in range(max_iter + 1):
+        first, changed = sweep == 0, False
+        new, cost = _match(_stream_features(a, names, d, first), _stream_features(b, names, d, first))
+        if first or _gain(new, cost) > 1e-12:
+            b, found[0], changed = vit_transform(spec, b, ViTSymmetry(stream=new)), found[0][new], True
+        for blk in range(depth):
+            pre, at = f"blocks.{blk}", 1 + 3 * blk
+            ph, qk, vp, score, same = _match_heads(a, b, pre, spec.bias, heads)
+            if score > same + 1e-12:
+                b = vit_transform(spec, b, ViTSymmetry(heads=only(blk, ph), qk=only(blk, qk), v=only(blk, vp)))
+                changed = True
+                for i, inside in ((at, qk), (at + 1, vp)):
+                    found[i] = found[i][(ph.unsqueeze(1) * (d // heads) + inside).reshape(-1)]
+            new, cost = _match(_mlp_units(a, pre, spec.bias), _mlp_units(b, pre, spec.bias))
+            if _gain(new, cost) > 1e-12:
+                b, found[at + 2] = vit_transform(spec, b, ViTSymmetry(mlp=only(blk, new))), found[at + 2][new]
+                changed = True
+        if not changed:
+            break
+    return b, found
 
 
 def interpolate(a: Params, b: Params, alpha: float) -> Params:

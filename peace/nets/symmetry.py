@@ -32,7 +32,7 @@ __all__ = [
     "ODD", "POSITIVE_HOMOGENEOUS", "VIT_PARTS", "Params", "RandomSymmetry", "UnitGroup", "allowed",
     "canonical_factor", "canonicalize", "check_factor", "column_index", "group_labels", "hidden_sizes",
     "random_factor", "random_symmetry", "transform", "unit_groups", "unit_rows", "vit_canonicalize",
-    "vit_random_symmetry", "vit_transform", "ViTSymmetry", "zero_at_zero"
+    "vit_random_symmetry", "vit_stream_axis", "vit_transform", "ViTSymmetry", "zero_at_zero"
 ]
 
 POSITIVE_HOMOGENEOUS = ("relu", "leaky_relu", "identity")
@@ -346,6 +346,18 @@ class ViTSymmetry:
     v_factor: list[Tensor | None] | None = None
 
 
+def vit_stream_axis(name: str) -> int | None:
+    """The axis of a vit tensor indexed by residual-stream channel: rows of what writes the stream (patch
+    embedding, proj, fc2, LayerNorms, with their biases), columns of what reads it (qkv, fc1, head), the
+    last axis of the class token and position embedding; ``None`` for a tensor the stream does not index."""
+    leaf = name.rpartition(".")[0]
+    if name in ("cls_token", "pos_embed"):
+        return -1
+    if leaf.endswith(("norm1", "norm2", "attn.proj", "mlp.fc2")) or leaf == "norm" or leaf == "patch_embed.proj":
+        return 0
+    return 1 if name.endswith(("attn.qkv.weight", "mlp.fc1.weight")) or name == "head.weight" else None
+
+
 def _at(v: list | None, b: int):
     return None if v is None else v[b]
 
@@ -361,16 +373,9 @@ def vit_transform(spec: ArchSpec, params: dict[str, Tensor], sym: ViTSymmetry) -
         if sorted(s.tolist()) != list(range(d)):
             raise PeaceError(f"the stream permutation is not a permutation of range({d})")
         for name in out:
-            leaf = name.rpartition(".")[0]
-            if name in ("cls_token", "pos_embed"):
-                out[name] = out[name][..., s]
-            elif leaf.endswith(("norm1", "norm2")) or leaf == "norm" or name.startswith("patch_embed.proj") \
-                    or leaf.endswith(("attn.proj", "mlp.fc2")):
-                out[name] = out[name][s]  # rows (and biases / LayerNorm vectors) indexed by stream channel
-        for b in range(spec.blocks[0]):
-            for reader in ("attn.qkv", "mlp.fc1"):
-                out[f"blocks.{b}.{reader}.weight"] = out[f"blocks.{b}.{reader}.weight"][:, s]
-        out["head.weight"] = out["head.weight"][:, s]
+            axis = vit_stream_axis(name)
+            if axis is not None:
+                out[name] = out[name].index_select(axis % out[name].dim(), s)
     for b in range(spec.blocks[0]):
         pre = f"blocks.{b}"
         perm, f = _at(sym.mlp, b), _at(sym.mlp_factor, b)

@@ -167,10 +167,13 @@ class Sample:
 
 def folder_config(spec: ArchSpec, metadata: dict | None = None) -> dict:
     """The ``config.json`` of a model folder (``peace query DIR``, ``peace zoo add``): what the weights
-    do not say (activation; a CNN's input shape and pooling), plus ``metadata``."""
+    do not say (activation; a CNN's or Transformer's input shape and pooling; a Transformer's heads), plus
+    ``metadata``."""
     config: dict = {"activation": spec.activation}
     if spec.family != "mlp":
         config.update(input_shape=list(spec.input_shape), pool=spec.pool)
+    if spec.family == "vit":  # the weights do not say how the width splits into heads
+        config["num_heads"] = spec.heads
     return {**config, **({"metadata": metadata} if metadata else {})}
 
 
