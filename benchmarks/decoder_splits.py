@@ -26,7 +26,8 @@ def judged(run: str) -> pd.DataFrame:
     fit = sketch_fit(RunDir(run).load_encoder())
     parts = []
     for split in ("val", "test"):
-        table = mark_heldout(reconstruction(dec, zoo, groups[split], fit), RunDir(run))
+        written = [g for g in groups[split] if g.spec in dec.specs]  # a decoder of older code may lack a family
+        table = mark_heldout(reconstruction(dec, zoo, written, fit), RunDir(run))
         parts.append(reconstruction_summary(table).assign(run=run, split=split))
     return pd.concat(parts, ignore_index=True)
 

@@ -39,7 +39,7 @@ def page_interpolation() -> None:
     with st.spinner("Aligning, interpolating and embedding the path ..."):
         try:
             paths = ex.weight_path(a, b)
-        except PeaceError as e:  # e.g. weight matching does not read Transformers yet
+        except PeaceError as e:  # e.g. a model with NaN weights
             st.warning(str(e))
             return
     st.plotly_chart(_path_figure(paths), width="stretch")

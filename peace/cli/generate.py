@@ -23,7 +23,8 @@ def _decoder(args: argparse.Namespace) -> int:
     else:
         config = DecoderConfig(hidden=args.hidden, epochs=args.epochs, min_models=args.min_models, seed=args.seed,
                                function_weight=args.function_weight, function_inputs=args.function_inputs,
-                               other_tasks=args.other_tasks)
+                               other_tasks=args.other_tasks,
+                               **({"families": tuple(args.families)} if args.families else {}))
         dec, table = train_decoder(args.run, config, progress=not args.quiet, refine=refine)
         print(f"decoder for {len(dec.specs)} architecture(s) saved in {args.run} (decoder.safetensors, decoder.json)")
         plain = [s.describe() for s, r in zip(dec.specs, dec.refines) if not r]
@@ -87,6 +88,9 @@ def add_parsers(sub) -> None:
     d.add_argument("--other-tasks", type=float, default=0.25, metavar="W",
                    help="weight of other tasks' inputs against the model's own task's in the functional term "
                    "(default 0.25, chosen on validation; 1: every input alike; 0: only the task the model solves)")
+    d.add_argument("--families", nargs="+", metavar="FAMILY",
+                   help="architecture families to decode, of mlp, cnn1d, cnn2d, resnet, vit (default: all but vit; "
+                   "ViT heads cost the other families on test and keep a quarter to a third of test ViTs)")
     d.add_argument("--min-models", type=int, default=8, metavar="N",
                    help="training models an architecture needs to be decoded (default 8)")
     d.add_argument("--refine-steps", type=int, metavar="N",

@@ -18,7 +18,6 @@ from torch import Tensor
 
 from peace.core.errors import PeaceError
 from peace.learn.decoder import (
-    DECODABLE,
     DecoderConfig,
     WeightDecoder,
     aligned_form,
@@ -33,6 +32,7 @@ __all__ = ["Reconstruction"]
 
 Params = dict[str, Tensor]
 REFERENCE_MODELS = 256  # training models per architecture averaged into its alignment reference
+FAMILIES = DecoderConfig().families  # the families a decoder writes by default (ViTs left out, as there)
 CACHE_BYTES = 512 * 2**20  # aligned targets kept between epochs (beyond, they are aligned again when drawn)
 
 
@@ -44,10 +44,10 @@ class Reconstruction:
                  seed: int = 0):
         by_head: dict[ArchSpec, list[str]] = {}
         for m in ids:
-            if specs[m].family in DECODABLE:
+            if specs[m].family in FAMILIES:
                 by_head.setdefault(head_spec(specs[m]), []).append(m)
         if not by_head:
-            raise PeaceError(f"train.reconstruction needs models the decoder writes ({', '.join(DECODABLE)}); the "
+            raise PeaceError(f"train.reconstruction needs models the decoder writes ({', '.join(FAMILIES)}); the "
                              f"training split has none. Train without it (--set train.reconstruction=0)")
         self.heads = sorted(by_head, key=lambda s: s.describe())
         self._index = {h: i for i, h in enumerate(self.heads)}  # head spec -> its decoder head

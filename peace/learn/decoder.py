@@ -131,6 +131,8 @@ class DecoderConfig:
     # validation: as good on the demo zoo, better per minute on 16x16 images, docs/generation.md)
     other_tasks: float = 0.25  # weight of other tasks' inputs against the model's own task's in the functional
     # term (1: every input alike; 0: only the task the model solves; 0.25 chosen on validation, docs/generation.md)
+    families: tuple[str, ...] = ("mlp", "cnn1d", "cnn2d", "resnet")  # ViTs opt-in: their heads cost the other
+    # families on test (2 decoder seeds, a tie on validation) and keep 25-33 % of test ViTs (docs/generation.md)
     min_models: int = 8  # training models an architecture needs to be decoded
     max_models: int = 2000  # training models per architecture (alignment costs a few ms each)
     seed: int = 0
@@ -142,6 +144,9 @@ class DecoderConfig:
             raise PeaceError(f"decoder config: sizes, epochs and patience must be >= 1, max_models >= min_models, "
                              f"lr > 0, weight_decay >= 0, function_weight, noise, function_inputs >= 0 and "
                              f"other_tasks in [0, 1]; got {self}")
+        object.__setattr__(self, "families", tuple(self.families))  # a list, as decoder.json gives it back
+        if not self.families or not set(self.families) <= set(DECODABLE):
+            raise PeaceError(f"decoder config: families must be some of {', '.join(DECODABLE)}; got {self.families}")
 
 
 class WeightDecoder(nn.Module):
@@ -169,9 +174,10 @@ class WeightDecoder(nn.Module):
     def index(self, spec: ArchSpec) -> int:
         if head_spec(spec) not in self.specs:
             check_decodable(spec)
+            families = dict.fromkeys((*self.config.families, spec.family))  # the ones it has, and this one
             raise PeaceError(f"this decoder was not trained on {spec.describe()} (it writes: "
                              f"{'; '.join(s.describe() for s in self.specs)}); train it on a zoo that has the "
-                             f"architecture with `peace decoder --run RUN`")
+                             f"architecture with `peace decoder --run RUN --families {' '.join(families)}`")
         return self.specs.index(head_spec(spec))
 
     def normalized(self, z: Tensor, i: int) -> Tensor:

@@ -130,8 +130,10 @@ def _split_ids(zoo: Zoo, run: RunDir, config: DecoderConfig) -> tuple[dict[str, 
     rng = np.random.default_rng(config.seed)
     for head, g in rows.groupby(_head_keys(rows["arch_spec"]), sort=True):
         arch = g["arch"].iloc[0]
-        if g["family"].iloc[0] not in DECODABLE:
-            skipped[arch] = f"{g['family'].iloc[0]} models are not decoded"
+        if g["family"].iloc[0] not in config.families:
+            family = g["family"].iloc[0]
+            skipped[arch] = (f"{family} models are not decoded by default (--families {' '.join(config.families)} "
+                             f"{family} adds them)" if family in DECODABLE else f"{family} models are not decoded")
             continue
         ids = {s: sorted(g.loc[g["split"] == s, "model_id"]) for s in ("train", "val", "test")}
         if len(ids["train"]) < config.min_models:
