@@ -71,6 +71,11 @@ def _sample(args: argparse.Namespace) -> int:
 
 def add_parsers(sub) -> None:
     """Add ``decoder`` and ``sample`` to the ``peace`` command's subcommands."""
+    _add_decoder(sub)
+    _add_sample(sub)
+
+
+def _add_decoder(sub) -> None:
     d = sub.add_parser("decoder", help="train a run's decoder (embedding -> weights) and judge its reconstructions",
                        description="Train a decoder on the run's frozen encoder (training split; validation picks the "
                        "epoch), save it in the run directory, and report its reconstructions of the test split by "
@@ -109,6 +114,8 @@ def add_parsers(sub) -> None:
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=_decoder)
 
+
+def _add_sample(sub) -> None:
     s = sub.add_parser("sample", help="sample new models around prompt models and write them as a zoo",
                        description="Embed the prompt models, draw from a kernel density estimate around their "
                        "embeddings, decode with the run's decoder (peace decoder) and write a zoo of status "
