@@ -639,6 +639,8 @@ def test_the_generate_page_samples_compares_and_downloads_model_folders(artifact
     at.radio(key="pref_gen_how").set_value("a model and its neighbours").run()
     assert not at.exception, [e.message for e in at.exception]
     assert at.dataframe[0].value.loc[2, "n"] >= 1
+    left = next(c.value for c in at.caption if c.value.startswith("Not written by this run's decoder"))
+    assert "vit d8/h2/b1/m16/p4/cls" in left and "--families mlp cnn1d cnn2d resnet vit" in left  # and how to add them
 
     ex = Explorer(artifacts / "embeddings" / "tiny")
     arch = ex.decodable_archs()[0]
@@ -651,6 +653,25 @@ def test_the_generate_page_samples_compares_and_downloads_model_folders(artifact
     assert back.spec.param_shapes() == s.spec.param_shapes() and back.metadata["task"] == s.task
     for k, v in s.models[1].items():
         torch.testing.assert_close(back.params[k], v)
+
+
+def test_a_vit_model_folder_as_the_explorer_writes_it_reads_back(tmp_path):
+    """A sampled ViT downloaded from the Generate page (model.safetensors + config.json) opens again: the
+    config carries the heads, which the weights do not say."""
+    from safetensors.torch import save_file
+
+    from peace.intake.importers import load_model
+    from peace.serve.explore import folder_config
+
+    for task, kw in [(t, kw) for t, kw in MODELS if kw["family"] == "vit"]:
+        _, spec, params = random_model(task, kw)
+        folder = tmp_path / spec.describe().replace("/", "_").replace(" ", "_")
+        folder.mkdir()
+        save_file({k: v.contiguous() for k, v in params.items()}, str(folder / "model.safetensors"))
+        (folder / "config.json").write_text(json.dumps(folder_config(spec)))
+        back = load_model(folder)
+        assert back.spec.describe() == spec.describe() and back.spec.heads == spec.heads
+        assert all(torch.equal(back.params[k], v) for k, v in params.items())
 
 
 @pytest.mark.slow

@@ -42,8 +42,14 @@ def page_generate() -> None:
         return
     if not ex.decodable_archs():
         st.info(f"This set's run has no decoder for its architectures. Train one with `peace decoder --run {ex.run}` "
-                "(MLPs and CNNs; about two minutes on the demo run), then reload this page.")
+                "(MLPs, CNNs and ResNets; ViTs with `--families mlp cnn1d cnn2d resnet vit`; about two minutes on the "
+                "demo run), then reload this page.")
         return
+    left = sorted(set(ex.table["arch"]) - set(ex.decodable_archs()))
+    if left:
+        st.caption(f"Not written by this run's decoder: {'; '.join(left)}. ViTs are decoded on request (`peace "
+                   f"decoder --run {ex.run} --families mlp cnn1d cnn2d resnet vit`); other architectures need 8 "
+                   "training models.")
     prompt = _prompt(ex)
     rows = ex.table.iloc[[ex.es.row_of[m] for m in prompt]]
     if rows["task"].nunique() > 1:
