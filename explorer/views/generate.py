@@ -40,16 +40,20 @@ def page_generate() -> None:
     ex = current()
     if ex is None:
         return
-    if not ex.decodable_archs():
+    from peace.learn.decoder import DecoderConfig, families_flag
+
+    decodable = ex.decodable_archs()
+    if not decodable:
         st.info(f"This set's run has no decoder for its architectures. Train one with `peace decoder --run {ex.run}` "
-                "(MLPs, CNNs and ResNets; ViTs with `--families mlp cnn1d cnn2d resnet vit`; about two minutes on the "
-                "demo run), then reload this page.")
+                f"(MLPs, CNNs and ResNets; ViTs with `{families_flag(DecoderConfig().families, 'vit')}`; about two "
+                "minutes on the demo run), then reload this page.")
         return
-    left = sorted(set(ex.table["arch"]) - set(ex.decodable_archs()))
+    left = sorted(set(ex.table["arch"]) - set(decodable))
     if left:
+        config = ex.decoder.config
         st.caption(f"Not written by this run's decoder: {'; '.join(left)}. ViTs are decoded on request (`peace "
-                   f"decoder --run {ex.run} --families mlp cnn1d cnn2d resnet vit`); other architectures need 8 "
-                   "training models.")
+                   f"decoder --run {ex.run} {families_flag(config.families, 'vit')}`); other architectures need "
+                   f"{config.min_models} training models.")
     prompt = _prompt(ex)
     rows = ex.table.iloc[[ex.es.row_of[m] for m in prompt]]
     if rows["task"].nunique() > 1:

@@ -40,7 +40,8 @@ if TYPE_CHECKING:
     from peace.learn.refine import SketchFit
 
 __all__ = [
-    "DECODABLE", "DecoderConfig", "Pairs", "WeightDecoder", "aligned_form", "check_decodable", "fit_decoder", "flatten",
+    "DECODABLE", "DecoderConfig", "Pairs", "WeightDecoder", "aligned_form", "check_decodable", "families_flag",
+    "fit_decoder", "flatten",
     "head_form", "head_spec", "load_decoder", "models", "nearest", "reference_form", "save_decoder", "unflatten"
 ]
 
@@ -53,6 +54,11 @@ def check_decodable(spec: ArchSpec) -> None:
     if spec.family not in DECODABLE:
         raise PeaceError(f"{spec.describe()}: PEACE does not decode {spec.family} models (no aligned form for them); "
                          f"decodable families: {', '.join(DECODABLE)}")
+
+
+def families_flag(families: Sequence[str], family: str) -> str:
+    """The ``peace decoder`` option that decodes ``family`` beside ``families`` (a decoder's own)."""
+    return f"--families {' '.join(dict.fromkeys((*families, family)))}"
 
 
 def head_spec(spec: ArchSpec) -> ArchSpec:
@@ -174,10 +180,10 @@ class WeightDecoder(nn.Module):
     def index(self, spec: ArchSpec) -> int:
         if head_spec(spec) not in self.specs:
             check_decodable(spec)
-            families = dict.fromkeys((*self.config.families, spec.family))  # the ones it has, and this one
+            flag = families_flag(self.config.families, spec.family)
             raise PeaceError(f"this decoder was not trained on {spec.describe()} (it writes: "
                              f"{'; '.join(s.describe() for s in self.specs)}); train it on a zoo that has the "
-                             f"architecture with `peace decoder --run RUN --families {' '.join(families)}`")
+                             f"architecture with `peace decoder --run RUN {flag}`")
         return self.specs.index(head_spec(spec))
 
     def normalized(self, z: Tensor, i: int) -> Tensor:

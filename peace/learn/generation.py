@@ -28,6 +28,7 @@ from peace.learn.decoder import (
     WeightDecoder,
     aligned_form,
     check_decodable,
+    families_flag,
     fit_decoder,
     flatten,
     head_form,
@@ -129,11 +130,10 @@ def _split_ids(zoo: Zoo, run: RunDir, config: DecoderConfig) -> tuple[dict[str, 
     out, skipped = {}, {}
     rng = np.random.default_rng(config.seed)
     for head, g in rows.groupby(_head_keys(rows["arch_spec"]), sort=True):
-        arch = g["arch"].iloc[0]
-        if g["family"].iloc[0] not in config.families:
-            family = g["family"].iloc[0]
-            skipped[arch] = (f"{family} models are not decoded by default (--families {' '.join(config.families)} "
-                             f"{family} adds them)" if family in DECODABLE else f"{family} models are not decoded")
+        arch, family = g["arch"].iloc[0], g["family"].iloc[0]
+        if family not in config.families:
+            skipped[arch] = (f"{family} models are not decoded by default ({families_flag(config.families, family)} "
+                             f"adds them)" if family in DECODABLE else f"{family} models are not decoded")
             continue
         ids = {s: sorted(g.loc[g["split"] == s, "model_id"]) for s in ("train", "val", "test")}
         if len(ids["train"]) < config.min_models:

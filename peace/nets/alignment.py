@@ -66,6 +66,11 @@ def _unit_features(groups: list[UnitGroup], p: Params, i: int, perms: list[Tenso
     return torch.cat(parts, 1)
 
 
+def _matched(perm: Tensor, cost: np.ndarray) -> float:
+    """The summed similarity of a matching: A's unit i with B's unit ``perm[i]``."""
+    return float(cost[np.arange(len(perm)), perm.numpy()].sum())
+
+
 def _match(fa: Tensor, fb: Tensor) -> tuple[Tensor, np.ndarray]:
     """Linear assignment of B's units to A's maximising the summed dot products; (perm, cost)."""
     cost = (fa.double() @ fb.double().T).numpy()
@@ -92,9 +97,8 @@ def align(spec: ArchSpec, a: Params, b: Params, max_iter: int = 50) -> tuple[Par
         for i in rng.permutation(len(groups)):
             # B's units with its neighbours' current permutations applied to the shared axes
             new, cost = _match(fa[i], _unit_features(groups, b, i, perms))
-            rows = np.arange(len(new))
             # only accept strict improvements (ties would make the loop cycle)
-            if cost[rows, new.numpy()].sum() > cost[rows, perms[i].numpy()].sum() + 1e-12:
+            if _matched(new, cost) > _matched(perms[i], cost) + 1e-12:
                 perms[i], changed = new, True
         if not changed:
             break
@@ -132,13 +136,12 @@ def _match_heads(a: Params, b: Params, pre: str, bias: bool, heads: int) -> tupl
     (head permutation, query/key and value permutations inside each head, score found, score as B is)."""
     (qa, va), (qb, vb) = _head_units(a, pre, bias, heads), _head_units(b, pre, bias, heads)
     inner = [[[_match(fa[i], fb[j]) for fa, fb in ((qa, qb), (va, vb))] for j in range(heads)] for i in range(heads)]
-    score = lambda perm, cost: float(cost[np.arange(len(perm)), perm.numpy()].sum())  # noqa: E731
-    pair = np.array([[sum(score(*m) for m in row) for row in inner[i]] for i in range(heads)])
+    pair = np.array([[sum(_matched(*m) for m in row) for row in inner[i]] for i in range(heads)])
     ph = torch.as_tensor(linear_sum_assignment(pair, maximize=True)[1], dtype=torch.long)
-    same = sum(score(torch.arange(len(c)), c) for i in range(heads) for _, c in inner[i][i])
+    same = sum(_matched(torch.arange(len(c)), c) for i in range(heads) for _, c in inner[i][i])
     qk = torch.stack([inner[h][int(ph[h])][0][0] for h in range(heads)])
     vp = torch.stack([inner[h][int(ph[h])][1][0] for h in range(heads)])
-    return ph, qk, vp, float(pair[np.arange(heads), ph.numpy()].sum()), same
+    return ph, qk, vp, _matched(ph, pair), same
 
 
 def _mlp_units(p: Params, pre: str, bias: bool) -> Tensor:
@@ -148,8 +151,7 @@ def _mlp_units(p: Params, pre: str, bias: bool) -> Tensor:
 
 def _gain(perm: Tensor, cost: np.ndarray) -> float:
     """How much ``perm`` raises the matched similarity over leaving B's units where they are."""
-    rows = np.arange(len(perm))
-    return float(cost[rows, perm.numpy()].sum() - cost[rows, rows].sum())
+    return _matched(perm, cost) - _matched(torch.arange(len(perm)), cost)
 
 
 def _align_vit(spec: ArchSpec, a: Params, b: Params, max_iter: int) -> tuple[Params, list[Tensor]]:
