@@ -8,6 +8,7 @@ from peace.core.errors import PeaceError
 from peace.learn.encoder import EncoderConfig, ModelBatch, PeaceEncoder, dgl_available, prepare
 from peace.learn.runconfig import load_config
 from peace.nets.graph import batch_graphs
+from peace.nets.probes import agreement
 from peace.nets.symmetry import RandomSymmetry, allowed, random_symmetry
 
 IDS = [f"{t}-{kw['family']}-{kw['activation']}" for t, kw in MODELS]
@@ -195,6 +196,14 @@ def test_heads_and_shapes():
     assert fused.embed([spec], [params]).shape == (1, 40)
     with pytest.raises(PeaceError, match="function"):
         EncoderConfig(kind="mlp", function_block=8)
+    (sa, pa), (sb, pb) = _models(1)[0], _models(2)[1]
+    roomy = _encoder(embedding_dim=8, function_block=64, function_block_weight=0.75, probes=16,
+                     function_block_projection="orthogonal")  # 16 probes x 4 classes in 64 numbers: exact
+    z = roomy.embed([sa, sb], [pa, pb])[:, 8:]
+    ra, rb = roomy.responses([sa, sb], [pa, pb])
+    assert abs(float(z[0] @ z[1]) / 0.75 - agreement(ra, rb)) < 1e-5
+    with pytest.raises(PeaceError, match="unknown function-block projection 'pca'"):
+        EncoderConfig(function_block_projection="pca")
     linear = _encoder(embedding_dim=8, aux_linear=True)  # metrics linearly readable from the embedding
     assert isinstance(linear.aux_head, torch.nn.Linear) and linear(linear.batch([spec], [params]))["aux"].shape == (1, 2)
     headless = _encoder(embedding_dim=8, projection_dim=0)  # the loss reads the embedding itself

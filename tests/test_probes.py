@@ -103,6 +103,26 @@ def test_sketches_approximate_agreement_and_keep_spaces_apart():
     assert abs(float(other[0] @ sk[0])) < 0.08
 
 
+def test_orthogonal_sketches_keep_agreement_exactly_where_they_have_room_and_approximate_it_elsewhere():
+    cases = [random_model(*MODELS[i], seed=s) for i in (1, 2) for s in range(4)]  # eight 16->4 models
+    specs, params = [c[1] for c in cases], [c[2] for c in cases]
+    r = responses(specs, params, 32)  # 32 probes x 4 classes: 128 answers
+    spaces = [io_space(s) for s in specs]
+    exact = agreement_matrix(r, spaces)
+    roomy = sketch(r, spaces, 128, projection="orthogonal")
+    np.testing.assert_allclose((roomy @ roomy.T).numpy(), exact, atol=1e-6)  # orthonormal columns: no error at all
+    gaussian = sketch(r, spaces, 128)
+    assert np.abs((gaussian @ gaussian.T).numpy() - exact).max() > 0.05  # what the Gaussian map gets wrong
+    tight = sketch(r, spaces, 64, projection="orthogonal")  # half the room: orthonormal rows, scaled
+    err = np.abs((tight @ tight.T).numpy() - exact)
+    assert 1e-3 < err.max() < 0.6 and np.abs(np.diag(err)).mean() < 0.4
+    assert torch.equal(sketch(r, spaces, 64, projection="orthogonal"), tight)  # fixed, like the Gaussian one
+    onehot = torch.stack([fingerprint(x).reshape(x.shape) * np.sqrt(32) for x in r])
+    torch.testing.assert_close(soft_sketch(onehot, spaces[0], 128, projection="orthogonal"), roomy)
+    with pytest.raises(PeaceError, match="unknown function-block projection 'qr'; valid: gaussian, orthogonal"):
+        sketch(r, spaces, 64, projection="qr")
+
+
 def test_the_soft_sketch_is_the_sketch_where_predictions_are_sure_and_has_a_gradient():
     cases = [random_model(*MODELS[1], seed=s) for s in range(3)]
     r = responses([c[1] for c in cases], [c[2] for c in cases], 64)

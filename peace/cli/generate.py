@@ -41,8 +41,8 @@ def _decoder(args: argparse.Namespace) -> int:
     how = ("refined: refined towards the embedding's function block (where validation chose it) from the "
            "decoded weights"
            + (" and from the retrieved training model, the closer sketch kept" if refine.retrieve else "")
-           + f" (left as decoded where probes x classes exceed {refine.max_compression:g} x the block, e.g. 10 "
-           "classes under the default encoder, too compressed to read back); ")
+           + f" (left as decoded where probes x classes exceed {refine.max_compression:g} x the block, too "
+           "compressed to read back); ")
     print("kept: share of models whose decoded (refined, mean, nearest) model keeps >= 90 % of the original's test "
           "accuracy; " + (how if refined else "") + "heldout_task: the encoder was not trained on the task")
     if not refined and refine.steps:

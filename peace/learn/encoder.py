@@ -40,7 +40,7 @@ from peace.nets.graph import (
     population_graph,
     sparse_layers,
 )
-from peace.nets.probes import ProbeBank, io_space, sketch
+from peace.nets.probes import PROJECTIONS, ProbeBank, io_space, sketch
 from peace.nets.probes import responses as probe_responses
 from peace.nets.symmetry import canonicalize
 
@@ -87,6 +87,7 @@ class EncoderConfig:
     probe_source: str = "gaussian"  # gaussian, or learned: ProbeGen probes fit on the training io-spaces, then fixed
     function_block: int = 0       # append a fixed function-space sketch of this size to the embedding (0: off)
     function_block_weight: float = 0.75  # its share of the embedding's cosine similarity
+    function_block_projection: str = "gaussian"  # or orthogonal (exact where probes x classes <= function_block)
 
     @property
     def output_dim(self) -> int:
@@ -106,6 +107,8 @@ class EncoderConfig:
             raise unknown("message function", self.message, tuple(MESSAGES))
         if self.probe_source not in PROBE_SOURCES:
             raise unknown("probe source", self.probe_source, PROBE_SOURCES)
+        if self.function_block_projection not in PROJECTIONS:
+            raise unknown("function-block projection", self.function_block_projection, PROJECTIONS)
         if min(self.hidden, self.rounds + 1, self.embedding_dim, self.projection_dim + 1, self.heads, self.edge_dim,
                self.probes, self.max_layer_edges) < 1:
             raise PeaceError("hidden, embedding_dim, heads, edge_dim, probes and max_layer_edges must be >= 1, rounds "
@@ -431,7 +434,8 @@ class PeaceEncoder(Embedder):
         if c.function_tokens:
             r, classes = pad_responses(responses)
         if c.function_block:
-            sk = sketch(responses, [io_space(s) for s in specs], c.function_block)
+            spaces = [io_space(s) for s in specs]
+            sk = sketch(responses, spaces, c.function_block, projection=c.function_block_projection)
         return to_device(ModelBatch(graphs, r, classes, sk), device)
 
     def describe(self) -> dict:

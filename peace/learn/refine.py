@@ -63,6 +63,7 @@ class SketchFit:
                              "says nothing a decoded model could be refined towards; decode without refinement "
                              "(--refine-steps 0)")
         self.config, self.start, self.dim, self.n_probes = config, c.embedding_dim, c.function_block, c.probes
+        self.projection = c.function_block_projection
         self.bank = encoder.probe_bank.inputs()
 
     def decoded_only(self) -> SketchFit:
@@ -89,7 +90,8 @@ class SketchFit:
         """(n,) cosine between the soft sketches of flat weights ``flat`` (n, n_params) on the probe inputs
         ``x`` (``inputs(spec)``) and ``target``."""
         probs = forward(spec, unflatten(spec, flat), x).div(self.config.temperature).softmax(-1)
-        return (F.normalize(soft_sketch(probs, io_space(spec), self.dim), dim=-1) * target).sum(-1)
+        soft = soft_sketch(probs, io_space(spec), self.dim, projection=self.projection)
+        return (F.normalize(soft, dim=-1) * target).sum(-1)
 
     def refine(self, spec: ArchSpec, flat: Tensor, z: Tensor, scale: Tensor | float = 1.0,
                retrieved: Tensor | None = None) -> Tensor:

@@ -24,11 +24,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from peace.core.errors import PeaceError
+from peace.core.errors import PeaceError, unknown
 from peace.nets.architectures import ArchSpec, forward, stack_params
 
 __all__ = [
-    "N_PROBES", "PROBE_SEED", "ProbeBank", "agreement", "agreement_matrix", "fingerprint", "io_space",
+    "N_PROBES", "PROBE_SEED", "PROJECTIONS", "ProbeBank", "agreement", "agreement_matrix", "fingerprint", "io_space",
     "probe_inputs", "responses", "sketch", "soft_sketch"
 ]
 
@@ -139,27 +139,42 @@ def agreement_matrix(responses_a: Sequence[Tensor], spaces_a: Sequence[str],
     return out
 
 
+PROJECTIONS = ("gaussian", "orthogonal")
+
+
 @lru_cache(maxsize=64)
-def _projection(space: str, width: int, dim: int, seed: int) -> Tensor:
+def _projection(space: str, width: int, dim: int, seed: int, kind: str = "gaussian") -> Tensor:
+    """(dim, width) fixed random map of one io-space's fingerprints. ``gaussian``: i.i.d. N(0, 1/dim)
+    entries. ``orthogonal``: orthonormal columns where width <= dim, so dot products are kept exactly;
+    else orthonormal rows scaled by sqrt(width / dim), unbiased with a smaller error than Gaussian rows."""
+    if kind not in PROJECTIONS:
+        raise unknown("function-block projection", kind, PROJECTIONS)
     key = int(hashlib.sha1(f"{space}|{width}|{seed}".encode()).hexdigest()[:8], 16)
-    return torch.randn(dim, width, generator=torch.Generator().manual_seed(key)) / math.sqrt(dim)
+    g = torch.Generator().manual_seed(key)
+    if kind == "gaussian":
+        return torch.randn(dim, width, generator=g) / math.sqrt(dim)
+    q, r = torch.linalg.qr(torch.randn(max(dim, width), min(dim, width), generator=g, dtype=torch.float64))
+    q = q * torch.sign(torch.diagonal(r))  # the QR with a positive diagonal is unique: one map on any LAPACK
+    return (q if width <= dim else q.T * math.sqrt(width / dim)).float().contiguous()
 
 
-def sketch(responses: Sequence[Tensor], spaces: Sequence[str], dim: int, seed: int = PROBE_SEED) -> Tensor:
-    """(n, dim) fixed random projections of the fingerprints, one Gaussian matrix per io-space: their
-    dot products approximate agreements (Johnson-Lindenstrauss, error about 1/sqrt(dim)), and sketches
-    of different spaces are nearly orthogonal. A fixed-size stand-in for the function-space vector."""
+def sketch(responses: Sequence[Tensor], spaces: Sequence[str], dim: int, seed: int = PROBE_SEED,
+           projection: str = "gaussian") -> Tensor:
+    """(n, dim) fixed random projections of the fingerprints, one matrix per io-space (``_projection``):
+    their dot products approximate agreements (Johnson-Lindenstrauss, error about 1/sqrt(dim); none with
+    ``orthogonal`` where probes x classes <= dim), and sketches of different spaces are nearly orthogonal.
+    A fixed-size stand-in for the function-space vector."""
     out = torch.zeros(len(responses), dim)
     # one product per model, not one per io-space: a model's sketch is then bitwise the same in any batch
     for i, (r, space) in enumerate(zip(responses, spaces)):
         f = fingerprint(r)
-        out[i] = _projection(space, f.numel(), dim, seed) @ f
+        out[i] = _projection(space, f.numel(), dim, seed, projection) @ f
     return out
 
 
-def soft_sketch(probs: Tensor, space: str, dim: int, seed: int = PROBE_SEED) -> Tensor:
+def soft_sketch(probs: Tensor, space: str, dim: int, seed: int = PROBE_SEED, projection: str = "gaussian") -> Tensor:
     """``sketch`` with class probabilities (n, K, C) in place of one-hot predictions: differentiable,
     and ``sketch`` itself where the probabilities are one-hot. What refines decoded models towards an
     embedding's function block (``peace.learn.refine``)."""
     f = probs.flatten(-2) / math.sqrt(probs.shape[-2])
-    return f @ _projection(space, f.shape[-1], dim, seed).to(f).T
+    return f @ _projection(space, f.shape[-1], dim, seed, projection).to(f).T
