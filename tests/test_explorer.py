@@ -210,6 +210,16 @@ def test_the_warm_up_works_once_the_server_is_idle_stops_when_a_run_starts_and_d
     time.sleep(0.6)
     assert calls == ["first", "slow", "last"] and not warm.todo
 
+    ending = WarmUp((), idle_s=0.05)  # at exit: the item in progress ends, no new one starts
+    ending.arm(slow=slow, after=lambda: calls.append("after"))
+    time.sleep(0.15)
+    started = time.perf_counter()
+    ending.close()
+    assert time.perf_counter() - started > 0.1 and calls[-1] == "slow" and "after" not in calls
+    ending.arm(again=lambda: calls.append("after close"))
+    time.sleep(0.2)
+    assert "after close" not in calls
+
 
 def test_the_explorer_prefetches_what_its_pages_first_compute(artifacts):
     ex = Explorer(artifacts / "embeddings" / "tiny")

@@ -4,10 +4,12 @@ The first page opens without torch, scikit-learn and scipy (~1.5 s to import on 
 then looks at it for a few seconds, and ``WarmUp`` spends that time importing them and prefetching
 what the other pages' first visits compute. It never starts during a script run (on 2 cores it would
 slow that run) and stops between two items when a run begins; a page that needs an item sooner waits
-only for the rest of it (Python's import lock, ``cached_property``'s lock).
+only for the rest of it (Python's import lock, ``cached_property``'s lock). At exit it takes no new item
+and waits for the one in progress: a daemon thread stopped inside torch aborts the interpreter.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib
 import threading
@@ -29,7 +31,18 @@ class WarmUp:
         self.idle_s = idle_s
         self.todo: dict[str, Callable[[], object]] = {f"import {m}": partial(importlib.import_module, m) for m in modules}
         self.done: list[str] = []
-        self._lock, self._timer, self._runs, self._running = threading.Lock(), None, 0, False
+        self._lock, self._timer, self._runs, self._closed = threading.Lock(), None, 0, False
+        self._idle = threading.Event()  # cleared while an item runs
+        self._idle.set()
+        atexit.register(self.close)
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Take no new item and wait (at most ``timeout`` s) for the one in progress to end."""
+        with self._lock:
+            self._closed = True
+            if self._timer is not None:
+                self._timer.cancel()
+        self._idle.wait(timeout)
 
     def hold(self) -> None:
         with self._lock:
@@ -52,13 +65,13 @@ class WarmUp:
 
     def _run(self) -> None:
         with self._lock:
-            if self._running:
+            if not self._idle.is_set() or self._closed:
                 return
-            self._running = True
+            self._idle.clear()
         try:
             while True:
                 with self._lock:
-                    if self._runs or not self.todo:
+                    if self._runs or self._closed or not self.todo:
                         return
                     name = next(iter(self.todo))
                     fn = self.todo.pop(name)
@@ -66,5 +79,4 @@ class WarmUp:
                 with contextlib.suppress(Exception):  # a failure shows where the page itself needs the item
                     fn()
         finally:
-            with self._lock:
-                self._running = False
+            self._idle.set()
