@@ -242,15 +242,22 @@ class Explorer:
         return self.baselines.neighbours(method, self.es.row_of[model_id], k, self.table)
 
     def prefetch(self) -> None:
-        """What the pages' first visits compute (baseline vectors, the encoder, the default interpolation),
-        done ahead: ``peace.serve.warm`` calls it while a user looks at a page."""
+        """What the pages' first visits compute (baseline vectors, the encoder, the default interpolation,
+        the first embedding of each io-space), done ahead: ``peace.serve.warm`` calls it while a user looks
+        at a page."""
         from peace.core.errors import PeaceError
+        from peace.nets.probes import io_space
         from peace.serve.teaching import partner
 
         self.baselines, self.encoder  # noqa: B018  (cached)
         a = typical_model(self.table)
         with contextlib.suppress(PeaceError):  # no partner, or a family weight matching does not read
             self.weight_path(a, partner(self.zoo, a))
+        # an encoder builds each io-space's function-block map on first use (an orthogonal 10-class one ~0.3 s):
+        # one model of every space embedded here, so that an upload or query does not wait for it
+        first = {io_space(self.zoo.spec(m)): m for m in self.table.groupby("arch")["model_id"].first()}
+        ids = list(first.values())
+        self.encoder.embed([self.zoo.spec(m) for m in ids], self.zoo.load_many(ids))
 
     def agreement(self, model_id: str, others: list[str]) -> list[float]:
         """Share of shared probe inputs on which each other model predicts what the query does
