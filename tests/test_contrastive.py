@@ -19,6 +19,7 @@ from peace.learn.contrastive import (
     magnitude_prune,
     nce_logits,
     relabel_classes,
+    task_targets,
 )
 from peace.nets.architectures import forward, stack_params
 
@@ -107,6 +108,19 @@ def test_functional_targets_grade_candidates_by_agreement_within_their_io_space(
     assert t[1, 6] == 0  # another io-space gets nothing
     half = functional_targets(agree, space, 0.5, 0.05)
     assert torch.allclose(half, 0.5 * t + 0.5 * functional_targets(agree, space, 0.0, 0.05))
+
+
+def test_task_targets_move_a_share_evenly_to_the_views_of_the_same_task():
+    B = 2  # views: a0 a1 | p0 p1 | one extra candidate
+    tasks = ["x", "y", "x", "z", "y"]
+    same = torch.tensor([[a == b for b in tasks] for a in tasks[:2 * B]])
+    base = torch.full((2 * B, 2 * B + 1), 0.2)
+    t = task_targets(base, same, 0.5)
+    assert torch.allclose(t.sum(1), torch.ones(4))
+    assert t[0, 2] == 0.1 + 0.5 and t[0, 1] == t[0, 3] == 0.1  # a0's only other x view is its positive
+    assert torch.allclose(t[1, 4], torch.tensor(0.1 + 0.25)) and torch.allclose(t[1, 3], torch.tensor(0.1 + 0.25))
+    assert t[1, 1] == 0.1  # itself excluded: the base share only
+    assert torch.equal(task_targets(base, same, 0.0), base)
 
 
 def test_functional_neighbours_agree_most_and_come_from_other_runs(tiny_zoo):

@@ -112,6 +112,27 @@ def test_training_is_deterministic_and_resume_continues_exactly(tiny_zoo, tmp_pa
         pd.testing.assert_frame_equal(tiny_run.history[cols], resumed.history[cols], atol=1e-4)
 
 
+def test_the_task_term_reads_the_training_tasks_labels(tiny_zoo, tmp_path, monkeypatch):
+    """With ``train.task_weight`` each view carries its weights' task (relabelled copies none) and the
+    soft targets move that share to the batch's views of the anchor's task."""
+    from peace.learn import trainer
+
+    seen = []
+    real = trainer.task_targets
+    monkeypatch.setattr(trainer, "task_targets", lambda t, same, w: seen.append((t, same, w)) or real(t, same, w))
+    quick = QUICK[:1] + ["train.epochs=1", "augment.relabelled=2"]
+    on = fit(tiny_zoo, load_config("tiny", quick + ["train.task_weight=1.0"]), tmp_path / "on", progress=False)
+    assert seen and all(w == 1.0 for *_, w in seen)
+    t, same, _ = seen[0]
+    assert same.shape == t.shape and same.diagonal().all()  # every view is of its own task ...
+    assert same[:, -2:].sum() == 0 and 0 < same.float().mean() < 1  # ... the relabelled copies (last) of none
+    seen.clear()
+    off = fit(tiny_zoo, load_config("tiny", quick + ["train.task_weight=0"]), tmp_path / "off", progress=False)
+    assert not seen and on.history.train_nce.iloc[0] != off.history.train_nce.iloc[0]
+    with pytest.raises(PeaceError, match="task_weight must be in"):
+        load_config("tiny", ["train.task_weight=1.5"])
+
+
 def test_bad_input_is_named(tiny_zoo, tmp_path):
     one_task = build_zoo(recipe_from_dict({"name": "one", "groups": [
         {"name": "g", "tasks": ["tetris"], "architecture": {"family": "mlp", "hidden": [3]}, "seeds": 4, "epochs": 1}]}),
@@ -141,10 +162,11 @@ def test_a_single_task_zoo_trains_with_lineage_validation(tmp_path):
         {"name": "g", "tasks": ["tetris"], "architecture": {"family": "mlp", "hidden": [5], "activation": "tanh"},
          "seeds": 12, "epochs": 4, "checkpoints": [1, 2, 3, 4]}]}), tmp_path / "seeds", progress=False)
     res = fit(zoo, load_config("tiny", ["train.holdout_tasks=0", "train.epochs=2", "train.max_models_per_epoch=16",
-                                        "train.max_val_models=9", "augment.distill_epochs=1"]), tmp_path / "run",
-              progress=False)
+                                        "train.max_val_models=9", "augment.distill_epochs=1", "train.task_weight=0.5"]),
+              tmp_path / "run", progress=False)
     meta = json.loads((tmp_path / "run" / "encoder.json").read_text())
     assert meta["val_relevance"] == "lineage" and meta["holdout_tasks"] == []
+    assert meta["config"]["train"]["task_weight"] == 0  # one training task: nothing to tell apart, so off
     splits = pd.read_parquet(tmp_path / "run" / "splits.parquet")
     assert (splits.split == "val").sum() == 12 and meta["n_val"] == 8  # 3 validation runs, 2 whole ones drawn
     assert len(res.history) == 2 and res.history.val_map.notna().all()

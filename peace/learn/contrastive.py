@@ -11,7 +11,9 @@ population trainer (:func:`build_views`) and cached.
 
 The loss is InfoNCE; with functional targets (:func:`functional_targets`) the one-hot positive is
 mixed with a distribution over the batch graded by prediction agreement, so models that compute
-nearly the same function are pulled together whatever their configuration.
+nearly the same function are pulled together whatever their configuration; with the task term
+(:func:`task_targets`) a share of it goes to the batch's models trained on the anchor's task: the
+only place where training reads task labels, those of the training split's tasks.
 """
 from __future__ import annotations
 
@@ -42,7 +44,8 @@ from peace.zoo.tasks import load_task
 
 __all__ = [
     "CONFIG_COLUMNS", "SOURCES", "AugmentConfig", "Kinship", "PairSampler", "augment", "build_views", "config_key",
-    "functional_neighbours", "functional_targets", "info_nce", "magnitude_prune", "nce_logits", "relabel_classes"
+    "functional_neighbours", "functional_targets", "info_nce", "magnitude_prune", "nce_logits", "relabel_classes",
+    "task_targets"
 ]
 
 SOURCES = ("self", "pruned", "distilled", "same_config", "checkpoint", "functional")
@@ -288,6 +291,10 @@ class PairSampler:
             g = g.sort_values("test_acc", kind="stable")
             self._task_acc[t] = (g.model_id.to_numpy(), g.test_acc.to_numpy())
 
+    def task(self, m: str) -> str:
+        """The task model ``m`` was trained on."""
+        return self._task_of[m]
+
     def candidates(self, m: str) -> dict[str, list[str]]:
         """Available partners per source: model ids (self/same_config/checkpoint) or the anchor (views)."""
         r = self.rows.loc[m]
@@ -401,3 +408,17 @@ def functional_targets(agree: Tensor, same_space: Tensor, weight: float, tempera
     onehot = torch.zeros_like(soft)
     onehot[idx, (idx + n // 2) % n] = 1.0
     return (1 - weight) * onehot + weight * soft
+
+
+def task_targets(targets: Tensor, same_task: Tensor, weight: float) -> Tensor:
+    """Soft targets with a share ``weight`` moved to the candidates trained on the view's task, evenly
+    (supervised contrast on the training tasks' labels; the view itself excluded, its positive kept).
+
+    ``targets``: (2B, 2B + H) rows summing to 1; ``same_task``: (2B, 2B + H) bool.
+    """
+    n = targets.shape[0]
+    idx = torch.arange(n, device=targets.device)
+    mask = same_task.clone()
+    mask[idx, idx] = False
+    mask[idx, (idx + n // 2) % n] = True
+    return (1 - weight) * targets + weight * mask.float() / mask.sum(1, keepdim=True)

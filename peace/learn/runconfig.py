@@ -40,6 +40,8 @@ class TrainConfig:
     amp: bool = True              # bfloat16 autocast on CUDA
     functional_weight: float = 0.0  # soft InfoNCE: share of the target graded by prediction agreement; 0 = plain
     functional_temperature: float = 0.05  # of the agreement softmax (agreements lie in [0, 1])
+    task_weight: float = 0.0      # share of the soft target spread over the batch's views of the anchor's task
+    #                               (training tasks' labels; off, and saved as 0, where the training split has one task)
     probe_steps: int = 100        # ProbeGen steps that learn the probes (encoder.probe_source=learned)
     reconstruction: float = 0.0   # E.D: weight of decoding each anchor's aligned weights from its embedding; 0 = off
 
@@ -52,6 +54,8 @@ class TrainConfig:
             raise PeaceError("temperature, functional_temperature and lr must be > 0, aux_weight and reconstruction >= 0")
         if not 0 <= self.functional_weight <= 1:
             raise PeaceError(f"functional_weight must be in [0, 1], got {self.functional_weight}")
+        if not 0 <= self.task_weight <= 1:
+            raise PeaceError(f"task_weight must be in [0, 1], got {self.task_weight}")
         if self.val_relevance not in VAL_RELEVANCE:
             raise unknown("val_relevance", self.val_relevance, VAL_RELEVANCE)
         if self.max_val_models is not None and self.max_val_models < 4:

@@ -36,6 +36,7 @@ from peace.learn.contrastive import (
     functional_targets,
     info_nce,
     relabel_classes,
+    task_targets,
 )
 from peace.learn.distributed import current, first_rank_first, gather_rows, with_own_rows
 from peace.learn.encoder import Embedder
@@ -105,6 +106,8 @@ def _split_rows(rows: pd.DataFrame, cfg: RunConfig) -> _Data:
         cfg.train.val_holdout_tasks = sorted(rows.loc[splits.val_heldout_task.to_numpy(), "task"].unique())
     rows = rows.assign(split=splits["split"].to_numpy())
     train, val = rows[rows.split == "train"].reset_index(drop=True), rows[rows.split == "val"].reset_index(drop=True)
+    if train["task"].nunique() < 2:  # one training task: every view would share it, nothing to tell apart
+        cfg.train.task_weight = 0.0  # resolved, so the saved config says so
     if tc.max_val_models is not None and len(val) > tc.max_val_models:  # whole lineages, so relevance stays intact
         lineages = np.random.default_rng([cfg.seed, 1]).permutation(val["lineage_id"].unique())
         sizes = val["lineage_id"].value_counts()[lineages].to_numpy()
@@ -190,6 +193,7 @@ class _Batch:
     relabelled: list[str]
     specs: list[ArchSpec]
     params: list[dict[str, Tensor]]
+    tasks: list[str | None]  # per view: the task its weights were trained on (None: relabelled, another function)
 
 
 def _draw_batch(anchors: list[str], data: _Data, sampler: PairSampler, views: dict, cfg: RunConfig,
@@ -198,9 +202,10 @@ def _draw_batch(anchors: list[str], data: _Data, sampler: PairSampler, views: di
     specs, weights, aug = data.specs, data.weights, cfg.augment
     partners = [sampler.partner(m, erng) for m in anchors]
     negs = sampler.hard_negatives(anchors, erng)
-    b = _Batch(anchors, negs, [], [], [])
+    b = _Batch(anchors, negs, [], [], [], [])
 
     def add(spec_of: str, params: dict[str, Tensor], m: str, kind: str) -> None:
+        b.tasks.append(None if kind == "r" else sampler.task(spec_of))
         b.specs.append(specs[spec_of])
         b.params.append(augment(specs[spec_of], params, model_seed(cfg.seed, m, tag + kind), aug))
 
@@ -221,7 +226,8 @@ def _losses(model: torch.nn.Module, encoder: Embedder, b: _Batch, cfg: RunConfig
             dev: torch.device, rec: Reconstruction | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(loss, InfoNCE, auxiliary MSE, reconstruction error) of one batch; this process encodes its share of it."""
     tc, B = cfg.train, len(b.anchors)
-    need_responses = cfg.encoder.function_tokens or cfg.encoder.function_block or tc.functional_weight > 0
+    soft = tc.functional_weight > 0 or tc.task_weight > 0  # graded by function (and task) instead of masking relatives
+    need_responses = cfg.encoder.function_tokens or cfg.encoder.function_block or soft
     resp = encoder.responses(b.specs, b.params) if need_responses else None
     own = current().share(len(b.specs))
     batch = encoder.batch(b.specs[own], b.params[own], dev, responses=None if resp is None else resp[own])
@@ -230,11 +236,15 @@ def _losses(model: torch.nn.Module, encoder: Embedder, b: _Batch, cfg: RunConfig
         res = model(batch)
     proj, aux_pred = with_own_rows(res["projection"].float()), with_own_rows(res["aux"].float())
     extra = proj[2 * B:] if len(b.specs) > 2 * B else None
-    if tc.functional_weight > 0:  # graded by function instead of masking relatives
+    if soft:
         spaces = np.array([io_space(s) for s in b.specs])
         agree = torch.from_numpy(agreement_matrix(resp[:2 * B], spaces[:2 * B], resp, spaces))
         targets = functional_targets(agree, torch.from_numpy(spaces[:2 * B, None] == spaces[None, :]),
                                      tc.functional_weight, tc.functional_temperature)
+        if tc.task_weight:
+            tasks, known = np.array(b.tasks, dtype=object), np.array([t is not None for t in b.tasks])
+            same_task = (tasks[:2 * B, None] == tasks[None, :]) & known[None, :]
+            targets = task_targets(targets, torch.from_numpy(same_task), tc.task_weight)
         nce = info_nce(proj[:B], proj[B:2 * B], tc.temperature, extra=extra, targets=targets.to(dev))
     else:
         same = torch.from_numpy(kin.related(b.anchors, b.anchors))
