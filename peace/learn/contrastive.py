@@ -401,13 +401,20 @@ def functional_targets(agree: Tensor, same_space: Tensor, weight: float, tempera
     """
     n = agree.shape[0]
     idx = torch.arange(n, device=agree.device)
-    allowed = same_space.clone()
-    allowed[idx, idx] = False
-    allowed[idx, (idx + n // 2) % n] = True  # the positive is always a candidate
-    soft = (agree.float() / temperature).masked_fill(~allowed, float("-inf")).softmax(1)
+    soft = (agree.float() / temperature).masked_fill(~_candidates(same_space), float("-inf")).softmax(1)
     onehot = torch.zeros_like(soft)
     onehot[idx, (idx + n // 2) % n] = 1.0
     return (1 - weight) * onehot + weight * soft
+
+
+def _candidates(mask: Tensor) -> Tensor:
+    """``mask`` (2B, 2B + H) without each view itself and with its positive (column (i + B) mod 2B) always in."""
+    n = mask.shape[0]
+    idx = torch.arange(n, device=mask.device)
+    out = mask.clone()
+    out[idx, idx] = False
+    out[idx, (idx + n // 2) % n] = True
+    return out
 
 
 def task_targets(targets: Tensor, same_task: Tensor, weight: float) -> Tensor:
@@ -416,9 +423,5 @@ def task_targets(targets: Tensor, same_task: Tensor, weight: float) -> Tensor:
 
     ``targets``: (2B, 2B + H) rows summing to 1; ``same_task``: (2B, 2B + H) bool.
     """
-    n = targets.shape[0]
-    idx = torch.arange(n, device=targets.device)
-    mask = same_task.clone()
-    mask[idx, idx] = False
-    mask[idx, (idx + n // 2) % n] = True
-    return (1 - weight) * targets + weight * mask.float() / mask.sum(1, keepdim=True)
+    mask = _candidates(same_task).float()
+    return (1 - weight) * targets + weight * mask / mask.sum(1, keepdim=True)

@@ -255,9 +255,9 @@ class Explorer:
             self.weight_path(a, partner(self.zoo, a))
         # an encoder builds each io-space's function-block map on first use (an orthogonal 10-class one ~0.3 s):
         # one model of every space embedded here, so that an upload or query does not wait for it
-        first = {io_space(self.zoo.spec(m)): m for m in self.table.groupby("arch")["model_id"].first()}
-        ids = list(first.values())
-        self.encoder.embed([self.zoo.spec(m) for m in ids], self.zoo.load_many(ids))
+        specs = {m: self.zoo.spec(m) for m in self.table.groupby("arch")["model_id"].first()}
+        ids = list({io_space(s): m for m, s in specs.items()}.values())
+        self.encoder.embed([specs[m] for m in ids], self.zoo.load_many(ids))
 
     def agreement(self, model_id: str, others: list[str]) -> list[float]:
         """Share of shared probe inputs on which each other model predicts what the query does
