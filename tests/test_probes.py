@@ -8,6 +8,8 @@ from peace.core.errors import PeaceError
 from peace.evaluate.baselines import FunctionSpace, Models
 from peace.nets.architectures import ArchSpec
 from peace.nets.probes import (
+    PROBE_SEED,
+    _projection,
     agreement,
     agreement_matrix,
     fingerprint,
@@ -101,6 +103,21 @@ def test_sketches_approximate_agreement_and_keep_spaces_apart():
     assert torch.equal(sketch(r, spaces, 64), sketch(r, spaces, 64))  # fixed projections
     other = sketch(r[:1], ["64->4"], 4096)  # the same vector read as another space: nearly orthogonal
     assert abs(float(other[0] @ sk[0])) < 0.08
+
+
+@pytest.mark.parametrize("projection", ["gaussian", "orthogonal"])
+def test_a_models_sketch_is_its_map_times_its_fingerprint_and_bitwise_the_same_in_any_batch(projection):
+    g = torch.Generator().manual_seed(0)
+    spaces = ["64->10", "16->4", "64->10", "8->2", "16->4"] * 7
+    r = [torch.randn(48, int(s.split("->")[1]), generator=g) for s in spaces]
+    together = sketch(r, spaces, 256, projection=projection)
+    for i in (0, 3, 11, 34):
+        f = fingerprint(r[i])
+        defined = _projection(spaces[i], f.numel(), 256, PROBE_SEED, projection) @ f
+        torch.testing.assert_close(together[i], defined, atol=1e-6, rtol=0)
+        alone = sketch(r[i:i + 1], spaces[i:i + 1], 256, projection=projection)[0]
+        behind = sketch(r[:5] + r[i:i + 1], spaces[:5] + spaces[i:i + 1], 256, projection=projection)[5]
+        assert torch.equal(alone, together[i]) and torch.equal(behind, together[i])
 
 
 def test_orthogonal_sketches_keep_agreement_exactly_where_they_have_room_and_approximate_it_elsewhere():

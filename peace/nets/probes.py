@@ -23,6 +23,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from peace.core.errors import PeaceError, unknown
 from peace.nets.architectures import ArchSpec, forward, stack_params
@@ -165,11 +166,24 @@ def sketch(responses: Sequence[Tensor], spaces: Sequence[str], dim: int, seed: i
     ``orthogonal`` where probes x classes <= dim), and sketches of different spaces are nearly orthogonal.
     A fixed-size stand-in for the function-space vector."""
     out = torch.zeros(len(responses), dim)
-    # one product per model, not one per io-space: a model's sketch is then bitwise the same in any batch
-    for i, (r, space) in enumerate(zip(responses, spaces)):
-        f = fingerprint(r)
-        out[i] = _projection(space, f.numel(), dim, seed, projection) @ f
+    groups = defaultdict(list)
+    for i, space in enumerate(spaces):
+        groups[space].append(i)
+    for space, rows in groups.items():
+        classes = torch.stack([responses[i] for i in rows]).argmax(-1)  # (m, K): where each one-hot has its 1
+        k, c = classes.shape[1], responses[rows[0]].shape[-1]
+        # the map times a one-hot fingerprint is the sum of K of its columns; an embedding bag adds each
+        # model's in index order, so a model's sketch is bitwise the same in any batch (a matrix product's
+        # summation order depends on the batch's shape)
+        columns = _columns(space, k * c, dim, seed, projection)
+        out[rows] = F.embedding_bag(classes + c * torch.arange(k), columns, mode="sum") / math.sqrt(k)
     return out
+
+
+@lru_cache(maxsize=64)
+def _columns(space: str, width: int, dim: int, seed: int, kind: str) -> Tensor:
+    """``_projection``'s columns as rows, (width, dim)."""
+    return _projection(space, width, dim, seed, kind).T.contiguous()
 
 
 def soft_sketch(probs: Tensor, space: str, dim: int, seed: int = PROBE_SEED, projection: str = "gaussian") -> Tensor:
