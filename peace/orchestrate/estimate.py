@@ -1,10 +1,10 @@
 """How long pipeline steps will take here: the last time each took on this machine, else the time
 measured on a reference 2-core machine scaled by a one-second calibration of this one.
 
-The calibration is the work that dominates the pipeline: training steps of the default encoder on a
-fixed batch of small models (MLPs and a CNN, as in the demo zoo), on one thread, timed here and on the
-reference machine; a machine that runs it 2x slower (slower or busy cores) is told every step takes 2x
-longer, and 1.4x again on a single core. A first calibration of small matrix products said 5.3x on an AMD
+The calibration is the work that dominates the pipeline: training steps of the default encoder (frozen as
+``CALIBRATION_ENCODER``) on a fixed batch of small models (MLPs and a CNN, as in the demo zoo), on one
+thread, timed here and on the reference machine; a machine that runs it 2x slower (slower or busy cores)
+is told every step takes 2x longer, and 1.4x again on a single core. A first calibration of small matrix products said 5.3x on an AMD
 machine whose pipeline took 2.6x: what a calibration measures has to be what the pipeline does.
 """
 from __future__ import annotations
@@ -17,26 +17,36 @@ from peace.core.cluster import local_cores
 __all__ = ["REFERENCE_MINUTES", "TIMINGS", "describe", "machine_factor", "plan"]
 
 TIMINGS = "timings.json"  # beside the executed notebooks: how long each step last took on this machine
-# Minutes on the reference machine (2-core AMD EPYC, idle; docs/benchmarks.md "Demo pipeline").
-REFERENCE_MINUTES = {"demo": {"build zoo": 2.8, "train encoder": 18.3, "export embeddings": 1.1, "evaluate": 9.0},
-                     "tiny": {"build zoo": 0.3, "train encoder": 0.25, "export embeddings": 0.25, "evaluate": 0.3},
-                     # the vision zoo: 3.4 and 11.8 min on an earlier reference machine, which took 1/2.6 of this
-                     # one's time for the demo zoo and 1/2.8 for its training (docs/benchmarks.md)
-                     "vision": {"build zoo": 8.8, "train encoder": 33.0}}
+# Minutes on the reference machine: since 2026-12-07 a 2-core Intel Xeon, idle, where the demo pipeline took
+# 39 / 220 / 23 / 133 s and the tiny one 4.4 / 5.9 / 5.8 / 7.5 s (docs/benchmarks.md "Demo pipeline"). The
+# vision ones were measured on the reference machine before (a 2-core AMD EPYC), converted by the two machines'
+# calibrations of one workload (0.084 s against 0.29 s: x 0.29).
+REFERENCE_MINUTES = {"demo": {"build zoo": 0.65, "train encoder": 3.67, "export embeddings": 0.38, "evaluate": 2.22},
+                     "tiny": {"build zoo": 0.073, "train encoder": 0.099, "export embeddings": 0.097,
+                              "evaluate": 0.125},
+                     "vision": {"build zoo": 2.55, "train encoder": 9.6}}
 # The calibration step on two threads runs 1.4x faster than on one (0.19-0.23 s against 0.28-0.31 s here);
 # a one-core machine loses that on every step (the tiny pipeline, all overheads, loses less: 77 s against 71).
 SINGLE_CORE = 1.4
-REFERENCE_CALIBRATION_S = 0.29  # ``_calibration_seconds()`` on the reference machine, idle (0.28-0.29, 5 runs)
+REFERENCE_CALIBRATION_S = 0.074  # ``_calibration_seconds()`` on the reference machine, idle (0.073-0.076, 6 runs)
+# The calibration's workload, frozen (the default encoder of 2026-12-07): a calibration that followed the default
+# would change with it while REFERENCE_CALIBRATION_S does not (trying gated messages as the default halved this
+# machine's factor for a pipeline that took 0.55x the time).
+CALIBRATION_ENCODER = {"hidden": 64, "rounds": 3, "message": "mlp", "transformer_layers": 2, "heads": 4,
+                       "pooling": "attention", "embedding_dim": 64, "projection_dim": 0, "function_tokens": True,
+                       "probes": 256, "function_block": 1024, "function_block_weight": 0.5,
+                       "function_block_projection": "orthogonal"}
 
 
-def _calibration_seconds(steps: int = 3, models_per_arch: int = 8) -> float:
-    """The fastest of a few training steps (forward and backward) of the default encoder on 24 small
+def _calibration_seconds(steps: int = 8, models_per_arch: int = 8) -> float:
+    """The fastest of a few training steps (forward and backward) of ``CALIBRATION_ENCODER`` on 24 small
     models, after one untimed step; one thread, since several beside another busy process spin against
-    it and time the contention, not the machine."""
+    it and time the contention, not the machine. Eight steps, not three: the fastest of three was 1.3-1.5x
+    the machine's usual step in 2 of 6 fresh processes (0.108-0.128 s against 0.084), that of eight within
+    1.1x; the five more cost half a second."""
     import torch
 
-    from peace.learn.encoder import PeaceEncoder
-    from peace.learn.runconfig import load_config
+    from peace.learn.encoder import EncoderConfig, PeaceEncoder
     from peace.nets.architectures import ArchSpec, build_module
 
     threads = torch.get_num_threads()
@@ -44,7 +54,7 @@ def _calibration_seconds(steps: int = 3, models_per_arch: int = 8) -> float:
     try:
         with torch.random.fork_rng():
             torch.manual_seed(0)
-            encoder = PeaceEncoder(load_config("default").encoder)
+            encoder = PeaceEncoder(EncoderConfig(**CALIBRATION_ENCODER))
             archs = [ArchSpec("mlp", (16,), 4, (16,)), ArchSpec("mlp", (64,), 10, (32, 16), "tanh"),
                      ArchSpec("cnn2d", (1, 8, 8), 10, (4, 8))]
             specs = [a for a in archs for _ in range(models_per_arch)]
