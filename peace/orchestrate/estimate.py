@@ -4,8 +4,9 @@ measured on a reference 2-core machine scaled by a one-second calibration of thi
 The calibration is the work that dominates the pipeline: training steps of the default encoder (frozen as
 ``CALIBRATION_ENCODER``) on a fixed batch of small models (MLPs and a CNN, as in the demo zoo), on one
 thread, timed here and on the reference machine; a machine that runs it 2x slower (slower or busy cores)
-is told every step takes 2x longer, and 1.4x again on a single core. A first calibration of small matrix products said 5.3x on an AMD
-machine whose pipeline took 2.6x: what a calibration measures has to be what the pipeline does.
+is told every step takes 2x longer, and 1.4x again on a single core. A first calibration of small matrix
+products said 5.3x on an AMD machine whose pipeline took 2.6x: what a calibration measures has to be what
+the pipeline does.
 """
 from __future__ import annotations
 
