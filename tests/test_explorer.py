@@ -222,17 +222,17 @@ def test_the_warm_up_works_once_the_server_is_idle_stops_when_a_run_starts_and_d
 
 
 def test_the_explorer_prefetches_what_its_pages_first_compute(artifacts):
-    from peace.nets.probes import PROBE_SEED, _projection, io_space
+    from peace.nets.probes import PROBE_SEED, _columns, _projection, io_space
 
-    _projection.cache_clear()  # as in a new server process
+    _projection.cache_clear(), _columns.cache_clear()  # as in a new server process
     ex = Explorer(artifacts / "embeddings" / "tiny")
     ex.prefetch()
     assert {"baselines", "encoder", "_path_cache"} <= set(vars(ex)) and len(ex._path_cache) == 1
     c, specs = ex.encoder.config, {ex.zoo.spec(m) for m in ex.table["model_id"]}
-    before = _projection.cache_info()
+    before = _columns.cache_info()
     for space, classes in {(io_space(s), s.n_classes) for s in specs}:  # every space's block map built ahead
-        _projection(space, c.probes * classes, c.function_block, PROBE_SEED, c.function_block_projection)
-    assert _projection.cache_info().misses == before.misses
+        _columns(space, c.probes * classes, c.function_block, PROBE_SEED, c.function_block_projection)
+    assert _columns.cache_info().misses == before.misses and before.misses > 0
 
 
 def test_a_stale_set_keeps_its_map_and_is_refused_where_its_zoo_or_encoder_is_used(artifacts, tmp_path, monkeypatch):
