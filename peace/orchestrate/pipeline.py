@@ -76,11 +76,14 @@ def run_notebook(path: Path, out_nb: Path, parameters: dict, stream: bool = Fals
         if quiet not in os.environ.get("PYTHONWARNINGS", ""):
             os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), quiet]))
         # the kernel's own log is not the user's business: at every start it said that it talks over local TCP
-        # unencrypted, and at shutdown jupyter_client interrupts the kernel, which logs "KeyboardInterrupt caught
-        # in kernel" at ERROR when the signal lands while it finishes its last reply. A cell's error still
-        # arrives through papermill (PapermillExecutionError) and a dead kernel through nbclient.
+        # unencrypted. A cell's error still arrives through papermill (PapermillExecutionError) and a dead kernel
+        # through nbclient. Once every cell has run the kernel is stopped at once ("immediate"), not asked to
+        # finalize: a graceful shutdown was interrupted by jupyter_client ("KeyboardInterrupt caught in kernel"
+        # at ERROR) and, under load, its teardown now and then aborted inside libdgl, whose LIBXSMM then printed
+        # its statistics and the kernel's command line on this terminal. The notebooks' outputs are written by
+        # then, and an isolated reader's zygote ends when its stdin closes.
         pm.execute_notebook(str(path), str(out_nb), parameters=parameters, kernel_name="python3",
-                            cwd=str(path.parent), progress_bar=False,
+                            cwd=str(path.parent), progress_bar=False, shutdown_kernel="immediate",
                             extra_arguments=["--IPKernelApp.log_level=CRITICAL"], **streams)
     except PapermillExecutionError as e:
         raise PeaceError(f"{path.name} failed in cell {e.exec_count} ({e.ename}: {e.evalue}); the executed notebook "
