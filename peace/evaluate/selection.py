@@ -20,7 +20,6 @@ The score is ``peace.evaluate.metrics.within_group_tau`` (``linear_probe(..., ra
 """
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
 
 import numpy as np
@@ -28,6 +27,7 @@ import torch
 from scipy.sparse.linalg import svds
 
 from peace.core.errors import PeaceError
+from peace.core.grouping import positions
 from peace.nets.architectures import ArchSpec, predict
 from peace.nets.probes import io_space, responses
 from peace.zoo.tasks import load_task
@@ -40,18 +40,11 @@ PROBE_CONSENSUS = "consensus (Gaussian probes, weights only)"
 MAX_INPUTS = 512  # inputs a consensus reads per task: agreement estimates settle long before, memory stays n x 512 x C
 
 
-def _by(specs: Sequence[ArchSpec], tasks: Sequence[str]) -> dict[tuple[ArchSpec, str], list[int]]:
-    groups: dict[tuple[ArchSpec, str], list[int]] = defaultdict(list)
-    for i, (s, t) in enumerate(zip(specs, tasks)):
-        groups[(s, t)].append(i)
-    return groups
-
-
 def confidence(specs: Sequence[ArchSpec], params: Sequence[dict[str, torch.Tensor]], tasks: Sequence[str],
                split: str = "test") -> np.ndarray:
     """Each model's mean top softmax probability on its task's ``split`` inputs (the labels are not read)."""
     out = np.zeros(len(specs))
-    for (spec, task), idx in _by(specs, tasks).items():
+    for (spec, task), idx in positions(zip(specs, tasks)).items():
         x = torch.as_tensor(load_task(task).split(split)[0])
         out[idx] = predict(spec, [params[i] for i in idx], x).softmax(-1).amax(-1).mean(-1).numpy()
     return out
@@ -104,14 +97,11 @@ def consensus(specs: Sequence[ArchSpec], params: Sequence[dict[str, torch.Tensor
         predictions = [r.argmax(-1).numpy() for r in responses(specs, params)]
     else:
         predictions = [np.zeros(0, np.int64)] * len(specs)
-        for (spec, task), idx in _by(specs, tasks).items():
+        for (spec, task), idx in positions(zip(specs, tasks)).items():
             x = inputs if not isinstance(inputs, str) else torch.as_tensor(load_task(task).split(split)[0])
             for i, p in zip(idx, predict(spec, [params[i] for i in idx], x[:MAX_INPUTS]).argmax(-1).numpy()):
                 predictions[i] = p
     out = np.zeros(len(specs))
-    groups: dict[tuple[str, str], list[int]] = defaultdict(list)
-    for i, (s, t) in enumerate(zip(specs, tasks)):
-        groups[(t, io_space(s))].append(i)
-    for idx in groups.values():
+    for idx in positions((t, io_space(s)) for s, t in zip(specs, tasks)).values():
         out[idx] = agreement_scores(np.stack([predictions[i] for i in idx]), how)
     return out

@@ -18,7 +18,6 @@ that every weight-space symmetry leaves exactly unchanged. The probes are Gaussi
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from peace.core.errors import PeaceError, unknown
+from peace.core.grouping import positions
 from peace.learn.message_passing import GatedMessagePassing, MessagePassing, mlp
 from peace.nets.architectures import ArchSpec, stack_params
 from peace.nets.graph import (
@@ -172,9 +172,7 @@ def prepare(spec: ArchSpec, params: dict[str, Tensor], config: EncoderConfig) ->
 def prepare_batch(specs: Sequence[ArchSpec], params: Sequence[dict[str, Tensor]], config: EncoderConfig) -> GraphBatch:
     """The batched graphs of many models, in order: the graphs ``prepare`` makes, with the models of
     one architecture built as one population (``graph.population_graph``: one structure for all)."""
-    groups: dict[ArchSpec, list[int]] = defaultdict(list)
-    for i, s in enumerate(specs):
-        groups[s].append(i)
+    groups = positions(specs)
     graphs, order = [], []
     for spec, idx in groups.items():
         if len(idx) > 1 and spec.family != "vit" and not sparse_layers(spec, config.max_layer_edges):

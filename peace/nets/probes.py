@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 
@@ -26,6 +25,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from peace.core.errors import PeaceError, unknown
+from peace.core.grouping import positions
 from peace.nets.architectures import ArchSpec, forward, stack_params
 
 __all__ = [
@@ -62,11 +62,8 @@ def responses(specs: Sequence[ArchSpec], params: Sequence[dict[str, Tensor]], n:
     batched forward pass, float64 so that symmetric copies of a model agree to rounding)."""
     if len(specs) != len(params):
         raise PeaceError(f"got {len(specs)} architectures but {len(params)} parameter sets")
-    by_spec: dict[ArchSpec, list[int]] = defaultdict(list)
-    for i, s in enumerate(specs):
-        by_spec[s].append(i)
     out: list[Tensor | None] = [None] * len(specs)
-    for spec, idx in by_spec.items():
+    for spec, idx in positions(specs).items():
         own = (inputs or {}).get(io_space(spec))
         if own is not None and len(own) != n:
             raise PeaceError(f"the probe set of io-space {io_space(spec)} holds {len(own)} probes, not {n}")
@@ -166,10 +163,7 @@ def sketch(responses: Sequence[Tensor], spaces: Sequence[str], dim: int, seed: i
     ``orthogonal`` where probes x classes <= dim), and sketches of different spaces are nearly orthogonal.
     A fixed-size stand-in for the function-space vector."""
     out = torch.zeros(len(responses), dim)
-    groups = defaultdict(list)
-    for i, space in enumerate(spaces):
-        groups[space].append(i)
-    for space, rows in groups.items():
+    for space, rows in positions(spaces).items():
         classes = torch.stack([responses[i] for i in rows]).argmax(-1)  # (m, K): where each one-hot has its 1
         k, c = classes.shape[1], responses[rows[0]].shape[-1]
         # the map times a one-hot fingerprint is the sum of K of its columns; an embedding bag adds each
