@@ -133,6 +133,38 @@ def test_the_task_term_reads_the_training_tasks_labels(tiny_zoo, tmp_path, monke
         load_config("tiny", ["train.task_weight=1.5"])
 
 
+def test_renamed_pairs_are_tasks_of_their_own(tiny_zoo, tmp_path, monkeypatch):
+    """With ``augment.renamed`` a share of each batch's anchors and their partners are a renamed task's: the
+    classes permuted in one order per task and batch, labelled as a task of their own for the task term."""
+    from peace.learn import trainer
+
+    batches = []
+    real = trainer._draw_batch
+    monkeypatch.setattr(trainer, "_draw_batch", lambda *a, **k: batches.append(real(*a, **k)) or batches[-1])
+    quick = QUICK[:1] + ["train.epochs=1", "train.task_weight=0.75"]
+    fit(tiny_zoo, load_config("tiny", quick + ["augment.renamed=0.5"]), tmp_path / "on", progress=False)
+    renamed = 0
+    for b in batches:
+        B = len(b.anchors)
+        tasks = b.tasks[:2 * B]
+        assert sum(" renamed " in t for t in tasks) == 2 * round(0.5 * B)  # anchor and partner alike
+        for i in range(B):
+            assert (" renamed " in tasks[i]) == (" renamed " in tasks[B + i])
+            if " renamed " in tasks[i]:
+                renamed += 1
+                order = tasks[i].split(" renamed ")[1]
+                assert tasks[B + i].endswith(order)  # the partner renamed in the anchor's order
+                base = tasks[i].split(" renamed ")[0]
+                ones = {t.split(" renamed ")[1] for t in tasks[:B] if t.startswith(base + " renamed ")}
+                assert len(ones) == 1  # one order per task and batch: a task's renamed anchors are one task
+    assert renamed > 0
+    batches.clear()
+    fit(tiny_zoo, load_config("tiny", quick), tmp_path / "off", progress=False)
+    assert batches and not any(" renamed " in t for b in batches for t in b.tasks if t)
+    with pytest.raises(PeaceError, match="renamed in"):
+        load_config("tiny", ["augment.renamed=1.5"])
+
+
 def test_bad_input_is_named(tiny_zoo, tmp_path):
     one_task = build_zoo(recipe_from_dict({"name": "one", "groups": [
         {"name": "g", "tasks": ["tetris"], "architecture": {"family": "mlp", "hidden": [3]}, "seeds": 4, "epochs": 1}]}),

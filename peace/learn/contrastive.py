@@ -74,15 +74,17 @@ class AugmentConfig:
     functional_k: int = 8
     hard_negatives: int = 8       # per batch: same architecture / other task, and same task / far accuracy
     relabelled: int = 0           # per batch: anchors whose classes are permuted (same weights, another function)
+    renamed: float = 0.0          # share of anchors whose pair is a renamed task's (classes permuted, one order per
+                                  # task and batch): a task of its own for the task term, more tasks than the zoo's
 
     def __post_init__(self) -> None:
         if not (0 <= self.noise and 0 <= self.erase < 1 and 0 < self.prune_fraction < 1):
             raise PeaceError(f"need noise >= 0, 0 <= erase < 1, 0 < prune_fraction < 1; got noise={self.noise}, "
                              f"erase={self.erase}, prune_fraction={self.prune_fraction}")
         if min(self.prune_epochs, self.distill_epochs, self.distill_batch_size, self.functional_k) < 1 \
-                or min(self.hard_negatives, self.relabelled) < 0:
+                or min(self.hard_negatives, self.relabelled) < 0 or not 0 <= self.renamed <= 1:
             raise PeaceError("prune_epochs, distill_epochs, distill_batch_size and functional_k must be >= 1, "
-                             "hard_negatives and relabelled >= 0")
+                             "hard_negatives and relabelled >= 0, renamed in [0, 1]")
 
     @property
     def sources(self) -> list[str]:
@@ -113,16 +115,22 @@ def augment(spec: ArchSpec, params: dict[str, Tensor], seed: int, cfg: AugmentCo
     return out
 
 
-def relabel_classes(spec: ArchSpec, params: dict[str, Tensor], rng: np.random.Generator) -> dict[str, Tensor]:
-    """The model with its output classes permuted so that none keeps its label: the same weights up
-    to the last layer's row order, but another function (a negative only the outputs reveal)."""
-    c = spec.n_classes
-    if c < 2:
-        return dict(params)
-    perm = rng.permutation(c)
-    while (perm == np.arange(c)).any():
-        perm = rng.permutation(c)
-    last, idx = spec.layers[-1], torch.from_numpy(perm)
+def renaming(n_classes: int, rng: np.random.Generator) -> np.ndarray:
+    """A random order of ``n_classes`` classes that leaves none in its place (the identity for one class)."""
+    if n_classes < 2:
+        return np.arange(n_classes)
+    perm = rng.permutation(n_classes)
+    while (perm == np.arange(n_classes)).any():
+        perm = rng.permutation(n_classes)
+    return perm
+
+
+def relabel_classes(spec: ArchSpec, params: dict[str, Tensor], rng: np.random.Generator,
+                    order: np.ndarray | None = None) -> dict[str, Tensor]:
+    """The model with its output classes permuted (by ``order``, else a random ``renaming``): the same
+    weights up to the last layer's row order, but another function (a negative only the outputs reveal)."""
+    order = renaming(spec.n_classes, rng) if order is None else order
+    last, idx = spec.layers[-1], torch.from_numpy(np.asarray(order))
     out = dict(params)
     out[last.weight_name] = params[last.weight_name][idx]
     if last.bias:

@@ -36,6 +36,7 @@ from peace.learn.contrastive import (
     functional_targets,
     info_nce,
     relabel_classes,
+    renaming,
     task_targets,
 )
 from peace.learn.distributed import current, first_rank_first, gather_rows, with_own_rows
@@ -203,9 +204,16 @@ def _draw_batch(anchors: list[str], data: _Data, sampler: PairSampler, views: di
     partners = [sampler.partner(m, erng) for m in anchors]
     negs = sampler.hard_negatives(anchors, erng)
     b = _Batch(anchors, negs, [], [], [], [])
+    # renamed pairs: anchor and partner with the classes of the anchor's task in one order, drawn per task and batch
+    renamed = set(erng.choice(anchors, int(round(aug.renamed * len(anchors))), replace=False)) if aug.renamed else set()
+    orders = {t: renaming(specs[m].n_classes, erng) for m in sorted(renamed) for t in [sampler.task(m)]}
 
     def add(spec_of: str, params: dict[str, Tensor], m: str, kind: str) -> None:
-        b.tasks.append(None if kind == "r" else sampler.task(spec_of))
+        task = None if kind == "r" else sampler.task(spec_of)
+        if m in renamed and kind in ("u", "v"):
+            order = orders[sampler.task(m)]
+            params, task = relabel_classes(specs[spec_of], params, erng, order), f"{task} renamed {order.tolist()}"
+        b.tasks.append(task)
         b.specs.append(specs[spec_of])
         b.params.append(augment(specs[spec_of], params, model_seed(cfg.seed, m, tag + kind), aug))
 
