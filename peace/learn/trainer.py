@@ -206,7 +206,9 @@ def _draw_batch(anchors: list[str], data: _Data, sampler: PairSampler, views: di
     b = _Batch(anchors, negs, [], [], [], [])
     # renamed pairs: anchor and partner with the classes of the anchor's task in one order, drawn per task and batch
     renamed = set(erng.choice(anchors, int(round(aug.renamed * len(anchors))), replace=False)) if aug.renamed else set()
-    orders = {t: renaming(specs[m].n_classes, erng) for m in sorted(renamed) for t in [sampler.task(m)]}
+    orders: dict[str, np.ndarray] = {}
+    for m in sorted(renamed):  # one order per task: the last drawn for it
+        orders[sampler.task(m)] = renaming(specs[m].n_classes, erng)
 
     def add(spec_of: str, params: dict[str, Tensor], m: str, kind: str) -> None:
         task = None if kind == "r" else sampler.task(spec_of)
