@@ -1,8 +1,8 @@
 """What a user waits for in a real browser (Debian's headless chromium via selenium), on the demo set:
 the first Map (a fresh browser profile, then a returning user's cached browser), its interactions
 (colour, 3-D, find a model), Neighbours (first visit, another query, k), later visits, the
-interpolation, generate, best-for-a-task and symmetry pages, and Query your model (the example, and uploads parsed in the
-isolated reader).
+interpolation, generate, best-for-a-task and symmetry pages, Query your model (the example, and uploads parsed in the
+isolated reader), and a link to Neighbours opened on a cold server (its first visitor, no Map before it).
 
 Each time is measured inside the page, from the user's input event (key, click, file chosen; the
 navigation's start for a first visit) until the page shows the result (the map's points drawn, its
@@ -206,6 +206,11 @@ def run_once(artifacts: Path, look: float = LOOK) -> dict[str, float]:
         proc.wait()
         proc = start_server(artifacts, port)
         timed("first Map, returning browser (its points drawn)", lambda: driver.get(url), DRAWN, first_visit=True)
+        proc.terminate()  # a cold server whose first visitor follows a link to Neighbours (nothing done ahead)
+        proc.wait()
+        proc = start_server(artifacts, port)
+        timed("first Neighbours on a cold server (a link to /neighbours)", lambda: driver.get(f"{url}/neighbours"),
+              text("Same task among the top"), first_visit=True)
     finally:
         driver.quit()
         proc.terminate()
