@@ -181,6 +181,21 @@ def test_the_map_opens_without_torch_or_scikit_learn_then_imports_them_for_the_o
     assert out.stdout.strip().splitlines()[-2:] == ["[]", "['scipy', 'sklearn', 'torch']"], out.stdout  # then warmed
 
 
+def test_the_neighbours_pages_baseline_vectors_are_read_without_torch_or_scikit_learn(artifacts):
+    """A link to Neighbours on a cold server waits for what the page imports: reading the set's baseline vectors
+    and ranking by them needs numpy alone (computing them imports torch and scikit-learn, ~1.5 s)."""
+    emb = artifacts / "embeddings" / "tiny"
+    code = ("import sys\nimport pandas as pd\nfrom peace.serve.baseline_vectors import BaselineVectors\n"
+            f"t = pd.read_parquet({str(emb / 'embeddings.parquet')!r})\n"
+            f"b = BaselineVectors.read({str(emb / 'baselines.npz')!r}, list(t['model_id']))\n"
+            "hits = [b.neighbours(m, 0, 3, t) for m in b.methods]\n"
+            "assert all(len(h) == 3 for h in hits) and len(b.agreement(0, [1, 2])) == 2\n"
+            "print(sorted(m for m in ('torch', 'sklearn') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == "[]", out.stdout
+
+
 def test_the_warm_up_works_once_the_server_is_idle_stops_when_a_run_starts_and_does_each_item_once():
     from peace.serve.warm import WarmUp
 

@@ -4,23 +4,23 @@
 (``index.BASELINES``): s(W) vectors, raw-weight vectors (when the set is small enough to hold them) and each
 model's predicted class on the shared probe inputs of its io-space. Function-space similarity is
 then the share of equal predictions (the cosine of ``FunctionSpace`` fingerprints, exactly), and
-the explorer's Neighbours page needs no weights at all.
+the explorer's Neighbours page needs no weights at all. Reading needs numpy alone: what computing the
+arrays needs (torch, scikit-learn: 1.5 s to import) is imported where they are computed, so that a link to
+Neighbours opened on a cold explorer server does not wait for it.
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from sklearn.preprocessing import StandardScaler
-from tqdm import tqdm
 
-from peace.core.cluster import chunks
 from peace.core.errors import PeaceError
-from peace.evaluate.baselines import Models, RawWeights, WeightStats, weight_stats
-from peace.evaluate.metrics import normalize_rows
-from peace.nets.probes import N_PROBES, io_space, responses
-from peace.zoo.store import Zoo
+
+if TYPE_CHECKING:
+    from peace.evaluate.baselines import WeightStats
+    from peace.zoo.store import Zoo
 
 __all__ = ["MAX_RAW", "METHODS", "BaselineVectors", "compute"]
 
@@ -31,6 +31,14 @@ SHARD = 1024
 
 def compute(zoo: Zoo, ids: list[str], progress: bool = False) -> dict[str, np.ndarray]:
     """The arrays of ``baselines.npz`` for the zoo models ``ids`` (row i = ``ids[i]``)."""
+    from sklearn.preprocessing import StandardScaler
+    from tqdm import tqdm
+
+    from peace.core.cluster import chunks
+    from peace.evaluate.baselines import Models, RawWeights, weight_stats
+    from peace.evaluate.metrics import normalize_rows
+    from peace.nets.probes import N_PROBES, io_space, responses
+
     rows = zoo.manifest.loc[ids]
     specs = [zoo.spec(m) for m in ids]
     spaces = sorted({io_space(s) for s in specs})
@@ -75,6 +83,10 @@ class BaselineVectors:
 
     def weight_stats(self) -> WeightStats:
         """The s(W) baseline as fitted for these vectors (to place other models among them)."""
+        from sklearn.preprocessing import StandardScaler
+
+        from peace.evaluate.baselines import WeightStats
+
         a, ws, scaler = self.arrays, WeightStats(), StandardScaler()
         scaler.mean_, scaler.scale_, scaler.var_ = a["stats_mean"], a["stats_scale"], a["stats_scale"] ** 2
         scaler.n_features_in_, scaler.n_samples_seen_ = len(a["stats_mean"]), len(a["stats"])
