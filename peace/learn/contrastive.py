@@ -45,7 +45,7 @@ from peace.zoo.tasks import load_task
 __all__ = [
     "CONFIG_COLUMNS", "SOURCES", "AugmentConfig", "Kinship", "PairSampler", "augment", "build_views", "config_key",
     "functional_neighbours", "functional_targets", "info_nce", "magnitude_prune", "nce_logits", "relabel_classes",
-    "task_targets"
+    "renaming", "task_targets"
 ]
 
 SOURCES = ("self", "pruned", "distilled", "same_config", "checkpoint", "functional")
