@@ -74,6 +74,13 @@ def start_server(artifacts: Path, port: int) -> subprocess.Popen:
             time.sleep(0.3)
 
 
+def restart(proc: subprocess.Popen, artifacts: Path, port: int) -> subprocess.Popen:
+    """A new server on the same port (the browser keeps its cache: same origin)."""
+    proc.terminate()
+    proc.wait()
+    return start_server(artifacts, port)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--artifacts", type=Path, default=ROOT / "artifacts")
@@ -202,13 +209,10 @@ def run_once(artifacts: Path, look: float = LOOK) -> dict[str, float]:
             time.sleep(THINK)
             timed("upload .pt of a ViT, heads given (isolated reader + query)",
                   lambda: file_input().send_keys(str(vit)), starred("vit.pt"))
-        proc.terminate()  # a returning user: a new server, the browser's cache kept (same origin)
-        proc.wait()
-        proc = start_server(artifacts, port)
+        proc = restart(proc, artifacts, port)  # a returning user: a new server, the browser's cache kept
         timed("first Map, returning browser (its points drawn)", lambda: driver.get(url), DRAWN, first_visit=True)
-        proc.terminate()  # a cold server whose first visitor follows a link to Neighbours (nothing done ahead)
-        proc.wait()
-        proc = start_server(artifacts, port)
+        # a cold server whose first visitor follows a link to Neighbours (nothing done ahead)
+        proc = restart(proc, artifacts, port)
         timed("first Neighbours on a cold server (a link to /neighbours)", lambda: driver.get(f"{url}/neighbours"),
               text("Same task among the top"), first_visit=True)
     finally:
