@@ -1,5 +1,6 @@
 """Which label-free signal ranks a task's models by accuracy? Consensus (majority or spectral, on the task's
-unlabelled inputs or on Gaussian probes), confidence, and PEACE's own readings, side by side.
+unlabelled inputs, on Gaussian probes or on probes and inputs inverted from the models), confidence, and PEACE's
+own readings, side by side.
 
 For each run: on ``--split test`` the held-out tasks' test models (``peace evaluate``'s model-selection
 set); on ``--split val`` every validation model, grouped by task (to choose on: no signal here is
@@ -56,6 +57,7 @@ def signals(run_dir: str, split: str) -> dict[str, float]:
     for inputs, name in (("data", "task's unlabelled inputs"), ("probes", "Gaussian probes")):
         for how in ("centrality", "majority", "spectral"):
             scores[f"consensus, {how}, {name}"] = consensus(models.specs, models.params, tasks, inputs, split, how)
+    scores["consensus, centrality, probes and inverted inputs"] = consensus(models.specs, models.params, tasks, "inverted")
     scores["confidence, task's unlabelled inputs"] = confidence(models.specs, models.params, tasks, split)
     z = encoder.embed(models.specs, models.params).numpy()
     scores["peace centrality"] = _centrality(z, tasks)
@@ -89,6 +91,7 @@ def whole_zoo(path: str, query: str | None) -> None:
             for how in ("centrality", "majority", "spectral"):
                 s = consensus(specs, params, [task] * len(ids), inputs, how=how)
                 row[f"{how}, {name}"] = kendalltau(y, s).statistic
+        row["centrality, probes and inverted"] = kendalltau(y, consensus(specs, params, [task] * len(ids), "inverted")).statistic
         rows.append(row | {"s": time.perf_counter() - t0})
     df = pd.DataFrame(rows)
     print(df.round(3).to_string(index=False))

@@ -116,7 +116,8 @@ def test_evaluate_compares_every_method(tiny_run, tiny_zoo, tmp_path):
     assert set(sel["tasks"]) <= set(m["heldout_tasks"]) and sel["n_models"] > 0
     assert set(sel["methods"]) == set(m["methods"]) | {"confidence (task's unlabelled inputs)",
                                                          "consensus (task's unlabelled inputs)",
-                                                         "consensus (Gaussian probes, weights only)"}
+                                                         "consensus (Gaussian probes, weights only)",
+                                                         "consensus (probes and inverted inputs, weights only)"}
     assert all(np.isnan(t) or -1 <= t <= 1 for t in sel["methods"].values())
     study = m["accuracy_prediction"]  # NFN's setting, on the largest MLP architecture
     assert "skipped" in study or {"nfn-hnp", "nfn-np", "peace + ridge", "peace aux head",

@@ -83,7 +83,7 @@ def test_consensus_scores_inside_each_task_and_ignores_symmetries():
     rng = torch.Generator().manual_seed(0)
     noisy = [{k: v + s * torch.randn(v.shape, generator=rng) for k, v in base.items()} for s in (0.02, 0.04, 0.06, 3.0)]
     crowd = [base, *noisy]  # the first four stay near one function, the last is far from them
-    for inputs in ("probes", "data"):
+    for inputs in ("probes", "inverted", "data"):
         s = consensus([spec] * 5, crowd, ["digits"] * 5, inputs)
         assert s.argmin() == 4, inputs
         # another task's models do not change a task's scores; a permuted, rescaled copy scores the same
@@ -94,8 +94,33 @@ def test_consensus_scores_inside_each_task_and_ignores_symmetries():
         np.testing.assert_allclose(moved, s, atol=1e-12)
     own = torch.as_tensor(task.X_test)  # the user's own unlabelled inputs, here the task's: the same scores
     np.testing.assert_allclose(consensus([spec] * 5, crowd, ["mine"] * 5, own), consensus([spec] * 5, crowd, ["digits"] * 5))
-    with pytest.raises(PeaceError, match="'data'.*'probes'"):
+    with pytest.raises(PeaceError, match="'data'.*'probes'.*'inverted'"):
         consensus([spec], [base], ["digits"], "labels")
+
+
+def test_inverted_inputs_are_written_from_the_weights_alone(monkeypatch):
+    """Half Gaussian probes, half inputs that the more central models answer with the class assigned to each;
+    no task data is read (weights only), and a model of another architecture reading the same space joins in."""
+    import peace.evaluate.selection as selection
+    from peace.nets.architectures import predict
+    from peace.nets.probes import probe_inputs
+
+    task, spec, base = random_model("digits", dict(family="mlp", hidden=(16,), activation="relu"))
+    _, cnn, cnn_params = random_model("digits", dict(family="cnn2d", hidden=(4,), activation="relu"))
+    rng = torch.Generator().manual_seed(0)
+    crowd = [{k: v + s * torch.randn(v.shape, generator=rng) for k, v in base.items()} for s in (0.0, 0.02, 0.04, 3.0)]
+    monkeypatch.setattr(selection, "load_task", lambda name: pytest.fail(f"read task {name!r}'s data"))
+    specs, params = [spec] * 4 + [cnn], [*crowd, cnn_params]
+    x = selection.inverted_inputs(specs, params, np.array([0.9, 0.8, 0.7, 0.1, 0.2]), n=40)
+    assert x.shape == (80, 64) and torch.isfinite(x).all()
+    torch.testing.assert_close(x[:40], probe_inputs(spec.input_shape, 40).float().flatten(1))  # the probes, as read
+    assert x[40:].pow(2).mean() < 4  # kept near the probes' scale by the decay
+    wanted = torch.arange(40) % task.n_classes
+    answers = predict(spec, crowd[:2], x[40:]).argmax(-1)  # two of the writers (the top half of five is two)
+    assert (answers == wanted).float().mean() > 0.7  # 0.1 by chance
+    assert (predict(spec, crowd[:2], x[:40]).argmax(-1) == wanted).float().mean() < 0.5  # probes are not written
+    s = selection.consensus(specs, params, ["new"] * 5, "inverted")  # any grouping: no task is looked up
+    assert s.shape == (5,) and s[3] < s[:3].min()
 
 
 def test_peace_rank_orders_a_tasks_models_without_labels(tiny_zoo, tmp_path):
@@ -111,6 +136,9 @@ def test_peace_rank_orders_a_tasks_models_without_labels(tiny_zoo, tmp_path):
     assert set(table["model_id"]) == ids and list(table["rank"]) == list(range(1, len(ids) + 1))
     assert table["consensus"].is_monotonic_decreasing and "Gaussian probe inputs (weights only" in p.stdout
     assert "Kendall tau between the two" in p.stdout and p.stdout.count(" synth-1 ") == 5  # --top 5 rows
+    inv = run_peace("rank", "--zoo", tiny_zoo.path, "--models", chosen, "--inverted", "--csv", tmp_path / "i.csv")
+    assert "as many inverted from the models (weights only" in inv.stdout
+    assert set(pd.read_csv(tmp_path / "i.csv")["model_id"]) == ids
     np.save(tmp_path / "x.npy", load_task("synth-1").X_test)  # the user's own inputs, here the task's
     own, read = rank_models(tiny_zoo, chosen, inputs=tmp_path / "x.npy")
     assert own.equals(rank_models(tiny_zoo, chosen, task="synth-1")[0]) and "unlabelled inputs of" in read
@@ -140,6 +168,7 @@ def test_bad_ranking_requests_get_one_line_and_touch_no_file(tiny_zoo, tmp_path,
         (ok + ["--task", "digits"], "task 'digits' has inputs"),
         (ok + ["--task", "no-such-task"], "unknown task"),
         (ok + ["--csv", str(tmp_path / "kept.csv")], "exists; name a new file"),
+        (ok + ["--task", "synth-1", "--inverted"], "drop --inverted"),
     ]
     for args, message in cases:
         assert main(["rank", *args]) == 2, args

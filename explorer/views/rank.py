@@ -9,14 +9,17 @@ from shared import choose, cols, current, table
 from peace.core.errors import PeaceError
 from peace.orchestrate.selection import agreement_with_record, rank_models
 
-READS = {"Gaussian probes (weights only)": False, "the task's unlabelled inputs": True}
+READS = {"Gaussian probes (weights only)": "probes", "probes and inputs inverted from the models (weights only)":
+         "inverted", "the task's unlabelled inputs": "data"}
 
 
 @st.cache_data(max_entries=16, show_spinner="Running the models on shared inputs ...")
-def ranking(_ex, set_sha: str, task: str, arch: str, data: bool):
-    """The set's models of ``task`` (and ``arch``) ranked by consensus, and what was read."""
+def ranking(_ex, set_sha: str, task: str, arch: str, read: str):
+    """The set's models of ``task`` (and ``arch``) ranked by consensus on ``read`` (a value of READS), and what was
+    read."""
     t = _ex.table[(_ex.table["task"] == task) & ((_ex.table["arch"] == arch) | (arch == "all"))]
-    return rank_models(_ex.zoo, " ".join(t["model_id"]), task=task if data else None)
+    return rank_models(_ex.zoo, " ".join(t["model_id"]), task=task if read == "data" else None,
+                       inverted=read == "inverted")
 
 
 def page_rank() -> None:

@@ -26,11 +26,13 @@ def _rank(args: argparse.Namespace) -> int:
         cfg, limits = _model_config(args), _limits(args)
         models = [load_model_isolated(f, cfg, limits) for f in args.files]  # each in a bounded child process
         rows = pd.DataFrame({"model_id": [str(f) for f in args.files], "arch": [m.spec.describe() for m in models]})
-        table, read = rank([m.spec for m in models], [m.params for m in models], rows, args.inputs, args.task)
+        table, read = rank([m.spec for m in models], [m.params for m in models], rows, args.inputs, args.task,
+                            args.inverted)
     elif not (args.zoo and args.models):
         raise PeaceError("--zoo DIR and --models SELECTION go together")
     else:
-        table, read = rank_models(Zoo(args.zoo), args.models, inputs=args.inputs, task=args.task)
+        table, read = rank_models(Zoo(args.zoo), args.models, inputs=args.inputs, task=args.task,
+                                  inverted=args.inverted)
     print(f"{len(table)} models ranked by consensus on {read}; best first:")
     with pd.option_context("display.width", 200, "display.max_colwidth", 60):
         print(table.head(args.top).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
@@ -61,6 +63,9 @@ def add_parser(sub, import_options) -> None:
     r.add_argument("--inputs", type=Path, metavar="FILE.npy", help="unlabelled inputs, an (n, features) float array "
                    "(numpy.save); the first 512 rows are read")
     r.add_argument("--task", metavar="NAME", help="use this PEACE task's unlabelled test inputs instead")
+    r.add_argument("--inverted", action="store_true", help="with neither: read inputs inverted from the more "
+                   "central half of the models beside the Gaussian probes (weights only; 1-6 s a task on 2 cores, "
+                   "closer to data where probes read noise)")
     r.add_argument("--top", type=int, default=20, help="rows to print (default 20)")
     r.add_argument("--csv", type=Path, metavar="FILE", help="write the whole ranking as CSV")
     import_options(r)

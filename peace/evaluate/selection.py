@@ -15,6 +15,10 @@ Beside them, signals that read no trained probe at all:
   zoo's validation split and checked on a zoo made elsewhere (TETRIS-SEED): the spectral meta-learner
   (Parisi, Strino, Nadler, Kluger, PNAS 2014) ties it on validation but ranks TETRIS-SEED's models at
   random, the plain majority vote fails where fine-tunes agree by their parents (``docs/benchmarks.md``).
+  Gaussian noise is unlike a task's data, so ``inputs="inverted"`` (still weights only) reads half of the
+  probes and, for the other half, inputs written by the task's own models: Gaussian starts moved by gradient
+  descent until the more central half of the models answers each with an assigned class
+  (:func:`inverted_inputs`, model inversion as in DeepInversion, without data).
 
 The score is ``peace.evaluate.metrics.within_group_tau`` (``linear_probe(..., rank_within=...)`` for probes).
 """
@@ -24,19 +28,22 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy.sparse.linalg import svds
 
 from peace.core.errors import PeaceError
 from peace.core.grouping import positions
-from peace.nets.architectures import ArchSpec, predict
-from peace.nets.probes import io_space, responses
+from peace.nets.architectures import ArchSpec, forward, predict, stack_params
+from peace.nets.probes import N_PROBES, io_space, probe_inputs, responses
 from peace.zoo.tasks import load_task
 
-__all__ = ["CONFIDENCE", "DATA_CONSENSUS", "MAX_INPUTS", "PROBE_CONSENSUS", "agreement_scores", "confidence", "consensus"]
+__all__ = ["CONFIDENCE", "DATA_CONSENSUS", "INVERTED_CONSENSUS", "MAX_INPUTS", "PROBE_CONSENSUS", "agreement_scores",
+           "confidence", "consensus", "inverted_inputs"]
 
 CONFIDENCE = "confidence (task's unlabelled inputs)"
 DATA_CONSENSUS = "consensus (task's unlabelled inputs)"
 PROBE_CONSENSUS = "consensus (Gaussian probes, weights only)"
+INVERTED_CONSENSUS = "consensus (probes and inverted inputs, weights only)"
 MAX_INPUTS = 512  # inputs a consensus reads per task: agreement estimates settle long before, memory stays n x 512 x C
 
 
@@ -84,24 +91,67 @@ def agreement_scores(predictions: np.ndarray, how: str = "centrality") -> np.nda
     return u if np.dot(u - u.mean(), majority - majority.mean()) >= 0 else -u
 
 
+def inverted_inputs(specs: Sequence[ArchSpec], params: Sequence[dict[str, torch.Tensor]], scores: np.ndarray,
+                    n: int = N_PROBES, steps: int = 100, lr: float = 0.05, decay: float = 0.1) -> torch.Tensor:
+    """(2n, features) inputs of one io-space from the models' weights alone: ``n`` Gaussian probes, then ``n``
+    inputs inverted from the more central half of the models (by ``scores``; at least two): Gaussian starts
+    moved by ``steps`` of Adam on the models' mean cross-entropy towards an assigned class each (class i % C
+    for input i), with ``decay`` times the inputs' mean square keeping them at the probes' scale. Models
+    that learned the task answer such inputs alike; models that did not, each their own way."""
+    top = set(np.argsort(-np.asarray(scores), kind="stable")[:max(2, len(specs) // 2)].tolist())
+    writers = [(s, {k: v.float() for k, v in stack_params([params[i] for i in idx if i in top]).items()})
+               for s, idx in positions(specs).items() if top.intersection(idx)]
+    gauss = probe_inputs(specs[0].input_shape, 2 * n).float().flatten(1)
+    x = gauss[n:].clone().requires_grad_(True)  # starts of their own, not the probes read beside them
+    target = torch.arange(n) % specs[0].n_classes
+    opt = torch.optim.Adam([x], lr=lr)
+    with torch.enable_grad():
+        for _ in range(steps):
+            logits = torch.cat([forward(s, p, x.reshape(-1, *s.input_shape)) for s, p in writers])
+            loss = F.cross_entropy(logits.permute(0, 2, 1), target.expand(len(logits), -1)) + decay * x.pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return torch.cat([gauss[:n], x.detach()])
+
+
 def consensus(specs: Sequence[ArchSpec], params: Sequence[dict[str, torch.Tensor]], tasks: Sequence[str],
               inputs: str | torch.Tensor = "data", split: str = "test", how: str = "centrality") -> np.ndarray:
     """Each model's consensus score among the models of its task (see the module docstring), read on
     ``inputs``: ``"data"``, the task's unlabelled ``split`` inputs; ``"probes"``, PEACE's Gaussian probes of
-    the models' io-space (weights only, so ``tasks`` may be any grouping of models); or a tensor of
-    unlabelled inputs that every model reads. ``how``: ``agreement_scores``' method (centrality by default)."""
-    if isinstance(inputs, str) and inputs not in ("data", "probes"):
-        raise PeaceError(f"consensus reads 'data' (the task's unlabelled inputs), 'probes' or an input tensor, "
-                         f"not {inputs!r}")
+    the models' io-space (weights only, so ``tasks`` may be any grouping of models); ``"inverted"``, those
+    probes and as many inputs inverted from the group's more central models (weights only,
+    :func:`inverted_inputs`); or a tensor of unlabelled inputs that every model reads. ``how``:
+    ``agreement_scores``' method (centrality by default)."""
+    if isinstance(inputs, str) and inputs not in ("data", "probes", "inverted"):
+        raise PeaceError(f"consensus reads 'data' (the task's unlabelled inputs), 'probes', 'inverted' or an input "
+                         f"tensor, not {inputs!r}")
     if isinstance(inputs, str) and inputs == "probes":  # the function-space baseline's probe responses
         predictions = [r.argmax(-1).numpy() for r in responses(specs, params)]
     else:
+        inverting = isinstance(inputs, str) and inputs == "inverted"  # the probes' scores pick who writes them
+        probed = consensus(specs, params, tasks, "probes", how=how) if inverting else None
         predictions = [np.zeros(0, np.int64)] * len(specs)
-        for (spec, task), idx in positions(zip(specs, tasks)).items():
-            x = inputs if not isinstance(inputs, str) else torch.as_tensor(load_task(task).split(split)[0])
-            for i, p in zip(idx, predict(spec, [params[i] for i in idx], x[:MAX_INPUTS]).argmax(-1).numpy()):
+        for (task, _), idx in positions((t, io_space(s)) for s, t in zip(specs, tasks)).items():
+            group, weights = [specs[i] for i in idx], [params[i] for i in idx]
+            if probed is not None:
+                x = inverted_inputs(group, weights, probed[idx])
+            else:
+                x = inputs if not isinstance(inputs, str) else torch.as_tensor(load_task(task).split(split)[0])
+            for i, p in zip(idx, _predicted(group, weights, x[:MAX_INPUTS])):
                 predictions[i] = p
     out = np.zeros(len(specs))
     for idx in positions((t, io_space(s)) for s, t in zip(specs, tasks)).values():
         out[idx] = agreement_scores(np.stack([predictions[i] for i in idx]), how)
+    return out
+
+
+@torch.no_grad()
+def _predicted(specs: Sequence[ArchSpec], params: Sequence[dict[str, torch.Tensor]],
+               x: torch.Tensor) -> list[np.ndarray]:
+    """Each model's predicted classes on ``x`` (rows of features that reshape to each spec's inputs)."""
+    out: list[np.ndarray] = [np.zeros(0, np.int64)] * len(specs)
+    for spec, idx in positions(specs).items():
+        for i, p in zip(idx, predict(spec, [params[i] for i in idx], x).argmax(-1).numpy()):
+            out[i] = p
     return out

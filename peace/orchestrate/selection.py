@@ -1,5 +1,6 @@
 """``peace rank``: order a zoo's models for a task nobody labelled, by how much each agrees with the others
-(``peace.evaluate.selection.consensus``), on the user's unlabelled inputs, a task's, or Gaussian probes."""
+(``peace.evaluate.selection.consensus``), on the user's unlabelled inputs, a task's, or Gaussian probes (with
+inputs inverted from the models, if asked)."""
 from __future__ import annotations
 
 from collections import Counter
@@ -43,9 +44,12 @@ def read_inputs(path: str | Path, spec: ArchSpec) -> torch.Tensor:
     return x
 
 
-def _one_source(inputs: str | Path | None, task: str | None) -> None:
+def _one_source(inputs: str | Path | None, task: str | None, inverted: bool = False) -> None:
     if inputs is not None and task is not None:
         raise PeaceError("rank on your inputs (--inputs FILE.npy) or on a task's (--task NAME), not both")
+    if inverted and (inputs is not None or task is not None):
+        raise PeaceError("--inverted writes inputs from the weights when you have none; with --inputs or --task the "
+                         "models already read real inputs: drop --inverted")
 
 
 def _one_space(specs: Sequence[ArchSpec]) -> None:
@@ -57,12 +61,13 @@ def _one_space(specs: Sequence[ArchSpec]) -> None:
 
 
 def rank(specs: Sequence[ArchSpec], params: Sequence[dict[str, torch.Tensor]], rows: pd.DataFrame,
-         inputs: str | Path | None = None, task: str | None = None) -> tuple[pd.DataFrame, str]:
+         inputs: str | Path | None = None, task: str | None = None, inverted: bool = False) -> tuple[pd.DataFrame, str]:
     """``rows`` (one per model, ``model_id`` first) ordered best first by consensus (a model's agreement with the
     others, each weighted by its own centrality: ``agreement_scores``) on unlabelled inputs:
     ``inputs``, a ``.npy`` file of them; ``task``, a PEACE task's test inputs; neither, Gaussian probes
-    (weights only). The models must read one input -> class space. Returns the table and what was read."""
-    _one_source(inputs, task)
+    (weights only), beside inputs inverted from the models if ``inverted``. The models must read one
+    input -> class space. Returns the table and what was read."""
+    _one_source(inputs, task, inverted)
     if not 3 <= len(specs) <= MAX_RANKED:
         raise PeaceError(f"a ranking by consensus needs 3 to {MAX_RANKED:,} models, got {len(specs)}")
     _one_space(specs)
@@ -77,6 +82,9 @@ def rank(specs: Sequence[ArchSpec], params: Sequence[dict[str, torch.Tensor]], r
                              f"{tuple(spec.input_shape)} into {spec.n_classes} classes")
         scores = consensus(specs, params, [task] * len(specs), "data")
         read = f"{min(len(t.X_test), MAX_INPUTS)} unlabelled test inputs of task {task!r} (its labels are not read)"
+    elif inverted:
+        scores = consensus(specs, params, group, "inverted")
+        read = "Gaussian probe inputs and as many inverted from the models (weights only: no data read)"
     else:
         scores = consensus(specs, params, group, "probes")
         read = "Gaussian probe inputs (weights only: no data read)"
@@ -85,10 +93,10 @@ def rank(specs: Sequence[ArchSpec], params: Sequence[dict[str, torch.Tensor]], r
     return table.reset_index(drop=True), read
 
 
-def rank_models(zoo: Zoo, selection: str, inputs: str | Path | None = None,
-                task: str | None = None) -> tuple[pd.DataFrame, str]:
+def rank_models(zoo: Zoo, selection: str, inputs: str | Path | None = None, task: str | None = None,
+                inverted: bool = False) -> tuple[pd.DataFrame, str]:
     """``rank`` for the usable models of a zoo that ``selection`` picks (ids or a manifest query)."""
-    _one_source(inputs, task)
+    _one_source(inputs, task, inverted)
     m = zoo.manifest[usable(zoo.manifest)]
     ids = [i for i in select_ids(m, selection) if i in m.index]
     if not 3 <= len(ids) <= MAX_RANKED:
@@ -97,7 +105,8 @@ def rank_models(zoo: Zoo, selection: str, inputs: str | Path | None = None,
     cols = [c for c in ("task", "arch", "epoch", "test_acc") if c in m.columns]
     specs = [zoo.spec(i) for i in ids]
     _one_space(specs)  # before reading any weights
-    return rank(specs, zoo.load_many(ids), m.loc[ids, cols].rename_axis("model_id").reset_index(), inputs, task)
+    return rank(specs, zoo.load_many(ids), m.loc[ids, cols].rename_axis("model_id").reset_index(), inputs, task,
+                inverted)
 
 
 def agreement_with_record(table: pd.DataFrame) -> float | None:
