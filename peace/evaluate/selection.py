@@ -109,6 +109,8 @@ def inverted_inputs(specs: Sequence[ArchSpec], params: Sequence[dict[str, torch.
         for _ in range(steps):
             logits = torch.cat([forward(s, p, x.reshape(-1, *s.input_shape)) for s, p in writers])
             loss = F.cross_entropy(logits.permute(0, 2, 1), target.expand(len(logits), -1)) + decay * x.pow(2).mean()
+            if not torch.isfinite(loss):  # a writer overflows (huge weights): keep the last finite inputs
+                break
             opt.zero_grad()
             loss.backward()
             opt.step()
