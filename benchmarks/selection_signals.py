@@ -57,7 +57,8 @@ def signals(run_dir: str, split: str) -> dict[str, float]:
     for inputs, name in (("data", "task's unlabelled inputs"), ("probes", "Gaussian probes")):
         for how in ("centrality", "majority", "spectral"):
             scores[f"consensus, {how}, {name}"] = consensus(models.specs, models.params, tasks, inputs, split, how)
-    scores["consensus, centrality, probes and inverted inputs"] = consensus(models.specs, models.params, tasks, "inverted")
+    scores["consensus, centrality, probes and inverted inputs"] = consensus(models.specs, models.params, tasks,
+                                                                          "inverted")
     scores["confidence, task's unlabelled inputs"] = confidence(models.specs, models.params, tasks, split)
     z = encoder.embed(models.specs, models.params).numpy()
     scores["peace centrality"] = _centrality(z, tasks)
@@ -91,7 +92,8 @@ def whole_zoo(path: str, query: str | None) -> None:
             for how in ("centrality", "majority", "spectral"):
                 s = consensus(specs, params, [task] * len(ids), inputs, how=how)
                 row[f"{how}, {name}"] = kendalltau(y, s).statistic
-        row["centrality, probes and inverted"] = kendalltau(y, consensus(specs, params, [task] * len(ids), "inverted")).statistic
+        inverted = consensus(specs, params, [task] * len(ids), "inverted")
+        row["centrality, probes and inverted"] = kendalltau(y, inverted).statistic
         rows.append(row | {"s": time.perf_counter() - t0})
     df = pd.DataFrame(rows)
     print(df.round(3).to_string(index=False))

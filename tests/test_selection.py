@@ -122,7 +122,8 @@ def test_inverted_inputs_are_written_from_the_weights_alone(monkeypatch):
     s = selection.consensus(specs, params, ["new"] * 5, "inverted")  # any grouping: no task is looked up
     assert s.shape == (5,) and s[3] < s[:3].min()
     huge = {k: v * 1e30 for k, v in base.items()}  # finite weights whose logits overflow: inputs stay finite
-    assert torch.isfinite(selection.inverted_inputs([spec] * 3, [huge, *crowd[:2]], np.array([1.0, 0.0, 0.0]), n=8)).all()
+    x = selection.inverted_inputs([spec] * 3, [huge, *crowd[:2]], np.array([1.0, 0.0, 0.0]), n=8)
+    assert torch.isfinite(x).all()
 
 
 def test_peace_rank_orders_a_tasks_models_without_labels(tiny_zoo, tmp_path):

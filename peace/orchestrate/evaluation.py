@@ -179,7 +179,8 @@ def evaluate(run_dir: str | Path, out: str | Path, zoo: Zoo | str | Path | None 
         idx = np.flatnonzero(held)
         specs, params, tasks = [test.specs[i] for i in idx], [test.params[i] for i in idx], test.rows["task"].iloc[idx]
         label_free = {PROBE_CONSENSUS: consensus(specs, params, tasks, "probes"),
-                      INVERTED_CONSENSUS: consensus(specs, params, tasks, "inverted"), CONFIDENCE: confidence(specs, params, tasks),
+                      INVERTED_CONSENSUS: consensus(specs, params, tasks, "inverted"),
+                      CONFIDENCE: confidence(specs, params, tasks),
                       DATA_CONSENSUS: consensus(specs, params, tasks, "data")}
         metrics["selection"] = {"tasks": sorted(set(tasks)), "n_models": len(idx), "methods": {
             **{n: r["selection_tau"] for n, r in results.items()},
