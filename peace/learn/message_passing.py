@@ -77,19 +77,23 @@ class MessagePassing(nn.Module):
             # an edge's input is [values, 0..., kind one-hot]: C e = C[:, :values] e[:values] + C[:, kind]
             c_values, c_kind = W[:, :b.values], W[:, e.shape[1] - len(EDGE_KINDS) + b.kind]
             D, S, E = b.nodes(d_all, True) + c_kind, b.nodes(s_all, False), b.edges(e[:, :b.values])
+            into_f, into_b = b.nodes(agg_f, True), b.nodes(agg_b, False)
             step, fwd, bwd = max(1, DENSE_CHUNK // (b.n_out * b.n_in)), [], []
             for a in range(0, b.P, step):
-                pre = D[a:a + step].unsqueeze(2) + S[a:a + step].unsqueeze(1)
-                if b.values == 1:
-                    pre = torch.addcmul(pre, E[a:a + step], c_values[:, 0]) if grad \
-                        else pre.addcmul_(E[a:a + step], c_values[:, 0])
+                # the edge term first, then the senders and receivers added in place: one tensor written
+                pre = torch.addcmul(S[a:a + step].unsqueeze(1), E[a:a + step], c_values[:, 0]) if b.values == 1 \
+                    else (E[a:a + step] @ c_values.T).add_(S[a:a + step].unsqueeze(1))
+                m = F.silu(pre.add_(D[a:a + step].unsqueeze(2)), inplace=not grad)
+                f, bw = m[..., :H].sum(2, dtype=torch.float32), m[..., H:].sum(1, dtype=torch.float32)
+                if grad:  # one index_add per block: adding into views would copy the whole gradient per chunk
+                    fwd.append(f)
+                    bwd.append(bw)
                 else:
-                    pre = pre + E[a:a + step] @ c_values.T
-                m = F.silu(pre, inplace=not grad)
-                fwd.append(m[..., :H].sum(2, dtype=torch.float32))
-                bwd.append(m[..., H:].sum(1, dtype=torch.float32))
-            agg_f = agg_f.index_add(0, b.node_ids(True, d_all.device), torch.cat(fwd).reshape(-1, H))
-            agg_b = agg_b.index_add(0, b.node_ids(False, d_all.device), torch.cat(bwd).reshape(-1, H))
+                    into_f[a:a + step] += f
+                    into_b[a:a + step] += bw
+            if grad:
+                agg_f = agg_f.index_add(0, b.node_ids(True, d_all.device), torch.cat(fwd).reshape(-1, H))
+                agg_b = agg_b.index_add(0, b.node_ids(False, d_all.device), torch.cat(bwd).reshape(-1, H))
         return agg_f, agg_b
 
     def forward_torch(self, h: Tensor, e: Tensor, src: Tensor, dst: Tensor, deg_in: Tensor, deg_out: Tensor,
