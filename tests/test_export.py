@@ -119,6 +119,10 @@ def test_evaluate_compares_every_method(tiny_run, tiny_zoo, tmp_path):
                                                          "consensus (Gaussian probes, weights only)",
                                                          "consensus (probes and inverted inputs, weights only)"}
     assert all(np.isnan(t) or -1 <= t <= 1 for t in sel["methods"].values())
+    from peace.serve.plots import selection_bars
+    bars = selection_bars(sel).data[0]  # notebook 04's chart of the same table: best at the top, data signals marked
+    assert list(bars.x) == sorted(bars.x) and set(bars.y) == {k for k, t in sel["methods"].items() if not np.isnan(t)}
+    assert [c == "#ff7f0e" for c in bars.marker.color] == ["unlabelled inputs" in name for name in bars.y]
     study = m["accuracy_prediction"]  # NFN's setting, on the largest MLP architecture
     assert "skipped" in study or {"nfn-hnp", "nfn-np", "peace + ridge", "peace aux head",
                                   "peace fine-tuned"} <= set(study["methods"])

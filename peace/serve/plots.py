@@ -9,8 +9,8 @@ from plotly.subplots import make_subplots
 
 __all__ = [
     "MAP_LABELS", "MAX_POINTS", "PALETTE", "ablation_bars", "accuracy_by_task", "accuracy_over_epochs",
-    "embedding_map", "generative_curves", "interpolation_figure", "learning_curve", "method_comparison", "training_history",
-    "weight_heatmaps", "zoom_to"
+    "embedding_map", "generative_curves", "interpolation_figure", "learning_curve", "method_comparison",
+    "selection_bars", "training_history", "weight_heatmaps", "zoom_to"
 ]
 
 
@@ -170,6 +170,18 @@ def method_comparison(summary: pd.DataFrame, columns: tuple[str, ...] = ("task m
     long = summary.reset_index().melt(id_vars="method", value_vars=list(columns), var_name="metric")
     return px.bar(long, x="metric", y="value", color="method", barmode="group",
                   title="Retrieval on held-out models (mean average precision)")
+
+
+def selection_bars(study: dict) -> go.Figure:
+    """Within-task Kendall tau of each label-free signal and each method's ridge probe on the held-out tasks
+    (an evaluation's ``metrics["selection"]``), best first; signals that read the task's inputs in orange."""
+    taus = pd.Series(study["methods"], dtype=float).dropna().sort_values()
+    colors = ["#ff7f0e" if "unlabelled inputs" in name else "#1f77b4" for name in taus.index]
+    fig = go.Figure(go.Bar(x=taus.to_numpy(), y=taus.index, orientation="h", marker_color=colors,
+                           hovertemplate="%{y}: %{x:.3f}<extra></extra>"))
+    return fig.update_layout(title=f"Ranking {study['n_models']} models of {', '.join(study['tasks'])} without labels "
+                             f"(orange: reads the task's unlabelled inputs)", xaxis_title="within-task Kendall tau",
+                             height=120 + 28 * len(taus), margin=dict(l=10))
 
 
 def ablation_bars(table: pd.DataFrame, metric: str, highlight: str = "full") -> go.Figure:
