@@ -98,20 +98,20 @@ def inverted_inputs(specs: Sequence[ArchSpec], params: Sequence[dict[str, torch.
                     writers: int = MAX_WRITERS) -> torch.Tensor:
     """(2n, features) inputs of one io-space from the models' weights alone: ``n`` Gaussian probes, then ``n``
     inputs inverted from the more central half of the models (by ``scores``; at least two, at most ``writers``,
-    which bounds the cost of a large selection): Gaussian starts
-    moved by ``steps`` of Adam on the models' mean cross-entropy towards an assigned class each (class i % C
-    for input i), with ``decay`` times the inputs' mean square keeping them at the probes' scale. Models
-    that learned the task answer such inputs alike; models that did not, each their own way."""
+    which bounds the cost of a large selection): Gaussian starts moved by ``steps`` of Adam on those models'
+    mean cross-entropy towards an assigned class each (class i % C for input i), with ``decay`` times the
+    inputs' mean square keeping them at the probes' scale. Models that learned the task answer such inputs
+    alike; models that did not, each their own way."""
     top = set(np.argsort(-np.asarray(scores), kind="stable")[:max(2, min(writers, len(specs) // 2))].tolist())
-    writers = [(s, {k: v.float() for k, v in stack_params([params[i] for i in idx if i in top]).items()})
-               for s, idx in positions(specs).items() if top.intersection(idx)]
+    populations = [(s, {k: v.float() for k, v in stack_params([params[i] for i in idx if i in top]).items()})
+                   for s, idx in positions(specs).items() if top.intersection(idx)]
     gauss = probe_inputs(specs[0].input_shape, 2 * n).float().flatten(1)
     x = gauss[n:].clone().requires_grad_(True)  # starts of their own, not the probes read beside them
     target = torch.arange(n) % specs[0].n_classes
     opt = torch.optim.Adam([x], lr=lr)
     with torch.enable_grad():
         for _ in range(steps):
-            logits = torch.cat([forward(s, p, x.reshape(-1, *s.input_shape)) for s, p in writers])
+            logits = torch.cat([forward(s, p, x.reshape(-1, *s.input_shape)) for s, p in populations])
             loss = F.cross_entropy(logits.permute(0, 2, 1), target.expand(len(logits), -1)) + decay * x.pow(2).mean()
             if not torch.isfinite(loss):  # a writer overflows (huge weights): keep the last finite inputs
                 break

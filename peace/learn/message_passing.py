@@ -80,7 +80,7 @@ class MessagePassing(nn.Module):
             into_f, into_b = b.nodes(agg_f, True), b.nodes(agg_b, False)
             step, fwd, bwd = max(1, DENSE_CHUNK // (b.n_out * b.n_in)), [], []
             for a in range(0, b.P, step):
-                # the edge term first, then the senders and receivers added in place: one tensor written
+                # senders plus the edge term, then the receivers added in place: one tensor written
                 pre = torch.addcmul(S[a:a + step].unsqueeze(1), E[a:a + step], c_values[:, 0]) if b.values == 1 \
                     else (E[a:a + step] @ c_values.T).add_(S[a:a + step].unsqueeze(1))
                 m = F.silu(pre.add_(D[a:a + step].unsqueeze(2)), inplace=not grad)
