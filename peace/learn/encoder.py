@@ -328,11 +328,11 @@ class PeaceEncoder(Embedder):
         known = (g.node_pos >= 0).float().unsqueeze(1)
         return torch.cat([x, sinusoid(g.node_pos.clamp_min(0).float() / _POS_SCALE, _POS_FREQS) * known, known], 1)
 
-    def _edge_inputs(self, g: NeuralGraph) -> Tensor:
+    def _edge_inputs(self, feat: Tensor) -> Tensor:
+        """Edge features ``feat`` (rows of ``NeuralGraph.edge_feat``) with values divided by their kind's scale."""
         k = self.config.edge_dim
-        kind = g.edge_feat[:, k:]
-        scale = kind @ self.edge_scale
-        return torch.cat([g.edge_feat[:, :k] / scale.unsqueeze(1), kind], 1)
+        kind = feat[:, k:]
+        return torch.cat([feat[:, :k] / (kind @ self.edge_scale).unsqueeze(1), kind], 1)
 
     # --- forward --------------------------------------------------------------------------------
 
@@ -340,7 +340,7 @@ class PeaceEncoder(Embedder):
         """(N, hidden): every neuron's state after message passing, before any pooling (equivariant)."""
         g = graphs.graphs
         h = self.node_in(self._node_inputs(g))
-        return self._message_passing(h, self._edge_inputs(g), graphs) if self.rounds else h
+        return self._message_passing(h, graphs) if self.rounds else h
 
     def encode(self, batch: ModelBatch) -> Tensor:
         """(G, hidden): message passing, per-layer readout, Transformer across layers (and the
@@ -367,14 +367,16 @@ class PeaceEncoder(Embedder):
         mx = h.masked_fill(~m, float("-inf")).amax(1)
         return self.fn_readout(torch.cat([mean, mx], -1))
 
-    def _message_passing(self, h: Tensor, e: Tensor, batch: GraphBatch) -> Tensor:
+    def _message_passing(self, h: Tensor, batch: GraphBatch) -> Tensor:
         g, blocks = batch.graphs, batch.blocks
         ones = torch.ones(g.num_edges, device=h.device)
         deg_in = torch.zeros(g.num_nodes, device=h.device).index_add_(0, g.dst, ones).unsqueeze(1)
         deg_out = torch.zeros(g.num_nodes, device=h.device).index_add_(0, g.src, ones).unsqueeze(1)
-        # the edges outside dense blocks, gathered once for every round
-        src, dst, e_rest = (g.src, g.dst, e) if batch.rest is None else (g.src[batch.rest], g.dst[batch.rest],
-                                                                          e[batch.rest])
+        # the edges outside dense blocks, gathered and scaled once for every round; the blocks read theirs
+        # unscaled (``g.edge_feat``) and fold their kind's scale into the message's weights
+        src, dst, e_rest = (g.src, g.dst, g.edge_feat) if batch.rest is None else (
+            g.src[batch.rest], g.dst[batch.rest], g.edge_feat[batch.rest])
+        e_rest = self._edge_inputs(e_rest)
         if self.backend == "dgl" and g.num_edges <= DGL_MAX_EDGES:
             if h.device.type != "cpu":
                 raise PeaceError("the DGL backend runs on CPU only here; use backend 'torch' on GPU")
@@ -383,10 +385,10 @@ class PeaceEncoder(Embedder):
             dg = dgl.graph((src, dst), num_nodes=g.num_nodes)
             rg = dgl.graph((dst, src), num_nodes=g.num_nodes)
             for layer in self.rounds:
-                h = layer.forward_dgl(h, e_rest, dg, rg, deg_in, deg_out, blocks, e)
+                h = layer.forward_dgl(h, e_rest, dg, rg, deg_in, deg_out, blocks, g.edge_feat, self.edge_scale)
             return h
         for layer in self.rounds:
-            h = layer.forward_torch(h, e_rest, src, dst, deg_in, deg_out, blocks, e)
+            h = layer.forward_torch(h, e_rest, src, dst, deg_in, deg_out, blocks, g.edge_feat, self.edge_scale)
         return h
 
     def _layer_tokens(self, h: Tensor, g: NeuralGraph, batch: GraphBatch) -> tuple[Tensor, Tensor, Tensor]:

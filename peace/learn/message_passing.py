@@ -22,7 +22,7 @@ from peace.nets.graph import EDGE_KINDS, DenseBlock
 __all__ = ["DENSE_CHUNK", "EDGE_CHUNK", "GatedMessagePassing", "MessagePassing", "mlp"]
 
 EDGE_CHUNK = 2**18     # edges whose messages the pure-torch backend computes at once: memory O(chunk x hidden)
-DENSE_CHUNK = 2**12    # edges of a population's dense layer computed at once (their messages fit in L2 cache)
+DENSE_CHUNK = 2**13    # edges of a population's dense layer computed at once (a measured sweep: 2^13-2^14 best)
 
 
 def mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
@@ -51,77 +51,95 @@ class MessagePassing(nn.Module):
         self.phi = mlp(3 * hidden, 2 * hidden, hidden)
         self.norm = nn.LayerNorm(hidden)
 
-    def _update(self, h: Tensor, agg: Tensor, present_f: Tensor, present_b: Tensor) -> Tensor:
-        """``agg``: (N, 2H) aggregated [forward | backward] activations; W2 applied where a node has messages."""
-        H = h.shape[1]
-        agg = agg.to(h.dtype)
-        m_f = self.out_fwd(agg[:, :H]) * present_f
-        m_b = self.out_bwd(agg[:, H:]) * present_b
-        return self.norm(h + self.phi(torch.cat([h, m_f, m_b], -1)))
+    def _update(self, h: Tensor, x: Tensor) -> Tensor:
+        """h <- LN(h + phi([h, W2 agg_f + b2 n_f, W2' agg_b + b2' n_b])) from ``x`` = [agg_f, agg_b, n_f, n_b]
+        (``_aggregates``). W2 and W2' are folded into phi's first layer (a (2H, 2H + 2) map of ``x``), so no
+        per-node product by W2 and no concatenation with h."""
+        H, w1 = h.shape[1], self.phi[0].weight
+        w_f, w_b = w1[:, H:2 * H], w1[:, 2 * H:]
+        fold = torch.cat([w_f @ self.out_fwd.weight, w_b @ self.out_bwd.weight,
+                          (w_f @ self.out_fwd.bias).unsqueeze(1), (w_b @ self.out_bwd.bias).unsqueeze(1)], 1)
+        z = torch.addmm(torch.addmm(self.phi[0].bias, h, w1[:, :H].T), x.to(h.dtype), fold.T)
+        return self.norm(h + self.phi[2](F.silu(z)))
 
-    def _scale(self, agg_f: Tensor, agg_b: Tensor, deg_in: Tensor, deg_out: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Mean or sum, and the per-node factor that applies W2's bias once per message (sum) or once (mean)."""
+    def _aggregates(self, agg_f: Tensor, agg_b: Tensor, deg_in: Tensor, deg_out: Tensor) -> Tensor:
+        """(N, 2H + 2) [agg_f, agg_b, n_f, n_b]: the sums (or means) of a node's forward / backward messages
+        and how many times W2's bias counts in them: once per message for sums, once (or never, without
+        messages) for means."""
         if self.aggregation == "mean":
-            return torch.cat([agg_f / deg_in.clamp_min(1), agg_b / deg_out.clamp_min(1)], 1), \
-                (deg_in > 0).float(), (deg_out > 0).float()
-        return torch.cat([agg_f, agg_b], 1), deg_in, deg_out
+            return torch.cat([agg_f / deg_in.clamp_min(1), agg_b / deg_out.clamp_min(1), (deg_in > 0).float(),
+                              (deg_out > 0).float()], 1)
+        return torch.cat([agg_f, agg_b, deg_in, deg_out], 1)
 
-    def dense(self, d_all: Tensor, s_all: Tensor, e: Tensor, blocks: Sequence[DenseBlock]) -> tuple[Tensor, Tensor]:
+    def dense(self, d_all: Tensor, s_all: Tensor, e: Tensor, blocks: Sequence[DenseBlock],
+              scale: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(N, H) float32 sums of the forward / backward messages of populations' dense layers: for each
         block the (P, n_out, n_in) pre-activations by broadcasting, a few models at a time so they stay
-        in cache, instead of gathering and scattering per edge (the same sums in another order)."""
+        in cache, instead of gathering and scattering per edge (the same sums in another order). With
+        ``scale`` (per edge kind), ``e`` is unscaled and each block's weights are divided by its kind's."""
         H, W, grad = d_all.shape[1] // 2, self.edge_lin.weight, torch.is_grad_enabled()
         agg_f = torch.zeros(d_all.shape[0], H, device=d_all.device)
         agg_b = torch.zeros(d_all.shape[0], H, device=d_all.device)
-        for b in blocks:
-            # an edge's input is [values, 0..., kind one-hot]: C e = C[:, :values] e[:values] + C[:, kind]
-            c_values, c_kind = W[:, :b.values], W[:, e.shape[1] - len(EDGE_KINDS) + b.kind]
+        steps = [max(1, DENSE_CHUNK // (b.n_out * b.n_in)) for b in blocks]
+        # without autograd every chunk's pre-activations reuse one buffer (no allocation per chunk)
+        work = None if grad or not blocks or not d_all.dtype == e.dtype == W.dtype else d_all.new_empty(
+            max(min(n, b.P) * b.n_out * b.n_in for n, b in zip(steps, blocks)) * 2 * H)
+        for b, step in zip(blocks, steps):
+            # an edge's input is [values, 0..., kind one-hot]: C e = C[:, :values] e[:values] + C[:, kind];
+            # contiguous columns, or every broadcast below falls back to a scalar (unvectorized) loop
+            c_values = (W[:, :b.values] if scale is None else W[:, :b.values] / scale[b.kind]).T.contiguous().T
+            c_kind = W[:, e.shape[1] - len(EDGE_KINDS) + b.kind].contiguous()
             D, S, E = b.nodes(d_all, True) + c_kind, b.nodes(s_all, False), b.edges(e[:, :b.values])
             into_f, into_b = b.nodes(agg_f, True), b.nodes(agg_b, False)
-            step, fwd, bwd = max(1, DENSE_CHUNK // (b.n_out * b.n_in)), [], []
+            fwd, bwd = [], []
             for a in range(0, b.P, step):
+                n = min(step, b.P - a)
+                out = None if work is None else work[:n * b.n_out * b.n_in * 2 * H].view(n, b.n_out, b.n_in, 2 * H)
                 # senders plus the edge term, then the receivers added in place: one tensor written
-                pre = torch.addcmul(S[a:a + step].unsqueeze(1), E[a:a + step], c_values[:, 0]) if b.values == 1 \
-                    else (E[a:a + step] @ c_values.T).add_(S[a:a + step].unsqueeze(1))
-                m = F.silu(pre.add_(D[a:a + step].unsqueeze(2)), inplace=not grad)
+                pre = torch.addcmul(S[a:a + n].unsqueeze(1), E[a:a + n], c_values[:, 0], out=out) if b.values == 1 \
+                    else torch.matmul(E[a:a + n], c_values.T, out=out).add_(S[a:a + n].unsqueeze(1))
+                m = F.silu(pre.add_(D[a:a + n].unsqueeze(2)), inplace=not grad)
                 f, bw = m[..., :H].sum(2, dtype=torch.float32), m[..., H:].sum(1, dtype=torch.float32)
                 if grad:  # one index_add per block: adding into views would copy the whole gradient per chunk
                     fwd.append(f)
                     bwd.append(bw)
                 else:
-                    into_f[a:a + step] += f
-                    into_b[a:a + step] += bw
+                    into_f[a:a + n] += f
+                    into_b[a:a + n] += bw
             if grad:
                 agg_f = agg_f.index_add(0, b.node_ids(True, d_all.device), torch.cat(fwd).reshape(-1, H))
                 agg_b = agg_b.index_add(0, b.node_ids(False, d_all.device), torch.cat(bwd).reshape(-1, H))
         return agg_f, agg_b
 
     def forward_torch(self, h: Tensor, e: Tensor, src: Tensor, dst: Tensor, deg_in: Tensor, deg_out: Tensor,
-                      blocks: Sequence[DenseBlock] = (), e_all: Tensor | None = None) -> Tensor:
+                      blocks: Sequence[DenseBlock] = (), raw: Tensor | None = None,
+                      scale: Tensor | None = None) -> Tensor:
         """One round: per-edge messages over ``src -> dst`` carrying ``e``, plus the dense ``blocks``,
-        which read their edges from ``e_all`` (every edge of the batch; default ``e``)."""
+        which read their edges from ``raw`` (every edge of the batch, unscaled, and ``scale`` per edge
+        kind; default ``e`` as it is)."""
         H = h.shape[1]
         d_all, s_all = self.dst_lin(h), self.src_lin(h)
-        agg_f, agg_b = self.dense(d_all, s_all, e if e_all is None else e_all, blocks)
+        agg_f, agg_b = self.dense(d_all, s_all, e if raw is None else raw, blocks, scale)
         for a in range(0, len(src), EDGE_CHUNK):  # messages of a chunk of edges at a time: bounded memory
             b = a + EDGE_CHUNK
             m = self.messages(d_all, s_all, e[a:b], src[a:b], dst[a:b]).float()
             agg_f.index_add_(0, dst[a:b], m[:, :H])
             agg_b.index_add_(0, src[a:b], m[:, H:])
-        return self._update(h, *self._scale(agg_f, agg_b, deg_in, deg_out))
+        return self._update(h, self._aggregates(agg_f, agg_b, deg_in, deg_out))
 
     def messages(self, d_all: Tensor, s_all: Tensor, e: Tensor, src: Tensor, dst: Tensor) -> Tensor:
         """(E, 2H) [forward | backward] messages of the edges ``src -> dst`` carrying ``e``."""
         return F.silu(d_all[dst] + s_all[src] + self.edge_lin(e))
 
     def forward_dgl(self, h: Tensor, e: Tensor, g, rg, deg_in: Tensor, deg_out: Tensor,
-                    blocks: Sequence[DenseBlock] = (), e_all: Tensor | None = None) -> Tensor:
+                    blocks: Sequence[DenseBlock] = (), raw: Tensor | None = None,
+                    scale: Tensor | None = None) -> Tensor:
         """The same round with DGL's kernels for the edges of ``g`` / ``rg`` (carrying ``e``)."""
         d_all, s_all = self.dst_lin(h), self.src_lin(h)
-        agg_f, agg_b = self.dense(d_all, s_all, e if e_all is None else e_all, blocks)
+        agg_f, agg_b = self.dense(d_all, s_all, e if raw is None else raw, blocks, scale)
         if g.num_edges():
             self.dgl_messages(d_all, s_all, e, g, rg, agg_f, agg_b)
-        return self._update(h, *self._scale(agg_f, agg_b, deg_in, deg_out))
+        return self._update(h, self._aggregates(agg_f, agg_b, deg_in, deg_out))
 
     def dgl_messages(self, d_all: Tensor, s_all: Tensor, e: Tensor, g, rg, agg_f: Tensor, agg_b: Tensor) -> None:
         """Add the messages of ``g``'s edges (carrying ``e``) to ``agg_f`` / ``agg_b``, with DGL's kernels."""
@@ -163,15 +181,18 @@ class GatedMessagePassing(MessagePassing):
         H = s_all.shape[1]
         return torch.cat([g[:, :H] * s_all[src], g[:, H:] * d_all[dst]], 1)
 
-    def dense(self, d_all: Tensor, s_all: Tensor, e: Tensor, blocks: Sequence[DenseBlock]) -> tuple[Tensor, Tensor]:
+    def dense(self, d_all: Tensor, s_all: Tensor, e: Tensor, blocks: Sequence[DenseBlock],
+              scale: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(N, H) float32 sums of the blocks' forward / backward messages: per block and direction one
         batched matrix product of [W, |W|] (P, n_out, n_in * 2V) with the sender states scaled by the
-        gates' coefficients, added in place to the receivers' rows (a block's nodes are a strided view)."""
+        gates' coefficients, added in place to the receivers' rows (a block's nodes are a strided view).
+        ``scale``: as in ``MessagePassing.dense``."""
         H, kinds = s_all.shape[1], e.shape[1] - len(EDGE_KINDS)
         agg_f = torch.zeros(d_all.shape[0], H, device=d_all.device, dtype=torch.float32)
         agg_b = torch.zeros(d_all.shape[0], H, device=d_all.device, dtype=torch.float32)
         for b in blocks:
             coef = torch.cat([self.edge_lin.weight[:, :b.values], self.abs_lin.weight[:, :b.values]], 1).T  # (2V, 2H)
+            coef = coef if scale is None else coef / scale[b.kind]
             c_kind = self.edge_lin.weight[:, kinds + b.kind]
             D, S, E = b.nodes(d_all, True), b.nodes(s_all, False), b.edges(e[:, :b.values])
             E = torch.cat([E, E.abs()], -1).flatten(2)                          # (P, n_out, n_in * 2V)

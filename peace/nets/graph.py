@@ -189,7 +189,7 @@ class GraphBuilder:
         self.layer, self.role, self.act, self.pos = [], [], [], []
         self.bias: list[Tensor] = []  # (P, size) per set
         self.norm: dict[int, tuple[Tensor, Tensor]] = {}
-        self.src, self.dst, self.feats, self.elayer = [], [], [], []
+        self.src, self.dst, self.feats, self.elayer = [], [], [], []  # feats: (values (P, E, k), kind column)
         self.blocks: list[tuple[int, ...]] = []
         self.n = self.n_edges = 0
 
@@ -218,11 +218,8 @@ class GraphBuilder:
 
     def edges(self, src: Tensor, dst: Tensor, values: Tensor, kind: str, layer: int) -> None:
         """Edges between global node ids carrying ``values`` ([P,] E, k <= edge_dim)."""
-        values = self._values(values, 2)
-        f = torch.zeros(self.P, len(src), self.edge_dim + len(EDGE_KINDS))
-        f[..., :values.shape[-1]] = values
-        f[..., self.edge_dim + EDGE_KINDS.index(kind)] = 1.0
-        self.src.append(src), self.dst.append(dst), self.feats.append(f)
+        self.src.append(src), self.dst.append(dst)
+        self.feats.append((self._values(values, 2), self.edge_dim + EDGE_KINDS.index(kind)))
         self.elayer.append(torch.full((len(src),), layer, dtype=torch.long))
         self.n_edges += len(src)
 
@@ -272,7 +269,12 @@ class GraphBuilder:
         for i, (scale, shift) in self.norm.items():
             nodes = slice(self.sets[i][0], self.sets[i][0] + self.sets[i][1])
             feat[:, nodes, ln], feat[:, nodes, ln + 1], feat[:, nodes, ln + 2] = scale, shift, 1.0
-        edge_feat = torch.cat(self.feats, 1)
+        edge_feat = torch.zeros(self.P, self.n_edges, self.edge_dim + len(EDGE_KINDS))
+        start = 0
+        for values, kind in self.feats:  # written once, in place (no per-block tensor to concatenate)
+            rows = edge_feat[:, start:start + values.shape[1]]
+            rows[..., :values.shape[-1]], rows[..., kind] = values, 1.0
+            start += values.shape[1]
         if self.population is None:
             feat, edge_feat = feat[0], edge_feat[0]
         return NeuralGraph(torch.cat(self.src), torch.cat(self.dst), feat, edge_feat, node_layer,
