@@ -90,26 +90,30 @@ class MessagePassing(nn.Module):
             c_values = (W[:, :b.values] if scale is None else W[:, :b.values] / scale[b.kind]).T.contiguous().T
             c_kind = W[:, e.shape[1] - len(EDGE_KINDS) + b.kind].contiguous()
             D, S, E = b.nodes(d_all, True) + c_kind, b.nodes(s_all, False), b.edges(e[:, :b.values])
-            into_f, into_b = b.nodes(agg_f, True), b.nodes(agg_b, False)
-            fwd, bwd = [], []
+            if grad:  # the whole block, each direction apart: autograd keeps every chunk's activations anyway,
+                # and each slice of a large tensor would cost a zero-filled copy of it in the backward pass
+                f = self._activations(S[..., :H], D[..., :H], E, c_values[:H]).sum(2, dtype=torch.float32)
+                bw = self._activations(S[..., H:], D[..., H:], E, c_values[H:]).sum(1, dtype=torch.float32)
+                agg_f = agg_f.index_add(0, b.node_ids(True, d_all.device), f.reshape(-1, H))
+                agg_b = agg_b.index_add(0, b.node_ids(False, d_all.device), bw.reshape(-1, H))
+                continue
+            into_f, into_b = b.nodes(agg_f, True), b.nodes(agg_b, False)  # strided views: added in place
             for a in range(0, b.P, step):
                 n = min(step, b.P - a)
                 out = None if work is None else work[:n * b.n_out * b.n_in * 2 * H].view(n, b.n_out, b.n_in, 2 * H)
-                # senders plus the edge term, then the receivers added in place: one tensor written
-                pre = torch.addcmul(S[a:a + n].unsqueeze(1), E[a:a + n], c_values[:, 0], out=out) if b.values == 1 \
-                    else torch.matmul(E[a:a + n], c_values.T, out=out).add_(S[a:a + n].unsqueeze(1))
-                m = F.silu(pre.add_(D[a:a + n].unsqueeze(2)), inplace=not grad)
-                f, bw = m[..., :H].sum(2, dtype=torch.float32), m[..., H:].sum(1, dtype=torch.float32)
-                if grad:  # one index_add per block: adding into views would copy the whole gradient per chunk
-                    fwd.append(f)
-                    bwd.append(bw)
-                else:
-                    into_f[a:a + n] += f
-                    into_b[a:a + n] += bw
-            if grad:
-                agg_f = agg_f.index_add(0, b.node_ids(True, d_all.device), torch.cat(fwd).reshape(-1, H))
-                agg_b = agg_b.index_add(0, b.node_ids(False, d_all.device), torch.cat(bwd).reshape(-1, H))
+                m = self._activations(S[a:a + n], D[a:a + n], E[a:a + n], c_values, out)
+                into_f[a:a + n] += m[..., :H].sum(2, dtype=torch.float32)
+                into_b[a:a + n] += m[..., H:].sum(1, dtype=torch.float32)
         return agg_f, agg_b
+
+    @staticmethod
+    def _activations(S: Tensor, D: Tensor, E: Tensor, c: Tensor, out: Tensor | None = None) -> Tensor:
+        """silu(S_j + C e_ij + D_i) of a block's (P, n_out, n_in) edges, (P, n_out, n_in, K): senders S
+        (P, n_in, K), receivers D (P, n_out, K), edge values E (P, n_out, n_in, V), C = ``c`` (K, V). Written
+        once (senders plus the edge term, then the receivers added in place), into ``out`` when given."""
+        pre = torch.addcmul(S.unsqueeze(1), E, c[:, 0], out=out) if c.shape[1] == 1 \
+            else torch.matmul(E, c.T, out=out).add_(S.unsqueeze(1))
+        return F.silu(pre.add_(D.unsqueeze(2)), inplace=not torch.is_grad_enabled())
 
     def forward_torch(self, h: Tensor, e: Tensor, src: Tensor, dst: Tensor, deg_in: Tensor, deg_out: Tensor,
                       blocks: Sequence[DenseBlock] = (), raw: Tensor | None = None,
