@@ -285,14 +285,18 @@ class PairSampler:
                  neighbours: dict[str, list[str]] | None = None):
         self.rows = rows.set_index("model_id", drop=False)
         self.cfg, self.views, self.neighbours = cfg, views, neighbours or {}
-        self.key = config_key(self.rows)
+        key = config_key(self.rows)
         self._same: dict[str, list[str]] = defaultdict(list)
-        for m, k, run, ep in zip(self.rows.model_id, self.key, self.rows.run_id, self.rows.epoch):
-            self._same[f"{k}@{ep}"].append(m)
+        self._group_of: dict[str, str] = {}  # a model's (configuration, epoch): what `_same` files it under
+        for m, k, ep in zip(self.rows.model_id, key, self.rows.epoch):
+            self._group_of[m] = f"{k}@{ep}"
+            self._same[self._group_of[m]].append(m)
         self._runs = {r: list(g.sort_values("epoch").model_id) for r, g in self.rows.groupby("run_id")}
         self._run_of = dict(zip(self.rows.model_id, self.rows.run_id))
         self._by_arch = {a: list(g.model_id) for a, g in self.rows.groupby("arch")}
         self._task_of = dict(zip(self.rows.model_id, self.rows.task))
+        self._arch_of = dict(zip(self.rows.model_id, self.rows.arch))
+        self._acc_of = dict(zip(self.rows.model_id, self.rows.test_acc))
         self._pools: dict[tuple[str, str], list[str]] = {}
         self._task_acc = {}
         for t, g in self.rows.groupby("task"):
@@ -305,17 +309,17 @@ class PairSampler:
 
     def candidates(self, m: str) -> dict[str, list[str]]:
         """Available partners per source: model ids (self/same_config/checkpoint) or the anchor (views)."""
-        r = self.rows.loc[m]
+        run_id = self._run_of[m]  # dictionaries, not a row lookup: this runs for every anchor of every batch
         out: dict[str, list[str]] = {"self": [m]}
         for kind in ("pruned", "distilled"):
             if getattr(self.cfg, kind) and kind in self.views.get(m, {}):
                 out[kind] = [m]
         if self.cfg.same_config:
-            others = [o for o in self._same[f"{self.key[m]}@{r.epoch}"] if self._run_of[o] != r.run_id]
+            others = [o for o in self._same[self._group_of[m]] if self._run_of[o] != run_id]
             if others:
                 out["same_config"] = others
         if self.cfg.checkpoint:
-            run = self._runs[r.run_id]
+            run = self._runs[run_id]
             i = run.index(m)
             near = run[max(0, i - 1):i] + run[i + 1:i + 2]
             if near:
@@ -339,14 +343,15 @@ class PairSampler:
         for t in range(4 * n):
             if len(out) >= n or not len(anchors):
                 break
-            a = self.rows.loc[anchors[rng.integers(len(anchors))]]
+            a = anchors[rng.integers(len(anchors))]
+            task, acc_a = self._task_of[a], self._acc_of[a]
             if t % 2 == 0:
-                pool = self._other_tasks(a.arch, a.task)
+                pool = self._other_tasks(self._arch_of[a], task)
                 if len(pool):
                     out.append(pool[rng.integers(len(pool))])
                 continue
-            ids, acc = self._task_acc[a.task]
-            lo, hi = np.searchsorted(acc, a.test_acc - 0.25, "right"), np.searchsorted(acc, a.test_acc + 0.25, "left")
+            ids, acc = self._task_acc[task]
+            lo, hi = np.searchsorted(acc, acc_a - 0.25, "right"), np.searchsorted(acc, acc_a + 0.25, "left")
             n_far = lo + len(acc) - hi  # models at or below acc - 0.25, and at or above acc + 0.25
             if n_far:
                 j = rng.integers(n_far)

@@ -84,6 +84,7 @@ class MessagePassing(nn.Module):
         # without autograd every chunk's pre-activations reuse one buffer (no allocation per chunk)
         work = None if grad or not blocks or not d_all.dtype == e.dtype == W.dtype else d_all.new_empty(
             max(min(n, b.P) * b.n_out * b.n_in for n, b in zip(steps, blocks)) * 2 * H)
+        parts: dict[bool, list] = {True: [], False: []}  # under autograd: (node ids, sums) per direction
         for b, step in zip(blocks, steps):
             # an edge's input is [values, 0..., kind one-hot]: C e = C[:, :values] e[:values] + C[:, kind];
             # contiguous columns, or every broadcast below falls back to a scalar (unvectorized) loop
@@ -94,8 +95,8 @@ class MessagePassing(nn.Module):
                 # and each slice of a large tensor would cost a zero-filled copy of it in the backward pass
                 f = self._activations(S[..., :H], D[..., :H], E, c_values[:H]).sum(2, dtype=torch.float32)
                 bw = self._activations(S[..., H:], D[..., H:], E, c_values[H:]).sum(1, dtype=torch.float32)
-                agg_f = agg_f.index_add(0, b.node_ids(True, d_all.device), f.reshape(-1, H))
-                agg_b = agg_b.index_add(0, b.node_ids(False, d_all.device), bw.reshape(-1, H))
+                parts[True].append((b.node_ids(True, d_all.device), f.reshape(-1, H)))
+                parts[False].append((b.node_ids(False, d_all.device), bw.reshape(-1, H)))
                 continue
             into_f, into_b = b.nodes(agg_f, True), b.nodes(agg_b, False)  # strided views: added in place
             for a in range(0, b.P, step):
@@ -104,6 +105,9 @@ class MessagePassing(nn.Module):
                 m = self._activations(S[a:a + n], D[a:a + n], E[a:a + n], c_values, out)
                 into_f[a:a + n] += m[..., :H].sum(2, dtype=torch.float32)
                 into_b[a:a + n] += m[..., H:].sum(1, dtype=torch.float32)
+        if parts[True]:  # one scatter per direction: one per block would copy the whole (N, H) sums each time
+            agg_f = agg_f.index_add(0, *map(torch.cat, zip(*parts[True])))
+            agg_b = agg_b.index_add(0, *map(torch.cat, zip(*parts[False])))
         return agg_f, agg_b
 
     @staticmethod
