@@ -200,8 +200,8 @@ class GatedMessagePassing(MessagePassing):
         agg_b = torch.zeros(d_all.shape[0], H, device=d_all.device, dtype=torch.float32)
         for b in blocks:
             coef = torch.cat([self.edge_lin.weight[:, :b.values], self.abs_lin.weight[:, :b.values]], 1).T  # (2V, 2H)
-            coef = coef if scale is None else coef / scale[b.kind]
-            c_kind = self.edge_lin.weight[:, kinds + b.kind]
+            coef = (coef if scale is None else coef / scale[b.kind]).contiguous()  # strided: a scalar loop below
+            c_kind = self.edge_lin.weight[:, kinds + b.kind].contiguous()
             D, S, E = b.nodes(d_all, True), b.nodes(s_all, False), b.edges(e[:, :b.values])
             E = torch.cat([E, E.abs()], -1).flatten(2)                          # (P, n_out, n_in * 2V)
             S2 = (S.unsqueeze(2) * coef[:, :H]).flatten(1, 2)                    # (P, n_in * 2V, H)
