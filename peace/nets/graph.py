@@ -189,7 +189,8 @@ class GraphBuilder:
         self.layer, self.role, self.act, self.pos = [], [], [], []
         self.bias: list[Tensor] = []  # (P, size) per set
         self.norm: dict[int, tuple[Tensor, Tensor]] = {}
-        self.src, self.dst, self.feats, self.elayer = [], [], [], []  # feats: (values (P, E, k), kind column)
+        # feats: (values (P, E, k), kind column) per block, often views of the caller's weights until ``build``
+        self.src, self.dst, self.feats, self.elayer = [], [], [], []
         self.blocks: list[tuple[int, ...]] = []
         self.n = self.n_edges = 0
 
