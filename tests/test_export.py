@@ -222,6 +222,25 @@ def test_a_set_bigger_than_its_map_sample(tiny_run, tmp_path, monkeypatch):
     assert np.isfinite(ex.map_position(es.embeddings[off_map])).all()  # placed by its mapped neighbours
 
 
+def test_the_3d_view_draws_a_sample_the_2d_map_every_model():
+    """A 3-D scene's set-up grows with its points where WebGL runs in software: the 3-D view draws at most
+    MAX_POINTS_3D (a random sample, said in the title), the 2-D map every model."""
+    from peace.serve.plots import MAX_POINTS_3D, embedding_map
+
+    n = MAX_POINTS_3D + 500
+    rng = np.random.default_rng(0)
+    table = pd.DataFrame({c: rng.standard_normal(n) for c in ("umap_2d_x", "umap_2d_y", "umap_3d_x", "umap_3d_y",
+                                                              "umap_3d_z")})
+    table = table.assign(model_id=[f"m{i}" for i in range(n)], task=rng.choice(["a", "b", "c"], n),
+                         test_acc=rng.random(n))
+    flat, deep = embedding_map(table, "task"), embedding_map(table, "test_acc", dims=3)
+    assert sum(len(t.x) for t in flat.data) == n and "(a sample)" not in flat.layout.title.text
+    assert sum(len(t.x) for t in deep.data) == MAX_POINTS_3D
+    assert f"{MAX_POINTS_3D:,} of {n:,} models (a sample)" in deep.layout.title.text
+    small = embedding_map(table.iloc[:100], "task", dims=3)  # under the cap: every model
+    assert sum(len(t.x) for t in small.data) == 100 and "(a sample)" not in small.layout.title.text
+
+
 def test_the_sets_baseline_vectors_rank_as_the_baselines_do(embedding_set, tiny_zoo, tmp_path):
     from peace.evaluate.baselines import FunctionSpace, Models, RawWeights, WeightStats
     from peace.serve.baseline_vectors import BaselineVectors

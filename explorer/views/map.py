@@ -10,7 +10,7 @@ import streamlit as st
 from shared import choose, cols, current, highlight, keep, labels, remembered, table
 
 from peace.serve.explore import Explorer, filter_table, find_models, search_reading
-from peace.serve.plots import embedding_map
+from peace.serve.plots import MAX_POINTS_3D, embedding_map
 
 
 @st.cache_resource(max_entries=32, show_spinner=False)
@@ -80,7 +80,8 @@ def _map(ex: Explorer, controls, slot) -> None:
     find = _find(search, shown, names)
     shown_note = (f"{len(shown)} of {len(t)} models shown. "
                   + ("Click a point (or draw a box / lasso) to see its nearest neighbours highlighted." if dims == "2-D"
-                     else "Selection works on the 2-D map."))
+                     else f"The 3-D view draws at most {MAX_POINTS_3D:,} of them (a random sample; filter the map to "
+                          "choose which); selection works on the 2-D map."))
     if dims == "3-D":
         slot.plotly_chart(fig, width="stretch")
         st.caption(shown_note)

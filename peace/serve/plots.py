@@ -8,7 +8,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 __all__ = [
-    "MAP_LABELS", "MAX_POINTS", "PALETTE", "ablation_bars", "accuracy_by_task", "accuracy_over_epochs",
+    "MAP_LABELS", "MAX_POINTS", "MAX_POINTS_3D", "PALETTE", "ablation_bars", "accuracy_by_task", "accuracy_over_epochs",
     "embedding_map", "generative_curves", "interpolation_figure", "learning_curve", "method_comparison",
     "selection_bars", "training_history", "weight_heatmaps", "zoom_to"
 ]
@@ -136,15 +136,21 @@ PALETTE = ["#1F77B4", "#FB0D0D", "#1CA71C", "#FE00FA", "#F2B701", "#FF9DA6", "#0
 
 
 MAX_POINTS = 60_000  # points one map draws (WebGL stays interactive); more are sampled
+# points the 3-D view draws: where WebGL runs in software (headless or GPU-less browsers) a 3-D scene of the
+# demo's 5,292 points takes 1.0-1.2 s from the click, of 1,000-1,500 points 0.8 s (docs/benchmarks.md), and a
+# sample shows the same shape; the 2-D map, where models are searched and selected, draws them all
+MAX_POINTS_3D = 1_500
 
 
 def embedding_map(table: pd.DataFrame, color: str = "task", dims: int = 2, symbol: str | None = "family",
-                  height: int | None = None, max_points: int = MAX_POINTS) -> go.Figure:
+                  height: int | None = None, max_points: int | None = None) -> go.Figure:
     """UMAP scatter of an embedding set (``peace embed``), coloured by a metadata column: 24 distinct
     colours for categories, viridis for numbers (low values stay visible on white), half-transparent
     points so dense clusters do not hide others, readable axis titles and hover numbers. At most
-    ``max_points`` are drawn (a random sample beyond; the title says so)."""
+    ``max_points`` are drawn (default ``MAX_POINTS``, ``MAX_POINTS_3D`` in 3-D; a random sample beyond,
+    which the title says)."""
     n_all = len(table)
+    max_points = max_points or (MAX_POINTS_3D if dims == 3 else MAX_POINTS)
     axes = ["umap_3d_x", "umap_3d_y", "umap_3d_z"] if dims == 3 else ["umap_2d_x", "umap_2d_y"]
     table = table.dropna(subset=axes)  # big sets: only a sample was mapped (peace.serve.export.MAP_SAMPLE)
     if len(table) > max_points:  # the browser's limit, e.g. a big set's filters off
