@@ -19,10 +19,30 @@ from torch import Tensor, nn
 
 from peace.nets.graph import EDGE_KINDS, DenseBlock
 
-__all__ = ["DENSE_CHUNK", "EDGE_CHUNK", "GatedMessagePassing", "MessagePassing", "mlp"]
+__all__ = ["DENSE_CHUNK", "EDGE_CHUNK", "GatedMessagePassing", "MessagePassing", "add_block_sums", "mlp"]
 
 EDGE_CHUNK = 2**18     # edges whose messages the pure-torch backend computes at once: memory O(chunk x hidden)
 DENSE_CHUNK = 2**13    # edges of a population's dense layer computed at once (a measured sweep: 2^13-2^14 best)
+
+
+def add_block_sums(agg_f: Tensor, agg_b: Tensor, sums: Sequence[tuple[DenseBlock, Tensor, Tensor]]
+                   ) -> tuple[Tensor, Tensor]:
+    """``agg_f`` / ``agg_b`` (N, H) plus each dense block's (P, n_out, H) forward and (P, n_in, H) backward sums
+    on its receivers' rows: in place without autograd (a block's nodes are a strided view); under autograd
+    one ``index_add`` per direction (adding into views, or one out-of-place add per block, would copy the
+    whole (N, H) aggregate, or its gradient, once per block)."""
+    if not torch.is_grad_enabled():
+        for b, f, bw in sums:
+            b.nodes(agg_f, True).add_(f)
+            b.nodes(agg_b, False).add_(bw)
+        return agg_f, agg_b
+    if sums:
+        device, H = agg_f.device, agg_f.shape[1]
+        agg_f = agg_f.index_add(0, torch.cat([b.node_ids(True, device) for b, _, _ in sums]),
+                                torch.cat([f.reshape(-1, H) for _, f, _ in sums]).to(agg_f.dtype))
+        agg_b = agg_b.index_add(0, torch.cat([b.node_ids(False, device) for b, _, _ in sums]),
+                                torch.cat([bw.reshape(-1, H) for _, _, bw in sums]).to(agg_b.dtype))
+    return agg_f, agg_b
 
 
 def mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
@@ -84,7 +104,7 @@ class MessagePassing(nn.Module):
         # without autograd every chunk's pre-activations reuse one buffer (no allocation per chunk)
         work = None if grad or not blocks or not d_all.dtype == e.dtype == W.dtype else d_all.new_empty(
             max(min(n, b.P) * b.n_out * b.n_in for n, b in zip(steps, blocks)) * 2 * H)
-        parts: dict[bool, list] = {True: [], False: []}  # under autograd: (node ids, sums) per direction
+        sums: list[tuple[DenseBlock, Tensor, Tensor]] = []  # under autograd: each block's, added at the end
         for b, step in zip(blocks, steps):
             # an edge's input is [values, 0..., kind one-hot]: C e = C[:, :values] e[:values] + C[:, kind];
             # contiguous columns, or every broadcast below falls back to a scalar (unvectorized) loop
@@ -93,10 +113,8 @@ class MessagePassing(nn.Module):
             D, S, E = b.nodes(d_all, True) + c_kind, b.nodes(s_all, False), b.edges(e[:, :b.values])
             if grad:  # the whole block, each direction apart: autograd keeps every chunk's activations anyway,
                 # and each slice of a large tensor would cost a zero-filled copy of it in the backward pass
-                f = self._activations(S[..., :H], D[..., :H], E, c_values[:H]).sum(2, dtype=torch.float32)
-                bw = self._activations(S[..., H:], D[..., H:], E, c_values[H:]).sum(1, dtype=torch.float32)
-                parts[True].append((b.node_ids(True, d_all.device), f.reshape(-1, H)))
-                parts[False].append((b.node_ids(False, d_all.device), bw.reshape(-1, H)))
+                sums.append((b, self._activations(S[..., :H], D[..., :H], E, c_values[:H]).sum(2, dtype=torch.float32),
+                             self._activations(S[..., H:], D[..., H:], E, c_values[H:]).sum(1, dtype=torch.float32)))
                 continue
             into_f, into_b = b.nodes(agg_f, True), b.nodes(agg_b, False)  # strided views: added in place
             for a in range(0, b.P, step):
@@ -105,10 +123,7 @@ class MessagePassing(nn.Module):
                 m = self._activations(S[a:a + n], D[a:a + n], E[a:a + n], c_values, out)
                 into_f[a:a + n] += m[..., :H].sum(2, dtype=torch.float32)
                 into_b[a:a + n] += m[..., H:].sum(1, dtype=torch.float32)
-        if parts[True]:  # one scatter per direction: one per block would copy the whole (N, H) sums each time
-            agg_f = agg_f.index_add(0, *map(torch.cat, zip(*parts[True])))
-            agg_b = agg_b.index_add(0, *map(torch.cat, zip(*parts[False])))
-        return agg_f, agg_b
+        return add_block_sums(agg_f, agg_b, sums)
 
     @staticmethod
     def _activations(S: Tensor, D: Tensor, E: Tensor, c: Tensor, out: Tensor | None = None) -> Tensor:
@@ -193,11 +208,12 @@ class GatedMessagePassing(MessagePassing):
               scale: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(N, H) float32 sums of the blocks' forward / backward messages: per block and direction one
         batched matrix product of [W, |W|] (P, n_out, n_in * 2V) with the sender states scaled by the
-        gates' coefficients, added in place to the receivers' rows (a block's nodes are a strided view).
-        ``scale``: as in ``MessagePassing.dense``."""
+        gates' coefficients, added to the receivers' rows by ``add_block_sums``. ``scale``: as in
+        ``MessagePassing.dense``."""
         H, kinds = s_all.shape[1], e.shape[1] - len(EDGE_KINDS)
         agg_f = torch.zeros(d_all.shape[0], H, device=d_all.device, dtype=torch.float32)
         agg_b = torch.zeros(d_all.shape[0], H, device=d_all.device, dtype=torch.float32)
+        sums = []
         for b in blocks:
             coef = torch.cat([self.edge_lin.weight[:, :b.values], self.abs_lin.weight[:, :b.values]], 1).T  # (2V, 2H)
             coef = (coef if scale is None else coef / scale[b.kind]).contiguous()  # strided: a scalar loop below
@@ -208,9 +224,8 @@ class GatedMessagePassing(MessagePassing):
             fwd = torch.bmm(E, S2) + S.sum(1, keepdim=True) * c_kind[:H]
             bwd = torch.bmm(E.transpose(1, 2), D).unflatten(1, (b.n_in, -1))     # (P, n_in, 2V, H)
             bwd = (bwd * coef[:, H:]).sum(2) + D.sum(1, keepdim=True) * c_kind[H:]
-            b.nodes(agg_f, True).add_(fwd)
-            b.nodes(agg_b, False).add_(bwd)
-        return agg_f, agg_b
+            sums.append((b, fwd, bwd))
+        return add_block_sums(agg_f, agg_b, sums)
 
     def dgl_messages(self, d_all: Tensor, s_all: Tensor, e: Tensor, g, rg, agg_f: Tensor, agg_b: Tensor) -> None:
         """The same with DGL's fused gather-multiply-sum (no message is materialized)."""
