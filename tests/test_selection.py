@@ -121,8 +121,8 @@ def test_inverted_inputs_are_written_from_the_weights_alone(monkeypatch):
     assert (predict(spec, crowd[:2], x[:40]).argmax(-1) == wanted).float().mean() < 0.5  # probes are not written
     capped = selection.inverted_inputs(specs, params, np.array([0.9, 0.8, 0.7, 0.1, 0.2]), n=40, writers=1)
     assert torch.equal(capped, x)  # at least two write, whatever the cap
-    one_writer = selection.inverted_inputs(specs[:3] * 2, params[:3] * 2, np.arange(6.0), n=40, writers=2)
-    assert not torch.equal(one_writer, selection.inverted_inputs(specs[:3] * 2, params[:3] * 2, np.arange(6.0), n=40))
+    two_writers = selection.inverted_inputs(specs[:3] * 2, params[:3] * 2, np.arange(6.0), n=40, writers=2)
+    assert not torch.equal(two_writers, selection.inverted_inputs(specs[:3] * 2, params[:3] * 2, np.arange(6.0), n=40))
     s = selection.consensus(specs, params, ["new"] * 5, "inverted")  # any grouping: no task is looked up
     assert s.shape == (5,) and s[3] < s[:3].min()
     huge = {k: v * 1e30 for k, v in base.items()}  # finite weights whose logits overflow: inputs stay finite

@@ -150,7 +150,8 @@ def embedding_map(table: pd.DataFrame, color: str = "task", dims: int = 2, symbo
     ``max_points`` are drawn (default ``MAX_POINTS``, ``MAX_POINTS_3D`` in 3-D; a random sample beyond,
     which the title says)."""
     n_all = len(table)
-    max_points = max_points or (MAX_POINTS_3D if dims == 3 else MAX_POINTS)
+    if max_points is None:
+        max_points = MAX_POINTS_3D if dims == 3 else MAX_POINTS
     axes = ["umap_3d_x", "umap_3d_y", "umap_3d_z"] if dims == 3 else ["umap_2d_x", "umap_2d_y"]
     table = table.dropna(subset=axes)  # big sets: only a sample was mapped (peace.serve.export.MAP_SAMPLE)
     if len(table) > max_points:  # the browser's limit, e.g. a big set's filters off
