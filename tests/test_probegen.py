@@ -98,7 +98,9 @@ def test_contrastive_probegen_embeds_a_zoo_invariantly(tiny_zoo):
     assert told.transform(other).shape == (2, 8) and np.allclose(told.transform(fit_on), e)  # the same seed, fit
 
 
-def test_peace_with_learned_probes_trains_reloads_and_stays_invariant(tiny_zoo, tmp_path):
+@pytest.mark.parametrize("source", ["learned", "inverted"])
+def test_peace_with_learned_probes_trains_reloads_and_stays_invariant(tiny_zoo, tmp_path, source):
+    """Probes learned the ProbeGen way, or written by the training models (``peace.learn.inversion``)."""
     from conftest import QUICK
 
     from peace.learn.run import RunDir
@@ -106,7 +108,7 @@ def test_peace_with_learned_probes_trains_reloads_and_stays_invariant(tiny_zoo, 
     from peace.learn.trainer import fit
     from peace.nets.probes import io_space, responses
 
-    cfg = load_config("tiny", QUICK + ["encoder.probe_source=learned", "train.probe_steps=10",
+    cfg = load_config("tiny", QUICK + [f"encoder.probe_source={source}", "train.probe_steps=10",
                                        "train.holdout_tasks=[mnist1d]"])
     res = fit(tiny_zoo, cfg, tmp_path / "run", progress=False)
     assert np.isfinite(res.history["val_map"]).all()
@@ -129,14 +131,15 @@ def test_peace_with_learned_probes_trains_reloads_and_stays_invariant(tiny_zoo, 
         load_config("tiny", ["encoder.probe_source=random"])
 
 
-def test_a_resumed_run_takes_its_learned_probes_from_the_checkpoint(tiny_zoo, tmp_path, monkeypatch):
+@pytest.mark.parametrize("source", ["learned", "inverted"])
+def test_a_resumed_run_takes_its_learned_probes_from_the_checkpoint(tiny_zoo, tmp_path, monkeypatch, source):
     from conftest import QUICK
 
     from peace.learn import trainer
     from peace.learn.run import RunDir
     from peace.learn.runconfig import load_config
 
-    cfg = load_config("tiny", QUICK + ["encoder.probe_source=learned", "train.probe_steps=5"])
+    cfg = load_config("tiny", QUICK + [f"encoder.probe_source={source}", "train.probe_steps=5"])
     trainer.fit(tiny_zoo, cfg, tmp_path / "run", progress=False)
     before = RunDir(tmp_path / "run").load_encoder().probe_bank.inputs()
 
@@ -144,6 +147,7 @@ def test_a_resumed_run_takes_its_learned_probes_from_the_checkpoint(tiny_zoo, tm
         raise AssertionError("a resumed run learned its probes again")
 
     monkeypatch.setattr(trainer, "learn_probes", refuse)
+    monkeypatch.setattr(trainer, "inverted_probes", refuse)
     trainer.fit(tiny_zoo, cfg, tmp_path / "run", resume=True, progress=False)
     after = RunDir(tmp_path / "run").load_encoder().probe_bank.inputs()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)

@@ -13,7 +13,8 @@ With ``function_tokens`` the Transformer also reads a token made from the networ
 probabilities on fixed probe inputs of its io-space (``peace.nets.probes``): a function-space view
 that every weight-space symmetry leaves exactly unchanged. The probes are Gaussian, or
 (``probe_source="learned"``) generated the ProbeGen way for the training io-spaces before training
-(``peace.learn.probegen.learn_probes``) and then held fixed in the encoder's ``probe_bank``.
+(``peace.learn.probegen.learn_probes``), or (``probe_source="inverted"``) written by the training tasks'
+own models (``peace.learn.inversion``), and then held fixed in the encoder's ``probe_bank``.
 """
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ BACKENDS = ("auto", "dgl", "torch")
 POOLINGS = ("mean", "attention", "cls")
 AGGREGATIONS = ("mean", "sum")
 MESSAGES = {"mlp": MessagePassing, "gated": GatedMessagePassing}
-PROBE_SOURCES = ("gaussian", "learned")
+PROBE_SOURCES = ("gaussian", "learned", "inverted")
 _POS_FREQS, _POS_SCALE = 10, 512.0  # input/output neuron index: distinct up to 1024 positions
 _DEPTH_FREQS = 6                     # normalized depth in [0, 1]
 DGL_MAX_EDGES = 2**20  # bigger graphs (a resnet18 has 1.9M edges) take the chunked pure-torch path on any backend
@@ -84,7 +85,8 @@ class EncoderConfig:
     max_params: int = 4096        # mlp kind only: flattened weights are padded / truncated to this
     function_tokens: bool = False  # add a token of the class probabilities on fixed probe inputs
     probes: int = 128             # probe inputs per io-space (function tokens, sketch, the trainer's functional targets)
-    probe_source: str = "gaussian"  # gaussian, or learned: ProbeGen probes fit on the training io-spaces, then fixed
+    probe_source: str = "gaussian"  # gaussian; learned: ProbeGen probes fit on the training io-spaces; inverted: written
+    # by the training tasks' models (peace.learn.inversion); both fixed before training
     function_block: int = 0       # append a fixed function-space sketch of this size to the embedding (0: off)
     function_block_weight: float = 0.75  # its share of the embedding's cosine similarity
     function_block_projection: str = "gaussian"  # or orthogonal (exact where probes x classes <= function_block)

@@ -41,6 +41,7 @@ from peace.learn.contrastive import (
 )
 from peace.learn.distributed import current, first_rank_first, gather_rows, with_own_rows
 from peace.learn.encoder import Embedder
+from peace.learn.inversion import inverted_probes
 from peace.learn.probegen import learn_probes
 from peace.learn.run import RunDir, TrainResult, build_encoder
 from peace.learn.runconfig import RunConfig
@@ -127,7 +128,7 @@ def _split_rows(rows: pd.DataFrame, cfg: RunConfig) -> _Data:
 def _new_encoder(cfg: RunConfig, data: _Data, dev: torch.device, progress: bool,
                  learn: bool = True) -> tuple[Embedder, Tensor]:
     """The encoder, seeded, standardized on up to 1,000 training models, its auxiliary targets
-    normalized, its probes learned (``encoder.probe_source=learned``; not when ``learn`` is false: a
+    normalized, its probes learned or inverted (``encoder.probe_source``; not when ``learn`` is false: a
     checkpoint will load them); returns it (on ``dev``) and the training models' targets."""
     torch.manual_seed(cfg.seed)
     if dev.type != "cpu" and cfg.encoder.backend == "auto":
@@ -140,6 +141,10 @@ def _new_encoder(cfg: RunConfig, data: _Data, dev: torch.device, progress: bool,
         ids = list(train.model_id)
         models = Models(train.reset_index(drop=True), [specs[m] for m in ids], [weights[m] for m in ids])
         encoder.probe_bank.set(learn_probes(models, cfg.encoder.probes, cfg.train.probe_steps, cfg.seed, progress))
+    if cfg.encoder.probe_source == "inverted" and learn:
+        ids = list(train.model_id)
+        encoder.probe_bank.set(inverted_probes([specs[m] for m in ids], [weights[m] for m in ids], list(train["task"]),
+                                               cfg.encoder.probes))
     tgt = _targets(train, cfg.encoder.aux_targets)
     encoder.aux_mean.copy_(torch.from_numpy(np.nanmean(tgt, 0)))
     encoder.aux_std.copy_(torch.from_numpy(np.nanstd(tgt, 0)).clamp_min(1e-6))
