@@ -127,6 +127,11 @@ def test_peace_with_learned_probes_trains_reloads_and_stays_invariant(tiny_zoo, 
     e = enc.embed(specs, params)
     twin = random_symmetry(specs[i], params[i], seed=5)
     np.testing.assert_allclose(enc.embed([specs[i]], [twin])[0], e[i], atol=1e-5)
+    from peace.orchestrate.evaluation import EncoderMethod, _methods  # evaluate reads the run's probes beside
+    compared = _methods(tmp_path / "run", EncoderMethod(tmp_path / "run", "peace", encoder=enc), None,
+                        sorted({io_space(s) for s in specs}), 0, 0)
+    own = next(m for m in compared if m.name == "function (run's probes)")
+    assert own.inputs.keys() == learned.keys() and "function" in [m.name for m in compared]
     with pytest.raises(PeaceError, match="unknown probe source 'random'"):
         load_config("tiny", ["encoder.probe_source=random"])
 

@@ -90,6 +90,15 @@ def test_function_space_baseline_blocks_by_io_space_and_names_unknown_spaces():
         only_mlps.transform(models)
     wider = FunctionSpace(n_probes=32, spaces=["64->10", "40->10"]).fit(Models(models.rows[:2], specs[:2], params[:2]))
     assert np.array_equal(wider.transform(models), x)
+    _, mlp, mlp_params = random_model(*MODELS[7], seed=7)  # a 64->10 MLP that answers several classes
+    pair = Models(models.rows[:2], [specs[0], mlp], [params[0], mlp_params])
+    own = {"64->10": 3 * torch.randn(32, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(1))}
+    gaussian, theirs = FunctionSpace(n_probes=32).fit(pair), FunctionSpace(n_probes=32, inputs=own).fit(pair)
+    x, y = gaussian.transform(pair), theirs.transform(pair)
+    assert theirs.name == "function (run's probes)" and gaussian.name == "function"
+    assert np.array_equal(y[0], x[0]) and not np.array_equal(y[1], x[1])  # only the space it names moves
+    a, b = theirs.offsets_["64->10"]
+    np.testing.assert_array_equal(y[1, a:b], fingerprint(responses([mlp], [mlp_params], 32, inputs=own)[0]).numpy())
 
 
 def test_sketches_approximate_agreement_and_keep_spaces_apart():

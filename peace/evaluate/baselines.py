@@ -16,7 +16,7 @@ vectors compared by cosine similarity:
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -187,13 +187,18 @@ class FunctionSpace(Baseline):
     the vector (models of different spaces are orthogonal: they share no inputs).
 
     Nothing is learned: ``fit`` only fixes the block layout, from the io-spaces of the models it is
-    given and of ``spaces`` (pass every space you will transform; an unknown one is refused).
+    given and of ``spaces`` (pass every space you will transform; an unknown one is refused). ``inputs``
+    (io-space -> (n_probes, features)) replaces the Gaussian probes of the spaces it names, e.g. by a
+    run's own probes (``Embedder.probe_bank``), read under the name ``"function (run's probes)"``.
     """
 
     name = "function"
 
-    def __init__(self, n_probes: int = N_PROBES, seed: int = PROBE_SEED, spaces: Sequence[str] = ()):
-        self.n_probes, self.seed, self.spaces = n_probes, seed, list(spaces)
+    def __init__(self, n_probes: int = N_PROBES, seed: int = PROBE_SEED, spaces: Sequence[str] = (),
+                 inputs: Mapping[str, Tensor] | None = None):
+        self.n_probes, self.seed, self.spaces, self.inputs = n_probes, seed, list(spaces), dict(inputs or {})
+        if self.inputs:
+            self.name = "function (run's probes)"
 
     def fit(self, models: Models) -> FunctionSpace:
         self.offsets_, self.width_ = space_blocks({*self.spaces, *(io_space(s) for s in models.specs)}, self.n_probes)
@@ -202,7 +207,7 @@ class FunctionSpace(Baseline):
     def transform(self, models: Models) -> np.ndarray:
         out = np.zeros((len(models), self.width_), np.float32)
         for i, (spec, r) in enumerate(zip(models.specs, responses(models.specs, models.params, self.n_probes,
-                                                                  self.seed))):
+                                                                  self.seed, inputs=self.inputs))):
             space = io_space(spec)
             if space not in self.offsets_:
                 raise PeaceError(f"io-space {space} was not among those FunctionSpace was fit with "

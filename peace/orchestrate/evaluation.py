@@ -144,6 +144,23 @@ def split_models(run_dir: str | Path, zoo: Zoo, splits: tuple[str, ...] = ("trai
     return tuple(out)
 
 
+def _methods(run_dir: Path, peace: EncoderMethod, mlp_run: str | Path | None, spaces: list[str], probegen: int,
+             seed: int) -> list[Baseline]:
+    """What ``evaluate`` compares: PEACE (and its learned part alone where it has a function block), the
+    flat-MLP control, the weight-space baselines, the function space (also on the run's own probes, where
+    it reads learned or inverted ones) and contrastive ProbeGen."""
+    methods: list[Baseline] = [peace] + ([EncoderMethod(mlp_run, "mlp-encoder")] if mlp_run else []) + weight_baselines()
+    if peace.encoder.config.function_block:  # what the learned encoder does without the sketch
+        methods.insert(1, EncoderMethod(run_dir, "peace-learned", learned_only=True, encoder=peace.encoder))
+    methods.append(FunctionSpace(spaces=spaces))
+    bank = peace.encoder.probe_bank.inputs()
+    if bank:
+        methods.append(FunctionSpace(peace.encoder.config.probes, spaces=spaces, inputs=bank))
+    if probegen:  # the learned prober, trained contrastively as PEACE is (peace.learn.probegen)
+        methods.append(ProbeGenEmbedding(steps=probegen, seed=seed, spaces=spaces))
+    return methods
+
+
 def evaluate(run_dir: str | Path, out: str | Path, zoo: Zoo | str | Path | None = None,
              mlp_run: str | Path | None = None, seed: int = 0, progress: bool = True,
              transfer: TransferConfig | None = TransferConfig(), accuracy: PredictorConfig | None = PredictorConfig(),
@@ -161,13 +178,8 @@ def evaluate(run_dir: str | Path, out: str | Path, zoo: Zoo | str | Path | None 
         raise PeaceError(f"the run {run_dir} was trained on another zoo than {zoo.path}; evaluate it on its own zoo "
                          f"(its splits say which models were held out)")
     train, val, test = split_models(run_dir, zoo, ("train", "val", "test"))
-    methods: list[Baseline] = [peace] + ([EncoderMethod(mlp_run, "mlp-encoder")] if mlp_run else []) + weight_baselines()
-    if peace.encoder.config.function_block:  # what the learned encoder does without the sketch
-        methods.insert(1, EncoderMethod(run_dir, "peace-learned", learned_only=True, encoder=peace.encoder))
     spaces = sorted({io_space(s) for s in train.specs + test.specs})  # held-out tasks may bring their own
-    methods.append(FunctionSpace(spaces=spaces))
-    if probegen:  # the learned prober, trained contrastively as PEACE is (peace.learn.probegen)
-        methods.append(ProbeGenEmbedding(steps=probegen, seed=seed, spaces=spaces))
+    methods = _methods(run_dir, peace, mlp_run, spaces, probegen, seed)
     results = {}
     for m in tqdm(methods, desc="evaluate", disable=not progress, leave=False):
         m.fit(train)
@@ -285,7 +297,9 @@ def report_markdown(metrics: dict, table: pd.DataFrame) -> str:
             "architecture is trained on other tasks too; held-out: queries of tasks never seen in training; "
             "cross-arch: each query ranks only models of other architectures) or same fine-tune lineage. "
             "function: class predictions on shared random probe inputs (training-free; compares models of one "
-            "io-space only). probegen: ProbeGen's learned probes and reader, trained contrastively on PEACE's "
+            "io-space only); function (run's probes): the same on the probes the run's encoder reads (learned "
+            "or inverted), where they are its own. probegen: ProbeGen's learned probes and reader, trained "
+            "contrastively on PEACE's "
             "partners. "
             "peace-learned: PEACE's learned embedding without its function-space block. R2: ridge "
             "probes (seen tasks: the test models of training tasks only). Func. Spearman: rank correlation of "
