@@ -137,14 +137,13 @@ def _new_encoder(cfg: RunConfig, data: _Data, dev: torch.device, progress: bool,
     train, specs, weights = data.train, data.specs, data.weights
     sample = np.random.default_rng(cfg.seed).choice(len(train), size=min(len(train), 1000), replace=False)
     encoder.fit_standardization([specs[m] for m in train.model_id[sample]], [weights[m] for m in train.model_id[sample]])
-    if cfg.encoder.probe_source == "learned" and learn:  # fixed before training
+    if cfg.encoder.probe_source != "gaussian" and learn:  # the bank is fixed before training
         ids = list(train.model_id)
         models = Models(train.reset_index(drop=True), [specs[m] for m in ids], [weights[m] for m in ids])
-        encoder.probe_bank.set(learn_probes(models, cfg.encoder.probes, cfg.train.probe_steps, cfg.seed, progress))
-    if cfg.encoder.probe_source == "inverted" and learn:
-        ids = list(train.model_id)
-        encoder.probe_bank.set(inverted_probes([specs[m] for m in ids], [weights[m] for m in ids], list(train["task"]),
-                                               cfg.encoder.probes))
+        encoder.probe_bank.set(
+            learn_probes(models, cfg.encoder.probes, cfg.train.probe_steps, cfg.seed, progress)
+            if cfg.encoder.probe_source == "learned" else
+            inverted_probes(models.specs, models.params, list(models.rows["task"]), cfg.encoder.probes))
     tgt = _targets(train, cfg.encoder.aux_targets)
     encoder.aux_mean.copy_(torch.from_numpy(np.nanmean(tgt, 0)))
     encoder.aux_std.copy_(torch.from_numpy(np.nanstd(tgt, 0)).clamp_min(1e-6))
