@@ -122,13 +122,15 @@ def inverted_inputs(specs: Sequence[ArchSpec], params: Sequence[dict[str, torch.
 
 
 def consensus(specs: Sequence[ArchSpec], params: Sequence[dict[str, torch.Tensor]], tasks: Sequence[str],
-              inputs: str | torch.Tensor = "data", split: str = "test", how: str = "centrality") -> np.ndarray:
+              inputs: str | torch.Tensor = "data", split: str = "test", how: str = "centrality",
+              probed: np.ndarray | None = None) -> np.ndarray:
     """Each model's consensus score among the models of its task (see the module docstring), read on
     ``inputs``: ``"data"``, the task's unlabelled ``split`` inputs; ``"probes"``, PEACE's Gaussian probes of
     the models' io-space (weights only, so ``tasks`` may be any grouping of models); ``"inverted"``, those
     probes and as many inputs inverted from the group's more central models (weights only,
     :func:`inverted_inputs`); or a tensor of unlabelled inputs that every model reads. ``how``:
-    ``agreement_scores``' method (centrality by default)."""
+    ``agreement_scores``' method (centrality by default). ``probed``: the same models' consensus on the
+    probes when the caller has it already (``"inverted"`` reads it to choose who writes)."""
     if isinstance(inputs, str) and inputs not in ("data", "probes", "inverted"):
         raise PeaceError(f"consensus reads 'data' (the task's unlabelled inputs), 'probes', 'inverted' or an input "
                          f"tensor, not {inputs!r}")
@@ -136,11 +138,12 @@ def consensus(specs: Sequence[ArchSpec], params: Sequence[dict[str, torch.Tensor
         predictions = [r.argmax(-1).numpy() for r in responses(specs, params)]
     else:
         inverting = isinstance(inputs, str) and inputs == "inverted"  # the probes' scores pick who writes them
-        probed = consensus(specs, params, tasks, "probes", how=how) if inverting else None
+        if inverting and probed is None:
+            probed = consensus(specs, params, tasks, "probes", how=how)
         predictions = [np.zeros(0, np.int64)] * len(specs)
         for (task, _), idx in positions((t, io_space(s)) for s, t in zip(specs, tasks)).items():
             group, weights = [specs[i] for i in idx], [params[i] for i in idx]
-            if probed is not None:
+            if inverting:
                 x = inverted_inputs(group, weights, probed[idx])
             else:
                 x = inputs if not isinstance(inputs, str) else torch.as_tensor(load_task(task).split(split)[0])

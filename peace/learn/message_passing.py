@@ -100,7 +100,7 @@ class MessagePassing(nn.Module):
         H, W, grad = d_all.shape[1] // 2, self.edge_lin.weight, torch.is_grad_enabled()
         agg_f = torch.zeros(d_all.shape[0], H, device=d_all.device)
         agg_b = torch.zeros(d_all.shape[0], H, device=d_all.device)
-        steps = [max(1, DENSE_CHUNK // (b.n_out * b.n_in)) for b in blocks]
+        steps = [0 if grad else max(1, DENSE_CHUNK // (b.n_out * b.n_in)) for b in blocks]  # models per chunk
         # without autograd every chunk's pre-activations reuse one buffer (no allocation per chunk)
         work = None if grad or not blocks or not d_all.dtype == e.dtype == W.dtype else d_all.new_empty(
             max(min(n, b.P) * b.n_out * b.n_in for n, b in zip(steps, blocks)) * 2 * H)

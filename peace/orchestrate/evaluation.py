@@ -190,8 +190,8 @@ def evaluate(run_dir: str | Path, out: str | Path, zoo: Zoo | str | Path | None 
     if held.any():
         idx = np.flatnonzero(held)
         specs, params, tasks = [test.specs[i] for i in idx], [test.params[i] for i in idx], test.rows["task"].iloc[idx]
-        label_free = {PROBE_CONSENSUS: consensus(specs, params, tasks, "probes"),
-                      INVERTED_CONSENSUS: consensus(specs, params, tasks, "inverted"),
+        probed = consensus(specs, params, tasks, "probes")
+        label_free = {PROBE_CONSENSUS: probed, INVERTED_CONSENSUS: consensus(specs, params, tasks, "inverted", probed=probed),
                       CONFIDENCE: confidence(specs, params, tasks),
                       DATA_CONSENSUS: consensus(specs, params, tasks, "data")}
         metrics["selection"] = {"tasks": sorted(set(tasks)), "n_models": len(idx), "methods": {
