@@ -184,10 +184,10 @@ def run_once(artifacts: Path, look: float = LOOK) -> dict[str, float]:
               "return ['Download as model folders', 'has no decoder'].some(s => document.body.innerText.includes(s));")
         if "has no decoder" in driver.find_element("tag name", "body").text:  # a run without `peace decoder`
             times["first Generate (sample, decode, measure, place on the map)"] = float("nan")
-        timed("first Best for a task (consensus on probes)", goto("Best for a task"), text("models ranked by consensus"))
-        timed("Best for a task: probes and inverted inputs",
-              radio("probes and inputs inverted from the models (weights only)"),
-              text("as many inverted from the models"))
+        timed("first Best for a task (inputs the models write)", goto("Best for a task"),
+              text("inputs written by the better models"))
+        timed("Best for a task: consensus on Gaussian probes", radio("Gaussian probes (weights only, quicker)"),
+              text("models ranked by consensus on Gaussian"))
         timed("Best for a task: on the task's unlabelled inputs", radio("the task's unlabelled inputs"),
               text("unlabelled test inputs of task"))
         timed("first Symmetry lab", goto("Symmetry lab"), text("PEACE cosine distance"))

@@ -1,6 +1,6 @@
-"""Which label-free signal ranks a task's models by accuracy? Consensus (majority or spectral, on the task's
-unlabelled inputs, on Gaussian probes or on probes and inputs inverted from the models), confidence, and PEACE's
-own readings, side by side.
+"""Which label-free signal ranks a task's models by accuracy? Consensus (centrality, majority or spectral, on the
+task's unlabelled inputs or on Gaussian probes), the written score (agreement and confidence on inputs the models
+write, after one or two rounds of writing), confidence, and PEACE's own readings, side by side.
 
 For each run: on ``--split test`` the held-out tasks' test models (``peace evaluate``'s model-selection
 set); on ``--split val`` every validation model, grouped by task (to choose on: no signal here is
@@ -11,7 +11,8 @@ task, averaged over tasks (``within_group_tau``); then mean ± std over runs.
 
 With ``--zoo`` instead: consensus (``peace rank``'s centrality, and the majority and spectral alternatives) on every
 task of a zoo (all its models, every epoch, or those ``--query`` picks), on Gaussian probes and on the
-task's unlabelled inputs: Kendall tau against the recorded test accuracy, and seconds per task.
+task's unlabelled inputs, and the written score (``peace rank --inverted``): Kendall tau against the recorded
+test accuracy, and seconds per task.
 
     python benchmarks/selection_signals.py --zoo artifacts/zoos/demo
     python benchmarks/selection_signals.py --zoo artifacts/zoos/tetris-seed --query "epoch == 75"
@@ -27,7 +28,7 @@ from scipy.stats import kendalltau, rankdata
 
 from peace.evaluate.baselines import Models
 from peace.evaluate.metrics import ridge, within_group_tau
-from peace.evaluate.selection import confidence, consensus
+from peace.evaluate.selection import confidence, consensus, written_score
 from peace.learn.run import RunDir
 from peace.orchestrate.evaluation import split_models
 from peace.zoo.store import Zoo
@@ -57,16 +58,17 @@ def signals(run_dir: str, split: str) -> dict[str, float]:
     for inputs, name in (("data", "task's unlabelled inputs"), ("probes", "Gaussian probes")):
         for how in ("centrality", "majority", "spectral"):
             scores[f"consensus, {how}, {name}"] = consensus(models.specs, models.params, tasks, inputs, split, how)
-    scores["consensus, centrality, probes and inverted inputs"] = consensus(models.specs, models.params, tasks,
-                                                                          "inverted")
+    probed = scores["consensus, centrality, Gaussian probes"]
+    for rounds in (1, 2):
+        scores[f"written score, {rounds} round{'s' * (rounds > 1)}"] = written_score(models.specs, models.params, tasks,
+                                                                                    rounds, probed)
     scores["confidence, task's unlabelled inputs"] = confidence(models.specs, models.params, tasks, split)
     z = encoder.embed(models.specs, models.params).numpy()
     scores["peace centrality"] = _centrality(z, tasks)
     scores["peace + ridge"] = ridge(encoder.embed(train.specs, train.params).numpy(),
                                     train.rows["test_acc"].to_numpy()).predict(z)
-    probes = scores["consensus, centrality, Gaussian probes"]  # weights only, beside PEACE's two readings
-    for reading in ("peace + ridge", "peace centrality"):
-        scores[f"consensus (Gaussian probes) and {reading}, mean rank"] = _mean_rank(tasks, probes, scores[reading])
+    for reading in ("peace + ridge", "peace centrality"):  # weights only, beside PEACE's two readings
+        scores[f"consensus (Gaussian probes) and {reading}, mean rank"] = _mean_rank(tasks, probed, scores[reading])
     return {k: within_group_tau(y, v, tasks) for k, v in scores.items()}
 
 
@@ -92,8 +94,10 @@ def whole_zoo(path: str, query: str | None) -> None:
             for how in ("centrality", "majority", "spectral"):
                 s = consensus(specs, params, [task] * len(ids), inputs, how=how)
                 row[f"{how}, {name}"] = kendalltau(y, s).statistic
-        inverted = consensus(specs, params, [task] * len(ids), "inverted")
-        row["centrality, probes and inverted"] = kendalltau(y, inverted).statistic
+        probed = consensus(specs, params, [task] * len(ids), "probes")
+        for rounds in (1, 2):
+            s = written_score(specs, params, [task] * len(ids), rounds, probed)
+            row[f"written, {rounds} round{'s' * (rounds > 1)}"] = kendalltau(y, s).statistic
         rows.append(row | {"s": time.perf_counter() - t0})
     df = pd.DataFrame(rows)
     print(df.round(3).to_string(index=False))

@@ -442,15 +442,15 @@ def test_the_best_for_a_task_page_ranks_without_labels_and_compares_with_the_rec
     at.selectbox(key="pref_rank_task").set_value("synth-1").run()
     assert not at.exception, [e.message for e in at.exception]
     shown = at.dataframe[0].value
-    assert list(shown["rank"]) == list(range(1, len(shown) + 1)) and shown["consensus"].is_monotonic_decreasing
+    assert list(shown["rank"]) == list(range(1, len(shown) + 1)) and shown["score"].is_monotonic_decreasing
     info = at.info[0].value
-    assert "ranked by consensus on Gaussian probe inputs" in info and "Kendall tau" in info
+    assert "inputs written by the better models" in info and "Kendall tau" in info
     ex = Explorer(artifacts / "embeddings" / "tiny")
     ids = " ".join(ex.table.loc[ex.table["task"] == "synth-1", "model_id"])
     assert list(shown["model_id"]) == list(rank_models(ex.zoo, ids)[0]["model_id"][:20])  # what `peace rank` says
-    at.radio(key="pref_rank_read").set_value("probes and inputs inverted from the models (weights only)").run()
-    assert "as many inverted from the models" in at.info[0].value
-    assert list(at.dataframe[0].value["model_id"]) == list(rank_models(ex.zoo, ids, inverted=True)[0]["model_id"][:20])
+    at.radio(key="pref_rank_read").set_value("Gaussian probes (weights only, quicker)").run()
+    assert "ranked by consensus on Gaussian probe inputs" in at.info[0].value
+    assert list(at.dataframe[0].value["model_id"]) == list(rank_models(ex.zoo, ids, probes=True)[0]["model_id"][:20])
     at.radio(key="pref_rank_read").set_value("the task's unlabelled inputs").run()
     assert "unlabelled test inputs of task 'synth-1'" in at.info[0].value
     assert len(at.get("plotly_chart")) == 1

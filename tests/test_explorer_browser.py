@@ -127,7 +127,7 @@ def test_every_page_in_a_real_browser(server, browser, artifacts):
     _wait_text(browser, "PEACE explorer")
     es = EmbeddingSet(artifacts / "embeddings" / "tiny")
     expect = {"Map": "Colour by", "Neighbours": "Same task among the top", "Interpolation": "In embedding space",
-              "Generate": "Download as model folders", "Best for a task": "models ranked by consensus",
+              "Generate": "Download as model folders", "Best for a task": "inputs written by the better models",
               "Ablations": "Best configuration per metric", "Symmetry lab": "PEACE cosine distance",
               "Query your model": "Upload a safetensors file"}
     for page in PAGES:

@@ -117,7 +117,8 @@ def test_evaluate_compares_every_method(tiny_run, tiny_zoo, tmp_path):
     assert set(sel["methods"]) == set(m["methods"]) | {"confidence (task's unlabelled inputs)",
                                                          "consensus (task's unlabelled inputs)",
                                                          "consensus (Gaussian probes, weights only)",
-                                                         "consensus (probes and inverted inputs, weights only)"}
+                                                         "probability of the written classes on inputs the models "
+                                                         "write (weights only)"}
     assert all(np.isnan(t) or -1 <= t <= 1 for t in sel["methods"].values())
     from peace.serve.plots import selection_bars
     bars = selection_bars(sel).data[0]  # notebook 04's chart of the same table: best at the top, data signals marked

@@ -10,7 +10,7 @@ from conftest import random_model
 
 from peace.core.errors import PeaceError
 from peace.evaluate.metrics import within_group_tau
-from peace.evaluate.selection import agreement_scores, confidence, consensus
+from peace.evaluate.selection import agreement_scores, confidence, consensus, written_score
 from peace.nets.symmetry import random_symmetry
 
 
@@ -83,18 +83,20 @@ def test_consensus_scores_inside_each_task_and_ignores_symmetries():
     rng = torch.Generator().manual_seed(0)
     noisy = [{k: v + s * torch.randn(v.shape, generator=rng) for k, v in base.items()} for s in (0.02, 0.04, 0.06, 3.0)]
     crowd = [base, *noisy]  # the first four stay near one function, the last is far from them
-    for inputs in ("probes", "inverted", "data"):
-        s = consensus([spec] * 5, crowd, ["digits"] * 5, inputs)
-        assert s.argmin() == 4, inputs
+    scorers = {inputs: lambda specs, params, tasks, inputs=inputs: consensus(specs, params, tasks, inputs)
+               for inputs in ("probes", "data")} | {"written": written_score}
+    for name, score in scorers.items():
+        s = score([spec] * 5, crowd, ["digits"] * 5)
+        assert s.argmin() == 4, name
         # another task's models do not change a task's scores; a permuted, rescaled copy scores the same
         other_task, other_spec, other = random_model("wine", dict(family="mlp", hidden=(4,), activation="relu"))
-        both = consensus([spec] * 5 + [other_spec] * 3, crowd + [other] * 3, ["digits"] * 5 + ["wine"] * 3, inputs)
+        both = score([spec] * 5 + [other_spec] * 3, crowd + [other] * 3, ["digits"] * 5 + ["wine"] * 3)
         np.testing.assert_allclose(both[:5], s)
-        moved = consensus([spec] * 5, [random_symmetry(spec, base, seed=3), *noisy], ["digits"] * 5, inputs)
-        np.testing.assert_allclose(moved, s, atol=1e-12)
+        moved = score([spec] * 5, [random_symmetry(spec, base, seed=3), *noisy], ["digits"] * 5)
+        np.testing.assert_allclose(moved, s, atol=1e-12 if name != "written" else 1e-6)  # float32 probabilities
     own = torch.as_tensor(task.X_test)  # the user's own unlabelled inputs, here the task's: the same scores
     np.testing.assert_allclose(consensus([spec] * 5, crowd, ["mine"] * 5, own), consensus([spec] * 5, crowd, ["digits"] * 5))
-    with pytest.raises(PeaceError, match="'data'.*'probes'.*'inverted'"):
+    with pytest.raises(PeaceError, match="'data'.*'probes'.*written_score"):
         consensus([spec], [base], ["digits"], "labels")
 
 
@@ -123,11 +125,38 @@ def test_inverted_inputs_are_written_from_the_weights_alone(monkeypatch):
     assert torch.equal(capped, x)  # at least two write, whatever the cap
     two_writers = selection.inverted_inputs(specs[:3] * 2, params[:3] * 2, np.arange(6.0), n=40, writers=2)
     assert not torch.equal(two_writers, selection.inverted_inputs(specs[:3] * 2, params[:3] * 2, np.arange(6.0), n=40))
-    s = selection.consensus(specs, params, ["new"] * 5, "inverted")  # any grouping: no task is looked up
+    s = written_score(specs, params, ["new"] * 5)  # any grouping: no task is looked up
     assert s.shape == (5,) and s[3] < s[:3].min()
     huge = {k: v * 1e30 for k, v in base.items()}  # finite weights whose logits overflow: inputs stay finite
     x = selection.inverted_inputs([spec] * 3, [huge, *crowd[:2]], np.array([1.0, 0.0, 0.0]), n=8)
     assert torch.isfinite(x).all()
+
+
+def test_the_written_score_reads_the_written_classes_not_mere_sharpness():
+    """A model sharp everywhere (huge random weights) gains nothing: what counts is the probability of the class
+    each written input was written for. Of two models that answer alike, the sharper (its output layer scaled)
+    gives those classes more probability."""
+    from peace.evaluate.selection import written_classes
+
+    _, spec, base = random_model("digits", dict(family="mlp", hidden=(16,), activation="relu"))
+    rng = torch.Generator().manual_seed(1)
+    crowd = [{k: v + s * torch.randn(v.shape, generator=rng) for k, v in base.items()} for s in (0.02, 0.04)]
+    loud = {k: 30 * torch.randn(v.shape, generator=rng) for k, v in base.items()}  # near one-hot answers, at random
+    sharp = {k: v * (3.0 if k.startswith("layers.1.") else 1.0) for k, v in base.items()}
+    models = [base, sharp, *crowd, loud]
+    x = torch.randn(200, 64, generator=rng)
+    with torch.no_grad():
+        from peace.nets.architectures import predict
+        assert predict(spec, [loud], x).softmax(-1).amax(-1).mean() > predict(spec, [base], x).softmax(-1).amax(-1).mean()
+    for rounds in (1, 2):
+        s = written_score([spec] * 5, models, ["digits"] * 5, rounds)
+        assert s[1] > s[0] and s.argmin() == 4 and np.all((s > 0) & (s < 1)), rounds
+    probed = consensus([spec] * 5, models, ["x"] * 5, "probes")
+    np.testing.assert_array_equal(written_score([spec] * 5, models, ["x"] * 5, probed=probed),
+                                  written_score([spec] * 5, models, ["x"] * 5))
+    assert written_classes(7, 3).tolist() == [0, 1, 2, 0, 1, 2, 0]
+    with pytest.raises(PeaceError, match="at least one round"):
+        written_score([spec] * 5, models, ["x"] * 5, rounds=0)
 
 
 def test_peace_rank_orders_a_tasks_models_without_labels(tiny_zoo, tmp_path):
@@ -141,11 +170,12 @@ def test_peace_rank_orders_a_tasks_models_without_labels(tiny_zoo, tmp_path):
     table = pd.read_csv(tmp_path / "r.csv")
     ids = set(tiny_zoo.manifest.query(chosen).index)
     assert set(table["model_id"]) == ids and list(table["rank"]) == list(range(1, len(ids) + 1))
-    assert table["consensus"].is_monotonic_decreasing and "Gaussian probe inputs (weights only" in p.stdout
-    assert "Kendall tau between the two" in p.stdout and p.stdout.count(" synth-1 ") == 5  # --top 5 rows
-    inv = run_peace("rank", "--zoo", tiny_zoo.path, "--models", chosen, "--inverted", "--csv", tmp_path / "i.csv")
-    assert "as many inverted from the models (weights only" in inv.stdout
-    assert set(pd.read_csv(tmp_path / "i.csv")["model_id"]) == ids
+    assert table["score"].is_monotonic_decreasing and "inputs written by the better models" in p.stdout
+    assert "(weights only" in p.stdout and "Kendall tau between the two" in p.stdout
+    assert p.stdout.count(" synth-1 ") == 5  # --top 5 rows
+    quick = run_peace("rank", "--zoo", tiny_zoo.path, "--models", chosen, "--probes", "--csv", tmp_path / "q.csv")
+    assert "consensus on Gaussian probe inputs (weights only" in quick.stdout
+    assert set(pd.read_csv(tmp_path / "q.csv")["model_id"]) == ids
     np.save(tmp_path / "x.npy", load_task("synth-1").X_test)  # the user's own inputs, here the task's
     own, read = rank_models(tiny_zoo, chosen, inputs=tmp_path / "x.npy")
     assert own.equals(rank_models(tiny_zoo, chosen, task="synth-1")[0]) and "unlabelled inputs of" in read
@@ -175,7 +205,7 @@ def test_bad_ranking_requests_get_one_line_and_touch_no_file(tiny_zoo, tmp_path,
         (ok + ["--task", "digits"], "task 'digits' has inputs"),
         (ok + ["--task", "no-such-task"], "unknown task"),
         (ok + ["--csv", str(tmp_path / "kept.csv")], "exists; name a new file"),
-        (ok + ["--task", "synth-1", "--inverted"], "drop --inverted"),
+        (ok + ["--task", "synth-1", "--probes"], "drop --probes"),
     ]
     for args, message in cases:
         assert main(["rank", *args]) == 2, args

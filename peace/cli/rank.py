@@ -27,13 +27,13 @@ def _rank(args: argparse.Namespace) -> int:
         models = [load_model_isolated(f, cfg, limits) for f in args.files]  # each in a bounded child process
         rows = pd.DataFrame({"model_id": [str(f) for f in args.files], "arch": [m.spec.describe() for m in models]})
         table, read = rank([m.spec for m in models], [m.params for m in models], rows, args.inputs, args.task,
-                            args.inverted)
+                            args.probes)
     elif not (args.zoo and args.models):
         raise PeaceError("--zoo DIR and --models SELECTION go together")
     else:
         table, read = rank_models(Zoo(args.zoo), args.models, inputs=args.inputs, task=args.task,
-                                  inverted=args.inverted)
-    print(f"{len(table)} models ranked by consensus on {read}; best first:")
+                                  probes=args.probes)
+    print(f"{len(table)} models ranked by {read}; best first:")
     with pd.option_context("display.width", 200, "display.max_colwidth", 60):
         print(table.head(args.top).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     tau = agreement_with_record(table)
@@ -53,8 +53,9 @@ def add_parser(sub, import_options) -> None:
                        "with each other, models that do not err each their own way. Ranks model files (read "
                        "in an isolated child, as peace query does) or a zoo's models (--zoo and --models), of one "
                        "input -> class space, on your unlabelled inputs (--inputs), a PEACE task's (--task) or, "
-                       "with neither, Gaussian probes (weights only). Measured in docs/benchmarks.md (model "
-                       "selection).")
+                       "with neither, from the weights alone: the better models write inputs, each for a class "
+                       "(model inversion), and each model scores its probability of those classes. Measured in "
+                       "docs/benchmarks.md (model selection).")
     r.add_argument("files", nargs="*", type=Path, metavar="FILE", help="model files or directories (safetensors or "
                    "PyTorch state dicts, optionally beside a config.json), at least 3")
     r.add_argument("--zoo", type=Path, metavar="DIR", help="the zoo that holds the models")
@@ -63,9 +64,9 @@ def add_parser(sub, import_options) -> None:
     r.add_argument("--inputs", type=Path, metavar="FILE.npy", help="unlabelled inputs, an (n, features) float array "
                    "(numpy.save); the first 512 rows are read")
     r.add_argument("--task", metavar="NAME", help="use this PEACE task's unlabelled test inputs instead")
-    r.add_argument("--inverted", action="store_true", help="with neither: read inputs inverted from the more "
-                   "central half of the models beside the Gaussian probes (weights only; 1-6 s a task on 2 cores, "
-                   "closer to data where probes read noise)")
+    r.add_argument("--probes", action="store_true", help="with neither: consensus on Gaussian probes instead of "
+                   "the written inputs (weights only; about 1 s a task where writing takes 2-8 s on 2 cores, and "
+                   "less often right: docs/benchmarks.md)")
     r.add_argument("--top", type=int, default=20, help="rows to print (default 20)")
     r.add_argument("--csv", type=Path, metavar="FILE", help="write the whole ranking as CSV")
     import_options(r)

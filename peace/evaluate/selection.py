@@ -15,10 +15,11 @@ Beside them, signals that read no trained probe at all:
   zoo's validation split and checked on a zoo made elsewhere (TETRIS-SEED): the spectral meta-learner
   (Parisi, Strino, Nadler, Kluger, PNAS 2014) ties it on validation but ranks TETRIS-SEED's models at
   random, the plain majority vote fails where fine-tunes agree by their parents (``docs/benchmarks.md``).
-  Gaussian noise is unlike a task's data, so ``inputs="inverted"`` (still weights only) reads half of the
-  probes and, for the other half, inputs written by the task's own models: Gaussian starts moved by gradient
-  descent until the more central half of the models answers each with an assigned class
-  (:func:`inverted_inputs`, model inversion as in DeepInversion, without data).
+- **written score** (weights only, :func:`written_score`): Gaussian noise is unlike a task's data, so the
+  task's better models (by consensus on the probes) write inputs (Gaussian starts moved by gradient descent
+  until they answer each with an assigned class: :func:`inverted_inputs`, model inversion as in
+  DeepInversion, without data), and each model scores its mean probability of the assigned classes: a
+  pseudo-labelled test set made from the weights.
 
 The score is ``peace.evaluate.metrics.within_group_tau`` (``linear_probe(..., rank_within=...)`` for probes).
 """
@@ -37,25 +38,39 @@ from peace.nets.architectures import ArchSpec, forward, predict, stack_params
 from peace.nets.probes import N_PROBES, io_space, probe_inputs, responses
 from peace.zoo.tasks import load_task
 
-__all__ = ["CONFIDENCE", "DATA_CONSENSUS", "INVERTED_CONSENSUS", "MAX_INPUTS", "MAX_WRITERS", "PROBE_CONSENSUS",
-           "agreement_scores", "confidence", "consensus", "inverted_inputs"]
+__all__ = ["CONFIDENCE", "DATA_CONSENSUS", "MAX_INPUTS", "MAX_WRITERS", "PROBE_CONSENSUS", "WRITTEN_ROUNDS",
+           "WRITTEN_SCORE", "agreement_scores", "confidence", "consensus", "inverted_inputs", "written_classes",
+           "written_score"]
 
 CONFIDENCE = "confidence (task's unlabelled inputs)"
 DATA_CONSENSUS = "consensus (task's unlabelled inputs)"
 PROBE_CONSENSUS = "consensus (Gaussian probes, weights only)"
-INVERTED_CONSENSUS = "consensus (probes and inverted inputs, weights only)"
+WRITTEN_SCORE = "probability of the written classes on inputs the models write (weights only)"
 MAX_INPUTS = 512  # inputs a consensus reads per task: agreement estimates settle long before, memory stays n x 512 x C
 MAX_WRITERS = 256  # models that write inverted inputs: a 20,000-model selection costs what 512 models do (the demo
 # zoo's per-task figures are the same with 256 as with every model of the top half; 128 and 64 lose 0.003-0.006)
+WRITTEN_ROUNDS = 2  # inversions per written score: the second written by the first score's better half (validation 0.638 vs 0.633)
 
 
 def confidence(specs: Sequence[ArchSpec], params: Sequence[dict[str, torch.Tensor]], tasks: Sequence[str],
                split: str = "test") -> np.ndarray:
     """Each model's mean top softmax probability on its task's ``split`` inputs (the labels are not read)."""
     out = np.zeros(len(specs))
-    for (spec, task), idx in positions(zip(specs, tasks)).items():
-        x = torch.as_tensor(load_task(task).split(split)[0])
-        out[idx] = predict(spec, [params[i] for i in idx], x).softmax(-1).amax(-1).mean(-1).numpy()
+    for task, idx in positions(tasks).items():
+        out[idx] = _probability([specs[i] for i in idx], [params[i] for i in idx],
+                                torch.as_tensor(load_task(task).split(split)[0]))
+    return out
+
+
+@torch.no_grad()
+def _probability(specs: Sequence[ArchSpec], params: Sequence[dict[str, torch.Tensor]], x: torch.Tensor,
+                 classes: torch.Tensor | None = None) -> np.ndarray:
+    """Each model's mean softmax probability on ``x`` (rows that reshape to each spec's inputs) of ``classes`` (one
+    per row), or of its own top class where none are given."""
+    out = np.zeros(len(specs))
+    for spec, idx in positions(specs).items():
+        p = predict(spec, [params[i] for i in idx], x).softmax(-1)  # (models, rows, classes)
+        out[idx] = (p.amax(-1) if classes is None else p[:, torch.arange(len(x)), classes]).mean(-1).numpy()
     return out
 
 
@@ -97,7 +112,7 @@ def inverted_inputs(specs: Sequence[ArchSpec], params: Sequence[dict[str, torch.
                     n: int = N_PROBES, steps: int = 100, lr: float = 0.05, decay: float = 0.1,
                     writers: int = MAX_WRITERS) -> torch.Tensor:
     """(2n, features) inputs of one io-space from the models' weights alone: ``n`` Gaussian probes, then ``n``
-    inputs inverted from the more central half of the models (by ``scores``; at least two, at most ``writers``,
+    inputs inverted from the better half of the models (by ``scores``; at least two, at most ``writers``,
     which bounds the cost of a large selection): Gaussian starts moved by ``steps`` of Adam on those models'
     mean cross-entropy towards an assigned class each (class i % C for input i), with ``decay`` times the
     inputs' mean square keeping them at the probes' scale. Models that learned the task answer such inputs
@@ -107,7 +122,7 @@ def inverted_inputs(specs: Sequence[ArchSpec], params: Sequence[dict[str, torch.
                    for s, idx in positions(specs).items() if top.intersection(idx)]
     gauss = probe_inputs(specs[0].input_shape, 2 * n).float().flatten(1)
     x = gauss[n:].clone().requires_grad_(True)  # starts of their own, not the probes read beside them
-    target = torch.arange(n) % specs[0].n_classes
+    target = written_classes(n, specs[0].n_classes)
     opt = torch.optim.Adam([x], lr=lr)
     with torch.enable_grad():
         for _ in range(steps):
@@ -122,37 +137,57 @@ def inverted_inputs(specs: Sequence[ArchSpec], params: Sequence[dict[str, torch.
 
 
 def consensus(specs: Sequence[ArchSpec], params: Sequence[dict[str, torch.Tensor]], tasks: Sequence[str],
-              inputs: str | torch.Tensor = "data", split: str = "test", how: str = "centrality",
-              probed: np.ndarray | None = None) -> np.ndarray:
+              inputs: str | torch.Tensor = "data", split: str = "test", how: str = "centrality") -> np.ndarray:
     """Each model's consensus score among the models of its task (see the module docstring), read on
     ``inputs``: ``"data"``, the task's unlabelled ``split`` inputs; ``"probes"``, PEACE's Gaussian probes of
-    the models' io-space (weights only, so ``tasks`` may be any grouping of models); ``"inverted"``, those
-    probes and as many inputs inverted from the group's more central models (weights only,
-    :func:`inverted_inputs`); or a tensor of unlabelled inputs that every model reads. ``how``:
-    ``agreement_scores``' method (centrality by default). ``probed``: the same models' consensus on the
-    probes when the caller has it already (``"inverted"`` reads it to choose who writes)."""
-    if isinstance(inputs, str) and inputs not in ("data", "probes", "inverted"):
-        raise PeaceError(f"consensus reads 'data' (the task's unlabelled inputs), 'probes', 'inverted' or an input "
-                         f"tensor, not {inputs!r}")
+    the models' io-space (weights only, so ``tasks`` may be any grouping of models); or a tensor of
+    unlabelled inputs that every model reads. ``how``: ``agreement_scores``' method (centrality by default)."""
+    if isinstance(inputs, str) and inputs not in ("data", "probes"):
+        raise PeaceError(f"consensus reads 'data' (the task's unlabelled inputs), 'probes' or an input tensor, not "
+                         f"{inputs!r} (inputs written by the models: written_score)")
     if isinstance(inputs, str) and inputs == "probes":  # the function-space baseline's probe responses
         predictions = [r.argmax(-1).numpy() for r in responses(specs, params)]
     else:
-        inverting = isinstance(inputs, str) and inputs == "inverted"  # the probes' scores pick who writes them
-        if inverting and probed is None:
-            probed = consensus(specs, params, tasks, "probes", how=how)
         predictions = [np.zeros(0, np.int64)] * len(specs)
-        for (task, _), idx in positions((t, io_space(s)) for s, t in zip(specs, tasks)).items():
-            group, weights = [specs[i] for i in idx], [params[i] for i in idx]
-            if inverting:
-                x = inverted_inputs(group, weights, probed[idx])
-            else:
-                x = inputs if not isinstance(inputs, str) else torch.as_tensor(load_task(task).split(split)[0])
-            for i, p in zip(idx, _predicted(group, weights, x[:MAX_INPUTS])):
+        for (task, _), idx in _groups(specs, tasks).items():
+            x = inputs if not isinstance(inputs, str) else torch.as_tensor(load_task(task).split(split)[0])
+            for i, p in zip(idx, _predicted([specs[i] for i in idx], [params[i] for i in idx], x[:MAX_INPUTS])):
                 predictions[i] = p
     out = np.zeros(len(specs))
-    for idx in positions((t, io_space(s)) for s, t in zip(specs, tasks)).values():
+    for idx in _groups(specs, tasks).values():
         out[idx] = agreement_scores(np.stack([predictions[i] for i in idx]), how)
     return out
+
+
+def written_score(specs: Sequence[ArchSpec], params: Sequence[dict[str, torch.Tensor]], tasks: Sequence[str],
+                  rounds: int = WRITTEN_ROUNDS, probed: np.ndarray | None = None) -> np.ndarray:
+    """Each model's quality score among its group's (``tasks``: any grouping; weights only, no data read): its
+    mean softmax probability of the class each written input was written for, the group's better half (by
+    consensus on the probes, ``probed`` when the caller has it) writing them (:func:`inverted_inputs`). A model
+    that learned what the writers learned gives those classes high probability; one that did not, or that is
+    sharp everywhere (huge random weights), does not. Each further round (``rounds`` in all) writes the inputs
+    again, from the better half by the last score."""
+    if rounds < 1:
+        raise PeaceError(f"a written score takes at least one round of writing, got rounds={rounds}")
+    score = consensus(specs, params, tasks, "probes") if probed is None else np.asarray(probed, np.float64)
+    out = np.zeros(len(specs))
+    for idx in _groups(specs, tasks).values():
+        group, weights, s = [specs[i] for i in idx], [params[i] for i in idx], score[idx]
+        for _ in range(rounds):
+            written = inverted_inputs(group, weights, s)[N_PROBES:]
+            s = _probability(group, weights, written, written_classes(len(written), group[0].n_classes))
+        out[idx] = s
+    return out
+
+
+def written_classes(n: int, n_classes: int) -> torch.Tensor:
+    """The class each of ``n`` written inputs is written for (:func:`inverted_inputs`): every class in turn."""
+    return torch.arange(n) % n_classes
+
+
+def _groups(specs: Sequence[ArchSpec], tasks: Sequence[str]) -> dict:
+    """Positions of each (task, io-space) group: models are compared only with models that read their inputs."""
+    return positions((t, io_space(s)) for s, t in zip(specs, tasks))
 
 
 @torch.no_grad()

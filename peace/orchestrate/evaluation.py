@@ -28,8 +28,8 @@ from peace.evaluate.metrics import (
     within_group_tau,
 )
 from peace.evaluate.prediction import PredictorConfig, accuracy_study
-from peace.evaluate.selection import (CONFIDENCE, DATA_CONSENSUS, INVERTED_CONSENSUS, PROBE_CONSENSUS, confidence,
-                                     consensus)
+from peace.evaluate.selection import (CONFIDENCE, DATA_CONSENSUS, PROBE_CONSENSUS, WRITTEN_SCORE, confidence,
+                                     consensus, written_score)
 from peace.evaluate.transfer import TransferConfig, transfer_study
 from peace.learn.probegen import ProbeGenEmbedding
 from peace.learn.run import RunDir, load_encoder
@@ -191,7 +191,7 @@ def evaluate(run_dir: str | Path, out: str | Path, zoo: Zoo | str | Path | None 
         idx = np.flatnonzero(held)
         specs, params, tasks = [test.specs[i] for i in idx], [test.params[i] for i in idx], test.rows["task"].iloc[idx]
         probed = consensus(specs, params, tasks, "probes")
-        label_free = {PROBE_CONSENSUS: probed, INVERTED_CONSENSUS: consensus(specs, params, tasks, "inverted", probed=probed),
+        label_free = {PROBE_CONSENSUS: probed, WRITTEN_SCORE: written_score(specs, params, tasks, probed=probed),
                       CONFIDENCE: confidence(specs, params, tasks),
                       DATA_CONSENSUS: consensus(specs, params, tasks, "data")}
         metrics["selection"] = {"tasks": sorted(set(tasks)), "n_models": len(idx), "methods": {
@@ -320,8 +320,9 @@ def selection_markdown(study: dict | None) -> str:
             f"their true test accuracy inside each task, averaged over tasks. {CONFIDENCE}: each model's mean top "
             f"softmax probability on the task's test inputs (uses the task's data, not its labels). Consensus: how "
             f"much a model agrees with the task's other models (each weighted by its own centrality), on the task's "
-            f"unlabelled inputs, on Gaussian probes (weights only) or on those probes and as many inputs inverted from "
-            f"the task's more central models (weights only), `peace.evaluate.selection`.\n\n"
+            f"unlabelled inputs or on Gaussian probes (weights only). {WRITTEN_SCORE}: the task's better models (by "
+            f"consensus on the probes) write inputs, each for a class, and each model scores its mean probability of "
+            f"those classes (`peace rank`'s default), `peace.evaluate.selection`.\n\n"
             f"{markdown_table(pd.DataFrame({'within-task Kendall tau': study['methods']}))}\n")
 
 

@@ -1,6 +1,7 @@
-"""``peace rank``: order a zoo's models for a task nobody labelled, by how much each agrees with the others
-(``peace.evaluate.selection.consensus``), on the user's unlabelled inputs, a task's, or Gaussian probes (with
-inputs inverted from the models, if asked)."""
+"""``peace rank``: order a zoo's models for a task nobody labelled: from the weights alone, by the probability each
+model gives the classes of inputs that the better models write (``peace.evaluate.selection.written_score``), or
+by how much each agrees with the others (``consensus``) on Gaussian probes, the user's unlabelled inputs or a
+task's."""
 from __future__ import annotations
 
 from collections import Counter
@@ -13,7 +14,7 @@ import torch
 from scipy.stats import kendalltau
 
 from peace.core.errors import PeaceError
-from peace.evaluate.selection import MAX_INPUTS, consensus
+from peace.evaluate.selection import MAX_INPUTS, consensus, written_score
 from peace.nets.architectures import ArchSpec
 from peace.nets.probes import io_space
 from peace.zoo.query import select_ids
@@ -44,12 +45,12 @@ def read_inputs(path: str | Path, spec: ArchSpec) -> torch.Tensor:
     return x
 
 
-def _one_source(inputs: str | Path | None, task: str | None, inverted: bool = False) -> None:
+def _one_source(inputs: str | Path | None, task: str | None, probes: bool = False) -> None:
     if inputs is not None and task is not None:
         raise PeaceError("rank on your inputs (--inputs FILE.npy) or on a task's (--task NAME), not both")
-    if inverted and (inputs is not None or task is not None):
-        raise PeaceError("--inverted writes inputs from the weights when you have none; with --inputs or --task the "
-                         "models already read real inputs: drop --inverted")
+    if probes and (inputs is not None or task is not None):
+        raise PeaceError("--probes reads Gaussian probes when you have no inputs; with --inputs or --task the "
+                         "models already read real inputs: drop --probes")
 
 
 def _one_space(specs: Sequence[ArchSpec]) -> None:
@@ -61,52 +62,54 @@ def _one_space(specs: Sequence[ArchSpec]) -> None:
 
 
 def rank(specs: Sequence[ArchSpec], params: Sequence[dict[str, torch.Tensor]], rows: pd.DataFrame,
-         inputs: str | Path | None = None, task: str | None = None, inverted: bool = False) -> tuple[pd.DataFrame, str]:
-    """``rows`` (one per model, ``model_id`` first) ordered best first by consensus (a model's agreement with the
-    others, each weighted by its own centrality: ``agreement_scores``) on unlabelled inputs:
-    ``inputs``, a ``.npy`` file of them; ``task``, a PEACE task's test inputs; neither, Gaussian probes
-    (weights only), beside inputs inverted from the models if ``inverted``. The models must read one
-    input -> class space. Returns the table and what was read."""
-    _one_source(inputs, task, inverted)
+         inputs: str | Path | None = None, task: str | None = None, probes: bool = False) -> tuple[pd.DataFrame, str]:
+    """``rows`` (one per model, ``model_id`` first) ordered best first by a ``score`` column: consensus (a
+    model's agreement with the others, each weighted by its own centrality: ``agreement_scores``) on unlabelled
+    inputs, ``inputs``, a ``.npy`` file of them, or ``task``, a PEACE task's test inputs; with neither, from the
+    weights alone, ``written_score`` (the probability of the classes that inputs written by the better models
+    were written for), or consensus on Gaussian probes if ``probes`` (quicker, less often right). The models
+    must read one input -> class space. Returns the table and what the score read."""
+    _one_source(inputs, task, probes)
     if not 3 <= len(specs) <= MAX_RANKED:
-        raise PeaceError(f"a ranking by consensus needs 3 to {MAX_RANKED:,} models, got {len(specs)}")
+        raise PeaceError(f"a ranking without labels needs 3 to {MAX_RANKED:,} models, got {len(specs)}")
     _one_space(specs)
     spec, group = specs[0], ["selection"] * len(specs)  # one group: every model is compared with every other
     if inputs is not None:
         x = read_inputs(inputs, spec)
-        scores, read = consensus(specs, params, group, x), f"{len(x)} unlabelled inputs of {inputs}"
+        scores, read = consensus(specs, params, group, x), f"consensus on {len(x)} unlabelled inputs of {inputs}"
     elif task is not None:
         t = load_task(task)
         if int(np.prod(t.input_shape)) != int(np.prod(spec.input_shape)) or t.n_classes != spec.n_classes:
             raise PeaceError(f"task {task!r} has inputs {t.input_shape} and {t.n_classes} classes; the models read "
                              f"{tuple(spec.input_shape)} into {spec.n_classes} classes")
         scores = consensus(specs, params, [task] * len(specs), "data")
-        read = f"{min(len(t.X_test), MAX_INPUTS)} unlabelled test inputs of task {task!r} (its labels are not read)"
-    elif inverted:
-        scores = consensus(specs, params, group, "inverted")
-        read = "Gaussian probe inputs and as many inverted from the models (weights only: no data read)"
-    else:
+        read = f"consensus on {min(len(t.X_test), MAX_INPUTS)} unlabelled test inputs of task {task!r} (its labels are not read)"
+    elif probes:
         scores = consensus(specs, params, group, "probes")
-        read = "Gaussian probe inputs (weights only: no data read)"
-    table = rows.assign(consensus=scores).sort_values("consensus", ascending=False, kind="stable")
+        read = "consensus on Gaussian probe inputs (weights only: no data read)"
+    else:
+        scores = written_score(specs, params, group)
+        read = ("the probability of the classes that inputs written by the better models were written for "
+                "(weights only: no data read)")
+    table = rows.assign(score=scores).sort_values("score", ascending=False, kind="stable")
     table.insert(0, "rank", np.arange(1, len(table) + 1))
     return table.reset_index(drop=True), read
 
 
 def rank_models(zoo: Zoo, selection: str, inputs: str | Path | None = None, task: str | None = None,
-                inverted: bool = False) -> tuple[pd.DataFrame, str]:
+                probes: bool = False) -> tuple[pd.DataFrame, str]:
     """``rank`` for the usable models of a zoo that ``selection`` picks (ids or a manifest query)."""
-    _one_source(inputs, task, inverted)
+    _one_source(inputs, task, probes)
     m = zoo.manifest[usable(zoo.manifest)]
     ids = [i for i in select_ids(m, selection) if i in m.index]
     if not 3 <= len(ids) <= MAX_RANKED:
-        raise PeaceError(f"the selection {selection!r} picks {len(ids)} usable models of {zoo.path}; a ranking by "
-                         f"consensus needs 3 to {MAX_RANKED:,} (check it with `peace zoo info {zoo.path}`)")
+        raise PeaceError(f"the selection {selection!r} picks {len(ids)} usable models of {zoo.path}; a ranking "
+                         f"without labels needs 3 to {MAX_RANKED:,} (check it with `peace zoo info {zoo.path}`)")
     cols = [c for c in ("task", "arch", "epoch", "test_acc") if c in m.columns]
     specs = [zoo.spec(i) for i in ids]
     _one_space(specs)  # before reading any weights
     return rank(specs, zoo.load_many(ids), m.loc[ids, cols].rename_axis("model_id").reset_index(), inputs, task,
-                inverted)
+                probes)
 
 
 def agreement_with_record(table: pd.DataFrame) -> float | None:
@@ -114,4 +117,4 @@ def agreement_with_record(table: pd.DataFrame) -> float | None:
     known = table["test_acc"].notna() if "test_acc" in table else pd.Series(False, index=table.index)
     if known.sum() < 3 or table.loc[known, "test_acc"].nunique() < 2:
         return None
-    return float(kendalltau(table.loc[known, "consensus"], table.loc[known, "test_acc"]).statistic)
+    return float(kendalltau(table.loc[known, "score"], table.loc[known, "test_acc"]).statistic)
