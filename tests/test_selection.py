@@ -130,6 +130,8 @@ def test_inverted_inputs_are_written_from_the_weights_alone(monkeypatch):
     huge = {k: v * 1e30 for k, v in base.items()}  # finite weights whose logits overflow: inputs stay finite
     x = selection.inverted_inputs([spec] * 3, [huge, *crowd[:2]], np.array([1.0, 0.0, 0.0]), n=8)
     assert torch.isfinite(x).all()
+    s = written_score([spec] * 5, [huge, *crowd], ["new"] * 5)  # its probabilities are their limit (one-hot), not NaN
+    assert np.isfinite(s).all() and s[4] < s[:4].min()
 
 
 def test_the_written_score_reads_the_written_classes_not_mere_sharpness():

@@ -67,9 +67,10 @@ def _probability(specs: Sequence[ArchSpec], params: Sequence[dict[str, torch.Ten
                  classes: torch.Tensor | None = None) -> np.ndarray:
     """Each model's mean softmax probability on ``x`` (rows that reshape to each spec's inputs) of ``classes`` (one
     per row), or of its own top class where none are given."""
-    out = np.zeros(len(specs))
+    out, big = np.zeros(len(specs)), torch.finfo(torch.float32).max
     for spec, idx in positions(specs).items():
-        p = predict(spec, [params[i] for i in idx], x).softmax(-1)  # (models, rows, classes)
+        logits = predict(spec, [params[i] for i in idx], x).float()  # (models, rows, classes)
+        p = torch.nan_to_num(logits, nan=0.0, posinf=big, neginf=-big).softmax(-1)  # overflowed logits: their limit
         out[idx] = (p.amax(-1) if classes is None else p[:, torch.arange(len(x)), classes]).mean(-1).numpy()
     return out
 
