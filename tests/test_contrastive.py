@@ -18,10 +18,10 @@ from peace.learn.contrastive import (
     info_nce,
     magnitude_prune,
     nce_logits,
-    relabel_classes,
     task_targets,
 )
 from peace.nets.architectures import forward, stack_params
+from peace.nets.renaming import relabel_classes
 
 
 def _out(spec, params, X):

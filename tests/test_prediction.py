@@ -71,3 +71,31 @@ def test_accuracy_study_compares_nfn_with_probes_on_one_architecture(tiny_zoo):
     assert all(np.isfinite(r["r2"]) for r in out["methods"].values())
     assert out["methods"]["constant"]["r2"] <= 0  # a constant predicts nothing
     assert "skipped" in accuracy_study(train, val, test, methods, min_models=10_000)
+
+
+def test_renamed_copies_keep_each_models_accuracy_on_its_own_renamed_task():
+    """``with_renamed``: the training models, then ``copies`` copies of each with its classes renamed and its
+    target kept. A copy answers the task with its labels renamed alike exactly as its original answers the task."""
+    from peace.evaluate.prediction import with_renamed
+    from peace.nets.architectures import forward
+
+    task, spec, params = random_model(*MLP)
+    _, _, other = random_model(*MLP)
+    models, y = with_renamed(spec, [params, other], np.array([0.9, 0.4]), copies=3, seed=1)
+    assert len(models) == 8 and y.tolist() == [0.9, 0.4] + [0.9] * 3 + [0.4] * 3
+    assert models[0] is params and models[1] is other
+    last = spec.layers[-1]
+    x = torch.as_tensor(task.X_test[:200], dtype=torch.float32)
+    original = forward(spec, {k: v[None] for k, v in params.items()}, x)[0]
+    for copy in models[2:5]:
+        assert all(torch.equal(copy[k], params[k]) for k in params if k not in (last.weight_name, last.bias_name))
+        order = [int(torch.nonzero((copy[last.weight_name][i] == params[last.weight_name]).all(1))[0])
+                 for i in range(spec.n_classes)]
+        assert sorted(order) == list(range(spec.n_classes)) and order != list(range(spec.n_classes))
+        renamed = forward(spec, {k: v[None] for k, v in copy.items()}, x)[0]
+        torch.testing.assert_close(renamed, original[:, order])  # class k of the copy is class order[k]
+    again, _ = with_renamed(spec, [params, other], np.array([0.9, 0.4]), copies=3, seed=1)
+    assert all(torch.equal(a[last.weight_name], b[last.weight_name]) for a, b in zip(models, again))
+    assert len(with_renamed(spec, [params], np.array([0.5]), copies=0)[0]) == 1
+    with pytest.raises(PeaceError, match="renamed copies >= 0"):
+        PredictorConfig(renamed=-1)

@@ -44,8 +44,7 @@ from peace.zoo.tasks import load_task
 
 __all__ = [
     "CONFIG_COLUMNS", "SOURCES", "AugmentConfig", "Kinship", "PairSampler", "augment", "build_views", "config_key",
-    "functional_neighbours", "functional_targets", "info_nce", "magnitude_prune", "nce_logits", "relabel_classes",
-    "renaming", "task_targets"
+    "functional_neighbours", "functional_targets", "info_nce", "magnitude_prune", "nce_logits", "task_targets"
 ]
 
 SOURCES = ("self", "pruned", "distilled", "same_config", "checkpoint", "functional")
@@ -112,29 +111,6 @@ def augment(spec: ArchSpec, params: dict[str, Tensor], seed: int, cfg: AugmentCo
         if cfg.erase and name in weight_names:
             v = v * (torch.rand(v.shape, generator=g) >= cfg.erase)
         out[name] = v
-    return out
-
-
-def renaming(n_classes: int, rng: np.random.Generator) -> np.ndarray:
-    """A random order of ``n_classes`` classes that leaves none in its place (the identity for one class)."""
-    if n_classes < 2:
-        return np.arange(n_classes)
-    perm = rng.permutation(n_classes)
-    while (perm == np.arange(n_classes)).any():
-        perm = rng.permutation(n_classes)
-    return perm
-
-
-def relabel_classes(spec: ArchSpec, params: dict[str, Tensor], rng: np.random.Generator,
-                    order: np.ndarray | None = None) -> dict[str, Tensor]:
-    """The model with its output classes permuted (by ``order``, else a random ``renaming``): the same
-    weights up to the last layer's row order, but another function (a negative only the outputs reveal)."""
-    order = renaming(spec.n_classes, rng) if order is None else order
-    last, idx = spec.layers[-1], torch.from_numpy(np.asarray(order))
-    out = dict(params)
-    out[last.weight_name] = params[last.weight_name][idx]
-    if last.bias:
-        out[last.bias_name] = params[last.bias_name][idx]
     return out
 
 

@@ -35,8 +35,6 @@ from peace.learn.contrastive import (
     functional_neighbours,
     functional_targets,
     info_nce,
-    relabel_classes,
-    renaming,
     task_targets,
 )
 from peace.learn.distributed import current, first_rank_first, gather_rows, with_own_rows
@@ -47,6 +45,7 @@ from peace.learn.run import RunDir, TrainResult, build_encoder
 from peace.learn.runconfig import RunConfig
 from peace.nets.architectures import ArchSpec
 from peace.nets.probes import agreement_matrix, io_space
+from peace.nets.renaming import relabel_classes, renaming
 from peace.zoo.splits import split_zoo
 from peace.zoo.store import Zoo, usable
 

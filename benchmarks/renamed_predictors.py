@@ -1,0 +1,81 @@
+"""Accuracy predictors on one architecture, trained with and without class-renamed copies of their training models.
+
+A model's accuracy on its own task does not depend on what its classes are called, so a predictor can be
+taught that with copies of its training models whose output rows are permuted, each keeping its original's
+target (``PredictorConfig.renamed``, ``peace.evaluate.prediction.with_renamed``). It matters where the test
+models include a task whose labels are a renaming of a training task's (seed 2's split holds out
+``digits-labelperm``). For each run: the largest MLP group of ``peace evaluate``'s accuracy study, NFN-HNP,
+ProbeGen and PEACE's encoder fine-tuned, each trained as the study trains them; Kendall tau on the group's
+validation models (to choose on) and test models (and the held-out tasks' test models alone).
+
+    python benchmarks/renamed_predictors.py artifacts/runs/demo artifacts/runs/def-s1 artifacts/runs/def-s2
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.stats import kendalltau
+
+from peace.evaluate.prediction import (EncoderRegressor, PredictorConfig, _take, fit_nfn, fit_regressor, largest_group,
+                                       predict_regressor, with_renamed)
+from peace.evaluate.probegen import ProbeGenConfig, ProbeGenRegressor
+from peace.learn.run import load_encoder
+from peace.orchestrate.evaluation import split_models
+from peace.zoo.store import Zoo
+
+
+def _fit(name: str, encoder, spec, params, y, val, y_val, cfg: PredictorConfig, seed: int):
+    if name == "nfn-hnp":
+        return fit_nfn(spec, params, y, val, y_val, "hnp", cfg, seed)
+    if name == "probegen":
+        torch.manual_seed(seed)
+        pg = ProbeGenConfig()
+        return fit_regressor(ProbeGenRegressor(spec, pg), params, y, val, y_val, cfg.epochs, pg.lr, cfg, seed)
+    return fit_regressor(EncoderRegressor(encoder, spec, cfg.head), params, y, val, y_val, cfg.finetune_epochs,
+                         cfg.finetune_lr, cfg, seed)
+
+
+def study(run: str, copies: list[int], seeds: list[int], predictors: list[str]) -> list[dict]:
+    encoder = load_encoder(run)
+    tr, va, te = split_models(run, Zoo(encoder.meta["zoo"]), ("train", "val", "test"))
+    arch = largest_group(tr, va, te)
+    tr, va, te = _take(tr, arch), _take(va, arch), _take(te, arch)
+    y_tr, y_va, y_te = (m.rows["test_acc"].to_numpy(float) for m in (tr, va, te))
+    held = te.rows["heldout_task"].to_numpy(bool)
+    rows = []
+    for c in copies:
+        for seed in seeds:
+            params, y = with_renamed(tr.specs[0], tr.params, y_tr, c, seed)
+            for name in predictors:
+                t = time.perf_counter()
+                model = _fit(name, encoder, tr.specs[0], params, y, va.params, y_va, PredictorConfig(renamed=c), seed)
+                pv, pt = predict_regressor(model, va.params), predict_regressor(model, te.params)
+                rows.append({"run": run, "arch": arch, "renamed copies": c, "seed": seed, "predictor": name,
+                             "val tau": kendalltau(y_va, pv).statistic, "test tau": kendalltau(y_te, pt).statistic,
+                             "held-out test tau": kendalltau(y_te[held], pt[held]).statistic if held.sum() > 2
+                             else np.nan, "s": time.perf_counter() - t})
+                print({k: round(v, 3) if isinstance(v, float) else v for k, v in rows[-1].items()}, flush=True)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+")
+    ap.add_argument("--copies", type=int, nargs="+", default=[0, 2])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--predictors", nargs="+", default=["peace fine-tuned", "nfn-hnp", "probegen"])
+    args = ap.parse_args()
+    df = pd.DataFrame([r for run in args.runs for r in study(run, args.copies, args.seeds, args.predictors)])
+    per_run = df.groupby(["predictor", "renamed copies", "run"])[["val tau", "test tau"]].mean().unstack("run")
+    pd.set_option("display.width", 250)
+    print(per_run.round(3).to_string())
+    print(df.groupby(["predictor", "renamed copies"])[["val tau", "test tau", "held-out test tau"]]
+          .agg(["mean", "std"]).round(3).to_string())
+
+
+if __name__ == "__main__":
+    main()
