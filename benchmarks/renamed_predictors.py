@@ -17,26 +17,13 @@ import time
 
 import numpy as np
 import pandas as pd
-import torch
 from scipy.stats import kendalltau
 
-from peace.evaluate.prediction import (EncoderRegressor, PredictorConfig, _take, fit_nfn, fit_regressor, largest_group,
-                                       predict_regressor, with_renamed)
-from peace.evaluate.probegen import ProbeGenConfig, ProbeGenRegressor
+from peace.evaluate.prediction import (PredictorConfig, _take, fit_predictor, largest_group, predict_regressor,
+                                       with_renamed)
 from peace.learn.run import load_encoder
 from peace.orchestrate.evaluation import split_models
 from peace.zoo.store import Zoo
-
-
-def _fit(name: str, encoder, spec, params, y, val, y_val, cfg: PredictorConfig, seed: int):
-    if name == "nfn-hnp":
-        return fit_nfn(spec, params, y, val, y_val, "hnp", cfg, seed)
-    if name == "probegen":
-        torch.manual_seed(seed)
-        pg = ProbeGenConfig()
-        return fit_regressor(ProbeGenRegressor(spec, pg), params, y, val, y_val, cfg.epochs, pg.lr, cfg, seed)
-    return fit_regressor(EncoderRegressor(encoder, spec, cfg.head), params, y, val, y_val, cfg.finetune_epochs,
-                         cfg.finetune_lr, cfg, seed)
 
 
 def study(run: str, copies: list[int], seeds: list[int], predictors: list[str]) -> list[dict]:
@@ -52,7 +39,7 @@ def study(run: str, copies: list[int], seeds: list[int], predictors: list[str]) 
             params, y = with_renamed(tr.specs[0], tr.params, y_tr, c, seed)
             for name in predictors:
                 t = time.perf_counter()
-                model = _fit(name, encoder, tr.specs[0], params, y, va.params, y_va, PredictorConfig(renamed=c), seed)
+                model = fit_predictor(name, tr.specs[0], params, y, va.params, y_va, PredictorConfig(), seed, encoder)
                 pv, pt = predict_regressor(model, va.params), predict_regressor(model, te.params)
                 rows.append({"run": run, "arch": arch, "renamed copies": c, "seed": seed, "predictor": name,
                              "val tau": kendalltau(y_va, pv).statistic, "test tau": kendalltau(y_te, pt).statistic,

@@ -1,6 +1,7 @@
 """Which label-free signal ranks a task's models by accuracy? Consensus (centrality, majority or spectral, on the
-task's unlabelled inputs or on Gaussian probes), the written score (agreement and confidence on inputs the models
-write, after one or two rounds of writing), confidence, and PEACE's own readings, side by side.
+task's unlabelled inputs or on Gaussian probes), the written score (each model's probability of the classes that
+inputs written by the better models were written for, after one or two rounds of writing), confidence, and PEACE's
+own readings, side by side.
 
 For each run: on ``--split test`` the held-out tasks' test models (``peace evaluate``'s model-selection
 set); on ``--split val`` every validation model, grouped by task (to choose on: no signal here is
@@ -11,7 +12,7 @@ task, averaged over tasks (``within_group_tau``); then mean ± std over runs.
 
 With ``--zoo`` instead: consensus (``peace rank``'s centrality, and the majority and spectral alternatives) on every
 task of a zoo (all its models, every epoch, or those ``--query`` picks), on Gaussian probes and on the
-task's unlabelled inputs, and the written score (``peace rank --inverted``): Kendall tau against the recorded
+task's unlabelled inputs, and the written score (``peace rank``'s default): Kendall tau against the recorded
 test accuracy, and seconds per task.
 
     python benchmarks/selection_signals.py --zoo artifacts/zoos/demo
@@ -82,8 +83,9 @@ def _mean_rank(tasks: np.ndarray, *scores: np.ndarray) -> np.ndarray:
 
 
 def whole_zoo(path: str, query: str | None) -> None:
-    """Consensus per task of the zoo (or of the models ``query`` picks), majority vote and spectral, on
-    Gaussian probes and on the task's unlabelled inputs: tau against the recorded accuracy."""
+    """Consensus per task of the zoo (or of the models ``query`` picks), centrality, majority vote and spectral, on
+    Gaussian probes and on the task's unlabelled inputs, and the written score after one and two rounds: tau
+    against the recorded accuracy."""
     zoo, rows = Zoo(path), []
     m = zoo.manifest if query is None else zoo.manifest.query(query)
     for task in sorted(m["task"].unique()):
@@ -94,7 +96,8 @@ def whole_zoo(path: str, query: str | None) -> None:
             for how in ("centrality", "majority", "spectral"):
                 s = consensus(specs, params, [task] * len(ids), inputs, how=how)
                 row[f"{how}, {name}"] = kendalltau(y, s).statistic
-        probed = consensus(specs, params, [task] * len(ids), "probes")
+                if (inputs, how) == ("probes", "centrality"):
+                    probed = s  # what picks the written score's first writers
         for rounds in (1, 2):
             s = written_score(specs, params, [task] * len(ids), rounds, probed)
             row[f"written, {rounds} round{'s' * (rounds > 1)}"] = kendalltau(y, s).statistic

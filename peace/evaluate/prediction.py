@@ -32,16 +32,18 @@ from torch import Tensor, nn
 from peace.core.errors import PeaceError
 from peace.evaluate.baselines import Baseline, Models, WeightStats
 from peace.evaluate.metrics import linear_probe
-from peace.evaluate.probegen import GENERATORS, ProbeGenConfig, ProbeGenRegressor
+from peace.evaluate.probegen import ProbeGenConfig, ProbeGenRegressor
 from peace.nets.architectures import ArchSpec
 from peace.nets.renaming import relabel_classes
 
 __all__ = [
-    "NFN_MODES", "EncoderRegressor", "NFNPredictor", "PredictorConfig", "accuracy_study", "fit_nfn", "fit_regressor",
-    "largest_group", "nfn_readable", "predict_nfn", "predict_regressor", "with_renamed"
+    "NFN_MODES", "PREDICTORS", "EncoderRegressor", "NFNPredictor", "PredictorConfig", "accuracy_study", "fit_nfn",
+    "fit_predictor", "fit_regressor", "largest_group", "nfn_readable", "predict_nfn", "predict_regressor", "with_renamed"
 ]
 
 NFN_MODES = ("hnp", "np")
+# the study's supervised predictors, in the order it trains them (``fit_predictor``)
+PREDICTORS = (*(f"nfn-{m}" for m in NFN_MODES), "probegen", "probegen, free probes", "peace fine-tuned")
 
 
 @dataclass(frozen=True)
@@ -198,6 +200,25 @@ def predict_regressor(model: nn.Module, params: Sequence[dict[str, Tensor]], bat
 predict_nfn = predict_regressor
 
 
+def fit_predictor(name: str, spec: ArchSpec, params: Sequence[dict[str, Tensor]], y: np.ndarray,
+                  val: Sequence[dict[str, Tensor]], y_val: np.ndarray, config: PredictorConfig = PredictorConfig(),
+                  seed: int = 0, encoder: nn.Module | None = None) -> nn.Module:
+    """One of the study's supervised predictors (``PREDICTORS``), trained on ``params`` as the study trains it:
+    NFN from scratch, ProbeGen (deep linear generator, or freely learned probes: the paper's vanilla probing),
+    or PEACE's ``encoder`` fine-tuned end to end from its contrastive weights; early stopping on ``val``."""
+    if name not in PREDICTORS or (name == "peace fine-tuned" and encoder is None):
+        raise PeaceError(f"unknown accuracy predictor {name!r} (choose from {', '.join(PREDICTORS)}; "
+                         f"'peace fine-tuned' needs an encoder)")
+    if name.startswith("nfn-"):
+        return fit_nfn(spec, params, y, val, y_val, name.removeprefix("nfn-"), config, seed)
+    if name.startswith("probegen"):
+        torch.manual_seed(seed)
+        pg = ProbeGenConfig(generator="deep-linear" if name == "probegen" else "free")
+        return fit_regressor(ProbeGenRegressor(spec, pg), params, y, val, y_val, config.epochs, pg.lr, config, seed)
+    return fit_regressor(EncoderRegressor(encoder, spec, config.head), params, y, val, y_val, config.finetune_epochs,
+                         config.finetune_lr, config, seed)
+
+
 def _scores(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     return {"r2": float(r2_score(y, pred)), "kendall_tau": float(kendalltau(y, pred).statistic)}
 
@@ -258,19 +279,9 @@ def accuracy_study(train: Models, val: Models, test: Models, methods: Sequence[B
     for name, f in (extra or {}).items():
         out["methods"][name] = _scores(y_te, f(te))
     spec = tr.specs[0]
-    for mode in NFN_MODES:
-        model = fit_nfn(spec, tr.params, y_tr, va.params, y_va, mode, config, seed)
-        out["methods"][f"nfn-{mode}"] = _scores(y_te, predict_regressor(model, te.params))
-    for generator in GENERATORS:  # ProbeGen, and its freely learned probes (the paper's vanilla probing)
-        torch.manual_seed(seed)
-        pg = ProbeGenConfig(generator=generator)
-        model = fit_regressor(ProbeGenRegressor(spec, pg), tr.params, y_tr, va.params, y_va, config.epochs, pg.lr,
-                              config, seed)
-        out["methods"]["probegen" if generator == "deep-linear" else "probegen, free probes"] = _scores(
-            y_te, predict_regressor(model, te.params))
-    if encoder is not None:  # the same supervised training for PEACE's encoder, from its contrastive weights
-        p_fit, y_fit = with_renamed(spec, tr.params, y_tr, config.renamed, seed)  # and class-renamed copies
-        model = fit_regressor(EncoderRegressor(encoder, spec, config.head), p_fit, y_fit, va.params, y_va,
-                              config.finetune_epochs, config.finetune_lr, config, seed)
-        out["methods"]["peace fine-tuned"] = _scores(y_te, predict_regressor(model, te.params))
+    for name in PREDICTORS if encoder is not None else PREDICTORS[:-1]:
+        params, y = (with_renamed(spec, tr.params, y_tr, config.renamed, seed) if name == "peace fine-tuned"
+                     else (tr.params, y_tr))  # PEACE's encoder also reads class-renamed copies
+        model = fit_predictor(name, spec, params, y, va.params, y_va, config, seed, encoder)
+        out["methods"][name] = _scores(y_te, predict_regressor(model, te.params))
     return out
