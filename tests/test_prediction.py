@@ -99,3 +99,29 @@ def test_renamed_copies_keep_each_models_accuracy_on_its_own_renamed_task():
     assert len(with_renamed(spec, [params], np.array([0.5]), copies=0)[0]) == 1
     with pytest.raises(PeaceError, match="renamed copies >= 0"):
         PredictorConfig(renamed=-1)
+
+
+@pytest.mark.parametrize("name", ["nfn-hnp", "probegen", "peace fine-tuned"])
+def test_fit_predictor_depends_on_its_seed_not_on_the_global_random_state(tiny_zoo, tiny_run, name):
+    """torch's global generator starts from a different seed in every process; a predictor whose new layers
+    drew from it gave a different ranking on each identical run."""
+    from peace.evaluate.baselines import Models
+    from peace.evaluate.prediction import fit_predictor, predict_regressor
+    from peace.learn.run import load_encoder
+
+    m = tiny_zoo.manifest
+    rows = m[(m["family"] == "mlp") & (m["status"] == "ok")]
+    rows = rows[rows["arch"] == rows.groupby("arch").size().idxmax()]
+    models = Models.from_zoo(tiny_zoo, list(rows["model_id"]))
+    y = models.rows["test_acc"].to_numpy(float)
+    config = PredictorConfig(channels=4, layers=1, head=8, epochs=1, finetune_epochs=1)
+    encoder = load_encoder(tiny_run.path)
+
+    def predictions(global_seed: int, seed: int) -> np.ndarray:
+        torch.manual_seed(global_seed)
+        model = fit_predictor(name, models.specs[0], models.params, y, models.params, y, config, seed, encoder)
+        return predict_regressor(model, models.params)
+
+    first = predictions(1, seed=0)
+    np.testing.assert_array_equal(first, predictions(2, seed=0))
+    assert not np.array_equal(first, predictions(1, seed=1))

@@ -209,10 +209,10 @@ def fit_predictor(name: str, spec: ArchSpec, params: Sequence[dict[str, Tensor]]
     if name not in PREDICTORS or (name == "peace fine-tuned" and encoder is None):
         raise PeaceError(f"unknown accuracy predictor {name!r} (choose from {', '.join(PREDICTORS)}; "
                          f"'peace fine-tuned' needs an encoder)")
+    torch.manual_seed(seed)  # every new layer (NFN's, ProbeGen's, the encoder's head) starts from the seed
     if name.startswith("nfn-"):
         return fit_nfn(spec, params, y, val, y_val, name.removeprefix("nfn-"), config, seed)
     if name.startswith("probegen"):
-        torch.manual_seed(seed)
         pg = ProbeGenConfig(generator="deep-linear" if name == "probegen" else "free")
         return fit_regressor(ProbeGenRegressor(spec, pg), params, y, val, y_val, config.epochs, pg.lr, config, seed)
     return fit_regressor(EncoderRegressor(encoder, spec, config.head), params, y, val, y_val, config.finetune_epochs,
