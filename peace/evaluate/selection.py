@@ -112,17 +112,16 @@ def agreement_scores(predictions: np.ndarray, how: str = "centrality") -> np.nda
 def inverted_inputs(specs: Sequence[ArchSpec], params: Sequence[dict[str, torch.Tensor]], scores: np.ndarray,
                     n: int = N_PROBES, steps: int = 100, lr: float = 0.05, decay: float = 0.1,
                     writers: int = MAX_WRITERS) -> torch.Tensor:
-    """(2n, features) inputs of one io-space from the models' weights alone: ``n`` Gaussian probes, then ``n``
-    inputs inverted from the better half of the models (by ``scores``; at least two, at most ``writers``,
-    which bounds the cost of a large selection): Gaussian starts moved by ``steps`` of Adam on those models'
-    mean cross-entropy towards an assigned class each (class i % C for input i), with ``decay`` times the
-    inputs' mean square keeping them at the probes' scale. Models that learned the task answer such inputs
-    alike; models that did not, each their own way."""
+    """(n, features) inputs of one io-space from the models' weights alone, inverted from the better half of the
+    models (by ``scores``; at least two, at most ``writers``, which bounds the cost of a large selection):
+    Gaussian starts (the probes after the space's first ``n``, so never the ones read beside them) moved by
+    ``steps`` of Adam on those models' mean cross-entropy towards an assigned class each (``written_classes``),
+    with ``decay`` times the inputs' mean square keeping them at the probes' scale. Models that learned the
+    task answer such inputs alike; models that did not, each their own way."""
     top = set(np.argsort(-np.asarray(scores), kind="stable")[:max(2, min(writers, len(specs) // 2))].tolist())
     populations = [(s, {k: v.float() for k, v in stack_params([params[i] for i in idx if i in top]).items()})
                    for s, idx in positions(specs).items() if top.intersection(idx)]
-    gauss = probe_inputs(specs[0].input_shape, 2 * n).float().flatten(1)
-    x = gauss[n:].clone().requires_grad_(True)  # starts of their own, not the probes read beside them
+    x = probe_inputs(specs[0].input_shape, 2 * n)[n:].float().flatten(1).requires_grad_(True)
     target = written_classes(n, specs[0].n_classes)
     opt = torch.optim.Adam([x], lr=lr)
     with torch.enable_grad():
@@ -134,7 +133,7 @@ def inverted_inputs(specs: Sequence[ArchSpec], params: Sequence[dict[str, torch.
             opt.zero_grad()
             loss.backward()
             opt.step()
-    return torch.cat([gauss[:n], x.detach()])
+    return x.detach()
 
 
 def consensus(specs: Sequence[ArchSpec], params: Sequence[dict[str, torch.Tensor]], tasks: Sequence[str],
@@ -175,7 +174,7 @@ def written_score(specs: Sequence[ArchSpec], params: Sequence[dict[str, torch.Te
     for idx in _groups(specs, tasks).values():
         group, weights, s = [specs[i] for i in idx], [params[i] for i in idx], score[idx]
         for _ in range(rounds):
-            written = inverted_inputs(group, weights, s)[N_PROBES:]
+            written = inverted_inputs(group, weights, s)
             s = _probability(group, weights, written, written_classes(len(written), group[0].n_classes))
         out[idx] = s
     return out

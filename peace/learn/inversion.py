@@ -50,6 +50,6 @@ def inverted_probes(specs: Sequence[ArchSpec], params: Sequence[dict[str, Tensor
                 members = [i for i in idx if tasks[i] == task]
                 written = inverted_inputs([specs[i] for i in members], [params[i] for i in members],
                                           scores[members], n=len(share))
-                parts.append(written[len(share):].double())
+                parts.append(written.double())
         out[space] = torch.cat(parts)
     return out
