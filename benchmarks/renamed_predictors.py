@@ -26,7 +26,8 @@ from peace.orchestrate.evaluation import split_models
 from peace.zoo.store import Zoo
 
 
-def study(run: str, copies: list[int], seeds: list[int], predictors: list[str]) -> list[dict]:
+def study(run: str, copies: list[int], seeds: list[int], predictors: list[str],
+          config: PredictorConfig = PredictorConfig()) -> list[dict]:
     encoder = load_encoder(run)
     tr, va, te = split_models(run, Zoo(encoder.meta["zoo"]), ("train", "val", "test"))
     arch = largest_group(tr, va, te)
@@ -39,7 +40,7 @@ def study(run: str, copies: list[int], seeds: list[int], predictors: list[str]) 
             params, y = with_renamed(tr.specs[0], tr.params, y_tr, c, seed)
             for name in predictors:
                 t = time.perf_counter()
-                model = fit_predictor(name, tr.specs[0], params, y, va.params, y_va, PredictorConfig(), seed, encoder)
+                model = fit_predictor(name, tr.specs[0], params, y, va.params, y_va, config, seed, encoder)
                 pv, pt = predict_regressor(model, va.params), predict_regressor(model, te.params)
                 rows.append({"run": run, "arch": arch, "renamed copies": c, "seed": seed, "predictor": name,
                              "val tau": kendalltau(y_va, pv).statistic, "test tau": kendalltau(y_te, pt).statistic,
@@ -55,8 +56,12 @@ def main() -> None:
     ap.add_argument("--copies", type=int, nargs="+", default=[0, 2])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--predictors", nargs="+", default=["peace fine-tuned", "nfn-hnp", "probegen"])
+    ap.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                    help="PredictorConfig fields to change, e.g. finetune_lr=1e-4")
     args = ap.parse_args()
-    df = pd.DataFrame([r for run in args.runs for r in study(run, args.copies, args.seeds, args.predictors)])
+    default = PredictorConfig()
+    config = PredictorConfig(**{k: type(getattr(default, k))(v) for k, v in (a.split("=", 1) for a in args.set)})
+    df = pd.DataFrame([r for run in args.runs for r in study(run, args.copies, args.seeds, args.predictors, config)])
     per_run = df.groupby(["predictor", "renamed copies", "run"])[["val tau", "test tau"]].mean().unstack("run")
     pd.set_option("display.width", 250)
     print(per_run.round(3).to_string())

@@ -144,6 +144,9 @@ def test_several_runs_give_mean_and_spread(tiny_run, tmp_path):
     summary = evaluate_runs([tiny_run.path, copy], tmp_path / "eval", transfer=None, accuracy=None, probegen=0,
                             progress=False)
     assert (tmp_path / "eval" / "tiny-0" / "metrics.json").exists() and (tmp_path / "eval" / "tiny-1" / "report.md").exists()
+    first, second = ({k: v for k, v in json.loads((tmp_path / "eval" / name / "metrics.json").read_text()).items()
+                      if k != "run"} for name in ("tiny-0", "tiny-1"))
+    assert json.dumps(first, sort_keys=True) == json.dumps(second, sort_keys=True)  # every figure, not only these
     peace = summary[(summary.method == "peace") & (summary.metric == "task mAP")].iloc[0]
     assert peace["n"] == 2 and peace["std"] == pytest.approx(0, abs=1e-9)
     assert "± 0.000" in (tmp_path / "eval" / "summary.md").read_text()
