@@ -27,7 +27,8 @@ from peace.zoo.store import Zoo
 
 
 def study(run: str, copies: list[int], seeds: list[int], predictors: list[str],
-          config: PredictorConfig = PredictorConfig()) -> list[dict]:
+          config: PredictorConfig = PredictorConfig(), predictions: list | None = None) -> list[dict]:
+    """One row per (copies, seed, predictor) cell; with ``predictions``, one row per (cell, model) appended to it."""
     encoder = load_encoder(run)
     tr, va, te = split_models(run, Zoo(encoder.meta["zoo"]), ("train", "val", "test"))
     arch = largest_group(tr, va, te)
@@ -47,6 +48,11 @@ def study(run: str, copies: list[int], seeds: list[int], predictors: list[str],
                              "held-out test tau": kendalltau(y_te[held], pt[held]).statistic if held.sum() > 2
                              else np.nan, "s": time.perf_counter() - t})
                 print({k: round(v, 3) if isinstance(v, float) else v for k, v in rows[-1].items()}, flush=True)
+                for split, m, y_s, p_s in (("val", va, y_va, pv), ("test", te, y_te, pt)):
+                    if predictions is not None:
+                        predictions.append(pd.DataFrame({"run": run, "renamed copies": c, "seed": seed,
+                                                         "predictor": name, "split": split, "model": m.rows["model_id"].to_numpy(),
+                                                         "task": m.rows["task"].to_numpy(), "y": y_s, "prediction": p_s}))
     return rows
 
 
@@ -58,10 +64,15 @@ def main() -> None:
     ap.add_argument("--predictors", nargs="+", default=["peace fine-tuned", "nfn-hnp", "probegen"])
     ap.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                     help="PredictorConfig fields to change, e.g. finetune_lr=1e-4")
+    ap.add_argument("--predictions", help="write every model's prediction here (parquet), e.g. to combine them later")
     args = ap.parse_args()
     default = PredictorConfig()
     config = PredictorConfig(**{k: type(getattr(default, k))(v) for k, v in (a.split("=", 1) for a in args.set)})
-    df = pd.DataFrame([r for run in args.runs for r in study(run, args.copies, args.seeds, args.predictors, config)])
+    predictions: list = []
+    df = pd.DataFrame([r for run in args.runs for r in study(run, args.copies, args.seeds, args.predictors, config,
+                                                             predictions)])
+    if args.predictions:
+        pd.concat(predictions, ignore_index=True).to_parquet(args.predictions)
     per_run = df.groupby(["predictor", "renamed copies", "run"])[["val tau", "test tau"]].mean().unstack("run")
     pd.set_option("display.width", 250)
     print(per_run.round(3).to_string())
