@@ -196,43 +196,62 @@ def test_the_neighbours_pages_baseline_vectors_are_read_without_torch_or_scikit_
     assert out.stdout.strip() == "[]", out.stdout
 
 
+def _until(condition, timeout: float = 60.0) -> None:
+    """Wait for a background thread's effect (a loaded machine may take long; a test must not guess how long)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the warm-up thread never got there"
+        time.sleep(0.01)
+
+
 def test_the_warm_up_works_once_the_server_is_idle_stops_when_a_run_starts_and_does_each_item_once():
+    import threading
+
     from peace.serve.warm import WarmUp
 
     module, calls = "colorsys", []  # a standard module nothing here imports
     sys.modules.pop(module, None)
-    warm = WarmUp((module,), idle_s=0.3)
+    warm = WarmUp((module,), idle_s=2.0)
     warm.arm(first=lambda: calls.append("first"))  # a run ended ...
-    time.sleep(0.1)
     warm.hold()  # ... and the next began before the server was idle long enough
-    time.sleep(0.5)
+    time.sleep(2.5)
     assert module not in sys.modules and not warm.done and not calls
 
-    def slow():
-        calls.append("slow")
-        time.sleep(0.3)
+    started, release = threading.Event(), threading.Event()
 
+    def slow():  # the item in progress when a run starts: it runs to its end, the next item waits
+        calls.append("slow")
+        started.set()
+        release.wait(60)
+
+    warm.idle_s = 0.05
     warm.arm(first=lambda: calls.append("again"), slow=slow, last=lambda: calls.append("last"))
-    time.sleep(0.5)  # idle: the import, then the items in order; a run starts during "slow"
-    warm.hold()
-    time.sleep(0.5)
+    assert started.wait(60)  # idle: the import, then the items in order
+    warm.hold()  # a run starts during "slow"
+    release.set()
+    _until(warm._idle.is_set)
     assert module in sys.modules and calls == ["first", "slow"] and warm.done == [f"import {module}", "first", "slow"]
     warm.hold()  # two users' runs overlap: the end of one does not start the work while the other runs
     warm.arm(slow=slow)
-    time.sleep(0.6)
+    time.sleep(0.5)
     assert calls == ["first", "slow"]
     warm.arm(slow=slow)  # both ended; done items are not done twice, the rest resumes
-    time.sleep(0.6)
+    _until(lambda: "last" in calls and warm._idle.is_set())
     assert calls == ["first", "slow", "last"] and not warm.todo
 
-    ending = WarmUp((), idle_s=0.05)  # at exit: the item in progress ends, no new one starts
-    ending.arm(slow=slow, after=lambda: calls.append("after"))
-    time.sleep(0.15)
-    started = time.perf_counter()
+    ending, begun = WarmUp((), idle_s=0.05), threading.Event()  # at exit: the item in progress ends, no new one starts
+
+    def ends_later():
+        begun.set()
+        time.sleep(0.3)
+        calls.append("ended")
+
+    ending.arm(slow=ends_later, after=lambda: calls.append("after"))
+    assert begun.wait(60)
     ending.close()
-    assert time.perf_counter() - started > 0.1 and calls[-1] == "slow" and "after" not in calls
+    assert calls[-1] == "ended" and "after" not in calls
     ending.arm(again=lambda: calls.append("after close"))
-    time.sleep(0.2)
+    time.sleep(0.5)
     assert "after close" not in calls
 
 
