@@ -44,6 +44,8 @@ def study(predictions: pd.DataFrame) -> pd.DataFrame:
         tr, va, te = split_models(run, Zoo(encoder.meta["zoo"]), ("train", "val", "test"))
         arch = largest_group(tr, va, te)
         models[run] = {"val": _take(va, arch), "test": _take(te, arch)}
+    if "tta" in predictions:  # renamed_predictors.py --tta: the plain predictions only
+        predictions = predictions[predictions["tta"] == 0]
     rows, consensus_writers = [], {}
     for (run, name, seed, split), g in predictions.groupby(["run", "predictor", "seed", "split"], sort=False):
         m = models[run][split]
