@@ -280,7 +280,7 @@ def accuracy_study(train: Models, val: Models, test: Models, methods: Sequence[B
     for name, f in (extra or {}).items():
         out["methods"][name] = _scores(y_te, f(te))
     spec = tr.specs[0]
-    for name in PREDICTORS if encoder is not None else PREDICTORS[:-1]:
+    for name in (p for p in PREDICTORS if encoder is not None or p != "peace fine-tuned"):
         params, y = (with_renamed(spec, tr.params, y_tr, config.renamed, seed) if name == "peace fine-tuned"
                      else (tr.params, y_tr))  # PEACE's encoder also reads class-renamed copies
         model = fit_predictor(name, spec, params, y, va.params, y_va, config, seed, encoder)
