@@ -262,3 +262,54 @@ def test_zoo_add_appends_measured_models_and_survives_an_interruption(tiny_zoo, 
     wrong = run_peace("zoo", "add", zoo, tmp_path / "mine.safetensors", "--task", "digits", "--activation", "relu",
                       check=False)
     assert wrong.returncode == 2 and "does not fit task 'digits'" in wrong.stderr
+
+
+def test_zoo_add_new_makes_a_zoo_of_the_files_alone_that_peace_embeds_and_queries(tiny_zoo, tiny_run, tmp_path):
+    """Models made elsewhere, and nothing else: `peace zoo add --new` makes them a zoo with a built zoo's columns,
+    which `peace embed` indexes and `peace query` searches (its default k on a set smaller than 10: every model)."""
+    from conftest import run_peace
+
+    from peace.serve.index import EmbeddingSet
+    from peace.zoo.store import MANIFEST_COLUMNS
+
+    files = []
+    for seed in range(4):
+        torch.manual_seed(seed)
+        net = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
+        files.append(tmp_path / f"m{seed}.pt")
+        torch.save(net.state_dict(), files[-1])
+    zoo = tmp_path / "mine"
+    missing = run_peace("zoo", "add", zoo, *files, "--activation", "relu", check=False)
+    assert missing.returncode == 2 and "pass --new" in missing.stderr and not zoo.exists()
+    p = run_peace("zoo", "add", "--new", zoo, *files, "--task", "synth-1", "--activation", "relu")
+    z = Zoo(zoo)
+    assert len(z) == 4 and "made a zoo of 4 model(s)" in p.stdout and "peace embed --zoo" in p.stdout
+    assert list(z.manifest.columns) == list(MANIFEST_COLUMNS) == list(tiny_zoo.manifest.columns)
+    assert (z.manifest["task"] == "synth-1").all() and z.manifest["test_acc"].between(0, 1).all()
+    assert z.manifest["epoch"].dtype == tiny_zoo.manifest["epoch"].dtype and z.info["recipe"] is None
+    emb = tmp_path / "emb"
+    run_peace("embed", "--zoo", zoo, "--run", tiny_run.path, "--out", emb, "--quiet")
+    assert len(EmbeddingSet(emb)) == 4
+    q = run_peace("query", files[0], "--embeddings", emb, "--activation", "relu")
+    assert len(q.stdout.strip().splitlines()) == 2 + 4  # the file's line, the header, every model of the set
+    assert q.stdout.splitlines()[2].split()[0] == z.manifest["model_id"].iloc[0]  # itself first
+    for args, message in ((("--new", zoo, files[0]), "already holds a zoo; drop --new"),
+                          (("--new", tmp_path, files[0]), "exists and is not empty")):
+        again = run_peace("zoo", "add", *args, "--activation", "relu", check=False)
+        assert again.returncode == 2 and message in again.stderr and len(Zoo(zoo)) == 4
+
+
+def test_a_new_zoo_that_fails_to_be_made_leaves_no_directory(tmp_path):
+    """The second file does not fit the task: nothing is made (the zoo is written beside and moved in at the end)."""
+    from peace.intake.importers import load_model
+    from peace.zoo.imported import add_models
+
+    torch.manual_seed(0)
+    models = []
+    for i, net in enumerate((nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4)),
+                             nn.Sequential(nn.Linear(64, 8), nn.ReLU(), nn.Linear(8, 10)))):
+        torch.save(net.state_dict(), tmp_path / f"m{i}.pt")
+        models.append(load_model(tmp_path / f"m{i}.pt", {"activation": "relu"}))
+    with pytest.raises(PeaceError, match="does not fit task 'synth-1'"):
+        add_models(tmp_path / "mine", models, task="synth-1", new=True)
+    assert not (tmp_path / "mine").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".mine.new")]

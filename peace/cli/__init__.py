@@ -157,9 +157,9 @@ def _query(args: argparse.Namespace) -> int:
     if Path(args.model).exists():  # read like the explorer's uploads: in a child with bounded memory and time
         m = load_model_isolated(args.model, _model_config(args), _limits(args))
         print(f"{m.source}: {m.spec.describe()}, {m.spec.n_params} parameters")
-        hits = query_model(es, m.spec, m.params, args.k, run_dir=args.run)
+        hits = query_model(es, m.spec, m.params, min(10, len(es)) if args.k is None else args.k, run_dir=args.run)
     elif args.model in es.row_of:
-        hits = es.neighbours(args.model, args.k)
+        hits = es.neighbours(args.model, min(10, len(es) - 1) if args.k is None else args.k)
     else:
         raise PeaceError(f"{args.model!r} is neither a model id of the embedding set {es.path} nor an existing file or "
                          f"directory")
@@ -175,11 +175,13 @@ def _zoo_add(args: argparse.Namespace) -> int:
 
     cfg = _model_config(args)
     models = [load_model_isolated(p, cfg, _limits(args)) for p in args.models]  # each in a bounded child process
-    zoo = add_models(args.dir, models, task=args.task, group=args.group)
+    zoo = add_models(args.dir, models, task=args.task, group=args.group, new=args.new)
     added = zoo.manifest.iloc[-len(models):]
     cols = [c for c in ["model_id", "task", "arch", "n_params", "test_acc"] if c in added.columns]
     print(added[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    print(f"added {len(models)} model(s) to {zoo!r}; re-run `peace embed` to index them")
+    embed = f"peace embed --zoo {args.dir} --run RUN --out artifacts/embeddings/NAME"
+    print(f"{'made a zoo of' if args.new else 'added'} {len(models)} model(s) {'at' if args.new else 'to'} {zoo!r}; "
+          f"{'index them with `' + embed + '`' if args.new else 're-run `peace embed` to index them'}")
     return 0
 
 
@@ -279,10 +281,13 @@ def _parser_zoo(sub) -> None:
     i.add_argument("dir", type=Path, help="zoo directory")
     i.add_argument("--verify", action="store_true", help="read every model's weights and check their checksums")
     i.set_defaults(func=_zoo_info)
-    a = zsub.add_parser("add", help="append model files to a built zoo",
+    a = zsub.add_parser("add", help="append model files to a built zoo (or make a zoo of them: --new)",
                         description="Read model files or directories (safetensors / PyTorch state dicts, config.json) "
-                        "and append them to the zoo's manifest and shards; with --task, measure them on that task.")
-    a.add_argument("dir", type=Path, help="zoo directory")
+                        "and append them to the zoo's manifest and shards; with --task, measure them on that task. "
+                        "With --new, DIR is a new directory that becomes a zoo of these models alone, which "
+                        "`peace embed`, `peace query`, `peace rank` and the explorer read like any zoo.")
+    a.add_argument("dir", type=Path, help="zoo directory (with --new: a new one)")
+    a.add_argument("--new", action="store_true", help="make DIR (absent or empty) a zoo of these models alone")
     a.add_argument("models", nargs="+", type=Path, help="model files or directories")
     a.add_argument("--task", help="the PEACE task the models solve (their accuracy is then measured)")
     a.add_argument("--group", default="imported", help="group label in the manifest (default: imported)")
@@ -336,7 +341,7 @@ def _parser_query(sub) -> None:
     q.add_argument("model", help="a model id of the embedded zoo, or a model file / directory (safetensors or "
                    "PyTorch state dict, optionally beside a config.json)")
     q.add_argument("--embeddings", type=Path, required=True, metavar="DIR", help="an embedding set (peace embed --out)")
-    q.add_argument("-k", type=int, default=10, help="neighbours to show (default 10)")
+    q.add_argument("-k", type=int, help="neighbours to show (default 10, or every other model of a smaller set)")
     q.add_argument("--run", type=Path, metavar="DIR", help="the encoder run (default: the one that made the set)")
     _add_import_options(q)
     q.set_defaults(func=_query)

@@ -23,21 +23,11 @@ from peace.core.errors import PeaceError
 from peace.core.paths import SAFE_NAME
 from peace.nets.architectures import ArchSpec, check_params, stack_params
 from peace.zoo.population import metric_rows, task_tensors
-from peace.zoo.store import FORMAT_VERSION, Zoo, model_id, save_shard, spec_columns, weights_checksum
+from peace.zoo.store import (FORMAT_VERSION, Zoo, check_new_zoo_dir, model_id, save_shard, spec_columns,
+                             weights_checksum)
 from peace.zoo.tasks import Task
 
 __all__ = ["write_generated_zoo"]
-
-
-def _check_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise PeaceError(f"--out {out} is a file; name a new directory for the generated zoo")
-    if out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir()):
-        raise PeaceError(f"--out {out} exists and is not empty; name a new directory for the generated zoo "
-                         f"(nothing there was changed)")
-    for d in out.resolve().parents:
-        if (d / "zoo.json").exists():
-            raise PeaceError(f"--out {out} is inside the zoo {d}; write the generated zoo to its own directory")
 
 
 def _rows(spec: ArchSpec, task: Task, params: Sequence[dict[str, Tensor]], stacked: dict[str, Tensor], group: str,
@@ -84,9 +74,9 @@ def write_generated_zoo(out: str | Path, name: str, spec: ArchSpec, task: Task, 
     columns = list(like.manifest.columns) if like is not None else []
     rows, shard = _rows(spec, task, params, stacked, group, provenance, columns)
     manifest = pd.DataFrame(rows).astype({"epoch": "int64", "epochs": "int64"})
-    _check_out(out)
+    check_new_zoo_dir(out, "the generated zoo")
     with locked(out, "zoo", beside=True), staged_dir(out) as stage:
-        _check_out(out)  # again under the lock: another writer may have finished first
+        check_new_zoo_dir(out, "the generated zoo")  # again under the lock: another writer may have finished first
         (stage / "shards").mkdir()
         save_shard(stage / "shards" / f"{group}.safetensors", shard, group)
         with atomic_path(stage / "manifest.parquet") as tmp:

@@ -1,4 +1,4 @@
-"""Models made elsewhere added to a zoo (`peace zoo add`): their measured rows and a shard each.
+"""Models made elsewhere added to a zoo, or made into one (`peace zoo add`, `--new`): measured rows, a shard each.
 
 A model file's metadata fills manifest columns only where it fits the column's type and range, and
 never the columns the zoo assigns itself (``IDENTITY``). The new shards are written first and the
@@ -6,18 +6,23 @@ manifest replaced last, under the zoo's writer lock, so an interrupted add leave
 """
 from __future__ import annotations
 
+import datetime as _dt
 import math
+import platform
 import unicodedata
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import torch
 
-from peace.core.atomic import atomic_path, locked, read_json_or_none, sha256_file, write_json
+from peace.core.atomic import atomic_path, locked, read_json_or_none, sha256_file, staged_dir, write_json
 from peace.core.errors import PeaceError
 from peace.core.paths import SAFE_NAME
 from peace.nets.architectures import stack_params
 from peace.zoo.population import metric_rows, task_tensors
-from peace.zoo.store import SPEC_COLUMNS, Zoo, model_id, save_shard, spec_columns, weights_checksum
+from peace.zoo.store import (FORMAT_VERSION, MANIFEST_COLUMNS, SPEC_COLUMNS, Zoo, check_new_zoo_dir, model_id,
+                             save_shard, spec_columns, weights_checksum)
 from peace.zoo.tasks import Task, load_task
 
 __all__ = ["IDENTITY", "add_models"]
@@ -71,8 +76,10 @@ def _out_of_range(key: str, v: object) -> str | None:
 
 
 def add_models(zoo: Zoo | str | Path, models: list, task: str | None = None, group: str = "imported",
-               metadata: dict | None = None) -> Zoo:
+               metadata: dict | None = None, new: bool = False) -> Zoo:
     """Append imported models (``peace.intake.model.ImportedModel``) to a built zoo; returns it reopened.
+    ``new``: ``zoo`` is a new directory (absent or empty) that becomes a zoo of these models alone, with the
+    columns of a built zoo, written beside it and moved into place when complete.
 
     Models get the id ``imported-<weights sha>-e000``; with a known ``task`` that fits their inputs
     and outputs, their loss, accuracy and F1 on its splits are measured like zoo models'. Writers
@@ -81,13 +88,42 @@ def add_models(zoo: Zoo | str | Path, models: list, task: str | None = None, gro
     the manifest.
     """
     path = zoo.path if isinstance(zoo, Zoo) else Path(zoo)
-    if not (path / "zoo.json").is_file():
-        Zoo(path)  # its clear error, before the lock would create the directory
+    if new and (path / "zoo.json").is_file():
+        raise PeaceError(f"{path} already holds a zoo; drop --new to add these models to it")
+    if new:
+        check_new_zoo_dir(path, "a zoo of your models")
+    elif not (path / "zoo.json").is_file():
+        _missing(path)
     if not models:
         raise PeaceError("no models to add")
     the_task = load_task(task) if task else None
+    if new:
+        with locked(path, "zoo", beside=True), staged_dir(path) as stage:
+            check_new_zoo_dir(path, "a zoo of your models")  # again under the lock: another writer may have finished
+            _add(_empty_zoo(stage, path.name), models, task, the_task, group, metadata)
+        return Zoo(path)
     with locked(path, "zoo"):
         return _add(Zoo(path), models, task, the_task, group, metadata)
+
+
+def _missing(path: Path) -> None:
+    """The error for adding to a directory that holds no zoo: build one, or make one of these models."""
+    try:
+        Zoo(path)
+    except PeaceError as e:
+        raise PeaceError(f"{e} To make a zoo of these models alone, pass --new (peace zoo add --new {path} ...).") from None
+
+
+def _empty_zoo(path: Path, name: str) -> Zoo:
+    """A zoo with no models at ``path`` (a staging directory): a built zoo's manifest columns, no recipe."""
+    with atomic_path(path / "manifest.parquet") as tmp:
+        pd.DataFrame({c: pd.Series(dtype=t) for c, t in MANIFEST_COLUMNS.items()}).to_parquet(tmp)
+    write_json(path / "zoo.json", {
+        "format_version": FORMAT_VERSION, "name": name if SAFE_NAME.fullmatch(name) else "imported", "recipe": None,
+        "imported": True, "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), "n_checkpoints": 0,
+        "n_runs": 0, "manifest_sha256": sha256_file(path / "manifest.parquet"),
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}})
+    return Zoo(path)
 
 
 def _add(zoo: Zoo, models: list, task: str | None, the_task: Task | None, group: str, metadata: dict | None) -> Zoo:
@@ -114,7 +150,9 @@ def _add(zoo: Zoo, models: list, task: str | None, the_task: Task | None, group:
             row.update({k: v for k, v in measured.items() if k not in ("model_index", "epoch")})
         rows.append(row)
         tensors[run_id] = {f"{mid}/{k}": v.contiguous().float() for k, v in m.params.items()}
-    manifest = pd.concat([zoo.manifest.reset_index(drop=True), pd.DataFrame(rows)], ignore_index=True)
+    manifest = pd.concat([m for m in (zoo.manifest.reset_index(drop=True), pd.DataFrame(rows)) if len(m)],
+                         ignore_index=True)  # an empty manifest (a new zoo) adds only its columns' types, below
+    manifest = manifest.reindex(columns=list(dict.fromkeys([*zoo.manifest.columns, *manifest.columns])))
     manifest = manifest.astype({c: zoo.manifest[c].dtype for c in ("epoch", "epochs") if c in manifest})
     shards = [zoo.path / "shards" / f"{run_id}.safetensors" for run_id in tensors]
     try:

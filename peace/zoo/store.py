@@ -79,6 +79,28 @@ def model_id(run_id: str, epoch: int) -> str:
 # --- building -----------------------------------------------------------------------------------
 
 SPEC_COLUMNS = ("family", "arch", "arch_spec", "activation", "bias", "depth", "width", "n_params")
+# every built zoo's manifest columns and their types (a zoo of imported models starts from them, so its tables
+# line up with built zoos' and model metadata is checked against the same types)
+MANIFEST_COLUMNS = {
+    "model_id": "object", "run_id": "object", "population_id": "object", "group": "object", "task": "object",
+    "dataset": "object", "family": "object", "arch": "object", "arch_spec": "object", "activation": "object",
+    "bias": "bool", "depth": "int64", "width": "int64", "n_params": "int64", "seed": "int64", "init": "object",
+    "lr": "float64", "weight_decay": "float64", "dropout": "float64", "optimizer": "object", "batch_size": "int64",
+    "epochs": "int64", "epoch": "int64", "train_loss": "float64", "train_acc": "float64", "val_loss": "float64",
+    "val_acc": "float64", "test_loss": "float64", "test_acc": "float64", "gen_gap": "float64",
+    "test_f1_per_class": "object", "test_macro_f1": "float64", "status": "object", "parent_id": "object",
+    "lineage_id": "object", "shard": "object", "checksum": "object"}
+
+
+def check_new_zoo_dir(out: Path, what: str) -> None:
+    """Refuse to write a new zoo (``what``, for the message) where one is, or into a zoo or a directory in use."""
+    if out.exists() and not out.is_dir():
+        raise PeaceError(f"{out} is a file; name a new directory for {what}")
+    if out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir()):
+        raise PeaceError(f"{out} exists and is not empty; name a new directory for {what} (nothing there was changed)")
+    for d in out.resolve().parents:
+        if (d / "zoo.json").exists():
+            raise PeaceError(f"{out} is inside the zoo {d}; write {what} to its own directory")
 
 
 def spec_columns(spec: ArchSpec) -> dict:
