@@ -313,3 +313,18 @@ def test_a_new_zoo_that_fails_to_be_made_leaves_no_directory(tmp_path):
     with pytest.raises(PeaceError, match="does not fit task 'synth-1'"):
         add_models(tmp_path / "mine", models, task="synth-1", new=True)
     assert not (tmp_path / "mine").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".mine.new")]
+
+
+def test_many_files_are_read_a_child_per_core_in_their_order_and_a_broken_one_is_named(tmp_path):
+    from peace.intake.sandbox import load_models_isolated
+
+    files = []
+    for seed in range(5):
+        torch.manual_seed(seed)
+        files.append(tmp_path / f"m{seed}.pt")
+        torch.save(nn.Sequential(nn.Linear(16, 8 + seed), nn.ReLU(), nn.Linear(8 + seed, 4)).state_dict(), files[-1])
+    models = load_models_isolated(files, {"activation": "relu"}, workers=3)
+    assert [tuple(m.spec.hidden) for m in models] == [(8 + s,) for s in range(5)]  # each file's model, in the files' order
+    (tmp_path / "broken.pt").write_bytes(b"not a model")
+    with pytest.raises(PeaceError, match="broken.pt"):
+        load_models_isolated([*files[:2], tmp_path / "broken.pt", *files[2:]], {"activation": "relu"})

@@ -170,11 +170,10 @@ def _query(args: argparse.Namespace) -> int:
 
 
 def _zoo_add(args: argparse.Namespace) -> int:
-    from peace.intake.sandbox import load_model_isolated
+    from peace.intake.sandbox import load_models_isolated
     from peace.zoo.imported import add_models
 
-    cfg = _model_config(args)
-    models = [load_model_isolated(p, cfg, _limits(args)) for p in args.models]  # each in a bounded child process
+    models = load_models_isolated(args.models, _model_config(args), _limits(args))  # each in a bounded child process
     zoo = add_models(args.dir, models, task=args.task, group=args.group, new=args.new)
     added = zoo.manifest.iloc[-len(models):]
     cols = [c for c in ["model_id", "task", "arch", "n_params", "test_acc"] if c in added.columns]

@@ -13,7 +13,7 @@ def _rank(args: argparse.Namespace) -> int:
     from peace.cli import _limits, _model_config
     from peace.core.atomic import atomic_path
     from peace.core.errors import PeaceError
-    from peace.intake.sandbox import load_model_isolated
+    from peace.intake.sandbox import load_models_isolated
     from peace.orchestrate.selection import agreement_with_record, rank, rank_models
     from peace.zoo.store import Zoo
 
@@ -23,8 +23,7 @@ def _rank(args: argparse.Namespace) -> int:
         raise PeaceError("rank model files (peace rank FILE ...) or a zoo's models (--zoo DIR --models SELECTION), "
                          "one of the two")
     if args.files:
-        cfg, limits = _model_config(args), _limits(args)
-        models = [load_model_isolated(f, cfg, limits) for f in args.files]  # each in a bounded child process
+        models = load_models_isolated(args.files, _model_config(args), _limits(args))  # each in a bounded child
         rows = pd.DataFrame({"model_id": [str(f) for f in args.files], "arch": [m.spec.describe() for m in models]})
         table, read = rank([m.spec for m in models], [m.params for m in models], rows, args.inputs, args.task,
                             args.probes)

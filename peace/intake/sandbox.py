@@ -26,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from peace.core.errors import PeaceError
 from peace.intake.importers import NO_ACTIVATION, MissingActivation, from_state_dict
 from peace.intake.model import ImportedModel, Limits
 
-__all__ = ["load_model_isolated", "prepare_reader"]
+__all__ = ["load_model_isolated", "load_models_isolated", "prepare_reader"]
 
 _zygote: subprocess.Popen | None = None
 _zygote_owner = 0  # the pid that started it: a process forked from ours starts its own
@@ -75,6 +76,22 @@ def _send(request: dict) -> subprocess.Popen:
         except BrokenPipeError:  # it died between the check and the write: the caller sees it exited
             pass
     return zygote
+
+
+def load_models_isolated(paths: Sequence[str | Path], config: dict | None = None, limits: Limits = Limits(),
+                         workers: int | None = None) -> list[ImportedModel]:
+    """``load_model_isolated`` for each of ``paths`` (in their order), ``workers`` children at a time (default:
+    the CPU count): each still in its own bounded child, so many files cost about a fork each, spread over the
+    cores. A progress bar shows on a terminal once there are many; the first file that fails raises."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm.auto import tqdm
+
+    prepare_reader()  # one zygote for all the threads
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        read = pool.map(lambda p: load_model_isolated(p, config, limits), paths)
+        return list(tqdm(read, total=len(paths), desc="read model files", unit="file", disable=len(paths) < 50,
+                         leave=False))
 
 
 @atexit.register
