@@ -321,9 +321,14 @@ def load_model(path: str | Path, config: dict | None = None, limits: Limits = Li
             if outside:
                 raise PeaceError(f"{path}: {outside[0]} is a symbolic link out of the directory; refused (copy the "
                                  f"file into the directory if you mean it)")
-            if len(found) != 1:
-                raise PeaceError(f"{path}: expected one weights file ({', '.join(WEIGHT_FILES)}), found "
-                                 f"{[p.name for p in found] or 'none'}; name it with \"weights\" in config.json")
+            if not found:
+                raise PeaceError(f"{path}: a model directory holds one weights file ({', '.join(WEIGHT_FILES)}); "
+                                 f"found none")
+            if len(found) > 1:
+                names = ", ".join(p.name for p in found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+                raise PeaceError(f"{path}: a model directory holds one weights file, found {len(found)} ({names}); "
+                                 f"name it with \"weights\" in config.json, or, if each file is a model, pass the "
+                                 f"files themselves (e.g. {path}/*{found[0].suffix})")
             weights = found[0]
     else:
         weights = path
