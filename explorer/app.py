@@ -11,6 +11,7 @@ from __future__ import annotations
 import streamlit as st
 from shared import sidebar_set
 
+from peace.core.errors import PeaceError
 from peace.serve.warm import WarmUp
 
 PAGES = {"Map": "views/map.py", "Neighbours": "views/neighbours.py", "Interpolation": "views/interpolation.py",
@@ -25,7 +26,10 @@ try:  # whatever ends the run (a rerun, st.stop, an error), arm below releases t
     page = st.navigation([st.Page(path, title=title, default=title == "Map") for title, path in PAGES.items()])
     st.sidebar.title("PEACE explorer")
     sidebar_set()
-    page.run()
+    try:
+        page.run()
+    except PeaceError as e:  # what a page cannot do with this set (a model of no known task, say): its message
+        st.warning(str(e))
 finally:  # idle from here until the user's next input: the work the other pages' first visits need, done ahead
     opened = st.session_state.get("opened")
     work = {f"prefetch {opened.path} {id(opened)}": opened.prefetch} if opened is not None else {}  # a rebuilt set too

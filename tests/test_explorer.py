@@ -51,6 +51,37 @@ def test_every_page_renders(artifacts, monkeypatch, page):
         assert a != b and not at.warning, [w.value for w in at.warning]
 
 
+@pytest.fixture(scope="module")
+def taskless(artifacts, tiny_zoo, tmp_path_factory):
+    """An artifacts root whose one set is a zoo of models made elsewhere and added without a task (`peace zoo add
+    --new`; here the tiny zoo's MLP weights under other names): no accuracy, no task data. Its run has a decoder."""
+    import shutil
+
+    from peace.intake.model import ImportedModel
+    from peace.serve.export import export_embeddings
+    from peace.zoo.imported import add_models
+
+    root = tmp_path_factory.mktemp("taskless")
+    shutil.copytree(artifacts / "runs" / "tiny", root / "runs" / "tiny")
+    ids = tiny_zoo.manifest.query("family == 'mlp' and status == 'ok'")["model_id"][:6]
+    models = [ImportedModel(tiny_zoo.spec(m), tiny_zoo.weights(m), f"made elsewhere {i}") for i, m in enumerate(ids)]
+    add_models(root / "zoos" / "mine", models, new=True)
+    export_embeddings(root / "runs" / "tiny", root / "embeddings" / "mine", zoo=root / "zoos" / "mine", trees=5,
+                      progress=False)
+    return root
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_takes_a_set_of_models_of_no_known_task(taskless, monkeypatch, page):
+    """What needs a task's data (accuracy along a path, samples measured, the symmetry lab's losses) says why it is
+    not shown; nothing raises."""
+    at = _app(taskless, monkeypatch, page)
+    assert not at.exception, [e.message for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    if page in ("Interpolation", "Generate", "Symmetry lab"):
+        assert any("added without --task" in w.value for w in [*at.warning, *at.info]), [w.value for w in at.warning]
+
+
 def test_neighbour_query_returns_k_rows(artifacts, monkeypatch):
     at = _app(artifacts, monkeypatch, "Neighbours")
     at.slider[0].set_value(5).run()

@@ -328,3 +328,35 @@ def test_many_files_are_read_a_child_per_core_in_their_order_and_a_broken_one_is
     (tmp_path / "broken.pt").write_bytes(b"not a model")
     with pytest.raises(PeaceError, match="broken.pt"):
         load_models_isolated([*files[:2], tmp_path / "broken.pt", *files[2:]], {"activation": "relu"})
+
+
+def test_models_added_without_a_task_keep_the_manifests_number_columns_numbers(tiny_zoo, tmp_path):
+    """No task: no accuracy. It is NaN in a float column (a zoo of such models alone had a column of None, read
+    back as text, and the explorer's map and every '{:.3f}' of an accuracy failed on it), in a new zoo and in one
+    that had accuracies; a model of no known task says so where its task's data is needed."""
+    from peace.intake.model import ImportedModel
+    from peace.zoo.imported import add_models
+
+    from peace.intake.modules import from_module
+
+    torch.manual_seed(0)
+    model = ImportedModel(*from_module(nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4)), (16,)), "mine")
+    new = add_models(tmp_path / "new", [model], new=True)
+    shutil.copytree(tiny_zoo.path, tmp_path / "old")
+    old = add_models(tmp_path / "old", [model])
+    for z in (new, old):
+        m = z.manifest
+        assert m["test_acc"].dtype == "float64" and np.isnan(m["test_acc"].iloc[-1]) and m["task"].iloc[-1] == "unknown"
+        assert m["epoch"].dtype == "int64" and m["n_params"].dtype == "int64"
+        with pytest.raises(PeaceError, match="added without --task.*peace zoo add --task NAME"):
+            z.task(m["model_id"].iloc[-1])
+    assert old.manifest["test_acc"].iloc[:-1].notna().all()  # the zoo's own models keep theirs
+    # a manifest of models none of which was measured, written before (parquet keeps an all-None column as
+    # nulls, read back as text) reads as numbers
+    import pandas as pd
+    before = pd.read_parquet(old.path / "manifest.parquet")
+    before["test_acc"] = None
+    before.to_parquet(old.path / "manifest.parquet")
+    assert pd.read_parquet(old.path / "manifest.parquet")["test_acc"].dtype == object
+    write_json(old.path / "zoo.json", {**old.info, "manifest_sha256": sha256_file(old.path / "manifest.parquet")})
+    assert Zoo(old.path).manifest["test_acc"].dtype == "float64"

@@ -56,7 +56,11 @@ def page_interpolation() -> None:
 def _decoded(ex, a: str, b: str) -> None:
     """The same line decoded into new models (the run's decoder), or how to get a decoder."""
     with st.spinner("Decoding the path ..."):
-        decoded = ex.decoded_path(a, b)
+        try:
+            decoded = ex.decoded_path(a, b)
+        except PeaceError as e:  # a model of no known task: its decoded points cannot be measured
+            st.info(str(e))
+            return
     if decoded is None:
         st.caption(f"With a decoder for {a}'s architecture, the points of this line become new models: "
                    f"`peace decoder --run {ex.run}` trains one (MLPs and CNNs).")

@@ -22,7 +22,7 @@ from peace.core.paths import SAFE_NAME
 from peace.nets.architectures import stack_params
 from peace.zoo.population import metric_rows, task_tensors
 from peace.zoo.store import (FORMAT_VERSION, MANIFEST_COLUMNS, SPEC_COLUMNS, Zoo, check_new_zoo_dir, model_id,
-                             save_shard, spec_columns, weights_checksum)
+                             save_shard, spec_columns, typed_manifest, weights_checksum)
 from peace.zoo.tasks import Task, load_task
 
 __all__ = ["IDENTITY", "add_models"]
@@ -152,8 +152,7 @@ def _add(zoo: Zoo, models: list, task: str | None, the_task: Task | None, group:
         tensors[run_id] = {f"{mid}/{k}": v.contiguous().float() for k, v in m.params.items()}
     manifest = pd.concat([m for m in (zoo.manifest.reset_index(drop=True), pd.DataFrame(rows)) if len(m)],
                          ignore_index=True)  # an empty manifest (a new zoo) adds only its columns' types, below
-    manifest = manifest.reindex(columns=list(dict.fromkeys([*zoo.manifest.columns, *manifest.columns])))
-    manifest = manifest.astype({c: zoo.manifest[c].dtype for c in ("epoch", "epochs") if c in manifest})
+    manifest = typed_manifest(manifest.reindex(columns=list(dict.fromkeys([*zoo.manifest.columns, *manifest.columns]))))
     shards = [zoo.path / "shards" / f"{run_id}.safetensors" for run_id in tensors]
     try:
         for shard, (run_id, t) in zip(shards, tensors.items()):

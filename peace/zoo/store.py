@@ -92,6 +92,15 @@ MANIFEST_COLUMNS = {
     "lineage_id": "object", "shard": "object", "checksum": "object"}
 
 
+def typed_manifest(manifest: pd.DataFrame) -> pd.DataFrame:
+    """A manifest's number columns as numbers: a model measured on no task has NaN accuracy, not None (which
+    makes the whole column text, and every reader of the zoo trip on it: zoos that `peace zoo add` wrote before
+    are read so too); integers stay integers where every row has one."""
+    kinds = {c: t if t == "float64" or manifest[c].notna().all() else "float64" for c, t in MANIFEST_COLUMNS.items()
+             if c in manifest and t in ("int64", "float64")}
+    return manifest.astype({c: t for c, t in kinds.items() if manifest[c].dtype != t})
+
+
 def check_new_zoo_dir(out: Path, what: str) -> None:
     """Refuse to write a new zoo (``what``, for the message) where one is, or into a zoo or a directory in use."""
     if out.exists() and not out.is_dir():
@@ -297,7 +306,7 @@ class Zoo:
             raise PeaceError(f"{man} does not match the checksum in zoo.json (changed or corrupted); "
                              f"rebuild it with `peace zoo build ... --out {self.path} --resume`")
         self.info["manifest_sha256"] = actual
-        self.manifest = pd.read_parquet(man).set_index("model_id", drop=False).rename_axis(None)
+        self.manifest = typed_manifest(pd.read_parquet(man)).set_index("model_id", drop=False).rename_axis(None)
         self._shards = {s: contained(self.path, s, f"weight shard in {man}") for s in self.manifest["shard"].unique()}
 
     def __len__(self) -> int:
@@ -325,7 +334,15 @@ class Zoo:
         return _spec_from_json(self._cell(model_id, "arch_spec"))
 
     def task(self, model_id: str) -> Task:
-        return load_task(self._cell(model_id, "task"))
+        """The PEACE task a model solves: its data, for what needs it (accuracy, loss, fine-tuning)."""
+        name = self._cell(model_id, "task")
+        try:
+            return load_task(name)
+        except PeaceError as e:
+            why = "it was added without --task" if name == "unknown" else str(e)
+            raise PeaceError(f"model {model_id} solves no task PEACE has data for ({why}), so what needs that data "
+                             f"(accuracy, loss, fine-tuning) cannot be computed for it; `peace zoo add --task NAME` "
+                             f"adds models measured on a PEACE task") from None
 
     def weights(self, model_id: str, verify: bool = True) -> dict[str, Tensor]:
         """One model's state dict, read from its shard (checksum-verified)."""
