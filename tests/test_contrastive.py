@@ -224,3 +224,34 @@ def test_bad_augment_configs():
         AugmentConfig(erase=1.5)
     with pytest.raises(PeaceError, match="distill_epochs"):
         AugmentConfig(distill_epochs=0)
+
+
+def test_models_of_unknown_recipe_are_each_a_configuration_of_their_own_and_a_zoo_of_them_trains(tiny_zoo, tmp_path):
+    """Models added with `peace zoo add` have no init, lr or optimizer: none is another's same-configuration
+    partner (they share only what is unknown), their key has no missing piece (pandas 3 keeps None missing
+    through astype(str), which broke the concatenation), and an encoder trains on a zoo of them."""
+    from conftest import QUICK
+
+    from peace.intake.model import ImportedModel
+    from peace.learn.runconfig import load_config
+    from peace.learn.trainer import fit
+    from peace.zoo.imported import add_models
+    from peace.zoo.store import Zoo
+
+    rows = tiny_zoo.manifest.query("family == 'mlp' and status == 'ok' and epoch == epochs")
+    zoo = tmp_path / "mine"
+    for i, (task, g) in enumerate(rows[rows["task"].isin(["synth-1", "tetris"])].groupby("task")):
+        models = [ImportedModel(tiny_zoo.spec(m), tiny_zoo.weights(m), m) for m in g["model_id"]]
+        add_models(zoo, models, task=task, new=i == 0)
+    mine = Zoo(zoo).manifest
+    key = config_key(mine)
+    assert key.notna().all() and key.is_unique and mine["init"].isna().all()
+    known = config_key(tiny_zoo.manifest)
+    assert not known.is_unique and not known.str.startswith("run ").any()  # the zoo's own seeds still share theirs
+    res = fit(zoo, load_config("tiny", [*QUICK, "train.holdout_tasks=0"]), tmp_path / "run", progress=False)
+    assert res.best_epoch >= 1 and np.isfinite(res.best_val_map) and res.relevance == "task"
+    one = rows[rows["task"] == "synth-1"]["model_id"]  # one task: validated by lineage, which such models lack
+    add_models(tmp_path / "one", [ImportedModel(tiny_zoo.spec(m), tiny_zoo.weights(m), m) for m in one], new=True)
+    with pytest.raises(PeaceError, match="a lineage of its own .*peace embed --zoo Z --run R"):
+        fit(tmp_path / "one", load_config("tiny", [*QUICK, "train.holdout_tasks=0", "train.batch_size=2"]),
+            tmp_path / "run1", progress=False)

@@ -202,11 +202,17 @@ def build_views(rows: pd.DataFrame, weights: dict[str, dict[str, Tensor]], cfg: 
 # --- positive partners and hard negatives -------------------------------------------------------
 
 def config_key(manifest: pd.DataFrame) -> pd.Series:
-    """One string per row naming its training configuration (everything but the seed and epoch)."""
+    """One string per row naming its training configuration (everything but the seed and epoch). A model whose
+    recipe the zoo does not know (one added by `peace zoo add`: no init, lr or optimizer) is a configuration of
+    its own, never another model's same-configuration partner."""
     cols = [c for c in CONFIG_COLUMNS if c in manifest.columns]
-    key = manifest[cols[0]].astype(str)
+    key = manifest[cols[0]].astype(str).fillna("")  # pandas 3 keeps a missing value missing through astype(str)
     for c in cols[1:]:  # column-wise string concatenation: row-wise joins take a minute on 76,000 rows
-        key = key + "|" + manifest[c].astype(str)
+        key = key + "|" + manifest[c].astype(str).fillna("")
+    recipe = [c for c in ("init", "lr", "optimizer") if c in manifest.columns]
+    if recipe and "run_id" in manifest.columns:
+        unknown = manifest[recipe].isna().any(axis=1)
+        key = key.where(~unknown, "run " + manifest["run_id"].astype(str))
     return key
 
 

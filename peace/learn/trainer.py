@@ -118,9 +118,14 @@ def _split_rows(rows: pd.DataFrame, cfg: RunConfig) -> _Data:
         raise PeaceError(f"the training split has {len(train)} models but train.batch_size is {tc.batch_size}; "
                          f"lower it (e.g. --set train.batch_size={max(2, len(train) // 2)}) or build a larger zoo")
     if val[label].nunique() < 2 or val[label].value_counts().max() < 2:
+        alone = relevance == "lineage" and rows[label].is_unique  # models added one by one (`peace zoo add`)
+        fix = ("Every model of this zoo is a lineage of its own (models added by `peace zoo add` are): validation "
+               "by lineage needs checkpoints of one run. Train on a zoo whose models have tasks PEACE knows "
+               "(`peace zoo add --task NAME`, several tasks) or on a built zoo, and embed this one with that run "
+               "(`peace embed --zoo Z --run R`)" if alone else
+               "Raise train.val_fraction or build a zoo with more runs per task")
         raise PeaceError(f"the validation split has {len(val)} models in {val[label].nunique()} {relevance} group(s); "
-                         f"same-{relevance} mAP needs 2 or more groups and one with 2 or more models. Raise "
-                         f"train.val_fraction or build a zoo with more runs per task")
+                         f"same-{relevance} mAP needs 2 or more groups and one with 2 or more models. {fix}")
     return _Data(rows, splits, train, val, label, relevance, held)
 
 
