@@ -80,6 +80,13 @@ def test_every_page_takes_a_set_of_models_of_no_known_task(taskless, monkeypatch
     assert not at.error, [e.value for e in at.error]
     if page in ("Interpolation", "Generate", "Symmetry lab"):
         assert any("added without --task" in w.value for w in [*at.warning, *at.info]), [w.value for w in at.warning]
+    if page == "Map":  # a set of 6: the star's neighbours are the 5 others (10 asked), a search finds them
+        at.text_input(key="map_find").set_value("mlp").run()
+        assert not at.exception and any("its 5 nearest models" in i.value for i in at.info), [i.value for i in at.info]
+    if page == "Neighbours":  # every method lists the other 5, never the query itself
+        q = at.selectbox(key="query").value
+        tables = [d.value for d in at.dataframe[:4]]
+        assert all(len(t) == 5 and q not in set(t["model_id"]) for t in tables), [len(t) for t in tables]
 
 
 def test_neighbour_query_returns_k_rows(artifacts, monkeypatch):

@@ -99,8 +99,9 @@ def _map(ex: Explorer, controls, slot) -> None:
     if focus is not None:
         fig = go.Figure(fig)  # the cached figure stays as it is
         row = ex.table.iloc[ex.es.row_of[focus]]
-        highlight(fig, ex.neighbours(focus, 10), (row["umap_2d_x"], row["umap_2d_y"]), focus)
-        controls.info(f"★ {names.get(focus, focus)}: its 10 nearest models (PEACE) are ringed.")
+        hits = ex.neighbours(focus, 10)
+        highlight(fig, hits, (row["umap_2d_x"], row["umap_2d_y"]), focus)
+        controls.info(f"★ {names.get(focus, focus)}: its {len(hits)} nearest models (PEACE) are ringed.")
     event = slot.plotly_chart(fig, width="stretch", on_select="rerun", selection_mode=("points", "box", "lasso"), key="map")
     st.caption(shown_note)
     picked = [p["customdata"][0] for p in (event.selection.points if event else []) if p.get("customdata")]

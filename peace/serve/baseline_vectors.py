@@ -109,7 +109,7 @@ class BaselineVectors:
         """The ``k`` most similar other models: their rows of ``table`` with ``cosine``."""
         sims = self.scores(method, i).astype(np.float64)
         sims[i] = -np.inf
-        top = np.argsort(-sims, kind="stable")[:k]
+        top = np.argsort(-sims, kind="stable")[:min(k, len(sims) - 1)]  # never the model itself
         return table.iloc[top].assign(cosine=sims[top]).reset_index(drop=True)
 
     def agreement(self, i: int, others: list[int]) -> list[float]:

@@ -233,13 +233,14 @@ class Explorer:
         return BaselineVectors(compute_baselines(self.zoo, ids))
 
     def neighbours(self, model_id: str, k: int = 10) -> pd.DataFrame:
-        """PEACE's k nearest models (Annoy) with distance, cosine and metadata."""
-        return self.es.neighbours(model_id, k)
+        """PEACE's k nearest models (Annoy; every other model of a smaller set) with distance, cosine and metadata."""
+        return self.es.neighbours(model_id, min(k, len(self.table) - 1))
 
     def baseline_neighbours(self, model_id: str, method: str, k: int = 10) -> pd.DataFrame:
         """The k nearest models by cosine of s(W) (``stats``), raw weights (``raw``) or predictions on
-        shared probe inputs (``function``: the share of equal predictions), exact search."""
-        return self.baselines.neighbours(method, self.es.row_of[model_id], k, self.table)
+        shared probe inputs (``function``: the share of equal predictions), exact search; every other model of a
+        smaller set."""
+        return self.baselines.neighbours(method, self.es.row_of[model_id], min(k, len(self.table) - 1), self.table)
 
     def prefetch(self) -> None:
         """What the pages' first visits compute (baseline vectors, the encoder, the default interpolation,
@@ -472,7 +473,8 @@ class Explorer:
         self.encoder  # noqa: B018  (loaded and cached)
 
     def query_file(self, path: str | Path, config: dict, k: int = 10) -> tuple[object, pd.DataFrame, np.ndarray]:
-        """An uploaded model file: (the imported model, its k nearest zoo models, its map position).
+        """An uploaded model file: (the imported model, its k nearest zoo models (all, in a smaller set), its map
+        position).
         The file is parsed in a resource-limited child process, never in the server's own. A plain
         chain whose activation is not given is read with the activation that fits it best on the zoo
         tasks' data (``infer_activation``; ``m.inferred`` says so)."""
@@ -492,5 +494,5 @@ class Explorer:
             m = dataclasses.replace(e.model, spec=dataclasses.replace(e.model.spec, activation=best),
                                     inferred={**e.model.inferred, "activation": best})
         vector = self.encoder.embed([m.spec], [m.params]).numpy()[0]  # __post_init__ checked it made this set
-        hits = self.es.query(vector, k)
+        hits = self.es.query(vector, min(k, len(self.es)))
         return m, hits, self.map_position(vector)
