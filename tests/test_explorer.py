@@ -89,6 +89,36 @@ def test_every_page_takes_a_set_of_models_of_no_known_task(taskless, monkeypatch
         assert all(len(t) == 5 and q not in set(t["model_id"]) for t in tables), [len(t) for t in tables]
 
 
+@pytest.fixture(scope="module")
+def single(artifacts, tiny_zoo, tmp_path_factory):
+    """An artifacts root whose one set holds one model (of a task and architecture the run's decoder writes)."""
+    import shutil
+
+    from peace.intake.model import ImportedModel
+    from peace.serve.export import export_embeddings
+    from peace.zoo.imported import add_models
+
+    root = tmp_path_factory.mktemp("single")
+    shutil.copytree(artifacts / "runs" / "tiny", root / "runs" / "tiny")
+    row = tiny_zoo.manifest.query("family == 'mlp' and status == 'ok'").iloc[0]
+    model = ImportedModel(tiny_zoo.spec(row.model_id), tiny_zoo.weights(row.model_id), "one")
+    add_models(root / "zoos" / "one", [model], task=row.task, new=True)
+    export_embeddings(root / "runs" / "tiny", root / "embeddings" / "one", zoo=root / "zoos" / "one", trees=5,
+                      progress=False)
+    return root
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_takes_a_set_of_one_model(single, monkeypatch, page):
+    """A set of one model: pages that compare models say they need two; the others work (Generate's prompt of
+    one model had a slider from 1 to 1, which streamlit refuses)."""
+    at = _app(single, monkeypatch, page)
+    assert not at.exception, [e.message for e in at.exception]
+    assert not at.error and not at.warning, [e.value for e in [*at.error, *at.warning]]
+    if page in ("Neighbours", "Interpolation"):
+        assert any("holds one model" in i.value for i in at.info), [i.value for i in at.info]
+
+
 def test_neighbour_query_returns_k_rows(artifacts, monkeypatch):
     at = _app(artifacts, monkeypatch, "Neighbours")
     at.slider[0].set_value(5).run()

@@ -26,6 +26,9 @@ def _prompt(ex) -> list[str]:
         t = ex.table[ex.table["arch"] == arch]
         task = choose(c2.selectbox, "Task", sorted(t["task"].unique()), "gen_task")
         of_task = t[t["task"] == task]
+        if len(of_task) == 1:  # a slider needs two values
+            c3.caption("The one model of this task and architecture.")
+            return list(of_task["model_id"])
         best = remembered(c3.slider, "The most accurate", 1, len(of_task), key="gen_best", default=min(10, len(of_task)),
                           fit=lambda v: max(1, min(v, len(of_task))))
         return list(of_task.nlargest(best, "test_acc")["model_id"])

@@ -17,6 +17,9 @@ def page_interpolation() -> None:
     ex = current()
     if ex is None:
         return
+    if len(ex.table) < 2:
+        st.info(f"The set {ex.path.name} holds one model: a path needs two.")
+        return
     # one picker per row: a model's label (id, task, architecture, epoch, accuracy) needs the page's width
     a = model_picker(ex, "Model A", "interp_a", typical_model(ex.table))
     try:  # by default a twin of A: same architecture, task and epoch, another seed (weight space needs one)

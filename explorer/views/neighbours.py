@@ -11,6 +11,10 @@ def page_neighbours() -> None:
     ex = current()
     if ex is None:
         return
+    if len(ex.table) < 2:
+        st.info(f"The set {ex.path.name} holds one model: neighbours need two or more (`peace zoo add` more models, "
+                f"then `peace embed` again).")
+        return
     q = model_picker(ex, "Query model (type to search)", "query", typical_model(ex.table), url=True)
     kmax = min(50, len(ex.table) - 1)
     k = remembered(st.slider, "k", 1, kmax, key="k", default=10, fit=lambda v: max(1, min(v, kmax)))

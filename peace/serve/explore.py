@@ -372,7 +372,7 @@ class Explorer:
 
     def map_position(self, vector: np.ndarray, k: int = 5) -> np.ndarray:
         """2-D map coordinates of an embedding that UMAP never saw: the mean of its k nearest models'."""
-        hits = self.es.query(vector, k)
+        hits = self.es.query(vector, min(k, len(self.es)))
         xy = hits[["umap_2d_x", "umap_2d_y"]].dropna()  # big sets: neighbours off the map's sample do not count
         return xy.to_numpy().mean(0) if len(xy) else self.es.query(vector, min(len(self.es), 50 * k))[
             ["umap_2d_x", "umap_2d_y"]].dropna().to_numpy()[:k].mean(0)
