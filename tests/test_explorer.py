@@ -100,7 +100,10 @@ def single(artifacts, tiny_zoo, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("single")
     shutil.copytree(artifacts / "runs" / "tiny", root / "runs" / "tiny")
-    row = tiny_zoo.manifest.query("family == 'mlp' and status == 'ok'").iloc[0]
+    from peace.learn.generation import decoder_training_models
+
+    row = next(r for r in tiny_zoo.manifest.query("family == 'mlp' and status == 'ok'").itertuples()
+               if decoder_training_models(root / "runs" / "tiny", tiny_zoo.spec(r.model_id), r.task))
     model = ImportedModel(tiny_zoo.spec(row.model_id), tiny_zoo.weights(row.model_id), "one")
     add_models(root / "zoos" / "one", [model], task=row.task, new=True)
     export_embeddings(root / "runs" / "tiny", root / "embeddings" / "one", zoo=root / "zoos" / "one", trees=5,
@@ -117,6 +120,30 @@ def test_every_page_takes_a_set_of_one_model(single, monkeypatch, page):
     assert not at.error and not at.warning, [e.value for e in [*at.error, *at.warning]]
     if page in ("Neighbours", "Interpolation"):
         assert any("holds one model" in i.value for i in at.info), [i.value for i in at.info]
+
+
+@pytest.fixture(scope="module")
+def nomap(artifacts, tmp_path_factory):
+    """An artifacts root whose one set was embedded without a map (`peace embed --no-umap`)."""
+    import shutil
+
+    from peace.serve.export import export_embeddings
+
+    root = tmp_path_factory.mktemp("nomap")
+    shutil.copytree(artifacts / "runs" / "tiny", root / "runs" / "tiny")
+    export_embeddings(root / "runs" / "tiny", root / "embeddings" / "nomap", trees=5, umap=False, progress=False)
+    return root
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_takes_a_set_embedded_without_a_map(nomap, monkeypatch, page):
+    """The map, the path on the map and the samples on the map say how to make the set again with one; the rest
+    of each page works (Map, Interpolation and Generate raised a KeyError on the missing coordinates)."""
+    at = _app(nomap, monkeypatch, page)
+    assert not at.exception, [e.message for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    if page in ("Map", "Interpolation", "Generate"):
+        assert any("has no map" in i.value and "--no-umap" in i.value for i in at.info), [i.value for i in at.info]
 
 
 def test_neighbour_query_returns_k_rows(artifacts, monkeypatch):

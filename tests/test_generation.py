@@ -363,6 +363,7 @@ def test_sample_writes_a_zoo_that_every_command_reads(decoded_run, tmp_path):
     p = run_peace("sample", "--run", run, "--prompt", "task == 'synth-1' and arch == 'mlp 16-4-4 relu'", "--n", 4,
                   "--candidates", 3, "--rounds", 2, "--refine-steps", 5, "--out", out)
     assert "sampled 4 mlp 16-4-4 relu models for task 'synth-1'" in p.stdout
+    assert "note: the decoder learned from no" not in p.stdout  # its training split holds such models
     zoo = Zoo(out)
     m = zoo.manifest
     assert len(m) == 4 and set(m["status"]) == {"sampled"} and set(m["task"]) == {"synth-1"}
@@ -385,6 +386,31 @@ def test_sample_writes_a_zoo_that_every_command_reads(decoded_run, tmp_path):
     assert len(table) == 4 and set(table["status"]) == {"sampled"}
     q = run_peace("query", m.index[0], "--embeddings", tmp_path / "emb", "-k", 3)
     assert m.index[1] in q.stdout or m.index[2] in q.stdout
+
+
+def test_sampling_says_when_the_decoder_never_saw_the_prompts_architecture_on_its_task(decoded_run, tmp_path):
+    """A prompt of an (architecture, task) pair absent from the run's training split decodes to about chance
+    (docs/generation.md): `peace sample` says so, from what the decoder learned from, not from the result."""
+    from peace.intake.model import ImportedModel
+    from peace.learn.generation import decoder_training_models
+    from peace.zoo.imported import add_models
+
+    run, zoo = decoded_run[0], Zoo(json.loads((decoded_run[0] / "decoder.json").read_text())["zoo"])
+    rows = zoo.manifest.query("task == 'synth-1' and arch == 'mlp 16-4-4 relu' and status == 'ok'")
+    spec = zoo.spec(rows.index[0])
+    assert decoder_training_models(run, spec, "synth-1") > 0 and decoder_training_models(run, spec, "teacher-7") == 0
+    mine = tmp_path / "mine"  # the same weights, said to solve a task the zoo never trained for
+    add_models(mine, [ImportedModel(spec, zoo.weights(m), m) for m in rows.index[:3]], task="teacher-7", new=True)
+    p = run_peace("sample", "--run", run, "--zoo", mine, "--prompt", "task == 'teacher-7'", "--n", 2,
+                  "--out", tmp_path / "sampled")
+    assert "note: the decoder learned from no mlp 16-4-4 relu model of 'teacher-7'" in p.stdout
+    from peace.learn.generation import SampleConfig
+    from peace.serve.explore import Explorer
+    from peace.serve.export import export_embeddings
+
+    export_embeddings(run, tmp_path / "emb", zoo=mine, trees=5, progress=False, baselines=False)
+    ex = Explorer(tmp_path / "emb")  # the Generate page warns from the same count
+    assert ex.sample(list(ex.table["model_id"][:2]), SampleConfig(n=2)).learned_from == 0
 
 
 def test_resnets_are_decoded_with_batchnorm_folded_and_written_in_their_own_architecture(decoded_run, tmp_path):
@@ -661,7 +687,7 @@ def test_a_vit_model_folder_as_the_explorer_writes_it_reads_back(tmp_path):
     from safetensors.torch import save_file
 
     from peace.intake.importers import load_model
-    from peace.serve.explore import folder_config
+    from peace.serve.samples import folder_config
 
     for task, kw in [(t, kw) for t, kw in MODELS if kw["family"] == "vit"]:
         _, spec, params = random_model(task, kw)

@@ -71,8 +71,14 @@ def page_generate() -> None:
     st.write(f"**{len(s.models)} new {s.spec.describe()} models** for {s.task!r}, sampled around {len(prompt)} prompt "
              f"model(s); test accuracy:")
     table(s.comparison.round(3))
+    if not s.learned_from:
+        st.warning(f"The decoder learned from no {s.spec.describe()} model of {s.task!r} (none in the run's training "
+                   f"split): it writes such models at about chance (docs/generation.md).")
     st.download_button("Download as model folders (zip: model.safetensors + config.json each)", s.archive(),
                        file_name=f"sampled-{s.task}.zip", mime="application/zip")
+    if ex.map_missing():
+        st.info(ex.map_missing())
+        return
     fig = embedding_map(ex.table, "task", symbol=None, height=560)
     fig.add_scatter(x=rows["umap_2d_x"], y=rows["umap_2d_y"], mode="markers", name="prompt",
                     marker=dict(size=12, color="rgba(0,0,0,0)", line=dict(color="black", width=2)))

@@ -46,6 +46,9 @@ def page_interpolation() -> None:
             st.warning(str(e))
             return
     st.plotly_chart(_path_figure(paths), width="stretch")
+    if ex.map_missing():
+        st.info(ex.map_missing())
+        return
     m = embedding_map(ex.table, "task", symbol=None, height=520)
     for (name, p), dash in zip(paths.items(), ("dot", "solid", "dash")):  # black: a path is not a task's colour
         m.add_scatter(x=p["map_xy"][:, 0], y=p["map_xy"][:, 1], mode="lines+markers", name=f"path ({name})",

@@ -54,7 +54,7 @@ def _decoder(args: argparse.Namespace) -> int:
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from peace.learn.generation import SampleConfig
+    from peace.learn.generation import SampleConfig, decoder_training_models
     from peace.learn.refine import RefineConfig
     from peace.orchestrate.generation import sample_zoo
 
@@ -66,6 +66,10 @@ def _sample(args: argparse.Namespace) -> int:
     print(f"sampled {len(m)} {m['arch'].iloc[0]} models for task {m['task'].iloc[0]!r} into {zoo.path}: test accuracy "
           f"mean {m['test_acc'].mean():.3f}, min {m['test_acc'].min():.3f}, max {m['test_acc'].max():.3f}")
     print(f"next: `peace embed --run {args.run} --zoo {zoo.path} --out DIR` to map them, or `peace zoo info {zoo.path}`")
+    if not decoder_training_models(args.run, zoo.spec(m["model_id"].iloc[0]), m["task"].iloc[0]):
+        print(f"note: the decoder learned from no {m['arch'].iloc[0]} model of {m['task'].iloc[0]!r} (none in the run's "
+              f"training split), and decodes such pairs to about chance (docs/generation.md, 'A prompt the decoder "
+              f"has not seen'); a decoder trained on a run whose training split holds them writes them")
     return 0
 
 

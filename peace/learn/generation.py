@@ -144,6 +144,18 @@ def _split_ids(zoo: Zoo, run: RunDir, config: DecoderConfig) -> tuple[dict[str, 
     return out, skipped
 
 
+def decoder_training_models(run_dir: str | Path, spec: ArchSpec, task: str) -> int:
+    """How many of the run's training models of ``spec``'s decoder head solve ``task``: the (architecture, task)
+    pairs a decoder writes well are those it learned from (docs/generation.md: a pair it never saw decodes to
+    about chance)."""
+    run = RunDir(run_dir)
+    zoo = Zoo(json.loads((run.path / RunDir.DECODER[1]).read_text())["zoo"])  # the zoo the decoder learned from
+    rows = zoo.manifest[usable(zoo.manifest) & (zoo.manifest["task"] == task)]
+    rows = rows.reset_index(drop=True).merge(run.splits(), on="model_id", how="inner")
+    rows = rows[rows["split"] == "train"]
+    return int((_head_keys(rows["arch_spec"]) == _spec_key(head_spec(spec))).sum()) if len(rows) else 0
+
+
 def decoder_groups(run_dir: str | Path, config: DecoderConfig = DecoderConfig(),
                    progress: bool = False) -> tuple[Zoo, dict[str, list[Group]], dict[str, str]]:
     """What a decoder learns from: the run's zoo; per split, one ``Group`` per decodable architecture (the

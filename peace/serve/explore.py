@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from peace.core.errors import PeaceError
 from peace.serve.index import BASELINES, EmbeddingSet
+from peace.serve.samples import Sample, folder_config
 
 if TYPE_CHECKING:
     from peace.learn.generation import SampleConfig
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
     from peace.serve.baseline_vectors import BaselineVectors
     from peace.zoo.store import Zoo
 
-__all__ = ["Explorer", "Sample", "activation_advice", "filter_table", "folder_config",
+__all__ = ["Explorer", "activation_advice", "filter_table",
            "find_ablation_summaries", "find_embedding_sets", "find_evaluations", "find_models", "model_label",
            "parse_search", "search_reading", "typical_model"]
 
@@ -135,48 +137,6 @@ def activation_advice(check: pd.DataFrame, margin: float = 0.1) -> str | None:
             + ". The activation decides the function, and so the embedding: choose it in the Activation field.")
 
 
-@dataclass
-class Sample:
-    """Models sampled on the Generate page: their architecture, task and prompt, weights, test accuracies,
-    the comparison table and their map positions; ``archive()`` packs them as model folders."""
-
-    spec: ArchSpec
-    task: str
-    prompt: list[str]
-    models: list[dict]
-    accuracy: np.ndarray
-    comparison: pd.DataFrame
-    map_xy: np.ndarray
-
-    def archive(self) -> bytes:
-        """A zip of one folder per model (``model.safetensors`` + ``config.json``), each readable by
-        ``peace query DIR`` and ``peace zoo add``."""
-        import io
-        import zipfile
-
-        from safetensors.torch import save
-
-        buffer = io.BytesIO()
-        meta = {"task": self.task, "provenance": json.dumps({"sampled_from": self.prompt[:100]})}
-        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
-            for j, m in enumerate(self.models):
-                z.writestr(f"sampled-{j:03d}/model.safetensors", save({k: v.contiguous() for k, v in m.items()}))
-                z.writestr(f"sampled-{j:03d}/config.json", json.dumps(folder_config(self.spec, meta), indent=1))
-        return buffer.getvalue()
-
-
-def folder_config(spec: ArchSpec, metadata: dict | None = None) -> dict:
-    """The ``config.json`` of a model folder (``peace query DIR``, ``peace zoo add``): what the weights
-    do not say (activation; a CNN's or Transformer's input shape and pooling; a Transformer's heads), plus
-    ``metadata``."""
-    config: dict = {"activation": spec.activation}
-    if spec.family != "mlp":
-        config.update(input_shape=list(spec.input_shape), pool=spec.pool)
-    if spec.family == "vit":  # the weights do not say how the width splits into heads
-        config["num_heads"] = spec.heads
-    return {**config, **({"metadata": metadata} if metadata else {})}
-
-
 def model_label(row: pd.Series) -> str:
     """How pickers show a model: id, task, architecture, epoch and test accuracy."""
     return f"{row['model_id']} · {row['task']} · {row['arch']} · epoch {row['epoch']} · acc {row['test_acc']:.3f}"
@@ -233,20 +193,18 @@ class Explorer:
         return BaselineVectors(compute_baselines(self.zoo, ids))
 
     def neighbours(self, model_id: str, k: int = 10) -> pd.DataFrame:
-        """PEACE's k nearest models (Annoy; every other model of a smaller set) with distance, cosine and metadata."""
+        """PEACE's k nearest models (Annoy; all others in a smaller set) with distance, cosine and metadata."""
         return self.es.neighbours(model_id, min(k, len(self.table) - 1))
 
     def baseline_neighbours(self, model_id: str, method: str, k: int = 10) -> pd.DataFrame:
         """The k nearest models by cosine of s(W) (``stats``), raw weights (``raw``) or predictions on
-        shared probe inputs (``function``: the share of equal predictions), exact search; every other model of a
-        smaller set."""
+        shared probe inputs (``function``: the share of equal predictions), exact search (all others, at most)."""
         return self.baselines.neighbours(method, self.es.row_of[model_id], min(k, len(self.table) - 1), self.table)
 
     def prefetch(self) -> None:
         """What the pages' first visits compute (baseline vectors, the encoder, the default interpolation,
         the first embedding of each io-space), done ahead: ``peace.serve.warm`` calls it while a user looks
         at a page."""
-        from peace.core.errors import PeaceError
         from peace.nets.probes import io_space
         from peace.serve.teaching import partner
 
@@ -278,7 +236,6 @@ class Explorer:
     @cached_property
     def decoder(self):
         """The run's decoder (``peace decoder``), or None when it has none (or one for another encoder)."""
-        from peace.core.errors import PeaceError
         from peace.learn.generation import run_decoder
 
         try:
@@ -333,7 +290,7 @@ class Explorer:
         initialization and the prompt, and placed on the map (mean position of their 5 nearest zoo models)."""
         import torch
 
-        from peace.learn.generation import accuracy, default_inits, sample_models
+        from peace.learn.generation import accuracy, decoder_training_models, default_inits, sample_models
 
         spec, task = self.zoo.spec(prompt[0]), self.zoo.task(prompt[0])
         z = torch.from_numpy(self.embeddings[[self.es.row_of[m] for m in prompt]]).float()
@@ -346,7 +303,8 @@ class Explorer:
         comparison = pd.DataFrame([{"models": k, "n": len(v), "mean": v.mean(), "min": v.min(), "max": v.max()}
                                    for k, v in groups.items()])
         xy = np.stack([self.map_position(e) for e in self.encoder.embed([spec] * len(models), models).numpy()])
-        return Sample(spec, task.name, list(prompt), models, acc, comparison, xy)
+        return Sample(spec, task.name, list(prompt), models, acc, comparison, xy,
+                      decoder_training_models(self.run, spec, task.name))
 
     def weight_path(self, a: str, b: str, n_points: int = 11) -> dict:
         """Linear interpolation in weight space between two models of one architecture, without and
@@ -370,8 +328,17 @@ class Explorer:
             path["map_xy"] = np.stack([self.map_position(e) for e in emb])
         return paths
 
+    def map_missing(self) -> str | None:
+        """Why the set has no map, and how to make it again with one (None when it has one)."""
+        if "umap_2d_x" not in self.table:  # embedded with --no-umap
+            return (f"The set {self.path.name} has no map: it was embedded with `--no-umap`. `peace embed --run "
+                    f"{self.run} --zoo {self.es.source('zoo')} --out {self.path}` makes it again with one.")
+        return None
+
     def map_position(self, vector: np.ndarray, k: int = 5) -> np.ndarray:
-        """2-D map coordinates of an embedding that UMAP never saw: the mean of its k nearest models'."""
+        """2-D map coordinates of an embedding that UMAP never saw: the mean of its k nearest models' (NaN: no map)."""
+        if "umap_2d_x" not in self.table:  # a set embedded with --no-umap
+            return np.full(2, np.nan)
         hits = self.es.query(vector, min(k, len(self.es)))
         xy = hits[["umap_2d_x", "umap_2d_y"]].dropna()  # big sets: neighbours off the map's sample do not count
         return xy.to_numpy().mean(0) if len(xy) else self.es.query(vector, min(len(self.es), 50 * k))[
@@ -473,14 +440,12 @@ class Explorer:
         self.encoder  # noqa: B018  (loaded and cached)
 
     def query_file(self, path: str | Path, config: dict, k: int = 10) -> tuple[object, pd.DataFrame, np.ndarray]:
-        """An uploaded model file: (the imported model, its k nearest zoo models (all, in a smaller set), its map
-        position).
+        """An uploaded model file: (the imported model, its k nearest zoo models, its map position).
         The file is parsed in a resource-limited child process, never in the server's own. A plain
         chain whose activation is not given is read with the activation that fits it best on the zoo
         tasks' data (``infer_activation``; ``m.inferred`` says so)."""
         import dataclasses
 
-        from peace.core.errors import PeaceError
         from peace.intake.importers import MissingActivation
         from peace.intake.sandbox import load_model_isolated
 
