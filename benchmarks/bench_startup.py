@@ -82,9 +82,9 @@ def concurrent_reads(n: int, repeats: int) -> tuple[float, float]:
                 "else load_models_isolated(sys.argv[2:], {'activation': 'relu'})); print(time.perf_counter() - t)")
         times: dict[str, list[float]] = {"one": [], "many": []}
         for _ in range(repeats):
-            for how in times:
-                times[how].append(float(subprocess.run([sys.executable, "-c", code, how, *files], capture_output=True,
-                                                       text=True, check=True).stdout))
+            for how, seconds in times.items():
+                seconds.append(float(subprocess.run([sys.executable, "-c", code, how, *files], capture_output=True,
+                                                    text=True, check=True).stdout))
     return statistics.median(times["one"]), statistics.median(times["many"])
 
 
