@@ -237,3 +237,21 @@ def test_peace_rank_reads_model_files_in_the_isolated_reader(tmp_path):
     assert bad.returncode == 2 and "2 input -> class spaces" in bad.stderr
     both = run_peace("rank", *files, "--zoo", tmp_path, "--models", "x", check=False)
     assert both.returncode == 2 and "one of the two" in both.stderr
+
+
+def test_rank_notes_fine_tunes_of_another_tasks_models_when_it_reads_only_weights(tiny_zoo):
+    """The tiny zoo's synth-2 models are fine-tunes of synth-1 models: from the weights alone `peace rank` says
+    so (and how to rank them on data); on the task's data, or for a task of fresh models, it says nothing."""
+    from conftest import run_peace
+
+    from peace.orchestrate.selection import parent_tasks
+
+    m = tiny_zoo.manifest
+    tuned = list(m[(m["task"] == "synth-2") & m["parent_id"].notna()].index)
+    assert tuned and parent_tasks(tiny_zoo, tuned) == {"synth-1": len(tuned)}
+    assert parent_tasks(tiny_zoo, list(m[m["task"] == "tetris"].index)) == {}
+    weights = run_peace("rank", "--zoo", tiny_zoo.path, "--models", "task == 'synth-2'", "--probes")
+    assert f"note: {len(tuned)} of these models were fine-tuned from models of 'synth-1'" in weights.stdout
+    data = run_peace("rank", "--zoo", tiny_zoo.path, "--models", "task == 'synth-2'", "--task", "synth-2")
+    fresh = run_peace("rank", "--zoo", tiny_zoo.path, "--models", "task == 'tetris'", "--probes")
+    assert "note:" not in data.stdout and "note:" not in fresh.stdout

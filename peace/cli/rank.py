@@ -14,7 +14,7 @@ def _rank(args: argparse.Namespace) -> int:
     from peace.core.atomic import atomic_path
     from peace.core.errors import PeaceError
     from peace.intake.sandbox import load_models_isolated
-    from peace.orchestrate.selection import agreement_with_record, rank, rank_models
+    from peace.orchestrate.selection import agreement_with_record, parent_tasks, rank, rank_models
     from peace.zoo.store import Zoo
 
     if args.csv and args.csv.exists():
@@ -22,6 +22,7 @@ def _rank(args: argparse.Namespace) -> int:
     if bool(args.files) == bool(args.zoo or args.models):
         raise PeaceError("rank model files (peace rank FILE ...) or a zoo's models (--zoo DIR --models SELECTION), "
                          "one of the two")
+    parents: dict[str, int] = {}  # a zoo's fine-tunes of other tasks' models, by parent task
     if args.files:
         models = load_models_isolated(args.files, _model_config(args), _limits(args))  # each in a bounded child
         rows = pd.DataFrame({"model_id": [str(f) for f in args.files], "arch": [m.spec.describe() for m in models]})
@@ -30,11 +31,18 @@ def _rank(args: argparse.Namespace) -> int:
     elif not (args.zoo and args.models):
         raise PeaceError("--zoo DIR and --models SELECTION go together")
     else:
-        table, read = rank_models(Zoo(args.zoo), args.models, inputs=args.inputs, task=args.task,
-                                  probes=args.probes)
+        zoo = Zoo(args.zoo)
+        table, read = rank_models(zoo, args.models, inputs=args.inputs, task=args.task, probes=args.probes)
+        parents = parent_tasks(zoo, list(table["model_id"])) if not (args.inputs or args.task) else {}
     print(f"{len(table)} models ranked by {read}; best first:")
     with pd.option_context("display.width", 200, "display.max_colwidth", 60):
         print(table.head(args.top).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if parents:
+        print(f"note: {sum(parents.values())} of these models were fine-tuned from models of "
+              f"{', '.join(map(repr, parents))}; from the weights alone a fine-tune that still computes much of its "
+              f"parent's function can rank high (docs/benchmarks.md, demo zoo: digits-flip, all fine-tunes of digits "
+              f"models, ranks at tau -0.26; synth-2 and teacher-1, a ninth of them fine-tunes, at 0.83-0.86); --task "
+              f"or --inputs ranks them on the task's data")
     tau = agreement_with_record(table)
     if tau is not None:
         print(f"test_acc is what the manifest records (not read by the ranking); Kendall tau between the two: {tau:.3f}")

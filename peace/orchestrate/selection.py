@@ -21,7 +21,7 @@ from peace.zoo.query import select_ids
 from peace.zoo.store import Zoo, usable
 from peace.zoo.tasks import load_task
 
-__all__ = ["MAX_RANKED", "agreement_with_record", "rank", "rank_models", "read_inputs"]
+__all__ = ["MAX_RANKED", "agreement_with_record", "parent_tasks", "rank", "rank_models", "read_inputs"]
 
 MAX_RANKED = 20_000  # models one ranking holds in memory (weights and predictions on up to 512 inputs each)
 
@@ -110,6 +110,17 @@ def rank_models(zoo: Zoo, selection: str, inputs: str | Path | None = None, task
     _one_space(specs)  # before reading any weights
     return rank(specs, zoo.load_many(ids), m.loc[ids, cols].rename_axis("model_id").reset_index(), inputs, task,
                 probes)
+
+
+def parent_tasks(zoo: Zoo, ids: list[str]) -> dict[str, int]:
+    """How many of ``ids`` were fine-tuned from a model of another task, by that task: from the weights alone
+    such models may still compute much of their parent's function, which the written score cannot tell from
+    this task's (docs/benchmarks.md, model selection)."""
+    m = zoo.manifest
+    parents = m.loc[ids, "parent_id"].dropna() if "parent_id" in m else pd.Series(dtype=object)
+    parents = parents[parents.isin(m.index)]
+    other = m.loc[parents.to_numpy(), "task"].to_numpy() != m.loc[parents.index, "task"].to_numpy()
+    return m.loc[parents.to_numpy()[other], "task"].value_counts().to_dict()
 
 
 def agreement_with_record(table: pd.DataFrame) -> float | None:
