@@ -571,3 +571,10 @@ def test_the_best_for_a_task_page_ranks_without_labels_and_compares_with_the_rec
     archs = at.selectbox(key="pref_rank_arch").options
     at.selectbox(key="pref_rank_arch").set_value(archs[1]).run()  # one architecture: fewer models, still ranked
     assert not at.exception and len(at.dataframe[0].value) <= len(shown)
+    assert not at.warning  # synth-1's models are trained from scratch
+    at.selectbox(key="pref_rank_arch").set_value("all").run()
+    at.radio(key="pref_rank_read").set_value("inputs the models write (weights only)")
+    at.selectbox(key="pref_rank_task").set_value("synth-2").run()  # fine-tunes of synth-1 models: said, weights only
+    assert any("fine-tuned from models of synth-1" in w.value for w in at.warning), [w.value for w in at.warning]
+    at.radio(key="pref_rank_read").set_value("the task's unlabelled inputs").run()
+    assert not at.warning

@@ -8,7 +8,7 @@ import streamlit as st
 from shared import choose, cols, current, table
 
 from peace.core.errors import PeaceError
-from peace.orchestrate.selection import agreement_with_record, rank_models
+from peace.orchestrate.selection import agreement_with_record, parent_tasks, rank_models
 
 READS = {"inputs the models write (weights only)": "written", "Gaussian probes (weights only, quicker)": "probes",
          "the task's unlabelled inputs": "data"}
@@ -44,6 +44,12 @@ def page_rank() -> None:
     st.info(f"{len(ranked)} models ranked by {what}. "
             + (f"Kendall tau against the test accuracy the zoo records (not read by the ranking): {tau:.2f}."
                if tau is not None else "The zoo records no test accuracy for them to compare with."))
+    parents = parent_tasks(ex.zoo, list(ranked["model_id"])) if READS[read] != "data" else {}
+    if parents:
+        st.warning(f"{sum(parents.values())} of these models were fine-tuned from models of {', '.join(parents)}: "
+                   "from the weights alone, a fine-tune that still computes much of its parent's function can rank "
+                   "high (the demo's digits-flip ranks at tau -0.26). Reading the task's unlabelled inputs ranks them "
+                   "on its data.")
     table(cols(ranked.head(20).round({"score": 3}), ("rank", "score")), key="ranked")
     if tau is not None:
         fig = px.scatter(ranked, x="score", y="test_acc", color="arch", hover_name="model_id", height=420,
