@@ -12,6 +12,7 @@ import copy
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,8 +150,11 @@ def _new_encoder(cfg: RunConfig, data: _Data, dev: torch.device, progress: bool,
             if cfg.encoder.probe_source == "learned" else
             inverted_probes(models.specs, models.params, list(models.rows["task"]), cfg.encoder.probes))
     tgt = _targets(train, cfg.encoder.aux_targets)
-    encoder.aux_mean.copy_(torch.from_numpy(np.nanmean(tgt, 0)))
-    encoder.aux_std.copy_(torch.from_numpy(np.nanstd(tgt, 0)).clamp_min(1e-6))
+    with warnings.catch_warnings():  # a target no model records (models added without a task): 0 and 1, untrained
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean, std = np.nanmean(tgt, 0), np.nanstd(tgt, 0)
+    encoder.aux_mean.copy_(torch.from_numpy(np.nan_to_num(mean, nan=0.0)))
+    encoder.aux_std.copy_(torch.from_numpy(np.nan_to_num(std, nan=1.0)).clamp_min(1e-6))
     return encoder.to(dev), torch.tensor(tgt)
 
 
@@ -270,7 +274,9 @@ def _losses(model: torch.nn.Module, encoder: Embedder, b: _Batch, cfg: RunConfig
             [kin.related(b.anchors, b.negatives), np.zeros((B, len(b.relabelled)), bool)], 1)) if extra is not None else None
         nce = info_nce(proj[:B], proj[B:2 * B], tc.temperature, same, extra, extra_same)
     y = (torch.stack([aux_t[m] for m in b.anchors]).to(dev) - encoder.aux_mean) / encoder.aux_std
-    aux = torch.nn.functional.mse_loss(aux_pred[:B], y)
+    known = torch.isfinite(y)  # a model with no recorded accuracy (added without a task) teaches the head nothing
+    aux = torch.nn.functional.mse_loss(*((aux_pred[:B], y) if bool(known.all()) else (aux_pred[:B][known], y[known]))) \
+        if bool(known.any()) else aux_pred.sum() * 0
     recon = rec.loss(with_own_rows(res["learned"].float())[:B], b.anchors) if rec is not None else torch.zeros((), device=dev)
     return nce + tc.aux_weight * aux + tc.reconstruction * recon, nce, aux, recon
 
