@@ -144,12 +144,13 @@ def _split_ids(zoo: Zoo, run: RunDir, config: DecoderConfig) -> tuple[dict[str, 
     return out, skipped
 
 
-def decoder_training_models(run_dir: str | Path, spec: ArchSpec, task: str) -> int:
+def decoder_training_models(run_dir: str | Path, spec: ArchSpec, task: str, opened: Zoo | None = None) -> int:
     """How many of the run's training models of ``spec``'s decoder head solve ``task``: the (architecture, task)
     pairs a decoder writes well are those it learned from (docs/generation.md: a pair it never saw decodes to
-    about chance)."""
+    about chance). ``opened``: a zoo already open, used if it is the one the decoder learned from."""
     run = RunDir(run_dir)
-    zoo = Zoo(json.loads((run.path / RunDir.DECODER[1]).read_text())["zoo"])  # the zoo the decoder learned from
+    path = Path(json.loads((run.path / RunDir.DECODER[1]).read_text())["zoo"])  # the zoo the decoder learned from
+    zoo = opened if opened is not None and opened.path.resolve() == path.resolve() else Zoo(path)
     rows = zoo.manifest[usable(zoo.manifest) & (zoo.manifest["task"] == task)]
     rows = rows.reset_index(drop=True).merge(run.splits(), on="model_id", how="inner")
     rows = rows[rows["split"] == "train"]

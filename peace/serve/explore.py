@@ -304,7 +304,7 @@ class Explorer:
                                    for k, v in groups.items()])
         xy = np.stack([self.map_position(e) for e in self.encoder.embed([spec] * len(models), models).numpy()])
         return Sample(spec, task.name, list(prompt), models, acc, comparison, xy,
-                      decoder_training_models(self.run, spec, task.name))
+                      decoder_training_models(self.run, spec, task.name, self.zoo))
 
     def weight_path(self, a: str, b: str, n_points: int = 11) -> dict:
         """Linear interpolation in weight space between two models of one architecture, without and
