@@ -201,3 +201,18 @@ def test_the_command_line_parses_model_files_in_an_isolated_child(files, tiny_zo
     shutil.copytree(tiny_zoo.path, zoo)
     assert main(["zoo", "add", str(zoo), str(files / "m.pt"), "--activation", "relu"]) == 0, capsys.readouterr().err
     assert "added 1 model(s)" in capsys.readouterr().out
+
+
+def test_output_piped_to_a_reader_that_leaves_ends_quietly(tiny_zoo):
+    """`peace zoo info Z | head -1`: once the reader has gone, the command stops without an error line (it
+    printed "peace: error: Broken pipe: check the path ..." before), with the shell's SIGPIPE status."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    p = subprocess.Popen([sys.executable, "-m", "peace", "zoo", "info", str(tiny_zoo.path)], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p.stdout.close()  # the reader leaves before the first line
+    err = p.stderr.read()
+    assert p.wait(timeout=300) == 141 and "error" not in err and "Traceback" not in err, err

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -178,7 +180,7 @@ def _zoo_add(args: argparse.Namespace) -> int:
     added = zoo.manifest.iloc[-len(models):]
     cols = [c for c in ["model_id", "task", "arch", "n_params", "test_acc"] if c in added.columns]
     print(added[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    embed = f"peace embed --zoo {args.dir} --run RUN --out artifacts/embeddings/NAME"
+    embed = f"peace embed --zoo {shlex.quote(str(args.dir))} --run RUN --out artifacts/embeddings/NAME"
     print(f"{'made a zoo of' if args.new else 'added'} {len(models)} model(s) {'at' if args.new else 'to'} {zoo!r}; "
           f"{'index them with `' + embed + '`' if args.new else 're-run `peace embed` to index them'}")
     return 0
@@ -444,6 +446,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("peace: interrupted; finished parts are kept (rerun with --resume)", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader left (`peace zoo info Z | head`): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more reaches the closed pipe
+        return 141
     except OSError as e:  # the machine said no (full disk, read-only directory): what and how to go on, not a trace
         print(f"peace: error: {os_error(e)}", file=sys.stderr)
         return 2
@@ -469,10 +474,9 @@ def run() -> None:
     """The console entry point: ``main``, then leave without interpreter teardown. pyarrow's parquet
     threads can abort a process while it exits (SIGABRT, "terminate called without an active
     exception": apache/arrow#34314), turning a finished command's exit code into -6."""
-    import os
-
     code = main()
-    sys.stdout.flush()
+    with contextlib.suppress(BrokenPipeError):  # output the reader left before
+        sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
 
