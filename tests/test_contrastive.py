@@ -251,12 +251,19 @@ def test_models_of_unknown_recipe_are_each_a_configuration_of_their_own_and_a_zo
     res = fit(zoo, load_config("tiny", [*QUICK, "train.holdout_tasks=0"]), tmp_path / "run", progress=False)
     assert res.best_epoch >= 1 and np.isfinite(res.best_val_map) and res.relevance == "task"
     named = tmp_path / "named"  # tasks by name only (config.json metadata): no accuracy measured, nothing to regress
-    for i, (task, g) in enumerate(rows[rows["task"].isin(["synth-1", "tetris"])].groupby("task")):
+    every = tiny_zoo.manifest.query("family == 'mlp' and status == 'ok' and epoch > 0").drop_duplicates("checksum")
+    for i, (task, g) in enumerate(every[every["task"].isin(["synth-1", "tetris"])].groupby("task")):
         models = [ImportedModel(tiny_zoo.spec(m), tiny_zoo.weights(m), m) for m in g["model_id"]]
         add_models(named, models, metadata={"task": f"mine-{task}"}, new=i == 0)
     assert Zoo(named).manifest["test_acc"].isna().all()
     res = fit(named, load_config("tiny", [*QUICK, "train.holdout_tasks=0"]), tmp_path / "run-named", progress=False)
     assert np.isfinite(res.history[["train_loss", "train_nce", "train_aux"]].to_numpy()).all()  # were NaN
+    from peace.orchestrate.evaluation import evaluate, summary_table
+
+    metrics = evaluate(res.path, tmp_path / "ev", progress=False, transfer=None, accuracy=None, probegen=0)
+    table = summary_table(metrics)  # no accuracy, learning rate or epoch to probe: left out, not a traceback
+    assert np.isfinite(table.loc["peace", "task mAP"]) and np.isnan(table.loc["peace", "R2 test_acc"])
+    assert not {"test_acc", "log10_lr", "epoch"} & set(metrics["methods"]["peace"]["probes"])
     one = rows[rows["task"] == "synth-1"]["model_id"]  # one task: validated by lineage, which such models lack
     add_models(tmp_path / "one", [ImportedModel(tiny_zoo.spec(m), tiny_zoo.weights(m), m) for m in one], new=True)
     with pytest.raises(PeaceError, match="a lineage of its own .*peace embed --zoo Z --run R"):

@@ -88,6 +88,30 @@ def _functional(method: Baseline, models: Models, seed: int, per_group: int = 15
     return float(np.average(scores, weights=weights)) if scores else float("nan")
 
 
+def _probes(method: Baseline, train: Models, test: Models, e_train: np.ndarray, e_test: np.ndarray) -> dict:
+    """Linear probes of each model-card target, on the models that record it (a model added from elsewhere has no
+    learning rate or epoch, and no accuracy without a task); a target too few models record, or with one value
+    only, is left out."""
+    probes = {}
+    tr, te = train.rows.assign(log10_lr=np.log10(train.rows["lr"])), test.rows.assign(log10_lr=np.log10(test.rows["lr"]))
+    for t in REGRESSION_TARGETS + CATEGORY_TARGETS:
+        categorical = t in CATEGORY_TARGETS
+        k_tr, k_te = tr[t].notna().to_numpy(), te[t].notna().to_numpy()
+        if k_tr.sum() < 3 or k_te.sum() < 2 or tr.loc[k_tr, t].nunique() < 2:  # nothing recorded, or one value
+            continue
+        x_tr, x_te = e_train, e_test
+        if isinstance(method, MetadataSearch) and t in REVEALS:  # a card without the answer
+            blind = MetadataSearch([c for c in method.columns if c not in REVEALS[t]]).fit(train)
+            x_tr, x_te = blind.transform(train), blind.transform(test)
+        held = te["heldout_task"].to_numpy(bool)[k_te] if "heldout_task" in te else np.zeros(k_te.sum(), bool)
+        # test_acc also ranks the held-out tasks' models, unlabelled: model selection (peace.evaluate.selection)
+        within = np.where(held, te["task"].to_numpy(object)[k_te], None) if t == "test_acc" and held.any() else None
+        probes[t] = linear_probe(x_tr[k_tr], tr[t].to_numpy()[k_tr], x_te[k_te], te[t].to_numpy()[k_te],
+                                 categorical=categorical, rank_within=within,
+                                 subsets={"seen_tasks": ~held, "heldout_tasks": held} if held.any() else None)
+    return probes
+
+
 def evaluate_method(method: Baseline, train: Models, test: Models, seed: int = 0) -> dict:
     """Every metric of one method (already fit on ``train``) on the test models."""
     e_train, e_test = method.transform(train), method.transform(test)
@@ -99,24 +123,8 @@ def evaluate_method(method: Baseline, train: Models, test: Models, seed: int = 0
                                                                other_than=rows["arch"].to_numpy()),
                  "retrieval_lineage": retrieval_scores(e_test, rows["lineage_id"].to_numpy())}
     out["clustering_task"] = clustering_scores(e_test, rows["task"].to_numpy(), seed)
-    probes = {}
-    tr, te = train.rows.assign(log10_lr=np.log10(train.rows["lr"])), rows.assign(log10_lr=np.log10(rows["lr"]))
-    for t in REGRESSION_TARGETS + CATEGORY_TARGETS:
-        categorical = t in CATEGORY_TARGETS
-        if categorical and tr[t].nunique() < 2:
-            continue
-        x_tr, x_te = e_train, e_test
-        if isinstance(method, MetadataSearch) and t in REVEALS:  # a card without the answer
-            blind = MetadataSearch([c for c in method.columns if c not in REVEALS[t]]).fit(train)
-            x_tr, x_te = blind.transform(train), blind.transform(test)
-        held = te["heldout_task"].to_numpy(bool) if "heldout_task" in te else np.zeros(len(te), bool)
-        # test_acc also ranks the held-out tasks' models, unlabelled: model selection (peace.evaluate.selection)
-        within = np.where(held, te["task"].to_numpy(object), None) if t == "test_acc" and held.any() else None
-        probes[t] = linear_probe(x_tr, tr[t].to_numpy(), x_te, te[t].to_numpy(), categorical=categorical,
-                                 subsets={"seen_tasks": ~held, "heldout_tasks": held} if held.any() else None,
-                                 rank_within=within)
-    out["probes"] = probes
-    if "within_group_tau" in probes["test_acc"]:
+    out["probes"] = probes = _probes(method, train, test, e_train, e_test)
+    if "within_group_tau" in probes.get("test_acc", {}):
         out["selection_tau"] = probes["test_acc"]["within_group_tau"]
     inv = _sample(rows.reset_index(drop=True).assign(i=range(len(rows))), 100, seed)
     moved = Models(inv.drop(columns="i"), [test.specs[i] for i in inv["i"]],
@@ -221,14 +229,14 @@ def summary_table(metrics: dict) -> pd.DataFrame:
     """One row per method with the headline numbers."""
     rows = {}
     for name, r in metrics["methods"].items():
-        p = r["probes"]
+        p = {t: r["probes"].get(t, {}) for t in ("test_acc", "gen_gap", "epoch")}  # a target no model records: NaN
         rows[name] = {"task mAP": r["retrieval_task"]["map"], "task P@10": r["retrieval_task"]["precision@10"],
                       "hard mAP": r["retrieval_task_hard"]["map"], "held-out task mAP": r["retrieval_task_heldout"]["map"],
                       "cross-arch mAP": r["retrieval_task_cross_arch"]["map"],
                       "lineage mAP": r["retrieval_lineage"]["map"], "NMI": r["clustering_task"]["nmi"],
-                      "R2 test_acc": p["test_acc"]["r2"],
-                      "R2 test_acc (seen tasks)": p["test_acc"].get("r2_seen_tasks", p["test_acc"]["r2"]),
-                      "R2 gen_gap": p["gen_gap"]["r2"], "R2 epoch": p["epoch"]["r2"],
+                      "R2 test_acc": p["test_acc"].get("r2", math.nan),
+                      "R2 test_acc (seen tasks)": p["test_acc"].get("r2_seen_tasks", p["test_acc"].get("r2", math.nan)),
+                      "R2 gen_gap": p["gen_gap"].get("r2", math.nan), "R2 epoch": p["epoch"].get("r2", math.nan),
                       "selection tau": r.get("selection_tau", math.nan),
                       "func. Spearman": r["functional_spearman"], "invariance ratio": r["invariance"]["ratio"]}
     return pd.DataFrame(rows).T.rename_axis("method")
