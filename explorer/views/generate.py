@@ -76,8 +76,8 @@ def page_generate() -> None:
                    f"split): it writes such models at about chance (docs/generation.md).")
     st.download_button("Download as model folders (zip: model.safetensors + config.json each)", s.archive(),
                        file_name=f"sampled-{s.task}.zip", mime="application/zip")
-    if ex.map_missing():
-        st.info(ex.map_missing())
+    if why := ex.map_missing():
+        st.info(why)
         return
     fig = embedding_map(ex.table, "task", symbol=None, height=560)
     fig.add_scatter(x=rows["umap_2d_x"], y=rows["umap_2d_y"], mode="markers", name="prompt",

@@ -46,8 +46,8 @@ def page_interpolation() -> None:
             st.warning(str(e))
             return
     st.plotly_chart(_path_figure(paths), width="stretch")
-    if ex.map_missing():
-        st.info(ex.map_missing())
+    if why := ex.map_missing():
+        st.info(why)
         return
     m = embedding_map(ex.table, "task", symbol=None, height=520)
     for (name, p), dash in zip(paths.items(), ("dot", "solid", "dash")):  # black: a path is not a task's colour

@@ -60,10 +60,11 @@ def page_map() -> None:
         slot.plotly_chart(go.Figure(layout=dict(height=620, title="Drawing the map ...", xaxis_visible=False,
                                                 yaxis_visible=False)))
     ex = current(check=False)
-    if ex is None or ex.map_missing():
+    why = ex.map_missing() if ex is not None else None
+    if ex is None or why:
         slot.empty()
-        if ex is not None:
-            st.info(ex.map_missing())
+        if why:
+            st.info(why)
         return
     st.session_state["map_seen"] = True
     _map(ex, controls, slot)

@@ -180,9 +180,11 @@ def _zoo_add(args: argparse.Namespace) -> int:
     added = zoo.manifest.iloc[-len(models):]
     cols = [c for c in ["model_id", "task", "arch", "n_params", "test_acc"] if c in added.columns]
     print(added[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    embed = f"peace embed --zoo {shlex.quote(str(args.dir))} --run RUN --out artifacts/embeddings/NAME"
-    print(f"{'made a zoo of' if args.new else 'added'} {len(models)} model(s) {'at' if args.new else 'to'} {zoo!r}; "
-          f"{'index them with `' + embed + '`' if args.new else 're-run `peace embed` to index them'}")
+    if args.new:
+        print(f"made a zoo of {len(models)} model(s) at {zoo!r}; index them with `peace embed --zoo "
+              f"{shlex.quote(str(args.dir))} --run RUN --out artifacts/embeddings/NAME`")
+    else:
+        print(f"added {len(models)} model(s) to {zoo!r}; re-run `peace embed` to index them")
     return 0
 
 

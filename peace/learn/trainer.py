@@ -275,8 +275,12 @@ def _losses(model: torch.nn.Module, encoder: Embedder, b: _Batch, cfg: RunConfig
         nce = info_nce(proj[:B], proj[B:2 * B], tc.temperature, same, extra, extra_same)
     y = (torch.stack([aux_t[m] for m in b.anchors]).to(dev) - encoder.aux_mean) / encoder.aux_std
     known = torch.isfinite(y)  # a model with no recorded accuracy (added without a task) teaches the head nothing
-    aux = torch.nn.functional.mse_loss(*((aux_pred[:B], y) if bool(known.all()) else (aux_pred[:B][known], y[known]))) \
-        if bool(known.any()) else aux_pred.sum() * 0
+    if bool(known.all()):
+        aux = torch.nn.functional.mse_loss(aux_pred[:B], y)
+    elif bool(known.any()):
+        aux = torch.nn.functional.mse_loss(aux_pred[:B][known], y[known])
+    else:
+        aux = aux_pred.sum() * 0
     recon = rec.loss(with_own_rows(res["learned"].float())[:B], b.anchors) if rec is not None else torch.zeros((), device=dev)
     return nce + tc.aux_weight * aux + tc.reconstruction * recon, nce, aux, recon
 

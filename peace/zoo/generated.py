@@ -7,24 +7,19 @@ one. Rows have status ``sampled``, their accuracy measured on the task like a tr
 """
 from __future__ import annotations
 
-import datetime as _dt
 import json
-import platform
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-import torch
 from torch import Tensor
 
-from peace.core.atomic import atomic_path, locked, sha256_file, staged_dir, write_json
+from peace.core.atomic import locked, staged_dir
 from peace.core.errors import PeaceError
 from peace.core.paths import SAFE_NAME
 from peace.nets.architectures import ArchSpec, check_params, stack_params
 from peace.zoo.population import metric_rows, task_tensors
-from peace.zoo.store import (FORMAT_VERSION, Zoo, check_new_zoo_dir, model_id, save_shard, spec_columns,
-                             weights_checksum)
+from peace.zoo.store import Zoo, check_new_zoo_dir, model_id, save_shard, spec_columns, weights_checksum, write_zoo
 from peace.zoo.tasks import Task
 
 __all__ = ["write_generated_zoo"]
@@ -79,12 +74,5 @@ def write_generated_zoo(out: str | Path, name: str, spec: ArchSpec, task: Task, 
         check_new_zoo_dir(out, "the generated zoo")  # again under the lock: another writer may have finished first
         (stage / "shards").mkdir()
         save_shard(stage / "shards" / f"{group}.safetensors", shard, group)
-        with atomic_path(stage / "manifest.parquet") as tmp:
-            manifest.to_parquet(tmp)
-        write_json(stage / "zoo.json", {
-            "format_version": FORMAT_VERSION, "name": name, "recipe": None, "generated": provenance,
-            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-            "n_checkpoints": len(manifest), "n_runs": len(manifest),
-            "manifest_sha256": sha256_file(stage / "manifest.parquet"),
-            "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}})
+        write_zoo(stage, manifest, name, None, generated=provenance)
     return Zoo(out)

@@ -6,23 +6,19 @@ manifest replaced last, under the zoo's writer lock, so an interrupted add leave
 """
 from __future__ import annotations
 
-import datetime as _dt
 import math
-import platform
 import unicodedata
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-import torch
 
 from peace.core.atomic import atomic_path, locked, read_json_or_none, sha256_file, staged_dir, write_json
 from peace.core.errors import PeaceError
 from peace.core.paths import SAFE_NAME
 from peace.nets.architectures import stack_params
 from peace.zoo.population import metric_rows, task_tensors
-from peace.zoo.store import (FORMAT_VERSION, MANIFEST_COLUMNS, SPEC_COLUMNS, Zoo, check_new_zoo_dir, model_id,
-                             save_shard, spec_columns, typed_manifest, weights_checksum)
+from peace.zoo.store import (MANIFEST_COLUMNS, SPEC_COLUMNS, Zoo, check_new_zoo_dir, model_id, save_shard,
+                             spec_columns, typed_manifest, weights_checksum, write_zoo)
 from peace.zoo.tasks import Task, load_task
 
 __all__ = ["IDENTITY", "add_models"]
@@ -88,9 +84,9 @@ def add_models(zoo: Zoo | str | Path, models: list, task: str | None = None, gro
     the manifest.
     """
     path = zoo.path if isinstance(zoo, Zoo) else Path(zoo)
-    if new and (path / "zoo.json").is_file():
-        raise PeaceError(f"{path} already holds a zoo; drop --new to add these models to it")
     if new:
+        if (path / "zoo.json").is_file():
+            raise PeaceError(f"{path} already holds a zoo; drop --new to add these models to it")
         check_new_zoo_dir(path, "a zoo of your models")
     elif not (path / "zoo.json").is_file():
         _missing(path)
@@ -111,18 +107,14 @@ def _missing(path: Path) -> None:
     try:
         Zoo(path)
     except PeaceError as e:
-        raise PeaceError(f"{e} To make a zoo of these models alone, pass --new (peace zoo add --new {path} ...).") from None
+        raise PeaceError(f"{e} To make a zoo of these models alone, pass --new (peace zoo add --new {path} ...).") \
+            from None
 
 
 def _empty_zoo(path: Path, name: str) -> Zoo:
     """A zoo with no models at ``path`` (a staging directory): a built zoo's manifest columns, no recipe."""
-    with atomic_path(path / "manifest.parquet") as tmp:
-        pd.DataFrame({c: pd.Series(dtype=t) for c, t in MANIFEST_COLUMNS.items()}).to_parquet(tmp)
-    write_json(path / "zoo.json", {
-        "format_version": FORMAT_VERSION, "name": name if SAFE_NAME.fullmatch(name) else "imported", "recipe": None,
-        "imported": True, "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), "n_checkpoints": 0,
-        "n_runs": 0, "manifest_sha256": sha256_file(path / "manifest.parquet"),
-        "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}})
+    write_zoo(path, pd.DataFrame({c: pd.Series(dtype=t) for c, t in MANIFEST_COLUMNS.items()}),
+              name if SAFE_NAME.fullmatch(name) else "imported", None, imported=True)
     return Zoo(path)
 
 

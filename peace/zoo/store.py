@@ -258,17 +258,22 @@ def _build(recipe: Recipe, runs: list[RunSpec], out: Path, resume: bool, progres
             bar.update(len(pop))
     bar.close()
     parts = [pd.read_parquet(out / "parts" / f"{pop_of[p[0].run_id]}.parquet") for p in pops]
-    manifest = pd.concat(parts, ignore_index=True)
+    write_zoo(out, pd.concat(parts, ignore_index=True), recipe.name, recipe.to_dict())
+    return Zoo(out)
+
+
+def write_zoo(out: Path, manifest: pd.DataFrame, name: str, recipe: dict | None, **extra) -> None:
+    """A zoo's ``manifest.parquet`` (atomically) and then its ``zoo.json``: format, name, recipe (None for a zoo
+    written from weights), counts, the manifest's checksum, creation time and versions, plus ``extra`` keys."""
     with atomic_path(out / "manifest.parquet") as tmp:
         manifest.to_parquet(tmp)
     write_json(out / "zoo.json", {
-        "format_version": FORMAT_VERSION, "name": recipe.name, "recipe": recipe.to_dict(),
+        "format_version": FORMAT_VERSION, "name": name, "recipe": recipe, **extra,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "n_checkpoints": len(manifest), "n_runs": int(manifest["run_id"].nunique()),
         "manifest_sha256": sha256_file(out / "manifest.parquet"),
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
     })
-    return Zoo(out)
 
 
 def _load_final(out: Path, pop_id: str, run: RunSpec) -> dict[str, Tensor]:
