@@ -75,6 +75,56 @@ def test_directories_wrapped_checkpoints_and_cnns(tmp_path):
     torch.testing.assert_close(_run(d.spec, d.params, torch.eye(4)), deep(torch.eye(4)), atol=1e-5, rtol=1e-5)
 
 
+class _Named(nn.Module):
+    """Layers whose names sort out of order (a common tutorial's naming), one BatchNorm named before its layer."""
+
+    def __init__(self, bn: bool = False):
+        super().__init__()
+        self.input_fc = nn.Linear(16, 12)
+        self.bn = nn.BatchNorm1d(12) if bn else None  # defined (so saved) right after the layer it follows
+        self.hidden_fc, self.output_fc = nn.Linear(12, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.input_fc(x)
+        return self.output_fc(torch.tanh(self.hidden_fc(torch.tanh(self.bn(h) if self.bn else h))))
+
+
+@pytest.mark.parametrize("kind", ["zip", "legacy", "safetensors"])
+@pytest.mark.parametrize("bn", [False, True])
+def test_layers_named_out_of_order_are_read_in_saved_or_shape_order(tmp_path, kind, bn):
+    torch.manual_seed(0)
+    net = _Named(bn).eval()
+    if bn:
+        net.bn.running_mean += torch.randn(12)
+    _save(kind, net.state_dict(), tmp_path / "m")
+    if kind == "safetensors" and bn:  # no saved order and a norm layer: the shapes cannot place it
+        with pytest.raises(PeaceError, match="'bn' must follow a Linear.*read in name order, in the order the file "
+                                             "saved them, and by their shapes; name them in order"):
+            load_model(tmp_path / "m", {"activation": "tanh"})
+        return
+    m = load_model(tmp_path / "m", {"activation": "tanh"})
+    assert m.spec.describe() == "mlp 16-12-8-3 tanh"
+    x = torch.randn(6, 16)
+    torch.testing.assert_close(_run(m.spec, m.params, x), net(x), atol=1e-5, rtol=1e-5)
+
+
+def test_layers_whose_order_nothing_tells_are_refused_with_the_fix(tmp_path):
+    layers = {"x": nn.Linear(16, 8), "y": nn.Linear(8, 8), "w": nn.Linear(8, 8), "z": nn.Linear(8, 3)}
+    save_file({f"{n}.{k}": v.contiguous() for n, m in layers.items() for k, v in m.state_dict().items()},
+              str(tmp_path / "m.safetensors"))  # y and w chain either way round: two orders fit
+    with pytest.raises(PeaceError, match="do not chain.*name them in order, layers.0, layers.1"):
+        load_model(tmp_path / "m.safetensors", {"activation": "relu"})
+
+
+def test_a_whole_pickled_model_is_refused_as_such(tmp_path):
+    torch.save(_mlp(), tmp_path / "model.pt")
+    with pytest.raises(PeaceError, match=r"refused: the file stores Python objects \(torch\.nn\.modules\.container"
+                                         r"\.Sequential\), not only tensors \(a whole model, saved with torch.save"
+                                         r"\(model\)\).*torch.save\(model.state_dict\(\), path\)") as e:
+        load_model(tmp_path / "model.pt", {"activation": "tanh"})
+    assert "corrupted" not in str(e.value)
+
+
 @pytest.mark.parametrize("cls,activation", [("MLPClassifier", "relu"), ("MLPClassifier", "logistic"),
                                             ("MLPRegressor", "tanh")])
 def test_scikit_learn_mlps(cls, activation):

@@ -155,18 +155,69 @@ def _prefix_key(prefix: str, prefixes: dict) -> list:
     return _natural_key(prefix)
 
 
-def _layers(tensors: dict[str, Tensor], source: str, bn_eps: float = BN_EPS, layer_norm: bool = False
-            ) -> tuple[list[tuple[str, Tensor, Tensor | None]], dict[int, dict[str, Tensor]]]:
-    """(prefix, weight, bias) per layer, in ``_prefix_key`` order; a BatchNorm (a prefix with running
-    statistics) is folded into the layer just before it. With ``layer_norm``, a prefix holding a 1-D
-    weight (and bias) after a layer is its LayerNorm: returned as {layer index: {weight, bias}}."""
+def _chained_layers(tensors: dict[str, Tensor], source: str, bn_eps: float, layer_norm: bool
+                    ) -> tuple[list[tuple[str, Tensor, Tensor | None]], dict[int, dict[str, Tensor]], int]:
+    """``_layers`` in name order or, where that does not chain, in the order the file saved them (a
+    module's definition order: ``input_fc``, ``hidden_fc``, ``output_fc``), and the number of convolutions."""
+    try:
+        layers, norms = _layers(tensors, source, bn_eps, layer_norm, by_name=True)
+        return layers, norms, _convolutions(layers, source)
+    except PeaceError as e:
+        first = e
+    try:
+        layers, norms = _layers(tensors, source, bn_eps, layer_norm, by_name=False)
+        return layers, norms, _convolutions(layers, source)
+    except PeaceError:
+        pass
+    if all(v.ndim > 1 for k, v in tensors.items() if not k.endswith("bias")):  # no norm layers: shapes may say
+        chain = _shape_chain(_layers(tensors, source, bn_eps, by_name=True)[0])
+        if chain:
+            return chain, {}, _convolutions(chain, source)
+    raise PeaceError(f"{first} (layers read in name order, in the order the file saved them, and by their "
+                     f"shapes; name them in order, layers.0, layers.1, ...)") from None
+
+
+def _shape_chain(layers: list, max_steps: int = 10_000) -> list | None:
+    """The one order in which the layers' shapes chain (convolutions, then linear layers), or None where
+    no order or more than one does (safetensors files keep no order; layers of equal widths are ambiguous)."""
+    def links(a: Tensor, b: Tensor) -> bool:
+        return b.shape[1] == a.shape[0] if a.ndim == b.ndim else a.ndim > 2 and b.ndim == 2 and b.shape[1] % a.shape[0] == 0
+
+    n = len(layers)
+    after = [[j for j in range(n) if j != i and links(layers[i][1], layers[j][1])] for i in range(n)]
+    found: list[list[int]] = []
+    steps = 0
+
+    def walk(path: list[int], used: set[int]) -> None:
+        nonlocal steps
+        steps += 1
+        if len(found) > 1 or steps > max_steps:
+            return
+        if len(path) == n:
+            if layers[path[-1]][1].ndim == 2:
+                found.append(path)
+            return
+        for j in (after[path[-1]] if path else range(n)):
+            if j not in used:
+                walk([*path, j], used | {j})
+
+    if n <= 64:
+        walk([], set())
+    return [layers[i] for i in found[0]] if len(found) == 1 and steps <= max_steps else None
+
+
+def _layers(tensors: dict[str, Tensor], source: str, bn_eps: float = BN_EPS, layer_norm: bool = False,
+            by_name: bool = True) -> tuple[list[tuple[str, Tensor, Tensor | None]], dict[int, dict[str, Tensor]]]:
+    """(prefix, weight, bias) per layer, in ``_prefix_key`` order (or the tensors' own order); a BatchNorm
+    (a prefix with running statistics) is folded into the layer just before it. With ``layer_norm``, a
+    prefix holding a 1-D weight (and bias) after a layer is its LayerNorm: {layer index: {weight, bias}}."""
     prefixes: dict[str, dict[str, Tensor]] = {}
     for k, v in tensors.items():
         prefix, _, leaf = k.rpartition(".")
         prefixes.setdefault(prefix, {})[leaf] = v
     out: list[tuple[str, Tensor, Tensor | None]] = []
     norms: dict[int, dict[str, Tensor]] = {}
-    for prefix in sorted(prefixes, key=lambda x: _prefix_key(x, prefixes)):
+    for prefix in sorted(prefixes, key=lambda x: _prefix_key(x, prefixes)) if by_name else prefixes:
         p = prefixes[prefix]
         name = prefix or "(top level)"
         if "running_mean" in p or "running_var" in p:
@@ -212,12 +263,11 @@ def from_state_dict(tensors: dict[str, Tensor], config: dict | None = None, sour
     eps = config.pop("batchnorm_eps", BN_EPS)
     if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not 0 < eps < 1:
         raise PeaceError(f"{source}: batchnorm_eps must be a number in (0, 1), got {eps!r}")
-    layers, layer_norms = _layers(tensors, source, float(eps), config.get("norm") == "layer")
+    layers, layer_norms, n_conv = _chained_layers(tensors, source, float(eps), config.get("norm") == "layer")
     if config.get("norm") == "layer" and sorted(layer_norms) != list(range(len(layers) - 1)):
         raise PeaceError(f"{source}: \"norm\": \"layer\" needs a LayerNorm after every hidden layer and none after "
                          f"the last; found them after layers {sorted(layer_norms)} of {len(layers)}")
     limits.check(layers, source)
-    n_conv = _convolutions(layers, source)
     layers = one_bias_setting(layers)
     inferred = _chain_shape(layers, n_conv, config, source)
     spec, metadata = spec_from(inferred, config, source)
@@ -273,9 +323,11 @@ def _chain_params(spec: ArchSpec, layers: list, layer_norms: dict, source: str) 
     params = {}
     for layer, (name, w, b) in zip(spec.layers, layers):
         if tuple(w.shape) != tuple(layer.weight_shape):
+            cnn = (" (PEACE's CNNs are conv -> activation -> pool blocks with 'same' padding, k // 2, and one flatten; "
+                   "a CNN with unpadded convolutions or pooling elsewhere is not one it reads)") if spec.family.startswith("cnn") else ""
             raise PeaceError(f"{source}: layer {name!r} has weight shape {tuple(w.shape)} but the architecture "
                              f"({spec.describe()}, input {spec.input_shape}) needs {tuple(layer.weight_shape)}; "
-                             f"check input_shape and pool in the model config")
+                             f"check input_shape and pool in the model config{cnn}")
         params[layer.weight_name] = w
         if layer.bias:
             params[layer.bias_name] = b

@@ -110,6 +110,19 @@ _GLOBALS = {("collections", "OrderedDict"): collections.OrderedDict,
             ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter_with_state}
 
 
+_WHOLE_MODEL = " (a whole model, saved with torch.save(model))"
+
+
+def _model_class(dotted: str) -> bool:
+    """A torch module, or a class of the script that saved the file: what pickling a whole model names."""
+    return dotted.startswith(("torch.nn.", "__main__."))
+
+
+def _allowed(dotted: str) -> bool:
+    module, _, name = dotted.rpartition(".")
+    return (module, name) in _GLOBALS or (module == "torch" and name in _DTYPES)
+
+
 class _Unpickler(pickle.Unpickler):
     def __init__(self, stream: IO[bytes], source: str):
         super().__init__(stream)
@@ -123,8 +136,9 @@ class _Unpickler(pickle.Unpickler):
         if name in _REFUSED:
             raise PeaceError(f"{self.source}: refused: the file holds {_REFUSED[name]} ({module}.{name}); PEACE reads "
                              f"dense tensors of numbers only. {PLAIN}")
-        raise PeaceError(f"{self.source}: refused: the file stores Python objects, not only tensors ({module}.{name}), "
-                         f"and PEACE never unpickles code or objects from model files. {PLAIN}")
+        whole = _WHOLE_MODEL if _model_class(f"{module}.{name}") else ""
+        raise PeaceError(f"{self.source}: refused: the file stores Python objects ({module}.{name}), not only "
+                         f"tensors{whole}, and PEACE never unpickles code or objects from model files. {PLAIN}")
 
     def persistent_load(self, pid: Any) -> _Storage:
         # zip format: ('storage', type, key, location, numel); legacy: the same plus view metadata (None)
@@ -176,9 +190,17 @@ def _unpickle(stream: IO[bytes], source: str) -> tuple[Any, list[_TensorRef], li
     """One pickle from ``stream`` (opcodes and globals whitelisted), its tensor records and their storages."""
     stream = _Clamped(stream)  # type: ignore[assignment]
     start = stream.tell()
+    named: list[str] = []  # the classes and functions the pickle names (GLOBAL, as torch.save's protocol 2 writes)
     try:
         for n_ops, (op, arg, pos) in enumerate(pickletools.genops(stream)):
+            if op.name == "GLOBAL":
+                named.append(str(arg).replace(" ", "."))
             if op.name not in _OPCODES:
+                objects = [g for g in named if not _allowed(g)]
+                if objects:  # say what the file holds, not only which opcode gave it away
+                    raise PeaceError(f"{source}: refused: the file stores Python objects ({', '.join(objects[:3])}), not "
+                                     f"only tensors{_WHOLE_MODEL if any(map(_model_class, objects)) else ''}, "
+                                     f"and PEACE never unpickles code or objects from model files. {PLAIN}")
                 raise PeaceError(f"{source}: refused: pickle opcode {op.name} at byte {pos} is not used by plain "
                                  f"state dicts. {PLAIN}")
             if op.name in _MEMO_OPS and arg > n_ops:  # the C unpickler sizes its memo table to the index
@@ -187,6 +209,8 @@ def _unpickle(stream: IO[bytes], source: str) -> tuple[Any, list[_TensorRef], li
             if pos - start > MAX_PICKLE_BYTES:
                 raise PeaceError(f"{source}: refused: a pickle of more than {MAX_PICKLE_BYTES} bytes; a state dict's "
                                  f"pickle is a few MiB. {PLAIN}")
+    except PeaceError:
+        raise
     except (ValueError, EOFError, UnicodeDecodeError) as e:  # pickletools' errors for bad bytes
         raise PeaceError(f"{source}: corrupted PyTorch file: not a valid pickle ({e})") from None
     stream.seek(start)
