@@ -183,8 +183,11 @@ def test_metadata_probes_never_read_their_answer(tiny_run, tiny_zoo):
 
 
 def test_query_a_model_file(embedding_set, tiny_zoo, tmp_path):
-    """`peace query FILE`: an outside copy of a zoo model finds that model first, at cosine 1."""
+    """`peace query FILE`: an outside copy of a zoo model finds that model first, at cosine 1; a model of another
+    input -> class space, or far from every model, is noted as such."""
+    import torch
     from safetensors.torch import save_file
+    from torch import nn
 
     mid = embedding_set.table["model_id"].iat[3]
     spec = tiny_zoo.spec(mid)
@@ -194,6 +197,17 @@ def test_query_a_model_file(embedding_set, tiny_zoo, tmp_path):
                                                       "--pool", spec.pool] if spec.family != "mlp" else []))
     first = p.stdout.splitlines()[2].split()
     assert first[0] == mid and float(first[1]) > 0.9999, p.stdout
+    assert "note:" not in p.stdout  # its own space, and as close as can be
+    torch.manual_seed(0)
+    save_file(nn.Sequential(nn.Linear(7, 6), nn.ReLU(), nn.Linear(6, 5)).state_dict(), str(tmp_path / "other.safetensors"))
+    other = run_peace("query", tmp_path / "other.safetensors", "--embeddings", embedding_set.path, "--activation", "relu")
+    assert f"note: no model of the set maps 7 inputs to 5 classes (its spaces: {', '.join(embedding_set.io_spaces[:8])}" \
+        in other.stdout, other.stdout
+    from peace.serve.export import query_notes
+    typical = embedding_set.typical_nearest_cosine
+    assert 0 < typical <= 1 and query_notes(embedding_set, spec, pd.DataFrame({"cosine": [typical - 0.05]})) == []
+    weak = query_notes(embedding_set, spec, pd.DataFrame({"cosine": [typical - 0.2]}))
+    assert len(weak) == 1 and weak[0].startswith(f"a weak match: the nearest model is at cosine {typical - 0.2:.3f}")
     bad = run_peace("query", tmp_path / "mine.safetensors", "--embeddings", embedding_set.path, check=False)
     assert bad.returncode == 2 and "activation" in bad.stderr and "Traceback" not in bad.stderr
     missing = run_peace("query", "no-such-model", "--embeddings", embedding_set.path, check=False)

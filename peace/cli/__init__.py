@@ -152,14 +152,15 @@ def _query(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from peace.intake.sandbox import load_model_isolated
-    from peace.serve.export import query_model
+    from peace.serve.export import query_model, query_notes
     from peace.serve.index import EmbeddingSet
 
-    es = EmbeddingSet(args.embeddings)
+    es, notes = EmbeddingSet(args.embeddings), []
     if Path(args.model).exists():  # read like the explorer's uploads: in a child with bounded memory and time
         m = load_model_isolated(args.model, _model_config(args), _limits(args))
         print(f"{m.source}: {m.spec.describe()}, {m.spec.n_params} parameters")
         hits = query_model(es, m.spec, m.params, min(10, len(es)) if args.k is None else args.k, run_dir=args.run)
+        notes = query_notes(es, m.spec, hits)
     elif args.model in es.row_of:
         hits = es.neighbours(args.model, min(10, len(es) - 1) if args.k is None else args.k)
     else:
@@ -168,6 +169,8 @@ def _query(args: argparse.Namespace) -> int:
     cols = [c for c in ["model_id", "cosine", "task", "arch", "epoch", "test_acc", "split"] if c in hits.columns]
     with pd.option_context("display.width", 200):
         print(hits[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    for note in notes:
+        print(f"note: {note}")
     return 0
 
 

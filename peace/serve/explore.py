@@ -391,17 +391,9 @@ class Explorer:
         best = check.loc[check["accuracy"].idxmax()]
         return str(best["activation"]) if best["accuracy"] > best["chance"] + 0.1 else None
 
-    @cached_property
+    @property
     def typical_nearest_cosine(self) -> float:
-        """The median cosine between a zoo model and its nearest other model (exact, over a sample of up to 300
-        models against the whole set): what a query that resembles the zoo gets."""
-        if len(self.table) < 2:
-            return 1.0
-        unit = self.embeddings / np.maximum(np.linalg.norm(self.embeddings, axis=1, keepdims=True), 1e-12)
-        rows = np.random.default_rng(0).choice(len(unit), min(300, len(unit)), replace=False)
-        cos = unit[rows] @ unit.T
-        cos[np.arange(len(rows)), rows] = -np.inf  # not itself
-        return float(np.median(cos.max(1)))
+        return self.es.typical_nearest_cosine
 
     def activation_check(self, spec: ArchSpec, params: dict, max_rows: int = 2_000) -> pd.DataFrame:
         """An imported model's accuracy on the test split of every zoo task with its input and output

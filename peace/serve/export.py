@@ -17,13 +17,14 @@ from peace.core.cluster import Engine, Serial, chunks
 from peace.core.errors import PeaceError
 from peace.learn.encoder import Embedder
 from peace.learn.run import RunDir, load_encoder
+from peace.nets.probes import io_space
 from peace.serve import baseline_vectors
 from peace.serve.index import EmbeddingSet, write_embedding_set
 from peace.zoo.store import Zoo, usable
 
 __all__ = [
     "MAP_SAMPLE", "SHARD", "cosine_neighbours", "embed_models", "embed_zoo", "export_embeddings", "map_sample",
-    "query_model", "umap_coordinates"
+    "query_model", "query_notes", "umap_coordinates"
 ]
 
 
@@ -197,3 +198,19 @@ def query_model(es: EmbeddingSet, spec, params: dict, k: int = 10, run_dir: str 
     es.check_current(encoder_sha256=RunDir(run_dir).encoder_sha256())
     vector = load_encoder(run_dir).embed([spec], [params]).numpy()[0]
     return es.query(vector, k)
+
+
+def query_notes(es: EmbeddingSet, spec, hits: pd.DataFrame) -> list[str]:
+    """What a reader of an outside model's neighbours should know: whether any model of the set shares its
+    input -> class space (only then do they compute comparable functions), and whether the nearest is close
+    by the set's own standard (its models' median nearest-neighbour cosine)."""
+    notes, space = [], io_space(spec)
+    if es.io_spaces and space not in es.io_spaces:
+        notes.append(f"no model of the set maps {space.replace('->', ' inputs to ')} classes (its spaces: "
+                     f"{', '.join(es.io_spaces[:8])}{', ...' if len(es.io_spaces) > 8 else ''}): these neighbours share "
+                     f"the network's structure, not a task; PEACE compares what models compute within one space")
+    nearest, typical = float(hits["cosine"].iloc[0]), es.typical_nearest_cosine
+    if nearest < typical - 0.1:
+        notes.append(f"a weak match: the nearest model is at cosine {nearest:.3f}, where the set's models' nearest "
+                     f"neighbours are typically at {typical:.3f} (median); nothing in the set is close to this model")
+    return notes

@@ -11,6 +11,7 @@ An embedding set is a directory::
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -125,6 +126,28 @@ class EmbeddingSet:
         rows.insert(1, "distance", [d for _, d in pairs])
         rows.insert(2, "cosine", [1 - d * d / 2 for _, d in pairs])
         return rows.reset_index(drop=True)
+
+    @functools.cached_property
+    def typical_nearest_cosine(self) -> float:
+        """The median cosine between a model of the set and its nearest other model (exact, over a sample of up to
+        300 models against the whole set): what a query that resembles the set gets."""
+        if len(self) < 2:
+            return 1.0
+        unit = self.embeddings / np.maximum(np.linalg.norm(self.embeddings, axis=1, keepdims=True), 1e-12)
+        rows = np.random.default_rng(0).choice(len(unit), min(300, len(unit)), replace=False)
+        cos = unit[rows] @ unit.T
+        cos[np.arange(len(rows)), rows] = -np.inf  # not itself
+        return float(np.median(cos.max(1)))
+
+    @functools.cached_property
+    def io_spaces(self) -> list[str]:
+        """The input -> class spaces (``64->10``) of the set's models, from their recorded architectures."""
+        from peace.nets.architectures import ArchSpec  # torch: not for the map, which opens without it
+        from peace.nets.probes import io_space
+
+        texts = self.table["arch_spec"].dropna().unique() if "arch_spec" in self.table else []
+        spaces = {io_space(ArchSpec.from_dict(json.loads(t))) for t in texts}
+        return sorted(spaces, key=lambda s: tuple(map(int, s.split("->"))))
 
     def neighbours(self, model_id: str, k: int = 10) -> pd.DataFrame:
         """The ``k`` nearest other models of a model in the set."""
