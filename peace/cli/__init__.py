@@ -1,31 +1,19 @@
-"""The ``peace`` command line: zoo build / info / add, train, embed, query, evaluate, pipeline, ablate;
-decoder and sample live in ``peace.cli.generate``, rank in ``peace.cli.rank``."""
+"""The ``peace`` command line: train, embed, query, evaluate, pipeline, ablate; zoo build / info / add live in
+``peace.cli.zoo``, decoder and sample in ``peace.cli.generate``, rank in ``peace.cli.rank``."""
 from __future__ import annotations
 
 import argparse
 import contextlib
 import errno
 import os
-import shlex
 import sys
+import warnings
 from pathlib import Path
 
-from peace.cli import generate, rank
+from peace.cli import generate, rank, zoo
 from peace.core.errors import PeaceError
 
 __all__ = ["build_parser", "main", "run"]
-
-
-def _zoo_build(args: argparse.Namespace) -> int:
-    from peace.zoo.recipe import load_recipe
-    from peace.zoo.store import build_zoo
-
-    recipe = load_recipe(args.preset, args.config)
-    with _engine(args) as engine:
-        zoo = build_zoo(recipe, args.out, resume=args.resume, progress=not args.quiet, engine=engine)
-    print(f"built {zoo!r}")
-    print(zoo.summary.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    return 0
 
 
 def _engine(args: argparse.Namespace):
@@ -40,24 +28,6 @@ def _add_ray_option(p: argparse.ArgumentParser, what: str) -> None:
     g.add_argument("--ray", choices=("local", "auto"), help=f"spread {what} over Ray workers: local (start Ray with "
                    "this machine's cores) or auto (join the running cluster: RAY_ADDRESS or `ray start`)")
     g.add_argument("--ray-cpus", type=int, metavar="N", help="with --ray local: CPUs Ray may use (default: all)")
-
-
-def _zoo_info(args: argparse.Namespace) -> int:
-    from peace.zoo.store import Zoo
-
-    zoo = Zoo(args.dir)
-    m = zoo.manifest
-    print(f"zoo {zoo.name!r} at {zoo.path}: {len(m)} checkpoints of {m['run_id'].nunique()} runs, "
-          f"{m['task'].nunique()} tasks, families {sorted(m['family'].unique())}, created {zoo.info['created']}")
-    print(f"status: {m['status'].value_counts().to_dict()}; fine-tuned checkpoints: {int(m['parent_id'].notna().sum())}")
-    print(zoo.summary.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    problems = zoo.verify(weights=args.verify, progress=args.verify)
-    if problems:
-        raise PeaceError(f"{len(problems)} shard problem(s): " + "; ".join(problems[:5]) +
-                         f". Delete the broken shards and run `peace zoo build ... --out {zoo.path} --resume`")
-    print("shards: all present and readable; " + ("every model's weights match their checksums" if args.verify else
-                                                 "weights not checksummed (add --verify to read and check them all)"))
-    return 0
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -174,23 +144,6 @@ def _query(args: argparse.Namespace) -> int:
     return 0
 
 
-def _zoo_add(args: argparse.Namespace) -> int:
-    from peace.intake.sandbox import load_models_isolated
-    from peace.zoo.imported import add_models
-
-    models = load_models_isolated(args.models, _model_config(args), _limits(args))  # each in a bounded child process
-    zoo = add_models(args.dir, models, task=args.task, group=args.group, new=args.new)
-    added = zoo.manifest.iloc[-len(models):]
-    cols = [c for c in ["model_id", "task", "arch", "n_params", "test_acc"] if c in added.columns]
-    print(added[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    if args.new:
-        print(f"made a zoo of {len(models)} model(s) at {zoo!r}; index them with `peace embed --zoo "
-              f"{shlex.quote(str(args.dir))} --run RUN --out artifacts/embeddings/NAME`")
-    else:
-        print(f"added {len(models)} model(s) to {zoo!r}; re-run `peace embed` to index them")
-    return 0
-
-
 def _evaluate(args: argparse.Namespace) -> int:
     import pandas as pd
 
@@ -264,41 +217,6 @@ def _ablate(args: argparse.Namespace) -> int:
     print(f"wrote {args.out / 'summary.parquet'}" + (f"; {len(failed)} run(s) failed (see error.txt in their "
                                                       f"directories)" if len(failed) else ""))
     return 1 if len(failed) == len(summary) else 0
-
-
-def _parser_zoo(sub) -> None:
-    """``peace zoo build | info | add``: their options."""
-    from peace.zoo.recipe import preset_names
-
-    zoo = sub.add_parser("zoo", help="build and inspect model zoos", description="Build and inspect model zoos.")
-    zsub = zoo.add_subparsers(dest="zoo_command", metavar="ZOO_COMMAND", required=True)
-    b = zsub.add_parser("build", help="train a zoo from a preset or a YAML recipe",
-                        description="Train a population-batched model zoo. Presets: " + ", ".join(preset_names())
-                        + ". Writes manifest.parquet, safetensors shards and zoo.json under --out.")
-    src = b.add_mutually_exclusive_group(required=True)
-    src.add_argument("--preset", metavar="NAME", help=f"a built-in recipe ({', '.join(preset_names())})")
-    src.add_argument("--config", metavar="FILE", type=Path, help="your own YAML recipe (see peace/presets/*.yaml)")
-    b.add_argument("--out", metavar="DIR", type=Path, required=True, help="zoo directory to write")
-    b.add_argument("--resume", action="store_true", help="continue an interrupted build in --out")
-    b.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_ray_option(b, "the populations")
-    b.set_defaults(func=_zoo_build)
-    i = zsub.add_parser("info", help="summarize a built zoo", description="Print counts and accuracy per task.")
-    i.add_argument("dir", type=Path, help="zoo directory")
-    i.add_argument("--verify", action="store_true", help="read every model's weights and check their checksums")
-    i.set_defaults(func=_zoo_info)
-    a = zsub.add_parser("add", help="append model files to a built zoo (or make a zoo of them: --new)",
-                        description="Read model files or directories (safetensors / PyTorch state dicts, config.json) "
-                        "and append them to the zoo's manifest and shards; with --task, measure them on that task. "
-                        "With --new, DIR is a new directory that becomes a zoo of these models alone, which "
-                        "`peace embed`, `peace query`, `peace rank` and the explorer read like any zoo.")
-    a.add_argument("dir", type=Path, help="zoo directory (with --new: a new one)")
-    a.add_argument("--new", action="store_true", help="make DIR (absent or empty) a zoo of these models alone")
-    a.add_argument("models", nargs="+", type=Path, help="model files or directories")
-    a.add_argument("--task", help="the PEACE task the models solve (their accuracy is then measured)")
-    a.add_argument("--group", default="imported", help="group label in the manifest (default: imported)")
-    _add_import_options(a)
-    a.set_defaults(func=_zoo_add)
 
 
 def _parser_train(sub) -> None:
@@ -425,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="peace", description="PEACE: permutation-equivariant contrastive embeddings "
                                 "of neural-network weights. Build model zoos, embed them, explore them.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    _parser_zoo(sub)
+    zoo.add_parser(sub, _add_import_options, _add_ray_option)
     _parser_train(sub)
     _parser_embed(sub)
     _parser_query(sub)
@@ -437,8 +355,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None, _default=warnings.showwarning) -> None:
+    """PEACE's own warnings as one line a user reads (``peace: note: ...``); other libraries' as Python prints them."""
+    if Path(filename).resolve().is_relative_to(Path(__file__).resolve().parents[1]):
+        print(f"peace: note: {message}", file=sys.stderr if file is None else file)
+    else:
+        _default(message, category, filename, lineno, file, line)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    warnings.showwarning = _show_warning
     try:
         for name in ("out", "root"):  # every command's output directory
             value = getattr(args, name, None)

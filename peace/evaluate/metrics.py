@@ -42,8 +42,8 @@ def retrieval_scores(emb: np.ndarray, labels: np.ndarray, query_mask: np.ndarray
 
     Every model (or those in ``query_mask``) queries all the others; with ``other_than`` (one value
     per model, e.g. its architecture) a query ranks only the models whose value differs from its
-    own (cross-architecture retrieval). Queries with no relevant model are skipped; ``n_queries``
-    says how many counted.
+    own (cross-architecture retrieval). Queries with no relevant model, or nothing but relevant ones (a
+    zoo of one task), are skipped: their ranking cannot be wrong; ``n_queries`` says how many counted.
     """
     labels = np.asarray(labels)
     if len(emb) < 2:
@@ -58,7 +58,7 @@ def retrieval_scores(emb: np.ndarray, labels: np.ndarray, query_mask: np.ndarray
         keep = np.ones(len(labels), bool) if other is None else other != other[i]
         keep[i] = False
         s, rel = sim[i][keep], labels[keep] == labels[i]
-        if not rel.any():
+        if not rel.any() or rel.all():
             continue
         top = np.argsort(-s, kind="stable")
         aps.append(_average_precision(rel[top], s[top]))

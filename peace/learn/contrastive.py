@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ from peace.nets.architectures import ArchSpec, forward, is_buffer, stack_params,
 from peace.nets.probes import fingerprint
 from peace.nets.symmetry import RandomSymmetry, allowed, random_symmetry
 from peace.zoo.population import HParams, Schedule, train_population
-from peace.zoo.tasks import load_task
+from peace.zoo.tasks import is_task, load_task
 
 __all__ = [
     "CONFIG_COLUMNS", "SOURCES", "AugmentConfig", "Kinship", "PairSampler", "augment", "build_views", "config_key",
@@ -176,6 +177,11 @@ def build_views(rows: pd.DataFrame, weights: dict[str, dict[str, Tensor]], cfg: 
     if not (cfg.pruned or cfg.distilled):
         return views
     groups = _view_groups(rows)
+    unheld = sorted({key[1] for key in groups if not is_task(key[1])})
+    if unheld:  # models of a zoo made elsewhere: their task's data is not here to fine-tune or distil on
+        warnings.warn(f"pruned and distilled views need a task's training data, which PEACE does not hold for "
+                      f"{', '.join(map(str, unheld))}; those models train with the other views", stacklevel=2)
+        groups = {key: g for key, g in groups.items() if is_task(key[1])}
     for key, g in tqdm(groups.items(), desc="positive views", disable=not progress, leave=False):
         tag = json.dumps([key, list(g["model_id"]), cfg.pruned, cfg.prune_fraction, cfg.prune_epochs, cfg.distilled,
                           cfg.distill_epochs, seed], default=str)

@@ -122,7 +122,10 @@ def evaluate_method(method: Baseline, train: Models, test: Models, seed: int = 0
                  "retrieval_task_cross_arch": retrieval_scores(e_test, rows["task"].to_numpy(),
                                                                other_than=rows["arch"].to_numpy()),
                  "retrieval_lineage": retrieval_scores(e_test, rows["lineage_id"].to_numpy())}
-    out["clustering_task"] = clustering_scores(e_test, rows["task"].to_numpy(), seed)
+    tasks = rows["task"].to_numpy()
+    n_tasks = len(np.unique(tasks))  # a zoo of one task (a seed zoo) has no task clusters to find: n/a
+    out["clustering_task"] = (clustering_scores(e_test, tasks, seed) if 2 <= n_tasks < len(rows)
+                              else dict.fromkeys(("nmi", "silhouette", "davies_bouldin"), math.nan))
     out["probes"] = probes = _probes(method, train, test, e_train, e_test)
     if "within_group_tau" in probes.get("test_acc", {}):
         out["selection_tau"] = probes["test_acc"]["within_group_tau"]

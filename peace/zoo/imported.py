@@ -6,6 +6,7 @@ manifest replaced last, under the zoo's writer lock, so an interrupted add leave
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import unicodedata
 from pathlib import Path
@@ -72,12 +73,14 @@ def _out_of_range(key: str, v: object) -> str | None:
 
 
 def add_models(zoo: Zoo | str | Path, models: list, task: str | None = None, group: str = "imported",
-               metadata: dict | None = None, new: bool = False) -> Zoo:
+               metadata: dict | None = None, new: bool = False, lineages: list[tuple[str, int]] | None = None) -> Zoo:
     """Append imported models (``peace.intake.model.ImportedModel``) to a built zoo; returns it reopened.
     ``new``: ``zoo`` is a new directory (absent or empty) that becomes a zoo of these models alone, with the
     columns of a built zoo, written beside it and moved into place when complete.
 
-    Models get the id ``imported-<weights sha>-e000``; with a known ``task`` that fits their inputs
+    Models get the id ``imported-<weights sha>-e000``, each a run of its own; ``lineages`` (a (run name, epoch)
+    per model) makes the checkpoints of one named run one lineage instead, ``imported-<name sha>-eNNN``, kept in
+    one shard (``peace.intake.tune``: the published zoos' trials). With a known ``task`` that fits their inputs
     and outputs, their loss, accuracy and F1 on its splits are measured like zoo models'. Writers
     take turns (the zoo's lock; the manifest is re-read under it, so concurrent adds all land).
     Crash-safe: the new shard is written first, then zoo.json (accepting the old manifest too), then
@@ -96,10 +99,10 @@ def add_models(zoo: Zoo | str | Path, models: list, task: str | None = None, gro
     if new:
         with locked(path, "zoo", beside=True), staged_dir(path) as stage:
             check_new_zoo_dir(path, "a zoo of your models")  # again under the lock: another writer may have finished
-            _add(_empty_zoo(stage, path.name), models, task, the_task, group, metadata)
+            _add(_empty_zoo(stage, path.name), models, task, the_task, group, metadata, lineages)
         return Zoo(path)
     with locked(path, "zoo"):
-        return _add(Zoo(path), models, task, the_task, group, metadata)
+        return _add(Zoo(path), models, task, the_task, group, metadata, lineages)
 
 
 def _missing(path: Path) -> None:
@@ -118,19 +121,29 @@ def _empty_zoo(path: Path, name: str) -> Zoo:
     return Zoo(path)
 
 
-def _add(zoo: Zoo, models: list, task: str | None, the_task: Task | None, group: str, metadata: dict | None) -> Zoo:
-    rows, tensors = [], {}
-    for m in models:
+def _add(zoo: Zoo, models: list, task: str | None, the_task: Task | None, group: str, metadata: dict | None,
+         lineages: list[tuple[str, int]] | None) -> Zoo:
+    rows, tensors, new_ids = [], {}, set()
+    if lineages is not None and len(lineages) != len(models):
+        raise ValueError(f"{len(lineages)} lineages for {len(models)} models")
+    last: dict[str, int] = {}
+    existing_runs = set(zoo.manifest["run_id"])
+    for name, epoch in lineages or []:
+        last[name] = max(epoch, last.get(name, 0))
+    for i, m in enumerate(models):
         checksum = weights_checksum(m.params)
-        run_id = f"imported-{checksum[:12]}"
-        mid = model_id(run_id, 0)
-        if mid in zoo.manifest.index or any(r["model_id"] == mid for r in rows):
-            raise PeaceError(f"{m.source}: the same weights are already in the zoo as {mid}; nothing was added")
+        name, epoch = lineages[i] if lineages else (None, 0)
+        run_id = f"imported-{checksum[:12] if name is None else hashlib.sha256(name.encode()).hexdigest()[:12]}"
+        mid = model_id(run_id, epoch)
+        if mid in zoo.manifest.index or mid in new_ids or (name is not None and run_id in existing_runs):
+            what = "the same weights are" if name is None else f"run {name!r} is"  # a run's shard is written whole, once
+            raise PeaceError(f"{m.source}: {what} already in the zoo ({mid}); nothing was added")
+        new_ids.add(mid)
         meta = _metadata_columns({**(metadata or {}), **m.metadata}, zoo.manifest, m.source)
         row = {c: None for c in zoo.manifest.columns}
         row.update({"model_id": mid, "run_id": run_id, "population_id": run_id, "group": group,
                     "task": task or str(meta.get("task", "unknown")), "dataset": the_task.family if the_task else "unknown",
-                    **spec_columns(m.spec), "epoch": 0, "epochs": 0, "status": "ok", "lineage_id": run_id,
+                    **spec_columns(m.spec), "epoch": epoch, "epochs": last.get(name, 0), "status": "ok", "lineage_id": run_id,
                     "shard": f"shards/{run_id}.safetensors", "checksum": checksum})
         row.update({k: v for k, v in meta.items() if k not in ("task", "dataset", *SPEC_COLUMNS)})
         if the_task is not None:
@@ -141,7 +154,7 @@ def _add(zoo: Zoo, models: list, task: str | None, the_task: Task | None, group:
             measured = metric_rows(m.spec, the_task, stack_params([m.params]), 0, data)[0]
             row.update({k: v for k, v in measured.items() if k not in ("model_index", "epoch")})
         rows.append(row)
-        tensors[run_id] = {f"{mid}/{k}": v.contiguous().float() for k, v in m.params.items()}
+        tensors.setdefault(run_id, {}).update({f"{mid}/{k}": v.contiguous().float() for k, v in m.params.items()})
     manifest = pd.concat([m for m in (zoo.manifest.reset_index(drop=True), pd.DataFrame(rows)) if len(m)],
                          ignore_index=True)  # an empty manifest (a new zoo) adds only its columns' types, below
     manifest = typed_manifest(manifest.reindex(columns=list(dict.fromkeys([*zoo.manifest.columns, *manifest.columns]))))

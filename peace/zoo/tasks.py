@@ -288,6 +288,15 @@ def check_task_name(name: str) -> str:
     raise unknown("task", name, task_names(), "Seeded families take any integer K, e.g. synth-3.")
 
 
+def is_task(name: object) -> bool:
+    """Whether ``name`` is a task PEACE holds data for (models of a zoo made elsewhere may name others)."""
+    try:
+        check_task_name(str(name))
+    except PeaceError:
+        return False
+    return True
+
+
 @functools.lru_cache(maxsize=64)
 def load_task(name: str) -> Task:
     """Build (once per process) and return the task called ``name``."""
@@ -298,4 +307,4 @@ def load_task(name: str) -> Task:
     return _SEEDED[family](int(k))
 
 
-__all__ = ["PeaceError", "Task", "cache_dir", "check_task_name", "load_task", "task_names"]
+__all__ = ["PeaceError", "Task", "cache_dir", "check_task_name", "is_task", "load_task", "task_names"]
