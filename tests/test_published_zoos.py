@@ -82,6 +82,15 @@ def test_published_zoos_that_peace_cannot_read_are_refused_by_name(tmp_path):
     p = run_peace("zoo", "add", "--new", tmp_path / "zoo", tmp_path / "elu", check=False)
     assert p.returncode == 2 and "model::nlin 'elu' is not an activation PEACE models" in p.stderr
     assert not (tmp_path / "zoo").exists()
+    cnn = tmp_path / "cnn" / "t"  # the published zoos' CNN: unpadded convolutions of kernels 5, 5 and 2
+    (cnn / "checkpoint_000000").mkdir(parents=True)
+    (cnn / "params.json").write_text(json.dumps({"model::type": "CNN", "model::nlin": "tanh"}))
+    torch.save(nn.Sequential(nn.Conv2d(1, 8, 5), nn.MaxPool2d(2), nn.Tanh(), nn.Conv2d(8, 6, 5), nn.MaxPool2d(2),
+                             nn.Tanh(), nn.Conv2d(6, 4, 2), nn.Tanh(), nn.Flatten(), nn.Linear(36, 20), nn.Tanh(),
+                             nn.Linear(20, 10)).state_dict(), cnn / "checkpoint_000000" / "checkpoints")
+    refused = run_peace("zoo", "add", "--new", tmp_path / "zoo", tmp_path / "cnn", check=False)
+    assert refused.returncode == 2 and "kernels must be square and all of one size" in refused.stderr
+    assert "PEACE's CNNs are conv -> activation -> pool blocks" in refused.stderr and not (tmp_path / "zoo").exists()
     _trial(tmp_path / "ok", "t", 0)
     torch.save(nn.Linear(16, 4).state_dict(), tmp_path / "file.pt")
     mixed = run_peace("zoo", "add", "--new", tmp_path / "zoo", tmp_path / "ok", tmp_path / "file.pt", check=False)

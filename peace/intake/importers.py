@@ -67,6 +67,8 @@ class MissingActivation(PeaceError):
 WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth")
 
 
+CNN_FORM = ("PEACE's CNNs are conv -> activation -> pool blocks of one kernel size with 'same' padding, k // 2, then "
+            "one flatten; a CNN with unpadded convolutions or pooling elsewhere is not one it reads")
 _WRAPPERS = ("state_dict", "model_state_dict", "model", "weights")  # common checkpoint layouts around a state dict
 
 
@@ -301,7 +303,7 @@ def _chain_shape(layers: list, n_conv: int, config: dict, source: str) -> dict[s
         k = convs[0][1].shape[-1]
         if any(set(w.shape[2:]) != {k} for _, w, _ in convs):
             raise PeaceError(f"{source}: convolution kernels must be square and all of one size, got "
-                             f"{[tuple(w.shape[2:]) for _, w, _ in convs]}")
+                             f"{[tuple(w.shape[2:]) for _, w, _ in convs]} ({CNN_FORM})")
         inferred.update(family="cnn1d" if convs[0][1].ndim == 3 else "cnn2d", kernel_size=k,
                         hidden=[w.shape[0] for _, w, _ in convs], fc_hidden=[w.shape[0] for _, w, _ in linears[:-1]])
         for need, example in (("input_shape", "[1, 28, 28]"), ("pool", '"avg", "max" or "none"')):
@@ -323,8 +325,7 @@ def _chain_params(spec: ArchSpec, layers: list, layer_norms: dict, source: str) 
     params = {}
     for layer, (name, w, b) in zip(spec.layers, layers):
         if tuple(w.shape) != tuple(layer.weight_shape):
-            cnn = (" (PEACE's CNNs are conv -> activation -> pool blocks with 'same' padding, k // 2, and one flatten; "
-                   "a CNN with unpadded convolutions or pooling elsewhere is not one it reads)") if spec.family.startswith("cnn") else ""
+            cnn = f" ({CNN_FORM})" if spec.family.startswith("cnn") else ""
             raise PeaceError(f"{source}: layer {name!r} has weight shape {tuple(w.shape)} but the architecture "
                              f"({spec.describe()}, input {spec.input_shape}) needs {tuple(layer.weight_shape)}; "
                              f"check input_shape and pool in the model config{cnn}")
