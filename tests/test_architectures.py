@@ -1,8 +1,9 @@
 import pytest
 import torch
+from torch import nn
 
 from peace.core.errors import PeaceError
-from peace.nets.architectures import ACTIVATIONS, ArchSpec, PeaceNet, forward, stack_params
+from peace.nets.architectures import ACTIVATIONS, ArchSpec, PeaceNet, forward, hidden_shapes, stack_params
 
 SPECS = [
     ArchSpec("mlp", (16,), 4, hidden=(5,), activation="tanh", bias=False),
@@ -37,7 +38,12 @@ def test_flatten_boundary_recorded():
     (dict(activation="swish"), "unknown activation 'swish'; valid: .*gelu"),
     (dict(family="cnn2d", input_shape=(16,)), "cnn2d needs inputs shaped"),
     (dict(family="cnn2d", input_shape=(1, 4, 4), hidden=(2, 2, 2)), "impossible shape"),
-    (dict(family="cnn1d", input_shape=(1, 40), kernel_size=4), "kernel_size must be odd"),
+    (dict(family="cnn1d", input_shape=(1, 40), kernel_size=4), r"kernel sizes must be positive and odd \(same padding\)"),
+    (dict(family="cnn1d", input_shape=(1, 40), padding="full"), "unknown padding 'full'; valid: same, valid"),
+    (dict(family="cnn1d", input_shape=(1, 40), hidden=(2, 2), pools=("max",)), "pools names one value per conv layer"),
+    (dict(family="cnn1d", input_shape=(1, 40), hidden=(2,), pools=("min",)), "unknown pool in pools 'min'"),
+    (dict(family="cnn2d", input_shape=(1, 8, 8), hidden=(2, 2), kernels=(5, 5), padding="valid"), "impossible shape"),
+    (dict(kernels=(3,)), "kernels is not for a mlp"),
     (dict(hidden=(0,)), "must be positive"),
 ])
 def test_bad_architectures_are_named(kw, msg):
@@ -52,3 +58,26 @@ def test_spec_round_trips_through_dict():
     with pytest.raises(PeaceError, match="unknown architecture key 'depth'"):
         ArchSpec.from_dict({**SPECS[0].to_dict(), "depth": 3})
     assert set(ACTIVATIONS) == {"relu", "leaky_relu", "tanh", "sigmoid", "gelu", "identity"}
+
+
+def test_cnns_made_elsewhere_unpadded_with_kernels_and_pools_per_layer():
+    """The published zoos' CNN (and torch's default): unpadded convolutions of kernels 5, 5 and 2, each max-pooled
+    before its activation but the last; PEACE's act-then-pool reading computes the same (max commutes with tanh)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 8, 5), nn.MaxPool2d(2), nn.Tanh(), nn.Conv2d(8, 6, 5), nn.MaxPool2d(2), nn.Tanh(),
+                        nn.Conv2d(6, 4, 2), nn.Tanh(), nn.Flatten(), nn.Linear(36, 20), nn.Tanh(), nn.Linear(20, 10))
+    spec = ArchSpec("cnn2d", (1, 28, 28), 10, hidden=(8, 6, 4), fc_hidden=(20,), activation="tanh", kernels=(5, 5, 2),
+                    pools=("max", "max", "none"), padding="valid")
+    assert spec.describe() == "cnn2d c8-6-4/20/k5-5-2/max-max-none/valid tanh" and spec.layers[3].flatten_from == (4, 3, 3)
+    weights = [m for m in net if isinstance(m, (nn.Conv2d, nn.Linear))]
+    params = {k: v for layer, m in zip(spec.layers, weights)
+              for k, v in ((layer.weight_name, m.weight.detach()), (layer.bias_name, m.bias.detach()))}
+    x = torch.randn(6, 1, 28, 28)
+    torch.testing.assert_close(forward(spec, {k: v[None] for k, v in params.items()}, x)[0], net(x), atol=1e-6, rtol=1e-6)
+    peace = PeaceNet(spec)
+    peace.load_state_dict(params)
+    torch.testing.assert_close(peace(x), net(x), atol=1e-6, rtol=1e-6)
+    assert ArchSpec.from_dict(spec.to_dict()) == spec and hidden_shapes(spec, 2)[:3] == [(2, 8, 12, 12), (2, 6, 4, 4),
+                                                                                       (2, 4, 3, 3)]
+    # at their defaults the new keys are left out: every spec written before (manifests, run ids) reads the same
+    assert set(ArchSpec("cnn2d", (1, 8, 8), 10, hidden=(4,)).to_dict()).isdisjoint({"padding", "kernels", "pools"})

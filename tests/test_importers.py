@@ -16,6 +16,13 @@ from peace.nets.graph import neural_graph
                    nn.Linear(7, 10)), (1, 8, 8), "cnn2d"),
     (nn.Sequential(nn.Conv1d(2, 3, 5, padding=2, bias=False), nn.GELU(), nn.AvgPool1d(2), nn.Flatten(),
                    nn.Linear(30, 4, bias=False)), (2, 20), "cnn1d"),
+    # torch's tutorial CIFAR net: unpadded convolutions (torch's default)
+    (nn.Sequential(nn.Conv2d(3, 6, 5), nn.ReLU(), nn.MaxPool2d(2, 2), nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2, 2),
+                   nn.Flatten(), nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 10)), (3, 32, 32), "cnn2d"),
+    # the published zoos' CNN: kernels 5, 5, 2, each max-pooled before its activation but the last
+    (nn.Sequential(nn.Conv2d(1, 8, 5), nn.MaxPool2d(2, 2), nn.Tanh(), nn.Conv2d(8, 6, 5), nn.MaxPool2d(2, 2), nn.Tanh(),
+                   nn.Conv2d(6, 4, 2), nn.Tanh(), nn.Flatten(), nn.Linear(36, 20), nn.Tanh(), nn.Linear(20, 10)),
+     (1, 28, 28), "cnn2d"),
 ])
 def test_modules_from_other_code_are_read_exactly(module, shape, family):
     spec, params = from_module(module, shape)
@@ -45,6 +52,10 @@ class Skip(nn.Module):
     (nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(6, 2)), (4,), "do not chain"),
     (nn.Sequential(nn.Conv2d(1, 2, 3, stride=2), nn.Flatten(), nn.Linear(2, 2)), (1, 5, 5), "stride 1"),
     (Skip(), (4,), "not a plain chain"),
+    (nn.Sequential(nn.Conv2d(1, 2, 5), nn.AvgPool2d(2), nn.Tanh(), nn.Flatten(), nn.Linear(8, 2)), (1, 8, 8),
+     "not a plain chain"),  # an average before tanh is not tanh then the average: the function check refuses it
+    (nn.Sequential(nn.Conv2d(1, 2, 3), nn.Conv2d(2, 2, 3, padding=1), nn.Flatten(), nn.Linear(18, 2)), (1, 5, 5),
+     r"mixed paddings \['same', 'valid'\]"),
 ])
 def test_unsupported_modules_name_the_problem(module, shape, msg):
     with pytest.raises(PeaceError, match=msg):

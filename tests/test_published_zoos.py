@@ -9,6 +9,7 @@ from conftest import run_peace
 from torch import nn
 
 from peace.intake.tune import is_tune_zoo, tune_checkpoints
+from peace.nets.architectures import forward
 from peace.zoo.store import Zoo
 
 
@@ -18,6 +19,12 @@ class _ZooMLP(nn.Module):
     def __init__(self):
         super().__init__()
         self.module_list = nn.ModuleList([nn.Linear(16, 5, bias=False), nn.Tanh(), nn.Linear(5, 4, bias=False)])
+
+
+def _zoo_cnn(nlin=nn.Tanh):
+    """The published zoos' CNN ("CNN"): unpadded convolutions of kernels 5, 5 and 2, max-pooled before the activation."""
+    return nn.Sequential(nn.Conv2d(1, 8, 5), nn.MaxPool2d(2, 2), nlin(), nn.Conv2d(8, 6, 5), nn.MaxPool2d(2, 2), nlin(),
+                         nn.Conv2d(6, 4, 2), nlin(), nn.Flatten(), nn.Linear(36, 20), nlin(), nn.Linear(20, 10))
 
 
 def _trial(root, name, seed, nlin="tanh", epochs=3, first=0):
@@ -82,15 +89,12 @@ def test_published_zoos_that_peace_cannot_read_are_refused_by_name(tmp_path):
     p = run_peace("zoo", "add", "--new", tmp_path / "zoo", tmp_path / "elu", check=False)
     assert p.returncode == 2 and "model::nlin 'elu' is not an activation PEACE models" in p.stderr
     assert not (tmp_path / "zoo").exists()
-    cnn = tmp_path / "cnn" / "t"  # the published zoos' CNN: unpadded convolutions of kernels 5, 5 and 2
-    (cnn / "checkpoint_000000").mkdir(parents=True)
-    (cnn / "params.json").write_text(json.dumps({"model::type": "CNN", "model::nlin": "tanh"}))
-    torch.save(nn.Sequential(nn.Conv2d(1, 8, 5), nn.MaxPool2d(2), nn.Tanh(), nn.Conv2d(8, 6, 5), nn.MaxPool2d(2),
-                             nn.Tanh(), nn.Conv2d(6, 4, 2), nn.Tanh(), nn.Flatten(), nn.Linear(36, 20), nn.Tanh(),
-                             nn.Linear(20, 10)).state_dict(), cnn / "checkpoint_000000" / "checkpoints")
-    refused = run_peace("zoo", "add", "--new", tmp_path / "zoo", tmp_path / "cnn", check=False)
-    assert refused.returncode == 2 and "kernels must be square and all of one size" in refused.stderr
-    assert "PEACE's CNNs are conv -> activation -> pool blocks" in refused.stderr and not (tmp_path / "zoo").exists()
+    gelu = tmp_path / "gelu" / "t"
+    (gelu / "checkpoint_000000").mkdir(parents=True)
+    (gelu / "params.json").write_text(json.dumps({"model::type": "CNN", "model::nlin": "gelu"}))
+    torch.save(_zoo_cnn().state_dict(), gelu / "checkpoint_000000" / "checkpoints")
+    refused = run_peace("zoo", "add", "--new", tmp_path / "zoo", tmp_path / "gelu", check=False)
+    assert refused.returncode == 2 and "max pooling before gelu is not the same function" in refused.stderr
     _trial(tmp_path / "ok", "t", 0)
     torch.save(nn.Linear(16, 4).state_dict(), tmp_path / "file.pt")
     mixed = run_peace("zoo", "add", "--new", tmp_path / "zoo", tmp_path / "ok", tmp_path / "file.pt", check=False)
@@ -119,3 +123,29 @@ def test_an_encoder_trains_on_a_published_zoo_and_peace_evaluate_reads_its_singl
     assert np.isnan(peace["retrieval_task"]["map"]) and peace["retrieval_task"]["n_queries"] == 0
     assert np.isnan(peace["clustering_task"]["nmi"]) and 0 < peace["retrieval_lineage"]["map"] <= 1
     assert "test_acc" in peace["probes"] and np.isfinite(peace["probes"]["test_acc"]["r2"])
+
+
+def test_the_published_cnn_zoos_are_read_exactly(tmp_path):
+    """A trial of the zoos' CNN (MNIST-sized): read with valid padding, its poolings and a 1x28x28 input, computing
+    what the saved module computes; --input-shape overrides the guessed input."""
+    torch.manual_seed(0)
+    net = _zoo_cnn().eval()
+    d = tmp_path / "mnist_cnn" / "trial"
+    (d / "checkpoint_000001").mkdir(parents=True)
+    (d / "params.json").write_text(json.dumps({"model::type": "CNN", "model::nlin": "tanh", "model::channels_in": 1}))
+    torch.save({f"module_list.{i}.{k}": v for i, m in enumerate(net) for k, v in m.state_dict().items()},
+               d / "checkpoint_000001" / "checkpoints")
+    (c,) = tune_checkpoints(tmp_path / "mnist_cnn")
+    assert c.config == {"activation": "tanh", "padding": "valid", "pools": ["max", "max", "none"],
+                        "input_shape": [1, 28, 28]} and c.epoch == 1
+    run_peace("zoo", "add", "--new", tmp_path / "zoo", tmp_path / "mnist_cnn")
+    z = Zoo(tmp_path / "zoo")
+    (mid,) = z.manifest.index
+    spec = z.spec(mid)
+    assert spec.describe() == "cnn2d c8-6-4/20/k5-5-2/max-max-none/valid tanh"
+    x = torch.randn(5, 1, 28, 28)
+    torch.testing.assert_close(forward(spec, {k: v[None] for k, v in z.weights(mid).items()}, x)[0], net(x),
+                               atol=1e-5, rtol=1e-5)
+    wrong = run_peace("zoo", "add", "--new", tmp_path / "zoo2", tmp_path / "mnist_cnn", "--input-shape", "1,32,32",
+                      check=False)
+    assert wrong.returncode == 2 and "layer 'module_list.9' has weight shape (20, 36)" in wrong.stderr

@@ -72,9 +72,11 @@ def _model_config(args: argparse.Namespace) -> dict:
     from peace.intake.importers import read_config
 
     cfg = read_config(args.model_config) if args.model_config else {}
-    for key in ("activation", "pool"):
+    for key in ("activation", "pool", "padding"):
         if getattr(args, key):
             cfg[key] = getattr(args, key)
+    if "," in cfg.get("pool", ""):  # one pooling per conv layer
+        cfg["pools"] = cfg.pop("pool").split(",")
     if args.input_shape:
         cfg["input_shape"] = args.input_shape
     return cfg
@@ -113,7 +115,9 @@ def _add_import_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("reading model files (what the weights cannot tell)")
     g.add_argument("--activation", help="relu, leaky_relu, tanh, sigmoid, gelu or identity")
     g.add_argument("--input-shape", metavar="C,H,W", type=_shape, help="a CNN's or ResNet's input shape, e.g. 1,28,28")
-    g.add_argument("--pool", help="a CNN's pooling after each conv: avg, max or none")
+    g.add_argument("--pool", help="a CNN's pooling after each conv: avg, max or none, or one per conv (max,max,none)")
+    g.add_argument("--padding", choices=("same", "valid"), help="a CNN's convolutions: same (k // 2, the default) or "
+                   "valid (unpadded, torch's default)")
     g.add_argument("--model-config", type=Path, metavar="JSON", help="architecture config (keys as in config.json)")
     g.add_argument("--max-size", type=_positive, default=512, metavar="MIB", help="refuse larger model files (default 512)")
 

@@ -67,8 +67,9 @@ class MissingActivation(PeaceError):
 WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth")
 
 
-CNN_FORM = ("PEACE's CNNs are conv -> activation -> pool blocks of one kernel size with 'same' padding, k // 2, then "
-            "one flatten; a CNN with unpadded convolutions or pooling elsewhere is not one it reads")
+CNN_FORM = ("PEACE reads CNNs as conv -> activation -> pool blocks, then one flatten: padding 'same' (k // 2) unless "
+            "the model config says \"padding\": \"valid\", one pooling for all blocks (\"pool\") or one per block "
+            "(\"pools\": [\"max\", \"max\", \"none\"]); a max pool before a monotone activation is the same")
 _WRAPPERS = ("state_dict", "model_state_dict", "model", "weights")  # common checkpoint layouts around a state dict
 
 
@@ -300,14 +301,16 @@ def _chain_shape(layers: list, n_conv: int, config: dict, source: str) -> dict[s
     convs, linears = layers[:n_conv], layers[n_conv:]
     inferred: dict[str, Any] = {"n_classes": linears[-1][1].shape[0], "bias": layers[0][2] is not None}
     if convs:
-        k = convs[0][1].shape[-1]
-        if any(set(w.shape[2:]) != {k} for _, w, _ in convs):
-            raise PeaceError(f"{source}: convolution kernels must be square and all of one size, got "
+        if any(len(set(w.shape[2:])) != 1 for _, w, _ in convs):
+            raise PeaceError(f"{source}: convolution kernels must be square, got "
                              f"{[tuple(w.shape[2:]) for _, w, _ in convs]} ({CNN_FORM})")
-        inferred.update(family="cnn1d" if convs[0][1].ndim == 3 else "cnn2d", kernel_size=k,
+        ks = [w.shape[-1] for _, w, _ in convs]
+        inferred.update(family="cnn1d" if convs[0][1].ndim == 3 else "cnn2d", kernel_size=ks[0],
                         hidden=[w.shape[0] for _, w, _ in convs], fc_hidden=[w.shape[0] for _, w, _ in linears[:-1]])
+        if len(set(ks)) > 1:
+            inferred["kernels"] = ks
         for need, example in (("input_shape", "[1, 28, 28]"), ("pool", '"avg", "max" or "none"')):
-            if need not in config:
+            if need not in config and not (need == "pool" and "pools" in config):
                 raise PeaceError(f"{source}: a CNN's {need} is not in its weights; give it in the model config "
                                  f"(config.json or --{need.replace('_', '-')}), e.g. {example}")
     else:

@@ -65,8 +65,10 @@ def from_module(module: nn.Module, input_shape: tuple[int, ...]) -> tuple[ArchSp
         return m.spec, m.params
     weights, folded, found = _walk_chain(module)
     pairs = one_bias_setting([folded.get(i) or _weight_bias(m) for i, (_, m) in enumerate(weights)])
-    acts, pools, kernels = found["activation"], found["pooling"], found["kernel size"]
+    acts, paddings = found["activation"], found["padding"]
     convs = [m for _, m in weights if not isinstance(m, nn.Linear)]
+    pools = [found["pools"].get(i, "none") for i in range(len(convs))]  # the pooling after each conv, if any
+    kernels = [m.kernel_size[0] for m in convs]
     linears = [m for _, m in weights if isinstance(m, nn.Linear)]
     family = "mlp" if not convs else ("cnn1d" if isinstance(convs[0], nn.Conv1d) else "cnn2d")
     spec = ArchSpec(
@@ -74,7 +76,9 @@ def from_module(module: nn.Module, input_shape: tuple[int, ...]) -> tuple[ArchSp
         hidden=tuple(m.out_channels for m in convs) if convs else tuple(m.out_features for m in linears[:-1]),
         fc_hidden=tuple(m.out_features for m in linears[:-1]) if convs else (),
         activation=acts.pop() if acts else "identity", bias=pairs[0][1] is not None,
-        kernel_size=kernels.pop() if kernels else 3, pool=pools.pop() if pools else ("none" if convs else "avg"))
+        kernel_size=kernels[0] if kernels else 3, kernels=tuple(kernels) if len(set(kernels)) > 1 else (),
+        pool=pools[0] if len(set(pools)) == 1 else "avg" if not convs else "none",
+        pools=tuple(pools) if len(set(pools)) > 1 else (), padding=paddings.pop() if paddings else "same")
     params = {}
     for layer, (w, b) in zip(spec.layers, pairs):
         if tuple(w.shape) != layer.weight_shape:
@@ -88,9 +92,10 @@ def from_module(module: nn.Module, input_shape: tuple[int, ...]) -> tuple[ArchSp
 
 
 def _walk_chain(module: nn.Module) -> tuple[list, dict[int, tuple[Tensor, Tensor]], dict[str, set]]:
-    """A plain chain's weight layers in order, the BatchNorms folded into them (by layer position), and
-    the activations, poolings and kernel sizes seen (one of each allowed); refuses any other layer."""
-    weights, acts, pools, kernels = [], set(), set(), set()
+    """A plain chain's weight layers in order, the BatchNorms folded into them (by layer position), the
+    activations and conv paddings seen (one of each allowed) and the pooling after each conv; refuses any other
+    layer."""
+    weights, acts, paddings, pools = [], set(), set(), {}
     folded: dict[int, tuple[Tensor, Tensor]] = {}  # weight layer -> its weight and bias with a BatchNorm folded in
     previous = None
     for name, m in _leaves(module):
@@ -104,28 +109,29 @@ def _walk_chain(module: nn.Module) -> tuple[list, dict[int, tuple[Tensor, Tensor
         if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
             if isinstance(m, (nn.Conv1d, nn.Conv2d)):
                 k = m.kernel_size[0]
+                same = m.padding in ((k // 2,) * len(m.kernel_size), "same") and k % 2
                 if (set(m.kernel_size) != {k} or set(m.stride) != {1} or set(m.dilation) != {1} or m.groups != 1
-                        or m.padding not in ((k // 2,) * len(m.kernel_size), "same")):
+                        or not (same or m.padding in ((0,) * len(m.kernel_size), "valid"))):
                     raise PeaceError(f"layer {name!r} ({m}) is not supported: convolutions must be square, stride 1, "
-                                     f"dilation 1, groups 1, with 'same' padding (k // 2)")
-                kernels.add(k)
+                                     f"dilation 1, groups 1, with 'same' (k // 2) or no padding")
+                paddings.add("same" if same else "valid")
             weights.append((name, m))
         elif type(m) in _ACTIVATION_MODULES:
             acts.add(_ACTIVATION_MODULES[type(m)])
         elif isinstance(m, nn.LeakyReLU) and m.negative_slope == 0.01:
             acts.add("leaky_relu")
-        elif type(m) in _POOLS and _all_two(m.kernel_size) and (m.stride is None or _all_two(m.stride)):
-            pools.add(_POOLS[type(m)])
+        elif (type(m) in _POOLS and _all_two(m.kernel_size) and (m.stride is None or _all_two(m.stride))
+              and weights and not isinstance(weights[-1][1], nn.Linear) and len(weights) - 1 not in pools):
+            pools[len(weights) - 1] = _POOLS[type(m)]
         elif not isinstance(m, (nn.Flatten, nn.Dropout)):
             raise PeaceError(f"layer {name!r} ({type(m).__name__}) is not supported; supported layers: "
                              f"{', '.join(SUPPORTED_MODULES)}")
     if not weights:
         raise PeaceError("the module has no Linear or Conv layer")
-    found = {"activation": acts, "pooling": pools, "kernel size": kernels}
-    for what, seen in found.items():
+    for what, seen in (("activation", acts), ("padding", paddings)):
         if len(seen) > 1:
             raise PeaceError(f"mixed {what}s {sorted(map(str, seen))} in one network are not supported")
-    return weights, folded, found
+    return weights, folded, {"activation": acts, "padding": paddings, "pools": pools}
 
 
 def _check_function(module: nn.Module, spec: ArchSpec, params: dict[str, Tensor], input_shape: tuple[int, ...],

@@ -7,9 +7,10 @@ Those zoos were trained with Ray Tune; each trained network is a *trial* directo
     checkpoint_000000/checkpoints  the state dict at epoch 0 (torch.save of the model's state_dict)
     checkpoint_000001/checkpoints  ... and so on, one per recorded epoch
 
-and a zoo is a directory of trials. ``tune_checkpoints`` lists every checkpoint of such a zoo with what the
-trial's files say about it: the activation the importer needs, the model card (seed, learning rate, ...) and
-that epoch's recorded results. The state dicts themselves are read like any model file (strictly, in a child).
+and a zoo is a directory of trials (MLPs, and CNNs of ``model::type`` CNN, CNN2 and CNN3). ``tune_checkpoints``
+lists every checkpoint of such a zoo with what the trial's files say about it: what the importer needs (the
+activation; a CNN's padding, poolings and input shape), the model card (seed, learning rate, ...) and that epoch's
+recorded results. The state dicts themselves are read like any model file (strictly, in a child).
 Which result line belongs to which checkpoint follows the zoos' own reader (SANE's ``dataset_epochs``): with a
 ``checkpoint_000000`` the first line describes it, otherwise the first line describes ``checkpoint_000001``.
 """
@@ -31,6 +32,8 @@ NLIN = {"relu": "relu", "leakyrelu": "leaky_relu", "tanh": "tanh", "sigmoid": "s
 CARD = {"seed": "seed", "optim::lr": "lr", "optim::wd": "weight_decay", "optim::optimizer": "optimizer",
         "training::batchsize": "batch_size", "model::dropout": "dropout", "model::init_type": "init",
         "training::epochs_train": "epochs"}  # params.json key -> manifest column
+CNN_POOLS = {"CNN": ("max", "max", "none"), "CNN2": ("max", "max", "none"), "CNN3": ("max", "max", "max")}
+CNN_SIDE = {1: 28, 3: 32}  # the zoos' images: MNIST and Fashion-MNIST 1x28x28, SVHN and CIFAR-10 3x32x32
 RESULTS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
 MAX_RESULTS_BYTES = 64 * 2**20
 _CHECKPOINT = re.compile(r"checkpoint_(\d{1,9})")
@@ -76,6 +79,7 @@ def _trial(path: Path) -> list[TuneCheckpoint]:
             raise PeaceError(f"{path / 'params.json'}: model::nlin {nlin!r} is not an activation PEACE models "
                              f"({', '.join(NLIN)}); these models cannot be read")
         config["activation"] = NLIN[str(nlin).lower()]
+    config.update(_cnn_config(params, path))
     for key, column in CARD.items():
         v = params.get(key)
         if isinstance(v, (int, float, str)) and not isinstance(v, bool):
@@ -88,6 +92,21 @@ def _trial(path: Path) -> list[TuneCheckpoint]:
     first = 0 if epochs[0][0] == 0 else 1  # the epoch the first result line describes
     return [TuneCheckpoint(file, path.name, epoch, dict(config), {**card, **results.get(epoch - first + 1, {})})
             for epoch, file in epochs]
+
+
+def _cnn_config(params: dict, path: Path) -> dict:
+    """What the zoos' CNNs (``model::type`` CNN, CNN2, CNN3: unpadded convolutions, each max-pooled before its
+    activation but the last's in CNN and CNN2) need said; the input shape from their datasets' by channel count
+    (``--input-shape`` overrides it)."""
+    kind = params.get("model::type")
+    if kind not in CNN_POOLS:
+        return {}
+    if str(params.get("model::nlin", "")).lower() == "gelu":  # max then gelu is not gelu then max
+        raise PeaceError(f"{path / 'params.json'}: a {kind} pools before its activation, and max pooling before gelu "
+                         f"is not the same function as after it; PEACE cannot read these models")
+    channels = params.get("model::channels_in", 1)
+    side = CNN_SIDE.get(channels) if type(channels) is int else None
+    return {"padding": "valid", "pools": list(CNN_POOLS[kind]), **({"input_shape": [channels, side, side]} if side else {})}
 
 
 def _results(path: Path) -> dict[int, dict[str, float]]:

@@ -38,8 +38,12 @@ __all__ = [
 FAMILIES = ("mlp", "cnn1d", "cnn2d", "resnet", "vit")
 POOLS = ("avg", "max", "none", "cls")
 NORMS = ("none", "batch", "layer")
+PADDINGS = ("same", "valid")
+CHAINS = ("cnn1d", "cnn2d")
 FAMILY_KEYS = {"blocks": ("resnet", "vit"), "stem_kernel": ("resnet",), "stem_stride": ("resnet",),
-               "stem_pool": ("resnet",), "heads": ("vit",)}  # fields only some families use
+               "stem_pool": ("resnet",), "heads": ("vit",), "padding": CHAINS, "kernels": CHAINS,
+               "pools": CHAINS}  # fields only some families use
+OPTIONAL_KEYS = ("padding", "kernels", "pools")  # left out of to_dict at their defaults: specs written before stay
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,9 @@ class ArchSpec:
     activation. ResNets: ``blocks`` per stage, and the stem (``stem_kernel``, ``stem_stride``,
     ``stem_pool`` "max" for torchvision's 3x3/2 max pool). Vision / sequence Transformers (family
     ``vit``, :mod:`peace.nets.transformer`): ``kernel_size`` is the patch size, ``blocks`` the depth,
-    ``heads`` the attention heads, ``pool`` "cls" (class token) or "avg" (mean over tokens).
+    ``heads`` the attention heads, ``pool`` "cls" (class token) or "avg" (mean over tokens). CNNs made
+    elsewhere: ``kernels`` (one size per conv, else ``kernel_size`` for all), ``pools`` (one pooling per
+    conv, else ``pool`` for all) and ``padding`` "valid" (unpadded convolutions; default "same", k // 2).
     """
 
     family: str
@@ -71,6 +77,9 @@ class ArchSpec:
     stem_stride: int = 1
     stem_pool: str = "none"
     heads: int = 1
+    padding: str = "same"
+    kernels: tuple[int, ...] = ()
+    pools: tuple[str, ...] = ()
     layers: tuple[Layer, ...] = field(init=False, repr=False, compare=False)
     extra_shapes: dict[str, tuple[int, ...]] = field(init=False, repr=False, compare=False)
     tensor_sizes: tuple[int, ...] = field(init=False, repr=False, compare=False)
@@ -81,6 +90,8 @@ class ArchSpec:
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
         object.__setattr__(self, "fc_hidden", tuple(int(h) for h in self.fc_hidden))
         object.__setattr__(self, "blocks", tuple(int(b) for b in self.blocks))
+        object.__setattr__(self, "kernels", tuple(int(k) for k in self.kernels))
+        object.__setattr__(self, "pools", tuple(str(p) for p in self.pools))
         if self.family not in FAMILIES:
             raise unknown("architecture family", self.family, FAMILIES)
         if self.activation not in ACTIVATIONS:
@@ -94,6 +105,11 @@ class ArchSpec:
             raise PeaceError("fc_hidden is for CNNs; an MLP lists all its widths in hidden")
         if self.norm not in NORMS:
             raise unknown("normalization", self.norm, NORMS)
+        if self.padding not in PADDINGS:
+            raise unknown("padding", self.padding, PADDINGS)
+        for p in self.pools:
+            if p not in POOLS[:3]:
+                raise unknown("pool in pools", p, POOLS[:3])
         extra = [k for k, fams in FAMILY_KEYS.items()
                  if self.family not in fams and getattr(self, k) != ArchSpec.__dataclass_fields__[k].default]
         if extra:
@@ -128,25 +144,48 @@ class ArchSpec:
             want = "(channels, length)" if ndim == 1 else "(channels, height, width)"
             raise PeaceError(f"{self.family} needs inputs shaped {want}, but the task's samples are "
                              f"{self.input_shape}; use family 'mlp' for this task")
-        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
-            raise PeaceError(f"kernel_size must be odd and positive (same padding), got {self.kernel_size}")
         if not self.hidden:
             raise PeaceError(f"a {self.family} needs at least one conv layer in hidden")
-        channels, spatial = self.input_shape[0], list(self.input_shape[1:])
-        for i, c in enumerate(self.hidden):
-            layers.append(Layer(i, f"conv{ndim}d", channels, c, (self.kernel_size,) * ndim, self.bias))
+        for key in ("kernels", "pools"):
+            if getattr(self, key) and len(getattr(self, key)) != len(self.hidden):
+                raise PeaceError(f"{key} names one value per conv layer: {len(self.hidden)} (hidden={list(self.hidden)}), "
+                                 f"got {list(getattr(self, key))}")
+        same = self.padding == "same"
+        for k in self.conv_kernels:
+            if k < 1 or (same and k % 2 == 0):
+                raise PeaceError(f"kernel sizes must be positive{' and odd (same padding)' if same else ''}, got {k}")
+        channels, sizes = self.input_shape[0], self.conv_output_sizes()
+        for i, (c, k) in enumerate(zip(self.hidden, self.conv_kernels)):
+            layers.append(Layer(i, f"conv{ndim}d", channels, c, (k,) * ndim, self.bias, padding=None if same else 0))
             channels = c
-            if self.pool != "none":
-                spatial = [s // 2 for s in spatial]
-                if min(spatial) < 1:
-                    raise PeaceError(f"impossible shape: {len(self.hidden)} pooled conv layers shrink an input "
-                                     f"of {self.input_shape[1:]} to nothing after layer {i}; use fewer conv "
-                                     f"layers or pool='none'")
+            if min(sizes[i]) < 1:
+                raise PeaceError(f"impossible shape: the conv layers shrink an input of {self.input_shape[1:]} to "
+                                 f"nothing after layer {i}; use fewer conv layers, 'same' padding or less pooling")
+        spatial = sizes[-1]
         widths = [channels * math.prod(spatial), *self.fc_hidden, self.n_classes]
         for j in range(len(widths) - 1):
             layers.append(Layer(len(layers), "linear", widths[j], widths[j + 1], bias=self.bias,
                                 flatten_from=(channels, *spatial) if j == 0 else None))
         return tuple(layers)
+
+    @property
+    def conv_kernels(self) -> tuple[int, ...]:
+        """A CNN's kernel size per conv layer."""
+        return self.kernels or (self.kernel_size,) * len(self.hidden)
+
+    @property
+    def conv_pools(self) -> tuple[str, ...]:
+        """A CNN's pooling after each conv layer (after its activation)."""
+        return self.pools or (self.pool,) * len(self.hidden)
+
+    def conv_output_sizes(self) -> list[tuple[int, ...]]:
+        """A CNN's spatial size after each conv layer and its pooling."""
+        out, spatial = [], tuple(self.input_shape[1:])
+        for k, pool in zip(self.conv_kernels, self.conv_pools):
+            spatial = tuple(s if self.padding == "same" else s - k + 1 for s in spatial)
+            spatial = tuple(s // 2 for s in spatial) if pool != "none" else spatial
+            out.append(spatial)
+        return out
 
     # --- descriptions ---------------------------------------------------------------------------
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -177,6 +216,9 @@ class ArchSpec:
                 d.pop(k)
         if self.family not in ("resnet", "vit") and self.norm == "none":
             d.pop("norm")
+        for k in OPTIONAL_KEYS:
+            if k in d and getattr(self, k) == ArchSpec.__dataclass_fields__[k].default:
+                d.pop(k)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     @classmethod
@@ -198,7 +240,8 @@ class ArchSpec:
             s += f"/k{self.kernel_size}"
         else:
             s = "c" + "-".join(map(str, self.hidden)) + ("/" + "-".join(map(str, self.fc_hidden)) if self.fc_hidden else "")
-            s += f"/k{self.kernel_size}/{self.pool}"
+            s += f"/k{'-'.join(map(str, self.kernels)) or self.kernel_size}/{'-'.join(self.pools) or self.pool}"
+            s += "/valid" if self.padding == "valid" else ""
         return f"{self.family} {s} {self.activation}" + ("" if self.bias else " nobias") + {"none": "", "batch": " bn", "layer": " ln"}[self.norm]
 
 
@@ -242,13 +285,13 @@ def forward(spec: ArchSpec, params: dict[str, Tensor], x: Tensor,
             h = h.reshape(P, B, -1)
             h = torch.bmm(h, w.transpose(1, 2)) if b is None else torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
         else:
-            h = conv(h, w, b)
+            h = conv(h, w, b, padding=layer.padding)
         if layer.norm:
             h = normalize(h, params, layer, train, seen)
         if layer.index < n - 1:
             h = act(h)
             if layer.kind != "linear":
-                h = _pool(h.reshape(P * B, *h.shape[2:]), spec.pool, len(layer.kernel))
+                h = _pool(h.reshape(P * B, *h.shape[2:]), spec.conv_pools[layer.index], len(layer.kernel))
                 h = h.reshape(P, B, *h.shape[1:])
             if dropout_masks is not None and dropout_masks[layer.index] is not None:
                 h = h * dropout_masks[layer.index]
@@ -268,7 +311,7 @@ class PeaceNet(nn.Module):
             else:
                 conv = nn.Conv1d if layer.kind == "conv1d" else nn.Conv2d
                 mods.append(conv(layer.in_features, layer.out_features, layer.kernel[0],
-                                 padding=layer.kernel[0] // 2, bias=layer.bias))
+                                 padding=layer.kernel[0] // 2 if layer.padding is None else layer.padding, bias=layer.bias))
         self.layers = nn.ModuleList(mods)
         if spec.norm == "batch":
             bn = {"linear": nn.BatchNorm1d, "conv1d": nn.BatchNorm1d, "conv2d": nn.BatchNorm2d}
@@ -289,7 +332,7 @@ class PeaceNet(nn.Module):
             if layer.index < n - 1:
                 x = act(x)
                 if layer.kind != "linear":
-                    x = _pool(x, self.spec.pool, len(layer.kernel))
+                    x = _pool(x, self.spec.conv_pools[layer.index], len(layer.kernel))
                 if dropout_masks is not None and dropout_masks[layer.index] is not None:
                     x = x * dropout_masks[layer.index]
         return x
@@ -333,15 +376,9 @@ def hidden_shapes(spec: ArchSpec, batch: int) -> list[tuple[int, ...]]:
     """Shape of the activations after each non-final layer (after pooling), for dropout masks."""
     if spec.family in ("resnet", "vit"):
         raise PeaceError(f"dropout is not supported in a {spec.family}; train it with dropout 0")
-    shapes, spatial = [], list(spec.input_shape[1:])
-    for layer in spec.layers[:-1]:
-        if layer.kind == "linear":
-            shapes.append((batch, layer.out_features))
-        else:
-            if spec.pool != "none":
-                spatial = [s // 2 for s in spatial]
-            shapes.append((batch, layer.out_features, *spatial))
-    return shapes
+    sizes = spec.conv_output_sizes() if spec.family in CHAINS else []
+    return [(batch, layer.out_features) if layer.kind == "linear" else (batch, layer.out_features, *sizes[layer.index])
+            for layer in spec.layers[:-1]]
 
 
 def check_params(spec: ArchSpec, params: dict[str, Tensor], population: bool = False) -> None:

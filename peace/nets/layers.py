@@ -50,6 +50,7 @@ class Layer:
     dst: int = -1
     norm: str | None = None
     norm_kind: str = "batch"
+    padding: int | None = None  # a convolution's padding: None is 'same' (k // 2)
 
     def __post_init__(self) -> None:
         if not self.name:
