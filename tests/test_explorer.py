@@ -459,6 +459,13 @@ def test_uploaded_files_are_queried_or_refused(artifacts, tmp_path):
     torch.save({"0.weight": torch.ones(2, 2, dtype=torch.int64)}, tmp_path / "bad.pt")
     with pytest.raises(PeaceError, match="dtype torch.int64"):
         ex.query_file(tmp_path / "bad.pt", {"activation": "relu"})
+    cnn = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(144, 10))
+    torch.save(cnn.state_dict(), tmp_path / "cnn.pt")  # unpadded: the page's CNN padding field says valid
+    cfg = {"activation": "relu", "input_shape": [1, 8, 8], "pool": "none"}
+    with pytest.raises(PeaceError, match=r"needs \(10, 256\)"):
+        ex.query_file(tmp_path / "cnn.pt", cfg)
+    m, hits, _ = ex.query_file(tmp_path / "cnn.pt", {**cfg, "padding": "valid"}, 3)
+    assert m.spec.describe() == "cnn2d c4/k3/none/valid relu" and len(hits) == 3
 
 
 def test_the_map_search_reads_field_words_and_says_how(artifacts, monkeypatch):

@@ -48,13 +48,13 @@ def _closeness(ex: Explorer, hits: pd.DataFrame, check: pd.DataFrame) -> None:
         st.caption(text)
 
 
-def _query_config(activation: str, heads: int, shape: str, pool: str) -> dict:
+def _query_config(activation: str, heads: int, shape: str, pool: str, padding: str) -> dict:
     cfg = {} if activation == "from the file's layout" else {"activation": activation}
     if heads:
         cfg["num_heads"] = int(heads)
     if shape.strip():
         try:
-            cfg.update(input_shape=[int(v) for v in shape.split(",")], pool=pool)
+            cfg.update(input_shape=[int(v) for v in shape.split(",")], pool=pool, padding=padding)
         except ValueError:
             raise PeaceError(f"input shape {shape!r} must be integers separated by commas, e.g. 1,8,8") from None
     return cfg
@@ -72,22 +72,23 @@ def page_query() -> None:
     st.html("<style>[data-testid='stFileUploaderDropzoneInstructions'] {display: none}</style>")
     up = st.file_uploader(f"Model file (up to {limit} MiB)", type=None)
     example = st.button("No file at hand? Try an example: a zoo model with its hidden units shuffled")
-    c1, c2, c3, c4 = st.columns(4)
+    c1, c2, c3, c5, c4 = st.columns(5)
     activation = c1.selectbox("Activation", ["from the file's layout", "relu", "tanh", "sigmoid", "leaky_relu", "gelu",
                                              "identity"],
                               help="torchvision ResNets use relu and timm ViTs gelu; a plain chain must be told")
     shape = c2.text_input("Input shape (C,H,W)", "", help="for convolutional and residual networks, e.g. 1,8,8")
     pool = c3.selectbox("CNN pooling", ["avg", "max", "none"])
+    padding = c5.selectbox("CNN padding", ["same", "valid"], help="valid: unpadded convolutions (torch's default)")
     heads = c4.number_input("Attention heads", 0, 1024, 0, help="Transformers only: not in the weights (0: not one)")
     k = st.slider("k", 1, 30, 10, key="upload_k")
     if up is not None or example:
-        _query_results(ex, up, (activation, heads, shape, pool), k)
+        _query_results(ex, up, (activation, heads, shape, pool, padding), k)
     ex.prepare_query()  # the next file's reader starts (and the encoder loads) while the user picks a file
 
 
 def _query_results(ex: Explorer, up, fields: tuple, k: int) -> None:
     """An uploaded file (or, without one, the example) parsed in isolation, its neighbours and map position;
-    ``fields``: the page's activation, heads, input shape and pooling."""
+    ``fields``: the page's activation, heads, input shape, pooling and padding."""
     with tempfile.TemporaryDirectory() as d:
         if up is None:
             path, original = ex.example_file(Path(d) / "example")
@@ -100,7 +101,8 @@ def _query_results(ex: Explorer, up, fields: tuple, k: int) -> None:
             m, hits, xy = ex.query_file(path, cfg, k)
         except PeaceError as e:  # the importer names the CLI's options; here they are this page's fields
             fields = {"--input-shape": "the Input shape field", "--activation": "the Activation field",
-                      "--pool": "the CNN pooling field", "config.json: ": "the Attention heads field; config.json: "}
+                      "--pool": "the CNN pooling field", "--padding": "the CNN padding field",
+                      "config.json: ": "the Attention heads field; config.json: "}
             msg = str(e).replace(str(path), name)
             for option, field in fields.items():
                 msg = msg.replace(option, field)
