@@ -101,7 +101,17 @@ def test_published_zoos_that_peace_cannot_read_are_refused_by_name(tmp_path):
     assert mixed.returncode == 2 and "file.pt is not a zoo of trials" in mixed.stderr
     (tmp_path / "ok" / "t" / "result.json").write_text('{"training_iteration": 1}\nnot json\n')
     broken = run_peace("zoo", "add", "--new", tmp_path / "zoo", tmp_path / "ok", check=False)
-    assert broken.returncode == 2 and "result.json, line 2: not JSON" in broken.stderr
+    assert broken.returncode == 2 and "result.json, line 2: not a JSON line of metrics" in broken.stderr
+    (tmp_path / "ok" / "t" / "result.json").write_text('{"training_iteration": 1, "test_acc": ' + "[" * 100_000 + "\n")
+    deep = run_peace("zoo", "add", "--new", tmp_path / "zoo", tmp_path / "ok", check=False)
+    assert deep.returncode == 2 and "line 1: not a JSON line of metrics" in deep.stderr and "Traceback" not in deep.stderr
+    (tmp_path / "ok" / "t" / "result.json").write_text('{"training_iteration": 1, "test_acc": 1' + "0" * 400 + "}\n")
+    assert "test_acc" not in tune_checkpoints(tmp_path / "ok")[0].metadata  # a number past float: unknown, no crash
+    outside = tmp_path / "ok" / "t" / "checkpoint_000001" / "checkpoints"
+    outside.unlink()
+    outside.symlink_to(tmp_path / "file.pt")  # a stranger's zoo naming a file outside it
+    leaked = run_peace("zoo", "add", "--new", tmp_path / "zoo", tmp_path / "ok", check=False)
+    assert leaked.returncode == 2 and "leads out of" in leaked.stderr and not (tmp_path / "zoo").exists()
 
 
 def test_an_encoder_trains_on_a_published_zoo_and_peace_evaluate_reads_its_single_task(tmp_path):

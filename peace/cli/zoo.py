@@ -26,7 +26,6 @@ def _zoo_build(args: argparse.Namespace) -> int:
     return 0
 
 
-
 def _zoo_info(args: argparse.Namespace) -> int:
     from peace.zoo.store import Zoo
 
@@ -43,7 +42,6 @@ def _zoo_info(args: argparse.Namespace) -> int:
     print("shards: all present and readable; " + ("every model's weights match their checksums" if args.verify else
                                                  "weights not checksummed (add --verify to read and check them all)"))
     return 0
-
 
 
 def _zoo_add(args: argparse.Namespace) -> int:
@@ -70,7 +68,6 @@ def _zoo_add(args: argparse.Namespace) -> int:
     return 0
 
 
-
 def _tune_models(args: argparse.Namespace) -> tuple[list, list[tuple[str, int]]]:
     """Every checkpoint of zoos in the published zoos' layout (``peace.intake.tune``), read like model files,
     with each trial's activation, model card and recorded results, and its lineage."""
@@ -90,16 +87,17 @@ def _tune_models(args: argparse.Namespace) -> tuple[list, list[tuple[str, int]]]
         label = root.resolve().name if SAFE_NAME.fullmatch(root.resolve().name) else "imported"
         for c in tune_checkpoints(root):
             checkpoints.append(replace(c, metadata={"task": label, **c.metadata}))
-    configs: dict[str, list[int]] = {}  # one reading per importer config (a trial's activation)
+    configs: dict[str, list[int]] = {}  # one reading per importer config (a trial's activation, ...)
+    given = _model_config(args)  # the command's options override what the trials say
     for i, c in enumerate(checkpoints):
-        configs.setdefault(json.dumps({**c.config, **_model_config(args)}, sort_keys=True), []).append(i)
+        configs.setdefault(json.dumps({**c.config, **given}, sort_keys=True), []).append(i)
     read: dict[int, object] = {}
     for config, idx in configs.items():
         for i, m in zip(idx, load_models_isolated([checkpoints[i].path for i in idx], json.loads(config), _limits(args))):
             read[i] = replace(m, metadata={**m.metadata, **checkpoints[i].metadata})
-    print(f"read {len(checkpoints)} checkpoints of {len({c.trial for c in checkpoints})} trials")
-    return [read[i] for i in range(len(checkpoints))], [(f"{c.metadata['task']}/{c.trial}", c.epoch) for c in checkpoints]
-
+    lineages = [(f"{c.metadata['task']}/{c.trial}", c.epoch) for c in checkpoints]
+    print(f"read {len(checkpoints)} checkpoints of {len({name for name, _ in lineages})} trials")
+    return [read[i] for i in range(len(checkpoints))], lineages
 
 
 def add_parser(sub, import_options: Callable, ray_option: Callable) -> None:

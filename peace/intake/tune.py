@@ -67,11 +67,18 @@ def tune_checkpoints(path: str | Path) -> list[TuneCheckpoint]:
     trials = [path] if _is_trial(path) else sorted(p for p in path.iterdir() if p.is_dir() and _is_trial(p))
     if not trials:
         raise PeaceError(f"{path}: no trial directories (params.json beside checkpoint_NNNNNN/checkpoints) found")
-    return [c for t in trials for c in _trial(t)]
+    return [c for t in trials for c in _trial(t, path)]
 
 
-def _trial(path: Path) -> list[TuneCheckpoint]:
-    params = read_config(path / "params.json")
+def _inside(root: Path, p: Path) -> Path:
+    """``p``, refused where a symbolic link leads it out of the zoo (a stranger's zoo names only its own files)."""
+    if not p.resolve().is_relative_to(root.resolve()):
+        raise PeaceError(f"{p} leads out of {root} (a symbolic link); refused (copy the file into the zoo if you mean it)")
+    return p
+
+
+def _trial(path: Path, root: Path) -> list[TuneCheckpoint]:
+    params = read_config(_inside(root, path / "params.json"))
     config, card = {}, {}
     nlin = params.get("model::nlin")
     if nlin is not None:
@@ -84,11 +91,15 @@ def _trial(path: Path) -> list[TuneCheckpoint]:
         v = params.get(key)
         if isinstance(v, (int, float, str)) and not isinstance(v, bool):
             card[column] = v
-    epochs = sorted((int(m[1]), p / "checkpoints") for p in path.glob("checkpoint_*")
+    epochs = sorted((int(m[1]), _inside(root, p / "checkpoints")) for p in path.glob("checkpoint_*")
                     if (m := _CHECKPOINT.fullmatch(p.name)) and (p / "checkpoints").is_file())
     if not epochs:
         raise PeaceError(f"{path}: its checkpoint directories hold no 'checkpoints' file (the state dict)")
-    results = _results(path / "result.json")
+    twice = sorted({e for e, _ in epochs if [x for x, _ in epochs].count(e) > 1})
+    if twice:
+        raise PeaceError(f"{path}: epoch {twice[0]} has two checkpoint directories (checkpoint_N and checkpoint_00000N); "
+                         f"remove one")
+    results = _results(_inside(root, path / "result.json"))
     first = 0 if epochs[0][0] == 0 else 1  # the epoch the first result line describes
     return [TuneCheckpoint(file, path.name, epoch, dict(config), {**card, **results.get(epoch - first + 1, {})})
             for epoch, file in epochs]
@@ -122,10 +133,21 @@ def _results(path: Path) -> dict[int, dict[str, float]]:
                 continue
             try:
                 row = json.loads(line)
-            except ValueError as e:
-                raise PeaceError(f"{path}, line {n}: not JSON ({e}); fix or remove the line") from None
+            except (ValueError, RecursionError) as e:
+                raise PeaceError(f"{path}, line {n}: not a JSON line of metrics ({str(e)[:80]}); fix or remove the "
+                                 f"line") from None
             it = row.get("training_iteration") if isinstance(row, dict) else None
             if type(it) is int:
-                out[it] = {k: float(row[k]) for k in RESULTS if isinstance(row.get(k), (int, float))
-                           and not isinstance(row.get(k), bool) and math.isfinite(row[k])}  # a diverged run's NaN: unknown
+                out[it] = {k: v for k in RESULTS if (v := _number(row.get(k))) is not None}
     return out
+
+
+def _number(v: Any) -> float | None:
+    """A recorded metric as a float; None for anything else (text, a diverged run's NaN, a number past float)."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return None
+    try:
+        v = float(v)
+    except OverflowError:
+        return None
+    return v if math.isfinite(v) else None
