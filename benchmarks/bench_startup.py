@@ -14,7 +14,8 @@ Each figure is the median over ``--repeats`` fresh interpreters (the cost is per
   against ``load_model_isolated`` now (one process imports the reader, then forks a child per file),
   timed from the first read to the last in a fresh process, the forking process's start included.
 - The same reads, ten times as many files, the forking process started: one child at a time against
-  ``load_models_isolated`` (a child per core at a time).
+  ``load_models_isolated`` (a child per core at a time), and that with a child per file against the same with
+  small files read in batches, a child per batch (``sandbox.BATCH_FILES``).
 - ``peace --help``: the whole command, interpreter start included (every `peace` command pays it), against
   the same with the scikit-learn modules imported first that ``peace.evaluate.baselines`` imported at the
   top before (every command's parser reached them; now imported where a baseline is fit).
@@ -64,10 +65,11 @@ def isolated_reads(n: int, repeats: int) -> tuple[float, float]:
     return before, after
 
 
-def concurrent_reads(n: int, repeats: int) -> tuple[float, float]:
+def concurrent_reads(n: int, repeats: int) -> tuple[float, float, float]:
     """Seconds to read ``n`` model files in isolation, after the forking process started: one child at a time
-    (``load_model_isolated`` in a loop, as `peace zoo add` / `peace rank` read before) against a child per core
-    at a time (``load_models_isolated``), in one process, alternated."""
+    (``load_model_isolated`` in a loop, as `peace zoo add` / `peace rank` read before), a child per core at a
+    time with a child per file (``load_models_isolated`` with ``BATCH_FILES = 1``) and with small files in
+    batches (``load_models_isolated`` as it is), in one process each, alternated."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -75,17 +77,17 @@ def concurrent_reads(n: int, repeats: int) -> tuple[float, float]:
         save = "import torch, sys; torch.manual_seed(0); [torch.save(torch.nn.Sequential(torch.nn.Linear(64, 32), " \
                "torch.nn.ReLU(), torch.nn.Linear(32, 10)).state_dict(), f) for f in sys.argv[1:]]"
         subprocess.run([sys.executable, "-c", save, *files], check=True)
-        code = ("import sys, time; from peace.intake.sandbox import load_model_isolated, load_models_isolated, "
-                "prepare_reader; prepare_reader(); load_model_isolated(sys.argv[2], {'activation': 'relu'}); "
-                "t = time.perf_counter(); "
-                "([load_model_isolated(f, {'activation': 'relu'}) for f in sys.argv[2:]] if sys.argv[1] == 'one' "
-                "else load_models_isolated(sys.argv[2:], {'activation': 'relu'})); print(time.perf_counter() - t)")
-        times: dict[str, list[float]] = {"one": [], "many": []}
+        code = ("import sys, time; import peace.intake.sandbox as s; s.prepare_reader(); "
+                "s.load_model_isolated(sys.argv[2], {'activation': 'relu'}); "
+                "s.BATCH_FILES = 1 if sys.argv[1] == 'perfile' else s.BATCH_FILES; t = time.perf_counter(); "
+                "([s.load_model_isolated(f, {'activation': 'relu'}) for f in sys.argv[2:]] if sys.argv[1] == 'one' "
+                "else s.load_models_isolated(sys.argv[2:], {'activation': 'relu'})); print(time.perf_counter() - t)")
+        times: dict[str, list[float]] = {"one": [], "perfile": [], "many": []}
         for _ in range(repeats):
             for how, seconds in times.items():
                 seconds.append(float(subprocess.run([sys.executable, "-c", code, how, *files], capture_output=True,
                                                     text=True, check=True).stdout))
-    return statistics.median(times["one"]), statistics.median(times["many"])
+    return statistics.median(times["one"]), statistics.median(times["perfile"]), statistics.median(times["many"])
 
 
 def main() -> None:
@@ -100,9 +102,11 @@ def main() -> None:
         print(f"{f'isolated reads of {a.files} model files':<40} {before:>9.2f} {after:>9.2f} {before / after:>6.1f}x",
               flush=True)
     if a.files:
-        before, after = concurrent_reads(10 * a.files, a.repeats)
-        print(f"{f'{10 * a.files} files, a child per core at a time':<40} {before:>9.2f} {after:>9.2f} "
-              f"{before / after:>6.1f}x", flush=True)
+        one, perfile, batched = concurrent_reads(10 * a.files, a.repeats)
+        print(f"{f'{10 * a.files} files, a child per core at a time':<40} {one:>9.2f} {perfile:>9.2f} "
+              f"{one / perfile:>6.1f}x", flush=True)
+        print(f"{f'{10 * a.files} files, a child per batch':<40} {perfile:>9.2f} {batched:>9.2f} "
+              f"{perfile / batched:>6.1f}x", flush=True)
     child_seconds(AFTER.format(n=60))  # the machine's one compilation, so that every timed run below is a later one
     for n in a.points:
         before = statistics.median(child_seconds(BEFORE.format(n=n)) for _ in range(a.repeats))

@@ -380,6 +380,31 @@ def test_many_files_are_read_a_child_per_core_in_their_order_and_a_broken_one_is
         load_models_isolated([*files[:2], tmp_path / "broken.pt", *files[2:]], {"activation": "relu"})
 
 
+def test_small_files_share_a_child_and_a_batch_that_dies_is_read_a_file_per_child(tmp_path, monkeypatch):
+    """Checkpoints of a zoo are read in batches, one fork each; where a batch's child dies (crash, limit, time) its
+    files are read again one per child, so that the file at fault is the one named."""
+    import peace.intake.sandbox as sandbox
+
+    files = []
+    for seed in range(7):
+        torch.manual_seed(seed)
+        files.append(tmp_path / f"m{seed}.pt")
+        torch.save(nn.Sequential(nn.Linear(16, 3 + seed), nn.ReLU(), nn.Linear(3 + seed, 4)).state_dict(), files[-1])
+    monkeypatch.setattr(sandbox, "BATCH_FILES", 3)
+    assert [len(b) for b in sandbox._batches(files)] == [3, 3, 1]
+    calls, real = [], sandbox._load_batch
+
+    def dying(paths, *args, **kw):  # every batch of more than one file dies as a crashed child would
+        calls.append(len(paths))
+        if len(paths) > 1:
+            raise sandbox._BatchFailed("the isolated reader was killed by SIGSEGV")
+        return real(paths, *args, **kw)
+
+    monkeypatch.setattr(sandbox, "_load_batch", dying)
+    models = sandbox.load_models_isolated(files, {"activation": "relu"}, workers=2)
+    assert [m.spec.hidden for m in models] == [(3 + s,) for s in range(7)] and sorted(calls) == [1] * 7 + [3, 3]
+
+
 def test_models_added_without_a_task_keep_the_manifests_number_columns_numbers(tiny_zoo, tmp_path):
     """No task: no accuracy. It is NaN in a float column (a zoo of such models alone had a column of None, read
     back as text, and the explorer's map and every '{:.3f}' of an accuracy failed on it), in a new zoo and in one

@@ -7,10 +7,10 @@ are limited. The child hands the checked weights back as a safetensors file; the
 with safetensors and checks the model again with ``from_state_dict``. A crash, a limit hit or a
 timeout becomes a ``PeaceError`` naming the file; nothing the file says runs in the parent.
 
-Each file gets its own child, forked from a *zygote*: a process started once that imported the
-reader (torch and all, 2-7 s) and then only forks, never reading a file itself. A fork costs
-milliseconds, so reading a hundred files no longer costs a hundred interpreters; a child that a
-file crashes or exhausts takes nothing with it. ``prepare_reader`` starts the zygote ahead (the
+Each file gets its own child (or each batch of small files, ``load_models_isolated``), forked from a *zygote*:
+a process started once that imported the reader (torch and all, 2-7 s) and then only forks, never reading a
+file itself. A fork costs milliseconds, so reading a hundred files no longer costs a hundred interpreters; a
+child that a file crashes or exhausts takes nothing with it. ``prepare_reader`` starts the zygote ahead (the
 explorer does while a user picks a file). Requests are JSON lines on the zygote's stdin; each
 names a fresh directory where its child writes the weights, its reply and its stderr, and where
 the zygote writes the child's exit status once it has reaped it.
@@ -78,20 +78,47 @@ def _send(request: dict) -> subprocess.Popen:
     return zygote
 
 
+BATCH_FILES, BATCH_BYTES = 64, 32 * 2**20  # small files share a child: one fork per batch, not per file
+
+
 def load_models_isolated(paths: Sequence[str | Path], config: dict | None = None, limits: Limits = Limits(),
                          workers: int | None = None) -> list[ImportedModel]:
     """``load_model_isolated`` for each of ``paths`` (in their order), ``workers`` children at a time (default:
-    the CPU count): each still in its own bounded child, so many files cost about a fork each, spread over the
-    cores. A progress bar shows on a terminal once there are many; the first file that fails raises."""
+    the CPU count). Small files are read in batches (up to ``BATCH_FILES`` files, ``BATCH_BYTES`` together) by
+    one bounded child each, so a zoo of many checkpoints costs a fork per batch; a batch that crashes or times
+    out is read again a file per child, to name the file. A progress bar shows on a terminal once there are
+    many; the first file that fails raises."""
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm.auto import tqdm
 
     prepare_reader()  # one zygote for all the threads
-    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        read = pool.map(lambda p: load_model_isolated(p, config, limits), paths)
-        return list(tqdm(read, total=len(paths), desc="read model files", unit="file", disable=len(paths) < 50,
-                         leave=False))
+    bar = tqdm(total=len(paths), desc="read model files", unit="file", disable=len(paths) < 50, leave=False)
+
+    def read(batch: list[Path]) -> list[ImportedModel]:
+        try:
+            models = _load_batch(batch, config, limits)
+        except _BatchFailed:
+            models = [_load_batch([p], config, limits)[0] for p in batch]
+        bar.update(len(batch))
+        return models
+
+    with bar, ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        return [m for models in pool.map(read, _batches([Path(p) for p in paths])) for m in models]
+
+
+def _batches(paths: list[Path]) -> list[list[Path]]:
+    """Consecutive small files grouped up to ``BATCH_FILES`` / ``BATCH_BYTES``; a directory or a big file alone."""
+    out: list[list[Path]] = []
+    size = 0
+    for p in paths:
+        n = p.stat().st_size if p.is_file() else BATCH_BYTES
+        if not out or len(out[-1]) >= BATCH_FILES or size + n > BATCH_BYTES:
+            out.append([])
+            size = 0
+        out[-1].append(p)
+        size += n
+    return out
 
 
 @atexit.register
@@ -101,7 +128,7 @@ def _drop_zygote() -> None:
         _zygote.wait()
 
 
-def _exit_status(folder: Path, zygote: subprocess.Popen, path: Path, timeout_s: float) -> int:
+def _exit_status(folder: Path, zygote: subprocess.Popen, path: Path | str, timeout_s: float) -> int:
     """Wait for the reader of ``path`` to exit (its status, as ``Popen.returncode`` gives it)."""
     deadline = time.monotonic() + timeout_s
     status = folder / "status"
@@ -115,10 +142,14 @@ def _exit_status(folder: Path, zygote: subprocess.Popen, path: Path, timeout_s: 
                 if status.exists() or zygote.poll() is not None:
                     break
                 time.sleep(0.005)
-            raise PeaceError(f"{path}: reading the file took over {timeout_s:.0f} s and was stopped (a file made to "
-                             f"exhaust the reader?)")
+            raise _BatchFailed(f"{path}: reading the file took over {timeout_s:.0f} s and was stopped (a file made to "
+                               f"exhaust the reader?)")
         time.sleep(0.005)
     return int(status.read_text())
+
+
+class _BatchFailed(PeaceError):
+    """A batch's child crashed, hit a limit or timed out: which of its files did it is not known."""
 
 
 def load_model_isolated(path: str | Path, config: dict | None = None, limits: Limits = Limits(),
@@ -127,42 +158,54 @@ def load_model_isolated(path: str | Path, config: dict | None = None, limits: Li
     extra address space, ``cpu_s`` of CPU time and ``timeout_s`` of wall time. A plain chain whose
     activation the config does not give raises ``MissingActivation`` carrying the chain read with the
     identity, so that a caller can tell the activation by data without a second child."""
+    try:
+        return _load_batch([Path(path)], config, limits, memory_mib, cpu_s, timeout_s)[0]
+    except _BatchFailed as e:
+        raise PeaceError(str(e)) from None
+
+
+def _load_batch(paths: list[Path], config: dict | None, limits: Limits, memory_mib: int = 2048, cpu_s: int = 60,
+                timeout_s: float = 120) -> list[ImportedModel]:
+    """``paths`` read in order by one child (limits: ``memory_mib`` at a time, ``cpu_s`` and ``timeout_s`` per
+    file); the first file that fails raises its error."""
     from safetensors.torch import load_file
 
-    path = Path(path).resolve()
+    paths = [p.resolve() for p in paths]
+    name = paths[0] if len(paths) == 1 else f"{paths[0]} (one of {len(paths)} files read together)"
     with tempfile.TemporaryDirectory(prefix="peace-sandbox-") as tmp:
         folder = Path(tmp)
-        request = {"path": str(path), "config": config or {}, "limits": asdict(limits), "dir": tmp,
-                   "memory_mib": memory_mib, "cpu_s": cpu_s}
-        code = _exit_status(folder, _send(request), path, timeout_s)
+        request = {"paths": [str(p) for p in paths], "config": config or {}, "limits": asdict(limits), "dir": tmp,
+                   "memory_mib": memory_mib, "cpu_s": cpu_s * len(paths)}
+        code = _exit_status(folder, _send(request), name, timeout_s * len(paths))
         if code < 0:
-            name = signal.Signals(-code).name
-            why = " (CPU time limit)" if name == "SIGXCPU" else ""
-            raise PeaceError(f"{path}: the isolated reader was killed by {name}{why}; the file is malformed or made "
-                             f"to attack the reader. Nothing was loaded.")
+            sig = signal.Signals(-code).name
+            why = " (CPU time limit)" if sig == "SIGXCPU" else ""
+            raise _BatchFailed(f"{name}: the isolated reader was killed by {sig}{why}; the file is malformed or made "
+                               f"to attack the reader. Nothing was loaded.")
         try:
-            reply = json.loads((folder / "reply.json").read_text())
+            replies = json.loads((folder / "reply.json").read_text())
         except (OSError, ValueError):
             tail = (folder / "stderr").read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
-            raise PeaceError(f"{path}: the isolated reader failed (exit {code}: {tail[0][:200]})") from None
-        if "error" in reply:
-            raise PeaceError(reply["error"])
-        params = load_file(str(folder / "model.safetensors"))
-        m = from_state_dict(params, {**reply["spec"], "metadata": reply["metadata"]}, reply["source"], limits)
-        if "missing_activation" in reply:
-            raise MissingActivation(reply["missing_activation"], m)
-        return m
+            raise _BatchFailed(f"{name}: the isolated reader failed (exit {code}: {tail[0][:200]})") from None
+        models = []
+        for i, reply in enumerate(replies):
+            if "error" in reply:
+                raise PeaceError(reply["error"])
+            params = load_file(str(folder / f"{i}.safetensors"))
+            m = from_state_dict(params, {**reply["spec"], "metadata": reply["metadata"]}, reply["source"], limits)
+            if "missing_activation" in reply:
+                raise MissingActivation(reply["missing_activation"], m)
+            models.append(m)
+        return models
 
 
 def _read(req: dict) -> None:
-    """In a forked child: set the limits, read the file, write the weights and one JSON reply."""
+    """In a forked child: set the limits, read the files in order (until one fails), write each one's weights
+    and one JSON list of replies."""
     import math
     import resource
 
     import torch
-    from safetensors.torch import save_file
-
-    from peace.intake.importers import load_model
 
     folder = Path(req["dir"])
     err = os.open(folder / "stderr", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -176,23 +219,37 @@ def _read(req: dict) -> None:
     cpu = math.ceil(usage.ru_utime + usage.ru_stime) + req["cpu_s"]
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 5))
     resource.setrlimit(resource.RLIMIT_FSIZE, (2 * req["limits"]["max_bytes"] + 2**20,) * 2)
+    replies = []
+    for i, path in enumerate(req["paths"]):  # in order, until one fails
+        replies.append(_read_one(req, path, folder / f"{i}.safetensors"))
+        if "error" in replies[-1] or "missing_activation" in replies[-1]:
+            break
+    (folder / "reply.json").write_text(json.dumps(replies, default=str))
+
+
+def _read_one(req: dict, path: str, out: Path) -> dict:
+    """In the child: one file read, its weights written to ``out``; the reply about it."""
+    from safetensors.torch import save_file
+
+    from peace.intake.importers import load_model
+
     reply: dict = {}
     try:
         try:
-            m = load_model(req["path"], req["config"], Limits(**req["limits"]))
+            m = load_model(path, req["config"], Limits(**req["limits"]))
         except PeaceError as e:  # a chain without its activation: read it as identity for the caller to tell
             if NO_ACTIVATION not in str(e) or "activation" in req["config"]:
                 raise
-            m = load_model(req["path"], {**req["config"], "activation": "identity"}, Limits(**req["limits"]))
+            m = load_model(path, {**req["config"], "activation": "identity"}, Limits(**req["limits"]))
             reply["missing_activation"] = str(e)
-        save_file({k: v.contiguous() for k, v in m.params.items()}, str(folder / "model.safetensors"))
+        save_file({k: v.contiguous() for k, v in m.params.items()}, str(out))
         reply.update(spec=m.spec.to_dict(), metadata=m.metadata, source=m.source)
     except PeaceError as e:
         reply = {"error": str(e)}
     except MemoryError:
-        reply = {"error": f"{req['path']}: reading it needs more than {req['memory_mib']} MiB; refused (raise the "
+        reply = {"error": f"{path}: reading it needs more than {req['memory_mib']} MiB; refused (raise the "
                           f"limit only for a file you trust)"}
-    (folder / "reply.json").write_text(json.dumps(reply, default=str))
+    return reply
 
 
 def _fork_reader(req: dict) -> int:
