@@ -133,6 +133,20 @@ def test_an_encoder_trains_on_a_published_zoo_and_peace_evaluate_reads_its_singl
     assert np.isnan(peace["retrieval_task"]["map"]) and peace["retrieval_task"]["n_queries"] == 0
     assert np.isnan(peace["clustering_task"]["nmi"]) and 0 < peace["retrieval_lineage"]["map"] <= 1
     assert "test_acc" in peace["probes"] and np.isfinite(peace["probes"]["test_acc"]["r2"])
+    # the decoder reads the probes where the task's data is not here, and judges by agreement with the originals
+    d = run_peace("decoder", "--run", tmp_path / "run", "--epochs", "3", "--min-models", "4", "--quiet")
+    header, row = (line.split() for line in d.stdout.splitlines()[-4:-1:2])  # the summary's header and "all" row
+    cells = dict(zip(header, row))
+    assert row[:2] == ["all", "all"] and int(cells["models"]) > 0
+    assert cells["original_acc"] == cells["decoded_acc"] == cells["decoded_kept"] == "NaN"  # no data: n/a, not 0
+    assert 0 <= float(cells["decoded_agreement"]) <= 1 and 0 <= float(cells["refined_agreement"]) <= 1
+    s = run_peace("sample", "--run", tmp_path / "run", "--prompt", "epoch == 3", "--n", "4", "--out", tmp_path / "new")
+    assert "unmeasured (PEACE holds no data for this task" in s.stdout
+    new = Zoo(tmp_path / "new").manifest
+    assert len(new) == 4 and (new["status"] == "sampled").all() and (new["task"] == "seeds").all()
+    refused = run_peace("sample", "--run", tmp_path / "run", "--prompt", "epoch == 3", "--n", "4", "--candidates", "5",
+                        "--out", tmp_path / "new2", check=False)
+    assert refused.returncode == 2 and "which PEACE does not hold for this zoo's task" in refused.stderr
 
 
 def test_the_published_cnn_zoos_are_read_exactly(tmp_path):

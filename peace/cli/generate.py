@@ -63,8 +63,10 @@ def _sample(args: argparse.Namespace) -> int:
     zoo = sample_zoo(args.run, args.prompt, args.out, config, zoo=args.zoo, arch=args.arch, name=args.name,
                      refine=RefineConfig(args.refine_steps))
     m = zoo.manifest
-    print(f"sampled {len(m)} {m['arch'].iloc[0]} models for task {m['task'].iloc[0]!r} into {zoo.path}: test accuracy "
-          f"mean {m['test_acc'].mean():.3f}, min {m['test_acc'].min():.3f}, max {m['test_acc'].max():.3f}")
+    acc = m["test_acc"].dropna()
+    measured = (f"test accuracy mean {acc.mean():.3f}, min {acc.min():.3f}, max {acc.max():.3f}" if len(acc) else
+                "unmeasured (PEACE holds no data for this task; they compute what the decoder read from the prompt)")
+    print(f"sampled {len(m)} {m['arch'].iloc[0]} models for task {m['task'].iloc[0]!r} into {zoo.path}: {measured}")
     print(f"next: `peace embed --run {args.run} --zoo {zoo.path} --out DIR` to map them, or `peace zoo info {zoo.path}`")
     if not decoder_training_models(args.run, zoo.spec(m["model_id"].iloc[0]), m["task"].iloc[0]):
         print(f"note: the decoder learned from no {m['arch'].iloc[0]} model of {m['task'].iloc[0]!r} (none in the run's "

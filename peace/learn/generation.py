@@ -46,7 +46,7 @@ from peace.nets.architectures import ArchSpec, build_module, evaluate, forward, 
 from peace.nets.batchnorm import calibrate_norms
 from peace.nets.probes import probe_inputs
 from peace.zoo.store import Zoo, usable
-from peace.zoo.tasks import Task, load_task
+from peace.zoo.tasks import Task, is_task, load_task
 
 __all__ = [
     "Group", "SampleConfig", "accuracy", "choose_refinement", "decoder_groups", "default_inits", "kde_draws",
@@ -80,10 +80,12 @@ INPUTS_PER_TASK, MAX_INPUTS = 128, 512  # inputs the functional term reads, per 
 
 def _inputs(zoo: Zoo, ids: Sequence[str], spec: ArchSpec) -> tuple[Tensor, np.ndarray]:
     """The first training inputs of every task the architecture's training models solve, shaped for ``spec``,
-    and the task each input comes from."""
+    and the task each input comes from; for a task PEACE holds no data for (a zoo made elsewhere), the io-space's
+    Gaussian probes stand in."""
     tasks = sorted(zoo.manifest.loc[list(ids), "task"].unique())
     per = max(1, min(INPUTS_PER_TASK, MAX_INPUTS // len(tasks)))
-    xs = [torch.from_numpy(load_task(t).split("train")[0][:per]).reshape(-1, *spec.input_shape) for t in tasks]
+    xs = [torch.from_numpy(load_task(t).split("train")[0][:per]).reshape(-1, *spec.input_shape) if is_task(t)
+          else probe_inputs(spec.input_shape, per) for t in tasks]
     return torch.cat(xs).float(), np.repeat(tasks, [len(x) for x in xs])
 
 
@@ -235,7 +237,10 @@ def choose_refinement(dec: WeightDecoder, zoo: Zoo, val: Sequence[Group], fit: S
         if not g.ids or not fit.reads(g.spec):
             continue
         t = reconstruction_summary(reconstruction(dec, zoo, [g], fit)).iloc[-1]
-        refined, decoded = (t["refined_kept"], t["refined_acc"]), (t["decoded_kept"], t["decoded_acc"])
+        if pd.notna(t["decoded_kept"]):
+            refined, decoded = (t["refined_kept"], t["refined_acc"]), (t["decoded_kept"], t["decoded_acc"])
+        else:  # models of tasks PEACE holds no data for: agreement with their originals (on the probes)
+            refined, decoded = t["refined_agreement"], t["decoded_agreement"]
         dec.refines[dec.index(g.spec)] = bool(refined >= decoded)
 
 
@@ -280,15 +285,15 @@ def reconstruction(dec: WeightDecoder, zoo: Zoo, groups: Sequence[Group], fit: S
         tasks = pd.Series(zoo.manifest.loc[g.ids, "task"].to_numpy())
         probes = probe_inputs(g.spec.input_shape).float()
         for task_name, idx in tasks.groupby(tasks).indices.items():
-            task = load_task(task_name)
-            X = torch.from_numpy(task.split("test")[0])
+            task = load_task(task_name) if is_task(task_name) else None  # a zoo made elsewhere: no data, no accuracy
+            X = torch.from_numpy(task.split("test")[0]) if task else probes
             orig = [originals[j] for j in idx]
             ref_pred, ref_probe = predict(g.spec, orig, X).argmax(-1), predict(g.spec, orig, probes).argmax(-1)
             rec = {"model_id": [g.ids[j] for j in idx], "arch": g.spec.describe(), "family": g.spec.family,
-                   "task": task_name, "original_acc": accuracy(g.spec, orig, task)}
+                   "task": task_name, "original_acc": accuracy(g.spec, orig, task) if task else np.nan}
             for name, made in candidates.items():
                 picked = [made[j] for j in idx]
-                rec[f"{name}_acc"] = accuracy(g.spec, picked, task)
+                rec[f"{name}_acc"] = accuracy(g.spec, picked, task) if task else np.nan
                 rec[f"{name}_agreement"] = (predict(g.spec, picked, X).argmax(-1) == ref_pred).float().mean(1).numpy()
                 rec[f"{name}_probe_agreement"] = (predict(g.spec, picked, probes).argmax(-1)
                                                   == ref_probe).float().mean(1).numpy()
@@ -303,7 +308,8 @@ def reconstruction_summary(table: pd.DataFrame, by: str = "family") -> pd.DataFr
     table = table.copy()
     made = [m for m in ("decoded", "refined", "mean", "nearest") if f"{m}_acc" in table]
     for m in made:
-        table[f"{m}_kept"] = (table[f"{m}_acc"] >= 0.9 * table["original_acc"]).astype(float)
+        table[f"{m}_kept"] = (table[f"{m}_acc"] >= 0.9 * table["original_acc"]).astype(float).where(
+            table["original_acc"].notna())  # no task data, no accuracy: n/a
     cols = ["original_acc"] + [f"{m}_{c}" for m in made for c in ("acc", "kept", "agreement", "probe_agreement")]
     keys = [k for k in (by, "heldout_task") if k in table]
     out = table.groupby(keys)[cols].mean().reset_index()
@@ -404,10 +410,12 @@ def default_inits(spec: ArchSpec, n: int, seed: int) -> list[Params]:
     return out
 
 
-def _calibrated(spec: ArchSpec, params: list[Params], task: Task, inputs: int = 512, chunk: int = 256) -> list[Params]:
+def _calibrated(spec: ArchSpec, params: list[Params], task: Task | None, inputs: int = 512,
+                chunk: int = 256) -> list[Params]:
     """Decoded models with BatchNorm statistics of the task's first ``inputs`` training inputs
-    (``calibrate_norms``: the same eval-mode function, and fine-tuning starts from it); others as they are."""
-    if spec.norm != "batch":
+    (``calibrate_norms``: the same eval-mode function, and fine-tuning starts from it); others, and models of a
+    task PEACE holds no data for (None), as they are."""
+    if spec.norm != "batch" or task is None:
         return params
     x = torch.from_numpy(task.split("train")[0][:inputs]).reshape(-1, *spec.input_shape).float()
     out = []
@@ -418,17 +426,21 @@ def _calibrated(spec: ArchSpec, params: list[Params], task: Task, inputs: int = 
     return out
 
 
-def sample_models(dec: WeightDecoder, z_prompt: Tensor, spec: ArchSpec, task: Task,
+def sample_models(dec: WeightDecoder, z_prompt: Tensor, spec: ArchSpec, task: Task | None,
                   config: SampleConfig = SampleConfig(),
                   fit: SketchFit | None = None) -> tuple[list[Params], np.ndarray]:
     """New models of ``spec`` decoded from KDE draws around the prompt embeddings (refined by ``fit``
     when given, from the decoded draws only: no retrieved zoo model), the best by accuracy on the task's
     training split when ``config`` asks for subsampling or bootstrapping (see ``SampleConfig``); BatchNorm
     models get statistics of the task's training inputs (``_calibrated``). Returns the models and those
-    training accuracies."""
+    training accuracies. ``task`` None: the prompt's task is one PEACE holds no data for (a zoo made
+    elsewhere): plain draws only, accuracies NaN."""
     check_decodable(spec)
     if len(z_prompt) == 0:
         raise PeaceError("no prompt models to sample around")
+    if task is None and config.candidates > 1:
+        raise PeaceError("subsampling and bootstrapping keep the draws most accurate on the prompt task's training "
+                         "data, which PEACE does not hold for this zoo's task; sample without --candidates / --rounds")
     floor, around = 0.05 * dec.z_std, z_prompt.float()
     fit = fit.decoded_only() if fit is not None else None
     drawn: list[Tensor] = []
@@ -439,7 +451,8 @@ def sample_models(dec: WeightDecoder, z_prompt: Tensor, spec: ArchSpec, task: Ta
                       config.seed if r == 0 else model_seed(config.seed, f"bootstrap-{r}"), floor)
         drawn.append(z)
         models += dec.decode(z, spec, fit)
-        train_acc = np.concatenate([train_acc, accuracy(spec, models[len(train_acc):], task, "train")])
+        new = models[len(train_acc):]
+        train_acc = np.concatenate([train_acc, accuracy(spec, new, task, "train") if task else np.full(len(new), np.nan)])
         keep = np.argsort(-train_acc, kind="stable")[:config.n] if config.candidates > 1 else np.arange(config.n)
         around = torch.cat(drawn)[torch.as_tensor(keep)]
     if config.candidates > 1:  # copies: views would keep every candidate's batch alive

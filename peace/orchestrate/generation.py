@@ -26,7 +26,7 @@ from peace.zoo.generated import write_generated_zoo
 from peace.zoo.population import HParams, init_params
 from peace.zoo.query import select_ids
 from peace.zoo.store import Zoo, usable
-from peace.zoo.tasks import load_task
+from peace.zoo.tasks import is_task, load_task
 
 __all__ = ["GenerativeConfig", "Prompt", "default_prompt", "generative_markdown", "generative_study", "resolve_prompt", "sample_zoo"]
 
@@ -77,7 +77,7 @@ def sample_zoo(run_dir: str | Path, prompt: str, out: str | Path, config: Sample
     dec, meta = run_decoder(run.path)
     zoo = zoo if isinstance(zoo, Zoo) else Zoo(zoo or meta["zoo"])
     p = resolve_prompt(zoo, prompt, arch)
-    task = load_task(p.task)
+    task = load_task(p.task) if is_task(p.task) else None  # a zoo made elsewhere: its task's data is not here
     encoder = run.load_encoder()
     fit = sketch_fit(encoder, refine)
     models, _ = sample_models(dec, _embed(encoder, zoo, p.ids), p.spec, task, config, fit)
@@ -85,7 +85,7 @@ def sample_zoo(run_dir: str | Path, prompt: str, out: str | Path, config: Sample
                   "decoder_sha256": meta["weights_sha256"], "zoo": str(zoo.path.resolve()), "prompt": prompt,
                   "prompt_models": p.ids[:100], "n_prompt_models": len(p.ids), "sampling": asdict(config),
                   "refinement": asdict(fit.decoded_only().config) if dec.will_refine(p.spec, fit) else None}
-    return write_generated_zoo(out, name, p.spec, task, models, provenance, like=zoo)
+    return write_generated_zoo(out, name, p.spec, task or p.task, models, provenance, like=zoo)
 
 
 # --- the generative study ---------------------------------------------------------------------------

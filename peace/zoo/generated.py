@@ -25,11 +25,14 @@ from peace.zoo.tasks import Task
 __all__ = ["write_generated_zoo"]
 
 
-def _rows(spec: ArchSpec, task: Task, params: Sequence[dict[str, Tensor]], stacked: dict[str, Tensor], group: str,
-          provenance: dict, columns: Sequence[str]) -> tuple[list[dict], dict[str, Tensor]]:
-    measured = metric_rows(spec, task, stacked, 0, task_tensors(task, spec.input_shape))
-    common = {**{c: None for c in columns}, "population_id": group, "group": group, "task": task.name,
-              "dataset": task.family, **spec_columns(spec), "epoch": 0, "epochs": 0,
+def _rows(spec: ArchSpec, task: Task | str, params: Sequence[dict[str, Tensor]], stacked: dict[str, Tensor],
+          group: str, provenance: dict, columns: Sequence[str]) -> tuple[list[dict], dict[str, Tensor]]:
+    if isinstance(task, str):  # a task PEACE holds no data for: the models are written unmeasured
+        measured, name, family = [{"status": "ok"}] * len(params), task, "unknown"
+    else:
+        measured, name, family = metric_rows(spec, task, stacked, 0, task_tensors(task, spec.input_shape)), task.name, task.family
+    common = {**{c: None for c in columns}, "population_id": group, "group": group, "task": name,
+              "dataset": family, **spec_columns(spec), "epoch": 0, "epochs": 0,
               "shard": f"shards/{group}.safetensors", "provenance": json.dumps(provenance, sort_keys=True)}
     rows, tensors = [], {}
     for p, m in zip(params, measured):
@@ -47,11 +50,13 @@ def _rows(spec: ArchSpec, task: Task, params: Sequence[dict[str, Tensor]], stack
     return rows, shard
 
 
-def write_generated_zoo(out: str | Path, name: str, spec: ArchSpec, task: Task, params: Sequence[dict[str, Tensor]],
-                        provenance: dict, like: Zoo | None = None, group: str = "sampled") -> Zoo:
+def write_generated_zoo(out: str | Path, name: str, spec: ArchSpec, task: Task | str,
+                        params: Sequence[dict[str, Tensor]], provenance: dict, like: Zoo | None = None,
+                        group: str = "sampled") -> Zoo:
     """Write generated models of one architecture and task as a new zoo at ``out`` (staged beside it
-    and moved into place when complete). ``like``: a zoo whose manifest columns the new one copies,
-    so tables of both line up; ``provenance`` goes into every row."""
+    and moved into place when complete), measured on the task (a task's name only, for one PEACE holds no data
+    for: unmeasured). ``like``: a zoo whose manifest columns the new one copies, so tables of both line up;
+    ``provenance`` goes into every row."""
     out = Path(out)
     if not SAFE_NAME.fullmatch(group) or not SAFE_NAME.fullmatch(name):
         raise PeaceError(f"zoo name {name!r} and group {group!r} must be plain names (letters, digits, '.', '_', '-')")
