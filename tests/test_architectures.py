@@ -44,6 +44,9 @@ def test_flatten_boundary_recorded():
     (dict(family="cnn1d", input_shape=(1, 40), hidden=(2,), pools=("min",)), "unknown pool in pools 'min'"),
     (dict(family="cnn2d", input_shape=(1, 8, 8), hidden=(2, 2), kernels=(5, 5), padding="valid"), "impossible shape"),
     (dict(kernels=(3,)), "kernels is not for a mlp"),
+    (dict(family="cnn1d", input_shape=(1, 40), hidden=(2, 2), strides=(2,)), "strides names one value per conv layer"),
+    (dict(family="cnn1d", input_shape=(1, 40), hidden=(2,), strides=(0,)), "strides must be positive"),
+    (dict(family="cnn1d", input_shape=(1, 40), global_pool="sum"), "unknown global_pool 'sum'"),
     (dict(hidden=(0,)), "must be positive"),
 ])
 def test_bad_architectures_are_named(kw, msg):
@@ -81,3 +84,25 @@ def test_cnns_made_elsewhere_unpadded_with_kernels_and_pools_per_layer():
                                                                                        (2, 4, 3, 3)]
     # at their defaults the new keys are left out: every spec written before (manifests, run ids) reads the same
     assert set(ArchSpec("cnn2d", (1, 8, 8), 10, hidden=(4,)).to_dict()).isdisjoint({"padding", "kernels", "pools"})
+
+
+def test_strided_cnns_with_a_global_average_before_the_head():
+    """Small CNN Zoo's shape in torch: three 3x3 convolutions of stride 2, a global average, one linear layer
+    (4,970 parameters); PEACE computes what torch does, and the new keys stay out of specs at their defaults."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 16, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, stride=2, padding=1),
+                        nn.ReLU(), nn.Conv2d(16, 16, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(16, 10))
+    spec = ArchSpec("cnn2d", (1, 28, 28), 10, hidden=(16, 16, 16), pool="none", strides=(2, 2, 2), global_pool="avg")
+    assert spec.n_params == 4970 and spec.describe() == "cnn2d c16-16-16/k3/none/s2-2-2/global-avg relu"
+    assert spec.layers[3].flatten_from == (16, 1, 1) and hidden_shapes(spec, 1)[1] == (1, 16, 7, 7)
+    weights = [m for m in net if isinstance(m, (nn.Conv2d, nn.Linear))]
+    params = {k: v for layer, m in zip(spec.layers, weights)
+              for k, v in ((layer.weight_name, m.weight.detach()), (layer.bias_name, m.bias.detach()))}
+    x = torch.randn(4, 1, 28, 28)
+    torch.testing.assert_close(forward(spec, {k: v[None] for k, v in params.items()}, x)[0], net(x), atol=1e-6, rtol=1e-6)
+    peace = PeaceNet(spec)
+    peace.load_state_dict(params)
+    torch.testing.assert_close(peace(x), net(x), atol=1e-6, rtol=1e-6)
+    assert ArchSpec.from_dict(spec.to_dict()) == spec
+    assert set(ArchSpec("cnn1d", (1, 8), 3, hidden=(2,)).to_dict()).isdisjoint({"strides", "global_pool"})

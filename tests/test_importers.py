@@ -23,6 +23,11 @@ from peace.nets.graph import neural_graph
     (nn.Sequential(nn.Conv2d(1, 8, 5), nn.MaxPool2d(2, 2), nn.Tanh(), nn.Conv2d(8, 6, 5), nn.MaxPool2d(2, 2), nn.Tanh(),
                    nn.Conv2d(6, 4, 2), nn.Tanh(), nn.Flatten(), nn.Linear(36, 20), nn.Tanh(), nn.Linear(20, 10)),
      (1, 28, 28), "cnn2d"),
+    # strided convolutions and a global pool before the head (the Small CNN Zoo's shape; a 1-D one with a max)
+    (nn.Sequential(nn.Conv2d(1, 16, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, stride=2, padding=1),
+                   nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)), (1, 28, 28), "cnn2d"),
+    (nn.Sequential(nn.Conv1d(2, 4, 5, stride=3), nn.Tanh(), nn.AdaptiveMaxPool1d(1), nn.Flatten(), nn.Linear(4, 3)),
+     (2, 40), "cnn1d"),
 ])
 def test_modules_from_other_code_are_read_exactly(module, shape, family):
     spec, params = from_module(module, shape)
@@ -50,7 +55,10 @@ class Skip(nn.Module):
      "keeps no running statistics"),
     (nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2)), (4,), "mixed activations"),
     (nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(6, 2)), (4,), "do not chain"),
-    (nn.Sequential(nn.Conv2d(1, 2, 3, stride=2), nn.Flatten(), nn.Linear(2, 2)), (1, 5, 5), "stride 1"),
+    (nn.Sequential(nn.Conv2d(1, 2, 3, stride=(2, 1)), nn.Flatten(), nn.Linear(2, 2)), (1, 5, 5),
+     "one stride in every direction"),
+    (nn.Sequential(nn.Conv2d(1, 2, 3), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(8, 2)), (1, 8, 8),
+     r"'1' \(AdaptiveAvgPool2d\) is not supported"),
     (Skip(), (4,), "not a plain chain"),
     (nn.Sequential(nn.Conv2d(1, 2, 5), nn.AvgPool2d(2), nn.Tanh(), nn.Flatten(), nn.Linear(8, 2)), (1, 8, 8),
      "not a plain chain"),  # an average before tanh is not tanh then the average: the function check refuses it
@@ -133,3 +141,17 @@ def test_state_dicts_with_normalization_layers_keep_their_function(norm, kw):
         state = {k: v for k, v in net.state_dict().items() if not k.startswith("norms.0.")}
         with pytest.raises(PeaceError, match="after every hidden layer"):
             from_state_dict(state, config)
+
+
+def test_a_state_dict_says_strides_and_global_pool_through_its_config():
+    """The weights of a strided CNN with a global average do not say either; the model config does, and a
+    config that says neither is refused with the form PEACE reads CNNs in."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 16, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(16, 8, 3, stride=2, padding=1),
+                        nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)).eval()
+    cfg = {"activation": "relu", "input_shape": [1, 28, 28], "pool": "none"}
+    m = from_state_dict(net.state_dict(), {**cfg, "strides": [2, 2], "global_pool": "avg"})
+    x = torch.randn(3, 1, 28, 28)
+    torch.testing.assert_close(forward(m.spec, {k: v[None] for k, v in m.params.items()}, x)[0], net(x))
+    with pytest.raises(PeaceError, match=r"needs \(10, 6272\).*\"strides\": \[2, 2, 2\].*\"global_pool\": \"avg\""):
+        from_state_dict(net.state_dict(), cfg)

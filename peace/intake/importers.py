@@ -69,7 +69,9 @@ WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth")
 
 CNN_FORM = ("PEACE reads CNNs as conv -> activation -> pool blocks, then one flatten: padding 'same' (k // 2) unless "
             "the model config says \"padding\": \"valid\", one pooling for all blocks (\"pool\") or one per block "
-            "(\"pools\": [\"max\", \"max\", \"none\"]); a max pool before a monotone activation is the same")
+            "(\"pools\": [\"max\", \"max\", \"none\"]), stride 1 unless \"strides\": [2, 2, 2], and a global "
+            "average before the flatten with \"global_pool\": \"avg\"; a max pool before a monotone activation is "
+            "the same")
 _WRAPPERS = ("state_dict", "model_state_dict", "model", "weights")  # common checkpoint layouts around a state dict
 
 

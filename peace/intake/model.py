@@ -49,7 +49,8 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 SUPPORTED_MODULES = ("Linear", "Conv1d", "Conv2d", "BatchNorm1d/2d (right after a Linear / Conv: folded into it)",
                      "ReLU", "LeakyReLU(0.01)", "Tanh", "Sigmoid", "GELU", "Identity", "AvgPool1d/2d(2)",
-                     "MaxPool1d/2d(2)", "Flatten", "Dropout")
+                     "MaxPool1d/2d(2)", "AdaptiveAvgPool/AdaptiveMaxPool1d/2d(1) (after the last conv)", "Flatten",
+                     "Dropout")
 
 
 @dataclass

@@ -22,6 +22,8 @@ _ACTIVATION_MODULES = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", 
 
 
 _POOLS = {nn.AvgPool1d: "avg", nn.AvgPool2d: "avg", nn.MaxPool1d: "max", nn.MaxPool2d: "max"}
+_GLOBAL_POOLS = {nn.AdaptiveAvgPool1d: "avg", nn.AdaptiveAvgPool2d: "avg", nn.AdaptiveMaxPool1d: "max",
+                 nn.AdaptiveMaxPool2d: "max"}  # with output size 1: a global pool before the flatten
 
 
 def _batchnorm_tensors(m: nn.Module) -> dict[str, Tensor]:
@@ -40,6 +42,10 @@ def _weight_bias(m: nn.Module) -> tuple[Tensor, Tensor | None]:
 
 def _all_two(v) -> bool:
     return set(v if isinstance(v, (tuple, list)) else (v,)) == {2}
+
+
+def _all_one(v) -> bool:
+    return set(v if isinstance(v, (tuple, list)) else (v,)) == {1}
 
 
 def _leaves(module: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -68,7 +74,7 @@ def from_module(module: nn.Module, input_shape: tuple[int, ...]) -> tuple[ArchSp
     acts, paddings = found["activation"], found["padding"]
     convs = [m for _, m in weights if not isinstance(m, nn.Linear)]
     pools = [found["pools"].get(i, "none") for i in range(len(convs))]  # the pooling after each conv, if any
-    kernels = [m.kernel_size[0] for m in convs]
+    kernels, strides = [m.kernel_size[0] for m in convs], [m.stride[0] for m in convs]
     linears = [m for _, m in weights if isinstance(m, nn.Linear)]
     family = "mlp" if not convs else ("cnn1d" if isinstance(convs[0], nn.Conv1d) else "cnn2d")
     spec = ArchSpec(
@@ -78,7 +84,8 @@ def from_module(module: nn.Module, input_shape: tuple[int, ...]) -> tuple[ArchSp
         activation=acts.pop() if acts else "identity", bias=pairs[0][1] is not None,
         kernel_size=kernels[0] if kernels else 3, kernels=tuple(kernels) if len(set(kernels)) > 1 else (),
         pool=pools[0] if len(set(pools)) == 1 else "avg" if not convs else "none",
-        pools=tuple(pools) if len(set(pools)) > 1 else (), padding=paddings.pop() if paddings else "same")
+        pools=tuple(pools) if len(set(pools)) > 1 else (), padding=paddings.pop() if paddings else "same",
+        strides=tuple(strides) if set(strides) - {1} else (), global_pool=found["global_pool"])
     params = {}
     for layer, (w, b) in zip(spec.layers, pairs):
         if tuple(w.shape) != layer.weight_shape:
@@ -95,7 +102,7 @@ def _walk_chain(module: nn.Module) -> tuple[list, dict[int, tuple[Tensor, Tensor
     """A plain chain's weight layers in order, the BatchNorms folded into them (by layer position), the
     activations and conv paddings seen (one of each allowed) and the pooling after each conv; refuses any other
     layer."""
-    weights, acts, paddings, pools = [], set(), set(), {}
+    weights, acts, paddings, pools, found_global = [], set(), set(), {}, {}
     folded: dict[int, tuple[Tensor, Tensor]] = {}  # weight layer -> its weight and bias with a BatchNorm folded in
     previous = None
     for name, m in _leaves(module):
@@ -110,10 +117,10 @@ def _walk_chain(module: nn.Module) -> tuple[list, dict[int, tuple[Tensor, Tensor
             if isinstance(m, (nn.Conv1d, nn.Conv2d)):
                 k = m.kernel_size[0]
                 same = m.padding in ((k // 2,) * len(m.kernel_size), "same") and k % 2
-                if (set(m.kernel_size) != {k} or set(m.stride) != {1} or set(m.dilation) != {1} or m.groups != 1
+                if (set(m.kernel_size) != {k} or len(set(m.stride)) != 1 or set(m.dilation) != {1} or m.groups != 1
                         or not (same or m.padding in ((0,) * len(m.kernel_size), "valid"))):
-                    raise PeaceError(f"layer {name!r} ({m}) is not supported: convolutions must be square, stride 1, "
-                                     f"dilation 1, groups 1, with 'same' (k // 2) or no padding")
+                    raise PeaceError(f"layer {name!r} ({m}) is not supported: convolutions must be square, one stride "
+                                     f"in every direction, dilation 1, groups 1, with 'same' (k // 2) or no padding")
                 paddings.add("same" if same else "valid")
             weights.append((name, m))
         elif type(m) in _ACTIVATION_MODULES:
@@ -123,6 +130,9 @@ def _walk_chain(module: nn.Module) -> tuple[list, dict[int, tuple[Tensor, Tensor
         elif (type(m) in _POOLS and _all_two(m.kernel_size) and (m.stride is None or _all_two(m.stride))
               and weights and not isinstance(weights[-1][1], nn.Linear) and len(weights) - 1 not in pools):
             pools[len(weights) - 1] = _POOLS[type(m)]
+        elif (type(m) in _GLOBAL_POOLS and _all_one(m.output_size) and weights
+              and not isinstance(weights[-1][1], nn.Linear) and "global" not in found_global):
+            found_global["global"] = _GLOBAL_POOLS[type(m)]
         elif not isinstance(m, (nn.Flatten, nn.Dropout)):
             raise PeaceError(f"layer {name!r} ({type(m).__name__}) is not supported; supported layers: "
                              f"{', '.join(SUPPORTED_MODULES)}")
@@ -131,7 +141,8 @@ def _walk_chain(module: nn.Module) -> tuple[list, dict[int, tuple[Tensor, Tensor
     for what, seen in (("activation", acts), ("padding", paddings)):
         if len(seen) > 1:
             raise PeaceError(f"mixed {what}s {sorted(map(str, seen))} in one network are not supported")
-    return weights, folded, {"activation": acts, "padding": paddings, "pools": pools}
+    return weights, folded, {"activation": acts, "padding": paddings, "pools": pools,
+                             "global_pool": found_global.get("global", "none")}
 
 
 def _check_function(module: nn.Module, spec: ArchSpec, params: dict[str, Tensor], input_shape: tuple[int, ...],

@@ -42,8 +42,9 @@ PADDINGS = ("same", "valid")
 CHAINS = ("cnn1d", "cnn2d")
 FAMILY_KEYS = {"blocks": ("resnet", "vit"), "stem_kernel": ("resnet",), "stem_stride": ("resnet",),
                "stem_pool": ("resnet",), "heads": ("vit",), "padding": CHAINS, "kernels": CHAINS,
-               "pools": CHAINS}  # fields only some families use
-OPTIONAL_KEYS = ("padding", "kernels", "pools")  # left out of to_dict at their defaults: specs written before stay
+               "pools": CHAINS, "strides": CHAINS, "global_pool": CHAINS}  # fields only some families use
+OPTIONAL_KEYS = ("padding", "kernels", "pools", "strides", "global_pool")  # left out of to_dict at their defaults:
+# specs written before stay as they were
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,9 @@ class ArchSpec:
     ``vit``, :mod:`peace.nets.transformer`): ``kernel_size`` is the patch size, ``blocks`` the depth,
     ``heads`` the attention heads, ``pool`` "cls" (class token) or "avg" (mean over tokens). CNNs made
     elsewhere: ``kernels`` (one size per conv, else ``kernel_size`` for all), ``pools`` (one pooling per
-    conv, else ``pool`` for all) and ``padding`` "valid" (unpadded convolutions; default "same", k // 2).
+    conv, else ``pool`` for all), ``padding`` "valid" (unpadded convolutions; default "same", k // 2),
+    ``strides`` (one per conv; default 1) and ``global_pool`` "avg" or "max" over the last block's positions
+    before the flatten (torch's ``AdaptiveAvgPool2d(1)``).
     """
 
     family: str
@@ -80,6 +83,8 @@ class ArchSpec:
     padding: str = "same"
     kernels: tuple[int, ...] = ()
     pools: tuple[str, ...] = ()
+    strides: tuple[int, ...] = ()
+    global_pool: str = "none"
     layers: tuple[Layer, ...] = field(init=False, repr=False, compare=False)
     extra_shapes: dict[str, tuple[int, ...]] = field(init=False, repr=False, compare=False)
     tensor_sizes: tuple[int, ...] = field(init=False, repr=False, compare=False)
@@ -92,6 +97,7 @@ class ArchSpec:
         object.__setattr__(self, "blocks", tuple(int(b) for b in self.blocks))
         object.__setattr__(self, "kernels", tuple(int(k) for k in self.kernels))
         object.__setattr__(self, "pools", tuple(str(p) for p in self.pools))
+        object.__setattr__(self, "strides", tuple(int(t) for t in self.strides))
         if self.family not in FAMILIES:
             raise unknown("architecture family", self.family, FAMILIES)
         if self.activation not in ACTIVATIONS:
@@ -110,6 +116,8 @@ class ArchSpec:
         for p in self.pools:
             if p not in POOLS[:3]:
                 raise unknown("pool in pools", p, POOLS[:3])
+        if self.global_pool not in POOLS[:3]:
+            raise unknown("global_pool", self.global_pool, POOLS[:3])
         extra = [k for k, fams in FAMILY_KEYS.items()
                  if self.family not in fams and getattr(self, k) != ArchSpec.__dataclass_fields__[k].default]
         if extra:
@@ -146,7 +154,7 @@ class ArchSpec:
                              f"{self.input_shape}; use family 'mlp' for this task")
         if not self.hidden:
             raise PeaceError(f"a {self.family} needs at least one conv layer in hidden")
-        for key in ("kernels", "pools"):
+        for key in ("kernels", "pools", "strides"):
             if getattr(self, key) and len(getattr(self, key)) != len(self.hidden):
                 raise PeaceError(f"{key} names one value per conv layer: {len(self.hidden)} (hidden={list(self.hidden)}), "
                                  f"got {list(getattr(self, key))}")
@@ -154,9 +162,12 @@ class ArchSpec:
         for k in self.conv_kernels:
             if k < 1 or (same and k % 2 == 0):
                 raise PeaceError(f"kernel sizes must be positive{' and odd (same padding)' if same else ''}, got {k}")
+        if any(t < 1 for t in self.conv_strides):
+            raise PeaceError(f"strides must be positive, got {list(self.strides)}")
         channels, sizes = self.input_shape[0], self.conv_output_sizes()
-        for i, (c, k) in enumerate(zip(self.hidden, self.conv_kernels)):
-            layers.append(Layer(i, f"conv{ndim}d", channels, c, (k,) * ndim, self.bias, padding=None if same else 0))
+        for i, (c, k, t) in enumerate(zip(self.hidden, self.conv_kernels, self.conv_strides)):
+            layers.append(Layer(i, f"conv{ndim}d", channels, c, (k,) * ndim, self.bias, stride=t,
+                                padding=None if same else 0))
             channels = c
             if min(sizes[i]) < 1:
                 raise PeaceError(f"impossible shape: the conv layers shrink an input of {self.input_shape[1:]} to "
@@ -178,13 +189,21 @@ class ArchSpec:
         """A CNN's pooling after each conv layer (after its activation)."""
         return self.pools or (self.pool,) * len(self.hidden)
 
+    @property
+    def conv_strides(self) -> tuple[int, ...]:
+        """A CNN's stride per conv layer."""
+        return self.strides or (1,) * len(self.hidden)
+
     def conv_output_sizes(self) -> list[tuple[int, ...]]:
-        """A CNN's spatial size after each conv layer and its pooling."""
+        """A CNN's spatial size after each conv layer and its pooling (the last: after the global pool too)."""
         out, spatial = [], tuple(self.input_shape[1:])
-        for k, pool in zip(self.conv_kernels, self.conv_pools):
-            spatial = tuple(s if self.padding == "same" else s - k + 1 for s in spatial)
+        for k, t, pool in zip(self.conv_kernels, self.conv_strides, self.conv_pools):
+            pad = k // 2 if self.padding == "same" else 0
+            spatial = tuple((s + 2 * pad - k) // t + 1 for s in spatial)
             spatial = tuple(s // 2 for s in spatial) if pool != "none" else spatial
             out.append(spatial)
+        if out and self.global_pool != "none":
+            out[-1] = (1,) * len(spatial)
         return out
 
     # --- descriptions ---------------------------------------------------------------------------
@@ -242,6 +261,8 @@ class ArchSpec:
             s = "c" + "-".join(map(str, self.hidden)) + ("/" + "-".join(map(str, self.fc_hidden)) if self.fc_hidden else "")
             s += f"/k{'-'.join(map(str, self.kernels)) or self.kernel_size}/{'-'.join(self.pools) or self.pool}"
             s += "/valid" if self.padding == "valid" else ""
+            s += f"/s{'-'.join(map(str, self.strides))}" if self.strides else ""
+            s += f"/global-{self.global_pool}" if self.global_pool != "none" else ""
         return f"{self.family} {s} {self.activation}" + ("" if self.bias else " nobias") + {"none": "", "batch": " bn", "layer": " ln"}[self.norm]
 
 
@@ -252,6 +273,14 @@ def _pool(h: Tensor, kind: str, ndim: int) -> Tensor:
         return h
     fn = {("avg", 1): F.avg_pool1d, ("max", 1): F.max_pool1d, ("avg", 2): F.avg_pool2d, ("max", 2): F.max_pool2d}
     return fn[(kind, ndim)](h, 2)
+
+
+def _global_pool(h: Tensor, kind: str) -> Tensor:
+    """(N, C, *spatial) -> (N, C, 1, ...): the mean or max over positions (``ArchSpec.global_pool``)."""
+    if kind == "none":
+        return h
+    dims = tuple(range(2, h.dim()))
+    return h.mean(dims, keepdim=True) if kind == "avg" else h.amax(dims, keepdim=True)
 
 
 def forward(spec: ArchSpec, params: dict[str, Tensor], x: Tensor,
@@ -285,13 +314,15 @@ def forward(spec: ArchSpec, params: dict[str, Tensor], x: Tensor,
             h = h.reshape(P, B, -1)
             h = torch.bmm(h, w.transpose(1, 2)) if b is None else torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
         else:
-            h = conv(h, w, b, padding=layer.padding)
+            h = conv(h, w, b, stride=layer.stride, padding=layer.padding)
         if layer.norm:
             h = normalize(h, params, layer, train, seen)
         if layer.index < n - 1:
             h = act(h)
             if layer.kind != "linear":
                 h = _pool(h.reshape(P * B, *h.shape[2:]), spec.conv_pools[layer.index], len(layer.kernel))
+                if layer.index == len(spec.hidden) - 1:
+                    h = _global_pool(h, spec.global_pool)
                 h = h.reshape(P, B, *h.shape[1:])
             if dropout_masks is not None and dropout_masks[layer.index] is not None:
                 h = h * dropout_masks[layer.index]
@@ -310,7 +341,7 @@ class PeaceNet(nn.Module):
                 mods.append(nn.Linear(layer.in_features, layer.out_features, bias=layer.bias))
             else:
                 conv = nn.Conv1d if layer.kind == "conv1d" else nn.Conv2d
-                mods.append(conv(layer.in_features, layer.out_features, layer.kernel[0],
+                mods.append(conv(layer.in_features, layer.out_features, layer.kernel[0], stride=layer.stride,
                                  padding=layer.kernel[0] // 2 if layer.padding is None else layer.padding, bias=layer.bias))
         self.layers = nn.ModuleList(mods)
         if spec.norm == "batch":
@@ -333,6 +364,8 @@ class PeaceNet(nn.Module):
                 x = act(x)
                 if layer.kind != "linear":
                     x = _pool(x, self.spec.conv_pools[layer.index], len(layer.kernel))
+                    if layer.index == len(self.spec.hidden) - 1:
+                        x = _global_pool(x, self.spec.global_pool)
                 if dropout_masks is not None and dropout_masks[layer.index] is not None:
                     x = x * dropout_masks[layer.index]
         return x

@@ -78,7 +78,7 @@ def unit_groups(spec: ArchSpec) -> list[UnitGroup]:
 
 
 def _has_max_pool(spec: ArchSpec) -> bool:
-    return (spec.family in ("cnn1d", "cnn2d") and "max" in spec.conv_pools) or spec.stem_pool == "max"
+    return (spec.family in ("cnn1d", "cnn2d") and "max" in (*spec.conv_pools, spec.global_pool)) or spec.stem_pool == "max"
 
 
 def allowed(spec: ArchSpec) -> dict[str, bool]:
