@@ -78,6 +78,9 @@ def test_a_published_zoo_becomes_a_zoo_of_lineages_with_its_cards_and_results(tm
         saved = states[f"NN_tune_trainable_{r.seed:05d}"][r.epoch]
         torch.testing.assert_close(z.weights(r.Index)["layers.0.weight"], saved["module_list.0.weight"])
         torch.testing.assert_close(z.weights(r.Index)["layers.1.weight"], saved["module_list.2.weight"])
+    _trial(tmp_path / "tetris", "t", 0, epochs=1)  # named after a PEACE task, trained on other data
+    named = run_peace("zoo", "add", "--new", tmp_path / "tz", tmp_path / "tetris")
+    assert "recorded as 'tetris-zoo'" in named.stdout and (Zoo(tmp_path / "tz").manifest["task"] == "tetris-zoo").all()
     before = (zoo / "manifest.parquet").read_bytes()
     again = run_peace("zoo", "add", zoo, src, check=False)  # a run's shard is written once: never overwritten
     assert again.returncode == 2 and "is already in the zoo" in again.stderr

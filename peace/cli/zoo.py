@@ -77,6 +77,7 @@ def _tune_models(args: argparse.Namespace) -> tuple[list, list[tuple[str, int]]]
     from peace.core.paths import SAFE_NAME
     from peace.intake.sandbox import load_models_isolated
     from peace.intake.tune import is_tune_zoo, tune_checkpoints
+    from peace.zoo.tasks import is_task
 
     mixed = [str(p) for p in args.models if not is_tune_zoo(p)]
     if mixed:
@@ -85,6 +86,10 @@ def _tune_models(args: argparse.Namespace) -> tuple[list, list[tuple[str, int]]]
     checkpoints = []
     for root in args.models:
         label = root.resolve().name if SAFE_NAME.fullmatch(root.resolve().name) else "imported"
+        if is_task(label) and not args.task:  # a zoo named after a PEACE task was trained on its own data, not PEACE's
+            print(f"note: the task of {root}'s models is recorded as {label + '-zoo'!r}: PEACE's own {label!r} task "
+                  f"has other data (name a PEACE task with --task only to measure the models on it)")
+            label += "-zoo"
         for c in tune_checkpoints(root):
             checkpoints.append(replace(c, metadata={"task": label, **c.metadata}))
     configs: dict[str, list[int]] = {}  # one reading per importer config (a trial's activation, ...)
