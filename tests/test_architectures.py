@@ -47,6 +47,7 @@ def test_flatten_boundary_recorded():
     (dict(family="cnn1d", input_shape=(1, 40), hidden=(2, 2), strides=(2,)), "strides names one value per conv layer"),
     (dict(family="cnn1d", input_shape=(1, 40), hidden=(2,), strides=(0,)), "strides must be positive"),
     (dict(family="cnn1d", input_shape=(1, 40), global_pool="sum"), "unknown global_pool 'sum'"),
+    (dict(family="cnn1d", input_shape=(1, 4), kernels=(5,), padding="valid", global_pool="avg"), "impossible shape"),
     (dict(hidden=(0,)), "must be positive"),
 ])
 def test_bad_architectures_are_named(kw, msg):

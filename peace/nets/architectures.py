@@ -202,7 +202,7 @@ class ArchSpec:
             spatial = tuple((s + 2 * pad - k) // t + 1 for s in spatial)
             spatial = tuple(s // 2 for s in spatial) if pool != "none" else spatial
             out.append(spatial)
-        if out and self.global_pool != "none":
+        if out and self.global_pool != "none" and min(spatial) >= 1:  # an impossible shape stays one
             out[-1] = (1,) * len(spatial)
         return out
 
