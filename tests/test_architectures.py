@@ -64,6 +64,18 @@ def test_spec_round_trips_through_dict():
     assert set(ACTIVATIONS) == {"relu", "leaky_relu", "tanh", "sigmoid", "gelu", "identity"}
 
 
+def _computes_what_torch_computes(spec: ArchSpec, net: nn.Sequential) -> None:
+    """``net``'s weights under ``spec``'s names: PEACE's population forward and its PeaceNet give torch's outputs."""
+    weights = [m for m in net if isinstance(m, (nn.Conv2d, nn.Linear))]
+    params = {k: v for layer, m in zip(spec.layers, weights)
+              for k, v in ((layer.weight_name, m.weight.detach()), (layer.bias_name, m.bias.detach()))}
+    x = torch.randn(4, *spec.input_shape)
+    torch.testing.assert_close(forward(spec, {k: v[None] for k, v in params.items()}, x)[0], net(x), atol=1e-6, rtol=1e-6)
+    peace = PeaceNet(spec)
+    peace.load_state_dict(params)
+    torch.testing.assert_close(peace(x), net(x), atol=1e-6, rtol=1e-6)
+
+
 def test_cnns_made_elsewhere_unpadded_with_kernels_and_pools_per_layer():
     """The published zoos' CNN (and torch's default): unpadded convolutions of kernels 5, 5 and 2, each max-pooled
     before its activation but the last; PEACE's act-then-pool reading computes the same (max commutes with tanh)."""
@@ -73,14 +85,7 @@ def test_cnns_made_elsewhere_unpadded_with_kernels_and_pools_per_layer():
     spec = ArchSpec("cnn2d", (1, 28, 28), 10, hidden=(8, 6, 4), fc_hidden=(20,), activation="tanh", kernels=(5, 5, 2),
                     pools=("max", "max", "none"), padding="valid")
     assert spec.describe() == "cnn2d c8-6-4/20/k5-5-2/max-max-none/valid tanh" and spec.layers[3].flatten_from == (4, 3, 3)
-    weights = [m for m in net if isinstance(m, (nn.Conv2d, nn.Linear))]
-    params = {k: v for layer, m in zip(spec.layers, weights)
-              for k, v in ((layer.weight_name, m.weight.detach()), (layer.bias_name, m.bias.detach()))}
-    x = torch.randn(6, 1, 28, 28)
-    torch.testing.assert_close(forward(spec, {k: v[None] for k, v in params.items()}, x)[0], net(x), atol=1e-6, rtol=1e-6)
-    peace = PeaceNet(spec)
-    peace.load_state_dict(params)
-    torch.testing.assert_close(peace(x), net(x), atol=1e-6, rtol=1e-6)
+    _computes_what_torch_computes(spec, net)
     assert ArchSpec.from_dict(spec.to_dict()) == spec and hidden_shapes(spec, 2)[:3] == [(2, 8, 12, 12), (2, 6, 4, 4),
                                                                                        (2, 4, 3, 3)]
     # at their defaults the new keys are left out: every spec written before (manifests, run ids) reads the same
@@ -97,13 +102,6 @@ def test_strided_cnns_with_a_global_average_before_the_head():
     spec = ArchSpec("cnn2d", (1, 28, 28), 10, hidden=(16, 16, 16), pool="none", strides=(2, 2, 2), global_pool="avg")
     assert spec.n_params == 4970 and spec.describe() == "cnn2d c16-16-16/k3/none/s2-2-2/global-avg relu"
     assert spec.layers[3].flatten_from == (16, 1, 1) and hidden_shapes(spec, 1)[1] == (1, 16, 7, 7)
-    weights = [m for m in net if isinstance(m, (nn.Conv2d, nn.Linear))]
-    params = {k: v for layer, m in zip(spec.layers, weights)
-              for k, v in ((layer.weight_name, m.weight.detach()), (layer.bias_name, m.bias.detach()))}
-    x = torch.randn(4, 1, 28, 28)
-    torch.testing.assert_close(forward(spec, {k: v[None] for k, v in params.items()}, x)[0], net(x), atol=1e-6, rtol=1e-6)
-    peace = PeaceNet(spec)
-    peace.load_state_dict(params)
-    torch.testing.assert_close(peace(x), net(x), atol=1e-6, rtol=1e-6)
+    _computes_what_torch_computes(spec, net)
     assert ArchSpec.from_dict(spec.to_dict()) == spec
     assert set(ArchSpec("cnn1d", (1, 8), 3, hidden=(2,)).to_dict()).isdisjoint({"strides", "global_pool"})
