@@ -35,8 +35,8 @@ def _function_check(spec, check: pd.DataFrame, advice: str | None) -> None:
 def _closeness(ex: Explorer, hits: pd.DataFrame, check: pd.DataFrame) -> None:
     """How close the query is to the zoo, against how close zoo models are to each other, and which zoo task
     the network solves on data: a weak match must look weak."""
-    nearest, typical = float(hits["cosine"].iloc[0]), ex.typical_nearest_cosine
-    weak = nearest < typical - 0.1
+    nearest, typical = float(hits["cosine"].iloc[0]), ex.es.typical_nearest_cosine
+    weak = ex.es.weak_match(nearest)
     solved = check[check["chosen"]].sort_values("accuracy", ascending=False) if not check.empty else check
     verdict = (f" On the zoo tasks' test data it scores best on {solved['task'].iloc[0]} "
                f"({solved['accuracy'].iloc[0]:.3f}; chance {solved['chance'].iloc[0]:.2f}).") if len(solved) else ""

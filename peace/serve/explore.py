@@ -337,7 +337,7 @@ class Explorer:
 
     def map_position(self, vector: np.ndarray, k: int = 5) -> np.ndarray:
         """2-D map coordinates of an embedding that UMAP never saw: the mean of its k nearest models' (NaN: no map)."""
-        if "umap_2d_x" not in self.table:  # a set embedded with --no-umap
+        if self.map_missing():  # a set embedded with --no-umap
             return np.full(2, np.nan)
         hits = self.es.query(vector, min(k, len(self.es)))
         xy = hits[["umap_2d_x", "umap_2d_y"]].dropna()  # big sets: neighbours off the map's sample do not count
@@ -390,10 +390,6 @@ class Explorer:
             return None
         best = check.loc[check["accuracy"].idxmax()]
         return str(best["activation"]) if best["accuracy"] > best["chance"] + 0.1 else None
-
-    @property
-    def typical_nearest_cosine(self) -> float:
-        return self.es.typical_nearest_cosine
 
     def activation_check(self, spec: ArchSpec, params: dict, max_rows: int = 2_000) -> pd.DataFrame:
         """An imported model's accuracy on the test split of every zoo task with its input and output

@@ -209,8 +209,9 @@ def query_notes(es: EmbeddingSet, spec, hits: pd.DataFrame) -> list[str]:
         notes.append(f"no model of the set maps {space.replace('->', ' inputs to ')} classes (its spaces: "
                      f"{', '.join(es.io_spaces[:8])}{', ...' if len(es.io_spaces) > 8 else ''}): these neighbours share "
                      f"the network's structure, not a task; PEACE compares what models compute within one space")
-    nearest, typical = float(hits["cosine"].iloc[0]), es.typical_nearest_cosine
-    if nearest < typical - 0.1:
+    nearest = float(hits["cosine"].iloc[0])
+    if es.weak_match(nearest):
         notes.append(f"a weak match: the nearest model is at cosine {nearest:.3f}, where the set's models' nearest "
-                     f"neighbours are typically at {typical:.3f} (median); nothing in the set is close to this model")
+                     f"neighbours are typically at {es.typical_nearest_cosine:.3f} (median); nothing in the set is "
+                     f"close to this model")
     return notes

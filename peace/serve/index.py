@@ -31,6 +31,7 @@ __all__ = ["METRIC", "EmbeddingSet", "build_annoy", "check_output_dir", "read_em
 METRIC = "angular"
 PARALLEL_BUILD = 100_000  # items from which an index is built on every core
 SEARCH_EFFORT = 6  # nodes a query inspects per tree and result, in units of Annoy's default (trees * k)
+WEAK_MARGIN = 0.1  # cosine below the set's typical nearest neighbour at which a query's nearest is a weak match
 BASELINES = "baselines.npz"  # optional: what the explorer compares PEACE with (peace.serve.baseline_vectors)
 
 
@@ -138,6 +139,11 @@ class EmbeddingSet:
         cos = unit[rows] @ unit.T
         cos[np.arange(len(rows)), rows] = -np.inf  # not itself
         return float(np.median(cos.max(1)))
+
+    def weak_match(self, cosine: float) -> bool:
+        """Whether a query's nearest model, at ``cosine``, is far by the set's own standard: more than
+        ``WEAK_MARGIN`` below ``typical_nearest_cosine``."""
+        return cosine < self.typical_nearest_cosine - WEAK_MARGIN
 
     @functools.cached_property
     def io_spaces(self) -> list[str]:
