@@ -164,9 +164,10 @@ def _chained_layers(tensors: dict[str, Tensor], source: str, bn_eps: float, laye
                     ) -> tuple[list[tuple[str, Tensor, Tensor | None]], dict[int, dict[str, Tensor]], int]:
     """``_layers`` in name order or, where that does not chain, in the order the file saved them (a
     module's definition order: ``input_fc``, ``hidden_fc``, ``output_fc``), and the number of convolutions."""
+    named = None
     try:
-        layers, norms = _layers(tensors, source, bn_eps, layer_norm, by_name=True)
-        return layers, norms, _convolutions(layers, source)
+        named = _layers(tensors, source, bn_eps, layer_norm, by_name=True)
+        return (*named, _convolutions(named[0], source))
     except PeaceError as e:
         first = e
     try:
@@ -174,8 +175,8 @@ def _chained_layers(tensors: dict[str, Tensor], source: str, bn_eps: float, laye
         return layers, norms, _convolutions(layers, source)
     except PeaceError:
         pass
-    if all(v.ndim > 1 for k, v in tensors.items() if not k.endswith("bias")):  # no norm layers: shapes may say
-        chain = _shape_chain(_layers(tensors, source, bn_eps, by_name=True)[0])
+    if named and all(v.ndim > 1 for k, v in tensors.items() if not k.endswith("bias")):
+        chain = _shape_chain(named[0])  # no norm layers to place: the shapes alone may say the order
         if chain:
             return chain, {}, _convolutions(chain, source)
     raise PeaceError(f"{first} (layers read in name order, in the order the file saved them, and by their "

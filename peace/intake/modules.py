@@ -40,12 +40,9 @@ def _weight_bias(m: nn.Module) -> tuple[Tensor, Tensor | None]:
     return m.weight.detach().float(), None if m.bias is None else m.bias.detach().float()
 
 
-def _all_two(v) -> bool:
-    return set(v if isinstance(v, (tuple, list)) else (v,)) == {2}
-
-
-def _all_one(v) -> bool:
-    return set(v if isinstance(v, (tuple, list)) else (v,)) == {1}
+def _all_are(v, n: int) -> bool:
+    """A module's size argument (an int or one per dimension) is ``n`` in every dimension."""
+    return set(v if isinstance(v, (tuple, list)) else (v,)) == {n}
 
 
 def _leaves(module: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -102,7 +99,7 @@ def _walk_chain(module: nn.Module) -> tuple[list, dict[int, tuple[Tensor, Tensor
     """A plain chain's weight layers in order, the BatchNorms folded into them (by layer position), the
     activations and conv paddings seen (one of each allowed) and the pooling after each conv; refuses any other
     layer."""
-    weights, acts, paddings, pools, found_global = [], set(), set(), {}, {}
+    weights, acts, paddings, pools, global_pool = [], set(), set(), {}, "none"
     folded: dict[int, tuple[Tensor, Tensor]] = {}  # weight layer -> its weight and bias with a BatchNorm folded in
     previous = None
     for name, m in _leaves(module):
@@ -127,12 +124,12 @@ def _walk_chain(module: nn.Module) -> tuple[list, dict[int, tuple[Tensor, Tensor
             acts.add(_ACTIVATION_MODULES[type(m)])
         elif isinstance(m, nn.LeakyReLU) and m.negative_slope == 0.01:
             acts.add("leaky_relu")
-        elif (type(m) in _POOLS and _all_two(m.kernel_size) and (m.stride is None or _all_two(m.stride))
+        elif (type(m) in _POOLS and _all_are(m.kernel_size, 2) and (m.stride is None or _all_are(m.stride, 2))
               and weights and not isinstance(weights[-1][1], nn.Linear) and len(weights) - 1 not in pools):
             pools[len(weights) - 1] = _POOLS[type(m)]
-        elif (type(m) in _GLOBAL_POOLS and _all_one(m.output_size) and weights
-              and not isinstance(weights[-1][1], nn.Linear) and "global" not in found_global):
-            found_global["global"] = _GLOBAL_POOLS[type(m)]
+        elif (type(m) in _GLOBAL_POOLS and _all_are(m.output_size, 1) and weights
+              and not isinstance(weights[-1][1], nn.Linear) and global_pool == "none"):
+            global_pool = _GLOBAL_POOLS[type(m)]
         elif not isinstance(m, (nn.Flatten, nn.Dropout)):
             raise PeaceError(f"layer {name!r} ({type(m).__name__}) is not supported; supported layers: "
                              f"{', '.join(SUPPORTED_MODULES)}")
@@ -141,8 +138,7 @@ def _walk_chain(module: nn.Module) -> tuple[list, dict[int, tuple[Tensor, Tensor
     for what, seen in (("activation", acts), ("padding", paddings)):
         if len(seen) > 1:
             raise PeaceError(f"mixed {what}s {sorted(map(str, seen))} in one network are not supported")
-    return weights, folded, {"activation": acts, "padding": paddings, "pools": pools,
-                             "global_pool": found_global.get("global", "none")}
+    return weights, folded, {"activation": acts, "padding": paddings, "pools": pools, "global_pool": global_pool}
 
 
 def _check_function(module: nn.Module, spec: ArchSpec, params: dict[str, Tensor], input_shape: tuple[int, ...],
