@@ -163,7 +163,8 @@ def _prefix_key(prefix: str, prefixes: dict) -> list:
 def _chained_layers(tensors: dict[str, Tensor], source: str, bn_eps: float, layer_norm: bool
                     ) -> tuple[list[tuple[str, Tensor, Tensor | None]], dict[int, dict[str, Tensor]], int]:
     """``_layers`` in name order or, where that does not chain, in the order the file saved them (a
-    module's definition order: ``input_fc``, ``hidden_fc``, ``output_fc``), and the number of convolutions."""
+    module's definition order: ``input_fc``, ``hidden_fc``, ``output_fc``), or, without norm layers, the one
+    order the shapes chain in (``_shape_chain``); and the number of convolutions."""
     named = None
     try:
         named = _layers(tensors, source, bn_eps, layer_norm, by_name=True)

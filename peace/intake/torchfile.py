@@ -110,12 +110,13 @@ _GLOBALS = {("collections", "OrderedDict"): collections.OrderedDict,
             ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter_with_state}
 
 
-_WHOLE_MODEL = " (a whole model, saved with torch.save(model))"
-
-
-def _model_class(dotted: str) -> bool:
-    """A torch module, or a class of the script that saved the file: what pickling a whole model names."""
-    return dotted.startswith(("torch.nn.", "__main__."))
+def _objects_refused(source: str, objects: list[str]) -> PeaceError:
+    """The refusal of a file that names Python objects (``module.name``), saying so where they are a whole model
+    (a torch module, or a class of the script that saved it: what ``torch.save(model)`` pickles)."""
+    whole = any(o.startswith(("torch.nn.", "__main__.")) for o in objects)
+    return PeaceError(f"{source}: refused: the file stores Python objects ({', '.join(objects[:3])}), not only tensors"
+                      f"{' (a whole model, saved with torch.save(model))' if whole else ''}, and PEACE never unpickles "
+                      f"code or objects from model files. {PLAIN}")
 
 
 def _allowed(dotted: str) -> bool:
@@ -136,9 +137,7 @@ class _Unpickler(pickle.Unpickler):
         if name in _REFUSED:
             raise PeaceError(f"{self.source}: refused: the file holds {_REFUSED[name]} ({module}.{name}); PEACE reads "
                              f"dense tensors of numbers only. {PLAIN}")
-        whole = _WHOLE_MODEL if _model_class(f"{module}.{name}") else ""
-        raise PeaceError(f"{self.source}: refused: the file stores Python objects ({module}.{name}), not only "
-                         f"tensors{whole}, and PEACE never unpickles code or objects from model files. {PLAIN}")
+        raise _objects_refused(self.source, [f"{module}.{name}"])
 
     def persistent_load(self, pid: Any) -> _Storage:
         # zip format: ('storage', type, key, location, numel); legacy: the same plus view metadata (None)
@@ -198,9 +197,7 @@ def _unpickle(stream: IO[bytes], source: str) -> tuple[Any, list[_TensorRef], li
             if op.name not in _OPCODES:
                 objects = [g for g in named if not _allowed(g)]
                 if objects:  # say what the file holds, not only which opcode gave it away
-                    raise PeaceError(f"{source}: refused: the file stores Python objects ({', '.join(objects[:3])}), not "
-                                     f"only tensors{_WHOLE_MODEL if any(map(_model_class, objects)) else ''}, "
-                                     f"and PEACE never unpickles code or objects from model files. {PLAIN}")
+                    raise _objects_refused(source, objects)
                 raise PeaceError(f"{source}: refused: pickle opcode {op.name} at byte {pos} is not used by plain "
                                  f"state dicts. {PLAIN}")
             if op.name in _MEMO_OPS and arg > n_ops:  # the C unpickler sizes its memo table to the index

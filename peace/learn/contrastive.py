@@ -177,11 +177,11 @@ def build_views(rows: pd.DataFrame, weights: dict[str, dict[str, Tensor]], cfg: 
     if not (cfg.pruned or cfg.distilled):
         return views
     groups = _view_groups(rows)
-    unheld = sorted({key[1] for key in groups if not is_task(key[1])})
+    unheld = {key[1] for key in groups if not is_task(key[1])}
     if unheld:  # models of a zoo made elsewhere: their task's data is not here to fine-tune or distil on
         warnings.warn(f"pruned and distilled views need a task's training data, which PEACE does not hold for "
-                      f"{', '.join(map(str, unheld))}; those models train with the other views", stacklevel=2)
-        groups = {key: g for key, g in groups.items() if is_task(key[1])}
+                      f"{', '.join(sorted(map(str, unheld)))}; those models train with the other views", stacklevel=2)
+        groups = {key: g for key, g in groups.items() if key[1] not in unheld}
     for key, g in tqdm(groups.items(), desc="positive views", disable=not progress, leave=False):
         tag = json.dumps([key, list(g["model_id"]), cfg.pruned, cfg.prune_fraction, cfg.prune_epochs, cfg.distilled,
                           cfg.distill_epochs, seed], default=str)

@@ -127,7 +127,7 @@ def _add(zoo: Zoo, models: list, task: str | None, the_task: Task | None, group:
     if lineages is not None and len(lineages) != len(models):
         raise ValueError(f"{len(lineages)} lineages for {len(models)} models")
     last: dict[str, int] = {}
-    existing_runs = set(zoo.manifest["run_id"])
+    existing_runs = set(zoo.manifest["run_id"]) if lineages else set()  # named runs are written whole, once
     for name, epoch in lineages or []:
         last[name] = max(epoch, last.get(name, 0))
     for i, m in enumerate(models):
