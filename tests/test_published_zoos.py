@@ -65,7 +65,7 @@ def test_a_published_zoo_becomes_a_zoo_of_lineages_with_its_cards_and_results(tm
 
     zoo = tmp_path / "zoo"
     p = run_peace("zoo", "add", "--new", zoo, src)
-    assert "read 12 checkpoints of 3 trials" in p.stdout
+    assert "read 12 checkpoints of 3 runs" in p.stdout
     z = Zoo(zoo)
     m = z.manifest
     assert len(m) == 12 and m["run_id"].nunique() == 3 and (m["lineage_id"] == m["run_id"]).all()
@@ -101,7 +101,7 @@ def test_published_zoos_that_peace_cannot_read_are_refused_by_name(tmp_path):
     _trial(tmp_path / "ok", "t", 0)
     torch.save(nn.Linear(16, 4).state_dict(), tmp_path / "file.pt")
     mixed = run_peace("zoo", "add", "--new", tmp_path / "zoo", tmp_path / "ok", tmp_path / "file.pt", check=False)
-    assert mixed.returncode == 2 and "file.pt is not a zoo of trials" in mixed.stderr
+    assert mixed.returncode == 2 and "file.pt is not a published zoo" in mixed.stderr
     (tmp_path / "ok" / "t" / "result.json").write_text('{"training_iteration": 1}\nnot json\n')
     broken = run_peace("zoo", "add", "--new", tmp_path / "zoo", tmp_path / "ok", check=False)
     assert broken.returncode == 2 and "result.json, line 2: not a JSON line of metrics" in broken.stderr

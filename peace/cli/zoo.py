@@ -1,5 +1,5 @@
 """``peace zoo build | info | add``: train a zoo from a recipe, summarize one, add models made elsewhere to one
-(model files, or the published zoos' Ray Tune trials: ``peace.intake.tune``)."""
+(model files, or the published zoos: Ray Tune trials, `peace.intake.tune`; weight matrices, `peace.intake.matrix_zoo`)."""
 from __future__ import annotations
 
 import argparse
@@ -47,11 +47,15 @@ def _zoo_info(args: argparse.Namespace) -> int:
 def _zoo_add(args: argparse.Namespace) -> int:
     from peace.cli import _limits, _model_config
     from peace.intake.sandbox import load_models_isolated
+    from peace.intake.matrix_zoo import is_matrix_zoo
     from peace.intake.tune import is_tune_zoo
     from peace.zoo.imported import add_models
 
-    if any(is_tune_zoo(p) for p in args.models):
-        models, lineages = _tune_models(args)
+    if any(is_tune_zoo(p) or is_matrix_zoo(p) for p in args.models):
+        models, lineages = _published_models(args)
+    elif args.last_only or args.runs:
+        raise PeaceError("--last-only and --runs choose among a published zoo's checkpoints; the models given are "
+                         "model files (add the ones you want)")
     else:
         models, lineages = load_models_isolated(args.models, _model_config(args), _limits(args)), None  # bounded children
     zoo = add_models(args.dir, models, task=args.task, group=args.group, new=args.new, lineages=lineages)
@@ -68,30 +72,68 @@ def _zoo_add(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tune_models(args: argparse.Namespace) -> tuple[list, list[tuple[str, int]]]:
-    """Every checkpoint of zoos in the published zoos' layout (``peace.intake.tune``), read like model files,
-    with each trial's activation, model card and recorded results, and its lineage."""
+def _published_models(args: argparse.Namespace) -> tuple[list, list[tuple[str, int]]]:
+    """The checkpoints of published zoos, each run a lineage, with what their files record (model card, results):
+    Ray Tune trial directories (``peace.intake.tune``) and weight matrices (``peace.intake.matrix_zoo``)."""
+    from peace.intake.matrix_zoo import is_matrix_zoo
+    from peace.intake.tune import is_tune_zoo
+
+    mixed = [str(p) for p in args.models if not is_tune_zoo(p) and not is_matrix_zoo(p)]
+    if mixed:
+        raise PeaceError(f"{mixed[0]} is not a published zoo (a directory of trials: params.json beside "
+                         f"checkpoint_NNNNNN/checkpoints; or weights.npy beside layout.csv) like the other directories "
+                         f"given; add model files and published zoos in separate commands")
+    models, lineages = [], []
+    for root in args.models:
+        m, lin = _matrix_models(root, args) if is_matrix_zoo(root) else _tune_models(root, args)
+        models += m
+        lineages += lin
+    print(f"read {len(models)} checkpoints of {len({name for name, _ in lineages})} runs")
+    return models, lineages
+
+
+def _foreign_task(label: str, root: Path, args: argparse.Namespace) -> str:
+    """The task recorded for a published zoo's models: ``label`` (their dataset or the zoo's directory), with
+    ``-zoo`` added where it names a PEACE task, whose data are not the ones they were trained on."""
+    from peace.zoo.tasks import is_task
+
+    if is_task(label) and not args.task:
+        print(f"note: the task of {root}'s models is recorded as {label + '-zoo'!r}: PEACE's own {label!r} task "
+              f"has other data (name a PEACE task with --task only to measure the models on it)")
+        return label + "-zoo"
+    return label
+
+
+def _matrix_models(root: Path, args: argparse.Namespace) -> tuple[list, list[tuple[str, int]]]:
+    """A weight-matrix zoo's checkpoints (the Small CNN Zoo), with its dataset as their task."""
+    from dataclasses import replace
+
+    from peace.cli import _limits, _model_config
+    from peace.intake.matrix_zoo import read_matrix_zoo
+
+    read = read_matrix_zoo(root, _model_config(args), _limits(args), last_only=args.last_only, runs=args.runs)
+    for note in read.notes:
+        print(f"note: {root}: {note}")
+    tasks = {t: _foreign_task(t, root, args) for t in {m.metadata["task"] for m in read.models}}
+    return [replace(m, metadata={**m.metadata, "task": tasks[m.metadata["task"]]}) for m in read.models], read.lineages
+
+
+def _tune_models(root: Path, args: argparse.Namespace) -> tuple[list, list[tuple[str, int]]]:
+    """A zoo of Ray Tune trials' checkpoints, read like model files, with each trial's activation, model card and
+    recorded results."""
     from dataclasses import replace
 
     from peace.cli import _limits, _model_config
     from peace.core.paths import SAFE_NAME
     from peace.intake.sandbox import load_models_isolated
-    from peace.intake.tune import is_tune_zoo, tune_checkpoints
-    from peace.zoo.tasks import is_task
+    from peace.intake.tune import tune_checkpoints
 
-    mixed = [str(p) for p in args.models if not is_tune_zoo(p)]
-    if mixed:
-        raise PeaceError(f"{mixed[0]} is not a zoo of trials (params.json beside checkpoint_NNNNNN/checkpoints) like the "
-                         f"other directories given; add model files and published zoos in separate commands")
-    checkpoints = []
-    for root in args.models:
-        label = root.resolve().name if SAFE_NAME.fullmatch(root.resolve().name) else "imported"
-        if is_task(label) and not args.task:  # a zoo named after a PEACE task was trained on its own data, not PEACE's
-            print(f"note: the task of {root}'s models is recorded as {label + '-zoo'!r}: PEACE's own {label!r} task "
-                  f"has other data (name a PEACE task with --task only to measure the models on it)")
-            label += "-zoo"
-        for c in tune_checkpoints(root):
-            checkpoints.append(replace(c, metadata={"task": label, **c.metadata}))
+    label = _foreign_task(root.resolve().name if SAFE_NAME.fullmatch(root.resolve().name) else "imported", root, args)
+    checkpoints = tune_checkpoints(root)
+    trials = list(dict.fromkeys(c.trial for c in checkpoints))[:args.runs]
+    last = {c.trial: c.epoch for c in checkpoints}  # epochs come in order
+    checkpoints = [replace(c, metadata={"task": label, **c.metadata}) for c in checkpoints
+                   if c.trial in trials and (not args.last_only or c.epoch == last[c.trial])]
     configs: dict[str, list[int]] = {}  # one reading per importer config (a trial's activation, ...)
     given = _model_config(args)  # the command's options override what the trials say
     for i, c in enumerate(checkpoints):
@@ -100,9 +142,14 @@ def _tune_models(args: argparse.Namespace) -> tuple[list, list[tuple[str, int]]]
     for config, idx in configs.items():
         for i, m in zip(idx, load_models_isolated([checkpoints[i].path for i in idx], json.loads(config), _limits(args))):
             read[i] = replace(m, metadata={**m.metadata, **checkpoints[i].metadata})
-    lineages = [(f"{c.metadata['task']}/{c.trial}", c.epoch) for c in checkpoints]
-    print(f"read {len(checkpoints)} checkpoints of {len({name for name, _ in lineages})} trials")
-    return [read[i] for i in range(len(checkpoints))], lineages
+    return [read[i] for i in range(len(checkpoints))], [(f"{label}/{c.trial}", c.epoch) for c in checkpoints]
+
+
+def _count(text: str) -> int:
+    """--runs: a positive integer."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive integer")
+    return int(text)
 
 
 def add_parser(sub, import_options: Callable, ray_option: Callable) -> None:
@@ -134,11 +181,15 @@ def add_parser(sub, import_options: Callable, ray_option: Callable) -> None:
                         "`peace embed`, `peace query`, `peace rank` and the explorer read like any zoo. A directory "
                         "of Ray Tune trials (params.json, result.json, checkpoint_N/checkpoints: the layout of the "
                         "published model zoos) adds every checkpoint, each trial a lineage, with its recorded "
-                        "accuracy and hyperparameters.")
+                        "accuracy and hyperparameters; so does a directory holding weights.npy, layout.csv and "
+                        "metrics.csv.gz (the Small CNN Zoo of Unterthiner et al.: NFN's and ProbeGen's CIFAR10-GS).")
     a.add_argument("dir", type=Path, help="zoo directory (with --new: a new one)")
     a.add_argument("--new", action="store_true", help="make DIR (absent or empty) a zoo of these models alone")
     a.add_argument("models", nargs="+", type=Path, help="model files or directories, or zoos of Ray Tune trials")
     a.add_argument("--task", help="the PEACE task the models solve (their accuracy is then measured)")
     a.add_argument("--group", default="imported", help="group label in the manifest (default: imported)")
+    a.add_argument("--last-only", action="store_true",
+                   help="of a published zoo, only each run's last checkpoint (what NFN and ProbeGen train on)")
+    a.add_argument("--runs", type=_count, metavar="N", help="of a published zoo, only its first N runs")
     import_options(a)
     a.set_defaults(func=_zoo_add)

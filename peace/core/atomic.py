@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["LOCK_NAME", "atomic_path", "is_temporary", "locked", "read_json_or_none", "remove_temporaries", "sha256_file",
-           "staged_dir", "write_json"]
+           "staged_dir", "sync_all", "write_json"]
 
 _TMP = ".tmp-"  # what marks a writer's temporary file: ".NAME.tmp-PID-RANDOM"
 
@@ -26,23 +26,43 @@ def is_temporary(name: str) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success fsync it and rename it over ``path``."""
+def atomic_path(path: str | os.PathLike, sync: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success fsync it and rename it over ``path``. ``sync=False``
+    leaves the syncing to the caller (``sync_all``, once after thousands of small files)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}{_TMP}{os.getpid()}-{secrets.token_hex(4)}")  # unique per writer and call
     try:
         yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        if sync:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
-        with contextlib.suppress(OSError):  # persist the rename itself
-            dir_fd = os.open(path.parent, os.O_RDONLY)
-            os.fsync(dir_fd)
-            os.close(dir_fd)
+        if sync:
+            _sync_dir(path.parent)  # persist the rename itself
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def _sync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(directory, os.O_RDONLY)
+        os.fsync(dir_fd)
+        os.close(dir_fd)
+
+
+def sync_all(paths: list[Path]) -> None:
+    """Make files written with ``atomic_path(sync=False)`` durable: one ``sync`` of the system where there is one
+    (one flush instead of two fsyncs a file), else each file and its directory."""
+    if hasattr(os, "sync"):
+        os.sync()
+        return
+    for path in paths:
+        with open(path, "rb+") as f:
+            os.fsync(f.fileno())
+    for directory in {p.parent for p in paths}:
+        _sync_dir(directory)
 
 
 def remove_temporaries(directory: str | os.PathLike) -> int:

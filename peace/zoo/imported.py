@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from peace.core.atomic import atomic_path, locked, read_json_or_none, sha256_file, staged_dir, write_json
+from peace.core.atomic import atomic_path, locked, read_json_or_none, sha256_file, staged_dir, sync_all, write_json
 from peace.core.errors import PeaceError
 from peace.core.paths import SAFE_NAME
 from peace.nets.architectures import stack_params
@@ -28,21 +28,22 @@ IDENTITY = ("model_id", "run_id", "population_id", "lineage_id", "parent_id", "s
             "arch_spec")  # what a model file's metadata may not claim: the zoo assigns these
 
 
-def _metadata_columns(meta: dict, manifest: pd.DataFrame, source: str) -> dict:
-    """The metadata entries that fill manifest columns, each checked against the column's type and range
-    (integers fit int64, numbers are finite, text is short and printable, a task is a plain name)."""
+def _metadata_columns(meta: dict, dtypes: dict, source: str) -> dict:
+    """The metadata entries that fill manifest columns (``dtypes``: the manifest's, by column), each checked
+    against the column's type and range (integers fit int64, numbers are finite, text is short and printable, a
+    task is a plain name)."""
     out = {}
     for k, v in meta.items():
         if k in IDENTITY:
             raise PeaceError(f"{source}: metadata may not set {k!r} (the zoo assigns it); remove it from config.json")
-        if k not in manifest.columns:
+        if k not in dtypes:
             continue
-        kind = manifest[k].dtype.kind
+        kind = dtypes[k].kind
         need = {"b": (bool,), "i": (int,), "u": (int,), "f": (int, float)}.get(kind, (str,) if kind in "OSU" else (object,))
         noun = {"b": "true or false", "i": "an integer", "u": "an integer", "f": "a number"}.get(kind, "text")
         if not isinstance(v, need) or (isinstance(v, bool) and bool not in need):
             raise PeaceError(f"{source}: metadata {k!r} = {_shown(v)} must be {noun} (the zoo's column {k!r} holds "
-                             f"{manifest[k].dtype}); fix config.json")
+                             f"{dtypes[k]}); fix config.json")
         problem = _out_of_range(k, v)
         if problem:
             raise PeaceError(f"{source}: metadata {k!r} = {_shown(v)} {problem}; fix config.json (nothing was added)")
@@ -128,6 +129,7 @@ def _add(zoo: Zoo, models: list, task: str | None, the_task: Task | None, group:
         raise ValueError(f"{len(lineages)} lineages for {len(models)} models")
     last: dict[str, int] = {}
     existing_runs = set(zoo.manifest["run_id"]) if lineages else set()  # named runs are written whole, once
+    dtypes = zoo.manifest.dtypes.to_dict()
     for name, epoch in lineages or []:
         last[name] = max(epoch, last.get(name, 0))
     for i, m in enumerate(models):
@@ -139,7 +141,7 @@ def _add(zoo: Zoo, models: list, task: str | None, the_task: Task | None, group:
             what = "the same weights are" if name is None else f"run {name!r} is"  # a run's shard is written whole, once
             raise PeaceError(f"{m.source}: {what} already in the zoo ({mid}); nothing was added")
         new_ids.add(mid)
-        meta = _metadata_columns({**(metadata or {}), **m.metadata}, zoo.manifest, m.source)
+        meta = _metadata_columns({**(metadata or {}), **m.metadata}, dtypes, m.source)
         row = {c: None for c in zoo.manifest.columns}
         row.update({"model_id": mid, "run_id": run_id, "population_id": run_id, "group": group,
                     "task": task or str(meta.get("task", "unknown")), "dataset": the_task.family if the_task else "unknown",
@@ -161,7 +163,8 @@ def _add(zoo: Zoo, models: list, task: str | None, the_task: Task | None, group:
     shards = [zoo.path / "shards" / f"{run_id}.safetensors" for run_id in tensors]
     try:
         for shard, (run_id, t) in zip(shards, tensors.items()):
-            save_shard(shard, t, run_id)
+            save_shard(shard, t, run_id, sync=False)  # a published zoo adds thousands: synced at once, below
+        sync_all(shards)  # before the manifest that lists them
         with atomic_path(zoo.path / "manifest.parquet") as tmp:
             manifest.to_parquet(tmp)
             info = {**zoo.info, "manifest_sha256": sha256_file(tmp),

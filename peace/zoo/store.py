@@ -192,12 +192,12 @@ def train_one_population(pop: list[RunSpec], start: dict[str, Tensor] | None) ->
                             start=start)
 
 
-def save_shard(path: Path, tensors: dict[str, Tensor], pop_id: str) -> None:
+def save_shard(path: Path, tensors: dict[str, Tensor], pop_id: str, sync: bool = True) -> None:
     """One shard, atomically (safetensors' numpy writer: its torch one's bytes, 5x faster on many small
-    tensors); a failed write (a full disk, a read-only zoo) is one ``PeaceError``."""
+    tensors); a failed write (a full disk, a read-only zoo) is one ``PeaceError``. ``sync``: as ``atomic_path``."""
     arrays = {k: v.detach().cpu().contiguous().numpy() for k, v in tensors.items()}
     try:
-        with atomic_path(path) as tmp:
+        with atomic_path(path, sync) as tmp:
             save_file(arrays, str(tmp), metadata={"format": "peace-zoo-shard", "population_id": pop_id})
     except SafetensorError as e:  # safetensors reports its own I/O errors, not as OSError
         raise PeaceError(f"could not write {path} ({e}); free disk space or make the zoo writable, then rerun "
