@@ -199,3 +199,22 @@ def test_a_metrics_table_that_decompresses_past_the_cap_is_refused_before_it_is_
         f.write(b"0" * 2**21)
     with pytest.raises(PeaceError, match="over 1 MiB of text"):
         read_matrix_zoo(d)
+
+
+def test_the_accuracy_peers_train_on_a_small_cnn_zoo(tmp_path):
+    """NFN (its conv layers: the CNNs meet their dense layer through a global pool) and ProbeGen read the zoo's
+    networks, as in their CIFAR10-GS benchmark; the study picks the largest such group."""
+    from peace.evaluate.baselines import Models, WeightStats
+    from peace.evaluate.prediction import PredictorConfig, accuracy_study
+
+    _write_zoo(tmp_path / "cifar10", _nets(12))
+    run_peace("zoo", "add", "--new", tmp_path / "zoo", tmp_path / "cifar10")
+    z = Zoo(tmp_path / "zoo")
+    runs = sorted(z.manifest["run_id"].unique())
+    train, val, test = (Models.from_zoo(z, list(z.manifest.index[z.manifest["run_id"].isin(part)]))
+                        for part in (runs[:6], runs[6:9], runs[9:]))
+    out = accuracy_study(train, val, test, [WeightStats().fit(train)], min_models=3,
+                         config=PredictorConfig(channels=4, layers=1, head=8, epochs=2))
+    assert out["arch"].startswith("cnn2d c16-16-16/k3-3-3/none/valid/s2-2-2/global-avg")
+    assert {"nfn-hnp", "nfn-np", "probegen"} <= set(out["methods"])
+    assert all(np.isfinite(out["methods"][peer]["kendall_tau"]) for peer in ("nfn-hnp", "nfn-np", "probegen"))

@@ -26,13 +26,31 @@ def test_nfn_is_invariant_to_hidden_permutations_but_not_to_scaling(mode):
     assert abs(float(y - y_scaled)) > 1e-4  # NFN has no scaling invariance (PEACE's canonical form does)
 
 
-def test_nfn_reads_mlps_only():
+def test_nfn_reads_mlps_and_globally_pooled_cnns_only():
     _, cnn, _ = random_model("digits", dict(family="cnn2d", hidden=(3,), activation="relu"))
     assert not nfn_readable(cnn) and nfn_readable(ArchSpec("mlp", (16,), 4, hidden=(5,)))
-    with pytest.raises(PeaceError, match="MLPs"):
+    assert nfn_readable(ArchSpec("mlp", (1, 8, 8), 4, hidden=(5,)))
+    with pytest.raises(PeaceError, match="MLPs .* and CNNs whose channels meet the dense layers"):
         NFNPredictor(cnn)
     with pytest.raises(PeaceError, match="mode"):
         NFNPredictor(ArchSpec("mlp", (16,), 4, hidden=(5,)), mode="xyz")
+
+
+@pytest.mark.parametrize("mode", ["hnp", "np"])
+def test_nfn_reads_the_small_cnn_zoos_networks_invariantly_to_hidden_channel_permutations(mode):
+    """The Small CNN Zoo's networks (unpadded stride-2 convs, a global average, a dense layer): NFN's conv layers
+    carry each kernel as features; permuting hidden channels leaves the prediction alone, as for MLPs."""
+    spec = ArchSpec("cnn2d", (1, 16, 16), 10, hidden=(6, 5), activation="tanh", pool="none", padding="valid",
+                    strides=(2, 2), global_pool="avg")
+    assert nfn_readable(spec)
+    torch.manual_seed(0)
+    params = {k: v.detach().clone() for k, v in PeaceNet(spec).state_dict().items()}
+    model = NFNPredictor(spec, mode, PredictorConfig(channels=8, layers=2, head=16)).eval()
+    permuted = random_symmetry(spec, params, seed=1, kind=RandomSymmetry(permute=True, scale=False, flip=False))
+    with torch.no_grad():
+        y, y_perm = model([params, permuted])
+    assert not torch.equal(permuted["layers.0.weight"], params["layers.0.weight"])
+    assert abs(float(y - y_perm)) < 1e-5 * max(1.0, abs(float(y)))
 
 
 @pytest.mark.slow

@@ -3,11 +3,11 @@
 Neural Functional Networks (Zhou et al., NeurIPS 2023; the ``nfn`` package) are the standard
 learned baseline here: stacks of permutation-equivariant layers over the weight space of one
 architecture (NP: every neuron interchangeable, inputs and outputs too; HNP: hidden neurons only),
-an invariant pooling and an MLP head, trained supervised. They read MLPs only (a conv -> linear
-flatten mixes channels and positions in a way their layers do not model), and they are not
-invariant to the scaling and sign symmetries.
+an invariant pooling and an MLP head, trained supervised. They read MLPs, and CNNs whose channels meet
+the dense layers one to one (a global pool: the Small CNN Zoo's; a flatten over positions mixes channels
+and positions in a way their layers do not model), and they are not invariant to the scaling and sign symmetries.
 
-:func:`accuracy_study` takes the largest single-architecture MLP group of a split and compares,
+:func:`accuracy_study` takes the largest single-architecture group NFN reads (``nfn_readable``) and compares,
 on its test models, NFN-HNP and NFN-NP predictors with ridge probes on every method's vectors
 (PEACE, s(W), raw weights, function space), s(W) with gradient boosting, PEACE's own metric head,
 ProbeGen (``peace.evaluate.probegen``: learned probes, the field's strongest prober) and PEACE's
@@ -71,8 +71,13 @@ class PredictorConfig:
 
 
 def nfn_readable(spec: ArchSpec) -> bool:
-    """NFN layers model MLP weight spaces (two or more layers, no normalization layers)."""
-    return spec.family == "mlp" and spec.depth >= 2 and spec.norm == "none"
+    """NFN layers model chains of two or more layers without normalization layers: MLPs, and CNNs whose last
+    conv's channels meet the first dense layer one to one (a global pool, as in the Small CNN Zoo of NFN's
+    CIFAR10-GS; their layers carry each conv weight's kernel as features)."""
+    if spec.depth < 2 or spec.norm != "none" or spec.family not in ("mlp", "cnn1d", "cnn2d"):
+        return False
+    dense = next(layer for layer in spec.layers if layer.kind == "linear")
+    return spec.family == "mlp" or math.prod(dense.flatten_from[1:]) == 1
 
 
 def _wsfeat(spec: ArchSpec, params: Sequence[dict[str, Tensor]]):
@@ -89,7 +94,7 @@ def _wsfeat(spec: ArchSpec, params: Sequence[dict[str, Tensor]]):
 
 
 class NFNPredictor(nn.Module):
-    """NFN-HNP or NFN-NP invariant network for one MLP architecture: equivariant layers with ReLU,
+    """NFN-HNP or NFN-NP invariant network for one architecture (``nfn_readable``): equivariant layers with ReLU,
     invariant pooling, MLP head -> one number. Inputs are scaled per tensor by training statistics."""
 
     def __init__(self, spec: ArchSpec, mode: str = "hnp", config: PredictorConfig = PredictorConfig()):
@@ -100,7 +105,8 @@ class NFNPredictor(nn.Module):
         if mode not in NFN_MODES:
             raise PeaceError(f"unknown NFN mode {mode!r}; valid: {', '.join(NFN_MODES)}")
         if not nfn_readable(spec):
-            raise PeaceError(f"NFN layers read MLPs of two or more layers; {spec.describe()} is not one")
+            raise PeaceError(f"NFN layers read MLPs of two or more layers and CNNs whose channels meet the dense "
+                             f"layers one to one (a global pool); {spec.describe()} is neither")
         self.spec, self.mode = spec, mode
         dummy = _wsfeat(spec, [{k: torch.zeros(v) for k, v in spec.param_shapes().items()}])
         ns = network_spec_from_wsfeat(dummy)
@@ -254,7 +260,7 @@ def accuracy_study(train: Models, val: Models, test: Models, methods: Sequence[B
                    config: PredictorConfig = PredictorConfig(), seed: int = 0, arch: str | None = None,
                    extra: dict[str, Callable] | None = None, min_models: int = 10,
                    encoder: nn.Module | None = None) -> dict:
-    """R² and Kendall tau of ``target`` predictions on the test models of one MLP architecture.
+    """R² and Kendall tau of ``target`` predictions on the test models of one architecture NFN reads.
 
     Every method of ``methods`` (already fit) gets a ridge probe trained on the group's training
     models; NFN-HNP / NFN-NP are trained on them (early stopping on the group's validation models);
@@ -263,8 +269,8 @@ def accuracy_study(train: Models, val: Models, test: Models, methods: Sequence[B
     is also fine-tuned end to end as NFN is trained, with a regression head on its embedding."""
     arch = arch or largest_group(train, val, test, min_models)
     if arch is None:
-        return {"skipped": f"no MLP architecture with {min_models} or more training models and 3 or more "
-                           f"validation and test models"}
+        return {"skipped": f"no architecture NFN reads (an MLP, a globally pooled CNN) with {min_models} or more "
+                           f"training models and 3 or more validation and test models"}
     tr, va, te = _take(train, arch), _take(val, arch), _take(test, arch)
     if min(len(tr), len(va), len(te)) < 3:
         return {"arch": arch, "skipped": f"{len(tr)} train / {len(va)} val / {len(te)} test models of {arch}"}

@@ -180,8 +180,9 @@ def evaluate(run_dir: str | Path, out: str | Path, zoo: Zoo | str | Path | None 
 
     ``transfer=None`` skips the fine-tuning study (the slowest part; ``engine`` spreads its
     fine-tuning over Ray workers); ``accuracy=None`` the accuracy-prediction study against NFN on
-    the largest MLP architecture; ``generative`` adds SANE's study of sampled models (the run needs a
-    decoder: ``peace decoder``); ``probegen`` steps of contrastive ProbeGen training (0: not compared)."""
+    the largest architecture NFN reads (an MLP, or a globally pooled CNN such as the Small CNN Zoo's);
+    ``generative`` adds SANE's study of sampled models (the run needs a decoder: ``peace decoder``); ``probegen``
+    steps of contrastive ProbeGen training (0: not compared)."""
     run_dir, out = Path(run_dir), Path(out)
     peace = EncoderMethod(run_dir, "peace")
     zoo = zoo if isinstance(zoo, Zoo) else Zoo(zoo or peace.encoder.meta["zoo"])
@@ -344,7 +345,7 @@ def accuracy_markdown(study: dict | None) -> str:
     if "skipped" in study:
         return f"## Accuracy prediction on one architecture\n\nSkipped: {study['skipped']}.\n\n"
     rows = "".join(f"| {m} | {r['r2']:.3f} | {r['kendall_tau']:.3f} |\n" for m, r in study["methods"].items())
-    return (f"## Accuracy prediction on one architecture\n\nThe largest MLP architecture of the training split, "
+    return (f"## Accuracy prediction on one architecture\n\nThe largest architecture NFN reads in the training split, "
             f"`{study['arch']}` ({study['n_train']} training / {study['n_val']} validation / {study['n_test']} test "
             f"models; tasks {', '.join(study['tasks'])}): predictors of `{study['target']}` fit on its training "
             f"models, scored on its test models. nfn-hnp / nfn-np: Neural Functional Networks (Zhou et al. 2023) "
