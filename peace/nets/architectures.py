@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from peace.core.errors import PeaceError, unknown
 from peace.nets import resnet, transformer
-from peace.nets.layers import ACTIVATIONS, BN_EPS, BN_MOMENTUM, LN_EPS, NORM_STATS, Layer, conv, normalize
+from peace.nets.layers import ACTIVATIONS, BN_EPS, BN_MOMENTUM, LN_EPS, NORM_STATS, Layer, conv, conv_side_by_side, normalize
 
 __all__ = [
     "ACTIVATIONS", "BN_EPS", "BN_MOMENTUM", "FAMILIES", "FAMILY_KEYS", "LN_EPS", "NORMS", "NORM_STATS", "POOLS",
@@ -295,37 +295,42 @@ def forward(spec: ArchSpec, params: dict[str, Tensor], x: Tensor,
     Returns (P, B, n_classes).
     """
     P = params[spec.layers[0].weight_name].shape[0]
-    if x.dim() == len(spec.input_shape) + 1:
-        x = x.unsqueeze(0).expand(P, *x.shape)
+    shared = x.dim() == len(spec.input_shape) + 1  # every model reads the same inputs: the first layer reads them once
     if spec.family in ("resnet", "vit"):
         if dropout_masks is not None:
             raise PeaceError(f"dropout is not supported in a {spec.family}; train it with dropout 0")
+        x = x.unsqueeze(0).expand(P, *x.shape) if shared else x
         if spec.family == "vit":
             return transformer.forward(spec, params, x)
         return resnet.forward(spec, params, x, train, seen)
-    B = x.shape[1]
+    B = x.shape[0 if shared else 1]
     act = ACTIVATIONS[spec.activation]
-    h = x
+    h, side = (x if shared else x.transpose(0, 1)), True  # side: h is (B, P, ...), else (P, B, ...)
     n = len(spec.layers)
     for layer in spec.layers:
         w = params[layer.weight_name]
         b = params[layer.bias_name] if layer.bias else None
-        if layer.kind == "linear":
-            h = h.reshape(P, B, -1)
+        if layer.kind == "linear" and shared:  # (B, in) @ (P, in, out): no copy of the inputs per model
+            h = torch.matmul(h.reshape(B, -1), w.transpose(1, 2))
+            h = h if b is None else h + b.unsqueeze(1)
+        elif layer.kind == "linear":
+            h = (h.transpose(0, 1) if side else h).reshape(P, B, -1)
             h = torch.bmm(h, w.transpose(1, 2)) if b is None else torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
-        else:
-            h = conv(h, w, b, stride=layer.stride, padding=layer.padding)
+        else:  # convolutions keep the models side by side, (B, P, C, *spatial): one grouped convolution each
+            h = conv_side_by_side(h, w, b, layer.stride, layer.padding, shared)
+        side, shared = layer.kind != "linear", False
         if layer.norm:
-            h = normalize(h, params, layer, train, seen)
+            h = normalize(h.transpose(0, 1), params, layer, train, seen).transpose(0, 1) if side else \
+                normalize(h, params, layer, train, seen)
         if layer.index < n - 1:
             h = act(h)
             if layer.kind != "linear":
-                h = _pool(h.reshape(P * B, *h.shape[2:]), spec.conv_pools[layer.index], len(layer.kernel))
+                h = _pool(h.reshape(B * P, *h.shape[2:]), spec.conv_pools[layer.index], len(layer.kernel))
                 if layer.index == len(spec.hidden) - 1:
                     h = _global_pool(h, spec.global_pool)
-                h = h.reshape(P, B, *h.shape[1:])
+                h = h.reshape(B, P, *h.shape[1:])
             if dropout_masks is not None and dropout_masks[layer.index] is not None:
-                h = h * dropout_masks[layer.index]
+                h = h * (dropout_masks[layer.index].transpose(0, 1) if side else dropout_masks[layer.index])
     return h
 
 

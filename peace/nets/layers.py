@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ACTIVATIONS", "BN_EPS", "BN_MOMENTUM", "LN_EPS", "NORM_STATS", "Layer", "conv", "normalize"]
+__all__ = ["ACTIVATIONS", "BN_EPS", "BN_MOMENTUM", "LN_EPS", "NORM_STATS", "Layer", "conv", "conv_side_by_side",
+           "normalize"]
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "relu": F.relu,
@@ -89,13 +90,21 @@ class Layer:
 
 def conv(h: Tensor, w: Tensor, b: Tensor | None, stride: int = 1, padding: int | None = None) -> Tensor:
     """P convolutions at once: h (P, B, C_in, *spatial), w (P, C_out, C_in, *kernel), b (P, C_out)."""
-    P, B = h.shape[:2]
-    ndim = w.dim() - 3
-    fn = F.conv1d if ndim == 1 else F.conv2d
-    hg = h.transpose(0, 1).reshape(B, P * w.shape[2], *h.shape[3:])
+    return conv_side_by_side(h.transpose(0, 1), w, b, stride, padding).transpose(0, 1)
+
+
+def conv_side_by_side(h: Tensor, w: Tensor, b: Tensor | None, stride: int = 1, padding: int | None = None,
+                      shared: bool = False) -> Tensor:
+    """P convolutions as one, on the models' channels side by side: h (B, P, C_in, *spatial) -> (B, P, C_out,
+    *spatial'), a convolution grouped by model whose output is the next one's input as it lies (no copy between
+    layers). ``shared``: h is (B, C_in, *spatial), read by every model: one ungrouped convolution with the P models'
+    filters stacked, not P copies of h."""
+    P, B = w.shape[0], h.shape[0]
+    fn = F.conv1d if w.dim() == 4 else F.conv2d
+    hg = h if shared else h.reshape(B, P * w.shape[2], *h.shape[3:])
     out = fn(hg, w.reshape(P * w.shape[1], *w.shape[2:]), None if b is None else b.reshape(-1), stride=stride,
-             padding=w.shape[-1] // 2 if padding is None else padding, groups=P)
-    return out.reshape(B, P, w.shape[1], *out.shape[2:]).transpose(0, 1)
+             padding=w.shape[-1] // 2 if padding is None else padding, groups=1 if shared else P)
+    return out.reshape(B, P, w.shape[1], *out.shape[2:])
 
 
 def normalize(h: Tensor, params: dict[str, Tensor], layer: Layer, train: bool,
