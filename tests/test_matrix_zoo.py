@@ -143,6 +143,7 @@ def test_a_dense_zoo_a_foreign_dataset_and_diverged_rows(tmp_path):
     ("ints", "holds an array of int64"),
     ("width", "rows of 4970 weights, but layout.csv lays out 4971"),
     ("rows", "metrics has 8 rows but weights.npy 9"),
+    ("twice", "metrics rows 0 and 1 are both run '/workdir/0' at step 0"),
     ("gap", "each tensor must follow the last"),
     ("shape", "a tuple of them"),
     ("batchnorm", "no batch normalization"),
@@ -170,9 +171,14 @@ def test_damaged_or_unreadable_matrix_zoos_are_refused_by_name_and_nothing_is_wr
         else:
             layout.loc[1, "varname"] = "sequential/batch_normalization/gamma:0"
         layout.to_csv(d / "layout.csv", index=False)
-    elif damage in ("rows", "activation"):
+    elif damage in ("rows", "activation", "twice"):
         metrics = pd.read_csv(d / "metrics.csv.gz")
-        metrics = metrics.iloc[:8] if damage == "rows" else metrics.assign(**{"config.activation": "selu"})
+        if damage == "rows":
+            metrics = metrics.iloc[:8]
+        elif damage == "activation":
+            metrics = metrics.assign(**{"config.activation": "selu"})
+        else:  # run 0's step 1 recorded as step 0 again
+            metrics.loc[1, "step"] = 0
         with gzip.open(d / "metrics.csv.gz", "wt") as f:
             metrics.to_csv(f, index=False)
     p = run_peace("zoo", "add", "--new", tmp_path / "zoo", d, check=False)

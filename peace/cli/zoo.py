@@ -130,7 +130,7 @@ def _tune_models(root: Path, args: argparse.Namespace) -> tuple[list, list[tuple
 
     label = _foreign_task(root.resolve().name if SAFE_NAME.fullmatch(root.resolve().name) else "imported", root, args)
     checkpoints = tune_checkpoints(root)
-    trials = list(dict.fromkeys(c.trial for c in checkpoints))[:args.runs]
+    trials = set(list(dict.fromkeys(c.trial for c in checkpoints))[:args.runs])
     last = {c.trial: c.epoch for c in checkpoints}  # epochs come in order
     checkpoints = [replace(c, metadata={"task": label, **c.metadata}) for c in checkpoints
                    if c.trial in trials and (not args.last_only or c.epoch == last[c.trial])]

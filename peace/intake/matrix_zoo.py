@@ -216,6 +216,13 @@ def _selected(metrics: pd.DataFrame, last_only: bool, runs: int | None) -> tuple
     rows = metrics.index[run.isin(keep)]
     if last_only and "step" in metrics:
         rows = metrics.loc[rows].sort_values("step", kind="stable").groupby(run.loc[rows], sort=False).tail(1).index
+    if "step" in metrics:
+        twice = pd.DataFrame({"run": run.loc[rows], "step": metrics.loc[rows, "step"]}).duplicated(keep=False)
+        if twice.any():
+            first = twice[twice].index[:2].tolist()
+            raise PeaceError(f"metrics rows {first[0]} and {first[1]} are both run {run[first[0]][:80]!r} at step "
+                             f"{metrics['step'][first[0]]}; each checkpoint appears once (remove the duplicate rows "
+                             f"from weights.npy and metrics alike)")
     notes = [f"{len(keep):,} of {len(order):,} runs"] if runs and runs < len(order) else []
     return sorted(int(r) for r in rows), notes
 
