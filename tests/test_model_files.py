@@ -253,6 +253,15 @@ def test_a_manifest_cannot_point_outside_its_zoo(tiny_zoo, tmp_path):
     write_json(zoo / "zoo.json", {**info, "manifest_sha256": sha256_file(zoo / "manifest.parquet")})
     with pytest.raises(PeaceError, match="weight shard .* points outside"):
         Zoo(zoo)
+    for shard in ("shards/../../outside.safetensors", "shards/linked.safetensors"):  # up, or a link out of the zoo
+        (tmp_path / "outside.safetensors").write_bytes(b"")
+        (zoo / "shards" / "linked.safetensors").unlink(missing_ok=True)
+        (zoo / "shards" / "linked.safetensors").symlink_to(tmp_path / "outside.safetensors")
+        man.loc[0, "shard"] = shard
+        man.to_parquet(zoo / "manifest.parquet")
+        write_json(zoo / "zoo.json", {**info, "manifest_sha256": sha256_file(zoo / "manifest.parquet")})
+        with pytest.raises(PeaceError, match="weight shard .* points outside"):
+            Zoo(zoo)
 
 
 names = st.text(st.sampled_from("ab.0123weightbias_"), min_size=0, max_size=12)

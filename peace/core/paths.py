@@ -6,12 +6,12 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from peace.core.errors import PeaceError
 
-__all__ = ["SAFE_NAME", "contained", "replacing", "safe_name"]
+__all__ = ["SAFE_NAME", "contained", "contained_all", "replacing", "safe_name"]
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # one path component: no separators, no "..", no control
 
@@ -24,6 +24,22 @@ def contained(base: str | Path, relative: str, what: str) -> Path:
         raise PeaceError(f"{what} {relative!r} points outside {base}; paths in it must be relative and stay inside "
                          f"that directory (a tampered or foreign file?)")
     return path
+
+
+def contained_all(base: str | Path, relatives: Iterable[str], what: str) -> dict[str, Path]:
+    """``contained`` for many paths: each directory resolved once, each file then checked with one ``lstat`` (a
+    file that is a symbolic link is resolved in full), so a zoo of 30,000 shards opens in a fraction of a second."""
+    base, parents, out = Path(base).resolve(), {}, {}
+    for rel in relatives:
+        head, _, leaf = rel.rpartition("/")
+        if SAFE_NAME.fullmatch(leaf) and ".." not in leaf and not rel.startswith("/"):
+            if head not in parents:
+                parents[head] = contained(base, head or ".", what)
+            if not (parents[head] / leaf).is_symlink():
+                out[rel] = parents[head] / leaf
+                continue
+        out[rel] = contained(base, rel, what)
+    return out
 
 
 def safe_name(value: object, what: str) -> str:

@@ -43,7 +43,7 @@ from peace.core.atomic import (
 )
 from peace.core.cluster import Engine, Serial
 from peace.core.errors import PeaceError
-from peace.core.paths import contained
+from peace.core.paths import contained_all
 from peace.nets.architectures import ArchSpec, build_module, load_weights, stack_params
 from peace.zoo.population import PopulationResult, train_population
 from peace.zoo.recipe import Recipe, RunSpec, expand, lineages, populations
@@ -312,7 +312,7 @@ class Zoo:
                              f"rebuild it with `peace zoo build ... --out {self.path} --resume`")
         self.info["manifest_sha256"] = actual
         self.manifest = typed_manifest(pd.read_parquet(man)).set_index("model_id", drop=False).rename_axis(None)
-        self._shards = {s: contained(self.path, s, f"weight shard in {man}") for s in self.manifest["shard"].unique()}
+        self._shards = contained_all(self.path, self.manifest["shard"].unique(), f"weight shard in {man}")
 
     def __len__(self) -> int:
         return len(self.manifest)
@@ -378,17 +378,19 @@ class Zoo:
         """Problems found in the shards: missing or unreadable files, missing tensors and, with
         ``weights``, checksum mismatches (reads every weight). Empty when all is well."""
         problems = []
-        for shard, sub in tqdm(self.manifest.groupby("shard", sort=False), desc="verify", unit="shard", disable=not progress):
+        ids, specs = self.manifest["model_id"].to_numpy(), self.manifest["arch_spec"].to_numpy()
+        shards = self.manifest.groupby("shard", sort=False).indices  # positions: no frame sliced per shard
+        for shard, rows in tqdm(shards.items(), desc="verify", unit="shard", disable=not progress):
             path = self._shards[shard]
             try:
                 with safe_open(str(path), "pt") as f:
                     keys = set(f.keys())
-                missing = [m for m, spec in zip(sub["model_id"], sub["arch_spec"])
+                missing = [m for m, spec in zip(ids[rows], specs[rows])
                            if any(f"{m}/{k}" not in keys for k in _spec_from_json(spec).param_shapes())]
                 if missing:
                     problems.append(f"{shard}: no weights for {len(missing)} model(s), e.g. {missing[0]}")
                 elif weights:
-                    self.load_many(list(sub["model_id"]), verify=True)
+                    self.load_many(list(ids[rows]), verify=True)
             except (SafetensorError, OSError) as e:
                 problems.append(f"{shard}: cannot be read ({str(e)[:120]})")
             except PeaceError as e:
