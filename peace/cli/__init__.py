@@ -62,7 +62,7 @@ def _embed(args: argparse.Namespace) -> int:
 
     with _engine(args) as engine:
         es = export_embeddings(args.run, args.out, zoo=args.zoo, trees=args.trees, umap=not args.no_umap,
-                               progress=not args.quiet, engine=engine)
+                               progress=not args.quiet, engine=engine, baselines=not args.no_baselines)
     print(f"embedded {len(es)} models ({es.dim}-d) into {es.path}: embeddings.parquet, index.ann, index.json")
     return 0
 
@@ -257,6 +257,9 @@ def _parser_embed(sub) -> None:
     e.add_argument("--zoo", type=Path, metavar="DIR", help="zoo to embed (default: the run's own zoo)")
     e.add_argument("--trees", type=int, default=50, help="Annoy trees (more: better recall, bigger index)")
     e.add_argument("--no-umap", action="store_true", help="skip the UMAP coordinates")
+    e.add_argument("--no-baselines", action="store_true", help="skip the vectors the explorer compares PEACE with "
+                   "(raw weights, s(W), function space; about half of a large CNN zoo's embedding time): the explorer "
+                   "then computes them once each time it starts")
     e.add_argument("--quiet", action="store_true")
     _add_ray_option(e, "the embedding (shards of 1,024 models, one encoder per worker)")
     e.set_defaults(func=_embed)
