@@ -226,3 +226,13 @@ def test_the_accuracy_peers_train_on_a_small_cnn_zoo(tmp_path):
     assert out["arch"].startswith("cnn2d c16-16-16/k3-3-3/none/valid/s2-2-2/global-avg")
     assert {"nfn-hnp", "nfn-np", "probegen"} <= set(out["methods"])
     assert all(np.isfinite(out["methods"][peer]["kendall_tau"]) for peer in ("nfn-hnp", "nfn-np", "probegen"))
+
+
+def test_a_directory_of_matrix_zoos_adds_each(tmp_path):
+    """The Small CNN Zoo's archives unpack to a directory per dataset: their parent adds them all, each its task."""
+    _write_zoo(tmp_path / "smallcnnzoo" / "cifar10", _nets(2))
+    _write_zoo(tmp_path / "smallcnnzoo" / "svhn_cropped", _nets(1), dataset="svhn_cropped")
+    p = run_peace("zoo", "add", "--new", tmp_path / "zoo", tmp_path / "smallcnnzoo", "--last-only")
+    assert "holds the weight-matrix zoos cifar10, svhn_cropped: adding each" in p.stdout
+    m = Zoo(tmp_path / "zoo").manifest
+    assert sorted(m["task"]) == ["cifar10", "cifar10", "svhn_cropped"] and (m["epoch"] == 86).all()

@@ -47,10 +47,16 @@ def _zoo_info(args: argparse.Namespace) -> int:
 def _zoo_add(args: argparse.Namespace) -> int:
     from peace.cli import _limits, _model_config
     from peace.intake.sandbox import load_models_isolated
-    from peace.intake.matrix_zoo import is_matrix_zoo
+    from peace.intake.matrix_zoo import is_matrix_zoo, matrix_zoos_in
     from peace.intake.tune import is_tune_zoo
     from peace.zoo.imported import add_models
 
+    given, args.models = args.models, []
+    for p in given:  # the Small CNN Zoo unpacks to a directory per dataset: its parent means all of them
+        inside = [] if is_tune_zoo(p) or is_matrix_zoo(p) else matrix_zoos_in(p)
+        if inside:
+            print(f"note: {p} holds the weight-matrix zoos {', '.join(z.name for z in inside)}: adding each")
+        args.models += inside or [p]
     if any(is_tune_zoo(p) or is_matrix_zoo(p) for p in args.models):
         models, lineages = _published_models(args)
     elif args.last_only or args.runs:

@@ -30,7 +30,7 @@ import torch
 from peace.core.errors import PeaceError
 from peace.intake.model import ImportedModel, Limits, exact_model, spec_from
 
-__all__ = ["MatrixZoo", "is_matrix_zoo", "read_matrix_zoo"]
+__all__ = ["MatrixZoo", "is_matrix_zoo", "matrix_zoos_in", "read_matrix_zoo"]
 
 DATASET_SIDE = {"mnist": 28, "fashion_mnist": 28, "cifar10": 32, "svhn_cropped": 32}  # the zoo's images
 CARD = {"config.random_seed": "seed", "config.learning_rate": "lr", "config.l2reg": "weight_decay",
@@ -56,6 +56,15 @@ def is_matrix_zoo(path: str | Path) -> bool:
     """Whether ``path`` is a directory holding a weight matrix and its layout table."""
     path = Path(path)
     return path.is_dir() and (path / "weights.npy").is_file() and (path / "layout.csv").is_file()
+
+
+def matrix_zoos_in(path: str | Path) -> list[Path]:
+    """``path`` if it is a matrix zoo, else the matrix zoos directly inside it (the Small CNN Zoo's archives unpack to
+    one directory per dataset), in name order; none: []."""
+    path = Path(path)
+    if is_matrix_zoo(path) or not path.is_dir():
+        return [path] if is_matrix_zoo(path) else []
+    return sorted(p for p in path.iterdir() if is_matrix_zoo(p))
 
 
 def read_matrix_zoo(path: str | Path, config: dict | None = None, limits: Limits | None = None,
