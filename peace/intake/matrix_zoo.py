@@ -11,8 +11,9 @@ The networks are those of the zoo's training code (google-research ``dnn_predict
 ``dnn_architecture`` "cnn" is Keras ``Conv2D(units, 3, strides=2)`` layers (unpadded: Keras' default) with the
 activation, a global average pool and a dense layer; "fcn" is a flatten and dense layers. Keras keeps a conv kernel
 as (height, width, in, out) and a dense kernel as (in, out); they are read into torch's (out, in, height, width)
-and (out, in). The matrix's header is read (never unpickled) and its declared shape checked against the file's size before any
-row is read; then only the rows asked for are.
+and (out, in). The matrix's header is read (never unpickled) and its declared shape checked against the file's
+size before any row is read; then only the rows asked for are. The metrics' ``step`` of a checkpoint becomes its
+epoch (the zoo's code counts epochs: 0, 1, 2, 3, 20, 40, 60, 80, 86).
 """
 from __future__ import annotations
 
