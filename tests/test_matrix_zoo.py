@@ -236,3 +236,23 @@ def test_a_directory_of_matrix_zoos_adds_each(tmp_path):
     assert "holds the weight-matrix zoos cifar10, svhn_cropped: adding each" in p.stdout
     m = Zoo(tmp_path / "zoo").manifest
     assert sorted(m["task"]) == ["cifar10", "cifar10", "svhn_cropped"] and (m["epoch"] == 86).all()
+
+
+def test_a_small_cnn_zoo_model_downloaded_as_a_folder_reads_back_the_same(tmp_path):
+    """The folder the explorer writes (model.safetensors + config.json) says what the weights cannot: the strides,
+    the valid padding and the global pool of the zoo's CNNs."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from peace.intake.importers import load_model
+    from peace.serve.samples import folder_config
+
+    _write_zoo(tmp_path / "cifar10", _nets(1))
+    m = read_matrix_zoo(tmp_path / "cifar10").models[0]
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    save_file({k: v.contiguous() for k, v in m.params.items()}, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps(folder_config(m.spec)))
+    back = load_model(folder)
+    assert back.spec == m.spec and all(torch.equal(back.params[k], v) for k, v in m.params.items())

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from peace.nets.architectures import OPTIONAL_KEYS
+
 if TYPE_CHECKING:
     from peace.nets.architectures import ArchSpec
 
@@ -54,7 +56,7 @@ def folder_config(spec: ArchSpec, metadata: dict | None = None) -> dict:
     config: dict = {"activation": spec.activation}
     if spec.family != "mlp":
         config.update(input_shape=list(spec.input_shape), pool=spec.pool)
-        config.update({k: v for k, v in spec.to_dict().items() if k in ("padding", "pools")})  # a CNN made elsewhere
+        config.update({k: v for k, v in spec.to_dict().items() if k in OPTIONAL_KEYS})  # a CNN made elsewhere
     if spec.family == "vit":  # the weights do not say how the width splits into heads
         config["num_heads"] = spec.heads
     return {**config, **({"metadata": metadata} if metadata else {})}
