@@ -288,15 +288,16 @@ def reconstruction(dec: WeightDecoder, zoo: Zoo, groups: Sequence[Group], fit: S
             task = load_task(task_name) if is_task(task_name) else None  # a zoo made elsewhere: no data, no accuracy
             X = torch.from_numpy(task.split("test")[0]) if task else probes
             orig = [originals[j] for j in idx]
-            ref_pred, ref_probe = predict(g.spec, orig, X).argmax(-1), predict(g.spec, orig, probes).argmax(-1)
+            ref_pred = predict(g.spec, orig, X).argmax(-1)
+            ref_probe = ref_pred if task is None else predict(g.spec, orig, probes).argmax(-1)  # no data: X is the probes
             rec = {"model_id": [g.ids[j] for j in idx], "arch": g.spec.describe(), "family": g.spec.family,
                    "task": task_name, "original_acc": accuracy(g.spec, orig, task) if task else np.nan}
             for name, made in candidates.items():
                 picked = [made[j] for j in idx]
                 rec[f"{name}_acc"] = accuracy(g.spec, picked, task) if task else np.nan
                 rec[f"{name}_agreement"] = (predict(g.spec, picked, X).argmax(-1) == ref_pred).float().mean(1).numpy()
-                rec[f"{name}_probe_agreement"] = (predict(g.spec, picked, probes).argmax(-1)
-                                                  == ref_probe).float().mean(1).numpy()
+                rec[f"{name}_probe_agreement"] = rec[f"{name}_agreement"] if task is None else (
+                    predict(g.spec, picked, probes).argmax(-1) == ref_probe).float().mean(1).numpy()
             rows.append(pd.DataFrame(rec))
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
 
