@@ -9,8 +9,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from peace.nets.architectures import OPTIONAL_KEYS
-
 if TYPE_CHECKING:
     from peace.nets.architectures import ArchSpec
 
@@ -53,6 +51,8 @@ def folder_config(spec: ArchSpec, metadata: dict | None = None) -> dict:
     """The ``config.json`` of a model folder (``peace query DIR``, ``peace zoo add``): what the weights
     do not say (activation; a CNN's or Transformer's input shape and pooling; a Transformer's heads), plus
     ``metadata``."""
+    from peace.nets.architectures import OPTIONAL_KEYS  # here: the explorer's map opens without torch
+
     config: dict = {"activation": spec.activation}
     if spec.family != "mlp":
         config.update(input_shape=list(spec.input_shape), pool=spec.pool)
